@@ -1,0 +1,2 @@
+"""URLconf of the dbfork benchmark project (no views: only the schema matters)."""
+urlpatterns = []

@@ -1,0 +1,266 @@
+//! The backends: one trait, [`Backend`], with the same surface for every
+//! server kind, one file per backend, and [`AnyBackend`] to hold whichever the
+//! URL names. Everything above this module is written once, over the trait.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::registry::Entry;
+use crate::url::{DbUrl, Kind};
+
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// How a clone is made from its template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloneMethod {
+    /// PostgreSQL `CREATE DATABASE ... TEMPLATE ... STRATEGY WAL_LOG`.
+    WalLog,
+    /// PostgreSQL `CREATE DATABASE ... TEMPLATE ... STRATEGY FILE_COPY`.
+    FileCopy,
+    /// MySQL: `SHOW CREATE TABLE` replayed, then `INSERT ... SELECT`, tables spread over connections.
+    ShowCreate,
+    /// MySQL: `CREATE TABLE ... LIKE` and `INSERT ... SELECT`, foreign keys added afterwards.
+    CreateLike,
+    /// SQLite: a copy of the file (a reflink where the filesystem has one).
+    Copy,
+    /// SQLite: the online backup API.
+    Backup,
+}
+
+impl CloneMethod {
+    pub fn choices(kind: Kind) -> &'static str {
+        match kind {
+            Kind::Postgres => "file-copy, wal-log",
+            Kind::Mysql => "show-create, create-like",
+            Kind::Sqlite => "copy, backup",
+        }
+    }
+
+    /// The default: the fastest method measured (see docs/benchmarks.md).
+    pub fn default_for(kind: Kind) -> CloneMethod {
+        match kind {
+            Kind::Postgres => CloneMethod::FileCopy,
+            Kind::Mysql => CloneMethod::ShowCreate,
+            Kind::Sqlite => CloneMethod::Copy,
+        }
+    }
+
+    pub fn parse(kind: Kind, text: &str) -> Result<CloneMethod> {
+        let method = match (kind, text.to_ascii_lowercase().replace('_', "-").as_str()) {
+            (_, "default" | "") => CloneMethod::default_for(kind),
+            (Kind::Postgres, "wal-log") => CloneMethod::WalLog,
+            (Kind::Postgres, "file-copy") => CloneMethod::FileCopy,
+            (Kind::Mysql, "show-create") => CloneMethod::ShowCreate,
+            (Kind::Mysql, "create-like") => CloneMethod::CreateLike,
+            (Kind::Sqlite, "copy") => CloneMethod::Copy,
+            (Kind::Sqlite, "backup") => CloneMethod::Backup,
+            _ => {
+                return Err(Error::BadMethod {
+                    method: text.to_string(),
+                    backend: kind.name(),
+                    choices: CloneMethod::choices(kind),
+                })
+            }
+        };
+        Ok(method)
+    }
+}
+
+/// A held lock; it is released by [`Backend::unlock`], or by the server when
+/// the holder's connection (or process) goes away.
+pub struct Lock {
+    held: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Lock {
+    pub(crate) fn new(held: impl std::any::Any + Send + Sync) -> Lock {
+        Lock {
+            held: Box::new(held),
+        }
+    }
+    pub(crate) fn into_inner<T: 'static>(self) -> Option<T> {
+        self.held.downcast::<T>().ok().map(|b| *b)
+    }
+}
+
+/// Options every backend honours when it connects.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub connect_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One server kind. Names passed in are always [`crate::names::is_plain`].
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> Kind;
+
+    /// The admin URL this backend was opened with.
+    fn url(&self) -> &DbUrl;
+
+    /// The server's version string, part of every fingerprint.
+    fn server_version(&self) -> impl Future<Output = Result<String>> + Send;
+
+    fn registry_list(&self) -> impl Future<Output = Result<Vec<Entry>>> + Send;
+    /// Inserts or replaces the row of `entry.name`.
+    fn registry_put(&self, entry: &Entry) -> impl Future<Output = Result<()>> + Send;
+    fn registry_remove(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Takes the server-wide lock `key`, waiting at most `wait`.
+    fn lock(&self, key: &str, wait: Duration) -> impl Future<Output = Result<Lock>> + Send;
+    fn unlock(&self, lock: Lock) -> impl Future<Output = Result<()>> + Send;
+
+    /// Every database on the server whose name starts with `prefix`.
+    fn databases(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    fn create_empty(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Makes a freshly built template ready to clone (ends its sessions, marks it a template).
+    fn seal_template(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    fn clone_database(
+        &self,
+        template: &str,
+        name: &str,
+        method: CloneMethod,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Blocks new sessions, ends every session on `name` and drops it, retrying within `deadline`.
+    /// Dropping a database that does not exist succeeds.
+    fn drop_database(
+        &self,
+        name: &str,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The backend's usual environment variables for a client of database `name`.
+    fn client_env(&self, name: &str) -> Vec<(String, String)>;
+}
+
+/// Whichever backend a URL names. One lives per command, so the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum AnyBackend {
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::Postgres),
+    #[cfg(feature = "mysql")]
+    Mysql(mysql::Mysql),
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlite::Sqlite),
+    /// Keeps the enum inhabited-by-nothing-else when features are turned off.
+    #[doc(hidden)]
+    Never(std::convert::Infallible),
+}
+
+macro_rules! each {
+    ($self:expr, $b:ident => $body:expr) => {
+        match $self {
+            #[cfg(feature = "postgres")]
+            AnyBackend::Postgres($b) => $body,
+            #[cfg(feature = "mysql")]
+            AnyBackend::Mysql($b) => $body,
+            #[cfg(feature = "sqlite")]
+            AnyBackend::Sqlite($b) => $body,
+            AnyBackend::Never(never) => match *never {},
+        }
+    };
+}
+
+impl AnyBackend {
+    /// Connects to the server `url` names and makes sure its registry exists.
+    pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<AnyBackend> {
+        let not_built = |name: &str| Error::BadUrl {
+            url: url.to_string(),
+            reason: format!("this dbfork was built without the `{name}` feature"),
+        };
+        match url.kind {
+            #[cfg(feature = "postgres")]
+            Kind::Postgres => Ok(AnyBackend::Postgres(
+                postgres::Postgres::connect(url, options).await?,
+            )),
+            #[cfg(feature = "mysql")]
+            Kind::Mysql => Ok(AnyBackend::Mysql(
+                mysql::Mysql::connect(url, options).await?,
+            )),
+            #[cfg(feature = "sqlite")]
+            Kind::Sqlite => Ok(AnyBackend::Sqlite(
+                sqlite::Sqlite::connect(url, options).await?,
+            )),
+            #[allow(unreachable_patterns)]
+            kind => Err(not_built(kind.id())),
+        }
+    }
+}
+
+impl Backend for AnyBackend {
+    fn kind(&self) -> Kind {
+        each!(self, b => b.kind())
+    }
+    fn url(&self) -> &DbUrl {
+        each!(self, b => b.url())
+    }
+    async fn server_version(&self) -> Result<String> {
+        each!(self, b => b.server_version().await)
+    }
+    async fn registry_list(&self) -> Result<Vec<Entry>> {
+        each!(self, b => b.registry_list().await)
+    }
+    async fn registry_put(&self, entry: &Entry) -> Result<()> {
+        each!(self, b => b.registry_put(entry).await)
+    }
+    async fn registry_remove(&self, name: &str) -> Result<()> {
+        each!(self, b => b.registry_remove(name).await)
+    }
+    async fn lock(&self, key: &str, wait: Duration) -> Result<Lock> {
+        each!(self, b => b.lock(key, wait).await)
+    }
+    async fn unlock(&self, lock: Lock) -> Result<()> {
+        each!(self, b => b.unlock(lock).await)
+    }
+    async fn databases(&self, prefix: &str) -> Result<Vec<String>> {
+        each!(self, b => b.databases(prefix).await)
+    }
+    async fn create_empty(&self, name: &str) -> Result<()> {
+        each!(self, b => b.create_empty(name).await)
+    }
+    async fn seal_template(&self, name: &str) -> Result<()> {
+        each!(self, b => b.seal_template(name).await)
+    }
+    async fn clone_database(&self, template: &str, name: &str, method: CloneMethod) -> Result<()> {
+        each!(self, b => b.clone_database(template, name, method).await)
+    }
+    async fn drop_database(&self, name: &str, deadline: Duration) -> Result<()> {
+        each!(self, b => b.drop_database(name, deadline).await)
+    }
+    fn client_env(&self, name: &str) -> Vec<(String, String)> {
+        each!(self, b => b.client_env(name))
+    }
+}
+
+/// Polls `attempt` until it yields `Some`, or `wait` has passed.
+pub(crate) async fn poll_until<T, F, Fut>(wait: Duration, mut attempt: F) -> Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if let Some(v) = attempt().await? {
+            return Ok(Some(v));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,531 @@
+//! PostgreSQL: clones by `CREATE DATABASE ... TEMPLATE` (file copy or WAL log
+//! strategy), teardown by blocking new connections and `DROP DATABASE ... WITH
+//! (FORCE)`, locks by session-level advisory locks, and the registry as the
+//! table `dbfork.registry` in the maintenance database.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::{poll_until, Backend, CloneMethod, ConnectOptions, Lock};
+use crate::error::{Error, Result};
+use crate::registry::{Entry, EntryKind, State, COLUMNS};
+use crate::url::{DbUrl, Kind};
+
+const NAME: &str = "PostgreSQL";
+
+pub struct Postgres {
+    url: DbUrl,
+    config: Config,
+    options: ConnectOptions,
+    /// `server_version_num`, e.g. 150004.
+    version_num: i32,
+    /// Idle connections to the maintenance database, reused by parallel work.
+    idle: Mutex<Vec<Client>>,
+}
+
+/// A connection taken from the pool; it goes back when the work is done.
+struct Pooled<'a> {
+    pg: &'a Postgres,
+    client: Option<Client>,
+}
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client
+            .as_ref()
+            .expect("a pooled client is present until dropped")
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            if !client.is_closed() {
+                if let Ok(mut idle) = self.pg.idle.lock() {
+                    idle.push(client);
+                }
+            }
+        }
+    }
+}
+
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn q(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |e| Error::query(NAME, context, pg_error(&e))
+}
+
+impl Postgres {
+    pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<Postgres> {
+        let mut config = Config::new();
+        config
+            .user(url.user.as_deref().unwrap_or("postgres"))
+            .dbname(url.database.as_deref().unwrap_or("postgres"))
+            .application_name("dbfork")
+            .connect_timeout(options.connect_timeout);
+        if let Some(p) = &url.password {
+            config.password(p.as_str());
+        }
+        if let Some(socket) = &url.socket {
+            config.host_path(socket);
+        }
+        if let Some(host) = &url.host {
+            config.host(host);
+        }
+        config.port(url.port.unwrap_or(5432));
+        let mut pg = Postgres {
+            url: url.clone(),
+            config,
+            options: options.clone(),
+            version_num: 0,
+            idle: Mutex::new(Vec::new()),
+        };
+        let client = pg.open().await?;
+        let row = client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(q("reading the server version"))?;
+        pg.version_num = row.get(0);
+        ensure_registry(&client).await?;
+        pg.give_back(client);
+        Ok(pg)
+    }
+
+    async fn open(&self) -> Result<Client> {
+        let connect = self.config.connect(NoTls);
+        let (client, connection) =
+            match tokio::time::timeout(self.options.connect_timeout, connect).await {
+                Err(_) => {
+                    return Err(Error::ConnectTimeout {
+                        url: self.url.to_string(),
+                        timeout: self.options.connect_timeout,
+                    })
+                }
+                Ok(Err(e)) => {
+                    return Err(Error::Connect {
+                        url: self.url.to_string(),
+                        cause: pg_error(&e),
+                    })
+                }
+                Ok(Ok(pair)) => pair,
+            };
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("PostgreSQL connection closed: {}", pg_error(&e));
+            }
+        });
+        Ok(client)
+    }
+
+    async fn take(&self) -> Result<Pooled<'_>> {
+        let reused = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let client = match reused {
+            Some(c) if !c.is_closed() => c,
+            _ => self.open().await?,
+        };
+        Ok(Pooled {
+            pg: self,
+            client: Some(client),
+        })
+    }
+
+    fn give_back(&self, client: Client) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(client);
+        }
+    }
+
+    /// Ends every other session on `name`, and any statement still creating it
+    /// (a clone in flight from a dbfork that was killed).
+    async fn terminate_sessions(&self, client: &Client, name: &str) -> Result<u64> {
+        let rows = client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid <> pg_backend_pid() AND (datname = $1 OR (state = 'active' AND strpos(query, $1) > 0))",
+                &[&name],
+            )
+            .await
+            .map_err(q("ending sessions"))?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn holders(&self, client: &Client, name: &str) -> String {
+        let rows = client
+            .query(
+                "SELECT pid, coalesce(usename, ''), coalesce(application_name, ''), \
+                 coalesce(client_addr::text, 'local'), coalesce(state, '') \
+                 FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&name],
+            )
+            .await;
+        match rows {
+            Ok(rows) if rows.is_empty() => "no session holds it any more".to_string(),
+            Ok(rows) => {
+                let list: Vec<String> = rows
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "pid {} (user {}, application '{}', from {}, {})",
+                            r.get::<_, i32>(0),
+                            r.get::<_, String>(1),
+                            r.get::<_, String>(2),
+                            r.get::<_, String>(3),
+                            r.get::<_, String>(4)
+                        )
+                    })
+                    .collect();
+                format!("still held by {}", list.join(", "))
+            }
+            Err(e) => format!("and the sessions could not be listed: {}", pg_error(&e)),
+        }
+    }
+}
+
+async fn ensure_registry(client: &Client) -> Result<()> {
+    let exists: Option<String> = client
+        .query_one("SELECT to_regclass('dbfork.registry')::text", &[])
+        .await
+        .map_err(q("looking for the registry"))?
+        .get(0);
+    if exists.is_some() {
+        return Ok(());
+    }
+    // Serialized, so that two first runs do not race to create it.
+    client
+        .batch_execute(
+            "BEGIN; SELECT pg_advisory_xact_lock(7236488012345);
+             CREATE SCHEMA IF NOT EXISTS dbfork;
+             CREATE TABLE IF NOT EXISTS dbfork.registry (
+               name text PRIMARY KEY, kind text NOT NULL, state text NOT NULL,
+               fingerprint text NOT NULL, setup_key text NOT NULL, run_id text NOT NULL,
+               owner_pid bigint NOT NULL, owner_start bigint NOT NULL, host text NOT NULL,
+               created_at bigint NOT NULL, heartbeat_at bigint NOT NULL, last_used_at bigint NOT NULL);
+             COMMENT ON TABLE dbfork.registry IS 'Every database dbfork created on this server; dbfork drops nothing that is not here.';
+             COMMIT;",
+        )
+        .await
+        .map_err(q("creating the registry table dbfork.registry"))
+}
+
+fn lock_id(key: &str) -> i64 {
+    let hash = blake3::hash(key.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&hash.as_bytes()[..8]);
+    i64::from_le_bytes(bytes)
+}
+
+impl Backend for Postgres {
+    fn kind(&self) -> Kind {
+        Kind::Postgres
+    }
+
+    fn url(&self) -> &DbUrl {
+        &self.url
+    }
+
+    async fn server_version(&self) -> Result<String> {
+        let c = self.take().await?;
+        let row = c
+            .query_one("SELECT version()", &[])
+            .await
+            .map_err(q("reading the server version"))?;
+        Ok(row.get(0))
+    }
+
+    async fn registry_list(&self) -> Result<Vec<Entry>> {
+        let c = self.take().await?;
+        let rows = c
+            .query(
+                &format!("SELECT {COLUMNS} FROM dbfork.registry ORDER BY created_at, name"),
+                &[],
+            )
+            .await
+            .map_err(q("reading the registry"))?;
+        Ok(rows
+            .iter()
+            .map(|r| Entry {
+                name: r.get(0),
+                kind: EntryKind::parse(r.get(1)),
+                state: State::parse(r.get(2)),
+                fingerprint: r.get(3),
+                setup_key: r.get(4),
+                run_id: r.get(5),
+                owner_pid: r.get::<_, i64>(6) as u32,
+                owner_start: r.get::<_, i64>(7) as u64,
+                host: r.get(8),
+                created_at: r.get(9),
+                heartbeat_at: r.get(10),
+                last_used_at: r.get(11),
+            })
+            .collect())
+    }
+
+    async fn registry_put(&self, e: &Entry) -> Result<()> {
+        let c = self.take().await?;
+        c.execute(
+            &format!(
+                "INSERT INTO dbfork.registry ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
+                 ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, state = EXCLUDED.state, \
+                 fingerprint = EXCLUDED.fingerprint, setup_key = EXCLUDED.setup_key, run_id = EXCLUDED.run_id, \
+                 owner_pid = EXCLUDED.owner_pid, owner_start = EXCLUDED.owner_start, host = EXCLUDED.host, \
+                 created_at = EXCLUDED.created_at, heartbeat_at = EXCLUDED.heartbeat_at, last_used_at = EXCLUDED.last_used_at"
+            ),
+            &[
+                &e.name,
+                &e.kind.as_str(),
+                &e.state.as_str(),
+                &e.fingerprint,
+                &e.setup_key,
+                &e.run_id,
+                &(e.owner_pid as i64),
+                &(e.owner_start as i64),
+                &e.host,
+                &e.created_at,
+                &e.heartbeat_at,
+                &e.last_used_at,
+            ],
+        )
+        .await
+        .map_err(q("writing to the registry"))?;
+        Ok(())
+    }
+
+    async fn registry_remove(&self, name: &str) -> Result<()> {
+        let c = self.take().await?;
+        c.execute("DELETE FROM dbfork.registry WHERE name = $1", &[&name])
+            .await
+            .map_err(q("removing a registry row"))?;
+        Ok(())
+    }
+
+    async fn lock(&self, key: &str, wait: Duration) -> Result<Lock> {
+        // A connection of its own: the lock lives exactly as long as it.
+        let client = self.open().await?;
+        let id = lock_id(key);
+        let got = poll_until(wait, || async {
+            let row = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&id])
+                .await
+                .map_err(q("taking an advisory lock"))?;
+            Ok(row.get::<_, bool>(0).then_some(()))
+        })
+        .await?;
+        match got {
+            Some(()) => Ok(Lock::new(client)),
+            None => Err(Error::LockTimeout {
+                key: key.to_string(),
+                waited: wait,
+            }),
+        }
+    }
+
+    async fn unlock(&self, lock: Lock) -> Result<()> {
+        // Closing the session releases its advisory locks.
+        drop(lock.into_inner::<Client>());
+        Ok(())
+    }
+
+    async fn databases(&self, prefix: &str) -> Result<Vec<String>> {
+        let c = self.take().await?;
+        let rows = c
+            .query(
+                "SELECT datname::text FROM pg_database WHERE left(datname, length($1)) = $1 ORDER BY 1",
+                &[&prefix],
+            )
+            .await
+            .map_err(q("listing databases"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn create_empty(&self, name: &str) -> Result<()> {
+        let c = self.take().await?;
+        c.batch_execute(&format!("CREATE DATABASE {}", ident(name)))
+            .await
+            .map_err(q(&format!("creating database {name}")))
+    }
+
+    async fn seal_template(&self, name: &str) -> Result<()> {
+        let c = self.take().await?;
+        c.batch_execute(&format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false IS_TEMPLATE true",
+            ident(name)
+        ))
+        .await
+        .map_err(q(&format!("marking {name} as a template")))?;
+        // Sessions the setup left open would make every clone fail with "being accessed by other users".
+        let gone = poll_until(Duration::from_secs(10), || async {
+            self.terminate_sessions(&c, name).await?;
+            let row = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                    &[&name],
+                )
+                .await
+                .map_err(q("counting sessions"))?;
+            Ok((row.get::<_, i64>(0) == 0).then_some(()))
+        })
+        .await?;
+        if gone.is_none() {
+            return Err(Error::DropTimeout {
+                name: name.to_string(),
+                waited: Duration::from_secs(10),
+                holders: self.holders(&c, name).await,
+            });
+        }
+        Ok(())
+    }
+
+    async fn clone_database(&self, template: &str, name: &str, method: CloneMethod) -> Result<()> {
+        let strategy = match (method, self.version_num >= 150000) {
+            (CloneMethod::WalLog, true) => " STRATEGY wal_log",
+            (CloneMethod::FileCopy, true) => " STRATEGY file_copy",
+            (CloneMethod::WalLog | CloneMethod::FileCopy, false) => "",
+            (other, _) => {
+                return Err(Error::BadMethod {
+                    method: format!("{other:?}"),
+                    backend: NAME,
+                    choices: CloneMethod::choices(Kind::Postgres),
+                })
+            }
+        };
+        let c = self.take().await?;
+        let sql = format!(
+            "CREATE DATABASE {} TEMPLATE {}{strategy}",
+            ident(name),
+            ident(template)
+        );
+        // "source database is being accessed by other users" (55006) is transient: end them and retry.
+        let mut last = None;
+        for _ in 0..20 {
+            match c.batch_execute(&sql).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code().map(|c| c.code()) == Some("55006") => {
+                    self.terminate_sessions(&c, template).await?;
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(Error::query(
+                        NAME,
+                        format!("cloning {template} into {name}"),
+                        pg_error(&e),
+                    ))
+                }
+            }
+        }
+        let cause = last.map(|e| pg_error(&e)).unwrap_or_default();
+        Err(Error::query(
+            NAME,
+            format!("cloning {template} into {name}"),
+            cause,
+        ))
+    }
+
+    async fn drop_database(&self, name: &str, deadline: Duration) -> Result<()> {
+        let c = self.take().await?;
+        let force = if self.version_num >= 130000 {
+            " WITH (FORCE)"
+        } else {
+            ""
+        };
+        let last_error = Mutex::new(String::new());
+        let done = poll_until(deadline, || {
+            let c = &c;
+            let last_error = &last_error;
+            async move {
+                let found = c
+                    .query_one(
+                        "SELECT count(*) FROM pg_database WHERE datname = $1",
+                        &[&name],
+                    )
+                    .await
+                    .map_err(q("looking for a database"))?
+                    .get::<_, i64>(0)
+                    > 0;
+                // A statement still creating it (from a killed dbfork) must end first, or it would
+                // commit after our drop.
+                self.terminate_sessions(c, name).await?;
+                if !found {
+                    return Ok(Some(()));
+                }
+                let id = ident(name);
+                let block =
+                    format!("ALTER DATABASE {id} WITH ALLOW_CONNECTIONS false IS_TEMPLATE false");
+                // Separate statements: DROP DATABASE refuses to run inside the implicit transaction of a batch.
+                let dropped = match c.batch_execute(&block).await {
+                    Ok(()) => {
+                        c.batch_execute(&format!("DROP DATABASE IF EXISTS {id}{force}"))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match dropped {
+                    Ok(()) => Ok(Some(())),
+                    Err(e) if e.code().map(|c| c.code()) == Some("3D000") => Ok(Some(())),
+                    Err(e) => {
+                        if let Ok(mut last) = last_error.lock() {
+                            *last = pg_error(&e);
+                        }
+                        Ok(None)
+                    }
+                }
+            }
+        })
+        .await?;
+        match done {
+            Some(()) => Ok(()),
+            None => Err(Error::DropTimeout {
+                name: name.to_string(),
+                waited: deadline,
+                holders: format!(
+                    "{}; {}",
+                    last_error.lock().map(|l| l.clone()).unwrap_or_default(),
+                    self.holders(&c, name).await
+                ),
+            }),
+        }
+    }
+
+    fn client_env(&self, name: &str) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PGDATABASE".to_string(), name.to_string()),
+            (
+                "PGUSER".to_string(),
+                self.url.user.clone().unwrap_or_else(|| "postgres".into()),
+            ),
+            (
+                "PGPORT".to_string(),
+                self.url.port.unwrap_or(5432).to_string(),
+            ),
+        ];
+        let host = match (&self.url.socket, &self.url.host) {
+            (Some(socket), _) => socket.display().to_string(),
+            (None, Some(host)) => host.clone(),
+            (None, None) => "localhost".to_string(),
+        };
+        env.push(("PGHOST".to_string(), host));
+        if let Some(p) = &self.url.password {
+            env.push(("PGPASSWORD".to_string(), p.clone()));
+        }
+        env
+    }
+}

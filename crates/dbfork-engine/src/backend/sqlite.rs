@@ -1,0 +1,298 @@
+//! SQLite: a "server" is a directory. Databases are `<dir>/<name>.sqlite3`,
+//! the registry is `<dir>/.dbfork/registry.sqlite3`, and locks are `flock`s on
+//! files under `<dir>/.dbfork/locks/`. A clone is a copy of the checkpointed
+//! template file (a reflink where the filesystem has one), or a copy by the
+//! online backup API.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+
+use super::{poll_until, Backend, CloneMethod, ConnectOptions, Lock};
+use crate::error::{Error, Result};
+use crate::registry::{Entry, EntryKind, State, COLUMNS};
+use crate::url::{DbUrl, Kind};
+
+const NAME: &str = "SQLite";
+/// The files SQLite may keep beside a database, and our partial copy.
+const SIDE_FILES: [&str; 4] = ["-wal", "-shm", "-journal", ".part"];
+
+pub struct Sqlite {
+    url: DbUrl,
+    dir: PathBuf,
+    busy_timeout: Duration,
+}
+
+fn sq(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
+    let context = context.into();
+    move |e| Error::query(NAME, context, e)
+}
+
+impl Sqlite {
+    pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<Sqlite> {
+        let dir = url.sqlite_dir();
+        let meta = dir.join(".dbfork");
+        std::fs::create_dir_all(meta.join("locks")).map_err(|e| Error::Connect {
+            url: url.to_string(),
+            cause: format!("cannot create {}: {e}", meta.display()),
+        })?;
+        let dir = dir
+            .canonicalize()
+            .map_err(Error::io(format!("resolving {}", dir.display())))?;
+        let sqlite = Sqlite {
+            url: url.clone(),
+            dir,
+            busy_timeout: options.connect_timeout,
+        };
+        sqlite
+            .registry()?
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS registry (
+                   name TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL,
+                   fingerprint TEXT NOT NULL, setup_key TEXT NOT NULL, run_id TEXT NOT NULL,
+                   owner_pid INTEGER NOT NULL, owner_start INTEGER NOT NULL, host TEXT NOT NULL,
+                   created_at INTEGER NOT NULL, heartbeat_at INTEGER NOT NULL, last_used_at INTEGER NOT NULL)",
+            )
+            .map_err(sq("creating the registry"))?;
+        Ok(sqlite)
+    }
+
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.sqlite3"))
+    }
+
+    fn registry(&self) -> Result<Connection> {
+        let path = self.dir.join(".dbfork").join("registry.sqlite3");
+        let conn = Connection::open(&path)
+            .map_err(sq(format!("opening the registry {}", path.display())))?;
+        conn.busy_timeout(self.busy_timeout)
+            .map_err(sq("setting a busy timeout"))?;
+        Ok(conn)
+    }
+}
+
+fn side_file(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Copies `src` to `dst`: a reflink (FICLONE) where the filesystem shares
+/// blocks, else `std::fs::copy` (which uses `copy_file_range`).
+fn copy_file(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let from = File::open(src)?;
+    let to = File::create(dst)?;
+    // SAFETY: both descriptors are open for the duration of the call.
+    let rc = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) };
+    if rc == 0 {
+        return Ok(());
+    }
+    drop(to);
+    std::fs::copy(src, dst).map(|_| ())
+}
+
+impl Backend for Sqlite {
+    fn kind(&self) -> Kind {
+        Kind::Sqlite
+    }
+
+    fn url(&self) -> &DbUrl {
+        &self.url
+    }
+
+    async fn server_version(&self) -> Result<String> {
+        Ok(format!("SQLite {}", rusqlite::version()))
+    }
+
+    async fn registry_list(&self) -> Result<Vec<Entry>> {
+        let conn = self.registry()?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM registry ORDER BY created_at, name"
+            ))
+            .map_err(sq("reading the registry"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Entry {
+                    name: r.get(0)?,
+                    kind: EntryKind::parse(&r.get::<_, String>(1)?),
+                    state: State::parse(&r.get::<_, String>(2)?),
+                    fingerprint: r.get(3)?,
+                    setup_key: r.get(4)?,
+                    run_id: r.get(5)?,
+                    owner_pid: r.get::<_, i64>(6)? as u32,
+                    owner_start: r.get::<_, i64>(7)? as u64,
+                    host: r.get(8)?,
+                    created_at: r.get(9)?,
+                    heartbeat_at: r.get(10)?,
+                    last_used_at: r.get(11)?,
+                })
+            })
+            .map_err(sq("reading the registry"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sq("reading the registry"))
+    }
+
+    async fn registry_put(&self, e: &Entry) -> Result<()> {
+        self.registry()?
+            .execute(
+                &format!("INSERT OR REPLACE INTO registry ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"),
+                params![
+                    e.name,
+                    e.kind.as_str(),
+                    e.state.as_str(),
+                    e.fingerprint,
+                    e.setup_key,
+                    e.run_id,
+                    e.owner_pid as i64,
+                    e.owner_start as i64,
+                    e.host,
+                    e.created_at,
+                    e.heartbeat_at,
+                    e.last_used_at
+                ],
+            )
+            .map_err(sq("writing to the registry"))?;
+        Ok(())
+    }
+
+    async fn registry_remove(&self, name: &str) -> Result<()> {
+        self.registry()?
+            .execute("DELETE FROM registry WHERE name = ?1", [name])
+            .map_err(sq("removing a registry row"))?;
+        Ok(())
+    }
+
+    async fn lock(&self, key: &str, wait: Duration) -> Result<Lock> {
+        let hash = blake3::hash(key.as_bytes()).to_hex();
+        let path = self
+            .dir
+            .join(".dbfork")
+            .join("locks")
+            .join(format!("{}.lock", &hash[..16]));
+        let file = File::create(&path).map_err(Error::io(format!(
+            "opening the lock file {}",
+            path.display()
+        )))?;
+        let got = poll_until(wait, || async {
+            // SAFETY: the descriptor is open; flock is released when the file is closed.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            Ok((rc == 0).then_some(()))
+        })
+        .await?;
+        match got {
+            Some(()) => Ok(Lock::new(file)),
+            None => Err(Error::LockTimeout {
+                key: key.to_string(),
+                waited: wait,
+            }),
+        }
+    }
+
+    async fn unlock(&self, lock: Lock) -> Result<()> {
+        drop(lock.into_inner::<File>());
+        Ok(())
+    }
+
+    async fn databases(&self, prefix: &str) -> Result<Vec<String>> {
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(Error::io(format!("listing {}", self.dir.display())))?;
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".sqlite3"))
+                    .map(str::to_string)
+            })
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn create_empty(&self, name: &str) -> Result<()> {
+        let path = self.path_of(name);
+        Connection::open(&path)
+            .and_then(|c| c.execute_batch("PRAGMA user_version = 0"))
+            .map_err(sq(format!("creating {}", path.display())))
+    }
+
+    async fn seal_template(&self, name: &str) -> Result<()> {
+        let path = self.path_of(name);
+        let conn = Connection::open(&path).map_err(sq(format!("opening {}", path.display())))?;
+        conn.busy_timeout(self.busy_timeout)
+            .map_err(sq("setting a busy timeout"))?;
+        // Everything in the main file, so that a plain file copy is a whole database.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(sq(format!("checkpointing {}", path.display())))?;
+        conn.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+            .map_err(sq(format!("leaving WAL mode on {}", path.display())))?;
+        Ok(())
+    }
+
+    async fn clone_database(&self, template: &str, name: &str, method: CloneMethod) -> Result<()> {
+        let src = self.path_of(template);
+        let dst = self.path_of(name);
+        let part = side_file(&dst, ".part");
+        let result = tokio::task::spawn_blocking(move || -> Result<()> {
+            match method {
+                CloneMethod::Copy => copy_file(&src, &part).map_err(Error::io(format!(
+                    "copying {} to {}",
+                    src.display(),
+                    part.display()
+                )))?,
+                CloneMethod::Backup => {
+                    let from =
+                        Connection::open(&src).map_err(sq(format!("opening {}", src.display())))?;
+                    from.backup(rusqlite::MAIN_DB, &part, None)
+                        .map_err(sq(format!(
+                            "backing up {} to {}",
+                            src.display(),
+                            part.display()
+                        )))?;
+                }
+                other => {
+                    return Err(Error::BadMethod {
+                        method: format!("{other:?}"),
+                        backend: NAME,
+                        choices: CloneMethod::choices(Kind::Sqlite),
+                    })
+                }
+            }
+            // Whole or not at all: a crash mid-copy leaves only the `.part` file.
+            std::fs::rename(&part, &dst).map_err(Error::io(format!(
+                "renaming {} to {}",
+                part.display(),
+                dst.display()
+            )))
+        })
+        .await;
+        result.map_err(|e| Error::query(NAME, "copying a template", e))?
+    }
+
+    async fn drop_database(&self, name: &str, _deadline: Duration) -> Result<()> {
+        // Open handles do not stop an unlink on Unix; the space is freed when they close.
+        let path = self.path_of(name);
+        let mut files = vec![path.clone()];
+        files.extend(SIDE_FILES.iter().map(|s| side_file(&path, s)));
+        for file in files {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("removing {}", file.display()))(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn client_env(&self, name: &str) -> Vec<(String, String)> {
+        vec![(
+            "DBFORK_SQLITE_PATH".to_string(),
+            self.path_of(name).display().to_string(),
+        )]
+    }
+}

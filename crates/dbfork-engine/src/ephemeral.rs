@@ -1,0 +1,1517 @@
+//! Ephemeral servers: `--db postgres:ephemeral` and `--db mariadb:ephemeral`
+//! start a private throwaway server from the installed binaries, so dbfork and
+//! its own tests need no server someone else started.
+//!
+//! Each server lives in its own directory on tmpfs (`/dev/shm` where it is a
+//! writable tmpfs), named `dbfork-ephemeral-<kind>-<pid>-<random>`, listens on
+//! a Unix socket in that directory only, and runs with durability off (it is
+//! thrown away anyway). The directory holds an `owner` file (this process: pid,
+//! start time, host) and a `server` file (the server's pid and start time), so
+//! that [`collect_stale`] can stop and remove what a killed dbfork left behind.
+//!
+//! The server runs in its own process group: killing it never signals dbfork,
+//! and Ctrl-C in a terminal does not reach it before dbfork stops it in order.
+//! As root, the server runs as the `postgres` (resp. `mysql`) system user, or
+//! `nobody`, because neither server agrees to run as root.
+
+use std::ffi::CString;
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::process::{Child, Command};
+
+use crate::error::{Error, Result};
+use crate::process::{host_name, is_alive, Owner};
+use crate::url::{DbUrl, Kind};
+
+/// The prefix of every ephemeral server directory.
+const DIR_PREFIX: &str = "dbfork-ephemeral-";
+/// The PostgreSQL port: it only names the socket file, which lives in our own directory.
+const PG_PORT: u16 = 5432;
+/// Longest wait for `initdb` / `mariadb-install-db`.
+const INIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for a started server to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a server to shut down after the polite signal.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a process to go after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+/// Bound on one readiness probe (connect, handshake).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A directory without a readable `owner` file is stale only when older than
+/// this (its creator may be about to write the file).
+const OWNERLESS_GRACE: Duration = Duration::from_secs(120);
+/// `sun_path` holds 108 bytes on Linux (104 on BSDs), the NUL included.
+const MAX_SOCKET_PATH: usize = 103;
+
+/// InnoDB settings shared by `mariadb-install-db` (so the files are created
+/// with them) and `mariadbd`.
+const MARIADB_INNODB: &[&str] = &[
+    "--innodb-buffer-pool-size=256M",
+    "--innodb-log-file-size=64M",
+    "--innodb-flush-log-at-trx-commit=0",
+    "--innodb-flush-method=nosync",
+    "--innodb-doublewrite=0",
+];
+
+/// The two server kinds an ephemeral server can be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Postgres,
+    MariaDb,
+}
+
+impl Flavor {
+    fn of(kind: Kind) -> Result<Flavor> {
+        match kind {
+            Kind::Postgres => Ok(Flavor::Postgres),
+            Kind::Mysql => Ok(Flavor::MariaDb),
+            Kind::Sqlite => Err(Error::Ephemeral {
+                kind: "SQLite",
+                cause: "SQLite needs no server: use sqlite:///path/to/file.db".to_string(),
+            }),
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Flavor::Postgres => Kind::Postgres,
+            Flavor::MariaDb => Kind::Mysql,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Flavor::Postgres => "PostgreSQL",
+            Flavor::MariaDb => "MariaDB",
+        }
+    }
+
+    /// The kind as it appears in directory names.
+    fn slug(self) -> &'static str {
+        match self {
+            Flavor::Postgres => "postgres",
+            Flavor::MariaDb => "mariadb",
+        }
+    }
+
+    fn package(self) -> &'static str {
+        match self {
+            Flavor::Postgres => "postgresql",
+            Flavor::MariaDb => "mariadb-server",
+        }
+    }
+
+    fn bindir_var(self) -> &'static str {
+        match self {
+            Flavor::Postgres => "DBFORK_PG_BINDIR",
+            Flavor::MariaDb => "DBFORK_MARIADB_BINDIR",
+        }
+    }
+
+    /// The system user the server runs as when dbfork runs as root.
+    fn system_user(self) -> &'static str {
+        match self {
+            Flavor::Postgres => "postgres",
+            Flavor::MariaDb => "mysql",
+        }
+    }
+
+    /// Names of the program that creates a data directory, preferred first.
+    fn init_names(self) -> &'static [&'static str] {
+        match self {
+            Flavor::Postgres => &["initdb"],
+            Flavor::MariaDb => &["mariadb-install-db", "mysql_install_db"],
+        }
+    }
+
+    /// Names of the server program, preferred first.
+    fn server_names(self) -> &'static [&'static str] {
+        match self {
+            Flavor::Postgres => &["postgres"],
+            Flavor::MariaDb => &["mariadbd", "mysqld"],
+        }
+    }
+
+    /// The Unix socket the server listens on, inside its directory.
+    fn socket(self, dir: &Path) -> PathBuf {
+        match self {
+            Flavor::Postgres => dir.join(format!(".s.PGSQL.{PG_PORT}")),
+            Flavor::MariaDb => dir.join("mysqld.sock"),
+        }
+    }
+
+    /// The signal that asks the server for a fast, clean shutdown.
+    fn stop_signal(self) -> libc::c_int {
+        match self {
+            Flavor::Postgres => libc::SIGINT,
+            Flavor::MariaDb => libc::SIGTERM,
+        }
+    }
+
+    fn url(self, dir: &Path) -> DbUrl {
+        match self {
+            Flavor::Postgres => DbUrl {
+                kind: Kind::Postgres,
+                user: Some("postgres".to_string()),
+                password: None,
+                host: None,
+                port: Some(PG_PORT),
+                socket: Some(dir.to_path_buf()),
+                database: Some("postgres".to_string()),
+                params: Vec::new(),
+            },
+            Flavor::MariaDb => DbUrl {
+                kind: Kind::Mysql,
+                user: Some("root".to_string()),
+                password: None,
+                host: None,
+                port: None,
+                socket: Some(self.socket(dir)),
+                database: Some("mysql".to_string()),
+                params: Vec::new(),
+            },
+        }
+    }
+}
+
+/// The programs that make and run a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Programs {
+    init: PathBuf,
+    server: PathBuf,
+}
+
+/// The unprivileged user a server runs as when dbfork runs as root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RunAs {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+/// A private throwaway database server. Stop it with [`EphemeralServer::stop`];
+/// dropping it instead kills the server and removes its directory.
+#[derive(Debug)]
+pub struct EphemeralServer {
+    flavor: Flavor,
+    dir: PathBuf,
+    url: DbUrl,
+    /// The running init program or server.
+    child: Option<Child>,
+    /// Whether the directory is already gone.
+    removed: bool,
+}
+
+impl EphemeralServer {
+    /// Starts a private server of `kind` (Kind::Postgres or Kind::Mysql).
+    pub async fn start(kind: Kind) -> Result<EphemeralServer> {
+        EphemeralServer::start_with(kind, None).await
+    }
+
+    /// [`EphemeralServer::start`], searching only `bindirs` for the programs when given.
+    async fn start_with(kind: Kind, bindirs: Option<Vec<PathBuf>>) -> Result<EphemeralServer> {
+        let flavor = Flavor::of(kind)?;
+        let began = Instant::now();
+        match tokio::task::spawn_blocking(collect_stale).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    "removed {} stale ephemeral server directories",
+                    removed.len()
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("collecting stale ephemeral servers failed: {e}"),
+        }
+        let programs = find_programs(flavor, bindirs).await?;
+        let run_as = run_as(flavor);
+        let dir = make_dir(flavor, run_as.as_ref())?;
+        let mut server = EphemeralServer {
+            flavor,
+            url: flavor.url(&dir),
+            dir,
+            child: None,
+            removed: false,
+        };
+        write_owner(&server.dir.join("owner"), &Owner::this_process())?;
+        let init_took = server.init(&programs, run_as.as_ref()).await?;
+        server.serve(&programs, run_as.as_ref()).await?;
+        tracing::info!(
+            "started an ephemeral {} server in {} ms (data directory {} ms{}): {}",
+            flavor.label(),
+            began.elapsed().as_millis(),
+            init_took.as_millis(),
+            run_as
+                .map(|r| format!(", running as {}", r.name))
+                .unwrap_or_default(),
+            server.url
+        );
+        Ok(server)
+    }
+
+    /// Its admin URL: maintenance database `postgres` (PostgreSQL, user
+    /// postgres) or `mysql` (MariaDB, user root), no password.
+    pub fn url(&self) -> &DbUrl {
+        &self.url
+    }
+
+    /// The directory the server lives in (its socket, data and logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.flavor.kind()
+    }
+
+    /// Stops the server (fast shutdown, bounded wait then SIGKILL) and removes its directory.
+    pub async fn stop(mut self) -> Result<()> {
+        let began = Instant::now();
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                signal(pid, self.flavor.stop_signal());
+            }
+            match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    "waiting for the ephemeral {} server: {e}",
+                    self.flavor.label()
+                ),
+                Err(_) => {
+                    tracing::warn!(
+                        "the ephemeral {} server did not stop within {STOP_TIMEOUT:?}; killing it",
+                        self.flavor.label()
+                    );
+                    if let Some(pid) = child.id() {
+                        kill_group(pid);
+                    }
+                    if tokio::time::timeout(KILL_WAIT, child.wait()).await.is_err() {
+                        tracing::warn!(
+                            "the ephemeral {} server survived SIGKILL for {KILL_WAIT:?}",
+                            self.flavor.label()
+                        );
+                    }
+                }
+            }
+        }
+        let dir = self.dir.clone();
+        let removal = tokio::task::spawn_blocking(move || remove_server_dir(&dir))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        removal.map_err(Error::io(format!(
+            "removing the ephemeral server directory {}",
+            self.dir.display()
+        )))?;
+        self.removed = true;
+        tracing::info!(
+            "stopped the ephemeral {} server in {} ms and removed {}",
+            self.flavor.label(),
+            began.elapsed().as_millis(),
+            self.dir.display()
+        );
+        Ok(())
+    }
+
+    /// Creates the data directory (`initdb` / `mariadb-install-db`); returns the time taken.
+    async fn init(&mut self, programs: &Programs, run_as: Option<&RunAs>) -> Result<Duration> {
+        let began = Instant::now();
+        let data = self.dir.join("data");
+        let log = self.dir.join("init.log");
+        let mut cmd = self.command(&programs.init, &log, run_as)?;
+        match self.flavor {
+            Flavor::Postgres => {
+                cmd.arg("-D").arg(&data).args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ]);
+            }
+            Flavor::MariaDb => {
+                // No --user: as root we already run it as the unprivileged user
+                // (with --user the script would also chown system plugin files).
+                cmd.arg("--no-defaults")
+                    .arg(format!("--datadir={}", data.display()))
+                    .args([
+                        "--auth-root-authentication-method=normal",
+                        "--skip-test-db",
+                        "--skip-name-resolve",
+                        // --force: do not resolve the host name (slow or hanging without DNS).
+                        "--force",
+                    ])
+                    .args(MARIADB_INNODB);
+            }
+        }
+        let name = program_name(&programs.init);
+        let child = cmd
+            .spawn()
+            .map_err(Error::io(format!("starting {}", programs.init.display())))?;
+        self.record_pid(&child)?;
+        let child = self.child.insert(child);
+        let status = match tokio::time::timeout(INIT_TIMEOUT, child.wait()).await {
+            Ok(status) => status.map_err(Error::io(format!("waiting for {name}")))?,
+            Err(_) => {
+                return Err(self.failure(format!(
+                    "`{name}` did not finish within {INIT_TIMEOUT:?}; the last lines of its output:\n{}",
+                    tail(&log)
+                )));
+            }
+        };
+        self.child = None;
+        if !status.success() {
+            return Err(self.failure(format!(
+                "`{name}` failed ({status}); the last lines of its output:\n{}",
+                tail(&log)
+            )));
+        }
+        Ok(began.elapsed())
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    async fn serve(&mut self, programs: &Programs, run_as: Option<&RunAs>) -> Result<()> {
+        let log = self.dir.join("server.log");
+        let data = self.dir.join("data");
+        let mut cmd = self.command(&programs.server, &log, run_as)?;
+        match self.flavor {
+            Flavor::Postgres => {
+                cmd.arg("-D")
+                    .arg(&data)
+                    .arg("-k")
+                    .arg(&self.dir)
+                    .args(["-p", &PG_PORT.to_string()]);
+                for setting in [
+                    "listen_addresses=",
+                    "fsync=off",
+                    "synchronous_commit=off",
+                    "full_page_writes=off",
+                    "shared_buffers=128MB",
+                    "max_connections=200",
+                    "wal_level=minimal",
+                    "max_wal_senders=0",
+                ] {
+                    cmd.args(["-c", setting]);
+                }
+                if is_tmpfs(&self.dir) {
+                    // Dynamic shared memory as files in the data directory
+                    // rather than in /dev/shm, so a killed server leaves none
+                    // behind: its directory goes, and them with it.
+                    cmd.args(["-c", "dynamic_shared_memory_type=mmap"]);
+                }
+            }
+            Flavor::MariaDb => {
+                let dir = self.dir.display();
+                cmd.arg("--no-defaults")
+                    .arg(format!("--datadir={}", data.display()))
+                    .arg(format!(
+                        "--socket={}",
+                        self.flavor.socket(&self.dir).display()
+                    ))
+                    .arg(format!("--pid-file={dir}/mysqld.pid"))
+                    .arg(format!("--tmpdir={dir}"))
+                    .args([
+                        "--skip-networking",
+                        "--skip-name-resolve",
+                        "--skip-log-bin",
+                        "--sync-binlog=0",
+                        "--skip-sync-frm",
+                        "--innodb-buffer-pool-dump-at-shutdown=0",
+                        "--innodb-buffer-pool-load-at-startup=0",
+                        "--max-connections=200",
+                        "--character-set-server=utf8mb4",
+                        "--collation-server=utf8mb4_general_ci",
+                    ])
+                    .args(MARIADB_INNODB);
+            }
+        }
+        let name = program_name(&programs.server);
+        let child = cmd
+            .spawn()
+            .map_err(Error::io(format!("starting {}", programs.server.display())))?;
+        self.record_pid(&child)?;
+        self.child = Some(child);
+        let socket = self.flavor.socket(&self.dir);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last = format!("its socket {} did not appear", socket.display());
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child
+                    .try_wait()
+                    .map_err(Error::io(format!("waiting for {name}")))?
+                {
+                    self.child = None;
+                    return Err(self.exited(&name, status, &log));
+                }
+            }
+            if socket.exists() {
+                let (flavor, probe_socket) = (self.flavor, socket.clone());
+                match tokio::task::spawn_blocking(move || probe(flavor, &probe_socket)).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) => last = e,
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.failure(format!(
+                    "`{name}` did not accept connections within {READY_TIMEOUT:?} ({last}); the last lines of its log:\n{}",
+                    tail(&log)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn exited(&self, name: &str, status: ExitStatus, log: &Path) -> Error {
+        self.failure(format!(
+            "`{name}` exited ({status}); the last lines of its log:\n{}",
+            tail(log)
+        ))
+    }
+
+    fn failure(&self, cause: String) -> Error {
+        Error::Ephemeral {
+            kind: self.flavor.label(),
+            cause,
+        }
+    }
+
+    /// A command run in the server directory, in its own process group, as
+    /// `run_as` when given, with its output appended to `log`.
+    fn command(&self, program: &Path, log: &Path, run_as: Option<&RunAs>) -> Result<Command> {
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(Error::io(format!("creating {}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(Error::io(format!("opening {}", log.display())))?;
+        let mut cmd = Command::new(program);
+        cmd.current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        if let Some(user) = run_as {
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        Ok(cmd)
+    }
+
+    /// Records the pid of the process now working in the directory, for [`collect_stale`].
+    fn record_pid(&self, child: &Child) -> Result<()> {
+        match child.id() {
+            Some(pid) => write_owner(&self.dir.join("server"), &Owner::of_pid(pid)),
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(test)]
+    fn server_pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+}
+
+impl Drop for EphemeralServer {
+    /// Best effort and synchronous: SIGKILL the server's process group, wait a
+    /// little for it, remove the directory.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                kill_group(pid);
+            }
+            let deadline = Instant::now() + KILL_WAIT;
+            while Instant::now() < deadline {
+                match child.try_wait() {
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                    Ok(Some(_)) | Err(_) => break,
+                }
+            }
+        }
+        if !self.removed {
+            match remove_server_dir(&self.dir) {
+                Ok(()) => tracing::info!(
+                    "cleaned up the ephemeral {} server (not stopped in order): removed {}",
+                    self.flavor.label(),
+                    self.dir.display()
+                ),
+                Err(e) => tracing::warn!("could not remove {}: {e}", self.dir.display()),
+            }
+            self.removed = true;
+        }
+    }
+}
+
+/// Removes what a killed dbfork left: every ephemeral directory whose owner
+/// process is dead (stop its server, remove the directory). Called at every
+/// start. Returns the directories removed.
+pub fn collect_stale() -> Vec<PathBuf> {
+    collect_stale_in(&tmp_roots())
+}
+
+fn collect_stale_in(roots: &[PathBuf]) -> Vec<PathBuf> {
+    let host = host_name();
+    let mut removed = Vec::new();
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry
+                .file_name()
+                .as_bytes()
+                .starts_with(DIR_PREFIX.as_bytes())
+            {
+                continue;
+            }
+            let dir = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+                continue;
+            };
+            if !meta.is_dir() || !is_stale(&dir, &meta, &host) {
+                continue;
+            }
+            if let Some(server) = read_owner(&dir.join("server")) {
+                kill_stale_server(&server, &dir);
+            }
+            match remove_server_dir(&dir) {
+                Ok(()) => {
+                    tracing::info!(
+                        "removed the stale ephemeral server directory {}",
+                        dir.display()
+                    );
+                    removed.push(dir);
+                }
+                Err(e) => tracing::warn!(
+                    "could not remove the stale ephemeral server directory {}: {e}",
+                    dir.display()
+                ),
+            }
+        }
+    }
+    removed
+}
+
+/// Whether the owner of an ephemeral directory is gone.
+fn is_stale(dir: &Path, meta: &std::fs::Metadata, host: &str) -> bool {
+    match read_owner(&dir.join("owner")) {
+        // Another host's pids mean nothing here (a shared /tmp): leave it alone.
+        Some(owner) => owner.host == host && !is_alive(owner.pid, owner.start),
+        None => meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age > OWNERLESS_GRACE),
+    }
+}
+
+/// SIGKILLs a stale server (and its process group) if it still runs and is
+/// really the server of `dir`, then waits a bounded time for it to go.
+fn kill_stale_server(server: &Owner, dir: &Path) {
+    if server.pid == 0 || !is_alive(server.pid, server.start) {
+        return;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", server.pid)) else {
+        return;
+    };
+    let needle = dir.as_os_str().as_bytes();
+    if !cmdline.windows(needle.len()).any(|w| w == needle) {
+        return;
+    }
+    tracing::info!(
+        "killing the stale ephemeral server {} of {}",
+        server.pid,
+        dir.display()
+    );
+    kill_group(server.pid);
+    let deadline = Instant::now() + KILL_WAIT;
+    while is_alive(server.pid, server.start) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SIGKILLs the process group led by `pid` (every server is a group leader),
+/// or the process alone if it leads no group.
+fn kill_group(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: getpgid and kill have no memory-safety preconditions.
+    unsafe {
+        if libc::getpgid(pid) == pid {
+            libc::kill(-pid, libc::SIGKILL);
+        } else {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        if pid > 0 {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+}
+
+/// Removes a server's directory, and the System V shared memory segment a
+/// killed PostgreSQL leaves behind.
+fn remove_server_dir(dir: &Path) -> std::io::Result<()> {
+    release_pg_segment(dir);
+    remove_dir_retrying(dir)
+}
+
+/// PostgreSQL keeps a small System V shared memory segment, whose key and id
+/// are on line 7 of `postmaster.pid`; a postmaster killed with SIGKILL cannot
+/// remove it. Removes it when it is that segment and nothing uses it any more.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_pg_segment(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join("data").join("postmaster.pid")) else {
+        return;
+    };
+    let mut fields = text.lines().nth(6).unwrap_or_default().split_whitespace();
+    let (Some(Ok(key)), Some(Ok(id))) = (
+        fields.next().map(str::parse::<libc::key_t>),
+        fields.next().map(str::parse::<libc::c_int>),
+    ) else {
+        return;
+    };
+    // The server's processes detach as they die: give the last ones a moment.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let mut stat = std::mem::MaybeUninit::<libc::shmid_ds>::zeroed();
+        // SAFETY: `stat` is valid for one shmid_ds, which IPC_STAT fills.
+        if unsafe { libc::shmctl(id, libc::IPC_STAT, stat.as_mut_ptr()) } != 0 {
+            return;
+        }
+        // SAFETY: shmctl succeeded, so it filled `stat`.
+        let stat = unsafe { stat.assume_init() };
+        if stat.shm_perm.__key != key {
+            return;
+        }
+        if stat.shm_nattch == 0 {
+            // SAFETY: IPC_RMID takes no buffer.
+            unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+            return;
+        }
+        if Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_pg_segment(_dir: &Path) {}
+
+/// Removes a directory tree, retrying briefly: a process killed a moment ago
+/// may still be finishing a write in it.
+fn remove_dir_retrying(dir: &Path) -> std::io::Result<()> {
+    let mut last = None;
+    for attempt in 0..8u64 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(10 * (attempt + 1)));
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("could not remove the directory")))
+}
+
+fn write_owner(path: &Path, owner: &Owner) -> Result<()> {
+    let text = serde_json::json!({ "pid": owner.pid, "start": owner.start, "host": owner.host })
+        .to_string();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(Error::io(format!("writing {}", path.display())))
+}
+
+fn read_owner(path: &Path) -> Option<Owner> {
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    Some(Owner {
+        pid: u32::try_from(value.get("pid")?.as_u64()?).ok()?,
+        start: value.get("start")?.as_u64()?,
+        host: value.get("host")?.as_str()?.to_string(),
+    })
+}
+
+/// Where ephemeral directories may live, in order of preference.
+fn tmp_roots() -> Vec<PathBuf> {
+    let mut roots = vec![PathBuf::from("/dev/shm")];
+    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        if xdg.is_absolute() {
+            roots.push(xdg);
+        }
+    }
+    roots.push(std::env::temp_dir());
+    roots.push(PathBuf::from("/tmp"));
+    dedup(roots)
+}
+
+/// The directory to make a new server's directory in: tmpfs where there is one.
+fn pick_root(other_user: bool) -> PathBuf {
+    // The longest name: prefix, slug, pid, random, separators.
+    let name_len = DIR_PREFIX.len() + "postgres".len() + 10 + 8 + 2;
+    let fits = |root: &Path| {
+        root.as_os_str().len() + 1 + name_len + "/.s.PGSQL.5432".len() <= MAX_SOCKET_PATH
+    };
+    let shm = Path::new("/dev/shm");
+    if is_tmpfs(shm) && usable(shm, other_user) && fits(shm) {
+        return shm.to_path_buf();
+    }
+    // XDG_RUNTIME_DIR is private to its user: useless for a server run as another one.
+    if !other_user {
+        if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+            if xdg.is_absolute() && usable(&xdg, false) && fits(&xdg) {
+                return xdg;
+            }
+        }
+    }
+    let tmp = std::env::temp_dir();
+    if usable(&tmp, other_user) && fits(&tmp) {
+        return tmp;
+    }
+    PathBuf::from("/tmp")
+}
+
+/// A writable directory; traversable by everyone when the server runs as another user.
+fn usable(dir: &Path, other_user: bool) -> bool {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return false;
+    };
+    let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `path` is a valid NUL-terminated string.
+    let writable = unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } == 0;
+    meta.is_dir() && writable && (!other_user || meta.mode() & 0o001 != 0)
+}
+
+#[cfg(target_os = "linux")]
+#[allow(clippy::unnecessary_cast)]
+fn is_tmpfs(dir: &Path) -> bool {
+    let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `buf` is valid for one statfs.
+    if unsafe { libc::statfs(path.as_ptr(), buf.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: statfs succeeded, so it filled `buf`.
+    let buf = unsafe { buf.assume_init() };
+    buf.f_type as i64 == libc::TMPFS_MAGIC as i64
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_tmpfs(_dir: &Path) -> bool {
+    false
+}
+
+/// Creates `dbfork-ephemeral-<kind>-<pid>-<random>` (mode 0700), owned by
+/// `run_as` when given.
+fn make_dir(flavor: Flavor, run_as: Option<&RunAs>) -> Result<PathBuf> {
+    let root = pick_root(run_as.is_some());
+    let mut last = None;
+    for _ in 0..16 {
+        let dir = root.join(format!(
+            "{DIR_PREFIX}{}-{}-{}",
+            flavor.slug(),
+            std::process::id(),
+            random_suffix()
+        ));
+        match DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {
+                if let Some(user) = run_as {
+                    if let Err(e) = std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)) {
+                        let _ = std::fs::remove_dir(&dir);
+                        return Err(Error::io(format!(
+                            "giving {} to the user {}",
+                            dir.display(),
+                            user.name
+                        ))(e));
+                    }
+                }
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(Error::io(format!("creating {}", dir.display()))(e)),
+        }
+    }
+    Err(Error::io(format!(
+        "creating an ephemeral server directory in {}",
+        root.display()
+    ))(
+        last.unwrap_or_else(|| std::io::Error::other("no free name")),
+    ))
+}
+
+fn random_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&std::process::id().to_le_bytes());
+    hasher.update(&nanos.to_le_bytes());
+    hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    hasher.update(format!("{:?}", std::thread::current().id()).as_bytes());
+    hasher.finalize().to_hex()[..8].to_string()
+}
+
+/// The user to run the server as: None unless dbfork runs as root; then the
+/// flavor's system user if it exists, else `nobody`.
+fn run_as(flavor: Flavor) -> Option<RunAs> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    [flavor.system_user(), "nobody"]
+        .into_iter()
+        .find_map(|name| passwd_entry(&passwd, name))
+        .or(Some(RunAs {
+            name: "nobody".to_string(),
+            uid: 65534,
+            gid: 65534,
+        }))
+}
+
+fn passwd_entry(passwd: &str, name: &str) -> Option<RunAs> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        if fields.next()? != name {
+            return None;
+        }
+        let _password = fields.next()?;
+        let uid: u32 = fields.next()?.parse().ok()?;
+        let gid: u32 = fields.next()?.parse().ok()?;
+        (uid != 0).then(|| RunAs {
+            name: name.to_string(),
+            uid,
+            gid,
+        })
+    })
+}
+
+/// Finds the programs: in `bindirs` when given, else in the flavor's
+/// environment variable's directories when set (then only there), else on
+/// PATH and the usual places.
+async fn find_programs(flavor: Flavor, bindirs: Option<Vec<PathBuf>>) -> Result<Programs> {
+    let from_env = || {
+        std::env::var_os(flavor.bindir_var())
+            .filter(|v| !v.is_empty())
+            .map(|v| std::env::split_paths(&v).collect::<Vec<_>>())
+    };
+    let (mut searched, exclusive) = match bindirs.or_else(from_env) {
+        Some(dirs) => (dedup(dirs), true),
+        None => (default_dirs(flavor), false),
+    };
+    let mut found = lookup(flavor, &searched);
+    if found.is_err() && !exclusive && flavor == Flavor::Postgres {
+        let mut more = searched.clone();
+        more.extend(pg_config_bindir().await);
+        more.extend(debian_pg_dirs(Path::new("/usr/lib/postgresql")));
+        searched = dedup(more);
+        found = lookup(flavor, &searched);
+    }
+    found.map_err(|program| Error::MissingBinary {
+        what: format!("starting an ephemeral {} server", flavor.label()),
+        program: program.to_string(),
+        searched: searched
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        package: flavor.package().to_string(),
+    })
+}
+
+/// PATH, then (MariaDB) `/usr/sbin` and `/usr/bin`.
+fn default_dirs(flavor: Flavor) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .filter(|d| d.is_absolute())
+                .collect()
+        })
+        .unwrap_or_default();
+    if flavor == Flavor::MariaDb {
+        dirs.extend([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")]);
+    }
+    dedup(dirs)
+}
+
+/// The programs in `dirs`, or the name of the one missing. PostgreSQL's two
+/// must come from the same directory (the same version).
+fn lookup(flavor: Flavor, dirs: &[PathBuf]) -> std::result::Result<Programs, &'static str> {
+    let find = |names: &[&str], dirs: &[PathBuf]| {
+        dirs.iter()
+            .flat_map(|d| names.iter().map(move |n| d.join(n)))
+            .find(|p| is_executable(p))
+    };
+    match flavor {
+        Flavor::Postgres => {
+            let mut any_init = false;
+            for dir in dirs {
+                let init = find(flavor.init_names(), std::slice::from_ref(dir));
+                let server = find(flavor.server_names(), std::slice::from_ref(dir));
+                any_init |= init.is_some();
+                if let (Some(init), Some(server)) = (init, server) {
+                    return Ok(Programs { init, server });
+                }
+            }
+            Err(if any_init { "postgres" } else { "initdb" })
+        }
+        Flavor::MariaDb => {
+            let init = find(flavor.init_names(), dirs).ok_or("mariadb-install-db")?;
+            let server = find(flavor.server_names(), dirs).ok_or("mariadbd")?;
+            Ok(Programs { init, server })
+        }
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+}
+
+async fn pg_config_bindir() -> Option<PathBuf> {
+    let mut cmd = Command::new("pg_config");
+    cmd.arg("--bindir")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(5), cmd.output())
+        .await
+        .ok()?
+        .ok()?;
+    let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    (out.status.success() && dir.is_absolute()).then_some(dir)
+}
+
+/// `<root>/<version>/bin`, newest version first (Debian's layout).
+fn debian_pg_dirs(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut versions: Vec<(Vec<u32>, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let key = name
+                .split('.')
+                .map(|p| p.parse().ok())
+                .collect::<Option<Vec<u32>>>()?;
+            Some((key, e.path().join("bin")))
+        })
+        .collect();
+    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    versions.into_iter().map(|(_, dir)| dir).collect()
+}
+
+fn dedup(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::with_capacity(paths.len());
+    for p in paths {
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn program_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// The last lines of a log file, for error messages.
+fn tail(log: &Path) -> String {
+    const LINES: usize = 25;
+    let text = match std::fs::read(log) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => return format!("(cannot read {}: {e})", log.display()),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LINES)..].join("\n")
+}
+
+/// One bounded readiness check: does the server at `socket` answer?
+fn probe(flavor: Flavor, socket: &Path) -> std::result::Result<(), String> {
+    use std::os::unix::net::UnixStream;
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+    stream
+        .set_read_timeout(Some(PROBE_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(PROBE_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    match flavor {
+        Flavor::Postgres => probe_postgres(&mut stream),
+        Flavor::MariaDb => probe_mariadb(&mut stream),
+    }
+}
+
+/// Logs in as `postgres` (trust) and waits for ReadyForQuery.
+fn probe_postgres(stream: &mut std::os::unix::net::UnixStream) -> std::result::Result<(), String> {
+    use std::io::{Read, Write};
+    let mut body = 196_608u32.to_be_bytes().to_vec(); // protocol 3.0
+    for part in ["user", "postgres", "database", "postgres"] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = u32::try_from(body.len() + 4)
+        .map_err(|e| e.to_string())?
+        .to_be_bytes()
+        .to_vec();
+    packet.extend(body);
+    stream
+        .write_all(&packet)
+        .map_err(|e| format!("sending the startup packet: {e}"))?;
+    for _ in 0..64 {
+        let mut header = [0u8; 5];
+        stream
+            .read_exact(&mut header)
+            .map_err(|e| format!("reading the reply: {e}"))?;
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut payload = vec![0u8; len.saturating_sub(4).min(1 << 16)];
+        stream
+            .read_exact(&mut payload)
+            .map_err(|e| format!("reading the reply: {e}"))?;
+        match header[0] {
+            b'Z' => {
+                let _ = stream.write_all(&[b'X', 0, 0, 0, 4]);
+                return Ok(());
+            }
+            b'E' => {
+                // Fields: a type byte and a NUL-terminated string each; `M` is the message.
+                let message = payload
+                    .split(|b| *b == 0)
+                    .find(|f| f.first() == Some(&b'M'))
+                    .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+                    .unwrap_or_else(|| "an error".to_string());
+                return Err(format!("the server answered: {message}"));
+            }
+            b'R' if payload.get(..4) != Some(&[0, 0, 0, 0]) => {
+                return Err(
+                    "the server asks for a password although it should trust local connections"
+                        .to_string(),
+                );
+            }
+            _ => {}
+        }
+    }
+    Err("the server sent no ReadyForQuery".to_string())
+}
+
+/// Reads the server's greeting (protocol 10) or its error packet.
+fn probe_mariadb(stream: &mut std::os::unix::net::UnixStream) -> std::result::Result<(), String> {
+    use std::io::Read;
+    let mut header = [0u8; 4];
+    stream
+        .read_exact(&mut header)
+        .map_err(|e| format!("reading the greeting: {e}"))?;
+    let len = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+    let mut payload = vec![0u8; len.min(1 << 16)];
+    stream
+        .read_exact(&mut payload)
+        .map_err(|e| format!("reading the greeting: {e}"))?;
+    match payload.first() {
+        Some(10) => Ok(()),
+        Some(0xFF) => {
+            let text = payload.get(3..).unwrap_or_default();
+            let text = if text.first() == Some(&b'#') {
+                text.get(6..).unwrap_or_default()
+            } else {
+                text
+            };
+            Err(format!(
+                "the server answered: {}",
+                String::from_utf8_lossy(text)
+            ))
+        }
+        _ => Err("the server sent an unexpected greeting".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a client program with a deadline; returns its trimmed stdout.
+    async fn client(program: &str, args: &[&str]) -> String {
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .expect("the client finishes in time")
+            .expect("the client runs");
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    async fn psql(server: &EphemeralServer, sql: &str) -> String {
+        let dir = server.dir().to_str().unwrap().to_string();
+        client(
+            "psql",
+            &[
+                "-X", "-h", &dir, "-p", "5432", "-U", "postgres", "-d", "postgres", "-Atc", sql,
+            ],
+        )
+        .await
+    }
+
+    async fn mariadb(server: &EphemeralServer, sql: &str) -> String {
+        let socket = format!("--socket={}", server.dir().join("mysqld.sock").display());
+        client(
+            "mariadb",
+            &["--no-defaults", &socket, "-uroot", "-N", "-B", "-e", sql],
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn ephemeral_postgres_starts_answers_and_stops() {
+        let began = Instant::now();
+        let server = EphemeralServer::start(Kind::Postgres).await.unwrap();
+        let started = began.elapsed();
+        let dir = server.dir().to_path_buf();
+        assert!(dir.join("owner").is_file());
+        assert!(dir
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("dbfork-ephemeral-postgres-"));
+        let url = server.url().to_url_with_password();
+        assert_eq!(
+            url,
+            format!(
+                "postgres://postgres@/postgres?host={}&port=5432",
+                dir.display()
+            )
+        );
+        assert_eq!(DbUrl::parse(&url).unwrap(), *server.url());
+        assert_eq!(psql(&server, "select 1").await, "1");
+        assert_eq!(psql(&server, "show fsync").await, "off");
+        assert_eq!(psql(&server, "show listen_addresses").await, "");
+        let began = Instant::now();
+        server.stop().await.unwrap();
+        eprintln!("postgres: start {started:?}, stop {:?}", began.elapsed());
+        assert!(!dir.exists(), "{} is gone", dir.display());
+    }
+
+    #[tokio::test]
+    async fn ephemeral_mariadb_starts_answers_and_stops() {
+        let began = Instant::now();
+        let server = EphemeralServer::start(Kind::Mysql).await.unwrap();
+        let started = began.elapsed();
+        let dir = server.dir().to_path_buf();
+        assert!(dir
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("dbfork-ephemeral-mariadb-"));
+        assert_eq!(
+            server.url().to_url_with_password(),
+            format!("mysql://root@/mysql?socket={}/mysqld.sock", dir.display())
+        );
+        assert_eq!(mariadb(&server, "select 1").await, "1");
+        assert_eq!(
+            mariadb(&server, "select @@innodb_flush_log_at_trx_commit").await,
+            "0"
+        );
+        assert_eq!(
+            mariadb(&server, "select @@skip_networking, @@log_bin").await,
+            "1\t0"
+        );
+        assert_eq!(
+            mariadb(&server, "select @@character_set_server").await,
+            "utf8mb4"
+        );
+        let began = Instant::now();
+        server.stop().await.unwrap();
+        eprintln!("mariadb: start {started:?}, stop {:?}", began.elapsed());
+        assert!(!dir.exists(), "{} is gone", dir.display());
+    }
+
+    #[tokio::test]
+    async fn ephemeral_drop_without_stop_cleans_up() {
+        for kind in [Kind::Postgres, Kind::Mysql] {
+            let server = EphemeralServer::start(kind).await.unwrap();
+            let dir = server.dir().to_path_buf();
+            let pid = server.server_pid().unwrap();
+            let owner = Owner::of_pid(pid);
+            assert!(is_alive(pid, owner.start));
+            drop(server);
+            assert!(!dir.exists(), "{} is gone", dir.display());
+            assert!(
+                !is_alive(pid, owner.start),
+                "the {kind:?} server {pid} is dead"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn ephemeral_collect_stale_stops_an_orphaned_server() {
+        let server = EphemeralServer::start(Kind::Postgres).await.unwrap();
+        let dir = server.dir().to_path_buf();
+        let pid = server.server_pid().unwrap();
+        let start = Owner::of_pid(pid).start;
+        // Its owner "dies": the server now belongs to a dead process.
+        let mut dead = spawn_sleeper();
+        let dead_owner = Owner::of_pid(dead.id());
+        dead.kill().unwrap();
+        dead.wait().unwrap();
+        write_owner(&dir.join("owner"), &dead_owner).unwrap();
+        let removed = tokio::task::spawn_blocking(collect_stale).await.unwrap();
+        assert!(removed.contains(&dir), "{removed:?}");
+        assert!(!dir.exists());
+        assert!(
+            !is_alive(pid, start),
+            "the orphaned server {pid} was killed"
+        );
+        drop(server);
+    }
+
+    fn spawn_sleeper() -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap()
+    }
+
+    fn fake_dir(root: &Path, name: &str, owner: Option<&Owner>) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("data"), "x").unwrap();
+        if let Some(owner) = owner {
+            write_owner(&dir.join("owner"), owner).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn ephemeral_collect_stale_removes_dead_owners_only() {
+        use std::os::unix::process::CommandExt;
+        let root = tempfile::tempdir().unwrap();
+        let mut dead = spawn_sleeper();
+        let dead_owner = Owner::of_pid(dead.id());
+        dead.kill().unwrap();
+        dead.wait().unwrap();
+        assert!(!is_alive(dead_owner.pid, dead_owner.start));
+        let live = spawn_sleeper();
+        let live_owner = Owner::of_pid(live.id());
+
+        let stale = fake_dir(
+            root.path(),
+            "dbfork-ephemeral-postgres-1-aaaaaaaa",
+            Some(&dead_owner),
+        );
+        // A "server" left running: a process group whose leader mentions the directory.
+        let mut server = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("sleep 60; : {}", stale.display()))
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let server_owner = Owner::of_pid(server.id());
+        write_owner(&stale.join("server"), &server_owner).unwrap();
+        // A dead owner whose recorded server pid is some unrelated process: not killed.
+        let bystander = spawn_sleeper();
+        let stale2 = fake_dir(
+            root.path(),
+            "dbfork-ephemeral-mariadb-2-bbbbbbbb",
+            Some(&dead_owner),
+        );
+        write_owner(&stale2.join("server"), &Owner::of_pid(bystander.id())).unwrap();
+
+        let kept_live = fake_dir(
+            root.path(),
+            "dbfork-ephemeral-postgres-3-cccccccc",
+            Some(&live_owner),
+        );
+        let kept_new = fake_dir(root.path(), "dbfork-ephemeral-postgres-4-dddddddd", None);
+        let other_host = Owner {
+            host: "some-other-host".to_string(),
+            ..dead_owner.clone()
+        };
+        let kept_foreign = fake_dir(
+            root.path(),
+            "dbfork-ephemeral-postgres-5-eeeeeeee",
+            Some(&other_host),
+        );
+        let unrelated = fake_dir(root.path(), "not-dbfork-ephemeral-x", Some(&dead_owner));
+
+        let mut removed = collect_stale_in(&[root.path().to_path_buf()]);
+        removed.sort();
+        assert_eq!(removed, vec![stale2.clone(), stale.clone()]);
+        assert!(!stale.exists() && !stale2.exists());
+        for kept in [&kept_live, &kept_new, &kept_foreign, &unrelated] {
+            assert!(kept.exists(), "{} is kept", kept.display());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = server.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the stale server was killed");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(!status.success());
+        let bystander_owner = Owner::of_pid(bystander.id());
+        assert!(
+            is_alive(bystander_owner.pid, bystander_owner.start),
+            "an unrelated pid is not killed"
+        );
+
+        for mut child in [live, bystander] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert_eq!(
+            collect_stale_in(&[root.path().to_path_buf()]),
+            vec![kept_live]
+        );
+    }
+
+    #[tokio::test]
+    async fn ephemeral_missing_binaries_are_named() {
+        let empty = tempfile::tempdir().unwrap();
+        let dirs = Some(vec![empty.path().to_path_buf()]);
+        for (kind, program, package) in [
+            (Kind::Postgres, "initdb", "postgresql"),
+            (Kind::Mysql, "mariadb-install-db", "mariadb-server"),
+        ] {
+            match EphemeralServer::start_with(kind, dirs.clone()).await {
+                Err(Error::MissingBinary {
+                    program: p,
+                    package: pkg,
+                    searched,
+                    what,
+                }) => {
+                    assert_eq!((p.as_str(), pkg.as_str()), (program, package));
+                    assert_eq!(searched, empty.path().display().to_string());
+                    assert!(what.starts_with("starting an ephemeral"), "{what}");
+                }
+                other => panic!("expected MissingBinary, got {other:?}"),
+            }
+        }
+        // initdb without postgres next to it: the server is what is missing.
+        let fake = empty.path().join("initdb");
+        std::fs::write(&fake, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let err = find_programs(Flavor::Postgres, dirs).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::MissingBinary { program, .. } if program == "postgres"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("apt-get install postgresql"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn ephemeral_failures_show_the_log() {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = tempfile::tempdir().unwrap();
+        // As root the programs run as another user: let it in.
+        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = |name: &str, body: &str| {
+            let path = bin.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        script("initdb", "echo 'initdb: boom' >&2; exit 3");
+        script("postgres", "echo 'FATAL: nope' >&2; exit 1");
+        let dirs = Some(vec![bin.path().to_path_buf()]);
+        let err = EphemeralServer::start_with(Kind::Postgres, dirs.clone())
+            .await
+            .unwrap_err();
+        match &err {
+            Error::Ephemeral { kind, cause } => {
+                assert_eq!(*kind, "PostgreSQL");
+                assert!(
+                    cause.contains("`initdb` failed") && cause.contains("initdb: boom"),
+                    "{cause}"
+                );
+            }
+            other => panic!("expected Ephemeral, got {other:?}"),
+        }
+        script("initdb", "exit 0");
+        let err = EphemeralServer::start_with(Kind::Postgres, dirs)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("`postgres` exited") && text.contains("FATAL: nope"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ephemeral_helpers() {
+        let root = tempfile::tempdir().unwrap();
+        for v in ["9.6", "15", "13", "main"] {
+            std::fs::create_dir(root.path().join(v)).unwrap();
+        }
+        let dirs = debian_pg_dirs(root.path());
+        let names: Vec<_> = dirs
+            .iter()
+            .map(|d| {
+                d.parent()
+                    .unwrap()
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names, ["15", "13", "9.6"]);
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\npostgres:x:101:104::/var/lib/postgresql:/bin/bash\n";
+        assert_eq!(
+            passwd_entry(passwd, "postgres"),
+            Some(RunAs {
+                name: "postgres".to_string(),
+                uid: 101,
+                gid: 104
+            })
+        );
+        assert_eq!(passwd_entry(passwd, "root"), None, "never run as root");
+        assert_eq!(passwd_entry(passwd, "mysql"), None);
+        assert!(Flavor::of(Kind::Sqlite).is_err());
+        assert_ne!(random_suffix(), random_suffix());
+        let tail_file = root.path().join("log");
+        std::fs::write(
+            &tail_file,
+            (0..100).map(|i| format!("line {i}\n")).collect::<String>(),
+        )
+        .unwrap();
+        assert!(tail(&tail_file).starts_with("line 75\n") && tail(&tail_file).ends_with("line 99"));
+    }
+}

@@ -1,0 +1,112 @@
+//! The engine's errors. Each message says what failed, why, and what to do,
+//! and never shows a password (URLs are shown through [`crate::DbUrl`]'s
+//! masking `Display`).
+
+use std::time::Duration;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid database URL `{url}`: {reason}. Expected one of postgres://user@host:5432/postgres, mysql://root@127.0.0.1:3306/mysql, sqlite:///abs/path.db, postgres:ephemeral or mariadb:ephemeral.")]
+    BadUrl { url: String, reason: String },
+
+    #[error("cannot connect to {url}: {cause}. Check that the server is running and reachable, and that the URL's user, password and database are right.")]
+    Connect { url: String, cause: String },
+
+    #[error("connecting to {url} did not finish within {timeout:?}: the server does not answer. Check the host and port, or raise --connect-timeout.")]
+    ConnectTimeout { url: String, timeout: Duration },
+
+    #[error("{backend} query failed ({context}): {cause}")]
+    Query {
+        backend: &'static str,
+        context: String,
+        cause: String,
+    },
+
+    #[error("the setup command `{command}` failed ({status}); the half-built template {template} was dropped. Its last output:\n{tail}")]
+    SetupFailed {
+        command: String,
+        status: String,
+        template: String,
+        tail: String,
+    },
+
+    #[error("the setup command `{command}` could not be started: {cause}")]
+    SetupSpawn { command: String, cause: String },
+
+    #[error("the setup command `{command}` ran longer than {timeout:?} and was killed; the half-built template {template} was dropped. Raise --build-timeout if the setup really needs longer.")]
+    SetupTimeout {
+        command: String,
+        timeout: Duration,
+        template: String,
+    },
+
+    #[error("waited {waited:?} for another dbfork process that holds the lock `{key}` (it is building the same template); giving up. If no other dbfork is running, the lock is held by a stale session on the server.")]
+    LockTimeout { key: String, waited: Duration },
+
+    #[error("refusing to drop `{name}`: dbfork's registry on this server does not record it as a database dbfork created. dbfork only ever drops its own databases; drop it yourself if it really should go.")]
+    NotOurs { name: String },
+
+    #[error("could not drop `{name}` within {waited:?}: {holders}")]
+    DropTimeout {
+        name: String,
+        waited: Duration,
+        holders: String,
+    },
+
+    #[error("no ready template matches `{wanted}` on this server. Build one first with `dbfork db template --db URL --setup CMD` and pass the fingerprint it prints; `dbfork db list` shows the templates there are.")]
+    NoTemplate { wanted: String },
+
+    #[error("`{wanted}` matches {count} templates; give more characters of the fingerprint.")]
+    AmbiguousTemplate { wanted: String, count: usize },
+
+    #[error("the input pattern `{pattern}` is not valid: {cause}")]
+    BadInput { pattern: String, cause: String },
+
+    #[error("the input pattern `{pattern}` matches no file; check the path (patterns are relative to the directory dbfork runs in).")]
+    InputMatchesNothing { pattern: String },
+
+    #[error("clone method `{method}` does not exist for {backend}; choose one of: {choices}.")]
+    BadMethod {
+        method: String,
+        backend: &'static str,
+        choices: &'static str,
+    },
+
+    #[error("{what}: the program `{program}` was not found on PATH or in {searched}. Install it, e.g. `apt-get install {package}`.")]
+    MissingBinary {
+        what: String,
+        program: String,
+        searched: String,
+        package: String,
+    },
+
+    #[error("the ephemeral {kind} server did not start: {cause}")]
+    Ephemeral { kind: &'static str, cause: String },
+
+    #[error("interrupted; everything this process had created was dropped")]
+    Interrupted,
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+
+    pub fn query(backend: &'static str, context: impl Into<String>, cause: impl ToString) -> Error {
+        Error::Query {
+            backend,
+            context: context.into(),
+            cause: cause.to_string(),
+        }
+    }
+}

@@ -1,0 +1,641 @@
+//! The operations users see, written once over [`Backend`]: build or reuse a
+//! template, make clones, drop, and collect garbage. Each writes the registry
+//! row before it creates anything and removes it only after the drop, so that
+//! whatever happens in between, garbage collection can finish the job.
+
+use std::collections::{HashMap, VecDeque};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+
+use crate::backend::{AnyBackend, Backend, CloneMethod};
+use crate::error::{Error, Result};
+use crate::fingerprint::Recipe;
+use crate::names;
+use crate::process::{self, Owner};
+use crate::registry::{Entry, EntryKind, State};
+use crate::url::DbUrl;
+
+/// How many lines of a failing setup command's output the error shows.
+const TAIL_LINES: usize = 25;
+
+/// Tells long operations to stop (Ctrl-C, SIGTERM). Cloned freely.
+#[derive(Clone)]
+pub struct Cancel(watch::Receiver<bool>);
+
+/// The sending side of [`Cancel`].
+pub struct Canceller(watch::Sender<bool>);
+
+impl Cancel {
+    pub fn new() -> (Canceller, Cancel) {
+        let (tx, rx) = watch::channel(false);
+        (Canceller(tx), Cancel(rx))
+    }
+
+    /// A token that is never cancelled.
+    pub fn never() -> Cancel {
+        let (tx, rx) = watch::channel(false);
+        std::mem::forget(tx);
+        Cancel(rx)
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once cancelled.
+    pub async fn cancelled(&self) {
+        let mut rx = self.0.clone();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl Canceller {
+    pub fn cancel(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TemplateOptions {
+    /// How long the setup command may run.
+    pub build_timeout: Duration,
+    /// How long to wait for another process building the same template.
+    pub lock_wait: Duration,
+    /// Copy the setup command's output to stderr as it comes.
+    pub echo_setup: bool,
+    pub drop_deadline: Duration,
+}
+
+impl Default for TemplateOptions {
+    fn default() -> Self {
+        TemplateOptions {
+            build_timeout: Duration::from_secs(30 * 60),
+            lock_wait: Duration::from_secs(30 * 60),
+            echo_setup: true,
+            drop_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A ready template.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Template {
+    pub fingerprint: String,
+    pub name: String,
+    /// Whether an existing template was reused (the setup command did not run).
+    pub reused: bool,
+    /// Seconds spent building it (0 when reused).
+    pub build_seconds: f64,
+}
+
+/// The environment a process needs to use database `name` on `backend`'s server.
+pub fn database_env(backend: &AnyBackend, name: &str) -> Vec<(String, String)> {
+    let url = backend.url().with_database(name).to_url_with_password();
+    let mut env = vec![
+        ("DATABASE_URL".to_string(), url.clone()),
+        ("DBFORK_DATABASE_URL".to_string(), url),
+        ("DBFORK_DATABASE_NAME".to_string(), name.to_string()),
+        (
+            "DBFORK_BACKEND".to_string(),
+            backend.kind().id().to_string(),
+        ),
+    ];
+    env.extend(backend.client_env(name));
+    env
+}
+
+/// Builds the template of `recipe`, or reuses the ready one with its fingerprint.
+/// Two processes asking for one fingerprint build it once: the other waits on
+/// the server-side lock, which the server releases if the builder dies.
+pub async fn ensure_template(
+    backend: &AnyBackend,
+    recipe: &Recipe,
+    options: &TemplateOptions,
+    cancel: &Cancel,
+) -> Result<Template> {
+    let version = backend.server_version().await?;
+    let fingerprint = recipe.fingerprint(&version)?;
+    let name = names::template_name(&fingerprint);
+    if let Some(t) = reuse(backend, &name, &fingerprint).await? {
+        return Ok(t);
+    }
+    let key = format!("dbfork-template-{name}");
+    let lock = tokio::select! {
+        lock = backend.lock(&key, options.lock_wait) => lock?,
+        _ = cancel.cancelled() => return Err(Error::Interrupted),
+    };
+    let result = build_locked(backend, recipe, options, cancel, &fingerprint, &name).await;
+    backend.unlock(lock).await?;
+    result
+}
+
+async fn reuse(backend: &AnyBackend, name: &str, fingerprint: &str) -> Result<Option<Template>> {
+    let Some(mut entry) = backend
+        .registry_list()
+        .await?
+        .into_iter()
+        .find(|e| e.name == name)
+    else {
+        return Ok(None);
+    };
+    if entry.state != State::Ready || !backend.databases(name).await?.iter().any(|n| n == name) {
+        return Ok(None);
+    }
+    entry.last_used_at = process::now();
+    backend.registry_put(&entry).await?;
+    Ok(Some(Template {
+        fingerprint: fingerprint.to_string(),
+        name: name.to_string(),
+        reused: true,
+        build_seconds: 0.0,
+    }))
+}
+
+async fn build_locked(
+    backend: &AnyBackend,
+    recipe: &Recipe,
+    options: &TemplateOptions,
+    cancel: &Cancel,
+    fingerprint: &str,
+    name: &str,
+) -> Result<Template> {
+    // Someone may have built it while we waited.
+    if let Some(t) = reuse(backend, name, fingerprint).await? {
+        return Ok(t);
+    }
+    // A leftover of an abandoned build (its builder died, or its database vanished).
+    if backend
+        .registry_list()
+        .await?
+        .iter()
+        .any(|e| e.name == name)
+    {
+        tracing::info!("removing the abandoned build of {name}");
+        backend.drop_database(name, options.drop_deadline).await?;
+        backend.registry_remove(name).await?;
+    }
+    let started = Instant::now();
+    let owner = Owner::this_process();
+    let mut entry = Entry::new(
+        name.to_string(),
+        EntryKind::Template,
+        fingerprint,
+        &recipe.setup_key(),
+        "",
+        &owner,
+    );
+    backend.registry_put(&entry).await?;
+    let built = async {
+        backend.create_empty(name).await?;
+        run_setup(backend, recipe, options, cancel, name).await?;
+        backend.seal_template(name).await
+    }
+    .await;
+    if let Err(e) = built {
+        if let Err(cleanup) = drop_entry(backend, name, options.drop_deadline).await {
+            tracing::error!("could not drop the half-built template {name}: {cleanup}");
+        }
+        return Err(e);
+    }
+    entry.state = State::Ready;
+    entry.last_used_at = process::now();
+    backend.registry_put(&entry).await?;
+    Ok(Template {
+        fingerprint: fingerprint.to_string(),
+        name: name.to_string(),
+        reused: false,
+        build_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs the setup command against the new template, streaming its output.
+async fn run_setup(
+    backend: &AnyBackend,
+    recipe: &Recipe,
+    options: &TemplateOptions,
+    cancel: &Cancel,
+    name: &str,
+) -> Result<()> {
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&recipe.setup)
+        .envs(database_env(backend, name))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::SetupSpawn {
+            command: recipe.setup.clone(),
+            cause: e.to_string(),
+        })?;
+    let pid = child.id();
+    let tail = std::sync::Mutex::new(VecDeque::with_capacity(TAIL_LINES));
+    let echo = options.echo_setup;
+    let pump = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
+        let tail = &tail;
+        async move {
+            let Some(stream) = stream else { return };
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("  setup | {line}");
+                }
+                if let Ok(mut tail) = tail.lock() {
+                    if tail.len() == TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            }
+        }
+    };
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+    let outcome = async {
+        let (status, _, _) = tokio::join!(child.wait(), pump(stdout), pump(stderr));
+        status
+    };
+    let kill_group = || {
+        if let Some(pid) = pid {
+            // SAFETY: signalling a process group we created; no memory is touched.
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        }
+    };
+    let status = tokio::select! {
+        status = outcome => status.map_err(Error::io("waiting for the setup command"))?,
+        _ = tokio::time::sleep(options.build_timeout) => {
+            kill_group();
+            return Err(Error::SetupTimeout { command: recipe.setup.clone(), timeout: options.build_timeout, template: name.to_string() });
+        }
+        _ = cancel.cancelled() => {
+            kill_group();
+            return Err(Error::Interrupted);
+        }
+    };
+    // Whatever the setup left running in its group must not hold the template open.
+    kill_group();
+    if status.success() {
+        return Ok(());
+    }
+    let status = match (
+        status.code(),
+        std::os::unix::process::ExitStatusExt::signal(&status),
+    ) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    };
+    let tail = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default();
+    Err(Error::SetupFailed {
+        command: recipe.setup.clone(),
+        status,
+        template: name.to_string(),
+        tail: if tail.is_empty() {
+            "(no output)".to_string()
+        } else {
+            tail
+        },
+    })
+}
+
+/// The ready template whose fingerprint starts with `wanted` (or whose name is `wanted`).
+pub async fn find_template(backend: &AnyBackend, wanted: &str) -> Result<Entry> {
+    let wanted = wanted.trim();
+    let matches: Vec<Entry> = backend
+        .registry_list()
+        .await?
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Template && e.state == State::Ready)
+        .filter(|e| e.name == wanted || (wanted.len() >= 6 && e.fingerprint.starts_with(wanted)))
+        .collect();
+    match matches.len() {
+        0 => Err(Error::NoTemplate {
+            wanted: wanted.to_string(),
+        }),
+        1 => Ok(matches.into_iter().next().expect("one match")),
+        count => Err(Error::AmbiguousTemplate {
+            wanted: wanted.to_string(),
+            count,
+        }),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CloneOptions {
+    pub method: CloneMethod,
+    /// How many clones are made at the same time.
+    pub concurrency: usize,
+    pub drop_deadline: Duration,
+}
+
+/// A clone that exists.
+#[derive(Debug, Clone)]
+pub struct MadeClone {
+    pub name: String,
+    pub url: DbUrl,
+}
+
+/// Makes `count` clones of `template` at once, owned by this process while
+/// they are made and by `owner` once all exist. All or nothing: on an error
+/// or a cancel every clone of the batch is dropped.
+pub async fn make_clones(
+    backend: &AnyBackend,
+    template: &Entry,
+    count: usize,
+    owner: &Owner,
+    options: &CloneOptions,
+    cancel: &Cancel,
+) -> Result<Vec<MadeClone>> {
+    let run_id = names::new_run_id();
+    let me = Owner::this_process();
+    let mut entries: Vec<Entry> = (0..count)
+        .map(|i| {
+            Entry::new(
+                names::clone_name(&run_id, i),
+                EntryKind::Clone,
+                &template.fingerprint,
+                &template.setup_key,
+                &run_id,
+                &me,
+            )
+        })
+        .collect();
+    for entry in &entries {
+        backend.registry_put(entry).await?;
+    }
+    let made = stream::iter(entries.iter())
+        .map(|entry| async move {
+            if cancel.is_cancelled() {
+                return Err(Error::Interrupted);
+            }
+            backend
+                .clone_database(&template.name, &entry.name, options.method)
+                .await
+        })
+        .buffer_unordered(options.concurrency.max(1))
+        .collect::<Vec<Result<()>>>()
+        .await;
+    let failed = made.into_iter().find_map(|r| r.err());
+    let failed = failed.or_else(|| cancel.is_cancelled().then_some(Error::Interrupted));
+    if let Some(err) = failed {
+        drop_entries(
+            backend,
+            entries.iter().map(|e| e.name.clone()).collect(),
+            options.drop_deadline,
+        )
+        .await;
+        return Err(err);
+    }
+    for entry in &mut entries {
+        entry.state = State::Ready;
+        entry.set_owner(owner);
+        backend.registry_put(entry).await?;
+    }
+    let mut used = template.clone();
+    used.last_used_at = process::now();
+    backend.registry_put(&used).await?;
+    Ok(entries
+        .into_iter()
+        .map(|e| MadeClone {
+            url: backend.url().with_database(&e.name),
+            name: e.name,
+        })
+        .collect())
+}
+
+/// Drops one database dbfork made and then its registry row.
+pub async fn drop_entry(backend: &AnyBackend, name: &str, deadline: Duration) -> Result<()> {
+    backend.drop_database(name, deadline).await?;
+    backend.registry_remove(name).await
+}
+
+/// Drops many at once; failures are logged, and the names that failed returned.
+async fn drop_entries(
+    backend: &AnyBackend,
+    names: Vec<String>,
+    deadline: Duration,
+) -> Vec<(String, Error)> {
+    let results = stream::iter(names)
+        .map(|name| async move {
+            let r = drop_entry(backend, &name, deadline).await;
+            (name, r)
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    results
+        .into_iter()
+        .filter_map(|(name, r)| r.err().map(|e| (name, e)))
+        .inspect(|(name, e)| tracing::error!("could not drop {name}: {e}"))
+        .collect()
+}
+
+/// `dbfork db drop`: refuses the whole call if any name is not in the
+/// registry, then drops them all.
+pub async fn drop_registered(
+    backend: &AnyBackend,
+    names: &[String],
+    deadline: Duration,
+) -> Result<()> {
+    let known: Vec<String> = backend
+        .registry_list()
+        .await?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    if let Some(stranger) = names.iter().find(|n| !known.contains(n)) {
+        return Err(Error::NotOurs {
+            name: stranger.clone(),
+        });
+    }
+    match drop_entries(backend, names.to_vec(), deadline)
+        .await
+        .into_iter()
+        .next()
+    {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Drops everything `owner` holds (an interrupted or failed command's leftovers).
+pub async fn drop_owned(backend: &AnyBackend, owner: &Owner, deadline: Duration) -> Result<usize> {
+    let mine: Vec<String> = backend
+        .registry_list()
+        .await?
+        .into_iter()
+        .filter(|e| e.owned_by(owner))
+        .map(|e| e.name)
+        .collect();
+    let count = mine.len();
+    match drop_entries(backend, mine, deadline)
+        .await
+        .into_iter()
+        .next()
+    {
+        Some((_, e)) => Err(e),
+        None => Ok(count),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    pub dry_run: bool,
+    /// Ready templates unused for longer than this go, except the newest of each setup.
+    pub older_than: Option<Duration>,
+    /// An entry from another host, or without an owner process, is gone once
+    /// its heartbeat is older than this.
+    pub heartbeat_ttl: Duration,
+    pub drop_deadline: Duration,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Collected {
+    pub name: String,
+    pub kind: EntryKind,
+    pub reason: String,
+    /// Whether it was dropped (false on a dry run or a failure).
+    pub dropped: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What garbage collection would remove, and why. Only registry entries are
+/// ever considered, so nothing dbfork did not create is touched.
+pub async fn gc_plan(backend: &AnyBackend, options: &GcOptions) -> Result<Vec<(Entry, String)>> {
+    let entries = backend.registry_list().await?;
+    let existing = backend.databases(names::PREFIX).await?;
+    let host = process::host_name();
+    let now = process::now();
+    let ttl = options.heartbeat_ttl.as_secs() as i64;
+    // The most recently used ready template of each setup is kept whatever its age.
+    let mut newest: HashMap<&str, &Entry> = HashMap::new();
+    for e in entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Template && e.state == State::Ready)
+    {
+        let slot = newest.entry(e.setup_key.as_str()).or_insert(e);
+        if (e.last_used_at, e.created_at) > (slot.last_used_at, slot.created_at) {
+            *slot = e;
+        }
+    }
+    let mut plan = Vec::new();
+    for e in &entries {
+        let reason = if e.state == State::Building || e.kind == EntryKind::Clone {
+            e.owner_gone(&host, now, ttl)
+                .then(|| owner_gone_reason(e, &host))
+        } else if !existing.contains(&e.name) {
+            Some("its database no longer exists".to_string())
+        } else {
+            match options.older_than {
+                Some(age) if now - e.last_used_at >= age.as_secs() as i64 => {
+                    let is_newest = newest
+                        .get(e.setup_key.as_str())
+                        .is_some_and(|n| n.name == e.name);
+                    (!is_newest).then(|| {
+                        format!(
+                            "unused for {}, and a more recently used template of its setup exists",
+                            human_age(now - e.last_used_at)
+                        )
+                    })
+                }
+                _ => None,
+            }
+        };
+        if let Some(reason) = reason {
+            plan.push((e.clone(), reason));
+        }
+    }
+    Ok(plan)
+}
+
+fn owner_gone_reason(e: &Entry, host: &str) -> String {
+    let what = if e.state == State::Building {
+        "building it"
+    } else {
+        "owning it"
+    };
+    if e.owner_pid != 0 && e.host == host {
+        format!("process {} {what} is gone", e.owner_pid)
+    } else {
+        format!(
+            "no heartbeat from its owner (pid {} on {}) for {}",
+            e.owner_pid,
+            e.host,
+            human_age(process::now() - e.heartbeat_at)
+        )
+    }
+}
+
+fn human_age(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// Collects garbage: drops what [`gc_plan`] names (unless a dry run).
+pub async fn gc(backend: &AnyBackend, options: &GcOptions) -> Result<Vec<Collected>> {
+    let plan = gc_plan(backend, options).await?;
+    let mut out = Vec::new();
+    for (entry, reason) in plan {
+        let mut collected = Collected {
+            name: entry.name.clone(),
+            kind: entry.kind,
+            reason,
+            dropped: false,
+            error: None,
+        };
+        if !options.dry_run {
+            // A template is only dropped under its build lock, never under a running build or clone.
+            let lock = if entry.kind == EntryKind::Template {
+                match backend
+                    .lock(
+                        &format!("dbfork-template-{}", entry.name),
+                        Duration::from_secs(2),
+                    )
+                    .await
+                {
+                    Ok(lock) => Some(lock),
+                    Err(e) => {
+                        collected.error = Some(e.to_string());
+                        out.push(collected);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            match drop_entry(backend, &entry.name, options.drop_deadline).await {
+                Ok(()) => collected.dropped = true,
+                Err(e) => collected.error = Some(e.to_string()),
+            }
+            if let Some(lock) = lock {
+                backend.unlock(lock).await?;
+            }
+        }
+        out.push(collected);
+    }
+    Ok(out)
+}

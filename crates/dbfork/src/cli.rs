@@ -1,0 +1,212 @@
+//! The command line's shape. Every flag also reads a `DBFORK_*` environment variable.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dbfork",
+    version,
+    about = "Run database-backed test suites in parallel on clones of one migrated template, and leave nothing behind."
+)]
+pub struct Cli {
+    /// More output (-v: progress details, -vv: debug logs).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Templates, clones and teardown, one step at a time.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DbArgs {
+    /// The database server: postgres://user@host:5432/postgres, mysql://root@host:3306/mysql,
+    /// sqlite:///abs/dir/main.db, or postgres:ephemeral / mariadb:ephemeral for a private throwaway server.
+    /// The URL's database is the maintenance database dbfork uses for its admin work and registry.
+    #[arg(long, env = "DBFORK_DB", value_name = "URL")]
+    pub db: String,
+    /// How long connecting may take.
+    #[arg(long, env = "DBFORK_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// How long dropping one database may take (sessions are ended and the drop retried within it).
+    #[arg(long, env = "DBFORK_DROP_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub drop_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Build the template of a setup command, or reuse the ready one with the same fingerprint; prints the fingerprint.
+    Template(TemplateArgs),
+    /// Make N clones of a template at once; prints one URL per clone (passwords left out).
+    Clone(CloneArgs),
+    /// Drop databases dbfork created (refuses any other), ending their sessions first.
+    Drop(DropArgs),
+    /// Show the registry: every database dbfork created on the server.
+    List(ListArgs),
+    /// Drop clones whose owner is gone, abandoned builds, and old templates.
+    Gc(GcArgs),
+    /// Start a private throwaway server, print its URL, and keep it until Ctrl-C or SIGTERM.
+    Ephemeral(EphemeralArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The command that migrates and loads the template, run by `sh -c` with DATABASE_URL pointing at it.
+    #[arg(long, env = "DBFORK_SETUP", value_name = "CMD")]
+    pub setup: String,
+    /// Files whose contents decide the template (migrations, fixtures): glob patterns, repeatable.
+    #[arg(
+        long = "input",
+        env = "DBFORK_INPUTS",
+        value_name = "GLOB",
+        value_delimiter = ','
+    )]
+    pub inputs: Vec<String>,
+    /// How long the setup command may run.
+    #[arg(long, env = "DBFORK_BUILD_TIMEOUT", value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+    pub build_timeout: Duration,
+    /// How long to wait for another dbfork building the same template.
+    #[arg(long, env = "DBFORK_LOCK_TIMEOUT", value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    /// Print a JSON object instead of the fingerprint.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not echo the setup command's output (it is still shown if it fails).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The template: its fingerprint (or a prefix of at least 6 characters) or its name.
+    #[arg(long, env = "DBFORK_TEMPLATE", value_name = "FINGERPRINT")]
+    pub template: String,
+    /// How many clones.
+    #[arg(short = 'n', long = "count", default_value_t = 1, value_name = "N")]
+    pub count: usize,
+    /// How to clone: PostgreSQL file-copy|wal-log, MySQL show-create|create-like, SQLite copy|backup.
+    #[arg(
+        long,
+        env = "DBFORK_CLONE_METHOD",
+        value_name = "METHOD",
+        default_value = "default"
+    )]
+    pub method: String,
+    /// How many clones are made at the same time.
+    #[arg(
+        long,
+        env = "DBFORK_CLONE_CONCURRENCY",
+        value_name = "K",
+        default_value_t = 4
+    )]
+    pub concurrency: usize,
+    /// Who owns the clones once made: `parent` (the calling process; garbage once it exits),
+    /// a PID, or `none` (kept until dropped, or until `gc --heartbeat-ttl` passes).
+    #[arg(long, env = "DBFORK_OWNER", default_value = "parent")]
+    pub owner: String,
+    /// Print JSON instead of one URL per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DropArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The databases to drop.
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Only say what would be dropped.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also drop ready templates unused for longer than this (the most recently used of each setup is kept).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+    /// An entry of another host, or with no owner process, is garbage once its heartbeat is this old.
+    #[arg(long, env = "DBFORK_HEARTBEAT_TTL", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub heartbeat_ttl: Duration,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EphemeralArgs {
+    /// postgres or mariadb.
+    #[arg(value_name = "KIND")]
+    pub kind: String,
+}
+
+/// `90`, `90s`, `250ms`, `10m`, `2h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (examples: 90s, 250ms, 10m, 2h, 7d)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" | "sec" | "secs" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" | "mins" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,67 @@
+//! `dbfork db clone`: N clones of a template at once.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use dbfork_engine::ops::{self, Cancel, CloneOptions};
+use dbfork_engine::process::Owner;
+use dbfork_engine::{Backend, CloneMethod};
+
+use crate::cli::CloneArgs;
+use crate::errors::UsageError;
+use crate::target::Opened;
+
+pub async fn run(opened: &Opened, args: &CloneArgs, cancel: &Cancel) -> Result<()> {
+    let backend = &opened.backend;
+    let method = CloneMethod::parse(backend.kind(), &args.method)?;
+    let owner = parse_owner(&args.owner)?;
+    if args.count == 0 {
+        return Err(UsageError("-n must be at least 1".into()).into());
+    }
+    let template = ops::find_template(backend, &args.template).await?;
+    let options = CloneOptions {
+        method,
+        concurrency: args.concurrency,
+        drop_deadline: args.db.drop_timeout,
+    };
+    let started = Instant::now();
+    let clones = ops::make_clones(backend, &template, args.count, &owner, &options, cancel).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "dbfork: made {} clone{} of {} in {seconds:.3}s ({method:?})",
+        clones.len(),
+        if clones.len() == 1 { "" } else { "s" },
+        template.name
+    );
+    if backend.url().password.is_some() {
+        eprintln!("dbfork: the URLs leave the password out; give it through PGPASSWORD / MYSQL_PWD or a password file");
+    }
+    if args.json {
+        let list: Vec<_> = clones
+            .iter()
+            .map(|c| serde_json::json!({"name": c.name, "url": c.url.to_url_without_password()}))
+            .collect();
+        let value = serde_json::json!({"template": template.name, "method": format!("{method:?}"), "seconds": seconds, "clones": list});
+        println!("{value}");
+    } else {
+        for c in &clones {
+            println!("{}", c.url.to_url_without_password());
+        }
+    }
+    Ok(())
+}
+
+fn parse_owner(text: &str) -> Result<Owner> {
+    match text {
+        "parent" => Ok(Owner::parent_process()),
+        "none" => Ok(Owner::nobody()),
+        pid => match pid.parse::<u32>() {
+            Ok(pid) if dbfork_engine::process::is_alive(pid, 0) => Ok(Owner::of_pid(pid)),
+            Ok(pid) => Err(UsageError(format!("--owner {pid}: no such process runs here")).into()),
+            Err(_) => Err(UsageError(format!(
+                "--owner `{text}`: expected `parent`, `none` or a process id"
+            ))
+            .into()),
+        },
+    }
+}

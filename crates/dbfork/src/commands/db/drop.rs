@@ -1,0 +1,15 @@
+//! `dbfork db drop`: drop databases dbfork created, and nothing else.
+
+use anyhow::Result;
+use dbfork_engine::ops;
+
+use crate::cli::DropArgs;
+use crate::target::Opened;
+
+pub async fn run(opened: &Opened, args: &DropArgs) -> Result<()> {
+    ops::drop_registered(&opened.backend, &args.names, args.db.drop_timeout).await?;
+    for name in &args.names {
+        eprintln!("dbfork: dropped {name}");
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! `dbfork db ephemeral`: a private server for as long as this command runs.
+
+use anyhow::Result;
+use dbfork_engine::ephemeral::{self, EphemeralServer};
+use dbfork_engine::ops::Cancel;
+use dbfork_engine::Kind;
+
+use crate::cli::EphemeralArgs;
+use crate::errors::UsageError;
+
+pub async fn run(args: &EphemeralArgs, cancel: &Cancel) -> Result<()> {
+    let kind = match args.kind.as_str() {
+        "postgres" | "postgresql" => Kind::Postgres,
+        "mariadb" | "mysql" => Kind::Mysql,
+        other => {
+            return Err(UsageError(format!(
+                "no ephemeral server of kind `{other}`: choose postgres or mariadb"
+            ))
+            .into())
+        }
+    };
+    ephemeral::collect_stale();
+    let server = EphemeralServer::start(kind).await?;
+    println!("{}", server.url().to_url_without_password());
+    eprintln!(
+        "dbfork: ephemeral {} server running; Ctrl-C or SIGTERM stops it",
+        kind.name()
+    );
+    cancel.cancelled().await;
+    server.stop().await?;
+    eprintln!("dbfork: ephemeral server stopped and removed");
+    Ok(())
+}

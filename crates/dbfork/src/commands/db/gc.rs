@@ -1,0 +1,45 @@
+//! `dbfork db gc`: collect what owners left behind.
+
+use anyhow::{bail, Result};
+use dbfork_engine::ops::{self, GcOptions};
+
+use crate::cli::GcArgs;
+use crate::target::Opened;
+
+pub async fn run(opened: &Opened, args: &GcArgs) -> Result<()> {
+    let options = GcOptions {
+        dry_run: args.dry_run,
+        older_than: args.older_than,
+        heartbeat_ttl: args.heartbeat_ttl,
+        drop_deadline: args.db.drop_timeout,
+    };
+    let collected = ops::gc(&opened.backend, &options).await?;
+    if args.json {
+        println!("{}", serde_json::to_value(&collected)?);
+    } else {
+        for c in &collected {
+            let verb = match (&c.error, args.dry_run) {
+                (Some(_), _) => "could not drop",
+                (None, true) => "would drop",
+                (None, false) => "dropped",
+            };
+            eprintln!(
+                "dbfork: {verb} {} {}: {}",
+                c.kind.as_str(),
+                c.name,
+                c.reason
+            );
+            if let Some(e) = &c.error {
+                eprintln!("  {e}");
+            }
+        }
+        if collected.is_empty() {
+            eprintln!("dbfork: nothing to collect");
+        }
+    }
+    let failed = collected.iter().filter(|c| c.error.is_some()).count();
+    if failed > 0 {
+        bail!("{failed} database(s) could not be dropped; see above");
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! `dbfork db list`: the registry, with whether each database still exists.
+
+use anyhow::Result;
+use dbfork_engine::names::PREFIX;
+use dbfork_engine::process;
+use dbfork_engine::Backend;
+
+use crate::cli::ListArgs;
+use crate::target::Opened;
+
+pub async fn run(opened: &Opened, args: &ListArgs) -> Result<()> {
+    let backend = &opened.backend;
+    let entries = backend.registry_list().await?;
+    let existing = backend.databases(PREFIX).await?;
+    if args.json {
+        let list: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                let mut v = serde_json::to_value(e).unwrap_or_default();
+                v["exists"] = existing.contains(&e.name).into();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    if entries.is_empty() {
+        eprintln!("dbfork: the registry on {} is empty", backend.url());
+        return Ok(());
+    }
+    let now = process::now();
+    println!(
+        "{:<36} {:<8} {:<8} {:<12} {:<18} {:>6}",
+        "NAME", "KIND", "STATE", "FINGERPRINT", "OWNER", "AGE"
+    );
+    for e in &entries {
+        let state = if existing.contains(&e.name) {
+            e.state.as_str()
+        } else {
+            "missing"
+        };
+        let owner = if e.owner_pid == 0 {
+            "-".to_string()
+        } else {
+            format!("{}@{}", e.owner_pid, e.host)
+        };
+        println!(
+            "{:<36} {:<8} {:<8} {:<12} {:<18} {:>5}s",
+            e.name,
+            e.kind.as_str(),
+            state,
+            &e.fingerprint[..e.fingerprint.len().min(12)],
+            owner,
+            now - e.created_at
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! `dbfork db ...`: the engine's operations one step at a time.
+
+use anyhow::Result;
+use dbfork_engine::ops::Cancel;
+
+use crate::cli::{DbArgs, DbCommand};
+use crate::target::Opened;
+
+mod clone;
+mod drop;
+mod ephemeral;
+mod gc;
+mod list;
+mod template;
+
+pub async fn run(command: DbCommand, cancel: Cancel) -> Result<()> {
+    match command {
+        DbCommand::Template(a) => {
+            with_db(&a.db, async |o| template::run(o, &a, &cancel).await).await
+        }
+        DbCommand::Clone(a) => with_db(&a.db, async |o| clone::run(o, &a, &cancel).await).await,
+        DbCommand::Drop(a) => with_db(&a.db, async |o| drop::run(o, &a).await).await,
+        DbCommand::List(a) => with_db(&a.db, async |o| list::run(o, &a).await).await,
+        DbCommand::Gc(a) => with_db(&a.db, async |o| gc::run(o, &a).await).await,
+        DbCommand::Ephemeral(a) => ephemeral::run(&a, &cancel).await,
+    }
+}
+
+/// Opens `--db`, runs the verb, and stops the ephemeral server if there is one,
+/// whatever the verb's outcome.
+async fn with_db<T>(args: &DbArgs, verb: impl AsyncFnOnce(&Opened) -> Result<T>) -> Result<T> {
+    let opened = Opened::open(args).await?;
+    let result = verb(&opened).await;
+    let closed = opened.close().await;
+    let value = result?;
+    closed?;
+    Ok(value)
+}

@@ -1,0 +1,47 @@
+//! `dbfork db template`: build or reuse a fingerprinted template.
+
+use anyhow::Result;
+use dbfork_engine::fingerprint::Recipe;
+use dbfork_engine::ops::{self, Cancel, TemplateOptions};
+use dbfork_engine::Backend;
+
+use crate::cli::TemplateArgs;
+use crate::target::Opened;
+
+pub async fn run(opened: &Opened, args: &TemplateArgs, cancel: &Cancel) -> Result<()> {
+    let backend = &opened.backend;
+    let recipe = Recipe {
+        setup: args.setup.clone(),
+        inputs: args.inputs.clone(),
+    };
+    let options = TemplateOptions {
+        build_timeout: args.build_timeout,
+        lock_wait: args.lock_timeout,
+        echo_setup: !args.quiet,
+        drop_deadline: args.db.drop_timeout,
+    };
+    let template = ops::ensure_template(backend, &recipe, &options, cancel).await?;
+    let url = backend.url().with_database(&template.name);
+    if template.reused {
+        eprintln!(
+            "dbfork: reusing template {} (inputs unchanged; setup not run)",
+            template.name
+        );
+    } else {
+        eprintln!(
+            "dbfork: built template {} in {:.2}s",
+            template.name, template.build_seconds
+        );
+    }
+    if opened.server.is_some() {
+        eprintln!("dbfork: note: this template lives on an ephemeral server and goes with it when this command ends");
+    }
+    if args.json {
+        let mut value = serde_json::to_value(&template)?;
+        value["url"] = url.to_url_without_password().into();
+        println!("{value}");
+    } else {
+        println!("{}", template.fingerprint);
+    }
+    Ok(())
+}

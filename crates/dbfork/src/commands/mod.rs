@@ -1,0 +1,55 @@
+//! Dispatch from the parsed command line to each verb, and the one place
+//! where errors become messages and exit codes.
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::errors;
+
+pub mod db;
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dbfork: error: cannot start the async runtime: {e}");
+            return errors::DATABASE_ERROR;
+        }
+    };
+    let result = runtime.block_on(async {
+        let cancel = crate::signals::install();
+        match cli.command {
+            Command::Db(command) => db::run(command, cancel).await,
+        }
+    });
+    // Connection tasks may linger; do not wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => errors::OK,
+        Err(err) => {
+            eprintln!("dbfork: error: {err:#}");
+            errors::exit_code(&err)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DBFORK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}

@@ -1,0 +1,46 @@
+//! Exit codes, following pytest's where they overlap (documented in the README):
+//! 0 success, 1 the setup command failed, 2 interrupted, 3 a database or
+//! server error, 4 a usage error.
+
+use dbfork_engine::Error;
+
+pub const OK: i32 = 0;
+pub const SETUP_FAILED: i32 = 1;
+pub const INTERRUPTED: i32 = 2;
+pub const DATABASE_ERROR: i32 = 3;
+pub const USAGE: i32 = 4;
+
+/// The exit code of an error that reached the top.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    match err.downcast_ref::<Error>() {
+        Some(Error::SetupFailed { .. } | Error::SetupSpawn { .. } | Error::SetupTimeout { .. }) => {
+            SETUP_FAILED
+        }
+        Some(Error::Interrupted) => INTERRUPTED,
+        Some(
+            Error::BadUrl { .. }
+            | Error::NotOurs { .. }
+            | Error::NoTemplate { .. }
+            | Error::AmbiguousTemplate { .. }
+            | Error::BadInput { .. }
+            | Error::InputMatchesNothing { .. }
+            | Error::BadMethod { .. }
+            | Error::MissingBinary { .. },
+        ) => USAGE,
+        Some(_) => DATABASE_ERROR,
+        None if err.downcast_ref::<UsageError>().is_some() => USAGE,
+        None => DATABASE_ERROR,
+    }
+}
+
+/// A mistake in how dbfork was called.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}

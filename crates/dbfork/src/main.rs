@@ -1,0 +1,11 @@
+//! The `dbfork` command line: parses flags and hands over to the commands.
+
+mod cli;
+mod commands;
+mod errors;
+mod signals;
+mod target;
+
+fn main() {
+    std::process::exit(commands::main());
+}

@@ -1,0 +1,60 @@
+//! Opens what `--db` names: a server by URL, or a private ephemeral server
+//! that lives as long as the command.
+
+use anyhow::Result;
+use dbfork_engine::backend::ConnectOptions;
+use dbfork_engine::ephemeral::{self, EphemeralServer};
+use dbfork_engine::{AnyBackend, Target};
+
+use crate::cli::DbArgs;
+
+/// A connected backend, and the ephemeral server behind it if there is one.
+pub struct Opened {
+    pub backend: AnyBackend,
+    pub server: Option<EphemeralServer>,
+}
+
+impl Opened {
+    pub async fn open(args: &DbArgs) -> Result<Opened> {
+        let removed = ephemeral::collect_stale();
+        for dir in removed {
+            tracing::info!(
+                "removed the ephemeral server {} left by a dbfork that is gone",
+                dir.display()
+            );
+        }
+        let options = ConnectOptions {
+            connect_timeout: args.connect_timeout,
+        };
+        let (url, server) = match Target::parse(&args.db)? {
+            Target::Url(url) => (url, None),
+            Target::Ephemeral(kind) => {
+                let server = EphemeralServer::start(kind).await?;
+                eprintln!(
+                    "dbfork: started an ephemeral {} server at {}; it is removed when this command ends",
+                    kind.name(),
+                    server.url()
+                );
+                (server.url().clone(), Some(server))
+            }
+        };
+        match AnyBackend::connect(&url, &options).await {
+            Ok(backend) => Ok(Opened { backend, server }),
+            Err(e) => {
+                if let Some(server) = server {
+                    let _ = server.stop().await;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Stops the ephemeral server, if any.
+    pub async fn close(self) -> Result<()> {
+        drop(self.backend);
+        if let Some(server) = self.server {
+            server.stop().await?;
+        }
+        Ok(())
+    }
+}

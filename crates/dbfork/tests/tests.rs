@@ -1,0 +1,573 @@
+//! dbfork's integration tests: the real binary against real PostgreSQL,
+//! MariaDB and SQLite. Each test has its own maintenance database (and so its
+//! own registry) and asserts what a user would see: exit codes, output, and
+//! what exists on the server afterwards.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{dbfork, run, Kind, Place};
+
+macro_rules! per_backend {
+    ($($test:ident),* $(,)?) => {
+        mod postgres { $( #[test] fn $test() { super::$test(super::Kind::Postgres) } )* }
+        mod mysql { $( #[test] fn $test() { super::$test(super::Kind::Mysql) } )* }
+        mod sqlite { $( #[test] fn $test() { super::$test(super::Kind::Sqlite) } )* }
+    };
+}
+
+macro_rules! per_server {
+    ($($test:ident),* $(,)?) => {
+        mod postgres_server { $( #[test] fn $test() { super::$test(super::Kind::Postgres) } )* }
+        mod mysql_server { $( #[test] fn $test() { super::$test(super::Kind::Mysql) } )* }
+    };
+}
+
+per_backend!(
+    template_build_reuse_rebuild_clone_drop,
+    failing_setup_leaves_nothing,
+    kill_9_mid_clone_then_gc,
+    decoys_survive_every_command,
+    concurrent_builds_of_one_fingerprint_build_once,
+    sigint_during_setup_drops_the_half_built_template,
+);
+per_server!(drop_ends_open_sessions);
+
+/// A template's setup for `place`: applies the schema and counts its runs in `runs`.
+fn setup_for(place: &Place, runs: &std::path::Path) -> String {
+    let schema = place.file("schema.sql", place.schema());
+    format!(
+        "echo run >> {} && {}",
+        runs.display(),
+        place.apply_cmd(&schema)
+    )
+}
+
+fn template(place: &Place, setup: &str, inputs: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["db", "template", "--db", &place.url, "--setup", setup];
+    for i in inputs {
+        args.push("--input");
+        args.push(i);
+    }
+    run(&args)
+}
+
+fn runs(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+fn assert_nothing_left(place: &Place, names: &[String]) {
+    assert!(
+        place.registry().is_empty(),
+        "registry not empty: {:?}",
+        place.registry()
+    );
+    for name in names {
+        assert!(!place.exists(name), "{name} still exists");
+    }
+}
+
+fn template_build_reuse_rebuild_clone_drop(kind: Kind) {
+    let place = Place::new(kind, "life");
+    let runs_file = place.dir.path().join("runs");
+    let migrations = place.dir.path().join("migrations");
+    std::fs::create_dir(&migrations).unwrap();
+    std::fs::write(migrations.join("0001_initial.py"), "one").unwrap();
+    let pattern = format!("{}/*.py", migrations.display());
+    let setup = setup_for(&place, &runs_file);
+
+    // Build.
+    let (code, fp, err) = template(&place, &setup, &[&pattern]);
+    assert_eq!(code, 0, "{err}");
+    let fp = fp.trim().to_string();
+    assert_eq!(fp.len(), 64, "{fp}");
+    assert!(err.contains("built template"), "{err}");
+    assert_eq!(runs(&runs_file), 1);
+    let tpl = format!("dbfork_tpl_{}", &fp[..20]);
+    assert!(place.exists(&tpl));
+
+    // Reuse: same inputs, the setup does not run again.
+    let (code, fp2, err) = template(&place, &setup, &[&pattern]);
+    assert_eq!((code, fp2.trim()), (0, fp.as_str()), "{err}");
+    assert!(err.contains("reusing template"), "{err}");
+    assert_eq!(
+        runs(&runs_file),
+        1,
+        "the setup command ran again on unchanged inputs"
+    );
+
+    // Clones: identical to the template.
+    let (code, out, err) = run(&[
+        "db",
+        "clone",
+        "--db",
+        &place.url,
+        "--template",
+        &fp[..12],
+        "-n",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let clones: Vec<String> = json["clones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(clones.len(), 3);
+    let expected = place.signature(&tpl);
+    assert!(expected.contains("rows orders"), "{expected}");
+    for clone in &clones {
+        assert_eq!(
+            place.signature(clone),
+            expected,
+            "clone {clone} differs from its template"
+        );
+    }
+    // Each clone is its own database.
+    place.sql_ok(Some(&clones[0]), "DELETE FROM orders WHERE customer_id = 1");
+    assert_ne!(place.signature(&clones[0]), place.signature(&clones[1]));
+
+    // List shows them all.
+    let listed = place.registry();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|e| e["kind"] == "clone" && e["state"] == "ready")
+            .count(),
+        3
+    );
+    assert!(listed.iter().all(|e| e["exists"] == true));
+    let (code, table, _) = run(&["db", "list", "--db", &place.url]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains(&clones[2]) && table.contains(&tpl),
+        "{table}"
+    );
+
+    // Drop the clones.
+    let mut args = vec!["db", "drop", "--db", &place.url];
+    args.extend(clones.iter().map(String::as_str));
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    for clone in &clones {
+        assert!(!place.exists(clone), "{clone} survived its drop");
+    }
+
+    // A changed input makes a new template; the old input brings the old one back without a build.
+    std::fs::write(migrations.join("0002_more.py"), "two").unwrap();
+    let (code, fp3, err) = template(&place, &setup, &[&pattern]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(fp3.trim(), fp);
+    assert_eq!(runs(&runs_file), 2);
+    std::fs::remove_file(migrations.join("0002_more.py")).unwrap();
+    let (code, fp4, _) = template(&place, &setup, &[&pattern]);
+    assert_eq!((code, fp4.trim()), (0, fp.as_str()));
+    assert_eq!(runs(&runs_file), 2);
+
+    // gc keeps the newest template of the setup, drops the older one when asked.
+    let names = place.registry_names();
+    assert_eq!(names.len(), 2);
+    let (code, _, err) = run(&["db", "gc", "--db", &place.url, "--older-than", "0s"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(place.registry_names().len(), 1, "{err}");
+    let (code, _, err) = run(&["db", "drop", "--db", &place.url, &place.registry_names()[0]]);
+    assert_eq!(code, 0, "{err}");
+    let mut all = names;
+    all.extend(clones);
+    assert_nothing_left(&place, &all);
+}
+
+fn failing_setup_leaves_nothing(kind: Kind) {
+    let place = Place::new(kind, "fail");
+    let (code, out, err) = template(
+        &place,
+        "echo first line; echo 'migration 0003 exploded' >&2; exit 7",
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("exit status 7"), "{err}");
+    assert!(
+        err.contains("migration 0003 exploded"),
+        "the last output is shown: {err}"
+    );
+    assert!(err.contains("was dropped"), "{err}");
+    assert!(place.registry().is_empty());
+    let mut wild = place.db_url();
+    wild.database = None;
+    let listed = String::from_utf8_lossy(&place.sql(None, "SELECT 1").stdout).to_string();
+    assert!(!listed.is_empty());
+    // The template name is derived from the fingerprint; nothing with the test's setup exists.
+    let (code, _, err) = run(&["db", "gc", "--db", &place.url, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("nothing to collect"), "{err}");
+}
+
+fn kill_9_mid_clone_then_gc(kind: Kind) {
+    let place = Place::new(kind, "kill");
+    let runs_file = place.dir.path().join("runs");
+    let (code, fp, err) = template(&place, &setup_for(&place, &runs_file), &[]);
+    assert_eq!(code, 0, "{err}");
+    let mut child = dbfork()
+        .args([
+            "db",
+            "clone",
+            "--db",
+            &place.url,
+            "--template",
+            fp.trim(),
+            "-n",
+            "40",
+            "--concurrency",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Half-way: once some clones exist.
+    let started = Instant::now();
+    loop {
+        let clones: Vec<_> = place
+            .registry()
+            .into_iter()
+            .filter(|e| e["kind"] == "clone" && e["exists"] == true)
+            .collect();
+        if clones.len() >= 2 || started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let names = place.registry_names();
+    assert!(
+        names.len() > 2,
+        "the clone rows are written before the clones: {names:?}"
+    );
+    let (code, _, err) = run(&["db", "gc", "--db", &place.url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("is gone"), "{err}");
+    let left = place.registry_names();
+    assert_eq!(left.len(), 1, "only the template stays: {left:?}");
+    let (code, _, err) = run(&["db", "drop", "--db", &place.url, &left[0]]);
+    assert_eq!(code, 0, "{err}");
+    assert_nothing_left(&place, &names);
+}
+
+fn decoys_survive_every_command(kind: Kind) {
+    let place = Place::new(kind, "decoy");
+    let decoy = format!(
+        "dbfork_decoy_{}",
+        support::unique("x").trim_start_matches("dft_")
+    );
+    let user_db = support::unique("user");
+    for db in [&decoy, &user_db] {
+        match kind {
+            Kind::Sqlite => {
+                place.sql_ok(Some(db), "CREATE TABLE precious (x int)");
+            }
+            _ => {
+                place.sql_ok(None, &format!("CREATE DATABASE {db}"));
+            }
+        }
+        assert!(place.exists(db));
+    }
+    let runs_file = place.dir.path().join("runs");
+    let (code, fp, err) = template(&place, &setup_for(&place, &runs_file), &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&[
+        "db",
+        "clone",
+        "--db",
+        &place.url,
+        "--template",
+        fp.trim(),
+        "-n",
+        "2",
+        "--owner",
+        "none",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for db in [&decoy, &user_db] {
+        let (code, _, err) = run(&["db", "drop", "--db", &place.url, db]);
+        assert_eq!(code, 4, "{err}");
+        assert!(
+            err.contains("refusing to drop") && err.contains(db.as_str()),
+            "{err}"
+        );
+    }
+    let (code, _, err) = run(&[
+        "db",
+        "gc",
+        "--db",
+        &place.url,
+        "--older-than",
+        "0s",
+        "--heartbeat-ttl",
+        "0s",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for db in [&decoy, &user_db] {
+        assert!(place.exists(db), "{db} was touched by dbfork");
+    }
+    let names = place.registry_names();
+    let mut args = vec!["db", "drop", "--db", &place.url];
+    args.extend(names.iter().map(String::as_str));
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_nothing_left(&place, &names);
+    for db in [&decoy, &user_db] {
+        assert!(place.exists(db));
+        if kind != Kind::Sqlite {
+            place.sql_ok(None, &format!("DROP DATABASE {db}"));
+        }
+    }
+}
+
+fn concurrent_builds_of_one_fingerprint_build_once(kind: Kind) {
+    let place = Place::new(kind, "race");
+    let runs_file = place.dir.path().join("runs");
+    let setup = format!("sleep 1 && {}", setup_for(&place, &runs_file));
+    let spawn = || {
+        dbfork()
+            .args(["db", "template", "--db", &place.url, "--setup", &setup])
+            .output()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(spawn);
+        let b = s.spawn(spawn);
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
+    assert_eq!(a.stdout, b.stdout, "both get the same fingerprint");
+    assert_eq!(runs(&runs_file), 1, "the setup ran once");
+    let names = place.registry_names();
+    assert_eq!(names.len(), 1);
+    let (code, _, err) = run(&["db", "drop", "--db", &place.url, &names[0]]);
+    assert_eq!(code, 0, "{err}");
+    assert_nothing_left(&place, &names);
+}
+
+fn drop_ends_open_sessions(kind: Kind) {
+    use std::io::Write;
+    let place = Place::new(kind, "sess");
+    let runs_file = place.dir.path().join("runs");
+    let (code, fp, err) = template(&place, &setup_for(&place, &runs_file), &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&[
+        "db",
+        "clone",
+        "--db",
+        &place.url,
+        "--template",
+        fp.trim(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let clone = json["clones"][0]["name"].as_str().unwrap().to_string();
+
+    let mut idle = place.session(&clone);
+    idle.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"SELECT 1;\n")
+        .unwrap();
+    let mut in_tx = place.session(&clone);
+    in_tx
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"BEGIN;\nUPDATE orders SET total = total + 1 WHERE id < 10;\n")
+        .unwrap();
+    let mut looping = place.reconnect_loop(&clone);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let started = Instant::now();
+    let (code, _, err) = run(&[
+        "db",
+        "drop",
+        "--db",
+        &place.url,
+        "--drop-timeout",
+        "5s",
+        &clone,
+    ]);
+    let took = started.elapsed();
+    support::kill_group(&mut looping);
+    let _ = idle.kill();
+    let _ = in_tx.kill();
+    let _ = (idle.wait(), in_tx.wait());
+    assert_eq!(code, 0, "{err}");
+    assert!(took < Duration::from_secs(5), "the drop took {took:?}");
+    assert!(!place.exists(&clone));
+    let names = place.registry_names();
+    let (code, _, err) = run(&["db", "drop", "--db", &place.url, &names[0]]);
+    assert_eq!(code, 0, "{err}");
+    assert_nothing_left(&place, &[clone]);
+}
+
+fn sigint_during_setup_drops_the_half_built_template(kind: Kind) {
+    let place = Place::new(kind, "int");
+    let marker = place.dir.path().join("started");
+    let setup = format!("touch {} && sleep 60", marker.display());
+    let mut child = dbfork()
+        .args(["db", "template", "--db", &place.url, "--setup", &setup])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !marker.exists() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(marker.exists(), "the setup command never started");
+    let names = place.registry_names();
+    assert_eq!(
+        names.len(),
+        1,
+        "the template is registered while it is built"
+    );
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the sleeping setup was not killed"
+    );
+    assert!(err.contains("interrupted"), "{err}");
+    assert_nothing_left(&place, &names);
+}
+
+// ---- Bad input -------------------------------------------------------------
+
+#[test]
+fn malformed_url_is_a_usage_error_with_the_password_masked() {
+    let (code, _, err) = run(&["db", "list", "--db", "postgres://me:hunter2@db:99999/x"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("me:***@db"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let (code, _, err) = run(&["db", "list", "--db", "oracle://x"]);
+    assert_eq!(code, 4);
+    assert!(err.contains("not supported"), "{err}");
+}
+
+#[test]
+fn connection_refused_names_the_server() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for scheme in ["postgres", "mysql"] {
+        let url = format!("{scheme}://u:topsecret@127.0.0.1:{port}/x");
+        let (code, _, err) = run(&["db", "list", "--db", &url, "--connect-timeout", "3s"]);
+        assert_eq!(code, 3, "{err}");
+        assert!(
+            err.contains("cannot connect to") && err.contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
+        assert!(!err.contains("topsecret"), "{err}");
+    }
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    for scheme in ["postgres", "mysql"] {
+        let url = format!("{scheme}://u@127.0.0.1:{port}/x");
+        let started = Instant::now();
+        let (code, _, err) = run(&["db", "list", "--db", &url, "--connect-timeout", "1s"]);
+        assert_eq!(code, 3, "{err}");
+        assert!(err.contains("did not finish within"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    drop(listener);
+}
+
+#[test]
+fn wrong_password_is_refused_without_showing_it() {
+    let place = Place::new(Kind::Mysql, "pw");
+    let mut url = place.db_url();
+    url.user = Some("dbfork_nobody".into());
+    url.password = Some("wrongpass".into());
+    let (code, _, err) = run(&["db", "list", "--db", &url.to_url_with_password()]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("cannot connect") && err.contains("Access denied"),
+        "{err}"
+    );
+    assert!(!err.contains("wrongpass"), "{err}");
+}
+
+#[test]
+fn missing_ephemeral_binaries_name_the_package() {
+    let empty = tempfile::tempdir().unwrap();
+    for (db, var, package) in [
+        ("postgres:ephemeral", "DBFORK_PG_BINDIR", "postgresql"),
+        (
+            "mariadb:ephemeral",
+            "DBFORK_MARIADB_BINDIR",
+            "mariadb-server",
+        ),
+    ] {
+        let out = dbfork()
+            .args(["db", "list", "--db", db])
+            .env(var, empty.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert!(err.contains(&format!("apt-get install {package}")), "{err}");
+    }
+}
+
+#[test]
+fn ephemeral_postgres_serves_one_command_and_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs_file = dir.path().join("runs");
+    let setup = format!(
+        "echo run >> {} && psql -X -q -c 'create table t (x int)'",
+        runs_file.display()
+    );
+    let (code, out, err) = run(&[
+        "db",
+        "template",
+        "--db",
+        "postgres:ephemeral",
+        "--setup",
+        &setup,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["reused"], false);
+    assert_eq!(runs(&runs_file), 1);
+    let url = json["url"].as_str().unwrap();
+    let socket_dir = url
+        .split("host=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    assert!(
+        !std::path::Path::new(socket_dir).exists(),
+        "the ephemeral server's directory {socket_dir} is gone"
+    );
+}
