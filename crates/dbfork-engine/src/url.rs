@@ -216,7 +216,7 @@ impl DbUrl {
 
     /// The full URL, password included: only for the environment of child processes.
     pub fn to_url_with_password(&self) -> String {
-        self.render(self.password.as_deref())
+        self.render(self.password.as_deref().map(|p| percent_encode(p, false)))
     }
 
     /// The URL without its password, for output: usable where the password
@@ -225,7 +225,8 @@ impl DbUrl {
         self.render(None)
     }
 
-    fn render(&self, password: Option<&str>) -> String {
+    /// `password` is pushed as given: the caller encodes it (or masks it).
+    fn render(&self, password: Option<String>) -> String {
         let scheme = match self.kind {
             Kind::Postgres => "postgres",
             Kind::Mysql => "mysql",
@@ -242,7 +243,7 @@ impl DbUrl {
             out.push_str(&percent_encode(user, false));
             if let Some(p) = password {
                 out.push(':');
-                out.push_str(&percent_encode(p, false));
+                out.push_str(&p);
             }
             out.push('@');
         }
@@ -283,7 +284,7 @@ impl DbUrl {
 impl fmt::Display for DbUrl {
     /// The URL with its password masked as `***`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.render(self.password.as_ref().map(|_| "***")))
+        f.write_str(&self.render(self.password.as_ref().map(|_| "***".to_string())))
     }
 }
 

@@ -425,7 +425,7 @@ fn sigint_during_setup_drops_the_half_built_template(kind: Kind) {
     let place = Place::new(kind, "int");
     let marker = place.dir.path().join("started");
     let setup = format!("touch {} && sleep 60", marker.display());
-    let mut child = dbfork()
+    let child = dbfork()
         .args(["db", "template", "--db", &place.url, "--setup", &setup])
         .stderr(std::process::Stdio::piped())
         .spawn()
