@@ -96,20 +96,71 @@ pub struct Template {
     pub build_seconds: f64,
 }
 
-/// The environment a process needs to use database `name` on `backend`'s server.
-pub fn database_env(backend: &AnyBackend, name: &str) -> Vec<(String, String)> {
-    let url = backend.url().with_database(name).to_url_with_password();
-    let mut env = vec![
-        ("DATABASE_URL".to_string(), url.clone()),
-        ("DBFORK_DATABASE_URL".to_string(), url),
-        ("DBFORK_DATABASE_NAME".to_string(), name.to_string()),
-        (
-            "DBFORK_BACKEND".to_string(),
-            backend.kind().id().to_string(),
-        ),
-    ];
-    env.extend(backend.client_env(name));
-    env
+/// What a process needs to use one database: its environment variables and, where
+/// the backend's clients need one, a client option file. MySQL and MariaDB clients
+/// read `/etc/mysql/my.cnf` (whose `socket` names the system server) after their
+/// `MYSQL_*` variables, so the variables alone would send `mariadb` or `mysqldump`
+/// to the wrong server; a `my.cnf` in `MYSQL_HOME` is read after it and wins. The
+/// file (it may hold the password) lives in a private directory removed on drop.
+pub struct DatabaseEnv {
+    pub vars: Vec<(String, String)>,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl DatabaseEnv {
+    /// The environment for database `name` on `backend`'s server.
+    pub fn new(backend: &AnyBackend, name: &str) -> Result<DatabaseEnv> {
+        let url = backend.url().with_database(name).to_url_with_password();
+        let mut vars = vec![
+            ("DATABASE_URL".to_string(), url.clone()),
+            ("DBFORK_DATABASE_URL".to_string(), url),
+            ("DBFORK_DATABASE_NAME".to_string(), name.to_string()),
+            (
+                "DBFORK_BACKEND".to_string(),
+                backend.kind().id().to_string(),
+            ),
+        ];
+        vars.extend(backend.client_env(name));
+        let Some(options) = backend.client_option_file(name) else {
+            return Ok(DatabaseEnv { vars, dir: None });
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "dbfork-client-{}-{}-{name}",
+            std::process::id(),
+            process::now()
+        ));
+        write_private(&dir, &options).map_err(Error::io(format!(
+            "writing the client option file in {}",
+            dir.display()
+        )))?;
+        for var in ["MYSQL_HOME", "MARIADB_HOME"] {
+            vars.push((var.to_string(), dir.display().to_string()));
+        }
+        Ok(DatabaseEnv {
+            vars,
+            dir: Some(dir),
+        })
+    }
+}
+
+impl Drop for DatabaseEnv {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Writes `dir/my.cnf`, readable by this user only.
+fn write_private(dir: &std::path::Path, options: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join("my.cnf"))?;
+    std::io::Write::write_all(&mut file, options.as_bytes())
 }
 
 /// Builds the template of `recipe`, or reuses the ready one with its fingerprint.
@@ -224,10 +275,11 @@ async fn run_setup(
     cancel: &Cancel,
     name: &str,
 ) -> Result<()> {
+    let env = DatabaseEnv::new(backend, name)?;
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(&recipe.setup)
-        .envs(database_env(backend, name))
+        .envs(env.vars.iter().cloned())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -225,7 +225,7 @@ fn kill_9_mid_clone_then_gc(kind: Kind) {
             "--template",
             fp.trim(),
             "-n",
-            "40",
+            "200",
             "--concurrency",
             "1",
         ])
@@ -246,6 +246,10 @@ fn kill_9_mid_clone_then_gc(kind: Kind) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "dbfork finished all clones before the test could kill it"
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let names = place.registry_names();

@@ -144,6 +144,12 @@ pub trait Backend: Send + Sync {
 
     /// The backend's usual environment variables for a client of database `name`.
     fn client_env(&self, name: &str) -> Vec<(String, String)>;
+
+    /// A client option file (`my.cnf`) for database `name`, where the backend's
+    /// clients need one to reach the right server.
+    fn client_option_file(&self, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Whichever backend a URL names. One lives per command, so the size of its variants does not matter.
@@ -242,6 +248,9 @@ impl Backend for AnyBackend {
     }
     fn client_env(&self, name: &str) -> Vec<(String, String)> {
         each!(self, b => b.client_env(name))
+    }
+    fn client_option_file(&self, name: &str) -> Option<String> {
+        each!(self, b => b.client_option_file(name))
     }
 }
 

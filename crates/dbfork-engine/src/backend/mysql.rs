@@ -1319,6 +1319,37 @@ impl Backend for Mysql {
         }
         env
     }
+
+    fn client_option_file(&self, name: &str) -> Option<String> {
+        let mut text = String::from("[client]\n");
+        let user = self.url.user.as_deref().unwrap_or("root");
+        text.push_str(&format!("user={}\n", option_value(user)));
+        if let Some(p) = &self.url.password {
+            text.push_str(&format!("password={}\n", option_value(p)));
+        }
+        match &self.url.socket {
+            Some(socket) => {
+                text.push_str("host=localhost\nprotocol=socket\n");
+                text.push_str(&format!(
+                    "socket={}\n",
+                    option_value(&socket.display().to_string())
+                ));
+            }
+            None => {
+                let host = self.url.host.as_deref().unwrap_or("localhost");
+                text.push_str(&format!("host={}\nprotocol=tcp\n", option_value(host)));
+                text.push_str(&format!("port={}\n", self.url.port.unwrap_or(3306)));
+            }
+        }
+        // `database` is an option of the interactive client only; mysqldump would reject it.
+        text.push_str(&format!("[mysql]\ndatabase={}\n", option_value(name)));
+        Some(text)
+    }
+}
+
+/// A value for an option file: quoted, with `\\` and `"` escaped.
+fn option_value(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 #[cfg(test)]
