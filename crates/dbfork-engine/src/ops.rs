@@ -201,7 +201,7 @@ async fn reuse(backend: &AnyBackend, name: &str, fingerprint: &str) -> Result<Op
         return Ok(None);
     }
     entry.last_used_at = process::now();
-    backend.registry_put(&entry).await?;
+    backend.registry_put(std::slice::from_ref(&entry)).await?;
     Ok(Some(Template {
         fingerprint: fingerprint.to_string(),
         name: name.to_string(),
@@ -243,7 +243,7 @@ async fn build_locked(
         "",
         &owner,
     );
-    backend.registry_put(&entry).await?;
+    backend.registry_put(std::slice::from_ref(&entry)).await?;
     let built = async {
         backend.create_empty(name).await?;
         run_setup(backend, recipe, options, cancel, name).await?;
@@ -258,7 +258,7 @@ async fn build_locked(
     }
     entry.state = State::Ready;
     entry.last_used_at = process::now();
-    backend.registry_put(&entry).await?;
+    backend.registry_put(std::slice::from_ref(&entry)).await?;
     Ok(Template {
         fingerprint: fingerprint.to_string(),
         name: name.to_string(),
@@ -431,9 +431,7 @@ pub async fn make_clones(
             )
         })
         .collect();
-    for entry in &entries {
-        backend.registry_put(entry).await?;
-    }
+    backend.registry_put(&entries).await?;
     let made = stream::iter(entries.iter())
         .map(|entry| async move {
             if cancel.is_cancelled() {
@@ -460,11 +458,12 @@ pub async fn make_clones(
     for entry in &mut entries {
         entry.state = State::Ready;
         entry.set_owner(owner);
-        backend.registry_put(entry).await?;
     }
     let mut used = template.clone();
     used.last_used_at = process::now();
-    backend.registry_put(&used).await?;
+    entries.push(used);
+    backend.registry_put(&entries).await?;
+    entries.pop();
     Ok(entries
         .into_iter()
         .map(|e| MadeClone {

@@ -114,8 +114,8 @@ pub trait Backend: Send + Sync {
     fn server_version(&self) -> impl Future<Output = Result<String>> + Send;
 
     fn registry_list(&self) -> impl Future<Output = Result<Vec<Entry>>> + Send;
-    /// Inserts or replaces the row of `entry.name`.
-    fn registry_put(&self, entry: &Entry) -> impl Future<Output = Result<()>> + Send;
+    /// Inserts or replaces the rows of `entries`, all in one transaction.
+    fn registry_put(&self, entries: &[Entry]) -> impl Future<Output = Result<()>> + Send;
     fn registry_remove(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// Takes the server-wide lock `key`, waiting at most `wait`.
@@ -219,8 +219,8 @@ impl Backend for AnyBackend {
     async fn registry_list(&self) -> Result<Vec<Entry>> {
         each!(self, b => b.registry_list().await)
     }
-    async fn registry_put(&self, entry: &Entry) -> Result<()> {
-        each!(self, b => b.registry_put(entry).await)
+    async fn registry_put(&self, entries: &[Entry]) -> Result<()> {
+        each!(self, b => b.registry_put(entries).await)
     }
     async fn registry_remove(&self, name: &str) -> Result<()> {
         each!(self, b => b.registry_remove(name).await)

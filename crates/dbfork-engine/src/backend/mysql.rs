@@ -1066,31 +1066,38 @@ impl Backend for Mysql {
             .collect()
     }
 
-    async fn registry_put(&self, e: &Entry) -> Result<()> {
+    async fn registry_put(&self, entries: &[Entry]) -> Result<()> {
         let mut conn = self.take().await?;
-        let params: Vec<Value> = vec![
-            e.name.clone().into(),
-            e.kind.as_str().into(),
-            e.state.as_str().into(),
-            e.fingerprint.clone().into(),
-            e.setup_key.clone().into(),
-            e.run_id.clone().into(),
-            i64::from(e.owner_pid).into(),
-            e.owner_start.into(),
-            e.host.clone().into(),
-            e.created_at.into(),
-            e.heartbeat_at.into(),
-            e.last_used_at.into(),
-        ];
-        conn.exec_drop(
+        let mut tx = conn
+            .start_transaction(mysql_async::TxOpts::default())
+            .await
+            .map_err(q("writing to the registry"))?;
+        let rows = entries.iter().map(|e| -> Vec<Value> {
+            vec![
+                e.name.clone().into(),
+                e.kind.as_str().into(),
+                e.state.as_str().into(),
+                e.fingerprint.clone().into(),
+                e.setup_key.clone().into(),
+                e.run_id.clone().into(),
+                i64::from(e.owner_pid).into(),
+                e.owner_start.into(),
+                e.host.clone().into(),
+                e.created_at.into(),
+                e.heartbeat_at.into(),
+                e.last_used_at.into(),
+            ]
+        });
+        tx.exec_batch(
             format!(
                 "REPLACE INTO {} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self.registry()
             ),
-            params,
+            rows,
         )
         .await
-        .map_err(q("writing to the registry"))
+        .map_err(q("writing to the registry"))?;
+        tx.commit().await.map_err(q("writing to the registry"))
     }
 
     async fn registry_remove(&self, name: &str) -> Result<()> {
@@ -1754,15 +1761,14 @@ mod tests {
                 "run",
                 &Owner::nobody(),
             );
-            db.registry_put(&a).await.unwrap();
-            db.registry_put(&b).await.unwrap();
+            db.registry_put(&[a.clone(), b.clone()]).await.unwrap();
             assert_eq!(
                 db.registry_list().await.unwrap(),
                 vec![a.clone(), b.clone()]
             );
             a.state = State::Ready;
             a.last_used_at += 5;
-            db.registry_put(&a).await.unwrap();
+            db.registry_put(std::slice::from_ref(&a)).await.unwrap();
             assert_eq!(
                 db.registry_list().await.unwrap(),
                 vec![a.clone(), b.clone()]

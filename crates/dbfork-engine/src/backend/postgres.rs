@@ -40,6 +40,14 @@ impl std::ops::Deref for Pooled<'_> {
     }
 }
 
+impl std::ops::DerefMut for Pooled<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client
+            .as_mut()
+            .expect("a pooled client is present until dropped")
+    }
+}
+
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
@@ -279,34 +287,44 @@ impl Backend for Postgres {
             .collect())
     }
 
-    async fn registry_put(&self, e: &Entry) -> Result<()> {
-        let c = self.take().await?;
-        c.execute(
-            &format!(
+    async fn registry_put(&self, entries: &[Entry]) -> Result<()> {
+        let mut c = self.take().await?;
+        let tx = c
+            .transaction()
+            .await
+            .map_err(q("writing to the registry"))?;
+        let statement = tx
+            .prepare(&format!(
                 "INSERT INTO dbfork.registry ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
                  ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, state = EXCLUDED.state, \
                  fingerprint = EXCLUDED.fingerprint, setup_key = EXCLUDED.setup_key, run_id = EXCLUDED.run_id, \
                  owner_pid = EXCLUDED.owner_pid, owner_start = EXCLUDED.owner_start, host = EXCLUDED.host, \
                  created_at = EXCLUDED.created_at, heartbeat_at = EXCLUDED.heartbeat_at, last_used_at = EXCLUDED.last_used_at"
-            ),
-            &[
-                &e.name,
-                &e.kind.as_str(),
-                &e.state.as_str(),
-                &e.fingerprint,
-                &e.setup_key,
-                &e.run_id,
-                &(e.owner_pid as i64),
-                &(e.owner_start as i64),
-                &e.host,
-                &e.created_at,
-                &e.heartbeat_at,
-                &e.last_used_at,
-            ],
-        )
-        .await
-        .map_err(q("writing to the registry"))?;
-        Ok(())
+            ))
+            .await
+            .map_err(q("writing to the registry"))?;
+        for e in entries {
+            tx.execute(
+                &statement,
+                &[
+                    &e.name,
+                    &e.kind.as_str(),
+                    &e.state.as_str(),
+                    &e.fingerprint,
+                    &e.setup_key,
+                    &e.run_id,
+                    &(e.owner_pid as i64),
+                    &(e.owner_start as i64),
+                    &e.host,
+                    &e.created_at,
+                    &e.heartbeat_at,
+                    &e.last_used_at,
+                ],
+            )
+            .await
+            .map_err(q("writing to the registry"))?;
+        }
+        tx.commit().await.map_err(q("writing to the registry"))
     }
 
     async fn registry_remove(&self, name: &str) -> Result<()> {
