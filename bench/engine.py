@@ -5,6 +5,7 @@ beside what users pay today (migrations per worker, Django's clone loop).
     bash bench/setup-venv.sh && cargo build --release
     .venv/bin/python bench/engine.py                     # everything, 5 reps
     .venv/bin/python bench/engine.py --targets sqlite,pg-ephemeral --reps 3
+    python3 bench/engine.py --report bench/results/engine-<stamp>.json   # re-render
 
 Targets: sqlite (a directory on this machine's disk), sqlite-tmpfs (/dev/shm),
 pg (the machine's PostgreSQL at 127.0.0.1:5432), pg-ephemeral (a private
@@ -196,7 +197,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", default="sqlite,sqlite-tmpfs,pg,pg-ephemeral,mariadb,mariadb-ephemeral")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--report", metavar="JSON", help="only print the tables of a saved results file")
     args = ap.parse_args()
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        reps = len(next(iter(saved.values()))["build"]) if saved else 0
+        print(report(saved, reps))
+        return
     if not DBFORK.exists() or not PYTHON.exists():
         sys.exit("build first: bash bench/setup-venv.sh && cargo build --release")
     stack = []

@@ -11,6 +11,9 @@ pub mod db;
 pub fn main() -> i32 {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    if matches!(cli.command, Command::Db(_)) {
+        restore_sigpipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,6 +38,16 @@ pub fn main() -> i32 {
             eprintln!("dbfork: error: {err:#}");
             errors::exit_code(&err)
         }
+    }
+}
+
+/// `dbfork db list | head` should end quietly like any Unix filter, not panic
+/// on a closed stdout. (Rust ignores SIGPIPE; the db verbs print only after
+/// their work is recorded, so the default action loses nothing.)
+fn restore_sigpipe() {
+    // SAFETY: called before any thread is started; SIG_DFL is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
