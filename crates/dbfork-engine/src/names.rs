@@ -18,6 +18,14 @@ pub fn clone_name(run_id: &str, index: usize) -> String {
     format!("{PREFIX}{run_id}_{index}")
 }
 
+/// The clone of a slot of `dbfork run`; a replacement (generation > 0) gets a new name.
+pub fn slot_clone_name(run_id: &str, slot: usize, generation: usize) -> String {
+    match generation {
+        0 => clone_name(run_id, slot),
+        g => format!("{}_{g}", clone_name(run_id, slot)),
+    }
+}
+
 /// A run id: 10 hex digits, unique per process start (pid, time, host).
 pub fn new_run_id() -> String {
     let nanos = std::time::SystemTime::now()

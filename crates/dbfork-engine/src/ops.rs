@@ -418,27 +418,46 @@ pub async fn make_clones(
     cancel: &Cancel,
 ) -> Result<Vec<MadeClone>> {
     let run_id = names::new_run_id();
+    let wanted = (0..count).map(|i| names::clone_name(&run_id, i)).collect();
+    make_named_clones(backend, template, &run_id, wanted, owner, options, cancel).await
+}
+
+/// [`make_clones`] with the run id and names chosen by the caller (`dbfork run`
+/// names each slot's clone); every name must come from [`names`].
+pub async fn make_named_clones(
+    backend: &AnyBackend,
+    template: &Entry,
+    run_id: &str,
+    wanted: Vec<String>,
+    owner: &Owner,
+    options: &CloneOptions,
+    cancel: &Cancel,
+) -> Result<Vec<MadeClone>> {
     let me = Owner::this_process();
-    let mut entries: Vec<Entry> = (0..count)
-        .map(|i| {
+    let mut entries: Vec<Entry> = wanted
+        .into_iter()
+        .map(|name| {
             Entry::new(
-                names::clone_name(&run_id, i),
+                name,
                 EntryKind::Clone,
                 &template.fingerprint,
                 &template.setup_key,
-                &run_id,
+                run_id,
                 &me,
             )
         })
         .collect();
     backend.registry_put(&entries).await?;
-    let made = stream::iter(entries.iter())
-        .map(|entry| async move {
+    // Owned names: a stream over borrowed entries makes the future not
+    // provably `Send` for every lifetime, and `dbfork run` spawns it.
+    let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+    let made = stream::iter(names)
+        .map(|name| async move {
             if cancel.is_cancelled() {
                 return Err(Error::Interrupted);
             }
             backend
-                .clone_database(&template.name, &entry.name, options.method)
+                .clone_database(&template.name, &name, options.method)
                 .await
         })
         .buffer_unordered(options.concurrency.max(1))

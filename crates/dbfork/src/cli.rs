@@ -20,6 +20,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a test command in parallel, each worker on its own clone of the migrated template.
+    Run(RunArgs),
     /// Templates, clones and teardown, one step at a time.
     #[command(subcommand)]
     Db(DbCommand),
@@ -54,6 +56,65 @@ pub enum DbCommand {
     Gc(GcArgs),
     /// Start a private throwaway server, print its URL, and keep it until Ctrl-C or SIGTERM.
     Ephemeral(EphemeralArgs),
+}
+
+/// `dbfork run`. Every option is also a `DBFORK_*` variable and a key of
+/// `[tool.dbfork]` in pyproject.toml or of dbfork.toml; a flag beats the
+/// variable, which beats the file, which beats the default.
+#[derive(Debug, Args)]
+#[command(trailing_var_arg = true)]
+pub struct RunArgs {
+    /// Worker slots: a number, or `auto` (the usable cores). [default: auto]
+    #[arg(short = 'j', long, env = "DBFORK_JOBS", value_name = "N|auto")]
+    pub jobs: Option<String>,
+    /// The database server (see `dbfork db template --help`). [default: sqlite://.dbfork/sqlite/main.sqlite3]
+    #[arg(long, env = "DBFORK_DB", value_name = "URL")]
+    pub db: Option<String>,
+    /// The command that migrates the template, run by `sh -c` with DATABASE_URL set. [default: none, an empty database]
+    #[arg(long, env = "DBFORK_SETUP", value_name = "CMD")]
+    pub setup: Option<String>,
+    /// Files whose contents decide the template (migrations, fixtures): glob patterns, repeatable.
+    #[arg(long = "input", env = "DBFORK_INPUTS", value_name = "GLOB", value_delimiter = ',')]
+    pub inputs: Option<Vec<String>>,
+    /// How tests are grouped when handed to workers: test, class, module or file. [default: test]
+    #[arg(long, env = "DBFORK_DIST", value_name = "UNIT")]
+    pub dist: Option<String>,
+    /// How dbfork drives the command: auto, pytest or none (run it once per worker). [default: auto]
+    #[arg(long, env = "DBFORK_ADAPTER", value_name = "ADAPTER")]
+    pub adapter: Option<String>,
+    /// Kill a worker whose test runs longer than this and report the test as timed out. [default: none]
+    #[arg(long, env = "DBFORK_TIMEOUT", value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Replacement workers allowed after crashes and timeouts, in all. [default: 4 x N]
+    #[arg(long, env = "DBFORK_MAX_WORKER_RESTARTS", value_name = "N")]
+    pub max_worker_restarts: Option<usize>,
+    /// How long workers get to stop after Ctrl-C or SIGTERM before they are killed. [default: 10s]
+    #[arg(long, env = "DBFORK_GRACE", value_name = "DURATION")]
+    pub grace: Option<String>,
+    /// Write a JUnit XML report here.
+    #[arg(long, env = "DBFORK_JUNIT", value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
+    /// Write a JSON report here.
+    #[arg(long, env = "DBFORK_JSON", value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+    /// How to clone: PostgreSQL file-copy|wal-log, MySQL show-create|create-like, SQLite copy|backup. [default: the backend's fastest]
+    #[arg(long, env = "DBFORK_CLONE_METHOD", value_name = "METHOD")]
+    pub clone_method: Option<String>,
+    /// How long connecting may take. [default: 10s]
+    #[arg(long, env = "DBFORK_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+    /// How long dropping one database may take. [default: 30s]
+    #[arg(long, env = "DBFORK_DROP_TIMEOUT", value_name = "DURATION")]
+    pub drop_timeout: Option<String>,
+    /// How long the setup command may run. [default: 30m]
+    #[arg(long, env = "DBFORK_BUILD_TIMEOUT", value_name = "DURATION")]
+    pub build_timeout: Option<String>,
+    /// Read settings from this file instead of looking for dbfork.toml / pyproject.toml.
+    #[arg(long, env = "DBFORK_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// The test command, after `--`: e.g. `-- pytest -q tests/`.
+    #[arg(required = true, value_name = "COMMAND", allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

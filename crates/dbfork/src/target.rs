@@ -4,6 +4,7 @@
 use anyhow::Result;
 use dbfork_engine::backend::ConnectOptions;
 use dbfork_engine::ephemeral::{self, EphemeralServer};
+use dbfork_engine::ops;
 use dbfork_engine::{AnyBackend, Target};
 
 use crate::cli::DbArgs;
@@ -39,7 +40,10 @@ impl Opened {
             }
         };
         match AnyBackend::connect(&url, &options).await {
-            Ok(backend) => Ok(Opened { backend, server }),
+            Ok(backend) => {
+                collect_leftovers(&backend, args).await;
+                Ok(Opened { backend, server })
+            }
             Err(e) => {
                 if let Some(server) = server {
                     let _ = server.stop().await;
@@ -58,3 +62,30 @@ impl Opened {
         Ok(())
     }
 }
+
+/// Every command first removes what dead dbfork processes left on this server
+/// (a `kill -9` leaves no chance to clean up): clones whose owner is gone and
+/// abandoned template builds. Templates are kept. A failure here is only a warning.
+async fn collect_leftovers(backend: &AnyBackend, args: &DbArgs) {
+    let options = ops::GcOptions {
+        dry_run: false,
+        older_than: None,
+        heartbeat_ttl: LEFTOVER_HEARTBEAT_TTL,
+        drop_deadline: args.drop_timeout,
+    };
+    match ops::gc(backend, &options).await {
+        Ok(collected) => {
+            for c in collected.iter().filter(|c| c.dropped) {
+                tracing::info!("removed {} ({})", c.name, c.reason);
+            }
+            let n = collected.iter().filter(|c| c.dropped).count();
+            if n > 0 {
+                eprintln!("dbfork: removed {n} database{} left by dbfork processes that are gone", if n == 1 { "" } else { "s" });
+            }
+        }
+        Err(e) => tracing::warn!("could not collect leftovers: {e}"),
+    }
+}
+
+/// Entries of other hosts count as abandoned only after this long without a heartbeat.
+const LEFTOVER_HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);

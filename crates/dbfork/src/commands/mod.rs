@@ -7,6 +7,7 @@ use crate::cli::{Cli, Command};
 use crate::errors;
 
 pub mod db;
+pub mod run;
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -24,16 +25,21 @@ pub fn main() -> i32 {
             return errors::DATABASE_ERROR;
         }
     };
+    let verbose = cli.verbose;
     let result = runtime.block_on(async {
-        let cancel = crate::signals::install();
         match cli.command {
-            Command::Db(command) => db::run(command, cancel).await,
+            // The runner handles its own signals: it forwards them to the workers.
+            Command::Run(args) => run::run(args, verbose).await,
+            Command::Db(command) => {
+                let cancel = crate::signals::install();
+                db::run(command, cancel).await.map(|()| errors::OK)
+            }
         }
     });
     // Connection tasks may linger; do not wait for them.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
-        Ok(()) => errors::OK,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("dbfork: error: {err:#}");
             errors::exit_code(&err)

@@ -1,0 +1,234 @@
+//! The worker protocol: how a test process (through an adapter such as the
+//! pytest plugin in `python/dbfork_pytest`) and `dbfork run` talk. This crate is
+//! the one place it is defined; adapters and clients in any language follow it.
+//!
+//! # Transport
+//!
+//! `dbfork run` listens on a Unix stream socket whose path it puts in the
+//! worker's environment as `DBFORK_SOCKET`. Each worker process opens one
+//! connection and keeps it for its whole life. Every message is one JSON object
+//! on one line (UTF-8, `\n`-terminated), with `"v": 1` (this [`VERSION`]) and a
+//! `"type"`. A worker's lease on its slot lives exactly as long as its
+//! connection: when it closes without a `bye`, dbfork treats the worker as
+//! crashed at once (the test it had started is reported as crashed, the tests
+//! it had not started go back to the queue, its clone is remade). When dbfork's
+//! end closes, the worker must exit.
+//!
+//! # Environment of a worker
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `DBFORK_SOCKET` | the socket to connect to (absent: no adapter is wanted) |
+//! | `DBFORK_WORKER_ID` | this process's id for `hello` (slot and generation, e.g. `1.0`) |
+//! | `DBFORK_WORKER` / `DBFORK_WORKERS` | the slot (0-based) and the number of slots |
+//! | `PYTEST_XDIST_WORKER` / `PYTEST_XDIST_WORKER_COUNT` | `gw<slot>` and the count, as pytest-xdist sets them |
+//! | `DATABASE_URL`, `DBFORK_DATABASE_URL`, `DBFORK_DATABASE_NAME`, backend variables | the slot's clone |
+//!
+//! # Conversation
+//!
+//! ```text
+//! worker                                   dbfork
+//!   hello {worker_id, pid, adapter}   ->
+//!   collected {tests, errors}         ->   (the first worker's list is the run's;
+//!                                           every other worker's must equal it)
+//!                                     <-   run {tests: [indices]}
+//!   started {index}                   ->
+//!   result {index, phases, ...}       ->
+//!   want                              ->   (at most one outstanding)
+//!                                     <-   run {...} | stop
+//!                                     <-   steal {tests}
+//!   released {tests}                  ->
+//!   bye                               ->   (then the process exits)
+//! ```
+//!
+//! Indices refer to the `collected` list. A worker runs what it is given in
+//! the order given; it keeps the first test of its queue as the `nextitem` of
+//! the test it is running, so it asks for more work (`want`) while it still
+//! holds one test it has not started, and runs that last test only once it
+//! knows what follows it (more work, or `stop`). On `steal` it gives back
+//! those of the named tests it has neither started nor committed to as the
+//! next one, and says which in `released` (possibly none). On `stop` it runs
+//! what it holds, finishes the session, sends `bye` and exits.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version every message carries in `"v"`.
+pub const VERSION: u32 = 1;
+
+/// Environment variables of a worker (see the module docs).
+pub mod env {
+    pub const SOCKET: &str = "DBFORK_SOCKET";
+    pub const WORKER_ID: &str = "DBFORK_WORKER_ID";
+    pub const WORKER: &str = "DBFORK_WORKER";
+    pub const WORKERS: &str = "DBFORK_WORKERS";
+    pub const RUN_ID: &str = "DBFORK_RUN_ID";
+    pub const XDIST_WORKER: &str = "PYTEST_XDIST_WORKER";
+    pub const XDIST_WORKER_COUNT: &str = "PYTEST_XDIST_WORKER_COUNT";
+}
+
+/// One collected test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestItem {
+    /// The test's id as the test tool prints it (pytest's node id).
+    pub id: String,
+    /// The file it lives in, relative to the tool's root directory.
+    pub file: String,
+    /// The class it belongs to, if any (for `--dist class`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+}
+
+/// A file or module that failed to collect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectError {
+    pub id: String,
+    pub longrepr: String,
+}
+
+/// One phase of a test (pytest: setup, call, teardown).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    /// `setup`, `call` or `teardown`.
+    pub when: String,
+    /// `passed`, `failed` or `skipped`.
+    pub outcome: String,
+    /// What the tool counts this phase as in its summary (pytest's
+    /// `pytest_report_teststatus` category: `passed`, `failed`, `error`,
+    /// `skipped`, `xfailed`, `xpassed`, ...); empty when it does not count.
+    #[serde(default)]
+    pub category: String,
+    /// Seconds.
+    #[serde(default)]
+    pub duration: f64,
+    /// The failure text or skip reason, as the tool would print it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longrepr: Option<String>,
+}
+
+/// A finished test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestResult {
+    pub index: usize,
+    pub phases: Vec<Phase>,
+    /// Output the test wrote while it ran (captured by the tool).
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+}
+
+/// What a worker sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerMessage {
+    Hello {
+        worker_id: String,
+        pid: u32,
+        /// e.g. `pytest`.
+        adapter: String,
+        #[serde(default)]
+        adapter_version: String,
+    },
+    Collected {
+        tests: Vec<TestItem>,
+        #[serde(default)]
+        errors: Vec<CollectError>,
+        /// The tool goes on despite collection errors (pytest
+        /// `--continue-on-collection-errors`).
+        #[serde(default)]
+        continue_on_errors: bool,
+    },
+    Started {
+        index: usize,
+    },
+    Result(TestResult),
+    Want,
+    Released {
+        tests: Vec<usize>,
+    },
+    Bye,
+}
+
+/// What dbfork sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunnerMessage {
+    Run { tests: Vec<usize> },
+    Steal { tests: Vec<usize> },
+    Stop,
+}
+
+/// A message with its version, as it travels.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<T> {
+    v: u32,
+    #[serde(flatten)]
+    message: T,
+}
+
+/// Why a line could not be read as a message.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("protocol version {found} is not the {expected} this dbfork speaks; install matching versions of dbfork and its adapter")]
+    Version { found: u32, expected: u32 },
+    #[error("not a valid protocol message: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// One line (without the newline) for a message.
+pub fn encode<T: Serialize>(message: &T) -> String {
+    let envelope = Envelope {
+        v: VERSION,
+        message,
+    };
+    // Serializing these types cannot fail: no maps with non-string keys.
+    serde_json::to_string(&envelope).unwrap_or_default()
+}
+
+/// Reads one line.
+pub fn decode<T: for<'de> Deserialize<'de>>(line: &str) -> Result<T, DecodeError> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    let Version { v } = serde_json::from_str(line)?;
+    if v != VERSION {
+        return Err(DecodeError::Version {
+            found: v,
+            expected: VERSION,
+        });
+    }
+    let envelope: Envelope<T> = serde_json::from_str(line)?;
+    Ok(envelope.message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_shape() {
+        let m = WorkerMessage::Started { index: 3 };
+        let line = encode(&m);
+        assert_eq!(line, r#"{"v":1,"type":"started","index":3}"#);
+        assert_eq!(decode::<WorkerMessage>(&line).unwrap(), m);
+        let r = RunnerMessage::Run { tests: vec![1, 2] };
+        assert_eq!(encode(&r), r#"{"v":1,"type":"run","tests":[1,2]}"#);
+        assert_eq!(
+            encode(&RunnerMessage::Stop),
+            r#"{"v":1,"type":"stop"}"#.to_string()
+        );
+        let result = r#"{"v":1,"type":"result","index":0,"phases":[{"when":"call","outcome":"passed","category":"passed","duration":0.5}]}"#;
+        match decode::<WorkerMessage>(result).unwrap() {
+            WorkerMessage::Result(r) => assert_eq!(r.phases[0].duration, 0.5),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_versions_are_refused() {
+        let err = decode::<WorkerMessage>(r#"{"v":2,"type":"want"}"#).unwrap_err();
+        assert!(err.to_string().contains("protocol version 2"), "{err}");
+        assert!(decode::<WorkerMessage>("not json").is_err());
+    }
+}

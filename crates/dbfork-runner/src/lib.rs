@@ -1,0 +1,115 @@
+//! `dbfork run`: builds or reuses the template, gives each worker slot its own
+//! clone, drives the test command's workers (through the pytest adapter, or
+//! once per slot for any other command), and tears everything down on every
+//! way out.
+//!
+//! - [`protocol`](dbfork_protocol): what workers and the runner say.
+//! - [`schedule`]: which tests go to which worker, and when to steal.
+//! - [`run`]: the dispatcher, one `select!` loop that owns the run's state.
+//! - [`worker`]: starting and killing worker processes.
+//! - [`report`], [`timings`], [`progress`]: what the run leaves for people and the next run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub mod model;
+mod plugin;
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod timings;
+pub mod worker;
+
+/// How tests are grouped into the units handed to workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dist {
+    /// Each test on its own (the default): the best balance.
+    #[default]
+    Test,
+    /// All tests of a class go to one worker (class-scoped fixtures set up once).
+    Class,
+    /// All tests of a module go to one worker (module-scoped fixtures set up once).
+    Module,
+    /// All tests of a file go to one worker (for pytest the same as `module`).
+    File,
+}
+
+impl Dist {
+    pub const CHOICES: &'static str = "test, class, module or file";
+
+    pub fn parse(text: &str) -> Option<Dist> {
+        match text {
+            "test" => Some(Dist::Test),
+            "class" => Some(Dist::Class),
+            "module" => Some(Dist::Module),
+            "file" => Some(Dist::File),
+            _ => None,
+        }
+    }
+}
+
+/// How dbfork talks to the test command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Adapter {
+    /// pytest when the command is pytest, else none.
+    #[default]
+    Auto,
+    /// The pytest plugin: dbfork collects once and hands tests out.
+    Pytest,
+    /// None: the command runs once per slot and splits its own work.
+    None,
+}
+
+impl Adapter {
+    pub const CHOICES: &'static str = "auto, pytest or none";
+
+    pub fn parse(text: &str) -> Option<Adapter> {
+        match text {
+            "auto" => Some(Adapter::Auto),
+            "pytest" => Some(Adapter::Pytest),
+            "none" => Some(Adapter::None),
+            _ => None,
+        }
+    }
+}
+
+/// Everything a run needs to know, resolved from flags, environment,
+/// configuration file and defaults.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The test command and its arguments.
+    pub command: Vec<String>,
+    /// `--db`: a URL or `postgres:ephemeral` / `mariadb:ephemeral`.
+    pub db: String,
+    /// The setup command that builds the template (`None`: an empty database).
+    pub setup: Option<String>,
+    /// Glob patterns of the files that decide the template.
+    pub inputs: Vec<String>,
+    /// Number of worker slots (already resolved from `auto`).
+    pub jobs: usize,
+    pub dist: Dist,
+    pub adapter: Adapter,
+    /// Per-test limit (per-worker for commands without an adapter).
+    pub timeout: Option<Duration>,
+    /// How many replacement workers may be started in all.
+    pub max_worker_restarts: usize,
+    /// How long workers get to stop after the first Ctrl-C / SIGTERM.
+    pub grace: Duration,
+    pub junit: Option<PathBuf>,
+    pub json: Option<PathBuf>,
+    /// Where the timings store and other run state live (`.dbfork/`).
+    pub state_dir: PathBuf,
+    /// `default` or a backend's method name.
+    pub clone_method: String,
+    pub connect_timeout: Duration,
+    pub drop_timeout: Duration,
+    pub build_timeout: Duration,
+    pub lock_timeout: Duration,
+    /// 0: normal; 1: one line per test; 2: also worker output.
+    pub verbose: u8,
+    /// Whether to draw live progress (a terminal) or print plain lines.
+    pub live: bool,
+    /// The configuration file the settings came from, if any (for messages).
+    pub config_file: Option<PathBuf>,
+}

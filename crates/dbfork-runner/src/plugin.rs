@@ -1,0 +1,74 @@
+//! The pytest plugin, shipped inside the dbfork binary: each run writes it to
+//! its private directory as an importable module with a `dist-info` that
+//! declares the `pytest11` entry point `dbfork`, and puts that directory first
+//! on the workers' `PYTHONPATH`. pytest then loads it like any installed plugin
+//! (and `-p no:dbfork` disables it), with nothing to install in the project.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+const SOURCE: &str = include_str!("../../../python/dbfork_pytest/__init__.py");
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Writes the plugin under `dir` and returns the directory for `PYTHONPATH`.
+pub fn install(dir: &Path) -> io::Result<PathBuf> {
+    let root = dir.join("python");
+    let package = root.join("dbfork_pytest");
+    let dist = root.join(format!("dbfork_pytest-{VERSION}.dist-info"));
+    std::fs::create_dir_all(&package)?;
+    std::fs::create_dir_all(&dist)?;
+    std::fs::write(package.join("__init__.py"), SOURCE)?;
+    std::fs::write(
+        dist.join("METADATA"),
+        format!("Metadata-Version: 2.1\nName: dbfork-pytest\nVersion: {VERSION}\n"),
+    )?;
+    std::fs::write(dist.join("entry_points.txt"), "[pytest11]\ndbfork = dbfork_pytest\n")?;
+    Ok(root)
+}
+
+/// Whether `command` runs pytest: `pytest`, `py.test`, `python -m pytest`.
+pub fn is_pytest(command: &[String]) -> bool {
+    let base = |s: &String| Path::new(s).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    match command {
+        [first, ..] if matches!(base(first).as_str(), "pytest" | "py.test") => true,
+        [first, m, module, ..] => base(first).starts_with("python") && m == "-m" && module == "pytest",
+        _ => false,
+    }
+}
+
+/// Whether the command's own arguments turn the plugin off (`-p no:dbfork`).
+pub fn disabled_in(command: &[String]) -> bool {
+    command.iter().any(|a| a == "no:dbfork" || a == "-pno:dbfork")
+}
+
+/// The pytest-xdist option in the command, if any: dbfork runs the workers itself.
+pub fn xdist_option(command: &[String]) -> Option<&str> {
+    command.iter().map(String::as_str).find(|a| {
+        *a == "-n"
+            || a.starts_with("--numprocesses")
+            || (a.starts_with("-n") && a[2..].chars().all(|c| c.is_ascii_digit()) && a.len() > 2)
+            || *a == "--dist"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn pytest_commands() {
+        assert!(is_pytest(&v(&["pytest", "-q"])));
+        assert!(is_pytest(&v(&["/venv/bin/py.test"])));
+        assert!(is_pytest(&v(&[".venv/bin/python3", "-m", "pytest", "tests"])));
+        assert!(!is_pytest(&v(&["cargo", "nextest", "run"])));
+        assert!(!is_pytest(&v(&["python", "manage.py", "test"])));
+        assert!(disabled_in(&v(&["pytest", "-p", "no:dbfork"])));
+        assert_eq!(xdist_option(&v(&["pytest", "-n", "4"])), Some("-n"));
+        assert_eq!(xdist_option(&v(&["pytest", "-n4"])), Some("-n4"));
+        assert_eq!(xdist_option(&v(&["pytest", "-nope"])), None);
+    }
+}

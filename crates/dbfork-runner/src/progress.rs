@@ -1,0 +1,233 @@
+//! What the run shows while it goes: on a terminal, a live bar with the
+//! counts and one line per worker with its current test; elsewhere (CI logs),
+//! plain lines: each failure as it happens and a progress line now and then.
+//! The final report (failures, closing line) is [`print_final`].
+
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::model::{Outcome, RunReport, TestRecord};
+
+/// How often plain mode prints a progress line at most.
+const PLAIN_EVERY: Duration = Duration::from_secs(10);
+
+pub struct Progress {
+    live: Option<Live>,
+    verbose: u8,
+    total: usize,
+    done: usize,
+    failed: usize,
+    last_plain: Instant,
+    last_percent: usize,
+}
+
+struct Live {
+    _multi: MultiProgress,
+    bar: ProgressBar,
+    workers: Vec<ProgressBar>,
+}
+
+pub fn label(slot: usize) -> String {
+    format!("gw{slot}")
+}
+
+impl Progress {
+    pub fn new(live: bool, verbose: u8, slots: usize) -> Progress {
+        let live = live.then(|| {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+            let bar = multi.add(ProgressBar::new(0));
+            bar.set_style(
+                ProgressStyle::with_template("{elapsed:>4} [{bar:30.cyan/blue}] {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            let workers = (0..slots)
+                .map(|slot| {
+                    let line = multi.add(ProgressBar::new_spinner());
+                    line.set_style(
+                        ProgressStyle::with_template("  {prefix} {wide_msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    line.set_prefix(label(slot));
+                    line.set_message("making its clone");
+                    line
+                })
+                .collect();
+            Live {
+                _multi: multi,
+                bar,
+                workers,
+            }
+        });
+        Progress {
+            live,
+            verbose,
+            total: 0,
+            done: 0,
+            failed: 0,
+            last_plain: Instant::now(),
+            last_percent: 0,
+        }
+    }
+
+    /// A message that is not about one test (setup, restarts).
+    pub fn note(&self, message: &str) {
+        match &self.live {
+            Some(live) => live.bar.println(format!("dbfork: {message}")),
+            None => eprintln!("dbfork: {message}"),
+        }
+    }
+
+    pub fn collected(&mut self, total: usize) {
+        self.total = total;
+        if let Some(live) = &self.live {
+            live.bar.set_length(total as u64);
+        } else {
+            eprintln!("dbfork: collected {total} tests");
+        }
+    }
+
+    pub fn worker(&self, slot: usize, status: &str) {
+        if let Some(line) = self.live.as_ref().and_then(|l| l.workers.get(slot)) {
+            line.set_message(status.to_string());
+        }
+    }
+
+    pub fn finished(&mut self, record: &TestRecord) {
+        self.done += 1;
+        let failed = record.outcome.is_failure();
+        if failed {
+            self.failed += 1;
+        }
+        let worker = record.slot.map(label).unwrap_or_default();
+        let line = format!(
+            "{} {} [{worker}] {:.2}s",
+            record.outcome.as_str().to_uppercase(),
+            record.id,
+            record.duration
+        );
+        match &self.live {
+            Some(live) => {
+                if failed || self.verbose > 0 {
+                    live.bar.println(line);
+                }
+                live.bar.set_position(self.done as u64);
+                live.bar.set_message(if self.failed > 0 {
+                    format!("{} failed", self.failed)
+                } else {
+                    String::new()
+                });
+            }
+            None => {
+                if failed || self.verbose > 0 {
+                    eprintln!("{line}");
+                }
+                let percent = (self.done * 100).checked_div(self.total).unwrap_or(0);
+                if self.verbose == 0
+                    && (percent / 10 > self.last_percent / 10 || self.last_plain.elapsed() >= PLAIN_EVERY)
+                    && self.done < self.total
+                {
+                    self.last_percent = percent;
+                    self.last_plain = Instant::now();
+                    eprintln!("dbfork: [{percent:>3}%] {}/{} tests done, {} failed", self.done, self.total, self.failed);
+                }
+            }
+        }
+    }
+
+    /// Clears the live lines before the final report.
+    pub fn clear(&self) {
+        if let Some(live) = &self.live {
+            for line in &live.workers {
+                line.finish_and_clear();
+            }
+            live.bar.finish_and_clear();
+        }
+    }
+}
+
+fn rule(title: &str, fill: char) -> String {
+    let width: usize = 80;
+    if title.is_empty() {
+        return fill.to_string().repeat(width);
+    }
+    let side = width.saturating_sub(title.len() + 2) / 2;
+    let left = fill.to_string().repeat(side.max(1));
+    let right = fill.to_string().repeat(width.saturating_sub(side + title.len() + 2).max(1));
+    format!("{left} {title} {right}")
+}
+
+/// The end of the run on stdout, as pytest shows it: collection errors,
+/// failures with their output, the short summary, and the closing line.
+pub fn print_final(report: &RunReport) {
+    let mut out = String::new();
+    if !report.collect_errors.is_empty() {
+        out.push_str(&rule("ERRORS", '='));
+        out.push('\n');
+        for (id, text) in &report.collect_errors {
+            out.push_str(&rule(&format!("ERROR collecting {id}"), '_'));
+            out.push_str(&format!("\n{}\n", text.trim_end()));
+        }
+    }
+    let failures: Vec<&TestRecord> = report
+        .tests
+        .iter()
+        .filter(|t| t.outcome.is_failure())
+        .collect();
+    if !failures.is_empty() {
+        out.push_str(&rule("FAILURES", '='));
+        out.push('\n');
+        for test in &failures {
+            let worker = test.slot.map(label).unwrap_or_default();
+            let what = match test.outcome {
+                Outcome::Error => format!("ERROR at {} of {}", error_phase(test), test.id),
+                _ => test.id.clone(),
+            };
+            out.push_str(&rule(&format!("{what} [{worker}]"), '_'));
+            out.push('\n');
+            if let Some(text) = &test.longrepr {
+                out.push_str(text.trim_end());
+                out.push('\n');
+            }
+            for (name, text) in [("stdout", &test.stdout), ("stderr", &test.stderr)] {
+                if !text.trim().is_empty() {
+                    out.push_str(&rule(&format!("Captured {name}"), '-'));
+                    out.push_str(&format!("\n{}\n", text.trim_end()));
+                }
+            }
+        }
+    }
+    if !failures.is_empty() || !report.collect_errors.is_empty() {
+        out.push_str(&rule("short test summary info", '='));
+        out.push('\n');
+        for (id, _) in &report.collect_errors {
+            out.push_str(&format!("ERROR {id}\n"));
+        }
+        for test in &failures {
+            let first = test
+                .longrepr
+                .as_deref()
+                .and_then(|t| t.lines().rev().find(|l| l.starts_with("E ")).or_else(|| t.lines().next()))
+                .unwrap_or("")
+                .trim_start_matches("E ")
+                .trim();
+            let word = match test.outcome {
+                Outcome::Error => "ERROR",
+                _ => "FAILED",
+            };
+            out.push_str(&format!("{word} {} - {first}\n", test.id));
+        }
+    }
+    out.push_str(&rule(&report.summary_line(), '='));
+    out.push('\n');
+    print!("{out}");
+}
+
+fn error_phase(test: &TestRecord) -> &str {
+    test.phases
+        .iter()
+        .find(|p| p.outcome == "failed")
+        .map(|p| p.when.as_str())
+        .unwrap_or("setup")
+}

@@ -1,0 +1,1151 @@
+//! The dispatcher: one task and one `select!` loop that owns the whole run's
+//! state (slots, workers, the scheduler, results). Everything else (clone
+//! making, worker processes, socket connections, signals) runs in small tasks
+//! that only send it events.
+//!
+//! A run: build or reuse the template; make every slot's clone at once and
+//! start the slot's worker as soon as its clone exists; hand out tests as
+//! workers ask; on a crash or a timeout report the test, drop the slot's clone,
+//! make a fresh one and start a replacement; on Ctrl-C or SIGTERM forward the
+//! signal to the workers' process groups, wait the grace period, kill what is
+//! left; and in every case drop every clone the run made.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dbfork_engine::fingerprint::Recipe;
+use dbfork_engine::names;
+use dbfork_engine::ops::{self, Cancel, Canceller, CloneOptions, DatabaseEnv, MadeClone, TemplateOptions};
+use dbfork_engine::process::Owner;
+use dbfork_engine::{AnyBackend, Backend, CloneMethod};
+use dbfork_protocol::{self as protocol, env, RunnerMessage, TestItem, WorkerMessage};
+use futures_util::stream::{self, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::model::{Outcome, RunReport, SlotReport, TestRecord};
+use crate::progress::{label, Progress};
+use crate::schedule::Scheduler;
+use crate::timings::Timings;
+use crate::worker::{self, Echo, Tail};
+use crate::{plugin, report, Adapter, RunConfig};
+
+/// Exit codes of `dbfork run`, pytest's where they overlap.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const TESTS_FAILED: i32 = 1;
+    pub const INTERRUPTED: i32 = 2;
+    /// The setup command failed, or a database or server error: the suite did not run.
+    pub const SETUP_OR_DATABASE: i32 = 3;
+    pub const USAGE: i32 = 4;
+    pub const NO_TESTS: i32 = 5;
+}
+
+/// How many clones are made at the same time.
+const CLONE_CONCURRENCY: usize = 4;
+
+/// Why a run could not start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Engine(#[from] dbfork_engine::Error),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot prepare the run directory {path}: {source}")]
+    RunDir { path: PathBuf, source: std::io::Error },
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Engine(dbfork_engine::Error::Interrupted) => exit::INTERRUPTED,
+            RunError::Engine(
+                dbfork_engine::Error::BadUrl { .. }
+                | dbfork_engine::Error::BadInput { .. }
+                | dbfork_engine::Error::InputMatchesNothing { .. }
+                | dbfork_engine::Error::BadMethod { .. }
+                | dbfork_engine::Error::MissingBinary { .. },
+            )
+            | RunError::Usage(_) => exit::USAGE,
+            _ => exit::SETUP_OR_DATABASE,
+        }
+    }
+}
+
+enum Event {
+    CloneMade {
+        slot: usize,
+        generation: usize,
+        result: dbfork_engine::Result<MadeClone>,
+    },
+    CloneDropped,
+    Accepted(UnixStream),
+    Line { conn: usize, line: String },
+    Closed { conn: usize },
+    /// A worker closed its connection without `bye` a while ago.
+    ClosedLongAgo { slot: usize, generation: usize },
+    Exited { slot: usize, generation: usize, status: Option<ExitStatus> },
+    Signal,
+}
+
+struct Worker {
+    id: String,
+    generation: usize,
+    pid: u32,
+    tail: Tail,
+    conn: Option<usize>,
+    hello: bool,
+    bye: bool,
+    /// Gone: exited, or lost (crash, timeout) and being replaced.
+    gone: bool,
+    exited: bool,
+    running: Option<(usize, Instant)>,
+    hungry: bool,
+    stopped: bool,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: usize,
+    env: Option<DatabaseEnv>,
+    database: Option<String>,
+    worker: Option<Worker>,
+    /// A clone is being made or dropped for this slot.
+    busy_with_clone: bool,
+    /// Not needed: fewer units of work than slots, or out of restarts.
+    retired: bool,
+    workers_started: usize,
+    tests_run: usize,
+    busy: f64,
+}
+
+struct Conn {
+    tx: mpsc::UnboundedSender<String>,
+    slot: Option<(usize, usize)>,
+}
+
+struct Dispatcher {
+    config: RunConfig,
+    backend: Arc<AnyBackend>,
+    template: dbfork_engine::registry::Entry,
+    run_id: String,
+    method: CloneMethod,
+    pytest: bool,
+    socket: PathBuf,
+    pythonpath: Option<String>,
+    events: mpsc::UnboundedSender<Event>,
+    clone_permits: Arc<Semaphore>,
+    cancel: Cancel,
+    slots: Vec<Slot>,
+    conns: HashMap<usize, Conn>,
+    next_conn: usize,
+    tests: Option<Vec<TestItem>>,
+    records: Vec<Option<TestRecord>>,
+    collect_errors: Vec<(String, String)>,
+    scheduler: Option<Scheduler>,
+    timings: Timings,
+    progress: Progress,
+    restarts_used: usize,
+    clone_tasks: usize,
+    /// Set once the run is winding down: no more work, no restarts.
+    stopping: bool,
+    interrupted: bool,
+    signals: usize,
+    grace_until: Option<Instant>,
+    fatal: Option<(i32, String)>,
+    lost_all: bool,
+    started: Instant,
+    started_at: f64,
+}
+
+/// Runs the suite described by `config` on `backend` and returns its report
+/// (also written to the report files and the timings store).
+pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    let started_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    let backend = Arc::new(backend);
+    let method = CloneMethod::parse(backend.kind(), &config.clone_method)?;
+    let pytest = match config.adapter {
+        Adapter::Pytest => true,
+        Adapter::None => false,
+        Adapter::Auto => plugin::is_pytest(&config.command) && !plugin::disabled_in(&config.command),
+    };
+    if pytest {
+        if let Some(option) = plugin::xdist_option(&config.command) {
+            return Err(RunError::Usage(format!(
+                "the pytest command has the pytest-xdist option `{option}`, but dbfork runs the workers itself: remove it and use `dbfork run -j N`"
+            )));
+        }
+    }
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (canceller, cancel) = Cancel::new();
+    tokio::spawn(watch_signals(canceller, events_tx.clone()));
+
+    let run_id = names::new_run_id();
+    let run_dir = std::env::temp_dir().join(format!("dbfork-run-{}-{run_id}", std::process::id()));
+    let _run_dir_guard = RunDir::create(&run_dir)?;
+    let socket = run_dir.join("socket");
+    let pythonpath = if pytest {
+        let dir = plugin::install(&run_dir).map_err(|source| RunError::RunDir { path: run_dir.clone(), source })?;
+        let mut path = dir.display().to_string();
+        if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+            path.push(':');
+            path.push_str(&existing.to_string_lossy());
+        }
+        Some(path)
+    } else {
+        None
+    };
+
+    let progress = Progress::new(config.live, config.verbose, config.jobs);
+    let recipe = Recipe {
+        setup: config.setup.clone().unwrap_or_else(|| "true".to_string()),
+        inputs: config.inputs.clone(),
+    };
+    let options = TemplateOptions {
+        build_timeout: config.build_timeout,
+        lock_wait: config.lock_timeout,
+        echo_setup: config.verbose > 0 || !config.live,
+        drop_deadline: config.drop_timeout,
+    };
+    if config.setup.is_some() {
+        progress.note("preparing the template (the setup command runs only when its inputs changed)");
+    }
+    let template = ops::ensure_template(&backend, &recipe, &options, &cancel).await?;
+    if config.setup.is_some() {
+        progress.note(&if template.reused {
+            format!("reusing template {} (inputs unchanged)", template.name)
+        } else {
+            format!("built template {} in {:.1}s", template.name, template.build_seconds)
+        });
+    }
+    let template = ops::find_template(&backend, &template.fingerprint).await?;
+
+    let timings = Timings::load(&config.state_dir);
+    let listener = if pytest {
+        let listener = UnixListener::bind(&socket).map_err(|source| RunError::RunDir { path: socket.clone(), source })?;
+        let tx = events_tx.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                if tx.send(Event::Accepted(stream)).is_err() {
+                    return;
+                }
+            }
+        });
+        true
+    } else {
+        false
+    };
+    debug_assert_eq!(listener, pytest);
+
+    let slots = config.jobs.max(1);
+    progress.worker(0, "making its clone");
+    let mut d = Dispatcher {
+        records: Vec::new(),
+        slots: (0..slots).map(|_| Slot::default()).collect(),
+        config,
+        backend,
+        template,
+        run_id,
+        method,
+        pytest,
+        socket,
+        pythonpath,
+        events: events_tx,
+        clone_permits: Arc::new(Semaphore::new(CLONE_CONCURRENCY)),
+        cancel,
+        conns: HashMap::new(),
+        next_conn: 0,
+        tests: None,
+        collect_errors: Vec::new(),
+        scheduler: None,
+        timings,
+        progress,
+        restarts_used: 0,
+        clone_tasks: 0,
+        stopping: false,
+        interrupted: false,
+        signals: 0,
+        grace_until: None,
+        fatal: None,
+        lost_all: false,
+        started,
+        started_at,
+    };
+    if !d.pytest {
+        // Without an adapter each slot's command is one unit of the report.
+        d.records = vec![None; slots];
+    }
+    for slot in 0..slots {
+        d.make_clone(slot);
+    }
+    d.progress.note(&format!(
+        "{slots} worker{} on clones of {}",
+        if slots == 1 { "" } else { "s" },
+        d.template.name
+    ));
+
+    while !d.finished() {
+        let deadline = d.next_deadline();
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => d.handle(event),
+                None => break,
+            },
+            _ = sleep_until(deadline) => d.on_deadline(),
+        }
+    }
+    Ok(d.finish().await)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The first Ctrl-C or SIGTERM cancels clone making and template builds and
+/// tells the dispatcher; the third exits at once (what is left is collected by
+/// the next dbfork command, and the workers die with dbfork).
+async fn watch_signals(canceller: Canceller, events: mpsc::UnboundedSender<Event>) {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        seen += 1;
+        canceller.cancel();
+        if seen >= 3 {
+            eprintln!("dbfork: exiting at once; the next dbfork command removes what is left");
+            std::process::exit(exit::INTERRUPTED);
+        }
+        if events.send(Event::Signal).is_err() {
+            return;
+        }
+    }
+}
+
+/// The run's private directory (socket, plugin), removed at the end.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn create(path: &std::path::Path) -> Result<RunDir, RunError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(path)
+            .map_err(|source| RunError::RunDir { path: path.to_path_buf(), source })?;
+        Ok(RunDir(path.to_path_buf()))
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Dispatcher {
+    fn make_clone(&mut self, slot: usize) {
+        let generation = self.slots[slot].generation;
+        let name = names::slot_clone_name(&self.run_id, slot, generation);
+        self.slots[slot].busy_with_clone = true;
+        self.clone_tasks += 1;
+        let (backend, template, run_id) = (self.backend.clone(), self.template.clone(), self.run_id.clone());
+        let (events, permits, cancel) = (self.events.clone(), self.clone_permits.clone(), self.cancel.clone());
+        let options = CloneOptions {
+            method: self.method,
+            concurrency: 1,
+            drop_deadline: self.config.drop_timeout,
+        };
+        tokio::spawn(async move {
+            let _permit = permits.acquire().await;
+            let owner = Owner::this_process();
+            let result = ops::make_named_clones(&backend, &template, &run_id, vec![name], &owner, &options, &cancel)
+                .await
+                .and_then(|mut made| made.pop().ok_or(dbfork_engine::Error::Interrupted));
+            let _ = events.send(Event::CloneMade { slot, generation, result });
+        });
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::CloneMade { slot, generation, result } => {
+                self.clone_tasks -= 1;
+                self.slots[slot].busy_with_clone = false;
+                match result {
+                    Ok(made) => {
+                        self.slots[slot].database = Some(made.name.clone());
+                        if self.stopping || self.slots[slot].retired || generation != self.slots[slot].generation {
+                            return;
+                        }
+                        self.start_worker(slot, &made);
+                    }
+                    Err(dbfork_engine::Error::Interrupted) => {}
+                    Err(e) => self.fail(exit::SETUP_OR_DATABASE, format!("could not make the clone of worker {}: {e}", label(slot))),
+                }
+            }
+            Event::CloneDropped => {
+                self.clone_tasks -= 1;
+            }
+            Event::Accepted(stream) => self.accept(stream),
+            Event::Line { conn, line } => match protocol::decode::<WorkerMessage>(&line) {
+                Ok(message) => self.on_message(conn, message),
+                Err(e) => {
+                    let who = self.conns.get(&conn).and_then(|c| c.slot).map(|(s, _)| label(s)).unwrap_or_else(|| "a worker".into());
+                    self.fail(exit::USAGE, format!("{who} sent something dbfork cannot read ({e}): `{}`", truncate(&line, 200)));
+                }
+            },
+            Event::Closed { conn } => {
+                if let Some(Conn { slot: Some((slot, generation)), .. }) = self.conns.remove(&conn) {
+                    // Wait for the exit status (a crash report names the signal),
+                    // but not forever: a worker that hangs after closing is lost too.
+                    let clean = self.worker(slot, generation).is_none_or(|w| w.bye || w.exited);
+                    if !clean {
+                        let events = self.events.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            let _ = events.send(Event::ClosedLongAgo { slot, generation });
+                        });
+                    }
+                }
+            }
+            Event::ClosedLongAgo { slot, generation } => self.lose(slot, generation, LossCause::Disconnected),
+            Event::Exited { slot, generation, status } => self.on_exit(slot, generation, status),
+            Event::Signal => self.on_signal(),
+        }
+    }
+
+    fn worker(&self, slot: usize, generation: usize) -> Option<&Worker> {
+        self.slots[slot].worker.as_ref().filter(|w| w.generation == generation)
+    }
+
+    fn worker_mut(&mut self, slot: usize, generation: usize) -> Option<&mut Worker> {
+        self.slots[slot].worker.as_mut().filter(|w| w.generation == generation)
+    }
+
+    fn start_worker(&mut self, slot: usize, made: &MadeClone) {
+        let generation = self.slots[slot].generation;
+        let db_env = match DatabaseEnv::new(&self.backend, &made.name) {
+            Ok(env) => env,
+            Err(e) => return self.fail(exit::SETUP_OR_DATABASE, format!("cannot prepare the environment of {}: {e}", label(slot))),
+        };
+        let id = format!("{slot}.{generation}");
+        let mut vars = db_env.vars.clone();
+        let slots = self.slots.len().to_string();
+        vars.extend([
+            (env::WORKER.to_string(), slot.to_string()),
+            (env::WORKERS.to_string(), slots.clone()),
+            (env::WORKER_ID.to_string(), id.clone()),
+            (env::RUN_ID.to_string(), self.run_id.clone()),
+            (env::XDIST_WORKER.to_string(), label(slot)),
+            (env::XDIST_WORKER_COUNT.to_string(), slots),
+        ]);
+        let mut command = self.config.command.clone();
+        if self.pytest {
+            vars.push((env::SOCKET.to_string(), self.socket.display().to_string()));
+            if let Some(path) = &self.pythonpath {
+                vars.push(("PYTHONPATH".to_string(), path.clone()));
+            }
+            if std::env::var_os("PYTEST_DISABLE_PLUGIN_AUTOLOAD").is_some() {
+                command.extend(["-p".to_string(), "dbfork_pytest".to_string()]);
+            }
+        }
+        let echo = if !self.pytest {
+            Echo::Prefixed(format!("[{}] ", label(slot)))
+        } else if self.config.verbose >= 2 {
+            Echo::Prefixed(format!("[{} output] ", label(slot)))
+        } else {
+            Echo::Quiet
+        };
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let spawned = match worker::spawn(&command, &vars, &cwd, echo) {
+            Ok(s) => s,
+            Err(e) => {
+                let program = command.first().cloned().unwrap_or_default();
+                return self.fail(
+                    exit::USAGE,
+                    format!("cannot start the test command `{program}`: {e}. Check that it is installed and on PATH (or give its path), e.g. `dbfork run -- .venv/bin/python -m pytest`."),
+                );
+            }
+        };
+        let events = self.events.clone();
+        let mut child = spawned.child;
+        tokio::spawn(async move {
+            let status = child.wait().await.ok();
+            let _ = events.send(Event::Exited { slot, generation, status });
+        });
+        let s = &mut self.slots[slot];
+        s.env = Some(db_env);
+        s.workers_started += 1;
+        s.worker = Some(Worker {
+            id,
+            generation,
+            pid: spawned.pid,
+            tail: spawned.tail,
+            conn: None,
+            hello: false,
+            bye: false,
+            gone: false,
+            exited: false,
+            running: None,
+            hungry: false,
+            stopped: false,
+            started: Instant::now(),
+        });
+        self.progress.worker(slot, if self.pytest { "starting" } else { "running" });
+    }
+
+    fn accept(&mut self, stream: UnixStream) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let (read, mut write) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(mut line) = rx.recv().await {
+                line.push('\n');
+                if write.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if events.send(Event::Line { conn, line }).is_err() {
+                    return;
+                }
+            }
+            let _ = events.send(Event::Closed { conn });
+        });
+        self.conns.insert(conn, Conn { tx, slot: None });
+    }
+
+    fn send(&self, slot: usize, message: &RunnerMessage) {
+        let conn = self.slots[slot].worker.as_ref().and_then(|w| w.conn);
+        if let Some(c) = conn.and_then(|c| self.conns.get(&c)) {
+            let _ = c.tx.send(protocol::encode(message));
+        }
+    }
+
+    fn on_message(&mut self, conn: usize, message: WorkerMessage) {
+        let owner = self.conns.get(&conn).and_then(|c| c.slot);
+        let (slot, generation) = match (owner, &message) {
+            (_, WorkerMessage::Hello { worker_id, .. }) => {
+                let found = self.slots.iter().enumerate().find_map(|(slot, s)| {
+                    s.worker.as_ref().filter(|w| &w.id == worker_id && !w.gone).map(|w| (slot, w.generation))
+                });
+                let Some((slot, generation)) = found else {
+                    // A stray process (an old generation): it gets nothing to do.
+                    if let Some(c) = self.conns.get(&conn) {
+                        let _ = c.tx.send(protocol::encode(&RunnerMessage::Stop));
+                    }
+                    return;
+                };
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.slot = Some((slot, generation));
+                }
+                if let Some(w) = self.worker_mut(slot, generation) {
+                    w.conn = Some(conn);
+                    w.hello = true;
+                }
+                self.progress.worker(slot, "collecting");
+                return;
+            }
+            (Some(owner), _) => owner,
+            (None, _) => return,
+        };
+        if self.worker(slot, generation).is_none_or(|w| w.gone) {
+            return;
+        }
+        match message {
+            WorkerMessage::Hello { .. } => {}
+            WorkerMessage::Collected { tests, errors, continue_on_errors } => {
+                self.on_collected(slot, tests, errors, continue_on_errors)
+            }
+            WorkerMessage::Want => {
+                if let Some(w) = self.worker_mut(slot, generation) {
+                    w.hungry = true;
+                }
+                self.feed(slot);
+            }
+            WorkerMessage::Started { index } => {
+                if let Some(s) = self.scheduler.as_mut() {
+                    s.started(slot, index);
+                }
+                let id = self.tests.as_ref().and_then(|t| t.get(index)).map(|t| t.id.clone()).unwrap_or_default();
+                if let Some(w) = self.worker_mut(slot, generation) {
+                    w.running = Some((index, Instant::now()));
+                }
+                self.progress.worker(slot, &id);
+            }
+            WorkerMessage::Result(result) => {
+                let worker_id = self.worker(slot, generation).map(|w| w.id.clone());
+                if let Some(w) = self.worker_mut(slot, generation) {
+                    if w.running.is_some_and(|(i, _)| i == result.index) {
+                        w.running = None;
+                    }
+                }
+                let Some(item) = self.tests.as_ref().and_then(|t| t.get(result.index)).cloned() else { return };
+                let outcome = Outcome::from_phases(&result.phases);
+                let failure: Vec<String> = result
+                    .phases
+                    .iter()
+                    .filter(|p| p.outcome == "failed" || (outcome == Outcome::Skipped && p.outcome == "skipped"))
+                    .filter_map(|p| p.longrepr.clone())
+                    .collect();
+                let duration = result.phases.iter().map(|p| p.duration).sum();
+                self.record(TestRecord {
+                    index: result.index,
+                    id: item.id,
+                    file: item.file,
+                    class: item.class,
+                    outcome,
+                    duration,
+                    slot: Some(slot),
+                    worker_id,
+                    phases: result.phases,
+                    longrepr: (!failure.is_empty()).then(|| failure.join("\n")),
+                    stdout: result.stdout,
+                    stderr: result.stderr,
+                });
+            }
+            WorkerMessage::Released { tests } => {
+                if let Some(s) = self.scheduler.as_mut() {
+                    s.released(slot, &tests);
+                }
+                self.feed_all();
+            }
+            WorkerMessage::Bye => {
+                if let Some(w) = self.worker_mut(slot, generation) {
+                    w.bye = true;
+                }
+                self.progress.worker(slot, "done");
+            }
+        }
+    }
+
+    fn record(&mut self, record: TestRecord) {
+        let index = record.index;
+        if let Some(slot) = record.slot {
+            self.slots[slot].tests_run += 1;
+            self.slots[slot].busy += record.duration;
+        }
+        self.progress.finished(&record);
+        if let Some(place) = self.records.get_mut(index) {
+            *place = Some(record);
+        }
+    }
+
+    fn on_collected(&mut self, slot: usize, tests: Vec<TestItem>, errors: Vec<protocol::CollectError>, continue_on_errors: bool) {
+        if let Some(known) = &self.tests {
+            if *known != tests {
+                let first = known.iter().zip(&tests).position(|(a, b)| a != b).unwrap_or(known.len().min(tests.len()));
+                let detail = match (known.get(first), tests.get(first)) {
+                    (Some(a), Some(b)) => format!("test {first} is `{}` in one and `{}` in the other", a.id, b.id),
+                    _ => format!("one has {} tests, the other {}", known.len(), tests.len()),
+                };
+                return self.fail(
+                    exit::INTERRUPTED,
+                    format!("{} collected different tests than the first worker ({detail}). The test order must not depend on the process: check for randomized collection or parametrization (pytest-randomly: pass `-p no:randomly` or a fixed seed).", label(slot)),
+                );
+            }
+            return;
+        }
+        self.progress.collected(tests.len());
+        self.records = vec![None; tests.len()];
+        self.collect_errors = errors.into_iter().map(|e| (e.id, e.longrepr)).collect();
+        let timings = &self.timings;
+        let scheduler = Scheduler::new(&tests, self.config.dist, self.slots.len(), |id| timings.estimate(id));
+        let units = scheduler.units();
+        self.tests = Some(tests);
+        self.scheduler = Some(scheduler);
+        if !self.collect_errors.is_empty() && !continue_on_errors {
+            let n = self.collect_errors.len();
+            self.progress.note(&format!("Interrupted: {n} error{} during collection", if n == 1 { "" } else { "s" }));
+            self.fatal = Some((exit::INTERRUPTED, String::new()));
+            self.stop_everything();
+            return;
+        }
+        if units == 0 {
+            self.stop_everything();
+            return;
+        }
+        // Never more workers than units of work.
+        for extra in units..self.slots.len() {
+            self.slots[extra].retired = true;
+            if self.slots[extra].worker.is_some() {
+                self.stop_worker(extra);
+            }
+        }
+        self.feed_all();
+    }
+
+    /// Gives `slot` work if it asked: a batch, or a steal on its behalf, or `stop`.
+    fn feed(&mut self, slot: usize) {
+        let Some(w) = self.slots[slot].worker.as_ref() else { return };
+        if !w.hungry || w.stopped || w.gone {
+            return;
+        }
+        if self.stopping || self.slots[slot].retired {
+            return self.stop_worker(slot);
+        }
+        let Some(scheduler) = self.scheduler.as_mut() else { return };
+        if let Some(batch) = scheduler.next_batch(slot) {
+            if let Some(w) = self.slots[slot].worker.as_mut() {
+                w.hungry = false;
+            }
+            return self.send(slot, &RunnerMessage::Run { tests: batch });
+        }
+        if let Some((victim, tests)) = scheduler.pick_steal(slot) {
+            return self.send(victim, &RunnerMessage::Steal { tests });
+        }
+        if scheduler.steal_pending() || self.replacement_coming() {
+            return;
+        }
+        self.stop_worker(slot);
+    }
+
+    fn feed_all(&mut self) {
+        for slot in 0..self.slots.len() {
+            self.feed(slot);
+        }
+    }
+
+    /// Whether a slot is getting a new worker (whose work may need sharing).
+    fn replacement_coming(&self) -> bool {
+        self.slots.iter().any(|s| s.busy_with_clone && !s.retired)
+    }
+
+    fn stop_worker(&mut self, slot: usize) {
+        self.send(slot, &RunnerMessage::Stop);
+        if let Some(w) = self.slots[slot].worker.as_mut() {
+            w.stopped = true;
+            w.hungry = false;
+        }
+    }
+
+    fn stop_everything(&mut self) {
+        self.stopping = true;
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].worker.as_ref().is_some_and(|w| !w.gone) {
+                self.stop_worker(slot);
+            }
+        }
+    }
+
+    /// Ends the run with an error that is not about one test.
+    fn fail(&mut self, code: i32, message: String) {
+        if self.fatal.is_none() {
+            self.progress.note(&format!("error: {message}"));
+            self.fatal = Some((code, message));
+        }
+        self.stopping = true;
+        for s in &self.slots {
+            if let Some(w) = s.worker.as_ref().filter(|w| !w.exited) {
+                worker::signal_group(w.pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn on_exit(&mut self, slot: usize, generation: usize, status: Option<ExitStatus>) {
+        let Some(w) = self.worker_mut(slot, generation) else { return };
+        w.exited = true;
+        let (hello, bye, gone) = (w.hello, w.bye, w.gone);
+        let tail = w.tail.text();
+        let how = status.as_ref().map(worker::describe_exit).unwrap_or_else(|| "an unknown status".into());
+        if gone {
+            return;
+        }
+        if !self.pytest {
+            return self.generic_exit(slot, status, tail);
+        }
+        if !hello && !self.stopping {
+            // pytest ended before its plugin connected: a usage error, a broken
+            // conftest, or the plugin is not loaded.
+            let code = status.and_then(|s| s.code());
+            let (exit_code, why) = match code {
+                Some(4) => (exit::USAGE, "pytest refused its arguments (usage error)".to_string()),
+                Some(0 | 1) => (
+                    exit::USAGE,
+                    "pytest ran without dbfork's plugin (is `-p no:dbfork` in PYTEST_ADDOPTS or the config?); use `--adapter none` to run the command once per worker instead".to_string(),
+                ),
+                Some(5) => (exit::NO_TESTS, "pytest collected no tests".to_string()),
+                _ => (exit::SETUP_OR_DATABASE, format!("the test command ended ({how}) before it started running tests")),
+            };
+            return self.fail(exit_code, format!("{why}. Its output:\n{}", indent(&tail)));
+        }
+        if !bye {
+            return self.lose(slot, generation, LossCause::Exited(how));
+        }
+        if let Some(w) = self.worker_mut(slot, generation) {
+            w.gone = true;
+        }
+        self.progress.worker(slot, "finished");
+    }
+
+    fn generic_exit(&mut self, slot: usize, status: Option<ExitStatus>, tail: String) {
+        let generation = self.slots[slot].generation;
+        let elapsed = self.worker(slot, generation).map(|w| w.started.elapsed().as_secs_f64()).unwrap_or_default();
+        if let Some(w) = self.worker_mut(slot, generation) {
+            w.gone = true;
+        }
+        let timed_out = self.records.get(slot).is_some_and(|r| r.as_ref().is_some_and(|r| r.outcome == Outcome::TimedOut));
+        if timed_out {
+            return;
+        }
+        let success = status.is_some_and(|s| s.success());
+        let how = status.as_ref().map(worker::describe_exit).unwrap_or_default();
+        let outcome = match (success, self.interrupted) {
+            (true, _) => Outcome::Passed,
+            (false, true) => Outcome::NotRun,
+            (false, false) => Outcome::Failed,
+        };
+        self.record(TestRecord {
+            index: slot,
+            id: format!("worker {}", label(slot)),
+            file: String::new(),
+            class: None,
+            outcome,
+            duration: elapsed,
+            slot: Some(slot),
+            worker_id: Some(format!("{slot}.{generation}")),
+            phases: Vec::new(),
+            longrepr: (!success).then(|| format!("the command ended with {how}; its last output:\n{tail}")),
+            stdout: String::new(),
+            stderr: String::new(),
+        });
+    }
+
+    /// A worker is gone without saying bye (crash, kill, timeout): report its
+    /// test, requeue what it held, and give the slot a fresh clone and worker.
+    fn lose(&mut self, slot: usize, generation: usize, cause: LossCause) {
+        let Some(w) = self.worker_mut(slot, generation) else { return };
+        if w.gone {
+            return;
+        }
+        w.gone = true;
+        let (running, pid, tail, exited) = (w.running.take(), w.pid, w.tail.clone(), w.exited);
+        if !exited {
+            worker::signal_group(pid, libc::SIGKILL);
+        }
+        if let Some(s) = self.scheduler.as_mut() {
+            s.lost(slot);
+        }
+        if let Some((index, since)) = running {
+            let (outcome, what) = if self.interrupted {
+                (Outcome::NotRun, "the run was interrupted while it ran".to_string())
+            } else {
+                match &cause {
+                    LossCause::Timeout(limit) => (
+                        Outcome::TimedOut,
+                        format!("timed out after {:.0?}: worker {} was killed", limit, label(slot)),
+                    ),
+                    LossCause::Exited(how) => (Outcome::Crashed, format!("worker {} crashed while running this test ({how})", label(slot))),
+                    LossCause::Disconnected => (Outcome::Crashed, format!("worker {} crashed while running this test (its connection closed)", label(slot))),
+                }
+            };
+            if let Some(item) = self.tests.as_ref().and_then(|t| t.get(index)).cloned() {
+                // Let the output pumps catch the last lines.
+                std::thread::sleep(Duration::from_millis(20));
+                self.record(TestRecord {
+                    index,
+                    id: item.id,
+                    file: item.file,
+                    class: item.class,
+                    outcome,
+                    duration: since.elapsed().as_secs_f64(),
+                    slot: Some(slot),
+                    worker_id: Some(format!("{slot}.{generation}")),
+                    phases: Vec::new(),
+                    longrepr: Some(format!("{what}; its last output:\n{}", indent(&tail.text()))),
+                    stdout: String::new(),
+                    stderr: String::new(),
+                });
+            }
+        }
+        if self.stopping {
+            return;
+        }
+        let unfinished = self.records.iter().filter(|r| r.is_none()).count();
+        let running_elsewhere = self.slots.iter().filter(|s| s.worker.as_ref().is_some_and(|w| !w.gone && w.running.is_some())).count();
+        let max = self.config.max_worker_restarts;
+        if self.tests.is_some() && unfinished <= running_elsewhere {
+            self.feed_all();
+            return;
+        }
+        if self.restarts_used >= max {
+            self.progress.note(&format!("{} is gone and the {max} worker restarts (--max-worker-restarts) are used up", label(slot)));
+            self.slots[slot].retired = true;
+            if self.slots.iter().all(|s| s.retired || s.worker.as_ref().is_none_or(|w| w.gone)) {
+                self.lost_all = true;
+                self.stopping = true;
+            }
+            self.feed_all();
+            return;
+        }
+        self.restarts_used += 1;
+        let cause_text = match cause {
+            LossCause::Timeout(_) => "timed out".to_string(),
+            LossCause::Exited(how) => format!("crashed ({how})"),
+            LossCause::Disconnected => "crashed".to_string(),
+        };
+        self.progress.note(&format!("{} {cause_text}; replacing it on a fresh clone", label(slot)));
+        self.progress.worker(slot, "making a fresh clone");
+        self.replace_clone(slot);
+        self.feed_all();
+    }
+
+    /// Drops the slot's clone (the crashed test may have left it in any state)
+    /// and makes the next generation's.
+    fn replace_clone(&mut self, slot: usize) {
+        let old = self.slots[slot].database.take();
+        self.slots[slot].env = None;
+        self.slots[slot].generation += 1;
+        if let Some(name) = old {
+            self.clone_tasks += 1;
+            let (backend, events, deadline) = (self.backend.clone(), self.events.clone(), self.config.drop_timeout);
+            tokio::spawn(async move {
+                if let Err(e) = ops::drop_entry(&backend, &name, deadline).await {
+                    tracing::warn!("could not drop {name} yet ({e}); it is dropped at the end of the run");
+                }
+                let _ = events.send(Event::CloneDropped);
+            });
+        }
+        self.make_clone(slot);
+    }
+
+    fn on_signal(&mut self) {
+        self.signals += 1;
+        self.interrupted = true;
+        self.stopping = true;
+        let signal = if self.signals == 1 {
+            self.grace_until = Some(Instant::now() + self.config.grace);
+            self.progress.note(&format!(
+                "interrupted: stopping the workers (they get {:.0?}; press Ctrl-C again to kill them at once), then dropping the clones",
+                self.config.grace
+            ));
+            libc::SIGINT
+        } else {
+            self.progress.note("killing the workers");
+            libc::SIGKILL
+        };
+        for s in &self.slots {
+            if let Some(w) = s.worker.as_ref().filter(|w| !w.exited) {
+                worker::signal_group(w.pid, signal);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let timeouts = self.config.timeout.into_iter().flat_map(|limit| {
+            self.slots.iter().filter_map(move |s| {
+                let w = s.worker.as_ref().filter(|w| !w.gone)?;
+                if self.pytest {
+                    w.running.map(|(_, since)| since + limit)
+                } else {
+                    Some(w.started + limit)
+                }
+            })
+        });
+        timeouts.chain(self.grace_until).min()
+    }
+
+    fn on_deadline(&mut self) {
+        let now = Instant::now();
+        if self.grace_until.is_some_and(|g| g <= now) {
+            self.grace_until = None;
+            for s in &self.slots {
+                if let Some(w) = s.worker.as_ref().filter(|w| !w.exited) {
+                    worker::signal_group(w.pid, libc::SIGKILL);
+                }
+            }
+        }
+        let Some(limit) = self.config.timeout else { return };
+        for slot in 0..self.slots.len() {
+            let Some(w) = self.slots[slot].worker.as_ref().filter(|w| !w.gone) else { continue };
+            let since = if self.pytest { w.running.map(|(_, s)| s) } else { Some(w.started) };
+            if since.is_none_or(|s| s + limit > now) {
+                continue;
+            }
+            let generation = w.generation;
+            if self.pytest {
+                self.lose(slot, generation, LossCause::Timeout(limit));
+            } else {
+                let (pid, tail) = (w.pid, w.tail.text());
+                worker::signal_group(pid, libc::SIGKILL);
+                self.record(TestRecord {
+                    index: slot,
+                    id: format!("worker {}", label(slot)),
+                    file: String::new(),
+                    class: None,
+                    outcome: Outcome::TimedOut,
+                    duration: limit.as_secs_f64(),
+                    slot: Some(slot),
+                    worker_id: Some(format!("{slot}.{generation}")),
+                    phases: Vec::new(),
+                    longrepr: Some(format!("timed out after {limit:.0?}: the command was killed; its last output:\n{tail}")),
+                    stdout: String::new(),
+                    stderr: String::new(),
+                });
+            }
+        }
+    }
+
+    /// The loop ends when no worker is alive and no clone is being made.
+    fn finished(&self) -> bool {
+        if self.clone_tasks > 0 {
+            return false;
+        }
+        let alive = self.slots.iter().any(|s| s.worker.as_ref().is_some_and(|w| !w.exited));
+        if alive {
+            return false;
+        }
+        // Every slot either has no worker coming or is done.
+        self.stopping || self.fatal.is_some() || self.slots.iter().all(|s| s.retired || s.worker.as_ref().is_some_and(|w| w.gone)) || !self.pytest && self.slots.iter().all(|s| s.worker.is_some())
+    }
+
+    async fn finish(mut self) -> RunReport {
+        for s in &self.slots {
+            if let Some(w) = s.worker.as_ref().filter(|w| !w.exited) {
+                worker::signal_group(w.pid, libc::SIGKILL);
+            }
+        }
+        self.progress.clear();
+        // Teardown: every clone of this run, then anything else this process registered.
+        let names: Vec<String> = self.slots.iter_mut().filter_map(|s| s.database.clone()).collect();
+        let backend = self.backend.clone();
+        let deadline = self.config.drop_timeout;
+        let failures: Vec<String> = stream::iter(names)
+            .map(|name| {
+                let backend = backend.clone();
+                async move { ops::drop_entry(&backend, &name, deadline).await.err().map(|e| format!("{name}: {e}")) }
+            })
+            .buffer_unordered(8)
+            .filter_map(|r| async move { r })
+            .collect()
+            .await;
+        if let Err(e) = ops::drop_owned(&backend, &Owner::this_process(), deadline).await {
+            tracing::warn!("could not drop what is left of this run: {e}");
+        }
+        for failure in failures {
+            eprintln!("dbfork: warning: could not drop {failure}; `dbfork db gc` removes it later");
+        }
+        for s in &mut self.slots {
+            s.env = None;
+        }
+
+        let tests: Vec<TestRecord> = match &self.tests {
+            Some(items) if self.pytest => items
+                .iter()
+                .enumerate()
+                .map(|(index, item)| {
+                    self.records.get(index).cloned().flatten().unwrap_or_else(|| TestRecord {
+                        index,
+                        id: item.id.clone(),
+                        file: item.file.clone(),
+                        class: item.class.clone(),
+                        outcome: Outcome::NotRun,
+                        duration: 0.0,
+                        slot: None,
+                        worker_id: None,
+                        phases: Vec::new(),
+                        longrepr: None,
+                        stdout: String::new(),
+                        stderr: String::new(),
+                    })
+                })
+                .collect(),
+            _ => self.records.iter().flatten().cloned().collect(),
+        };
+        let failed = tests.iter().any(|t: &TestRecord| t.outcome.is_failure());
+        let not_run = tests.iter().any(|t| t.outcome == Outcome::NotRun);
+        let exit_code = if let Some((code, _)) = &self.fatal {
+            *code
+        } else if self.interrupted {
+            exit::INTERRUPTED
+        } else if failed || not_run || !self.collect_errors.is_empty() {
+            exit::TESTS_FAILED
+        } else if tests.is_empty() {
+            exit::NO_TESTS
+        } else {
+            exit::OK
+        };
+        if self.lost_all {
+            eprintln!("dbfork: every worker was lost; tests that did not run are reported as not run");
+        }
+        let report = RunReport {
+            command: self.config.command.clone(),
+            run_id: self.run_id.clone(),
+            duration: self.started.elapsed().as_secs_f64(),
+            started_at: self.started_at,
+            exit_code,
+            interrupted: self.interrupted,
+            slots: self
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(slot, s)| SlotReport {
+                    slot,
+                    database: names::slot_clone_name(&self.run_id, slot, s.generation),
+                    workers_started: s.workers_started,
+                    tests_run: s.tests_run,
+                    busy: s.busy,
+                })
+                .collect(),
+            tests,
+            collect_errors: self.collect_errors.clone(),
+        };
+        if self.pytest && self.fatal.is_none() {
+            self.timings.record(&report);
+            if let Err(e) = self.timings.save(&self.config.state_dir) {
+                eprintln!("dbfork: warning: could not save the timings in {}: {e}", self.config.state_dir.display());
+            }
+        }
+        if let Some(path) = &self.config.junit {
+            if let Err(e) = report::write_junit(&report, path) {
+                eprintln!("dbfork: warning: {e}");
+            }
+        }
+        if let Some(path) = &self.config.json {
+            if let Err(e) = report::write_json(&report, path) {
+                eprintln!("dbfork: warning: {e}");
+            }
+        }
+        report
+    }
+}
+
+enum LossCause {
+    Exited(String),
+    Disconnected,
+    Timeout(Duration),
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}

@@ -1,0 +1,308 @@
+//! Which tests go to which worker, and when. Pure bookkeeping, no I/O: the
+//! dispatcher asks it for a batch when a worker wants work, tells it what
+//! started, and asks it whom to steal from when the queue runs dry.
+//!
+//! Tests are grouped into units (`--dist`), the units ordered longest first by
+//! the recorded timings, so the long tests start early and the short ones fill
+//! the gaps at the end. A batch is a slice of the queue worth about
+//! 1/(2N) of what is left, so workers come back often enough to stay balanced
+//! without a round trip per test; within a batch tests keep their collection
+//! order, so a module's tests run together and its fixtures are set up once.
+//! When the queue is empty, an idle worker takes the back half of the busiest
+//! worker's unstarted tests.
+
+use std::collections::VecDeque;
+
+use dbfork_protocol::TestItem;
+
+use crate::Dist;
+
+/// Most tests in one batch: bounds what one worker holds if the estimates are wrong.
+const MAX_BATCH: usize = 128;
+
+#[derive(Debug, Clone)]
+struct Unit {
+    tests: Vec<usize>,
+    seconds: f64,
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    estimates: Vec<f64>,
+    queue: VecDeque<Unit>,
+    /// Per slot: tests handed over and not yet started, in the worker's order.
+    held: Vec<Vec<usize>>,
+    /// Per slot: whether a steal from it awaits its answer.
+    stealing: Vec<bool>,
+    slots: usize,
+}
+
+impl Scheduler {
+    /// `estimate` gives each test's expected seconds.
+    pub fn new(tests: &[TestItem], dist: Dist, slots: usize, estimate: impl Fn(&str) -> f64) -> Self {
+        let estimates: Vec<f64> = tests.iter().map(|t| estimate(&t.id).max(0.0)).collect();
+        let mut units: Vec<Unit> = Vec::new();
+        let mut key_of_unit: Vec<String> = Vec::new();
+        for (index, test) in tests.iter().enumerate() {
+            let key = match dist {
+                Dist::Test => None,
+                Dist::Class => Some(format!(
+                    "{}::{}",
+                    test.file,
+                    test.class.as_deref().unwrap_or("")
+                ))
+                .filter(|_| test.class.is_some())
+                .or_else(|| Some(test.id.clone())),
+                Dist::Module | Dist::File => Some(test.file.clone()),
+            };
+            let existing = key
+                .as_ref()
+                .and_then(|k| key_of_unit.iter().position(|u| u == k));
+            match existing {
+                Some(u) => {
+                    units[u].tests.push(index);
+                    units[u].seconds += estimates[index];
+                }
+                None => {
+                    units.push(Unit {
+                        tests: vec![index],
+                        seconds: estimates[index],
+                    });
+                    key_of_unit.push(key.unwrap_or_default());
+                }
+            }
+        }
+        // Longest first; ties keep collection order (the sort is stable).
+        units.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        Scheduler {
+            estimates,
+            queue: units.into(),
+            held: vec![Vec::new(); slots],
+            stealing: vec![false; slots],
+            slots,
+        }
+    }
+
+    /// Number of units of work: no more workers than this are useful.
+    pub fn units(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn queue_is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The next batch for `slot`, or `None` when the queue is empty.
+    pub fn next_batch(&mut self, slot: usize) -> Option<Vec<usize>> {
+        let left: f64 = self.queue.iter().map(|u| u.seconds).sum();
+        let target = left / (2 * self.slots.max(1)) as f64;
+        let mut batch = Vec::new();
+        let mut seconds = 0.0;
+        while let Some(unit) = self.queue.front() {
+            let fits = batch.is_empty() || (seconds + unit.seconds <= target && batch.len() + unit.tests.len() <= MAX_BATCH);
+            if !fits {
+                break;
+            }
+            let Some(unit) = self.queue.pop_front() else { break };
+            seconds += unit.seconds;
+            batch.extend(unit.tests);
+        }
+        if batch.is_empty() {
+            return None;
+        }
+        batch.sort_unstable();
+        self.held[slot].extend(&batch);
+        Some(batch)
+    }
+
+    /// `slot`'s worker started `index`.
+    pub fn started(&mut self, slot: usize, index: usize) {
+        self.held[slot].retain(|&i| i != index);
+    }
+
+    /// Tests `slot` holds and has not started.
+    pub fn held(&self, slot: usize) -> &[usize] {
+        &self.held[slot]
+    }
+
+    /// Whom `thief` should steal from and which tests to ask for: the back half
+    /// (by estimated time) of the unstarted tests of the worker holding the
+    /// most, never its first one (the worker may have committed to it as the
+    /// next test). `None` when nobody holds enough to share.
+    pub fn pick_steal(&mut self, thief: usize) -> Option<(usize, Vec<usize>)> {
+        let victim = (0..self.slots)
+            .filter(|&s| s != thief && !self.stealing[s] && self.held[s].len() >= 2)
+            .max_by(|&a, &b| self.held_seconds(a).total_cmp(&self.held_seconds(b)))?;
+        let held = &self.held[victim];
+        let total: f64 = held[1..].iter().map(|&i| self.estimates[i]).sum();
+        let mut taken = Vec::new();
+        let mut seconds = 0.0;
+        for &index in held[1..].iter().rev() {
+            if !taken.is_empty() && seconds >= total / 2.0 {
+                break;
+            }
+            seconds += self.estimates[index];
+            taken.push(index);
+        }
+        taken.reverse();
+        self.stealing[victim] = true;
+        Some((victim, taken))
+    }
+
+    /// Whether a steal from `slot` awaits its answer.
+    pub fn steal_pending(&self) -> bool {
+        self.stealing.iter().any(|s| *s)
+    }
+
+    /// `victim` gave back `tests` (an answer to a steal): they go to the front
+    /// of the queue as one unit.
+    pub fn released(&mut self, victim: usize, tests: &[usize]) {
+        self.stealing[victim] = false;
+        let tests: Vec<usize> = tests
+            .iter()
+            .copied()
+            .filter(|i| self.held[victim].contains(i))
+            .collect();
+        self.requeue(victim, tests);
+    }
+
+    /// `slot`'s worker is gone: what it held and had not started goes back to
+    /// the queue. Returns those tests.
+    pub fn lost(&mut self, slot: usize) -> Vec<usize> {
+        self.stealing[slot] = false;
+        let tests = self.held[slot].clone();
+        self.requeue(slot, tests.clone());
+        tests
+    }
+
+    fn requeue(&mut self, slot: usize, tests: Vec<usize>) {
+        if tests.is_empty() {
+            return;
+        }
+        self.held[slot].retain(|i| !tests.contains(i));
+        let seconds = tests.iter().map(|&i| self.estimates[i]).sum();
+        self.queue.push_front(Unit { tests, seconds });
+    }
+
+    /// Takes every queued test out (the run is ending early).
+    pub fn drain(&mut self) -> Vec<usize> {
+        self.queue.drain(..).flat_map(|u| u.tests).collect()
+    }
+
+    fn held_seconds(&self, slot: usize) -> f64 {
+        self.held[slot].iter().map(|&i| self.estimates[i]).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn items(n: usize) -> Vec<TestItem> {
+        (0..n)
+            .map(|i| TestItem {
+                id: format!("tests/test_{}.py::{}test_{i}", i / 5, if i % 2 == 0 { "C::" } else { "" }),
+                file: format!("tests/test_{}.py", i / 5),
+                class: (i % 2 == 0).then(|| "C".to_string()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn longest_first_and_batches_in_collection_order() {
+        let tests = items(10);
+        let mut s = Scheduler::new(&tests, Dist::Test, 2, |id| if id.ends_with("_7") { 50.0 } else { 1.0 });
+        assert_eq!(s.next_batch(0), Some(vec![7]), "the long test comes alone and first");
+        let b = s.next_batch(1).unwrap();
+        assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");
+    }
+
+    #[test]
+    fn module_units_stay_together() {
+        let tests = items(10);
+        let mut s = Scheduler::new(&tests, Dist::Module, 2, |_| 1.0);
+        assert_eq!(s.units(), 2);
+        let b = s.next_batch(0).unwrap();
+        assert!(b == vec![0, 1, 2, 3, 4] || b == vec![5, 6, 7, 8, 9], "{b:?}");
+    }
+
+    #[test]
+    fn steal_takes_the_back_half_but_never_the_first() {
+        let tests = items(8);
+        let mut s = Scheduler::new(&tests, Dist::Test, 2, |_| 1.0);
+        let mut given = Vec::new();
+        while let Some(b) = s.next_batch(0) {
+            given.extend(b);
+        }
+        let (victim, asked) = s.pick_steal(1).unwrap();
+        assert_eq!(victim, 0);
+        assert!(!asked.contains(&s.held(0)[0]));
+        assert!(asked.len() >= 3, "{asked:?}");
+        assert!(s.pick_steal(1).is_none(), "one steal at a time per victim");
+        s.released(0, &asked);
+        assert_eq!(s.next_batch(1).map(|b| b.len()), Some(asked.len()));
+    }
+
+    proptest! {
+        /// However batches, starts, steals and losses interleave, every test is
+        /// handed out and started exactly once.
+        #[test]
+        fn every_test_runs_exactly_once(
+            n in 1usize..60,
+            slots in 1usize..5,
+            dist in 0usize..3,
+            ops in proptest::collection::vec((0usize..5, 0usize..4, 0usize..100), 1..400),
+        ) {
+            let tests = items(n);
+            let dist = [Dist::Test, Dist::Class, Dist::Module][dist];
+            let mut s = Scheduler::new(&tests, dist, slots, |id| (id.len() % 7) as f64);
+            let mut started = vec![0usize; n];
+            let mut pending_steal: Vec<(usize, Vec<usize>)> = Vec::new();
+            let mut step = |s: &mut Scheduler, op: usize, slot: usize, pick: usize, started: &mut Vec<usize>, pending_steal: &mut Vec<(usize, Vec<usize>)>| {
+                let slot = slot % slots;
+                match op {
+                    0 => { s.next_batch(slot); }
+                    1 | 2 => {
+                        if let Some(&i) = s.held(slot).first() {
+                            s.started(slot, i);
+                            started[i] += 1;
+                        }
+                    }
+                    3 => {
+                        if let Some(x) = s.pick_steal(slot) { pending_steal.push(x); }
+                    }
+                    _ => {
+                        if let Some((victim, asked)) = pending_steal.pop() {
+                            // The worker gives back only a part, as a real one may.
+                            let keep = pick % (asked.len() + 1);
+                            s.released(victim, &asked[keep..]);
+                        } else {
+                            s.lost(slot);
+                        }
+                    }
+                }
+            };
+            for (op, slot, pick) in ops {
+                step(&mut s, op, slot, pick, &mut started, &mut pending_steal);
+            }
+            for (victim, _) in pending_steal.drain(..) {
+                s.released(victim, &[]);
+            }
+            // Drain: keep giving and starting until nothing is left.
+            loop {
+                let mut progressed = false;
+                for slot in 0..slots {
+                    if s.next_batch(slot).is_some() { progressed = true; }
+                    while let Some(&i) = s.held(slot).first() {
+                        s.started(slot, i);
+                        started[i] += 1;
+                        progressed = true;
+                    }
+                }
+                if !progressed { break; }
+            }
+            prop_assert!(started.iter().all(|&c| c == 1), "{started:?}");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Worker processes: each in its own process group (so a signal reaches the
+//! whole tree a test may have started, and the terminal's Ctrl-C reaches only
+//! dbfork, which decides), killed by the kernel if dbfork dies, its output
+//! kept as a bounded tail for crash reports and, on request, echoed.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+/// How many lines of a worker's output are kept for its crash report.
+const TAIL_LINES: usize = 40;
+
+/// The last lines a worker wrote, stdout and stderr interleaved as they came.
+#[derive(Debug, Clone, Default)]
+pub struct Tail(Arc<Mutex<VecDeque<String>>>);
+
+impl Tail {
+    fn push(&self, line: String) {
+        if let Ok(mut lines) = self.0.lock() {
+            if lines.len() == TAIL_LINES {
+                lines.pop_front();
+            }
+            lines.push_back(line);
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|lines| lines.iter().map(|l| format!("{l}\n")).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Where a worker's output goes besides its tail.
+#[derive(Debug, Clone)]
+pub enum Echo {
+    /// Only the tail.
+    Quiet,
+    /// Each line to dbfork's stdout (or stderr), behind this prefix.
+    Prefixed(String),
+}
+
+/// A started worker process.
+pub struct Spawned {
+    pub pid: u32,
+    pub child: Child,
+    pub tail: Tail,
+}
+
+/// Starts `command` in `cwd` with `env` added to dbfork's own environment.
+pub fn spawn(command: &[String], env: &[(String, String)], cwd: &Path, echo: Echo) -> io::Result<Spawned> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(cwd)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    let parent = std::process::id();
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl,
+    // getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            // If dbfork dies (even by SIGKILL), the kernel kills the worker.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // dbfork may already have died between fork and prctl.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id().unwrap_or_default();
+    let tail = Tail::default();
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, tail.clone(), echo.clone(), false));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, tail.clone(), echo, true));
+    }
+    Ok(Spawned { pid, child, tail })
+}
+
+async fn pump(stream: impl AsyncRead + Unpin, tail: Tail, echo: Echo, is_stderr: bool) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+        if let Echo::Prefixed(prefix) = &echo {
+            if is_stderr {
+                eprintln!("{prefix}{line}");
+            } else {
+                println!("{prefix}{line}");
+            }
+        }
+        tail.push(line);
+    }
+}
+
+/// Sends `signal` to the worker's whole process group.
+pub fn signal_group(pid: u32, signal: i32) {
+    if pid > 1 {
+        // SAFETY: kill(2) with a negative pid addresses the group; no memory involved.
+        unsafe {
+            libc::kill(-(pid as i32), signal);
+        }
+    }
+}
+
+/// How a worker process ended, in words: `exit code 3`, `signal 11 (SIGSEGV)`.
+pub fn describe_exit(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("signal {sig} ({})", signal_name(sig)),
+        _ => "an unknown status".to_string(),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGILL => "SIGILL",
+        _ => "signal",
+    }
+}
