@@ -567,6 +567,30 @@ pub async fn drop_owned(backend: &AnyBackend, owner: &Owner, deadline: Duration)
     }
 }
 
+/// Drops every clone of run `run_id` (what a `dbfork run` made); its templates stay.
+pub async fn drop_run_clones(
+    backend: &AnyBackend,
+    run_id: &str,
+    deadline: Duration,
+) -> Result<usize> {
+    let clones: Vec<String> = backend
+        .registry_list()
+        .await?
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Clone && e.run_id == run_id)
+        .map(|e| e.name)
+        .collect();
+    let count = clones.len();
+    match drop_entries(backend, clones, deadline)
+        .await
+        .into_iter()
+        .next()
+    {
+        Some((_, e)) => Err(e),
+        None => Ok(count),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct GcOptions {
     pub dry_run: bool,

@@ -30,7 +30,8 @@
 //! worker                                   dbfork
 //!   hello {worker_id, pid, adapter}   ->
 //!   collected {tests, errors}         ->   (the first worker's list is the run's;
-//!                                           every other worker's must equal it)
+//!                                           every other worker's must equal it;
+//!                                           it also counts as the first `want`)
 //!                                     <-   run {tests: [indices]}
 //!   started {index}                   ->
 //!   result {index, phases, ...}       ->

@@ -249,9 +249,15 @@ mod tests {
             phase("teardown", "failed", "error"),
         ];
         assert_eq!(Outcome::from_phases(&teardown_error), Outcome::Error);
-        let skipped = [phase("setup", "skipped", "skipped"), phase("teardown", "passed", "")];
+        let skipped = [
+            phase("setup", "skipped", "skipped"),
+            phase("teardown", "passed", ""),
+        ];
         assert_eq!(Outcome::from_phases(&skipped), Outcome::Skipped);
-        let xfailed = [phase("setup", "passed", ""), phase("call", "skipped", "xfailed")];
+        let xfailed = [
+            phase("setup", "passed", ""),
+            phase("call", "skipped", "xfailed"),
+        ];
         assert_eq!(Outcome::from_phases(&xfailed), Outcome::XFailed);
     }
 

@@ -22,23 +22,35 @@ pub fn install(dir: &Path) -> io::Result<PathBuf> {
         dist.join("METADATA"),
         format!("Metadata-Version: 2.1\nName: dbfork-pytest\nVersion: {VERSION}\n"),
     )?;
-    std::fs::write(dist.join("entry_points.txt"), "[pytest11]\ndbfork = dbfork_pytest\n")?;
+    std::fs::write(
+        dist.join("entry_points.txt"),
+        "[pytest11]\ndbfork = dbfork_pytest\n",
+    )?;
     Ok(root)
 }
 
 /// Whether `command` runs pytest: `pytest`, `py.test`, `python -m pytest`.
 pub fn is_pytest(command: &[String]) -> bool {
-    let base = |s: &String| Path::new(s).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let base = |s: &String| {
+        Path::new(s)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     match command {
         [first, ..] if matches!(base(first).as_str(), "pytest" | "py.test") => true,
-        [first, m, module, ..] => base(first).starts_with("python") && m == "-m" && module == "pytest",
+        [first, m, module, ..] => {
+            base(first).starts_with("python") && m == "-m" && module == "pytest"
+        }
         _ => false,
     }
 }
 
 /// Whether the command's own arguments turn the plugin off (`-p no:dbfork`).
 pub fn disabled_in(command: &[String]) -> bool {
-    command.iter().any(|a| a == "no:dbfork" || a == "-pno:dbfork")
+    command
+        .iter()
+        .any(|a| a == "no:dbfork" || a == "-pno:dbfork")
 }
 
 /// The pytest-xdist option in the command, if any: dbfork runs the workers itself.
@@ -63,7 +75,12 @@ mod tests {
     fn pytest_commands() {
         assert!(is_pytest(&v(&["pytest", "-q"])));
         assert!(is_pytest(&v(&["/venv/bin/py.test"])));
-        assert!(is_pytest(&v(&[".venv/bin/python3", "-m", "pytest", "tests"])));
+        assert!(is_pytest(&v(&[
+            ".venv/bin/python3",
+            "-m",
+            "pytest",
+            "tests"
+        ])));
         assert!(!is_pytest(&v(&["cargo", "nextest", "run"])));
         assert!(!is_pytest(&v(&["python", "manage.py", "test"])));
         assert!(disabled_in(&v(&["pytest", "-p", "no:dbfork"])));

@@ -125,12 +125,16 @@ impl Progress {
                 }
                 let percent = (self.done * 100).checked_div(self.total).unwrap_or(0);
                 if self.verbose == 0
-                    && (percent / 10 > self.last_percent / 10 || self.last_plain.elapsed() >= PLAIN_EVERY)
+                    && (percent / 25 > self.last_percent / 25
+                        || self.last_plain.elapsed() >= PLAIN_EVERY)
                     && self.done < self.total
                 {
                     self.last_percent = percent;
                     self.last_plain = Instant::now();
-                    eprintln!("dbfork: [{percent:>3}%] {}/{} tests done, {} failed", self.done, self.total, self.failed);
+                    eprintln!(
+                        "dbfork: [{percent:>3}%] {}/{} tests done, {} failed",
+                        self.done, self.total, self.failed
+                    );
                 }
             }
         }
@@ -154,7 +158,9 @@ fn rule(title: &str, fill: char) -> String {
     }
     let side = width.saturating_sub(title.len() + 2) / 2;
     let left = fill.to_string().repeat(side.max(1));
-    let right = fill.to_string().repeat(width.saturating_sub(side + title.len() + 2).max(1));
+    let right = fill
+        .to_string()
+        .repeat(width.saturating_sub(side + title.len() + 2).max(1));
     format!("{left} {title} {right}")
 }
 
@@ -208,7 +214,12 @@ pub fn print_final(report: &RunReport) {
             let first = test
                 .longrepr
                 .as_deref()
-                .and_then(|t| t.lines().rev().find(|l| l.starts_with("E ")).or_else(|| t.lines().next()))
+                .and_then(|t| {
+                    t.lines()
+                        .rev()
+                        .find(|l| l.starts_with("E "))
+                        .or_else(|| t.lines().next())
+                })
                 .unwrap_or("")
                 .trim_start_matches("E ")
                 .trim();

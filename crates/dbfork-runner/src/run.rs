@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use dbfork_engine::fingerprint::Recipe;
 use dbfork_engine::names;
-use dbfork_engine::ops::{self, Cancel, Canceller, CloneOptions, DatabaseEnv, MadeClone, TemplateOptions};
+use dbfork_engine::ops::{
+    self, Cancel, Canceller, CloneOptions, DatabaseEnv, MadeClone, TemplateOptions,
+};
 use dbfork_engine::process::Owner;
 use dbfork_engine::{AnyBackend, Backend, CloneMethod};
 use dbfork_protocol::{self as protocol, env, RunnerMessage, TestItem, WorkerMessage};
@@ -57,7 +59,10 @@ pub enum RunError {
     #[error("{0}")]
     Usage(String),
     #[error("cannot prepare the run directory {path}: {source}")]
-    RunDir { path: PathBuf, source: std::io::Error },
+    RunDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl RunError {
@@ -85,11 +90,23 @@ enum Event {
     },
     CloneDropped,
     Accepted(UnixStream),
-    Line { conn: usize, line: String },
-    Closed { conn: usize },
+    Line {
+        conn: usize,
+        line: String,
+    },
+    Closed {
+        conn: usize,
+    },
     /// A worker closed its connection without `bye` a while ago.
-    ClosedLongAgo { slot: usize, generation: usize },
-    Exited { slot: usize, generation: usize, status: Option<ExitStatus> },
+    ClosedLongAgo {
+        slot: usize,
+        generation: usize,
+    },
+    Exited {
+        slot: usize,
+        generation: usize,
+        status: Option<ExitStatus>,
+    },
     Signal,
 }
 
@@ -177,7 +194,9 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
     let pytest = match config.adapter {
         Adapter::Pytest => true,
         Adapter::None => false,
-        Adapter::Auto => plugin::is_pytest(&config.command) && !plugin::disabled_in(&config.command),
+        Adapter::Auto => {
+            plugin::is_pytest(&config.command) && !plugin::disabled_in(&config.command)
+        }
     };
     if pytest {
         if let Some(option) = plugin::xdist_option(&config.command) {
@@ -196,7 +215,10 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
     let _run_dir_guard = RunDir::create(&run_dir)?;
     let socket = run_dir.join("socket");
     let pythonpath = if pytest {
-        let dir = plugin::install(&run_dir).map_err(|source| RunError::RunDir { path: run_dir.clone(), source })?;
+        let dir = plugin::install(&run_dir).map_err(|source| RunError::RunDir {
+            path: run_dir.clone(),
+            source,
+        })?;
         let mut path = dir.display().to_string();
         if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
             path.push(':');
@@ -219,21 +241,28 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
         drop_deadline: config.drop_timeout,
     };
     if config.setup.is_some() {
-        progress.note("preparing the template (the setup command runs only when its inputs changed)");
+        progress
+            .note("preparing the template (the setup command runs only when its inputs changed)");
     }
     let template = ops::ensure_template(&backend, &recipe, &options, &cancel).await?;
     if config.setup.is_some() {
         progress.note(&if template.reused {
             format!("reusing template {} (inputs unchanged)", template.name)
         } else {
-            format!("built template {} in {:.1}s", template.name, template.build_seconds)
+            format!(
+                "built template {} in {:.1}s",
+                template.name, template.build_seconds
+            )
         });
     }
     let template = ops::find_template(&backend, &template.fingerprint).await?;
 
     let timings = Timings::load(&config.state_dir);
     let listener = if pytest {
-        let listener = UnixListener::bind(&socket).map_err(|source| RunError::RunDir { path: socket.clone(), source })?;
+        let listener = UnixListener::bind(&socket).map_err(|source| RunError::RunDir {
+            path: socket.clone(),
+            source,
+        })?;
         let tx = events_tx.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -319,7 +348,10 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// tells the dispatcher; the third exits at once (what is left is collected by
 /// the next dbfork command, and the workers die with dbfork).
 async fn watch_signals(canceller: Canceller, events: mpsc::UnboundedSender<Event>) {
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return;
     };
     let mut seen = 0;
@@ -350,7 +382,10 @@ impl RunDir {
             .mode(0o700)
             .recursive(true)
             .create(path)
-            .map_err(|source| RunError::RunDir { path: path.to_path_buf(), source })?;
+            .map_err(|source| RunError::RunDir {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(RunDir(path.to_path_buf()))
     }
 }
@@ -367,8 +402,16 @@ impl Dispatcher {
         let name = names::slot_clone_name(&self.run_id, slot, generation);
         self.slots[slot].busy_with_clone = true;
         self.clone_tasks += 1;
-        let (backend, template, run_id) = (self.backend.clone(), self.template.clone(), self.run_id.clone());
-        let (events, permits, cancel) = (self.events.clone(), self.clone_permits.clone(), self.cancel.clone());
+        let (backend, template, run_id) = (
+            self.backend.clone(),
+            self.template.clone(),
+            self.run_id.clone(),
+        );
+        let (events, permits, cancel) = (
+            self.events.clone(),
+            self.clone_permits.clone(),
+            self.cancel.clone(),
+        );
         let options = CloneOptions {
             method: self.method,
             concurrency: 1,
@@ -377,28 +420,50 @@ impl Dispatcher {
         tokio::spawn(async move {
             let _permit = permits.acquire().await;
             let owner = Owner::this_process();
-            let result = ops::make_named_clones(&backend, &template, &run_id, vec![name], &owner, &options, &cancel)
-                .await
-                .and_then(|mut made| made.pop().ok_or(dbfork_engine::Error::Interrupted));
-            let _ = events.send(Event::CloneMade { slot, generation, result });
+            let result = ops::make_named_clones(
+                &backend,
+                &template,
+                &run_id,
+                vec![name],
+                &owner,
+                &options,
+                &cancel,
+            )
+            .await
+            .and_then(|mut made| made.pop().ok_or(dbfork_engine::Error::Interrupted));
+            let _ = events.send(Event::CloneMade {
+                slot,
+                generation,
+                result,
+            });
         });
     }
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::CloneMade { slot, generation, result } => {
+            Event::CloneMade {
+                slot,
+                generation,
+                result,
+            } => {
                 self.clone_tasks -= 1;
                 self.slots[slot].busy_with_clone = false;
                 match result {
                     Ok(made) => {
                         self.slots[slot].database = Some(made.name.clone());
-                        if self.stopping || self.slots[slot].retired || generation != self.slots[slot].generation {
+                        if self.stopping
+                            || self.slots[slot].retired
+                            || generation != self.slots[slot].generation
+                        {
                             return;
                         }
                         self.start_worker(slot, &made);
                     }
                     Err(dbfork_engine::Error::Interrupted) => {}
-                    Err(e) => self.fail(exit::SETUP_OR_DATABASE, format!("could not make the clone of worker {}: {e}", label(slot))),
+                    Err(e) => self.fail(
+                        exit::SETUP_OR_DATABASE,
+                        format!("could not make the clone of worker {}: {e}", label(slot)),
+                    ),
                 }
             }
             Event::CloneDropped => {
@@ -408,15 +473,32 @@ impl Dispatcher {
             Event::Line { conn, line } => match protocol::decode::<WorkerMessage>(&line) {
                 Ok(message) => self.on_message(conn, message),
                 Err(e) => {
-                    let who = self.conns.get(&conn).and_then(|c| c.slot).map(|(s, _)| label(s)).unwrap_or_else(|| "a worker".into());
-                    self.fail(exit::USAGE, format!("{who} sent something dbfork cannot read ({e}): `{}`", truncate(&line, 200)));
+                    let who = self
+                        .conns
+                        .get(&conn)
+                        .and_then(|c| c.slot)
+                        .map(|(s, _)| label(s))
+                        .unwrap_or_else(|| "a worker".into());
+                    self.fail(
+                        exit::USAGE,
+                        format!(
+                            "{who} sent something dbfork cannot read ({e}): `{}`",
+                            truncate(&line, 200)
+                        ),
+                    );
                 }
             },
             Event::Closed { conn } => {
-                if let Some(Conn { slot: Some((slot, generation)), .. }) = self.conns.remove(&conn) {
+                if let Some(Conn {
+                    slot: Some((slot, generation)),
+                    ..
+                }) = self.conns.remove(&conn)
+                {
                     // Wait for the exit status (a crash report names the signal),
                     // but not forever: a worker that hangs after closing is lost too.
-                    let clean = self.worker(slot, generation).is_none_or(|w| w.bye || w.exited);
+                    let clean = self
+                        .worker(slot, generation)
+                        .is_none_or(|w| w.bye || w.exited);
                     if !clean {
                         let events = self.events.clone();
                         tokio::spawn(async move {
@@ -426,25 +508,42 @@ impl Dispatcher {
                     }
                 }
             }
-            Event::ClosedLongAgo { slot, generation } => self.lose(slot, generation, LossCause::Disconnected),
-            Event::Exited { slot, generation, status } => self.on_exit(slot, generation, status),
+            Event::ClosedLongAgo { slot, generation } => {
+                self.lose(slot, generation, LossCause::Disconnected)
+            }
+            Event::Exited {
+                slot,
+                generation,
+                status,
+            } => self.on_exit(slot, generation, status),
             Event::Signal => self.on_signal(),
         }
     }
 
     fn worker(&self, slot: usize, generation: usize) -> Option<&Worker> {
-        self.slots[slot].worker.as_ref().filter(|w| w.generation == generation)
+        self.slots[slot]
+            .worker
+            .as_ref()
+            .filter(|w| w.generation == generation)
     }
 
     fn worker_mut(&mut self, slot: usize, generation: usize) -> Option<&mut Worker> {
-        self.slots[slot].worker.as_mut().filter(|w| w.generation == generation)
+        self.slots[slot]
+            .worker
+            .as_mut()
+            .filter(|w| w.generation == generation)
     }
 
     fn start_worker(&mut self, slot: usize, made: &MadeClone) {
         let generation = self.slots[slot].generation;
         let db_env = match DatabaseEnv::new(&self.backend, &made.name) {
             Ok(env) => env,
-            Err(e) => return self.fail(exit::SETUP_OR_DATABASE, format!("cannot prepare the environment of {}: {e}", label(slot))),
+            Err(e) => {
+                return self.fail(
+                    exit::SETUP_OR_DATABASE,
+                    format!("cannot prepare the environment of {}: {e}", label(slot)),
+                )
+            }
         };
         let id = format!("{slot}.{generation}");
         let mut vars = db_env.vars.clone();
@@ -489,7 +588,11 @@ impl Dispatcher {
         let mut child = spawned.child;
         tokio::spawn(async move {
             let status = child.wait().await.ok();
-            let _ = events.send(Event::Exited { slot, generation, status });
+            let _ = events.send(Event::Exited {
+                slot,
+                generation,
+                status,
+            });
         });
         let s = &mut self.slots[slot];
         s.env = Some(db_env);
@@ -509,7 +612,8 @@ impl Dispatcher {
             stopped: false,
             started: Instant::now(),
         });
-        self.progress.worker(slot, if self.pytest { "starting" } else { "running" });
+        self.progress
+            .worker(slot, if self.pytest { "starting" } else { "running" });
     }
 
     fn accept(&mut self, stream: UnixStream) {
@@ -550,7 +654,10 @@ impl Dispatcher {
         let (slot, generation) = match (owner, &message) {
             (_, WorkerMessage::Hello { worker_id, .. }) => {
                 let found = self.slots.iter().enumerate().find_map(|(slot, s)| {
-                    s.worker.as_ref().filter(|w| &w.id == worker_id && !w.gone).map(|w| (slot, w.generation))
+                    s.worker
+                        .as_ref()
+                        .filter(|w| &w.id == worker_id && !w.gone)
+                        .map(|w| (slot, w.generation))
                 });
                 let Some((slot, generation)) = found else {
                     // A stray process (an old generation): it gets nothing to do.
@@ -577,8 +684,17 @@ impl Dispatcher {
         }
         match message {
             WorkerMessage::Hello { .. } => {}
-            WorkerMessage::Collected { tests, errors, continue_on_errors } => {
-                self.on_collected(slot, tests, errors, continue_on_errors)
+            WorkerMessage::Collected {
+                tests,
+                errors,
+                continue_on_errors,
+            } => {
+                // `collected` is also the worker's first `want`.
+                if let Some(w) = self.worker_mut(slot, generation) {
+                    w.hungry = true;
+                }
+                self.on_collected(slot, tests, errors, continue_on_errors);
+                self.feed(slot);
             }
             WorkerMessage::Want => {
                 if let Some(w) = self.worker_mut(slot, generation) {
@@ -590,7 +706,12 @@ impl Dispatcher {
                 if let Some(s) = self.scheduler.as_mut() {
                     s.started(slot, index);
                 }
-                let id = self.tests.as_ref().and_then(|t| t.get(index)).map(|t| t.id.clone()).unwrap_or_default();
+                let id = self
+                    .tests
+                    .as_ref()
+                    .and_then(|t| t.get(index))
+                    .map(|t| t.id.clone())
+                    .unwrap_or_default();
                 if let Some(w) = self.worker_mut(slot, generation) {
                     w.running = Some((index, Instant::now()));
                 }
@@ -603,12 +724,22 @@ impl Dispatcher {
                         w.running = None;
                     }
                 }
-                let Some(item) = self.tests.as_ref().and_then(|t| t.get(result.index)).cloned() else { return };
+                let Some(item) = self
+                    .tests
+                    .as_ref()
+                    .and_then(|t| t.get(result.index))
+                    .cloned()
+                else {
+                    return;
+                };
                 let outcome = Outcome::from_phases(&result.phases);
                 let failure: Vec<String> = result
                     .phases
                     .iter()
-                    .filter(|p| p.outcome == "failed" || (outcome == Outcome::Skipped && p.outcome == "skipped"))
+                    .filter(|p| {
+                        p.outcome == "failed"
+                            || (outcome == Outcome::Skipped && p.outcome == "skipped")
+                    })
                     .filter_map(|p| p.longrepr.clone())
                     .collect();
                 let duration = result.phases.iter().map(|p| p.duration).sum();
@@ -654,12 +785,25 @@ impl Dispatcher {
         }
     }
 
-    fn on_collected(&mut self, slot: usize, tests: Vec<TestItem>, errors: Vec<protocol::CollectError>, continue_on_errors: bool) {
+    fn on_collected(
+        &mut self,
+        slot: usize,
+        tests: Vec<TestItem>,
+        errors: Vec<protocol::CollectError>,
+        continue_on_errors: bool,
+    ) {
         if let Some(known) = &self.tests {
             if *known != tests {
-                let first = known.iter().zip(&tests).position(|(a, b)| a != b).unwrap_or(known.len().min(tests.len()));
+                let first = known
+                    .iter()
+                    .zip(&tests)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(known.len().min(tests.len()));
                 let detail = match (known.get(first), tests.get(first)) {
-                    (Some(a), Some(b)) => format!("test {first} is `{}` in one and `{}` in the other", a.id, b.id),
+                    (Some(a), Some(b)) => format!(
+                        "test {first} is `{}` in one and `{}` in the other",
+                        a.id, b.id
+                    ),
                     _ => format!("one has {} tests, the other {}", known.len(), tests.len()),
                 };
                 return self.fail(
@@ -673,13 +817,18 @@ impl Dispatcher {
         self.records = vec![None; tests.len()];
         self.collect_errors = errors.into_iter().map(|e| (e.id, e.longrepr)).collect();
         let timings = &self.timings;
-        let scheduler = Scheduler::new(&tests, self.config.dist, self.slots.len(), |id| timings.estimate(id));
+        let scheduler = Scheduler::new(&tests, self.config.dist, self.slots.len(), |id| {
+            timings.estimate(id)
+        });
         let units = scheduler.units();
         self.tests = Some(tests);
         self.scheduler = Some(scheduler);
         if !self.collect_errors.is_empty() && !continue_on_errors {
             let n = self.collect_errors.len();
-            self.progress.note(&format!("Interrupted: {n} error{} during collection", if n == 1 { "" } else { "s" }));
+            self.progress.note(&format!(
+                "Interrupted: {n} error{} during collection",
+                if n == 1 { "" } else { "s" }
+            ));
             self.fatal = Some((exit::INTERRUPTED, String::new()));
             self.stop_everything();
             return;
@@ -700,14 +849,18 @@ impl Dispatcher {
 
     /// Gives `slot` work if it asked: a batch, or a steal on its behalf, or `stop`.
     fn feed(&mut self, slot: usize) {
-        let Some(w) = self.slots[slot].worker.as_ref() else { return };
+        let Some(w) = self.slots[slot].worker.as_ref() else {
+            return;
+        };
         if !w.hungry || w.stopped || w.gone {
             return;
         }
         if self.stopping || self.slots[slot].retired {
             return self.stop_worker(slot);
         }
-        let Some(scheduler) = self.scheduler.as_mut() else { return };
+        let Some(scheduler) = self.scheduler.as_mut() else {
+            return;
+        };
         if let Some(batch) = scheduler.next_batch(slot) {
             if let Some(w) = self.slots[slot].worker.as_mut() {
                 w.hungry = false;
@@ -766,11 +919,16 @@ impl Dispatcher {
     }
 
     fn on_exit(&mut self, slot: usize, generation: usize, status: Option<ExitStatus>) {
-        let Some(w) = self.worker_mut(slot, generation) else { return };
+        let Some(w) = self.worker_mut(slot, generation) else {
+            return;
+        };
         w.exited = true;
         let (hello, bye, gone) = (w.hello, w.bye, w.gone);
         let tail = w.tail.text();
-        let how = status.as_ref().map(worker::describe_exit).unwrap_or_else(|| "an unknown status".into());
+        let how = status
+            .as_ref()
+            .map(worker::describe_exit)
+            .unwrap_or_else(|| "an unknown status".into());
         if gone {
             return;
         }
@@ -803,16 +961,25 @@ impl Dispatcher {
 
     fn generic_exit(&mut self, slot: usize, status: Option<ExitStatus>, tail: String) {
         let generation = self.slots[slot].generation;
-        let elapsed = self.worker(slot, generation).map(|w| w.started.elapsed().as_secs_f64()).unwrap_or_default();
+        let elapsed = self
+            .worker(slot, generation)
+            .map(|w| w.started.elapsed().as_secs_f64())
+            .unwrap_or_default();
         if let Some(w) = self.worker_mut(slot, generation) {
             w.gone = true;
         }
-        let timed_out = self.records.get(slot).is_some_and(|r| r.as_ref().is_some_and(|r| r.outcome == Outcome::TimedOut));
+        let timed_out = self
+            .records
+            .get(slot)
+            .is_some_and(|r| r.as_ref().is_some_and(|r| r.outcome == Outcome::TimedOut));
         if timed_out {
             return;
         }
         let success = status.is_some_and(|s| s.success());
-        let how = status.as_ref().map(worker::describe_exit).unwrap_or_default();
+        let how = status
+            .as_ref()
+            .map(worker::describe_exit)
+            .unwrap_or_default();
         let outcome = match (success, self.interrupted) {
             (true, _) => Outcome::Passed,
             (false, true) => Outcome::NotRun,
@@ -828,7 +995,8 @@ impl Dispatcher {
             slot: Some(slot),
             worker_id: Some(format!("{slot}.{generation}")),
             phases: Vec::new(),
-            longrepr: (!success).then(|| format!("the command ended with {how}; its last output:\n{tail}")),
+            longrepr: (!success)
+                .then(|| format!("the command ended with {how}; its last output:\n{tail}")),
             stdout: String::new(),
             stderr: String::new(),
         });
@@ -837,7 +1005,9 @@ impl Dispatcher {
     /// A worker is gone without saying bye (crash, kill, timeout): report its
     /// test, requeue what it held, and give the slot a fresh clone and worker.
     fn lose(&mut self, slot: usize, generation: usize, cause: LossCause) {
-        let Some(w) = self.worker_mut(slot, generation) else { return };
+        let Some(w) = self.worker_mut(slot, generation) else {
+            return;
+        };
         if w.gone {
             return;
         }
@@ -851,15 +1021,34 @@ impl Dispatcher {
         }
         if let Some((index, since)) = running {
             let (outcome, what) = if self.interrupted {
-                (Outcome::NotRun, "the run was interrupted while it ran".to_string())
+                (
+                    Outcome::NotRun,
+                    "the run was interrupted while it ran".to_string(),
+                )
             } else {
                 match &cause {
                     LossCause::Timeout(limit) => (
                         Outcome::TimedOut,
-                        format!("timed out after {:.0?}: worker {} was killed", limit, label(slot)),
+                        format!(
+                            "timed out after {:.0?}: worker {} was killed",
+                            limit,
+                            label(slot)
+                        ),
                     ),
-                    LossCause::Exited(how) => (Outcome::Crashed, format!("worker {} crashed while running this test ({how})", label(slot))),
-                    LossCause::Disconnected => (Outcome::Crashed, format!("worker {} crashed while running this test (its connection closed)", label(slot))),
+                    LossCause::Exited(how) => (
+                        Outcome::Crashed,
+                        format!(
+                            "worker {} crashed while running this test ({how})",
+                            label(slot)
+                        ),
+                    ),
+                    LossCause::Disconnected => (
+                        Outcome::Crashed,
+                        format!(
+                            "worker {} crashed while running this test (its connection closed)",
+                            label(slot)
+                        ),
+                    ),
                 }
             };
             if let Some(item) = self.tests.as_ref().and_then(|t| t.get(index)).cloned() {
@@ -875,7 +1064,10 @@ impl Dispatcher {
                     slot: Some(slot),
                     worker_id: Some(format!("{slot}.{generation}")),
                     phases: Vec::new(),
-                    longrepr: Some(format!("{what}; its last output:\n{}", indent(&tail.text()))),
+                    longrepr: Some(format!(
+                        "{what}; its last output:\n{}",
+                        indent(&tail.text())
+                    )),
                     stdout: String::new(),
                     stderr: String::new(),
                 });
@@ -885,16 +1077,31 @@ impl Dispatcher {
             return;
         }
         let unfinished = self.records.iter().filter(|r| r.is_none()).count();
-        let running_elsewhere = self.slots.iter().filter(|s| s.worker.as_ref().is_some_and(|w| !w.gone && w.running.is_some())).count();
+        let running_elsewhere = self
+            .slots
+            .iter()
+            .filter(|s| {
+                s.worker
+                    .as_ref()
+                    .is_some_and(|w| !w.gone && w.running.is_some())
+            })
+            .count();
         let max = self.config.max_worker_restarts;
         if self.tests.is_some() && unfinished <= running_elsewhere {
             self.feed_all();
             return;
         }
         if self.restarts_used >= max {
-            self.progress.note(&format!("{} is gone and the {max} worker restarts (--max-worker-restarts) are used up", label(slot)));
+            self.progress.note(&format!(
+                "{} is gone and the {max} worker restarts (--max-worker-restarts) are used up",
+                label(slot)
+            ));
             self.slots[slot].retired = true;
-            if self.slots.iter().all(|s| s.retired || s.worker.as_ref().is_none_or(|w| w.gone)) {
+            if self
+                .slots
+                .iter()
+                .all(|s| s.retired || s.worker.as_ref().is_none_or(|w| w.gone))
+            {
                 self.lost_all = true;
                 self.stopping = true;
             }
@@ -907,7 +1114,10 @@ impl Dispatcher {
             LossCause::Exited(how) => format!("crashed ({how})"),
             LossCause::Disconnected => "crashed".to_string(),
         };
-        self.progress.note(&format!("{} {cause_text}; replacing it on a fresh clone", label(slot)));
+        self.progress.note(&format!(
+            "{} {cause_text}; replacing it on a fresh clone",
+            label(slot)
+        ));
         self.progress.worker(slot, "making a fresh clone");
         self.replace_clone(slot);
         self.feed_all();
@@ -921,10 +1131,16 @@ impl Dispatcher {
         self.slots[slot].generation += 1;
         if let Some(name) = old {
             self.clone_tasks += 1;
-            let (backend, events, deadline) = (self.backend.clone(), self.events.clone(), self.config.drop_timeout);
+            let (backend, events, deadline) = (
+                self.backend.clone(),
+                self.events.clone(),
+                self.config.drop_timeout,
+            );
             tokio::spawn(async move {
                 if let Err(e) = ops::drop_entry(&backend, &name, deadline).await {
-                    tracing::warn!("could not drop {name} yet ({e}); it is dropped at the end of the run");
+                    tracing::warn!(
+                        "could not drop {name} yet ({e}); it is dropped at the end of the run"
+                    );
                 }
                 let _ = events.send(Event::CloneDropped);
             });
@@ -978,10 +1194,18 @@ impl Dispatcher {
                 }
             }
         }
-        let Some(limit) = self.config.timeout else { return };
+        let Some(limit) = self.config.timeout else {
+            return;
+        };
         for slot in 0..self.slots.len() {
-            let Some(w) = self.slots[slot].worker.as_ref().filter(|w| !w.gone) else { continue };
-            let since = if self.pytest { w.running.map(|(_, s)| s) } else { Some(w.started) };
+            let Some(w) = self.slots[slot].worker.as_ref().filter(|w| !w.gone) else {
+                continue;
+            };
+            let since = if self.pytest {
+                w.running.map(|(_, s)| s)
+            } else {
+                Some(w.started)
+            };
             if since.is_none_or(|s| s + limit > now) {
                 continue;
             }
@@ -1014,12 +1238,21 @@ impl Dispatcher {
         if self.clone_tasks > 0 {
             return false;
         }
-        let alive = self.slots.iter().any(|s| s.worker.as_ref().is_some_and(|w| !w.exited));
+        let alive = self
+            .slots
+            .iter()
+            .any(|s| s.worker.as_ref().is_some_and(|w| !w.exited));
         if alive {
             return false;
         }
         // Every slot either has no worker coming or is done.
-        self.stopping || self.fatal.is_some() || self.slots.iter().all(|s| s.retired || s.worker.as_ref().is_some_and(|w| w.gone)) || !self.pytest && self.slots.iter().all(|s| s.worker.is_some())
+        self.stopping
+            || self.fatal.is_some()
+            || self
+                .slots
+                .iter()
+                .all(|s| s.retired || s.worker.as_ref().is_some_and(|w| w.gone))
+            || !self.pytest && self.slots.iter().all(|s| s.worker.is_some())
     }
 
     async fn finish(mut self) -> RunReport {
@@ -1030,19 +1263,28 @@ impl Dispatcher {
         }
         self.progress.clear();
         // Teardown: every clone of this run, then anything else this process registered.
-        let names: Vec<String> = self.slots.iter_mut().filter_map(|s| s.database.clone()).collect();
+        let names: Vec<String> = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.database.clone())
+            .collect();
         let backend = self.backend.clone();
         let deadline = self.config.drop_timeout;
         let failures: Vec<String> = stream::iter(names)
             .map(|name| {
                 let backend = backend.clone();
-                async move { ops::drop_entry(&backend, &name, deadline).await.err().map(|e| format!("{name}: {e}")) }
+                async move {
+                    ops::drop_entry(&backend, &name, deadline)
+                        .await
+                        .err()
+                        .map(|e| format!("{name}: {e}"))
+                }
             })
             .buffer_unordered(8)
             .filter_map(|r| async move { r })
             .collect()
             .await;
-        if let Err(e) = ops::drop_owned(&backend, &Owner::this_process(), deadline).await {
+        if let Err(e) = ops::drop_run_clones(&backend, &self.run_id, deadline).await {
             tracing::warn!("could not drop what is left of this run: {e}");
         }
         for failure in failures {
@@ -1057,20 +1299,24 @@ impl Dispatcher {
                 .iter()
                 .enumerate()
                 .map(|(index, item)| {
-                    self.records.get(index).cloned().flatten().unwrap_or_else(|| TestRecord {
-                        index,
-                        id: item.id.clone(),
-                        file: item.file.clone(),
-                        class: item.class.clone(),
-                        outcome: Outcome::NotRun,
-                        duration: 0.0,
-                        slot: None,
-                        worker_id: None,
-                        phases: Vec::new(),
-                        longrepr: None,
-                        stdout: String::new(),
-                        stderr: String::new(),
-                    })
+                    self.records
+                        .get(index)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_else(|| TestRecord {
+                            index,
+                            id: item.id.clone(),
+                            file: item.file.clone(),
+                            class: item.class.clone(),
+                            outcome: Outcome::NotRun,
+                            duration: 0.0,
+                            slot: None,
+                            worker_id: None,
+                            phases: Vec::new(),
+                            longrepr: None,
+                            stdout: String::new(),
+                            stderr: String::new(),
+                        })
                 })
                 .collect(),
             _ => self.records.iter().flatten().cloned().collect(),
@@ -1089,7 +1335,9 @@ impl Dispatcher {
             exit::OK
         };
         if self.lost_all {
-            eprintln!("dbfork: every worker was lost; tests that did not run are reported as not run");
+            eprintln!(
+                "dbfork: every worker was lost; tests that did not run are reported as not run"
+            );
         }
         let report = RunReport {
             command: self.config.command.clone(),
@@ -1116,7 +1364,10 @@ impl Dispatcher {
         if self.pytest && self.fatal.is_none() {
             self.timings.record(&report);
             if let Err(e) = self.timings.save(&self.config.state_dir) {
-                eprintln!("dbfork: warning: could not save the timings in {}: {e}", self.config.state_dir.display());
+                eprintln!(
+                    "dbfork: warning: could not save the timings in {}: {e}",
+                    self.config.state_dir.display()
+                );
             }
         }
         if let Some(path) = &self.config.junit {

@@ -39,7 +39,12 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// `estimate` gives each test's expected seconds.
-    pub fn new(tests: &[TestItem], dist: Dist, slots: usize, estimate: impl Fn(&str) -> f64) -> Self {
+    pub fn new(
+        tests: &[TestItem],
+        dist: Dist,
+        slots: usize,
+        estimate: impl Fn(&str) -> f64,
+    ) -> Self {
         let estimates: Vec<f64> = tests.iter().map(|t| estimate(&t.id).max(0.0)).collect();
         let mut units: Vec<Unit> = Vec::new();
         let mut key_of_unit: Vec<String> = Vec::new();
@@ -99,11 +104,15 @@ impl Scheduler {
         let mut batch = Vec::new();
         let mut seconds = 0.0;
         while let Some(unit) = self.queue.front() {
-            let fits = batch.is_empty() || (seconds + unit.seconds <= target && batch.len() + unit.tests.len() <= MAX_BATCH);
+            let fits = batch.is_empty()
+                || (seconds + unit.seconds <= target
+                    && batch.len() + unit.tests.len() <= MAX_BATCH);
             if !fits {
                 break;
             }
-            let Some(unit) = self.queue.pop_front() else { break };
+            let Some(unit) = self.queue.pop_front() else {
+                break;
+            };
             seconds += unit.seconds;
             batch.extend(unit.tests);
         }
@@ -202,7 +211,11 @@ mod tests {
     fn items(n: usize) -> Vec<TestItem> {
         (0..n)
             .map(|i| TestItem {
-                id: format!("tests/test_{}.py::{}test_{i}", i / 5, if i % 2 == 0 { "C::" } else { "" }),
+                id: format!(
+                    "tests/test_{}.py::{}test_{i}",
+                    i / 5,
+                    if i % 2 == 0 { "C::" } else { "" }
+                ),
                 file: format!("tests/test_{}.py", i / 5),
                 class: (i % 2 == 0).then(|| "C".to_string()),
             })
@@ -212,8 +225,18 @@ mod tests {
     #[test]
     fn longest_first_and_batches_in_collection_order() {
         let tests = items(10);
-        let mut s = Scheduler::new(&tests, Dist::Test, 2, |id| if id.ends_with("_7") { 50.0 } else { 1.0 });
-        assert_eq!(s.next_batch(0), Some(vec![7]), "the long test comes alone and first");
+        let mut s = Scheduler::new(&tests, Dist::Test, 2, |id| {
+            if id.ends_with("_7") {
+                50.0
+            } else {
+                1.0
+            }
+        });
+        assert_eq!(
+            s.next_batch(0),
+            Some(vec![7]),
+            "the long test comes alone and first"
+        );
         let b = s.next_batch(1).unwrap();
         assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");
     }
@@ -224,7 +247,10 @@ mod tests {
         let mut s = Scheduler::new(&tests, Dist::Module, 2, |_| 1.0);
         assert_eq!(s.units(), 2);
         let b = s.next_batch(0).unwrap();
-        assert!(b == vec![0, 1, 2, 3, 4] || b == vec![5, 6, 7, 8, 9], "{b:?}");
+        assert!(
+            b == vec![0, 1, 2, 3, 4] || b == vec![5, 6, 7, 8, 9],
+            "{b:?}"
+        );
     }
 
     #[test]
@@ -259,7 +285,7 @@ mod tests {
             let mut s = Scheduler::new(&tests, dist, slots, |id| (id.len() % 7) as f64);
             let mut started = vec![0usize; n];
             let mut pending_steal: Vec<(usize, Vec<usize>)> = Vec::new();
-            let mut step = |s: &mut Scheduler, op: usize, slot: usize, pick: usize, started: &mut Vec<usize>, pending_steal: &mut Vec<(usize, Vec<usize>)>| {
+            let step = |s: &mut Scheduler, op: usize, slot: usize, pick: usize, started: &mut Vec<usize>, pending_steal: &mut Vec<(usize, Vec<usize>)>| {
                 let slot = slot % slots;
                 match op {
                     0 => { s.next_batch(slot); }

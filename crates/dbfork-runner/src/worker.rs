@@ -54,7 +54,12 @@ pub struct Spawned {
 }
 
 /// Starts `command` in `cwd` with `env` added to dbfork's own environment.
-pub fn spawn(command: &[String], env: &[(String, String)], cwd: &Path, echo: Echo) -> io::Result<Spawned> {
+pub fn spawn(
+    command: &[String],
+    env: &[(String, String)],
+    cwd: &Path,
+    echo: Echo,
+) -> io::Result<Spawned> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
@@ -102,7 +107,9 @@ async fn pump(stream: impl AsyncRead + Unpin, tail: Tail, echo: Echo, is_stderr:
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+        let line = String::from_utf8_lossy(&buf)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
         if let Echo::Prefixed(prefix) = &echo {
             if is_stderr {
                 eprintln!("{prefix}{line}");

@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a test command in parallel, each worker on its own clone of the migrated template.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Templates, clones and teardown, one step at a time.
     #[command(subcommand)]
     Db(DbCommand),
@@ -74,7 +74,12 @@ pub struct RunArgs {
     #[arg(long, env = "DBFORK_SETUP", value_name = "CMD")]
     pub setup: Option<String>,
     /// Files whose contents decide the template (migrations, fixtures): glob patterns, repeatable.
-    #[arg(long = "input", env = "DBFORK_INPUTS", value_name = "GLOB", value_delimiter = ',')]
+    #[arg(
+        long = "input",
+        env = "DBFORK_INPUTS",
+        value_name = "GLOB",
+        value_delimiter = ','
+    )]
     pub inputs: Option<Vec<String>>,
     /// How tests are grouped when handed to workers: test, class, module or file. [default: test]
     #[arg(long, env = "DBFORK_DIST", value_name = "UNIT")]

@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod errors;
+mod settings;
 mod signals;
 mod target;
 

@@ -80,7 +80,10 @@ async fn collect_leftovers(backend: &AnyBackend, args: &DbArgs) {
             }
             let n = collected.iter().filter(|c| c.dropped).count();
             if n > 0 {
-                eprintln!("dbfork: removed {n} database{} left by dbfork processes that are gone", if n == 1 { "" } else { "s" });
+                eprintln!(
+                    "dbfork: removed {n} database{} left by dbfork processes that are gone",
+                    if n == 1 { "" } else { "s" }
+                );
             }
         }
         Err(e) => tracing::warn!("could not collect leftovers: {e}"),

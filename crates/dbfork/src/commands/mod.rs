@@ -29,7 +29,7 @@ pub fn main() -> i32 {
     let result = runtime.block_on(async {
         match cli.command {
             // The runner handles its own signals: it forwards them to the workers.
-            Command::Run(args) => run::run(args, verbose).await,
+            Command::Run(args) => run::run(*args, verbose).await,
             Command::Db(command) => {
                 let cancel = crate::signals::install();
                 db::run(command, cancel).await.map(|()| errors::OK)

@@ -44,7 +44,10 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
     }
     match result {
         Ok(report) => {
-            if !report.tests.is_empty() || !report.collect_errors.is_empty() || report.exit_code == exit::NO_TESTS {
+            if !report.tests.is_empty()
+                || !report.collect_errors.is_empty()
+                || report.exit_code == exit::NO_TESTS
+            {
                 dbfork_runner::progress::print_final(&report);
             }
             Ok(report.exit_code)
@@ -52,7 +55,10 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
         Err(e) => {
             eprintln!("dbfork: error: {e}");
             if let RunError::Engine(dbfork_engine::Error::SetupFailed { .. }) = &e {
-                eprintln!("dbfork: the suite did not run (exit code {})", exit::SETUP_OR_DATABASE);
+                eprintln!(
+                    "dbfork: the suite did not run (exit code {})",
+                    exit::SETUP_OR_DATABASE
+                );
             }
             Ok(e.exit_code())
         }

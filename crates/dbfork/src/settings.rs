@@ -1,0 +1,975 @@
+//! The settings of `dbfork run`, resolved into one [`RunConfig`]. Each setting
+//! comes from the first of: its flag or `DBFORK_*` variable (clap has already
+//! chosen between those), the configuration file, the default.
+//!
+//! The configuration file is `--config FILE`, or else the first `dbfork.toml`
+//! (the whole file) or `pyproject.toml` with a `[tool.dbfork]` table found in
+//! the working directory or one of its parents. Its directory is the project
+//! root: relative paths in the file, and the default SQLite database and
+//! state directory, are taken from there, so `dbfork run` means the same from
+//! any subdirectory. Relative paths given by flags or variables are taken from
+//! the working directory, as a shell user expects.
+//!
+//! Every value is checked here, before anything starts, and a mistake names
+//! where it came from (`--dist / DBFORK_DIST`, or the key and the file).
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dbfork_runner::{Adapter, Dist, RunConfig};
+
+use crate::cli::{parse_duration, RunArgs};
+use crate::errors::UsageError;
+
+/// A setting: its configuration key, flag and variable.
+struct Key {
+    name: &'static str,
+    flag: &'static str,
+    env: &'static str,
+}
+
+const fn key(name: &'static str, flag: &'static str, env: &'static str) -> Key {
+    Key { name, flag, env }
+}
+
+/// Every key of the configuration file, in the order the docs list them.
+const KEYS: &[Key] = &[
+    key("db", "--db", "DBFORK_DB"),
+    key("setup", "--setup", "DBFORK_SETUP"),
+    key("inputs", "--input", "DBFORK_INPUTS"),
+    key("jobs", "--jobs", "DBFORK_JOBS"),
+    key("dist", "--dist", "DBFORK_DIST"),
+    key("adapter", "--adapter", "DBFORK_ADAPTER"),
+    key("timeout", "--timeout", "DBFORK_TIMEOUT"),
+    key(
+        "max_worker_restarts",
+        "--max-worker-restarts",
+        "DBFORK_MAX_WORKER_RESTARTS",
+    ),
+    key("grace", "--grace", "DBFORK_GRACE"),
+    key("junit", "--junit", "DBFORK_JUNIT"),
+    key("json", "--json", "DBFORK_JSON"),
+    key("clone_method", "--clone-method", "DBFORK_CLONE_METHOD"),
+    key(
+        "connect_timeout",
+        "--connect-timeout",
+        "DBFORK_CONNECT_TIMEOUT",
+    ),
+    key("drop_timeout", "--drop-timeout", "DBFORK_DROP_TIMEOUT"),
+    key("build_timeout", "--build-timeout", "DBFORK_BUILD_TIMEOUT"),
+];
+
+const CONFIG_FILE: &str = "dbfork.toml";
+const PYPROJECT: &str = "pyproject.toml";
+const DEFAULT_DB: &str = "sqlite://.dbfork/sqlite/main.sqlite3";
+const STATE_DIR: &str = ".dbfork";
+const DURATION_EXAMPLES: &str = "a number of seconds or a duration such as 90s, 250ms or 10m";
+
+/// Resolves `dbfork run`'s settings: flag or variable, then configuration
+/// file, then default. `cwd` is the (absolute) directory dbfork was started in.
+pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunConfig> {
+    let file = find_config(args.config.as_deref(), cwd)?;
+    let root = file
+        .as_ref()
+        .map_or_else(|| cwd.to_path_buf(), |f| f.dir.clone());
+    let from_file = match &file {
+        Some(file) => Layer::from_file(file)?,
+        None => Layer::default(),
+    };
+    let from_flags = Layer::from_args(args, cwd)?;
+
+    let jobs = match from_flags.jobs.or(from_file.jobs) {
+        Some(jobs) => jobs,
+        None => auto_jobs(),
+    };
+    Ok(RunConfig {
+        command: args.command.clone(),
+        db: from_flags
+            .db
+            .or(from_file.db)
+            .unwrap_or_else(|| absolute_sqlite(DEFAULT_DB, &root)),
+        setup: from_flags.setup.or(from_file.setup).flatten(),
+        inputs: from_flags.inputs.or(from_file.inputs).unwrap_or_default(),
+        jobs,
+        dist: from_flags.dist.or(from_file.dist).unwrap_or_default(),
+        adapter: from_flags.adapter.or(from_file.adapter).unwrap_or_default(),
+        timeout: from_flags.timeout.or(from_file.timeout).flatten(),
+        // Enough for every slot to lose a few workers to crashes or timeouts,
+        // not so many that a suite that kills every worker loops for long.
+        max_worker_restarts: from_flags
+            .max_worker_restarts
+            .or(from_file.max_worker_restarts)
+            .unwrap_or(4 * jobs),
+        grace: from_flags
+            .grace
+            .or(from_file.grace)
+            .unwrap_or(Duration::from_secs(10)),
+        junit: from_flags.junit.or(from_file.junit).flatten(),
+        json: from_flags.json.or(from_file.json).flatten(),
+        state_dir: root.join(STATE_DIR),
+        clone_method: from_flags
+            .clone_method
+            .or(from_file.clone_method)
+            .unwrap_or_else(|| "default".to_string()),
+        connect_timeout: from_flags
+            .connect_timeout
+            .or(from_file.connect_timeout)
+            .unwrap_or(Duration::from_secs(10)),
+        drop_timeout: from_flags
+            .drop_timeout
+            .or(from_file.drop_timeout)
+            .unwrap_or(Duration::from_secs(30)),
+        build_timeout: from_flags
+            .build_timeout
+            .or(from_file.build_timeout)
+            .unwrap_or(Duration::from_secs(30 * 60)),
+        lock_timeout: Duration::from_secs(30 * 60),
+        verbose,
+        // CI logs are not terminals, but some CI systems fake one; CI=... is
+        // the common signal that nobody watches a live display.
+        live: std::io::stderr().is_terminal()
+            && !matches!(std::env::var_os("CI"), Some(ci) if !ci.is_empty()),
+        config_file: file.map(|f| f.path),
+    })
+}
+
+/// `auto`: one slot per usable core.
+fn auto_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The configuration file in use: where it is and its settings table.
+struct ConfigFile {
+    path: PathBuf,
+    /// The project root: the file's directory.
+    dir: PathBuf,
+    /// Whether the table is `[tool.dbfork]` of a pyproject.toml (for messages).
+    pyproject: bool,
+    table: toml::Table,
+}
+
+fn find_config(explicit: Option<&Path>, cwd: &Path) -> anyhow::Result<Option<ConfigFile>> {
+    if let Some(path) = explicit {
+        let path = cwd.join(path);
+        if !path.exists() {
+            return Err(usage(format!(
+                "the configuration file {} (from --config / DBFORK_CONFIG) does not exist; check the path, or leave --config out to use dbfork.toml or pyproject.toml of this project.",
+                path.display()
+            )));
+        }
+        let is_pyproject = path.file_name().is_some_and(|n| n == PYPROJECT);
+        let document = read_toml(&path)?;
+        let table = if is_pyproject {
+            tool_dbfork(&document, &path)?.ok_or_else(|| {
+                usage(format!(
+                    "the configuration file {} (from --config / DBFORK_CONFIG) has no [tool.dbfork] table; add one, or point --config at another file.",
+                    path.display()
+                ))
+            })?
+        } else {
+            document
+        };
+        return Ok(Some(ConfigFile::new(path, is_pyproject, table)));
+    }
+    for dir in cwd.ancestors() {
+        let path = dir.join(CONFIG_FILE);
+        if path.is_file() {
+            let table = read_toml(&path)?;
+            return Ok(Some(ConfigFile::new(path, false, table)));
+        }
+        let path = dir.join(PYPROJECT);
+        if path.is_file() {
+            // A pyproject.toml without [tool.dbfork] belongs to a project
+            // that does not configure dbfork; keep looking further up.
+            if let Some(table) = tool_dbfork(&read_toml(&path)?, &path)? {
+                return Ok(Some(ConfigFile::new(path, true, table)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+impl ConfigFile {
+    fn new(path: PathBuf, pyproject: bool, table: toml::Table) -> ConfigFile {
+        let dir = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        ConfigFile {
+            path,
+            dir,
+            pyproject,
+            table,
+        }
+    }
+}
+
+fn read_toml(path: &Path) -> anyhow::Result<toml::Table> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        usage(format!(
+            "cannot read the configuration file {}: {e}",
+            path.display()
+        ))
+    })?;
+    text.parse::<toml::Table>().map_err(|e| {
+        usage(format!(
+            "the configuration file {} is not valid TOML; fix it, or point --config at another file:\n{e}",
+            path.display()
+        ))
+    })
+}
+
+/// The `[tool.dbfork]` table of a pyproject.toml, if it has one.
+fn tool_dbfork(document: &toml::Table, path: &Path) -> anyhow::Result<Option<toml::Table>> {
+    let Some(tool) = document.get("tool") else {
+        return Ok(None);
+    };
+    match tool.get("dbfork") {
+        None => Ok(None),
+        Some(toml::Value::Table(table)) => Ok(Some(table.clone())),
+        Some(other) => Err(usage(format!(
+            "`tool.dbfork` in {} is {}; it must be a table: write the settings under a [tool.dbfork] header.",
+            path.display(),
+            type_name(other)
+        ))),
+    }
+}
+
+/// Where a value came from, as messages name it.
+enum Origin<'a> {
+    Flag(&'a Key),
+    File {
+        /// The key as the file spells it.
+        spelled: &'a str,
+        file: &'a ConfigFile,
+    },
+}
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(key) => write!(f, "{} / {}", key.flag, key.env),
+            Origin::File { spelled, file } if file.pyproject => {
+                write!(f, "`{spelled}` in [tool.dbfork] of {}", file.path.display())
+            }
+            Origin::File { spelled, file } => {
+                write!(f, "`{spelled}` in {}", file.path.display())
+            }
+        }
+    }
+}
+
+/// A value as given: text from a flag or variable, or a TOML value.
+#[derive(Clone, Copy)]
+enum Raw<'a> {
+    Text(&'a str),
+    Toml(&'a toml::Value),
+}
+
+/// The settings one source gives (`None`: this source does not set it).
+/// Optional settings are `Some(None)` when the source explicitly turns them
+/// off, so a flag can switch off what the file sets.
+#[derive(Default)]
+struct Layer {
+    db: Option<String>,
+    setup: Option<Option<String>>,
+    inputs: Option<Vec<String>>,
+    jobs: Option<usize>,
+    dist: Option<Dist>,
+    adapter: Option<Adapter>,
+    timeout: Option<Option<Duration>>,
+    max_worker_restarts: Option<usize>,
+    grace: Option<Duration>,
+    junit: Option<Option<PathBuf>>,
+    json: Option<Option<PathBuf>>,
+    clone_method: Option<String>,
+    connect_timeout: Option<Duration>,
+    drop_timeout: Option<Duration>,
+    build_timeout: Option<Duration>,
+}
+
+impl Layer {
+    fn from_args(args: &RunArgs, cwd: &Path) -> anyhow::Result<Layer> {
+        let mut layer = Layer::default();
+        let texts = [
+            (&args.db, "db"),
+            (&args.setup, "setup"),
+            (&args.jobs, "jobs"),
+            (&args.dist, "dist"),
+            (&args.adapter, "adapter"),
+            (&args.timeout, "timeout"),
+            (&args.grace, "grace"),
+            (&args.clone_method, "clone_method"),
+            (&args.connect_timeout, "connect_timeout"),
+            (&args.drop_timeout, "drop_timeout"),
+            (&args.build_timeout, "build_timeout"),
+        ];
+        for (value, name) in texts {
+            if let Some(text) = value.as_deref() {
+                layer.set(name, Raw::Text(text), &Origin::Flag(known(name)), cwd)?;
+            }
+        }
+        // clap has already split and typed these.
+        if let Some(inputs) = &args.inputs {
+            layer.inputs = Some(
+                inputs
+                    .iter()
+                    .map(|i| i.trim().to_string())
+                    .filter(|i| !i.is_empty())
+                    .collect(),
+            );
+        }
+        layer.max_worker_restarts = args.max_worker_restarts;
+        layer.junit = args.junit.as_deref().map(|p| optional_path(p, cwd));
+        layer.json = args.json.as_deref().map(|p| optional_path(p, cwd));
+        Ok(layer)
+    }
+
+    fn from_file(file: &ConfigFile) -> anyhow::Result<Layer> {
+        let mut layer = Layer::default();
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for (spelled, value) in &file.table {
+            let normalized = spelled.replace('-', "_");
+            let Some(key) = KEYS.iter().find(|k| k.name == normalized) else {
+                let names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
+                let place = if file.pyproject {
+                    format!("[tool.dbfork] of {}", file.path.display())
+                } else {
+                    file.path.display().to_string()
+                };
+                return Err(usage(format!(
+                    "unknown key `{spelled}` in {place}; check its spelling. The known keys are: {}.",
+                    names.join(", ")
+                )));
+            };
+            if let Some((_, first)) = seen.iter().find(|(name, _)| *name == key.name) {
+                return Err(usage(format!(
+                    "`{}` is set twice in {} (as `{first}` and as `{spelled}`); keep one.",
+                    key.name,
+                    file.path.display()
+                )));
+            }
+            seen.push((key.name, spelled));
+            let origin = Origin::File { spelled, file };
+            layer.set(key.name, Raw::Toml(value), &origin, &file.dir)?;
+        }
+        Ok(layer)
+    }
+
+    /// Checks one value and stores it. `base` is the directory relative
+    /// paths are taken from.
+    fn set(
+        &mut self,
+        name: &str,
+        raw: Raw<'_>,
+        origin: &Origin<'_>,
+        base: &Path,
+    ) -> anyhow::Result<()> {
+        match name {
+            "db" => {
+                let url = string(raw, origin)?;
+                if url.trim().is_empty() {
+                    return Err(invalid(origin, "it is empty; give a database URL such as postgres://user@host:5432/postgres or sqlite:///abs/path.db"));
+                }
+                self.db = Some(absolute_sqlite(url.trim(), base));
+            }
+            "setup" => {
+                let command = string(raw, origin)?;
+                self.setup = Some(Some(command).filter(|c| !c.trim().is_empty()));
+            }
+            "inputs" => self.inputs = Some(string_list(raw, origin)?),
+            "jobs" => self.jobs = Some(jobs(raw, origin)?),
+            "dist" => {
+                let text = string(raw, origin)?;
+                let dist = Dist::parse(&text.trim().to_ascii_lowercase()).ok_or_else(|| {
+                    invalid(origin, format!("`{text}` is not one of {}", Dist::CHOICES))
+                })?;
+                self.dist = Some(dist);
+            }
+            "adapter" => {
+                let text = string(raw, origin)?;
+                let adapter =
+                    Adapter::parse(&text.trim().to_ascii_lowercase()).ok_or_else(|| {
+                        invalid(
+                            origin,
+                            format!("`{text}` is not one of {}", Adapter::CHOICES),
+                        )
+                    })?;
+                self.adapter = Some(adapter);
+            }
+            "timeout" => {
+                let off = match raw {
+                    Raw::Text(t) => Some(t),
+                    Raw::Toml(toml::Value::String(t)) => Some(t.as_str()),
+                    Raw::Toml(_) => None,
+                }
+                .is_some_and(|t| t.trim().is_empty() || t.trim().eq_ignore_ascii_case("none"));
+                self.timeout = Some(if off {
+                    None
+                } else {
+                    Some(duration(raw, origin, false)?)
+                });
+            }
+            "max_worker_restarts" => {
+                self.max_worker_restarts = Some(count(raw, origin, 0)?);
+            }
+            "grace" => self.grace = Some(duration(raw, origin, true)?),
+            "junit" => self.junit = Some(optional_path(Path::new(&string(raw, origin)?), base)),
+            "json" => self.json = Some(optional_path(Path::new(&string(raw, origin)?), base)),
+            "clone_method" => {
+                let method = string(raw, origin)?;
+                let method = method.trim();
+                if method.is_empty() {
+                    return Err(invalid(origin, "it is empty; give `default` or a method of the backend (PostgreSQL file-copy or wal-log, MySQL show-create or create-like, SQLite copy or backup)"));
+                }
+                self.clone_method = Some(method.to_string());
+            }
+            "connect_timeout" => self.connect_timeout = Some(duration(raw, origin, false)?),
+            "drop_timeout" => self.drop_timeout = Some(duration(raw, origin, false)?),
+            "build_timeout" => self.build_timeout = Some(duration(raw, origin, false)?),
+            // KEYS and this match list the same names; a key missing here is a bug.
+            other => {
+                return Err(anyhow::anyhow!(
+                    "internal error: the setting `{other}` has no parser; please report this bug"
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The entry of `KEYS` with this name.
+fn known(name: &str) -> &'static Key {
+    // Only called with names from this file's own list; the fallback keeps
+    // a typo among them from panicking (its messages would just be vaguer).
+    static UNKNOWN: Key = key("?", "?", "?");
+    KEYS.iter().find(|k| k.name == name).unwrap_or(&UNKNOWN)
+}
+
+fn string(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<String> {
+    match raw {
+        Raw::Text(text) => Ok(text.to_string()),
+        Raw::Toml(toml::Value::String(text)) => Ok(text.clone()),
+        Raw::Toml(other) => Err(invalid(
+            origin,
+            format!("it is {}, expected a string", type_name(other)),
+        )),
+    }
+}
+
+fn string_list(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<Vec<String>> {
+    let expected =
+        "expected a list of glob patterns, e.g. [\"migrations/**\", \"tests/fixtures/*.sql\"]";
+    match raw {
+        Raw::Text(text) => Ok(text
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect()),
+        Raw::Toml(toml::Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                toml::Value::String(text) => Ok(text.clone()),
+                other => Err(invalid(
+                    origin,
+                    format!("it contains {}, {expected}", type_name(other)),
+                )),
+            })
+            .collect(),
+        Raw::Toml(other) => Err(invalid(
+            origin,
+            format!("it is {}, {expected}", type_name(other)),
+        )),
+    }
+}
+
+fn jobs(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<usize> {
+    let allowed = "a number of worker slots (1 or more) or \"auto\"";
+    let number;
+    let text = match raw {
+        Raw::Toml(toml::Value::Integer(n)) => {
+            number = n.to_string();
+            number.as_str()
+        }
+        Raw::Toml(toml::Value::String(text)) => text.as_str(),
+        Raw::Text(text) => text,
+        Raw::Toml(other) => {
+            return Err(invalid(
+                origin,
+                format!("it is {}, expected {allowed}", type_name(other)),
+            ))
+        }
+    };
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(auto_jobs());
+    }
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(invalid(origin, format!("`{text}` is not {allowed}"))),
+    }
+}
+
+/// A whole number of at least `min`.
+fn count(raw: Raw<'_>, origin: &Origin<'_>, min: usize) -> anyhow::Result<usize> {
+    let allowed = format!("a whole number, {min} or more");
+    let n = match raw {
+        Raw::Toml(toml::Value::Integer(n)) => usize::try_from(*n).ok(),
+        Raw::Text(text) => text.trim().parse::<usize>().ok(),
+        Raw::Toml(toml::Value::String(text)) => text.trim().parse::<usize>().ok(),
+        Raw::Toml(other) => {
+            return Err(invalid(
+                origin,
+                format!("it is {}, expected {allowed}", type_name(other)),
+            ))
+        }
+    };
+    match n {
+        Some(n) if n >= min => Ok(n),
+        _ => {
+            let shown = match raw {
+                Raw::Text(text) => text.to_string(),
+                Raw::Toml(toml::Value::String(text)) => text.clone(),
+                Raw::Toml(toml::Value::Integer(n)) => n.to_string(),
+                Raw::Toml(other) => type_name(other).to_string(),
+            };
+            Err(invalid(origin, format!("`{shown}` is not {allowed}")))
+        }
+    }
+}
+
+/// A duration: a number of seconds (a TOML number, or text) or text with a
+/// unit. Zero only where `zero_ok` (a zero connect timeout could never succeed).
+fn duration(raw: Raw<'_>, origin: &Origin<'_>, zero_ok: bool) -> anyhow::Result<Duration> {
+    let value = match raw {
+        Raw::Text(text) => parse_duration(text).map_err(|why| invalid(origin, why))?,
+        Raw::Toml(toml::Value::String(text)) => {
+            parse_duration(text).map_err(|why| invalid(origin, why))?
+        }
+        Raw::Toml(toml::Value::Integer(n)) => {
+            u64::try_from(*n).map(Duration::from_secs).map_err(|_| {
+                invalid(
+                    origin,
+                    format!("`{n}` is negative; expected {DURATION_EXAMPLES}"),
+                )
+            })?
+        }
+        Raw::Toml(toml::Value::Float(x)) => Duration::try_from_secs_f64(*x)
+            .map_err(|_| invalid(origin, format!("`{x}` is not {DURATION_EXAMPLES}")))?,
+        Raw::Toml(other) => {
+            return Err(invalid(
+                origin,
+                format!("it is {}, expected {DURATION_EXAMPLES}", type_name(other)),
+            ))
+        }
+    };
+    if value.is_zero() && !zero_ok {
+        return Err(invalid(
+            origin,
+            format!("it is zero; expected {DURATION_EXAMPLES}, more than 0"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A report path taken from `base`; empty means no report.
+fn optional_path(path: &Path, base: &Path) -> Option<PathBuf> {
+    if path.as_os_str().is_empty() {
+        None
+    } else {
+        Some(base.join(path))
+    }
+}
+
+/// A relative SQLite URL (`sqlite://rel/main.db`) made absolute against
+/// `base`, because the database must be the same file whoever runs dbfork from
+/// wherever; every other URL unchanged.
+fn absolute_sqlite(url: &str, base: &Path) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let is_sqlite = matches!(scheme.to_ascii_lowercase().as_str(), "sqlite" | "sqlite3");
+    if !is_sqlite || rest.is_empty() || rest.starts_with('/') {
+        return url.to_string();
+    }
+    let mut relative = rest;
+    while let Some(stripped) = relative.strip_prefix("./") {
+        relative = stripped;
+    }
+    // The URL's path is percent-decoded and cut at `?`; the base directory's
+    // own `%` and `?` must survive that.
+    let base = base
+        .to_string_lossy()
+        .replace('%', "%25")
+        .replace('?', "%3F");
+    let base = base.trim_end_matches('/');
+    format!("{scheme}://{base}/{relative}")
+}
+
+fn type_name(value: &toml::Value) -> &'static str {
+    match value {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date",
+        toml::Value::Array(_) => "a list",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+fn invalid(origin: &Origin<'_>, why: impl fmt::Display) -> anyhow::Error {
+    usage(format!("invalid {origin}: {why}."))
+}
+
+fn usage(message: String) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> RunArgs {
+        RunArgs {
+            jobs: None,
+            db: None,
+            setup: None,
+            inputs: None,
+            dist: None,
+            adapter: None,
+            timeout: None,
+            max_worker_restarts: None,
+            grace: None,
+            junit: None,
+            json: None,
+            clone_method: None,
+            connect_timeout: None,
+            drop_timeout: None,
+            build_timeout: None,
+            config: None,
+            command: vec!["pytest".into(), "-q".into()],
+        }
+    }
+
+    /// A project directory with a subdirectory to run from.
+    fn project() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap().join("proj");
+        let sub = root.join("tests/unit");
+        std::fs::create_dir_all(&sub).unwrap();
+        (dir, root, sub)
+    }
+
+    fn error_text(result: anyhow::Result<RunConfig>) -> String {
+        let err = result.unwrap_err();
+        assert!(err.downcast_ref::<UsageError>().is_some(), "{err:#}");
+        format!("{err:#}")
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let (_dir, root, _) = project();
+        let config = resolve(&args(), 1, &root).unwrap();
+        assert_eq!(config.command, vec!["pytest", "-q"]);
+        assert!(config.jobs >= 1);
+        assert_eq!(config.max_worker_restarts, 4 * config.jobs);
+        assert_eq!(
+            config.db,
+            format!("sqlite://{}/.dbfork/sqlite/main.sqlite3", root.display())
+        );
+        assert!(config.db.starts_with("sqlite:///"));
+        assert_eq!(config.state_dir, root.join(".dbfork"));
+        assert_eq!(config.dist, Dist::Test);
+        assert_eq!(config.adapter, Adapter::Auto);
+        assert_eq!(config.timeout, None);
+        assert_eq!(config.grace, Duration::from_secs(10));
+        assert_eq!(config.clone_method, "default");
+        assert_eq!(config.connect_timeout, Duration::from_secs(10));
+        assert_eq!(config.drop_timeout, Duration::from_secs(30));
+        assert_eq!(config.build_timeout, Duration::from_secs(1800));
+        assert_eq!(config.lock_timeout, Duration::from_secs(1800));
+        assert_eq!(config.verbose, 1);
+        assert!(config.setup.is_none() && config.inputs.is_empty());
+        assert!(config.junit.is_none() && config.config_file.is_none());
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let (_dir, root, sub) = project();
+        std::fs::write(
+            root.join("dbfork.toml"),
+            "dist = \"module\"\njobs = 3\ntimeout = 90\nsetup = \"alembic upgrade head\"\ninputs = [\"migrations/**\"]\n",
+        )
+        .unwrap();
+        let config = resolve(&args(), 0, &sub).unwrap();
+        assert_eq!(config.config_file, Some(root.join("dbfork.toml")));
+        assert_eq!(config.dist, Dist::Module);
+        assert_eq!(config.jobs, 3);
+        assert_eq!(config.max_worker_restarts, 12);
+        assert_eq!(config.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(config.setup.as_deref(), Some("alembic upgrade head"));
+        assert_eq!(config.inputs, vec!["migrations/**"]);
+        // Not in the file: the default.
+        assert_eq!(config.adapter, Adapter::Auto);
+        // The state and default database belong to the project root, not the cwd.
+        assert_eq!(config.state_dir, root.join(".dbfork"));
+
+        let flags = RunArgs {
+            dist: Some("class".into()),
+            jobs: Some("2".into()),
+            timeout: Some("none".into()),
+            setup: Some(String::new()),
+            inputs: Some(vec!["schema.sql".into()]),
+            ..args()
+        };
+        let config = resolve(&flags, 0, &sub).unwrap();
+        assert_eq!(config.dist, Dist::Class);
+        assert_eq!(config.jobs, 2);
+        assert_eq!(config.max_worker_restarts, 8);
+        assert_eq!(config.timeout, None);
+        assert_eq!(config.setup, None);
+        assert_eq!(config.inputs, vec!["schema.sql"]);
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_known_keys() {
+        let (_dir, root, _) = project();
+        std::fs::write(root.join("dbfork.toml"), "dbb = \"postgres://x/y\"\n").unwrap();
+        let text = error_text(resolve(&args(), 0, &root));
+        assert!(text.contains("unknown key `dbb`"), "{text}");
+        assert!(
+            text.contains(&root.join("dbfork.toml").display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("db, setup, inputs, jobs, dist"), "{text}");
+        assert!(text.contains("build_timeout"), "{text}");
+    }
+
+    #[test]
+    fn wrong_values_say_what_is_allowed() {
+        let (_dir, root, _) = project();
+        let file = root.join("dbfork.toml");
+        for (toml, wanted) in [
+            ("dist = \"row\"", "invalid `dist` in"),
+            ("dist = \"row\"", "test, class, module or file"),
+            (
+                "jobs = 0",
+                "is not a number of worker slots (1 or more) or \"auto\"",
+            ),
+            ("jobs = \"many\"", "`many` is not a number of worker slots"),
+            ("jobs = 1.5", "it is a float"),
+            ("timeout = \"soon\"", "`soon` is not a duration"),
+            ("timeout = 0", "it is zero"),
+            (
+                "inputs = \"migrations\"",
+                "expected a list of glob patterns",
+            ),
+            ("adapter = \"nose\"", "auto, pytest or none"),
+            (
+                "max-worker-restarts = -1",
+                "`-1` is not a whole number, 0 or more",
+            ),
+            ("db = \"\"", "it is empty"),
+        ] {
+            std::fs::write(&file, toml).unwrap();
+            let text = error_text(resolve(&args(), 0, &root));
+            assert!(text.contains(wanted), "{toml}: {text}");
+            assert!(text.contains(&file.display().to_string()), "{toml}: {text}");
+        }
+        std::fs::write(&file, "dist = \"module\"\ndist-x = 1").unwrap();
+        assert!(error_text(resolve(&args(), 0, &root)).contains("unknown key `dist-x`"));
+    }
+
+    #[test]
+    fn wrong_flag_values_name_flag_and_variable() {
+        let (_dir, root, _) = project();
+        let cases = [
+            (
+                RunArgs {
+                    dist: Some("row".into()),
+                    ..args()
+                },
+                "invalid --dist / DBFORK_DIST: `row` is not one of test, class, module or file.",
+            ),
+            (
+                RunArgs {
+                    jobs: Some("0".into()),
+                    ..args()
+                },
+                "invalid --jobs / DBFORK_JOBS: `0` is not a number",
+            ),
+            (
+                RunArgs {
+                    grace: Some("5y".into()),
+                    ..args()
+                },
+                "invalid --grace / DBFORK_GRACE: unknown unit",
+            ),
+            (
+                RunArgs {
+                    connect_timeout: Some("0s".into()),
+                    ..args()
+                },
+                "invalid --connect-timeout / DBFORK_CONNECT_TIMEOUT: it is zero",
+            ),
+        ];
+        for (flags, wanted) in cases {
+            let text = error_text(resolve(&flags, 0, &root));
+            assert!(text.contains(wanted), "{text}");
+        }
+    }
+
+    #[test]
+    fn kebab_case_keys() {
+        let (_dir, root, _) = project();
+        std::fs::write(
+            root.join("dbfork.toml"),
+            "max-worker-restarts = 7\nclone-method = \"copy\"\nconnect-timeout = \"250ms\"\ndrop_timeout = 5\nbuild-timeout = \"10m\"\ngrace = 0.5\n",
+        )
+        .unwrap();
+        let config = resolve(&args(), 0, &root).unwrap();
+        assert_eq!(config.max_worker_restarts, 7);
+        assert_eq!(config.clone_method, "copy");
+        assert_eq!(config.connect_timeout, Duration::from_millis(250));
+        assert_eq!(config.drop_timeout, Duration::from_secs(5));
+        assert_eq!(config.build_timeout, Duration::from_secs(600));
+        assert_eq!(config.grace, Duration::from_millis(500));
+
+        std::fs::write(
+            root.join("dbfork.toml"),
+            "clone-method = \"copy\"\nclone_method = \"backup\"\n",
+        )
+        .unwrap();
+        let text = error_text(resolve(&args(), 0, &root));
+        assert!(text.contains("`clone_method` is set twice"), "{text}");
+    }
+
+    #[test]
+    fn pyproject_without_tool_dbfork_is_skipped() {
+        let (_dir, root, sub) = project();
+        std::fs::write(
+            root.join("pyproject.toml"),
+            "[project]\nname = \"app\"\n\n[tool.dbfork]\njobs = 5\n",
+        )
+        .unwrap();
+        // A nested package's pyproject.toml that does not configure dbfork.
+        std::fs::write(
+            root.join("tests/pyproject.toml"),
+            "[tool.pytest.ini_options]\naddopts = \"-q\"\n",
+        )
+        .unwrap();
+        let config = resolve(&args(), 0, &sub).unwrap();
+        assert_eq!(config.jobs, 5);
+        assert_eq!(config.config_file, Some(root.join("pyproject.toml")));
+
+        // dbfork.toml wins over pyproject.toml in the same directory.
+        std::fs::write(root.join("dbfork.toml"), "jobs = 6\n").unwrap();
+        assert_eq!(resolve(&args(), 0, &sub).unwrap().jobs, 6);
+
+        // Unknown keys in [tool.dbfork] say so.
+        std::fs::remove_file(root.join("dbfork.toml")).unwrap();
+        std::fs::write(root.join("pyproject.toml"), "[tool.dbfork]\nworkers = 2\n").unwrap();
+        let text = error_text(resolve(&args(), 0, &sub));
+        assert!(
+            text.contains("unknown key `workers` in [tool.dbfork] of"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn relative_paths_in_the_file_are_from_its_directory() {
+        let (_dir, root, sub) = project();
+        std::fs::write(
+            root.join("dbfork.toml"),
+            "db = \"sqlite://./var/test.db?mode=rwc\"\njunit = \"reports/junit.xml\"\njson = \"\"\n",
+        )
+        .unwrap();
+        let config = resolve(&args(), 0, &sub).unwrap();
+        assert_eq!(
+            config.db,
+            format!("sqlite://{}/var/test.db?mode=rwc", root.display())
+        );
+        assert_eq!(config.junit, Some(root.join("reports/junit.xml")));
+        assert_eq!(config.json, None);
+
+        // From flags: relative to the working directory.
+        let flags = RunArgs {
+            db: Some("sqlite://local.db".into()),
+            junit: Some("out.xml".into()),
+            ..args()
+        };
+        let config = resolve(&flags, 0, &sub).unwrap();
+        assert_eq!(config.db, format!("sqlite://{}/local.db", sub.display()));
+        assert_eq!(config.junit, Some(sub.join("out.xml")));
+
+        // Other URLs are left alone.
+        let flags = RunArgs {
+            db: Some("postgres://u@h:5432/postgres".into()),
+            ..args()
+        };
+        assert_eq!(
+            resolve(&flags, 0, &sub).unwrap().db,
+            "postgres://u@h:5432/postgres"
+        );
+    }
+
+    #[test]
+    fn explicit_config_file() {
+        let (_dir, root, sub) = project();
+        let missing = RunArgs {
+            config: Some("nope.toml".into()),
+            ..args()
+        };
+        let text = error_text(resolve(&missing, 0, &sub));
+        assert!(
+            text.contains("nope.toml") && text.contains("does not exist"),
+            "{text}"
+        );
+
+        std::fs::write(root.join("ci.toml"), "dist = \"file\"\n").unwrap();
+        // Ignored: --config names the file.
+        std::fs::write(sub.join("dbfork.toml"), "dist = \"class\"\n").unwrap();
+        let explicit = RunArgs {
+            config: Some("../../ci.toml".into()),
+            ..args()
+        };
+        let config = resolve(&explicit, 0, &sub).unwrap();
+        assert_eq!(config.dist, Dist::File);
+
+        std::fs::write(root.join("bad.toml"), "dist = \n").unwrap();
+        let broken = RunArgs {
+            config: Some(root.join("bad.toml")),
+            ..args()
+        };
+        let text = error_text(resolve(&broken, 0, &sub));
+        assert!(text.contains("is not valid TOML"), "{text}");
+    }
+
+    #[test]
+    fn sqlite_urls() {
+        let base = Path::new("/srv/app 1%");
+        assert_eq!(
+            absolute_sqlite("sqlite://x.db", base),
+            "sqlite:///srv/app 1%25/x.db"
+        );
+        assert_eq!(
+            absolute_sqlite("sqlite:///abs.db", base),
+            "sqlite:///abs.db"
+        );
+        assert_eq!(
+            absolute_sqlite("sqlite3://./a/b.db", base),
+            "sqlite3:///srv/app 1%25/a/b.db"
+        );
+        assert_eq!(
+            absolute_sqlite("mysql://root@h/mysql", base),
+            "mysql://root@h/mysql"
+        );
+        assert_eq!(
+            absolute_sqlite("postgres:ephemeral", base),
+            "postgres:ephemeral"
+        );
+    }
+}
