@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create or update the Python venv used by the benchmark schema (bench/schema/).
+# Create or update the Python venv used by the benchmarks (bench/schema/, bench/runner.py).
 #
 #   bash bench/setup-venv.sh            # venv at <repo>/.venv
 #   VENV=/some/path bash bench/setup-venv.sh
@@ -54,11 +54,11 @@ fi
 if "$venv/bin/python" - "$req" >/dev/null 2>&1 <<'PY'
 import sys
 try:
-    import django, psycopg, MySQLdb  # noqa: F401
+    import django, psycopg, MySQLdb, pytest, xdist  # noqa: F401
 except ImportError:
     sys.exit(1)
 v = tuple(int(x) for x in django.__version__.split(".")[:2])
-sys.exit(0 if v == (5, 2) else 1)
+sys.exit(0 if v == (5, 2) and pytest.__version__ == "9.2.0" and xdist.__version__ == "3.8.0" else 1)
 PY
 then
   echo "setup-venv: $venv is up to date" >&2
@@ -67,4 +67,4 @@ else
   "$venv/bin/python" -m pip install -q -r "$req"
 fi
 
-"$venv/bin/python" -c 'import django, psycopg, MySQLdb; print("setup-venv: ok: Django", django.get_version(), "psycopg", psycopg.__version__, "mysqlclient", ".".join(map(str, MySQLdb.version_info[:3])))'
+"$venv/bin/python" -c 'import django, psycopg, MySQLdb, pytest, xdist; print("setup-venv: ok: Django", django.get_version(), "psycopg", psycopg.__version__, "mysqlclient", ".".join(map(str, MySQLdb.version_info[:3])), "pytest", pytest.__version__, "pytest-xdist", xdist.__version__)'

@@ -563,7 +563,8 @@ impl Dispatcher {
                 vars.push(("PYTHONPATH".to_string(), path.clone()));
             }
             if std::env::var_os("PYTEST_DISABLE_PLUGIN_AUTOLOAD").is_some() {
-                command.extend(["-p".to_string(), "dbfork_pytest".to_string()]);
+                // `-p dbfork` finds the entry point of the dist-info written beside it.
+                command.extend(["-p".to_string(), "dbfork".to_string()]);
             }
         }
         let echo = if !self.pytest {
@@ -642,10 +643,12 @@ impl Dispatcher {
         self.conns.insert(conn, Conn { tx, slot: None });
     }
 
-    fn send(&self, slot: usize, message: &RunnerMessage) {
+    /// Sends to `slot`'s worker; false when it has no connection (yet).
+    fn send(&self, slot: usize, message: &RunnerMessage) -> bool {
         let conn = self.slots[slot].worker.as_ref().and_then(|w| w.conn);
-        if let Some(c) = conn.and_then(|c| self.conns.get(&c)) {
-            let _ = c.tx.send(protocol::encode(message));
+        match conn.and_then(|c| self.conns.get(&c)) {
+            Some(c) => c.tx.send(protocol::encode(message)).is_ok(),
+            None => false,
         }
     }
 
@@ -674,6 +677,9 @@ impl Dispatcher {
                     w.hello = true;
                 }
                 self.progress.worker(slot, "collecting");
+                if self.stopping || self.slots[slot].retired {
+                    self.stop_worker(slot);
+                }
                 return;
             }
             (Some(owner), _) => owner,
@@ -865,10 +871,12 @@ impl Dispatcher {
             if let Some(w) = self.slots[slot].worker.as_mut() {
                 w.hungry = false;
             }
-            return self.send(slot, &RunnerMessage::Run { tests: batch });
+            self.send(slot, &RunnerMessage::Run { tests: batch });
+            return;
         }
         if let Some((victim, tests)) = scheduler.pick_steal(slot) {
-            return self.send(victim, &RunnerMessage::Steal { tests });
+            self.send(victim, &RunnerMessage::Steal { tests });
+            return;
         }
         if scheduler.steal_pending() || self.replacement_coming() {
             return;
@@ -887,10 +895,12 @@ impl Dispatcher {
         self.slots.iter().any(|s| s.busy_with_clone && !s.retired)
     }
 
+    /// Tells `slot`'s worker to finish. One that has not connected yet is told
+    /// when it says hello.
     fn stop_worker(&mut self, slot: usize) {
-        self.send(slot, &RunnerMessage::Stop);
+        let sent = self.send(slot, &RunnerMessage::Stop);
         if let Some(w) = self.slots[slot].worker.as_mut() {
-            w.stopped = true;
+            w.stopped = sent;
             w.hungry = false;
         }
     }
@@ -943,7 +953,7 @@ impl Dispatcher {
                 Some(4) => (exit::USAGE, "pytest refused its arguments (usage error)".to_string()),
                 Some(0 | 1) => (
                     exit::USAGE,
-                    "pytest ran without dbfork's plugin (is `-p no:dbfork` in PYTEST_ADDOPTS or the config?); use `--adapter none` to run the command once per worker instead".to_string(),
+                    "the test command ended before it connected to dbfork: it could not start (see its output), or pytest ran without dbfork's plugin (`-p no:dbfork` in PYTEST_ADDOPTS or the config; use `--adapter none` to run the command once per worker instead)".to_string(),
                 ),
                 Some(5) => (exit::NO_TESTS, "pytest collected no tests".to_string()),
                 _ => (exit::SETUP_OR_DATABASE, format!("the test command ended ({how}) before it started running tests")),

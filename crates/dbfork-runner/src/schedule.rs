@@ -98,28 +98,36 @@ impl Scheduler {
     }
 
     /// The next batch for `slot`, or `None` when the queue is empty.
+    ///
+    /// A unit worth more than the target goes alone with one short unit from
+    /// the back of the queue behind it: a worker commits to the test after the
+    /// one it runs (pytest's `nextitem`), so that one must be short, or two long
+    /// tests end up on one worker with nobody able to take the second.
     pub fn next_batch(&mut self, slot: usize) -> Option<Vec<usize>> {
         let left: f64 = self.queue.iter().map(|u| u.seconds).sum();
         let target = left / (2 * self.slots.max(1)) as f64;
+        let first = self.queue.pop_front()?;
         let mut batch = Vec::new();
-        let mut seconds = 0.0;
-        while let Some(unit) = self.queue.front() {
-            let fits = batch.is_empty()
-                || (seconds + unit.seconds <= target
-                    && batch.len() + unit.tests.len() <= MAX_BATCH);
-            if !fits {
-                break;
+        if first.seconds > target && self.slots > 1 {
+            batch.extend(first.tests);
+            if let Some(filler) = self.queue.pop_back() {
+                batch.extend(filler.tests);
             }
-            let Some(unit) = self.queue.pop_front() else {
-                break;
-            };
-            seconds += unit.seconds;
-            batch.extend(unit.tests);
+        } else {
+            let mut seconds = first.seconds;
+            batch.extend(first.tests);
+            while let Some(unit) = self.queue.front() {
+                if seconds + unit.seconds > target || batch.len() + unit.tests.len() > MAX_BATCH {
+                    break;
+                }
+                let Some(unit) = self.queue.pop_front() else {
+                    break;
+                };
+                seconds += unit.seconds;
+                batch.extend(unit.tests);
+            }
+            batch.sort_unstable();
         }
-        if batch.is_empty() {
-            return None;
-        }
-        batch.sort_unstable();
         self.held[slot].extend(&batch);
         Some(batch)
     }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 /// How many lines of a worker's output are kept for its crash report.
-const TAIL_LINES: usize = 40;
+const TAIL_LINES: usize = 100;
 
 /// The last lines a worker wrote, stdout and stderr interleaved as they came.
 #[derive(Debug, Clone, Default)]

@@ -6,6 +6,9 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "run/mod.rs"]
+mod run_tests;
+
 use std::time::{Duration, Instant};
 
 use support::{dbfork, run, Kind, Place};

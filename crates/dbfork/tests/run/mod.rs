@@ -1,0 +1,618 @@
+//! `dbfork run`: the fixture pytest project (tests/fixtures/pytest_suite) run by
+//! real pytest workers, compared with a serial pytest run, and every way a run
+//! can end checked for leftovers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{dbfork, Kind, Place};
+
+/// The Python with pytest: `DBFORK_TEST_PYTHON`, else the repository's `.venv`
+/// (`scripts/test` creates it). Missing is a failure, not a skip.
+fn python() -> String {
+    if let Ok(p) = std::env::var("DBFORK_TEST_PYTHON") {
+        return p;
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with pytest: run the tests with scripts/test (it makes .venv) or set DBFORK_TEST_PYTHON"
+    );
+    // Not canonicalized: the venv's python is a symlink, and its path is what selects the venv.
+    venv.display().to_string()
+}
+
+/// A copy of the fixture project in the place's directory (timings and caches stay there).
+fn suite(place: &Place) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pytest_suite");
+    let dst = place.dir.path().join("suite");
+    let ok = Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let _ = std::fs::remove_dir_all(dst.join(".pytest_cache"));
+    dst
+}
+
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    report: serde_json::Value,
+}
+
+fn run_args(place: &Place, dir: &Path, extra: &[&str], command: &[&str]) -> Command {
+    let mut c = dbfork();
+    c.current_dir(dir)
+        .env_remove("CI")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args(["run", "--db", &place.url])
+        .args([
+            "--setup",
+            &format!("{} setup_db.py", python()),
+            "--input",
+            "setup_db.py",
+        ])
+        .args(["--json", "report.json"])
+        .args(extra)
+        .arg("--")
+        .args(command);
+    c
+}
+
+fn pytest_command(args: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        python(),
+        "-m".into(),
+        "pytest".into(),
+        "-p".into(),
+        "no:cacheprovider".into(),
+    ];
+    v.extend(args.iter().map(|s| s.to_string()));
+    v
+}
+
+fn dbfork_run(
+    place: &Place,
+    dir: &Path,
+    extra: &[&str],
+    pytest_args: &[&str],
+    envs: &[(&str, &str)],
+) -> Outcome {
+    let command = pytest_command(pytest_args);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let out = run_args(place, dir, extra, &command)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    let report = std::fs::read_to_string(dir.join("report.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let _ = std::fs::remove_file(dir.join("report.json"));
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+        report,
+    }
+}
+
+/// The closing line without its time: `1 failed, 12 passed, 3 skipped`.
+fn summary(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| {
+            l.contains(" in ")
+                && (l.starts_with('=') || l.contains("passed") || l.contains("failed"))
+        })
+        .unwrap_or("");
+    let line = line.trim_matches(|c| c == '=' || c == ' ');
+    line.rsplit_once(" in ")
+        .map(|(s, _)| s.to_string())
+        .unwrap_or_default()
+}
+
+/// No clone of any run is left: only templates in the registry, only template files on disk.
+fn assert_no_clones(place: &Place) {
+    let registry = place.registry();
+    let clones: Vec<_> = registry
+        .iter()
+        .filter(|e| e["kind"] != "template")
+        .collect();
+    assert!(clones.is_empty(), "clones left in the registry: {clones:?}");
+    if place.kind == Kind::Sqlite {
+        let files: Vec<String> = std::fs::read_dir(place.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("dbfork_") && !n.starts_with("dbfork_tpl_"))
+            .collect();
+        assert!(files.is_empty(), "clone files left: {files:?}");
+    }
+}
+
+fn test_ids(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["tests"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    (
+                        t["id"].as_str().unwrap_or("").to_string(),
+                        t["outcome"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn run_matches_a_serial_pytest_run() {
+    let place = Place::new(Kind::Sqlite, "run_serial");
+    let dir = suite(&place);
+    // Serial pytest on its own database built by the same setup.
+    let serial_db = place.dir.path().join("serial.sqlite3");
+    let url = format!("sqlite:///{}", serial_db.display());
+    let py = python();
+    let ok = Command::new(&py)
+        .arg("setup_db.py")
+        .current_dir(&dir)
+        .env("DATABASE_URL", &url)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let serial = Command::new(&py)
+        .args(["-m", "pytest", "-p", "no:cacheprovider"])
+        .current_dir(&dir)
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    let serial_out = String::from_utf8_lossy(&serial.stdout).to_string();
+    let collected = Command::new(&py)
+        .args([
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--collect-only",
+            "-q",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let mut expected_ids: Vec<String> = String::from_utf8_lossy(&collected.stdout)
+        .lines()
+        .filter(|l| l.contains("::"))
+        .map(String::from)
+        .collect();
+    expected_ids.sort();
+    assert!(expected_ids.len() > 50, "{expected_ids:?}");
+
+    let marks = place.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let marks_env = marks.display().to_string();
+    let junit = place.dir.path().join("junit.xml").display().to_string();
+    let out = dbfork_run(
+        &place,
+        &dir,
+        &["-j", "2", "--junit", &junit],
+        &[],
+        &[("FIXTURE_MARKS_DIR", &marks_env)],
+    );
+
+    assert_eq!(
+        out.code,
+        serial.status.code().unwrap(),
+        "exit code differs from serial pytest's\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(
+        summary(&out.stdout),
+        summary(&serial_out),
+        "dbfork:\n{}\nserial:\n{serial_out}",
+        out.stdout
+    );
+    assert!(!summary(&out.stdout).is_empty());
+    // Every test ran exactly once, on a worker.
+    let mut ids: Vec<String> = test_ids(&out.report)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, expected_ids);
+    let slots: std::collections::BTreeSet<u64> = out.report["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["slot"].as_u64())
+        .collect();
+    assert_eq!(slots.len(), 2, "both workers ran tests");
+    assert!(
+        out.stdout.contains("FAILURES") && out.stdout.contains("[gw"),
+        "{}",
+        out.stdout
+    );
+    // Failures show their captured output.
+    assert!(out.stdout.contains("Captured stdout"), "{}", out.stdout);
+    // Module- and class-scoped fixtures: every setup has its teardown, in the same process.
+    for entry in std::fs::read_dir(&marks).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let setups = text.lines().filter(|l| l.starts_with("setup")).count();
+        let teardowns = text.lines().filter(|l| l.starts_with("teardown")).count();
+        assert!(setups > 0 && setups == teardowns, "{text}");
+    }
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("<testsuites") && xml.contains("worker"),
+        "{xml}"
+    );
+    assert!(dir.join(".dbfork/timings.json").exists());
+    assert_no_clones(&place);
+
+    // A second run reuses the template (the setup is not run again) and uses the timings.
+    let again = dbfork_run(&place, &dir, &["-j", "2"], &[], &[]);
+    assert_eq!(summary(&again.stdout), summary(&serial_out));
+    assert!(
+        again.stderr.contains("reusing template"),
+        "{}",
+        again.stderr
+    );
+    assert_no_clones(&place);
+}
+
+#[test]
+fn crashes_and_hangs_are_reported_and_the_run_goes_on() {
+    let place = Place::new(Kind::Sqlite, "run_crash");
+    let dir = suite(&place);
+    let out = dbfork_run(
+        &place,
+        &dir,
+        &["-j", "2", "--timeout", "5"],
+        &["crashy"],
+        &[("DBFORK_FIXTURE_CRASH", "1")],
+    );
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let tests = test_ids(&out.report);
+    let outcome = |name: &str| {
+        let found: Vec<_> = tests.iter().filter(|(id, _)| id.contains(name)).collect();
+        assert!(!found.is_empty(), "no test matching {name} in {tests:?}");
+        found.iter().map(|(_, o)| o.clone()).collect::<Vec<_>>()
+    };
+    assert!(
+        outcome("test_exit.py").contains(&"crashed".to_string()),
+        "{tests:?}"
+    );
+    assert!(
+        outcome("test_segv.py").contains(&"crashed".to_string()),
+        "{tests:?}"
+    );
+    assert!(
+        outcome("test_hang.py").contains(&"timed_out".to_string()),
+        "{tests:?}"
+    );
+    // Everything else in those files passed, each test exactly once.
+    let ids: std::collections::BTreeSet<&String> = tests.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), tests.len());
+    let passed = tests.iter().filter(|(_, o)| o == "passed").count();
+    assert_eq!(passed + 3, tests.len(), "{tests:?}");
+    assert!(out.stdout.contains("SIGSEGV"), "{}", out.stdout);
+    assert!(out.stdout.contains("exit code 3"), "{}", out.stdout);
+    // pytest's faulthandler writes the crashing traceback: the report shows the worker's last output.
+    assert!(out.stdout.contains("Segmentation fault"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("replacing it on a fresh clone"),
+        "{}",
+        out.stderr
+    );
+    assert_no_clones(&place);
+}
+
+fn spawn_run(place: &Place, dir: &Path, extra: &[&str]) -> Child {
+    let command = pytest_command(&[]);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    run_args(place, dir, extra, &command)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_with_deadline(child: &mut Child, limit: Duration) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            use std::os::unix::process::ExitStatusExt;
+            return status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dbfork run did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+#[test]
+fn sigint_at_20_moments_and_sigterm_leave_nothing() {
+    let place = Place::new(Kind::Sqlite, "run_sigint");
+    let dir = suite(&place);
+    // Build the template first, so the moments spread over the run itself.
+    let first = dbfork_run(&place, &dir, &["-j", "2"], &["tests/test_pass.py"], &[]);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut interrupted = 0;
+    for round in 0..21 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(seed % 2500);
+        let mut child = spawn_run(&place, &dir, &["-j", "2", "--grace", "2s"]);
+        std::thread::sleep(delay);
+        let sig = if round == 20 {
+            libc::SIGTERM
+        } else {
+            libc::SIGINT
+        };
+        signal(child.id(), sig);
+        let code = wait_with_deadline(&mut child, Duration::from_secs(60));
+        let mut err = String::new();
+        use std::io::Read;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(
+            matches!(code, 0..=2),
+            "round {round} after {delay:?}: exit {code}\n{err}"
+        );
+        if code == 2 {
+            interrupted += 1;
+        }
+        assert_no_clones(&place);
+    }
+    assert!(
+        interrupted >= 10,
+        "only {interrupted} of 21 runs were interrupted: the moments are too late"
+    );
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn wait_for_children(pid: u32, n: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let kids = children_of(pid);
+        if kids.len() >= n {
+            return kids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dbfork {pid} did not start {n} workers"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigkill_of_a_worker_then_of_dbfork() {
+    let place = Place::new(Kind::Sqlite, "run_kill");
+    let dir = suite(&place);
+    // A worker killed with SIGKILL: its test is reported, a new worker takes the slot.
+    let mut child = spawn_run(&place, &dir, &["-j", "2"]);
+    let workers = wait_for_children(child.id(), 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(workers[0], libc::SIGKILL);
+    let code = wait_with_deadline(&mut child, Duration::from_secs(90));
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("crashed") || err.contains("CRASHED"), "{err}");
+    assert_no_clones(&place);
+
+    // dbfork itself killed with SIGKILL: its workers die with it, and the next
+    // command collects its clones.
+    let mut child = spawn_run(&place, &dir, &["-j", "2"]);
+    let workers = wait_for_children(child.id(), 2);
+    std::thread::sleep(Duration::from_millis(800));
+    signal(child.id(), libc::SIGKILL);
+    let _ = child.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    for w in workers {
+        // SAFETY: probing with signal 0.
+        let alive = unsafe { libc::kill(w as i32, 0) } == 0 && !is_zombie(w);
+        assert!(!alive, "worker {w} outlived dbfork");
+    }
+    let (code, _, err) = crate::support::run(&["db", "list", "--db", &place.url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("removed"),
+        "the next command says what it collected: {err}"
+    );
+    assert_no_clones(&place);
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+#[test]
+fn bad_inputs_get_clear_errors_and_leave_nothing() {
+    let place = Place::new(Kind::Sqlite, "run_bad");
+    let dir = suite(&place);
+    // No tests collected: pytest's 5.
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    let out = dbfork_run(&place, &dir, &["-j", "2"], &["empty"], &[]);
+    assert_eq!(out.code, 5, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("no tests ran"), "{}", out.stdout);
+    // A pytest usage error: pytest's 4, with pytest's own message.
+    let out = dbfork_run(&place, &dir, &["-j", "2"], &["--no-such-option"], &[]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("no-such-option"), "{}", out.stderr);
+    // pytest-xdist's -n: dbfork runs the workers.
+    let out = dbfork_run(&place, &dir, &[], &["-n", "2"], &[]);
+    assert_eq!(out.code, 4);
+    assert!(out.stderr.contains("dbfork run -j N"), "{}", out.stderr);
+    assert_no_clones(&place);
+
+    // A failing setup command: 3, its output shown, nothing left.
+    let place = Place::new(Kind::Sqlite, "run_bad_setup");
+    let out = dbfork()
+        .current_dir(&dir)
+        .args([
+            "run",
+            "--db",
+            &place.url,
+            "--setup",
+            "echo broken migration >&2; exit 7",
+            "--",
+        ])
+        .args(pytest_command(&[]))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("broken migration") && err.contains('7'),
+        "{err}"
+    );
+    assert!(place.registry().is_empty(), "{:?}", place.registry());
+
+    // An unreachable database: 3, naming the server.
+    let out = dbfork()
+        .current_dir(&dir)
+        .args([
+            "run",
+            "--db",
+            "postgres://nobody@127.0.0.1:9/x",
+            "--connect-timeout",
+            "3s",
+            "--",
+        ])
+        .args(pytest_command(&[]))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+
+    // A bad configuration key: 4, naming the key and the file.
+    std::fs::write(dir.join("dbfork.toml"), "jobz = 2\n").unwrap();
+    let out = dbfork()
+        .current_dir(&dir)
+        .args(["run", "--"])
+        .args(pytest_command(&[]))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("jobz") && err.contains("dbfork.toml"), "{err}");
+}
+
+/// Without an adapter the command runs once per worker, each on its own clone
+/// (the table each creates would collide on a shared database).
+fn any_command_runs_once_per_worker(kind: Kind) {
+    let place = Place::new(kind, "run_any");
+    let create = match kind {
+        Kind::Postgres => "psql -X -q -v ON_ERROR_STOP=1 -c 'CREATE TABLE only_mine (x int)'",
+        Kind::Mysql => "mariadb --batch -u \"$MYSQL_USER\" \"$MYSQL_DATABASE\" -e 'CREATE TABLE only_mine (x int)'",
+        Kind::Sqlite => "python3 -c 'import os,sqlite3; sqlite3.connect(os.environ[\"DBFORK_SQLITE_PATH\"]).execute(\"CREATE TABLE only_mine (x int)\")'",
+    };
+    let script = format!(
+        "{create} && echo \"worker $DBFORK_WORKER of $DBFORK_WORKERS on $DBFORK_DATABASE_NAME\""
+    );
+    let out = dbfork()
+        .current_dir(place.dir.path())
+        .env_remove("CI")
+        .args(["run", "-j", "2", "--db", &place.url, "--"])
+        .args(["sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("[gw0] worker 0 of 2 on dbfork_")
+            && stdout.contains("[gw1] worker 1 of 2 on dbfork_"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 passed"), "{stdout}");
+    assert_no_clones(&place);
+    // A failing worker fails the run.
+    let out = dbfork()
+        .current_dir(place.dir.path())
+        .args([
+            "run",
+            "-j",
+            "2",
+            "--db",
+            &place.url,
+            "--",
+            "sh",
+            "-c",
+            "test \"$DBFORK_WORKER\" = 0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_no_clones(&place);
+}
+
+mod any_command {
+    #[test]
+    fn sqlite() {
+        super::any_command_runs_once_per_worker(super::Kind::Sqlite)
+    }
+    #[test]
+    fn postgres() {
+        super::any_command_runs_once_per_worker(super::Kind::Postgres)
+    }
+    #[test]
+    fn mysql() {
+        super::any_command_runs_once_per_worker(super::Kind::Mysql)
+    }
+}
