@@ -567,6 +567,22 @@ pub async fn drop_owned(backend: &AnyBackend, owner: &Owner, deadline: Duration)
     }
 }
 
+/// Renews the heartbeat of every clone of run `run_id`, so that garbage
+/// collection on another host (which cannot see our pid) keeps them.
+pub async fn heartbeat_run(backend: &AnyBackend, run_id: &str) -> Result<()> {
+    let now = process::now();
+    let mut mine: Vec<Entry> = backend
+        .registry_list()
+        .await?
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Clone && e.run_id == run_id)
+        .collect();
+    for entry in &mut mine {
+        entry.heartbeat_at = now;
+    }
+    backend.registry_put(&mine).await
+}
+
 /// Drops every clone of run `run_id` (what a `dbfork run` made); its templates stay.
 pub async fn drop_run_clones(
     backend: &AnyBackend,

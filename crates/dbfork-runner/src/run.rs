@@ -48,6 +48,9 @@ pub mod exit {
     pub const NO_TESTS: i32 = 5;
 }
 
+/// How often the run renews its clones' heartbeat (other hosts' gc waits an hour).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(120);
+
 /// How many clones are made at the same time.
 const CLONE_CONCURRENCY: usize = 4;
 
@@ -324,6 +327,17 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
         d.template.name
     ));
 
+    let heartbeat = {
+        let (backend, run_id) = (d.backend.clone(), d.run_id.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT_EVERY).await;
+                if let Err(e) = ops::heartbeat_run(&backend, &run_id).await {
+                    tracing::warn!("could not renew the clones' heartbeat: {e}");
+                }
+            }
+        })
+    };
     while !d.finished() {
         let deadline = d.next_deadline();
         tokio::select! {
@@ -334,6 +348,7 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
             _ = sleep_until(deadline) => d.on_deadline(),
         }
     }
+    heartbeat.abort();
     Ok(d.finish().await)
 }
 
