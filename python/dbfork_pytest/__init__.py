@@ -112,6 +112,7 @@ class Worker:
         self.finished = False  # bye sent (or the socket closed by us): EOF is expected
         # Main thread only:
         self.collect_errors = []
+        self.collect_skips = []
         self.reports = None  # the reports of the test being run
         self.forked_child = False
 
@@ -250,6 +251,16 @@ class Worker:
             self.collect_errors.append(
                 {"id": report.nodeid, "longrepr": report.longreprtext}
             )
+        elif report.skipped:
+            # A whole module skipped at import (allow_module_level=True): pytest
+            # counts it as one skipped; so must dbfork.
+            longrepr = report.longrepr
+            if isinstance(longrepr, tuple) and len(longrepr) == 3:
+                path, lineno, reason = longrepr
+                text = "%s:%s: %s" % (path, lineno, reason)
+            else:
+                text = str(longrepr)
+            self.collect_skips.append({"id": report.nodeid, "longrepr": text})
 
     def _send_collected(self, session):
         self.items = list(session.items)
@@ -268,6 +279,7 @@ class Worker:
                 "type": "collected",
                 "tests": tests,
                 "errors": self.collect_errors,
+                "skipped": self.collect_skips,
                 "continue_on_errors": bool(
                     self.config.option.continue_on_collection_errors
                 ),

@@ -134,6 +134,10 @@ pub enum WorkerMessage {
         tests: Vec<TestItem>,
         #[serde(default)]
         errors: Vec<CollectError>,
+        /// Files or modules skipped whole while collecting (pytest's
+        /// module-level skip); each counts as one skipped in the summary.
+        #[serde(default)]
+        skipped: Vec<CollectError>,
         /// The tool goes on despite collection errors (pytest
         /// `--continue-on-collection-errors`).
         #[serde(default)]

@@ -159,6 +159,8 @@ pub struct RunReport {
     pub tests: Vec<TestRecord>,
     /// Collection errors: (id, text).
     pub collect_errors: Vec<(String, String)>,
+    /// Modules skipped whole at collection: (id, reason).
+    pub collect_skipped: Vec<(String, String)>,
 }
 
 impl RunReport {
@@ -169,6 +171,9 @@ impl RunReport {
             for category in test.categories() {
                 *counts.entry(category).or_insert(0) += 1;
             }
+        }
+        if !self.collect_skipped.is_empty() {
+            *counts.entry("skipped".to_string()).or_insert(0) += self.collect_skipped.len();
         }
         if !self.collect_errors.is_empty() {
             *counts.entry("error".to_string()).or_insert(0) += self.collect_errors.len();

@@ -215,8 +215,8 @@ pub fn print_final(report: &RunReport) {
                 .longrepr
                 .as_deref()
                 .and_then(|t| {
+                    // pytest's crash message: the first `E` line.
                     t.lines()
-                        .rev()
                         .find(|l| l.starts_with("E "))
                         .or_else(|| t.lines().next())
                 })

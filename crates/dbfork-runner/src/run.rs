@@ -168,6 +168,7 @@ struct Dispatcher {
     tests: Option<Vec<TestItem>>,
     records: Vec<Option<TestRecord>>,
     collect_errors: Vec<(String, String)>,
+    collect_skipped: Vec<(String, String)>,
     scheduler: Option<Scheduler>,
     timings: Timings,
     progress: Progress,
@@ -300,6 +301,7 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
         next_conn: 0,
         tests: None,
         collect_errors: Vec::new(),
+        collect_skipped: Vec::new(),
         scheduler: None,
         timings,
         progress,
@@ -708,8 +710,13 @@ impl Dispatcher {
             WorkerMessage::Collected {
                 tests,
                 errors,
+                skipped,
                 continue_on_errors,
             } => {
+                if self.tests.is_none() {
+                    self.collect_skipped =
+                        skipped.into_iter().map(|e| (e.id, e.longrepr)).collect();
+                }
                 // `collected` is also the worker's first `want`.
                 if let Some(w) = self.worker_mut(slot, generation) {
                     w.hungry = true;
@@ -1385,6 +1392,7 @@ impl Dispatcher {
                 .collect(),
             tests,
             collect_errors: self.collect_errors.clone(),
+            collect_skipped: self.collect_skipped.clone(),
         };
         if self.pytest && self.fatal.is_none() {
             self.timings.record(&report);

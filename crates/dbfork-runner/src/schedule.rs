@@ -99,8 +99,8 @@ impl Scheduler {
 
     /// The next batch for `slot`, or `None` when the queue is empty.
     ///
-    /// A unit worth more than the target goes alone with one short unit from
-    /// the back of the queue behind it: a worker commits to the test after the
+    /// A single test worth more than the target goes alone with one short unit
+    /// from the back of the queue behind it: a worker commits to the test after the
     /// one it runs (pytest's `nextitem`), so that one must be short, or two long
     /// tests end up on one worker with nobody able to take the second.
     pub fn next_batch(&mut self, slot: usize) -> Option<Vec<usize>> {
@@ -108,7 +108,7 @@ impl Scheduler {
         let target = left / (2 * self.slots.max(1)) as f64;
         let first = self.queue.pop_front()?;
         let mut batch = Vec::new();
-        if first.seconds > target && self.slots > 1 {
+        if first.seconds > target && first.tests.len() == 1 && self.slots > 1 {
             batch.extend(first.tests);
             if let Some(filler) = self.queue.pop_back() {
                 batch.extend(filler.tests);
@@ -242,8 +242,8 @@ mod tests {
         });
         assert_eq!(
             s.next_batch(0),
-            Some(vec![7]),
-            "the long test comes alone and first"
+            Some(vec![7, 9]),
+            "the long test comes first, with one short test to commit to after it"
         );
         let b = s.next_batch(1).unwrap();
         assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");

@@ -258,6 +258,7 @@ mod tests {
             slots: vec![],
             tests,
             collect_errors: vec![],
+            collect_skipped: vec![],
         }
     }
 
