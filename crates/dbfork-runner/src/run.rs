@@ -868,6 +868,9 @@ impl Dispatcher {
         // Never more workers than units of work.
         for extra in units..self.slots.len() {
             self.slots[extra].retired = true;
+            if let Some(s) = self.scheduler.as_mut() {
+                s.retire(extra);
+            }
             if self.slots[extra].worker.is_some() {
                 self.stop_worker(extra);
             }

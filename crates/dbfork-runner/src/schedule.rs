@@ -34,6 +34,10 @@ pub struct Scheduler {
     held: Vec<Vec<usize>>,
     /// Per slot: whether a steal from it awaits its answer.
     stealing: Vec<bool>,
+    /// Per slot: the estimate of the test it runs now.
+    running: Vec<f64>,
+    /// Per slot: whether a worker holds it (or will: slots count from the start).
+    active: Vec<bool>,
     slots: usize,
 }
 
@@ -84,6 +88,8 @@ impl Scheduler {
             queue: units.into(),
             held: vec![Vec::new(); slots],
             stealing: vec![false; slots],
+            running: vec![0.0; slots],
+            active: vec![true; slots],
             slots,
         }
     }
@@ -99,42 +105,76 @@ impl Scheduler {
 
     /// The next batch for `slot`, or `None` when the queue is empty.
     ///
-    /// A single test worth more than the target goes alone with one short unit
-    /// from the back of the queue behind it: a worker commits to the test after the
-    /// one it runs (pytest's `nextitem`), so that one must be short, or two long
-    /// tests end up on one worker with nobody able to take the second.
+    /// Longest first, as LPT scheduling does: the unit at the front goes to the
+    /// least loaded worker. A worker that asks ahead while another is less
+    /// loaded (workers ask before they run dry) gets the shortest unit from
+    /// the back instead, one at a time, when it is much shorter than the
+    /// front; otherwise the first worker to ask would take the long tests one
+    /// after another and the short ones would not be left to fill the end.
+    /// A single long test goes with one short unit behind it: a worker commits
+    /// to the test after the one it runs (pytest's `nextitem`), so that one
+    /// must be short, or it could not be given to an idle worker.
     pub fn next_batch(&mut self, slot: usize) -> Option<Vec<usize>> {
         let left: f64 = self.queue.iter().map(|u| u.seconds).sum();
         let target = left / (2 * self.slots.max(1)) as f64;
-        let first = self.queue.pop_front()?;
+        let front = self.queue.front()?.seconds;
+        let back = self.queue.back().map_or(front, |u| u.seconds);
+        let less_loaded_elsewhere = (0..self.slots)
+            .filter(|&s| s != slot && self.active[s])
+            .any(|s| self.load(s) < self.load(slot));
         let mut batch = Vec::new();
-        if first.seconds > target && first.tests.len() == 1 && self.slots > 1 {
-            batch.extend(first.tests);
-            if let Some(filler) = self.queue.pop_back() {
-                batch.extend(filler.tests);
-            }
-        } else {
-            let mut seconds = first.seconds;
-            batch.extend(first.tests);
-            while let Some(unit) = self.queue.front() {
-                if seconds + unit.seconds > target || batch.len() + unit.tests.len() > MAX_BATCH {
-                    break;
-                }
-                let Some(unit) = self.queue.pop_front() else {
-                    break;
-                };
-                seconds += unit.seconds;
+        if less_loaded_elsewhere && back * 2.0 < front {
+            // One short unit: enough to keep the worker going, and it will ask
+            // again; taking more would leave only long units for the end.
+            if let Some(unit) = self.queue.pop_back() {
                 batch.extend(unit.tests);
             }
             batch.sort_unstable();
+        } else {
+            let first = self.queue.pop_front()?;
+            if first.seconds > target && first.tests.len() == 1 && self.slots > 1 {
+                batch.extend(first.tests);
+                if self.queue.back().is_some_and(|u| u.seconds <= target) {
+                    if let Some(filler) = self.queue.pop_back() {
+                        batch.extend(filler.tests);
+                    }
+                }
+            } else {
+                let mut seconds = first.seconds;
+                batch.extend(first.tests);
+                while let Some(unit) = self.queue.front() {
+                    if seconds + unit.seconds > target || batch.len() + unit.tests.len() > MAX_BATCH
+                    {
+                        break;
+                    }
+                    let Some(unit) = self.queue.pop_front() else {
+                        break;
+                    };
+                    seconds += unit.seconds;
+                    batch.extend(unit.tests);
+                }
+                batch.sort_unstable();
+            }
         }
+        self.active[slot] = true;
         self.held[slot].extend(&batch);
         Some(batch)
+    }
+
+    /// What `slot` has to do before it is free: its running test and what it holds.
+    fn load(&self, slot: usize) -> f64 {
+        self.running[slot] + self.held_seconds(slot)
+    }
+
+    /// `slot` will get no worker (more slots than units, or out of restarts).
+    pub fn retire(&mut self, slot: usize) {
+        self.active[slot] = false;
     }
 
     /// `slot`'s worker started `index`.
     pub fn started(&mut self, slot: usize, index: usize) {
         self.held[slot].retain(|&i| i != index);
+        self.running[slot] = self.estimates.get(index).copied().unwrap_or(0.0);
     }
 
     /// Tests `slot` holds and has not started.
@@ -187,6 +227,8 @@ impl Scheduler {
     /// the queue. Returns those tests.
     pub fn lost(&mut self, slot: usize) -> Vec<usize> {
         self.stealing[slot] = false;
+        self.running[slot] = 0.0;
+        self.active[slot] = false;
         let tests = self.held[slot].clone();
         self.requeue(slot, tests.clone());
         tests
@@ -247,6 +289,33 @@ mod tests {
         );
         let b = s.next_batch(1).unwrap();
         assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");
+    }
+
+    #[test]
+    fn a_loaded_worker_asking_ahead_gets_short_tests() {
+        let tests = items(200);
+        let long = |id: &str| {
+            ["::test_1", "::test_2", "::test_3"]
+                .iter()
+                .any(|end| id.ends_with(end))
+        };
+        let mut s = Scheduler::new(
+            &tests,
+            Dist::Test,
+            4,
+            |id| if long(id) { 20.0 } else { 0.1 },
+        );
+        let first = s.next_batch(0).unwrap();
+        s.started(0, first[0]);
+        assert!(long(&tests[first[0]].id));
+        // Slot 0 asks again while running its long test; slots 1-3 have not asked yet.
+        let ahead = s.next_batch(0).unwrap();
+        assert!(ahead.iter().all(|&i| !long(&tests[i].id)), "{ahead:?}");
+        // The idle slots get the other long tests.
+        for slot in 1..3 {
+            let b = s.next_batch(slot).unwrap();
+            assert!(long(&tests[b[0]].id), "{b:?}");
+        }
     }
 
     #[test]
