@@ -84,7 +84,54 @@ def pytest_configure(config):
     # every test from then on; and collection would stop at the first error,
     # so workers could disagree on what was collected.
     config.option.maxfail = 0
+    if config.pluginmanager.has_plugin("django"):
+        # Registered now, after pytest-django: a later plugin's fixture of the
+        # same name wins (a project's conftest still beats both).
+        config.pluginmanager.register(DjangoOnClone(), "dbfork-django")
     worker.connect()
+
+
+class DjangoOnClone:
+    """pytest-django under dbfork: the worker's database is already there.
+
+    dbfork made this worker's clone of the migrated template before pytest
+    started, and drops it (ending every session on it) after the worker is
+    gone. So instead of pytest-django's ``django_db_setup`` (create
+    ``test_<name>``, run the migrations, drop it at the end, which breaks when
+    a thread still holds a connection) the worker points Django's connections
+    at the clone and creates, migrates and drops nothing. ``--reuse-db`` and
+    ``--create-db`` have nothing left to do and are ignored.
+    """
+
+    @pytest.fixture(scope="session")
+    def django_db_setup(self):
+        point_django_at_clone()
+        yield
+
+
+def point_django_at_clone():
+    """Sets the default database's NAME (and TEST NAME) to this worker's clone.
+
+    Settings that read ``DATABASE_URL`` already name it; settings that name a
+    database of their own on the same server are pointed at the clone here.
+    """
+    from django.conf import settings
+    from django.db import connections
+
+    backend = os.environ.get("DBFORK_BACKEND")
+    if backend == "sqlite":
+        name = os.environ.get("DBFORK_SQLITE_PATH")
+    else:
+        name = os.environ.get("DBFORK_DATABASE_NAME")
+    if not name or "default" not in settings.DATABASES:
+        return
+    for settings_dict in (settings.DATABASES["default"], connections["default"].settings_dict):
+        settings_dict["NAME"] = name
+        test = settings_dict.get("TEST")
+        if test is None:
+            test = settings_dict["TEST"] = {}
+        test["NAME"] = name
+    connections["default"].close()
 
 
 class Worker:

@@ -208,6 +208,15 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
                 "the pytest command has the pytest-xdist option `{option}`, but dbfork runs the workers itself: remove it and use `dbfork run -j N`"
             )));
         }
+        if let Some(flag) = config
+            .command
+            .iter()
+            .find(|a| *a == "--reuse-db" || *a == "--create-db")
+        {
+            eprintln!(
+                "dbfork: note: pytest-django's {flag} does nothing under dbfork: every worker runs on its own clone of the template, which is rebuilt only when the setup or its inputs change"
+            );
+        }
     }
 
     let (events_tx, mut events) = mpsc::unbounded_channel();

@@ -616,3 +616,78 @@ mod any_command {
         super::any_command_runs_once_per_worker(super::Kind::Mysql)
     }
 }
+
+/// pytest-django under dbfork: every test on the worker's clone (no test
+/// database created, no migrations in the workers), and a thread still holding a
+/// connection at the end does not break the teardown.
+fn pytest_django_runs_on_the_clones(kind: Kind) {
+    let place = Place::new(kind, "run_django");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/django_suite");
+    let dir = place.dir.path().join("django_suite");
+    assert!(Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success());
+    let py = python();
+    let run = || {
+        dbfork()
+            .current_dir(&dir)
+            .env_remove("CI")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .args(["run", "-j", "2", "--db", &place.url])
+            .args([
+                "--setup",
+                &format!("{py} manage.py migrate -v 0"),
+                "--input",
+                "app/migrations/*.py",
+            ])
+            .args([
+                "--",
+                &py,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                "--reuse-db",
+            ])
+            .output()
+            .unwrap()
+    };
+    for round in 0..2 {
+        let out = run();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "round {round}\n{stdout}\n{stderr}"
+        );
+        assert!(stdout.contains("13 passed"), "{stdout}");
+        assert!(
+            stderr.contains("--reuse-db"),
+            "the note explains --reuse-db: {stderr}"
+        );
+        if round == 1 {
+            assert!(stderr.contains("reusing template"), "{stderr}");
+        }
+        assert_no_clones(&place);
+    }
+    if kind == Kind::Postgres {
+        // pytest-django's own test database was never made.
+        assert!(!place.exists(&format!("test_{}", place.maint)));
+    }
+}
+
+mod pytest_django {
+    #[test]
+    fn sqlite() {
+        super::pytest_django_runs_on_the_clones(super::Kind::Sqlite)
+    }
+    #[test]
+    fn postgres() {
+        super::pytest_django_runs_on_the_clones(super::Kind::Postgres)
+    }
+}
