@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod model;
-mod plugin;
+pub mod plugin;
 pub mod progress;
 pub mod report;
 pub mod run;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod django;
 mod errors;
 mod settings;
 mod signals;

@@ -12,13 +12,14 @@ use crate::target::Opened;
 /// 3 setup or database error, 4 usage error, 5 no tests).
 pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
     let cwd = std::env::current_dir()?;
-    let config = match settings::resolve(&args, verbose, &cwd) {
+    let mut config = match settings::resolve(&args, verbose, &cwd) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("dbfork: error: {e:#}");
             return Ok(exit::USAGE);
         }
     };
+    django_defaults(&mut config, &cwd);
     let db = DbArgs {
         db: config.db.clone(),
         connect_timeout: config.connect_timeout,
@@ -62,5 +63,35 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
             }
             Ok(e.exit_code())
         }
+    }
+}
+
+/// A pytest-django project without `--setup` gets its migrations as the setup
+/// and its migration, fixture and settings files as the inputs.
+fn django_defaults(config: &mut dbfork_runner::RunConfig, cwd: &std::path::Path) {
+    use dbfork_runner::{plugin, Adapter};
+    let pytest = match config.adapter {
+        Adapter::Pytest => true,
+        Adapter::None => false,
+        Adapter::Auto => plugin::is_pytest(&config.command),
+    };
+    if config.setup.is_some() || !pytest {
+        return;
+    }
+    let Some(found) = crate::django::detect(cwd, &config.command) else {
+        return;
+    };
+    eprintln!(
+        "dbfork: Django project ({}): the template is built by `{}`; it is rebuilt when any of {} migration file{}, {} fixture file{} or the settings change",
+        found.settings_module,
+        found.setup,
+        found.migrations,
+        if found.migrations == 1 { "" } else { "s" },
+        found.fixtures,
+        if found.fixtures == 1 { "" } else { "s" },
+    );
+    config.setup = Some(found.setup);
+    if config.inputs.is_empty() {
+        config.inputs = found.inputs;
     }
 }

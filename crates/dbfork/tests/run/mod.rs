@@ -675,6 +675,57 @@ fn pytest_django_runs_on_the_clones(kind: Kind) {
         }
         assert_no_clones(&place);
     }
+    // No setup to write: the migrations are found, and they decide the template.
+    let auto = || {
+        dbfork()
+            .current_dir(&dir)
+            .env_remove("CI")
+            .env_remove("DJANGO_SETTINGS_MODULE")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .args([
+                "run",
+                "-j",
+                "2",
+                "--db",
+                &place.url,
+                "--",
+                &py,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+            ])
+            .output()
+            .unwrap()
+    };
+    let expect = |out: std::process::Output, template: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            stderr.contains("Django project (proj.settings)"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(template),
+            "expected `{template}`:\n{stderr}"
+        );
+        assert_no_clones(&place);
+    };
+    expect(auto(), "built template");
+    let extra = dir.join("app/migrations/0002_noop.py");
+    std::fs::write(
+        &extra,
+        "from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"app\", \"0001_initial\")]\n    operations = [migrations.RunPython(migrations.RunPython.noop)]\n",
+    )
+    .unwrap();
+    expect(auto(), "built template");
+    std::fs::remove_file(&extra).unwrap();
+    expect(auto(), "reusing template");
     if kind == Kind::Postgres {
         // pytest-django's own test database was never made.
         assert!(!place.exists(&format!("test_{}", place.maint)));
