@@ -88,7 +88,40 @@ def pytest_configure(config):
         # Registered now, after pytest-django: a later plugin's fixture of the
         # same name wins (a project's conftest still beats both).
         config.pluginmanager.register(DjangoOnClone(), "dbfork-django")
+        worker.django = True
     worker.connect()
+
+
+def django_order_group(item):
+    """pytest-django's order of a test, which dbfork keeps on every worker.
+
+    pytest-django runs database tests first (0), then transactional ones (1),
+    then tests without a database (2): a transactional test empties every
+    table when it ends, so data the migrations inserted would be gone for any
+    database test after it. dbfork hands tests out longest first, so it needs
+    the groups to keep that order on each worker.
+    """
+    try:
+        from django.test import TestCase, TransactionTestCase
+    except Exception:  # Django not importable or not configured: no order.
+        return 0
+    cls = getattr(item, "cls", None)
+    if cls is not None and isinstance(cls, type) and issubclass(cls, TransactionTestCase):
+        return 0 if issubclass(cls, TestCase) else 1
+    uses_db = transactional = False
+    marker = item.get_closest_marker("django_db")
+    if marker is not None:
+        uses_db = True
+        args = list(marker.args) + [False, False]
+        transactional = bool(marker.kwargs.get("transaction", args[0])) or bool(
+            marker.kwargs.get("reset_sequences", args[1])
+        )
+    fixtures = getattr(item, "fixturenames", ())
+    transactional = transactional or "transactional_db" in fixtures or "live_server" in fixtures
+    uses_db = uses_db or "db" in fixtures
+    if transactional:
+        return 1
+    return 0 if uses_db else 2
 
 
 class DjangoOnClone:
@@ -160,6 +193,8 @@ class Worker:
         # Main thread only:
         self.collect_errors = []
         self.collect_skips = []
+        # Set when pytest-django is loaded: tests then carry its order groups.
+        self.django = False
         self.reports = None  # the reports of the test being run
         self.forked_child = False
 
@@ -317,6 +352,10 @@ class Worker:
             classes = [n.name for n in item.listchain() if isinstance(n, pytest.Class)]
             if classes:
                 test["class"] = "::".join(classes)
+            if self.django:
+                group = django_order_group(item)
+                if group:
+                    test["group"] = group
             tests.append(test)
         with self.cond:
             # dbfork answers `collected` with the first `run` unasked.

@@ -77,6 +77,17 @@ pub struct TestItem {
     /// The class it belongs to, if any (for `--dist class`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
+    /// The order group: on each worker, tests of a lower group run before
+    /// tests of a higher one, as the tool orders them in a serial run
+    /// (pytest-django: database tests 0, transactional ones 1, the rest 2;
+    /// a transactional test empties the tables, so data from migrations is
+    /// gone for every database test after it). 0 when the tool has no such order.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub group: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A file or module that failed to collect.

@@ -24,6 +24,8 @@ const MAX_BATCH: usize = 128;
 struct Unit {
     tests: Vec<usize>,
     seconds: f64,
+    /// The tests' order group: a worker never runs a lower group after a higher one.
+    group: u32,
 }
 
 #[derive(Debug)]
@@ -38,6 +40,10 @@ pub struct Scheduler {
     running: Vec<f64>,
     /// Per slot: whether a worker holds it (or will: slots count from the start).
     active: Vec<bool>,
+    /// Per slot: the highest order group handed to its worker so far.
+    floor: Vec<u32>,
+    /// Per test: its order group.
+    groups: Vec<u32>,
     slots: usize,
 }
 
@@ -51,38 +57,36 @@ impl Scheduler {
     ) -> Self {
         let estimates: Vec<f64> = tests.iter().map(|t| estimate(&t.id).max(0.0)).collect();
         let mut units: Vec<Unit> = Vec::new();
-        let mut key_of_unit: Vec<String> = Vec::new();
+        let mut unit_of_key: std::collections::HashMap<(u32, String), usize> = Default::default();
         for (index, test) in tests.iter().enumerate() {
             let key = match dist {
                 Dist::Test => None,
-                Dist::Class => Some(format!(
-                    "{}::{}",
-                    test.file,
-                    test.class.as_deref().unwrap_or("")
-                ))
-                .filter(|_| test.class.is_some())
-                .or_else(|| Some(test.id.clone())),
+                Dist::Class => Some(match &test.class {
+                    Some(class) => format!("{}::{class}", test.file),
+                    None => test.id.clone(),
+                }),
                 Dist::Module | Dist::File => Some(test.file.clone()),
             };
-            let existing = key
-                .as_ref()
-                .and_then(|k| key_of_unit.iter().position(|u| u == k));
-            match existing {
-                Some(u) => {
+            let key = key.map(|k| (test.group, k));
+            match key.as_ref().and_then(|k| unit_of_key.get(k)) {
+                Some(&u) => {
                     units[u].tests.push(index);
                     units[u].seconds += estimates[index];
                 }
                 None => {
+                    if let Some(k) = key {
+                        unit_of_key.insert(k, units.len());
+                    }
                     units.push(Unit {
                         tests: vec![index],
                         seconds: estimates[index],
+                        group: test.group,
                     });
-                    key_of_unit.push(key.unwrap_or_default());
                 }
             }
         }
-        // Longest first; ties keep collection order (the sort is stable).
-        units.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        // By order group, then longest first; ties keep collection order (the sort is stable).
+        units.sort_by(|a, b| a.group.cmp(&b.group).then(b.seconds.total_cmp(&a.seconds)));
         Scheduler {
             estimates,
             queue: units.into(),
@@ -90,6 +94,8 @@ impl Scheduler {
             stealing: vec![false; slots],
             running: vec![0.0; slots],
             active: vec![true; slots],
+            floor: vec![0; slots],
+            groups: tests.iter().map(|t| t.group).collect(),
             slots,
         }
     }
@@ -115,50 +121,69 @@ impl Scheduler {
     /// to the test after the one it runs (pytest's `nextitem`), so that one
     /// must be short, or it could not be given to an idle worker.
     pub fn next_batch(&mut self, slot: usize) -> Option<Vec<usize>> {
+        // Only the lowest order group this worker may still run is considered;
+        // if nothing is left for it (tests given back after it moved on), it
+        // takes the lowest group anyway: running out of order beats not running.
+        let group = self
+            .queue
+            .iter()
+            .map(|u| u.group)
+            .find(|&g| g >= self.floor[slot])
+            .or_else(|| self.queue.front().map(|u| u.group))?;
+        let first = self.queue.iter().position(|u| u.group == group)?;
+        let last = self.queue.iter().rposition(|u| u.group == group)?;
         let left: f64 = self.queue.iter().map(|u| u.seconds).sum();
         let target = left / (2 * self.slots.max(1)) as f64;
-        let front = self.queue.front()?.seconds;
-        let back = self.queue.back().map_or(front, |u| u.seconds);
+        let front = self.queue[first].seconds;
+        let back = self.queue[last].seconds;
         let less_loaded_elsewhere = (0..self.slots)
             .filter(|&s| s != slot && self.active[s])
             .any(|s| self.load(s) < self.load(slot));
         let mut batch = Vec::new();
+        let mut in_collection_order = true;
         if less_loaded_elsewhere && back * 2.0 < front {
             // One short unit: enough to keep the worker going, and it will ask
             // again; taking more would leave only long units for the end.
-            if let Some(unit) = self.queue.pop_back() {
-                batch.extend(unit.tests);
-            }
-            batch.sort_unstable();
+            batch.extend(self.take(last).tests);
         } else {
-            let first = self.queue.pop_front()?;
-            if first.seconds > target && first.tests.len() == 1 && self.slots > 1 {
-                batch.extend(first.tests);
-                if self.queue.back().is_some_and(|u| u.seconds <= target) {
-                    if let Some(filler) = self.queue.pop_back() {
-                        batch.extend(filler.tests);
-                    }
+            let unit = self.take(first);
+            let mut seconds = unit.seconds;
+            let single_long = unit.seconds > target && unit.tests.len() == 1 && self.slots > 1;
+            batch.extend(unit.tests);
+            if single_long {
+                // The long test first, so that the short one is what the worker commits to.
+                in_collection_order = false;
+                let last = self.queue.iter().rposition(|u| u.group == group);
+                if let Some(last) = last.filter(|&l| self.queue[l].seconds <= target) {
+                    batch.extend(self.take(last).tests);
                 }
             } else {
-                let mut seconds = first.seconds;
-                batch.extend(first.tests);
-                while let Some(unit) = self.queue.front() {
+                while let Some(unit) = self.queue.get(first).filter(|u| u.group == group) {
                     if seconds + unit.seconds > target || batch.len() + unit.tests.len() > MAX_BATCH
                     {
                         break;
                     }
-                    let Some(unit) = self.queue.pop_front() else {
-                        break;
-                    };
+                    let unit = self.take(first);
                     seconds += unit.seconds;
                     batch.extend(unit.tests);
                 }
-                batch.sort_unstable();
             }
         }
+        if in_collection_order {
+            batch.sort_unstable();
+        }
         self.active[slot] = true;
+        self.floor[slot] = self.floor[slot].max(group);
         self.held[slot].extend(&batch);
         Some(batch)
+    }
+
+    fn take(&mut self, position: usize) -> Unit {
+        self.queue.remove(position).unwrap_or(Unit {
+            tests: Vec::new(),
+            seconds: 0.0,
+            group: 0,
+        })
     }
 
     /// What `slot` has to do before it is free: its running test and what it holds.
@@ -187,14 +212,23 @@ impl Scheduler {
     /// most, never its first one (the worker may have committed to it as the
     /// next test). `None` when nobody holds enough to share.
     pub fn pick_steal(&mut self, thief: usize) -> Option<(usize, Vec<usize>)> {
+        let floor = self.floor[thief];
+        let stealable = |s: &Scheduler, slot: usize| -> Vec<usize> {
+            s.held[slot]
+                .iter()
+                .skip(1)
+                .copied()
+                .filter(|&i| s.groups[i] >= floor)
+                .collect()
+        };
         let victim = (0..self.slots)
-            .filter(|&s| s != thief && !self.stealing[s] && self.held[s].len() >= 2)
+            .filter(|&s| s != thief && !self.stealing[s] && !stealable(self, s).is_empty())
             .max_by(|&a, &b| self.held_seconds(a).total_cmp(&self.held_seconds(b)))?;
-        let held = &self.held[victim];
-        let total: f64 = held[1..].iter().map(|&i| self.estimates[i]).sum();
+        let candidates = stealable(self, victim);
+        let total: f64 = candidates.iter().map(|&i| self.estimates[i]).sum();
         let mut taken = Vec::new();
         let mut seconds = 0.0;
-        for &index in held[1..].iter().rev() {
+        for &index in candidates.iter().rev() {
             if !taken.is_empty() && seconds >= total / 2.0 {
                 break;
             }
@@ -229,6 +263,8 @@ impl Scheduler {
         self.stealing[slot] = false;
         self.running[slot] = 0.0;
         self.active[slot] = false;
+        // The replacement starts on a fresh clone: any group is fine again.
+        self.floor[slot] = 0;
         let tests = self.held[slot].clone();
         self.requeue(slot, tests.clone());
         tests
@@ -239,8 +275,31 @@ impl Scheduler {
             return;
         }
         self.held[slot].retain(|i| !tests.contains(i));
-        let seconds = tests.iter().map(|&i| self.estimates[i]).sum();
-        self.queue.push_front(Unit { tests, seconds });
+        // One unit per group, each at the front of its group in the queue.
+        let mut groups: Vec<u32> = tests.iter().map(|&i| self.groups[i]).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for group in groups.into_iter().rev() {
+            let mine: Vec<usize> = tests
+                .iter()
+                .copied()
+                .filter(|&i| self.groups[i] == group)
+                .collect();
+            let seconds = mine.iter().map(|&i| self.estimates[i]).sum();
+            let at = self
+                .queue
+                .iter()
+                .position(|u| u.group >= group)
+                .unwrap_or(self.queue.len());
+            self.queue.insert(
+                at,
+                Unit {
+                    tests: mine,
+                    seconds,
+                    group,
+                },
+            );
+        }
     }
 
     /// Takes every queued test out (the run is ending early).
@@ -268,8 +327,43 @@ mod tests {
                 ),
                 file: format!("tests/test_{}.py", i / 5),
                 class: (i % 2 == 0).then(|| "C".to_string()),
+                group: 0,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_worker_never_goes_back_to_a_lower_group() {
+        // Transactional tests (group 1) are the long ones: longest-first alone
+        // would hand them out first.
+        let mut tests = items(30);
+        for t in tests.iter_mut().skip(20) {
+            t.group = 1;
+        }
+        let mut s = Scheduler::new(&tests, Dist::Test, 2, |id| {
+            let i: usize = id.rsplit('_').next().unwrap().parse().unwrap();
+            if i >= 20 {
+                5.0
+            } else {
+                0.1
+            }
+        });
+        let mut seen: Vec<Vec<u32>> = vec![Vec::new(); 2];
+        for _ in 0..40 {
+            for slot in 0..2 {
+                if let Some(batch) = s.next_batch(slot) {
+                    for i in batch {
+                        s.started(slot, i);
+                        seen[slot].push(tests[i].group);
+                    }
+                }
+            }
+        }
+        assert_eq!(seen.iter().map(Vec::len).sum::<usize>(), 30);
+        for groups in &seen {
+            assert!(groups.windows(2).all(|w| w[0] <= w[1]), "{groups:?}");
+        }
+        assert_eq!(seen[0][0], 0, "group 0 first, though group 1 is longer");
     }
 
     #[test]

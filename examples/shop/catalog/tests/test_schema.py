@@ -1,0 +1,6 @@
+"""Tests generated from the models of the catalog app (see shop/testing.py)."""
+from shop.testing import schema_test_cases
+
+for _case in schema_test_cases("catalog"):
+    globals()[_case.__name__] = _case
+del _case
