@@ -350,11 +350,11 @@ mod tests {
         });
         let mut seen: Vec<Vec<u32>> = vec![Vec::new(); 2];
         for _ in 0..40 {
-            for slot in 0..2 {
+            for (slot, groups) in seen.iter_mut().enumerate() {
                 if let Some(batch) = s.next_batch(slot) {
                     for i in batch {
                         s.started(slot, i);
-                        seen[slot].push(tests[i].group);
+                        groups.push(tests[i].group);
                     }
                 }
             }
