@@ -53,6 +53,22 @@ pub fn disabled_in(command: &[String]) -> bool {
         .any(|a| a == "no:dbfork" || a == "-pno:dbfork")
 }
 
+/// pytest's `-x` / `--exitfirst` (1) or `--maxfail N`: after how many failures
+/// the run stops (0: it does not). Workers leave it to dbfork.
+pub fn maxfail(command: &[String]) -> usize {
+    let mut n = 0;
+    for (i, arg) in command.iter().enumerate() {
+        if arg == "-x" || arg == "--exitfirst" {
+            n = 1;
+        } else if let Some(v) = arg.strip_prefix("--maxfail=") {
+            n = v.parse().unwrap_or(n);
+        } else if arg == "--maxfail" {
+            n = command.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(n);
+        }
+    }
+    n
+}
+
 /// The pytest-xdist option in the command, if any: dbfork runs the workers itself.
 pub fn xdist_option(command: &[String]) -> Option<&str> {
     command.iter().map(String::as_str).find(|a| {
@@ -87,5 +103,9 @@ mod tests {
         assert_eq!(xdist_option(&v(&["pytest", "-n", "4"])), Some("-n"));
         assert_eq!(xdist_option(&v(&["pytest", "-n4"])), Some("-n4"));
         assert_eq!(xdist_option(&v(&["pytest", "-nope"])), None);
+        assert_eq!(maxfail(&v(&["pytest", "-x"])), 1);
+        assert_eq!(maxfail(&v(&["pytest", "--maxfail=3"])), 3);
+        assert_eq!(maxfail(&v(&["pytest", "--maxfail", "2", "tests"])), 2);
+        assert_eq!(maxfail(&v(&["pytest", "tests"])), 0);
     }
 }

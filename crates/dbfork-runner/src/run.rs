@@ -181,6 +181,9 @@ struct Dispatcher {
     grace_until: Option<Instant>,
     fatal: Option<(i32, String)>,
     lost_all: bool,
+    /// pytest's `-x` / `--maxfail N`: stop the run after this many failures (0: never).
+    maxfail: usize,
+    failures: usize,
     started: Instant,
     started_at: f64,
 }
@@ -322,9 +325,14 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
         grace_until: None,
         fatal: None,
         lost_all: false,
+        maxfail: 0,
+        failures: 0,
         started,
         started_at,
     };
+    if d.pytest {
+        d.maxfail = plugin::maxfail(&d.config.command);
+    }
     if !d.pytest {
         // Without an adapter each slot's command is one unit of the report.
         d.records = vec![None; slots];
@@ -812,6 +820,18 @@ impl Dispatcher {
 
     fn record(&mut self, record: TestRecord) {
         let index = record.index;
+        if record.outcome.is_failure() {
+            self.failures += 1;
+            if self.maxfail > 0 && self.failures == self.maxfail && !self.stopping {
+                self.progress.note(&format!(
+                    "stopping after {} failure{} (pytest's -x / --maxfail); tests not started are not run",
+                    self.failures,
+                    if self.failures == 1 { "" } else { "s" }
+                ));
+                self.take_back_everything();
+                self.stop_everything();
+            }
+        }
         if let Some(slot) = record.slot {
             self.slots[slot].tests_run += 1;
             self.slots[slot].busy += record.duration;
@@ -936,6 +956,20 @@ impl Dispatcher {
         if let Some(w) = self.slots[slot].worker.as_mut() {
             w.stopped = sent;
             w.hungry = false;
+        }
+    }
+
+    /// Asks every worker to give back the tests it has not started.
+    fn take_back_everything(&mut self) {
+        for slot in 0..self.slots.len() {
+            let held = self
+                .scheduler
+                .as_ref()
+                .map(|s| s.held(slot).to_vec())
+                .unwrap_or_default();
+            if !held.is_empty() {
+                self.send(slot, &RunnerMessage::Steal { tests: held });
+            }
         }
     }
 

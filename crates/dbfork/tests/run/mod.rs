@@ -269,6 +269,23 @@ fn run_matches_a_serial_pytest_run() {
 }
 
 #[test]
+fn exitfirst_stops_the_whole_run() {
+    let place = Place::new(Kind::Sqlite, "run_x");
+    let dir = suite(&place);
+    let out = dbfork_run(&place, &dir, &["-j", "2"], &["-x"], &[]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("stopping after 1 failure"),
+        "{}",
+        out.stderr
+    );
+    let tests = test_ids(&out.report);
+    let not_run = tests.iter().filter(|(_, o)| o == "not_run").count();
+    assert!(not_run > 0, "-x left every test running: {tests:?}");
+    assert_no_clones(&place);
+}
+
+#[test]
 fn crashes_and_hangs_are_reported_and_the_run_goes_on() {
     let place = Place::new(Kind::Sqlite, "run_crash");
     let dir = suite(&place);
