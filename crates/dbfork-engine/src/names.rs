@@ -7,11 +7,18 @@
 pub const PREFIX: &str = "dbfork_";
 
 /// How many hex digits of the fingerprint a template's name carries.
-const FINGERPRINT_DIGITS: usize = 20;
+const FINGERPRINT_DIGITS: usize = 16;
+/// How many hex digits of the registry's hash a template's name carries.
+const SCOPE_DIGITS: usize = 6;
 
-pub fn template_name(fingerprint: &str) -> String {
+/// A template's name: its fingerprint, and a short hash of the registry it is
+/// recorded in (`scope`: the maintenance database). Database names are global
+/// on a server while registries are per maintenance database, so two projects
+/// with the same setup but different registries must not claim one name.
+pub fn template_name(fingerprint: &str, scope: &str) -> String {
     let short = &fingerprint[..fingerprint.len().min(FINGERPRINT_DIGITS)];
-    format!("{PREFIX}tpl_{short}")
+    let scope = blake3::hash(scope.as_bytes()).to_hex();
+    format!("{PREFIX}tpl_{short}_{}", &scope[..SCOPE_DIGITS])
 }
 
 pub fn clone_name(run_id: &str, index: usize) -> String {
@@ -56,7 +63,8 @@ mod tests {
     #[test]
     fn names_fit_and_are_plain() {
         let fp = "a".repeat(64);
-        let t = template_name(&fp);
+        let t = template_name(&fp, "postgres");
+        assert_ne!(t, template_name(&fp, "other_registry"));
         assert!(t.len() <= 63 && is_plain(&t) && t.starts_with(PREFIX));
         let c = clone_name(&new_run_id(), 4095);
         assert!(

@@ -174,7 +174,8 @@ pub async fn ensure_template(
 ) -> Result<Template> {
     let version = backend.server_version().await?;
     let fingerprint = recipe.fingerprint(&version)?;
-    let name = names::template_name(&fingerprint);
+    let scope = backend.url().database.clone().unwrap_or_default();
+    let name = names::template_name(&fingerprint, &scope);
     if let Some(t) = reuse(backend, &name, &fingerprint).await? {
         return Ok(t);
     }

@@ -36,7 +36,10 @@ per_backend!(
     concurrent_builds_of_one_fingerprint_build_once,
     sigint_during_setup_drops_the_half_built_template,
 );
-per_server!(drop_ends_open_sessions);
+per_server!(
+    drop_ends_open_sessions,
+    two_registries_on_one_server_do_not_collide
+);
 
 /// A template's setup for `place`: applies the schema and counts its runs in `runs`.
 fn setup_for(place: &Place, runs: &std::path::Path) -> String {
@@ -90,7 +93,16 @@ fn template_build_reuse_rebuild_clone_drop(kind: Kind) {
     assert_eq!(fp.len(), 64, "{fp}");
     assert!(err.contains("built template"), "{err}");
     assert_eq!(runs(&runs_file), 1);
-    let tpl = format!("dbfork_tpl_{}", &fp[..20]);
+    let tpl = place
+        .registry()
+        .iter()
+        .find(|e| e["fingerprint"] == fp.as_str())
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .expect("the template is in the registry");
+    assert!(
+        tpl.starts_with(&format!("dbfork_tpl_{}_", &fp[..16])),
+        "{tpl}"
+    );
     assert!(place.exists(&tpl));
 
     // Reuse: same inputs, the setup does not run again.
@@ -585,4 +597,24 @@ fn ephemeral_postgres_serves_one_command_and_is_removed() {
         !std::path::Path::new(socket_dir).exists(),
         "the ephemeral server's directory {socket_dir} is gone"
     );
+}
+
+/// Registries are per maintenance database but database names are server-wide:
+/// the same setup recorded in two registries must give two templates, not a
+/// "database already exists" (found when two projects shared a server).
+fn two_registries_on_one_server_do_not_collide(kind: Kind) {
+    let a = Place::new(kind, "reg_a");
+    let b = Place::new(kind, "reg_b");
+    let setup = "true";
+    let (code_a, fp_a, err_a) = template(&a, setup, &[]);
+    let (code_b, fp_b, err_b) = template(&b, setup, &[]);
+    assert_eq!((code_a, code_b), (0, 0), "{err_a}\n{err_b}");
+    assert_eq!(fp_a, fp_b, "same recipe, same fingerprint");
+    let (na, nb) = (a.registry_names(), b.registry_names());
+    assert_eq!((na.len(), nb.len()), (1, 1));
+    assert_ne!(na[0], nb[0]);
+    for (place, names) in [(&a, &na), (&b, &nb)] {
+        let (code, _, err) = run(&["db", "drop", "--db", &place.url, &names[0]]);
+        assert_eq!(code, 0, "{err}");
+    }
 }
