@@ -651,7 +651,13 @@ def main():
     RESULTS_PATH = out_dir / f"django-{time.strftime('%Y%m%d-%H%M%S')}.json"
     results = {"meta": meta, "warmup": {}, "runs": {}}
     log(f"work folder {work}; raw results: {RESULTS_PATH.relative_to(ROOT)}")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    def on_signal(signum, _frame):
+        meta.setdefault("signals", []).append(f"{signal.Signals(signum).name} at {time.strftime('%H:%M:%S')}")
+        log(f"got {signal.Signals(signum).name}: stopping")
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     backends = []
     leftovers = []
     try:
@@ -659,6 +665,7 @@ def main():
             backends.append(make_backend(n, work))
         bench(backends, variants, args.reps, plugdir, results)
     finally:
+        save(results)
         log("cleaning up")
         for b in backends:
             try:
