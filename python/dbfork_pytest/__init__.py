@@ -27,7 +27,7 @@ Protocol
     The worker protocol (line-delimited JSON over the Unix socket named by
     ``DBFORK_SOCKET``, every message with ``"v": 1`` and a ``"type"``) is
     defined in one place, ``crates/dbfork-protocol/src/lib.rs`` in the dbfork
-    repository; this module follows it. In short: the worker sends ``hello``
+    repository; ``dbfork_worker`` holds the worker's side of it. In short: the worker sends ``hello``
     when pytest starts, ``collected`` after collection, then ``started`` and
     ``result`` for every test it runs and ``want`` when it is running low;
     dbfork sends ``run`` (more tests), ``steal`` (give back tests, answered by
@@ -44,36 +44,22 @@ Protocol
 Only the standard library is used; Python 3.9+, pytest 7 and later.
 """
 
-import collections
-import json
 import os
-import socket
-import sys
-import threading
 
 import pytest
 
-__version__ = "0.1.0"
+import dbfork_worker
 
-PROTOCOL_VERSION = 1
+__version__ = dbfork_worker.__version__
+
 ADAPTER = "pytest"
-
-ENV_SOCKET = "DBFORK_SOCKET"
-ENV_WORKER_ID = "DBFORK_WORKER_ID"
-
-# The exit status when dbfork goes away or breaks the protocol (EX_SOFTWARE).
-EXIT_LOST_RUNNER = 70
-
-# Ask for more work while this many tests or fewer are waiting, so the next
-# batch arrives before the worker runs dry.
-WANT_THRESHOLD = 2
 
 _PLUGIN_NAME = "dbfork-worker"
 
 
 def pytest_configure(config):
     """Registers the worker when dbfork started this process; else does nothing."""
-    path = os.environ.pop(ENV_SOCKET, None)
+    path = dbfork_worker.take_socket_path()
     if not path or config.pluginmanager.has_plugin(_PLUGIN_NAME):
         return
     worker = Worker(config, path)
@@ -138,194 +124,39 @@ class DjangoOnClone:
 
     @pytest.fixture(scope="session")
     def django_db_setup(self):
-        point_django_at_clone()
+        import dbfork_django
+
+        dbfork_django.point_django_at_clones()
         yield
 
 
-def point_django_at_clone():
-    """Sets the default database's NAME (and TEST NAME) to this worker's clone.
-
-    Settings that read ``DATABASE_URL`` already name it; settings that name a
-    database of their own on the same server are pointed at the clone here.
-    """
-    from django.conf import settings
-    from django.db import connections
-
-    backend = os.environ.get("DBFORK_BACKEND")
-    if backend == "sqlite":
-        name = os.environ.get("DBFORK_SQLITE_PATH")
-    else:
-        name = os.environ.get("DBFORK_DATABASE_NAME")
-    if not name or "default" not in settings.DATABASES:
-        return
-    for settings_dict in (settings.DATABASES["default"], connections["default"].settings_dict):
-        settings_dict["NAME"] = name
-        test = settings_dict.get("TEST")
-        if test is None:
-            test = settings_dict["TEST"] = {}
-        test["NAME"] = name
-    connections["default"].close()
-
-
 class Worker:
-    """One pytest process's side of the conversation with dbfork.
+    """One pytest process as a dbfork worker (the conversation itself is
+    :class:`dbfork_worker.Worker`'s).
 
-    The main thread runs tests (``pytest_runtestloop``); a reader thread takes
-    dbfork's messages. They share the queue of tests not yet started and the
-    flags below under one lock, with a condition variable the main thread
-    waits on. Socket writes have their own lock, always taken after the state
-    lock when both are needed, so the order of ``started`` and ``released``
-    on the wire matches the order of the state changes.
+    pytest tears module and class fixtures down according to the *next* test
+    (``nextitem``), so a test runs only once the test after it is known: the
+    wire's lookahead is 2.
     """
 
     def __init__(self, config, path):
         self.config = config
-        self.path = path
-        self.sock = None
-        self.write_lock = threading.Lock()
-        self.cond = threading.Condition(threading.Lock())
-        # Guarded by cond:
-        self.queue = collections.deque()  # indices given and not started, in order
-        self.head_committed = False  # the queue's head is the running test's nextitem
-        self.stopped = False
-        self.want_outstanding = False
-        self.finished = False  # bye sent (or the socket closed by us): EOF is expected
+        self.wire = dbfork_worker.Worker(path, ADAPTER, __version__, lookahead=2)
         # Main thread only:
         self.collect_errors = []
         self.collect_skips = []
         # Set when pytest-django is loaded: tests then carry its order groups.
         self.django = False
         self.reports = None  # the reports of the test being run
-        self.forked_child = False
-
-    # -- transport ---------------------------------------------------------
+        self.items = ()
 
     def connect(self):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(self.path)
+            self.wire.connect()
         except OSError as e:
-            sock.close()
-            raise pytest.UsageError(
-                "dbfork: cannot connect to the dbfork runner at %s (%s); "
-                "unset %s to run pytest without dbfork" % (self.path, e, ENV_SOCKET)
-            )
-        self.sock = sock
-        _keep_stderr()
-        if hasattr(os, "register_at_fork"):
-            # A test that forks must not hold (or write to) the worker's
-            # connection: dbfork sees the worker's death by its closing.
-            os.register_at_fork(after_in_child=self._after_fork_in_child)
-        self.send(
-            {
-                "type": "hello",
-                "worker_id": os.environ.get(ENV_WORKER_ID, ""),
-                "pid": os.getpid(),
-                "adapter": ADAPTER,
-                "adapter_version": __version__,
-            }
-        )
-        reader = threading.Thread(target=self._read, name="dbfork-reader", daemon=True)
-        reader.start()
-
-    def _after_fork_in_child(self):
-        self.forked_child = True
-        sock, self.sock = self.sock, None
-        if sock is not None:
-            try:
-                os.close(sock.detach())
-            except OSError:
-                pass
-
-    def send(self, message):
-        if self.forked_child:
-            return
-        message = dict({"v": PROTOCOL_VERSION}, **message)
-        # Lone surrogates (possible in captured output) are not valid UTF-8.
-        line = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
-        data = (line + "\n").encode("utf-8", "replace")
-        with self.write_lock:
-            sock = self.sock
-            if sock is None:
-                return
-            try:
-                sock.sendall(data)
-            except OSError as e:
-                self._lost("cannot write to dbfork (%s)" % e)
-
-    def _lost(self, why):
-        # Read without the lock: send() may hold it already.
-        if not self.finished:
-            _die(why)
-
-    def _read(self):
-        sock = self.sock
-        try:
-            stream = sock.makefile("rb")
-            for raw in stream:
-                if not raw.endswith(b"\n"):
-                    break  # a partial last line: dbfork's end closed mid-message
-                self._handle(raw)
-        except (OSError, ValueError) as e:
-            self._lost("lost the connection to dbfork (%s)" % e)
-            return
-        self._lost("dbfork closed the connection")
-
-    def _handle(self, raw):
-        try:
-            message = json.loads(raw.decode("utf-8"))
-        except ValueError:
-            _die("not a protocol message from dbfork: %r" % raw[:200])
-        if not isinstance(message, dict) or message.get("v") != PROTOCOL_VERSION:
-            version = message.get("v") if isinstance(message, dict) else None
-            _die(
-                "dbfork speaks protocol version %r, this dbfork-pytest %s speaks %d; "
-                "install matching versions of dbfork and its adapter"
-                % (version, __version__, PROTOCOL_VERSION)
-            )
-        kind = message.get("type")
-        if kind == "run":
-            tests = self._indices(message)
-            with self.cond:
-                self.queue.extend(tests)
-                self.want_outstanding = False
-                self._want_if_low()
-                self.cond.notify_all()
-        elif kind == "steal":
-            asked = set(self._indices(message))
-            with self.cond:
-                kept = collections.deque()
-                released = []
-                for position, index in enumerate(self.queue):
-                    if index in asked and not (position == 0 and self.head_committed):
-                        released.append(index)
-                    else:
-                        kept.append(index)
-                self.queue = kept
-                # Sent under the state lock: a `started` for a test cannot
-                # overtake the answer that said it was kept.
-                self.send({"type": "released", "tests": released})
-                self.cond.notify_all()
-        elif kind == "stop":
-            with self.cond:
-                self.stopped = True
-                self.cond.notify_all()
-        else:
-            sys.stderr.write("dbfork-pytest: ignoring unknown message %r\n" % kind)
-
-    def _indices(self, message):
-        tests = message.get("tests")
-        count = len(self.items)
-        if not isinstance(tests, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count
-            for i in tests
-        ):
-            _die("dbfork sent test indices outside the %d collected: %r" % (count, tests))
-        return tests
+            raise pytest.UsageError(self.wire.connect_error(e))
 
     # -- collection --------------------------------------------------------
-
-    items = ()
 
     @pytest.hookimpl
     def pytest_collectreport(self, report):
@@ -357,19 +188,11 @@ class Worker:
                 if group:
                     test["group"] = group
             tests.append(test)
-        with self.cond:
-            # dbfork answers `collected` with the first `run` unasked.
-            self.want_outstanding = True
-        self.send(
-            {
-                "type": "collected",
-                "tests": tests,
-                "errors": self.collect_errors,
-                "skipped": self.collect_skips,
-                "continue_on_errors": bool(
-                    self.config.option.continue_on_collection_errors
-                ),
-            }
+        self.wire.collected(
+            tests,
+            self.collect_errors,
+            self.collect_skips,
+            self.config.option.continue_on_collection_errors,
         )
 
     # -- running -----------------------------------------------------------
@@ -379,16 +202,13 @@ class Worker:
         self._send_collected(session)
         if session.config.option.collectonly:
             # Nothing to run; dbfork has the list.
-            self._bye()
+            self.wire.bye()
             return None  # pytest's own loop returns at once for --collect-only
         continue_on_errors = self.config.option.continue_on_collection_errors
         if (self.collect_errors and not continue_on_errors) or not self.items:
             # dbfork ends the run (and picks the exit status); wait for its word.
-            with self.cond:
-                while not self.stopped:
-                    self.cond.wait(1.0)
-                self.queue.clear()
-            self._bye()
+            self.wire.wait_for_stop()
+            self.wire.bye()
             return True
 
         # pytest's own loop raises session.Failed / session.Interrupted once
@@ -399,7 +219,7 @@ class Worker:
         # is given until `stop` (pytest 8+ then tears all fixtures down after
         # each test, which is slower but correct).
         while True:
-            index, next_index = self._next()
+            index, next_index = self.wire.next()
             if index is None:
                 break
             item = self.items[index]
@@ -412,50 +232,16 @@ class Worker:
                 reports = self.reports
             finally:
                 self.reports = None
-            self.send(self._result(index, reports))
-        self._bye()
+            self._send_result(index, reports)
+        self.wire.bye()
         return True
-
-    def _next(self):
-        """Waits until a test can run; returns its index and its nextitem's.
-
-        Returns (None, None) once stopped with nothing left.
-        """
-        with self.cond:
-            while True:
-                self._want_if_low()
-                if len(self.queue) >= 2 or (self.stopped and self.queue):
-                    index = self.queue.popleft()
-                    next_index = self.queue[0] if self.queue else None
-                    self.head_committed = next_index is not None
-                    self.send({"type": "started", "index": index})
-                    self._want_if_low()
-                    return index, next_index
-                if self.stopped:
-                    return None, None
-                self.cond.wait(1.0)
-
-    def _want_if_low(self):
-        # Called with cond held.
-        if (
-            not self.stopped
-            and not self.want_outstanding
-            and len(self.queue) <= WANT_THRESHOLD
-        ):
-            self.want_outstanding = True
-            self.send({"type": "want"})
-
-    def _bye(self):
-        with self.cond:
-            self.finished = True
-        self.send({"type": "bye"})
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report):
         if self.reports is not None:
             self.reports.append(report)
 
-    def _result(self, index, reports):
+    def _send_result(self, index, reports):
         config = self.config
         phases = []
         stdout = []
@@ -464,13 +250,13 @@ class Worker:
             status = config.hook.pytest_report_teststatus(report=rep, config=config)
             category = status[0] if status else ""
             phases.append(
-                {
-                    "when": rep.when,
-                    "outcome": rep.outcome,
-                    "category": category or "",
-                    "duration": float(getattr(rep, "duration", 0.0) or 0.0),
-                    "longrepr": self._longrepr(rep),
-                }
+                dbfork_worker.phase(
+                    rep.when,
+                    rep.outcome,
+                    category,
+                    getattr(rep, "duration", 0.0),
+                    self._longrepr(rep),
+                )
             )
             for title, content in rep.sections:
                 # A report carries the sections of the earlier phases too.
@@ -483,13 +269,7 @@ class Worker:
                     if stderr and not stderr[-1].endswith("\n"):
                         stderr.append("\n")
                     stderr.append(content if content.endswith("\n") else content + "\n")
-        return {
-            "type": "result",
-            "index": index,
-            "phases": phases,
-            "stdout": "".join(stdout),
-            "stderr": "".join(stderr),
-        }
+        self.wire.result(index, phases, "".join(stdout), "".join(stderr))
 
     def _longrepr(self, rep):
         if hasattr(rep, "wasxfail"):
@@ -505,16 +285,7 @@ class Worker:
 
     @pytest.hookimpl
     def pytest_unconfigure(self, config):
-        with self.cond:
-            self.finished = True
-        with self.write_lock:
-            sock, self.sock = self.sock, None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+        self.wire.close()
 
 
 def _skip_line(config, rep):
@@ -535,26 +306,3 @@ def _skip_line(config, rep):
         # A skip marker: pytest names the file only.
         return "%s: %s" % (path, reason)
     return "%s:%s: %s" % (path, lineno, reason)
-
-
-# A copy of the process's stderr, taken before any test runs: while a test
-# runs, pytest's output capture has fd 2, and a message written there would be
-# lost with the process.
-_stderr_fd = 2
-
-
-def _keep_stderr():
-    global _stderr_fd
-    try:
-        _stderr_fd = os.dup(2)
-    except OSError:
-        pass
-
-
-def _die(why):
-    try:
-        line = "dbfork-pytest: %s; exiting\n" % why
-        os.write(_stderr_fd, line.encode("utf-8", "replace"))
-    except OSError:
-        pass
-    os._exit(EXIT_LOST_RUNNER)

@@ -52,24 +52,57 @@ impl Dist {
 /// How dbfork talks to the test command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Adapter {
-    /// pytest when the command is pytest, else none.
+    /// pytest when the command is pytest, django when it is `manage.py
+    /// test`, else none.
     #[default]
     Auto,
     /// The pytest plugin: dbfork collects once and hands tests out.
     Pytest,
+    /// Django's test runner with dbfork's mixin (`--testrunner
+    /// dbfork_django.Runner`): the same, for `manage.py test`.
+    Django,
     /// None: the command runs once per slot and splits its own work.
     None,
 }
 
 impl Adapter {
-    pub const CHOICES: &'static str = "auto, pytest or none";
+    pub const CHOICES: &'static str = "auto, pytest, django or none";
 
     pub fn parse(text: &str) -> Option<Adapter> {
         match text {
             "auto" => Some(Adapter::Auto),
             "pytest" => Some(Adapter::Pytest),
+            "django" => Some(Adapter::Django),
             "none" => Some(Adapter::None),
             _ => None,
+        }
+    }
+
+    /// What `Auto` means for `command`; the others stay as they are.
+    pub fn resolve(self, command: &[String]) -> Adapter {
+        match self {
+            Adapter::Auto if plugin::is_pytest(command) && !plugin::disabled_in(command) => {
+                Adapter::Pytest
+            }
+            Adapter::Auto if plugin::is_django_test(command) => Adapter::Django,
+            Adapter::Auto => Adapter::None,
+            other => other,
+        }
+    }
+
+    /// Whether the workers speak dbfork's protocol (through an adapter).
+    pub fn speaks_protocol(self) -> bool {
+        matches!(self, Adapter::Pytest | Adapter::Django)
+    }
+
+    /// The dist a run gets when none is configured: Django's runner keeps a
+    /// `TestCase` class on one worker (its `setUpTestData` and class
+    /// transaction are set up once per class), as `manage.py test --parallel`
+    /// does.
+    pub fn default_dist(self) -> Dist {
+        match self {
+            Adapter::Django => Dist::Class,
+            _ => Dist::Test,
         }
     }
 }

@@ -7,17 +7,37 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-const SOURCE: &str = include_str!("../../../python/dbfork_pytest/__init__.py");
+/// The Python packages: the protocol's worker side and the two adapters.
+const PACKAGES: [(&str, &str); 3] = [
+    (
+        "dbfork_worker",
+        include_str!("../../../python/dbfork_worker/__init__.py"),
+    ),
+    (
+        "dbfork_pytest",
+        include_str!("../../../python/dbfork_pytest/__init__.py"),
+    ),
+    (
+        "dbfork_django",
+        include_str!("../../../python/dbfork_django/__init__.py"),
+    ),
+];
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Writes the plugin under `dir` and returns the directory for `PYTHONPATH`.
+/// The test runner `manage.py test` gets under dbfork: the project's own
+/// `TEST_RUNNER` with dbfork's mixin in front.
+pub const DJANGO_RUNNER: &str = "dbfork_django.Runner";
+
+/// Writes the adapters under `dir` and returns the directory for `PYTHONPATH`.
 pub fn install(dir: &Path) -> io::Result<PathBuf> {
     let root = dir.join("python");
-    let package = root.join("dbfork_pytest");
     let dist = root.join(format!("dbfork_pytest-{VERSION}.dist-info"));
-    std::fs::create_dir_all(&package)?;
+    for (name, source) in PACKAGES {
+        let package = root.join(name);
+        std::fs::create_dir_all(&package)?;
+        std::fs::write(package.join("__init__.py"), source)?;
+    }
     std::fs::create_dir_all(&dist)?;
-    std::fs::write(package.join("__init__.py"), SOURCE)?;
     std::fs::write(
         dist.join("METADATA"),
         format!("Metadata-Version: 2.1\nName: dbfork-pytest\nVersion: {VERSION}\n"),
@@ -46,6 +66,29 @@ pub fn is_pytest(command: &[String]) -> bool {
     }
 }
 
+/// Whether `command` runs Django's test command: `manage.py test`,
+/// `django-admin test`, `python -m django test`.
+pub fn is_django_test(command: &[String]) -> bool {
+    let base = |s: &String| {
+        Path::new(s)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    command.windows(2).any(|pair| {
+        pair[1] == "test" && (base(&pair[0]) == "manage.py" || base(&pair[0]) == "django-admin")
+    }) || command
+        .windows(3)
+        .any(|w| w[0] == "-m" && w[1] == "django" && w[2] == "test")
+}
+
+/// `manage.py test`'s own `--testrunner`, if the command has one.
+pub fn has_testrunner(command: &[String]) -> bool {
+    command
+        .iter()
+        .any(|a| a == "--testrunner" || a.starts_with("--testrunner="))
+}
+
 /// Whether the command's own arguments turn the plugin off (`-p no:dbfork`).
 pub fn disabled_in(command: &[String]) -> bool {
     command
@@ -53,12 +96,13 @@ pub fn disabled_in(command: &[String]) -> bool {
         .any(|a| a == "no:dbfork" || a == "-pno:dbfork")
 }
 
-/// pytest's `-x` / `--exitfirst` (1) or `--maxfail N`: after how many failures
+/// pytest's `-x` / `--exitfirst` and Django's `--failfast` (1) or pytest's
+/// `--maxfail N`: after how many failures
 /// the run stops (0: it does not). Workers leave it to dbfork.
 pub fn maxfail(command: &[String]) -> usize {
     let mut n = 0;
     for (i, arg) in command.iter().enumerate() {
-        if arg == "-x" || arg == "--exitfirst" {
+        if arg == "-x" || arg == "--exitfirst" || arg == "--failfast" {
             n = 1;
         } else if let Some(v) = arg.strip_prefix("--maxfail=") {
             n = v.parse().unwrap_or(n);
@@ -99,6 +143,14 @@ mod tests {
         ])));
         assert!(!is_pytest(&v(&["cargo", "nextest", "run"])));
         assert!(!is_pytest(&v(&["python", "manage.py", "test"])));
+        assert!(is_django_test(&v(&["python", "manage.py", "test"])));
+        assert!(is_django_test(&v(&["./manage.py", "test", "shop"])));
+        assert!(is_django_test(&v(&["python3", "-m", "django", "test"])));
+        assert!(is_django_test(&v(&["django-admin", "test", "--failfast"])));
+        assert!(!is_django_test(&v(&["python", "manage.py", "migrate"])));
+        assert!(!is_django_test(&v(&["pytest", "test"])));
+        assert!(has_testrunner(&v(&["manage.py", "test", "--testrunner=x.Y"])));
+        assert_eq!(maxfail(&v(&["manage.py", "test", "--failfast"])), 1);
         assert!(disabled_in(&v(&["pytest", "-p", "no:dbfork"])));
         assert_eq!(xdist_option(&v(&["pytest", "-n", "4"])), Some("-n"));
         assert_eq!(xdist_option(&v(&["pytest", "-n4"])), Some("-n4"));

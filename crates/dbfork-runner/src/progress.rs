@@ -215,10 +215,15 @@ pub fn print_final(report: &RunReport) {
                 .longrepr
                 .as_deref()
                 .and_then(|t| {
-                    // pytest's crash message: the first `E` line.
-                    t.lines()
-                        .find(|l| l.starts_with("E "))
-                        .or_else(|| t.lines().next())
+                    // pytest's crash message: the first `E` line; of a Python
+                    // traceback (unittest's), the exception: its last line.
+                    t.lines().find(|l| l.starts_with("E ")).or_else(|| {
+                        if t.starts_with("Traceback") {
+                            t.lines().rev().find(|l| !l.trim().is_empty())
+                        } else {
+                            t.lines().next()
+                        }
+                    })
                 })
                 .unwrap_or("")
                 .trim_start_matches("E ")

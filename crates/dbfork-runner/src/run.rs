@@ -156,7 +156,10 @@ struct Dispatcher {
     template: dbfork_engine::registry::Entry,
     run_id: String,
     method: CloneMethod,
-    pytest: bool,
+    /// How dbfork talks to the workers (resolved: never `Auto`).
+    adapter: Adapter,
+    /// Whether the workers speak the protocol (the adapter is not `None`).
+    protocol: bool,
     socket: PathBuf,
     pythonpath: Option<String>,
     events: mpsc::UnboundedSender<Event>,
@@ -188,6 +191,21 @@ struct Dispatcher {
     started_at: f64,
 }
 
+/// Says that the test tool's own database options in `command` have nothing
+/// to do under dbfork.
+fn note_ignored(command: &[String], options: &[&str], whose: &str) {
+    let given = command.iter().find(|a| {
+        options
+            .iter()
+            .any(|o| a.as_str() == *o || a.starts_with(&format!("{o}=")))
+    });
+    if let Some(flag) = given {
+        eprintln!(
+            "dbfork: note: {whose} {flag} does nothing under dbfork: every worker runs on its own clone of the template, which is rebuilt only when the setup or its inputs change"
+        );
+    }
+}
+
 /// Runs the suite described by `config` on `backend` and returns its report
 /// (also written to the report files and the timings store).
 pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, RunError> {
@@ -198,28 +216,25 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
         .unwrap_or_default();
     let backend = Arc::new(backend);
     let method = CloneMethod::parse(backend.kind(), &config.clone_method)?;
-    let pytest = match config.adapter {
-        Adapter::Pytest => true,
-        Adapter::None => false,
-        Adapter::Auto => {
-            plugin::is_pytest(&config.command) && !plugin::disabled_in(&config.command)
+    let adapter = config.adapter.resolve(&config.command);
+    let protocol = adapter.speaks_protocol();
+    let mut config = config;
+    match adapter {
+        Adapter::Pytest => {
+            if let Some(option) = plugin::xdist_option(&config.command) {
+                return Err(RunError::Usage(format!(
+                    "the pytest command has the pytest-xdist option `{option}`, but dbfork runs the workers itself: remove it and use `dbfork run -j N`"
+                )));
+            }
+            note_ignored(&config.command, &["--reuse-db", "--create-db"], "pytest-django's");
         }
-    };
-    if pytest {
-        if let Some(option) = plugin::xdist_option(&config.command) {
-            return Err(RunError::Usage(format!(
-                "the pytest command has the pytest-xdist option `{option}`, but dbfork runs the workers itself: remove it and use `dbfork run -j N`"
-            )));
+        Adapter::Django => {
+            note_ignored(&config.command, &["--keepdb", "--parallel"], "Django's");
+            if !plugin::has_testrunner(&config.command) {
+                config.command.push(format!("--testrunner={}", plugin::DJANGO_RUNNER));
+            }
         }
-        if let Some(flag) = config
-            .command
-            .iter()
-            .find(|a| *a == "--reuse-db" || *a == "--create-db")
-        {
-            eprintln!(
-                "dbfork: note: pytest-django's {flag} does nothing under dbfork: every worker runs on its own clone of the template, which is rebuilt only when the setup or its inputs change"
-            );
-        }
+        Adapter::Auto | Adapter::None => {}
     }
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -230,7 +245,7 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
     let run_dir = std::env::temp_dir().join(format!("dbfork-run-{}-{run_id}", std::process::id()));
     let _run_dir_guard = RunDir::create(&run_dir)?;
     let socket = run_dir.join("socket");
-    let pythonpath = if pytest {
+    let pythonpath = if protocol {
         let dir = plugin::install(&run_dir).map_err(|source| RunError::RunDir {
             path: run_dir.clone(),
             source,
@@ -274,7 +289,7 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
     let template = ops::find_template(&backend, &template.fingerprint).await?;
 
     let timings = Timings::load(&config.state_dir);
-    let listener = if pytest {
+    let listener = if protocol {
         let listener = UnixListener::bind(&socket).map_err(|source| RunError::RunDir {
             path: socket.clone(),
             source,
@@ -291,7 +306,7 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
     } else {
         false
     };
-    debug_assert_eq!(listener, pytest);
+    debug_assert_eq!(listener, protocol);
 
     let slots = config.jobs.max(1);
     progress.worker(0, "making its clone");
@@ -303,7 +318,8 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
         template,
         run_id,
         method,
-        pytest,
+        adapter,
+        protocol,
         socket,
         pythonpath,
         events: events_tx,
@@ -330,10 +346,10 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
         started,
         started_at,
     };
-    if d.pytest {
+    if d.protocol {
         d.maxfail = plugin::maxfail(&d.config.command);
     }
-    if !d.pytest {
+    if !d.protocol {
         // Without an adapter each slot's command is one unit of the report.
         d.records = vec![None; slots];
     }
@@ -591,17 +607,19 @@ impl Dispatcher {
             (env::XDIST_WORKER_COUNT.to_string(), slots),
         ]);
         let mut command = self.config.command.clone();
-        if self.pytest {
+        if self.protocol {
             vars.push((env::SOCKET.to_string(), self.socket.display().to_string()));
             if let Some(path) = &self.pythonpath {
                 vars.push(("PYTHONPATH".to_string(), path.clone()));
             }
-            if std::env::var_os("PYTEST_DISABLE_PLUGIN_AUTOLOAD").is_some() {
+            if self.adapter == Adapter::Pytest
+                && std::env::var_os("PYTEST_DISABLE_PLUGIN_AUTOLOAD").is_some()
+            {
                 // `-p dbfork` finds the entry point of the dist-info written beside it.
                 command.extend(["-p".to_string(), "dbfork".to_string()]);
             }
         }
-        let echo = if !self.pytest {
+        let echo = if !self.protocol {
             Echo::Prefixed(format!("[{}] ", label(slot)))
         } else if self.config.verbose >= 2 {
             Echo::Prefixed(format!("[{} output] ", label(slot)))
@@ -648,7 +666,7 @@ impl Dispatcher {
             started: Instant::now(),
         });
         self.progress
-            .worker(slot, if self.pytest { "starting" } else { "running" });
+            .worker(slot, if self.protocol { "starting" } else { "running" });
     }
 
     fn accept(&mut self, stream: UnixStream) {
@@ -824,7 +842,7 @@ impl Dispatcher {
             self.failures += 1;
             if self.maxfail > 0 && self.failures == self.maxfail && !self.stopping {
                 self.progress.note(&format!(
-                    "stopping after {} failure{} (pytest's -x / --maxfail); tests not started are not run",
+                    "stopping after {} failure{} (-x / --maxfail / --failfast); tests not started are not run",
                     self.failures,
                     if self.failures == 1 { "" } else { "s" }
                 ));
@@ -1010,7 +1028,7 @@ impl Dispatcher {
         if gone {
             return;
         }
-        if !self.pytest {
+        if !self.protocol {
             return self.generic_exit(slot, status, tail);
         }
         if !hello && !self.stopping {
@@ -1252,7 +1270,7 @@ impl Dispatcher {
         let timeouts = self.config.timeout.into_iter().flat_map(|limit| {
             self.slots.iter().filter_map(move |s| {
                 let w = s.worker.as_ref().filter(|w| !w.gone)?;
-                if self.pytest {
+                if self.protocol {
                     w.running.map(|(_, since)| since + limit)
                 } else {
                     Some(w.started + limit)
@@ -1279,7 +1297,7 @@ impl Dispatcher {
             let Some(w) = self.slots[slot].worker.as_ref().filter(|w| !w.gone) else {
                 continue;
             };
-            let since = if self.pytest {
+            let since = if self.protocol {
                 w.running.map(|(_, s)| s)
             } else {
                 Some(w.started)
@@ -1288,7 +1306,7 @@ impl Dispatcher {
                 continue;
             }
             let generation = w.generation;
-            if self.pytest {
+            if self.protocol {
                 self.lose(slot, generation, LossCause::Timeout(limit));
             } else {
                 let (pid, tail) = (w.pid, w.tail.text());
@@ -1330,7 +1348,7 @@ impl Dispatcher {
                 .slots
                 .iter()
                 .all(|s| s.retired || s.worker.as_ref().is_some_and(|w| w.gone))
-            || !self.pytest && self.slots.iter().all(|s| s.worker.is_some())
+            || !self.protocol && self.slots.iter().all(|s| s.worker.is_some())
     }
 
     async fn finish(mut self) -> RunReport {
@@ -1373,7 +1391,7 @@ impl Dispatcher {
         }
 
         let tests: Vec<TestRecord> = match &self.tests {
-            Some(items) if self.pytest => items
+            Some(items) if self.protocol => items
                 .iter()
                 .enumerate()
                 .map(|(index, item)| {
@@ -1440,7 +1458,7 @@ impl Dispatcher {
             collect_errors: self.collect_errors.clone(),
             collect_skipped: self.collect_skipped.clone(),
         };
-        if self.pytest && self.fatal.is_none() {
+        if self.protocol && self.fatal.is_none() {
             self.timings.record(&report);
             if let Err(e) = self.timings.save(&self.config.state_dir) {
                 eprintln!(

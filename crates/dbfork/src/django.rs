@@ -1,6 +1,7 @@
-//! No setup to write for a pytest-django project: when `dbfork run` has no
-//! `--setup` and the pytest command is a Django project's (its settings module
-//! named by `DJANGO_SETTINGS_MODULE`, `--ds`, or pytest's ini options), the
+//! No setup to write for a Django project: when `dbfork run` has no `--setup`
+//! and the test command (pytest or `manage.py test`) is a Django project's (its
+//! settings module named by `DJANGO_SETTINGS_MODULE`, `--ds`, `--settings`,
+//! pytest's ini options, or the default `manage.py` sets), the
 //! template is built by the project's own migrations, and its fingerprint
 //! covers every migration file, every fixture file and the settings module:
 //! a new migration makes a new template, and nothing stale is reused.
@@ -17,14 +18,18 @@ pub struct DjangoDefaults {
     pub fixtures: usize,
 }
 
-/// The Django settings module of the pytest `command` run in `root`, and the setup and
+/// The Django settings module of the test `command` run in `root`, and the setup and
 /// inputs that follow from it; `None` when this is not a Django project.
 pub fn detect(root: &Path, command: &[String]) -> Option<DjangoDefaults> {
-    let settings_module = std::env::var("DJANGO_SETTINGS_MODULE")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| ds_option(command))
-        .or_else(|| from_ini_files(root))?;
+    let settings_module = option(command, "--settings")
+        .or_else(|| option(command, "--ds"))
+        .or_else(|| {
+            std::env::var("DJANGO_SETTINGS_MODULE")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .or_else(|| from_ini_files(root))
+        .or_else(|| from_manage_py(root))?;
     let python = python_of(command);
     let setup = if root.join("manage.py").is_file() {
         format!("DJANGO_SETTINGS_MODULE={settings_module} {python} manage.py migrate --noinput")
@@ -51,12 +56,14 @@ pub fn detect(root: &Path, command: &[String]) -> Option<DjangoDefaults> {
     })
 }
 
-/// `--ds=mod` or `--ds mod` in the pytest arguments.
-fn ds_option(command: &[String]) -> Option<String> {
+/// `--name=value` or `--name value` in the command's arguments (`--ds` for
+/// pytest-django, `--settings` for Django's commands).
+fn option(command: &[String], name: &str) -> Option<String> {
+    let prefix = format!("{name}=");
     command.iter().enumerate().find_map(|(i, arg)| {
-        if let Some(value) = arg.strip_prefix("--ds=") {
+        if let Some(value) = arg.strip_prefix(&prefix) {
             Some(value.to_string())
-        } else if arg == "--ds" {
+        } else if arg == name {
             command.get(i + 1).cloned()
         } else {
             None
@@ -76,6 +83,18 @@ fn from_ini_files(root: &Path) -> Option<String> {
         let text = std::fs::read_to_string(root.join(file)).ok()?;
         ini_value(&text, section, "DJANGO_SETTINGS_MODULE")
     })
+}
+
+/// The module `manage.py` defaults to:
+/// `os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")`.
+fn from_manage_py(root: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(root.join("manage.py")).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.contains("setdefault") && l.contains("DJANGO_SETTINGS_MODULE"))?;
+    let after = &line[line.find("DJANGO_SETTINGS_MODULE")? + "DJANGO_SETTINGS_MODULE".len()..];
+    let value = after.split(['"', '\'']).nth(2)?;
+    Some(value.to_string()).filter(|v| !v.is_empty() && !v.contains(' '))
 }
 
 /// `key = value` (or `key = "value"`) inside `[section]` of an ini or TOML text.
@@ -238,6 +257,26 @@ mod tests {
             detect(root, &with_ds).unwrap().settings_module,
             "other.settings"
         );
+    }
+
+    #[test]
+    fn manage_py_test_finds_its_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(
+            root.join("manage.py"),
+            "import os\ndef main():\n    os.environ.setdefault(\"DJANGO_SETTINGS_MODULE\", 'shop.settings')\n",
+        )
+        .unwrap();
+        let command: Vec<String> = ["python", "manage.py", "test"].map(String::from).into();
+        if std::env::var_os("DJANGO_SETTINGS_MODULE").is_none() {
+            assert_eq!(detect(root, &command).unwrap().settings_module, "shop.settings");
+        }
+        let mut with_settings = command.clone();
+        with_settings.extend(["--settings".to_string(), "shop.ci".to_string()]);
+        let found = detect(root, &with_settings).unwrap();
+        assert_eq!(found.settings_module, "shop.ci");
+        assert!(found.setup.starts_with("DJANGO_SETTINGS_MODULE=shop.ci python manage.py migrate"), "{}", found.setup);
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
         Some(jobs) => jobs,
         None => auto_jobs(),
     };
+    let adapter = from_flags.adapter.or(from_file.adapter).unwrap_or_default();
     Ok(RunConfig {
         command: args.command.clone(),
         db: from_flags
@@ -93,8 +94,11 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
         setup: from_flags.setup.or(from_file.setup).flatten(),
         inputs: from_flags.inputs.or(from_file.inputs).unwrap_or_default(),
         jobs,
-        dist: from_flags.dist.or(from_file.dist).unwrap_or_default(),
-        adapter: from_flags.adapter.or(from_file.adapter).unwrap_or_default(),
+        dist: from_flags
+            .dist
+            .or(from_file.dist)
+            .unwrap_or_else(|| adapter.resolve(&args.command).default_dist()),
+        adapter,
         timeout: from_flags.timeout.or(from_file.timeout).flatten(),
         // Enough for every slot to lose a few workers to crashes or timeouts,
         // not so many that a suite that kills every worker loops for long.
@@ -767,7 +771,7 @@ mod tests {
                 "inputs = \"migrations\"",
                 "expected a list of glob patterns",
             ),
-            ("adapter = \"nose\"", "auto, pytest or none"),
+            ("adapter = \"nose\"", "auto, pytest, django or none"),
             (
                 "max-worker-restarts = -1",
                 "`-1` is not a whole number, 0 or more",

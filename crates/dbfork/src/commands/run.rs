@@ -66,16 +66,11 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
     }
 }
 
-/// A pytest-django project without `--setup` gets its migrations as the setup
-/// and its migration, fixture and settings files as the inputs.
+/// A Django project (pytest-django or `manage.py test`) without `--setup`
+/// gets its migrations as the setup and its migration, fixture and settings
+/// files as the inputs.
 fn django_defaults(config: &mut dbfork_runner::RunConfig, cwd: &std::path::Path) {
-    use dbfork_runner::{plugin, Adapter};
-    let pytest = match config.adapter {
-        Adapter::Pytest => true,
-        Adapter::None => false,
-        Adapter::Auto => plugin::is_pytest(&config.command),
-    };
-    if config.setup.is_some() || !pytest {
+    if config.setup.is_some() || !config.adapter.resolve(&config.command).speaks_protocol() {
         return;
     }
     let Some(found) = crate::django::detect(cwd, &config.command) else {

@@ -1,0 +1,353 @@
+"""The worker side of dbfork's protocol, for any Python test tool.
+
+``dbfork run -j N -- <command>`` starts N processes of the command, each on its
+own clone of the template database. A tool adapter in each of them (the pytest
+plugin ``dbfork_pytest``, the Django test runner ``dbfork_django``) uses this
+module to talk to dbfork: it reports what the tool collected, then runs the
+tests dbfork hands it, in the order given, and sends back each result, while
+dbfork balances the work between the workers (handing out batches, stealing
+tests a worker has not started) and writes the run's summary and reports.
+
+The protocol (line-delimited JSON over the Unix socket named by
+``DBFORK_SOCKET``, every message with ``"v": 1`` and a ``"type"``) is defined
+in one place, ``crates/dbfork-protocol/src/lib.rs`` in the dbfork repository;
+this module follows it. In short: the worker sends ``hello`` when it starts,
+``collected`` after collection, then ``started`` and ``result`` for every test
+it runs and ``want`` when it is running low; dbfork sends ``run`` (more
+tests), ``steal`` (give back tests, answered by ``released``) and ``stop``. On
+``stop`` the worker runs what it holds, sends ``bye`` and finishes as usual. If
+dbfork's end of the socket closes, the worker exits at once with status 70.
+
+Only the standard library is used; Python 3.9+.
+"""
+
+import collections
+import json
+import os
+import socket
+import sys
+import threading
+
+__version__ = "0.1.0"
+
+PROTOCOL_VERSION = 1
+
+ENV_SOCKET = "DBFORK_SOCKET"
+ENV_WORKER_ID = "DBFORK_WORKER_ID"
+
+# The exit status when dbfork goes away or breaks the protocol (EX_SOFTWARE).
+EXIT_LOST_RUNNER = 70
+
+# Ask for more work while this many tests or fewer are waiting, so the next
+# batch arrives before the worker runs dry.
+WANT_THRESHOLD = 2
+
+
+def take_socket_path():
+    """The runner's socket when dbfork started this process, else None.
+
+    It is removed from the environment, so a test tool that a test runs (in a
+    subprocess, or in-process) does not become a second worker.
+    """
+    return os.environ.pop(ENV_SOCKET, None) or None
+
+
+class Worker:
+    """One process's side of the conversation with dbfork.
+
+    The tool's main thread runs tests (asking :meth:`next` for each); a reader
+    thread takes dbfork's messages. They share the queue of tests not yet
+    started and the flags below under one lock, with a condition variable the
+    main thread waits on. Socket writes have their own lock, always taken after
+    the state lock when both are needed, so the order of ``started`` and
+    ``released`` on the wire matches the order of the state changes.
+
+    ``lookahead`` is how many tests must be known before one runs: 2 for a
+    tool that tears fixtures down according to the *next* test (pytest's
+    ``nextitem``): the head of the queue then becomes the committed next test
+    of the running one and can no longer be stolen, and the last test held runs
+    once more work or ``stop`` arrives. 1 for a tool that decides when the next
+    test starts (unittest).
+    """
+
+    def __init__(self, path, adapter, adapter_version, lookahead):
+        self.path = path
+        self.adapter = adapter
+        self.adapter_version = adapter_version
+        self.lookahead = lookahead
+        self.sock = None
+        self.count = 0  # tests collected: valid indices are below it
+        self.write_lock = threading.Lock()
+        self.cond = threading.Condition(threading.Lock())
+        # Guarded by cond:
+        self.queue = collections.deque()  # indices given and not started, in order
+        self.head_committed = False  # the queue's head is the running test's next
+        self.stopped = False
+        self.want_outstanding = False
+        self.finished = False  # bye sent (or the socket closed by us): EOF is expected
+        self.forked_child = False
+
+    # -- transport ---------------------------------------------------------
+
+    def connect(self):
+        """Connects and says hello; raises OSError when the socket is not there."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        _keep_stderr()
+        if hasattr(os, "register_at_fork"):
+            # A test that forks must not hold (or write to) the worker's
+            # connection: dbfork sees the worker's death by its closing.
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+        self.send(
+            {
+                "type": "hello",
+                "worker_id": os.environ.get(ENV_WORKER_ID, ""),
+                "pid": os.getpid(),
+                "adapter": self.adapter,
+                "adapter_version": self.adapter_version,
+            }
+        )
+        reader = threading.Thread(target=self._read, name="dbfork-reader", daemon=True)
+        reader.start()
+
+    def connect_error(self, error):
+        """The one-paragraph message for a failed :meth:`connect`."""
+        return (
+            "dbfork: cannot connect to the dbfork runner at %s (%s); "
+            "unset %s to run the tests without dbfork" % (self.path, error, ENV_SOCKET)
+        )
+
+    def _after_fork_in_child(self):
+        self.forked_child = True
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            try:
+                os.close(sock.detach())
+            except OSError:
+                pass
+
+    def send(self, message):
+        if self.forked_child:
+            return
+        message = dict({"v": PROTOCOL_VERSION}, **message)
+        # Lone surrogates (possible in captured output) are not valid UTF-8.
+        line = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        data = (line + "\n").encode("utf-8", "replace")
+        with self.write_lock:
+            sock = self.sock
+            if sock is None:
+                return
+            try:
+                sock.sendall(data)
+            except OSError as e:
+                self._lost("cannot write to dbfork (%s)" % e)
+
+    def _lost(self, why):
+        # Read without the lock: send() may hold it already.
+        if not self.finished:
+            die(why)
+
+    def _read(self):
+        sock = self.sock
+        try:
+            stream = sock.makefile("rb")
+            for raw in stream:
+                if not raw.endswith(b"\n"):
+                    break  # a partial last line: dbfork's end closed mid-message
+                self._handle(raw)
+        except (OSError, ValueError) as e:
+            self._lost("lost the connection to dbfork (%s)" % e)
+            return
+        self._lost("dbfork closed the connection")
+
+    def _handle(self, raw):
+        try:
+            message = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            die("not a protocol message from dbfork: %r" % raw[:200])
+        if not isinstance(message, dict) or message.get("v") != PROTOCOL_VERSION:
+            version = message.get("v") if isinstance(message, dict) else None
+            die(
+                "dbfork speaks protocol version %r, this %s adapter %s speaks %d; "
+                "install matching versions of dbfork and its adapter"
+                % (version, self.adapter, self.adapter_version, PROTOCOL_VERSION)
+            )
+        kind = message.get("type")
+        if kind == "run":
+            tests = self._indices(message)
+            with self.cond:
+                self.queue.extend(tests)
+                self.want_outstanding = False
+                self._want_if_low()
+                self.cond.notify_all()
+        elif kind == "steal":
+            asked = set(self._indices(message))
+            with self.cond:
+                kept = collections.deque()
+                released = []
+                for position, index in enumerate(self.queue):
+                    if index in asked and not (position == 0 and self.head_committed):
+                        released.append(index)
+                    else:
+                        kept.append(index)
+                self.queue = kept
+                # Sent under the state lock: a `started` for a test cannot
+                # overtake the answer that said it was kept.
+                self.send({"type": "released", "tests": released})
+                self.cond.notify_all()
+        elif kind == "stop":
+            with self.cond:
+                self.stopped = True
+                self.cond.notify_all()
+        else:
+            sys.stderr.write("dbfork: ignoring unknown message %r\n" % kind)
+
+    def _indices(self, message):
+        tests = message.get("tests")
+        count = self.count
+        if not isinstance(tests, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count
+            for i in tests
+        ):
+            die("dbfork sent test indices outside the %d collected: %r" % (count, tests))
+        return tests
+
+    # -- the conversation --------------------------------------------------
+
+    def collected(self, tests, errors=(), skipped=(), continue_on_errors=False):
+        """Sends the collected tests: dicts with ``id``, ``file`` and
+        optionally ``class`` and ``group`` (see the protocol's ``TestItem``)."""
+        self.count = len(tests)
+        with self.cond:
+            # dbfork answers `collected` with the first `run` unasked.
+            self.want_outstanding = True
+        self.send(
+            {
+                "type": "collected",
+                "tests": list(tests),
+                "errors": list(errors),
+                "skipped": list(skipped),
+                "continue_on_errors": bool(continue_on_errors),
+            }
+        )
+
+    def next(self):
+        """Waits until a test can run; returns its index and the next one's.
+
+        The next index is None when unknown (always, with a lookahead of 1).
+        Returns (None, None) once stopped with nothing left.
+        """
+        with self.cond:
+            while True:
+                self._want_if_low()
+                if len(self.queue) >= self.lookahead or (self.stopped and self.queue):
+                    index = self.queue.popleft()
+                    next_index = None
+                    if self.lookahead > 1 and self.queue:
+                        next_index = self.queue[0]
+                    self.head_committed = next_index is not None
+                    self.send({"type": "started", "index": index})
+                    self._want_if_low()
+                    return index, next_index
+                if self.stopped:
+                    return None, None
+                self.cond.wait(1.0)
+
+    def wait_for_stop(self):
+        """Waits for dbfork's ``stop`` (when it ends the run without tests)."""
+        with self.cond:
+            while not self.stopped:
+                self.cond.wait(1.0)
+            self.queue.clear()
+
+    def _want_if_low(self):
+        # Called with cond held.
+        if (
+            not self.stopped
+            and not self.want_outstanding
+            and len(self.queue) <= WANT_THRESHOLD
+        ):
+            self.want_outstanding = True
+            self.send({"type": "want"})
+
+    def result(self, index, phases, stdout="", stderr=""):
+        """Sends a finished test: phases are dicts with ``when``, ``outcome``,
+        ``category``, ``duration`` and ``longrepr`` (see the protocol's ``Phase``)."""
+        self.send(
+            {
+                "type": "result",
+                "index": index,
+                "phases": phases,
+                "stdout": stdout,
+                "stderr": stderr,
+            }
+        )
+
+    def bye(self):
+        with self.cond:
+            self.finished = True
+        self.send({"type": "bye"})
+
+    def close(self):
+        with self.cond:
+            self.finished = True
+        with self.write_lock:
+            sock, self.sock = self.sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+def phase(when, outcome, category, duration=0.0, longrepr=None):
+    """One phase of a test result, as the protocol's ``Phase``."""
+    return {
+        "when": when,
+        "outcome": outcome,
+        "category": category or "",
+        "duration": float(duration or 0.0),
+        "longrepr": longrepr,
+    }
+
+
+def clone_databases():
+    """This worker's clone: ``(backend, name)`` from dbfork's environment.
+
+    The name is the SQLite file's path for SQLite and the database's name on
+    the server otherwise; ``(backend, None)`` outside dbfork.
+    """
+    backend = os.environ.get("DBFORK_BACKEND")
+    if backend == "sqlite":
+        return backend, os.environ.get("DBFORK_SQLITE_PATH")
+    return backend, os.environ.get("DBFORK_DATABASE_NAME")
+
+
+# A copy of the process's stderr, taken before any test runs: while a test
+# runs, a tool's output capture may have fd 2, and a message written there
+# would be lost with the process.
+_stderr_fd = 2
+
+
+def _keep_stderr():
+    global _stderr_fd
+    try:
+        _stderr_fd = os.dup(2)
+    except OSError:
+        pass
+
+
+def die(why):
+    """Writes why to the real stderr and exits at once with status 70."""
+    try:
+        line = "dbfork worker: %s; exiting\n" % why
+        os.write(_stderr_fd, line.encode("utf-8", "replace"))
+    except OSError:
+        pass
+    os._exit(EXIT_LOST_RUNNER)
