@@ -149,7 +149,11 @@ mod tests {
         assert!(is_django_test(&v(&["django-admin", "test", "--failfast"])));
         assert!(!is_django_test(&v(&["python", "manage.py", "migrate"])));
         assert!(!is_django_test(&v(&["pytest", "test"])));
-        assert!(has_testrunner(&v(&["manage.py", "test", "--testrunner=x.Y"])));
+        assert!(has_testrunner(&v(&[
+            "manage.py",
+            "test",
+            "--testrunner=x.Y"
+        ])));
         assert_eq!(maxfail(&v(&["manage.py", "test", "--failfast"])), 1);
         assert!(disabled_in(&v(&["pytest", "-p", "no:dbfork"])));
         assert_eq!(xdist_option(&v(&["pytest", "-n", "4"])), Some("-n"));

@@ -84,7 +84,10 @@ impl Progress {
         if let Some(live) = &self.live {
             live.bar.set_length(total as u64);
         } else {
-            eprintln!("dbfork: collected {total} tests");
+            eprintln!(
+                "dbfork: collected {total} test{}",
+                if total == 1 { "" } else { "s" }
+            );
         }
     }
 

@@ -226,12 +226,18 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
                     "the pytest command has the pytest-xdist option `{option}`, but dbfork runs the workers itself: remove it and use `dbfork run -j N`"
                 )));
             }
-            note_ignored(&config.command, &["--reuse-db", "--create-db"], "pytest-django's");
+            note_ignored(
+                &config.command,
+                &["--reuse-db", "--create-db"],
+                "pytest-django's",
+            );
         }
         Adapter::Django => {
             note_ignored(&config.command, &["--keepdb", "--parallel"], "Django's");
             if !plugin::has_testrunner(&config.command) {
-                config.command.push(format!("--testrunner={}", plugin::DJANGO_RUNNER));
+                config
+                    .command
+                    .push(format!("--testrunner={}", plugin::DJANGO_RUNNER));
             }
         }
         Adapter::Auto | Adapter::None => {}

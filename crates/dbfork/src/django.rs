@@ -270,13 +270,22 @@ mod tests {
         .unwrap();
         let command: Vec<String> = ["python", "manage.py", "test"].map(String::from).into();
         if std::env::var_os("DJANGO_SETTINGS_MODULE").is_none() {
-            assert_eq!(detect(root, &command).unwrap().settings_module, "shop.settings");
+            assert_eq!(
+                detect(root, &command).unwrap().settings_module,
+                "shop.settings"
+            );
         }
         let mut with_settings = command.clone();
         with_settings.extend(["--settings".to_string(), "shop.ci".to_string()]);
         let found = detect(root, &with_settings).unwrap();
         assert_eq!(found.settings_module, "shop.ci");
-        assert!(found.setup.starts_with("DJANGO_SETTINGS_MODULE=shop.ci python manage.py migrate"), "{}", found.setup);
+        assert!(
+            found
+                .setup
+                .starts_with("DJANGO_SETTINGS_MODULE=shop.ci python manage.py migrate"),
+            "{}",
+            found.setup
+        );
     }
 
     #[test]

@@ -692,6 +692,7 @@ fn pytest_django_runs_on_the_clones(kind: Kind) {
         }
         assert_no_clones(&place);
     }
+    manage_py_test_runs_on_the_clones(&place, &dir);
     // No setup to write: the migrations are found, and they decide the template.
     let auto = || {
         dbfork()
@@ -733,7 +734,8 @@ fn pytest_django_runs_on_the_clones(kind: Kind) {
         );
         assert_no_clones(&place);
     };
-    expect(auto(), "built template");
+    // `manage.py test` above built the same template: pytest reuses it.
+    expect(auto(), "reusing template");
     let extra = dir.join("app/migrations/0002_noop.py");
     std::fs::write(
         &extra,
@@ -749,6 +751,103 @@ fn pytest_django_runs_on_the_clones(kind: Kind) {
     }
 }
 
+/// `manage.py test` under dbfork (the fixture's `djtests`, unittest only):
+/// each test's outcome as unittest decides it, counted as pytest counts,
+/// Django's flags kept, and nothing left behind.
+fn manage_py_test_runs_on_the_clones(place: &Place, dir: &Path) {
+    let py = python();
+    let run = |args: &[&str]| {
+        let out = dbfork()
+            .current_dir(dir)
+            .env_remove("CI")
+            .env_remove("DJANGO_SETTINGS_MODULE")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .args([
+                "run",
+                "-j",
+                "2",
+                "--db",
+                &place.url,
+                "--json",
+                "report.json",
+            ])
+            .args(["--", &py, "manage.py", "test", "djtests"])
+            .args(args)
+            .output()
+            .unwrap();
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap())
+                .unwrap();
+        assert_no_clones(place);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+            report,
+        )
+    };
+    let (code, stdout, stderr, report) = run(&["--keepdb"]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("Django project (proj.settings)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Django's --keepdb does nothing"),
+        "{stderr}"
+    );
+    let mut outcomes = test_ids(&report);
+    outcomes.sort();
+    let prefix = "djtests.test_runner.";
+    let expected = [
+        ("BrokenSetUpClass.test_one", "error"),
+        ("BrokenSetUpClass.test_two", "error"),
+        ("NoDatabase.test_simple", "passed"),
+        ("Outcomes.test_errors", "failed"),
+        ("Outcomes.test_expected_failure", "x_failed"),
+        ("Outcomes.test_fails", "failed"),
+        ("Outcomes.test_skipped", "skipped"),
+        ("Outcomes.test_unexpected_success", "failed"),
+        ("Transactional.test_commits", "passed"),
+        (
+            "Transactional.test_leaves_a_thread_holding_a_connection",
+            "passed",
+        ),
+        ("WithTestData.test_is_on_the_clone", "passed"),
+        ("WithTestData.test_rolls_back", "passed"),
+        ("WithTestData.test_sees_its_data", "passed"),
+        ("WithTestData.test_tagged_slow", "passed"),
+    ]
+    .map(|(id, outcome)| (format!("{prefix}{id}"), outcome.to_string()));
+    assert_eq!(outcomes, expected, "{stdout}");
+    assert_eq!(
+        summary(&stdout),
+        "3 failed, 7 passed, 1 skipped, 1 xfailed, 2 errors",
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("RuntimeError: deliberate setUpClass error"),
+        "{stdout}"
+    );
+    // A class stays on one worker: its tests share the class's fixtures.
+    let slots: std::collections::BTreeSet<_> = report["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["id"].as_str().unwrap().contains(".WithTestData."))
+        .map(|t| t["slot"].to_string())
+        .collect();
+    assert_eq!(slots.len(), 1, "{report}");
+
+    let (code, stdout, stderr, _) = run(&["--tag", "slow", "-v", "2"]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert_eq!(summary(&stdout), "1 passed", "{stdout}");
+    let (code, stdout, stderr, _) =
+        run(&["-k", "Outcomes", "--failfast", "--reverse", "--shuffle"]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("stopping after 1 failure"), "{stderr}");
+}
+
 mod pytest_django {
     #[test]
     fn sqlite() {
@@ -761,7 +860,8 @@ mod pytest_django {
 }
 
 /// The example Django project (examples/shop): `dbfork run -j 2` with no setup
-/// written gives the outcome of a serial pytest-django run, and leaves no clone.
+/// written gives the outcome of a serial run, through pytest-django and through
+/// `manage.py test`, and leaves no clone.
 fn example_project_matches_serial_pytest(kind: Kind) {
     let place = Place::new(kind, "run_shop");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop");
@@ -841,6 +941,57 @@ fn example_project_matches_serial_pytest(kind: Kind) {
         stderr.contains("Django project (shop.settings)"),
         "{stderr}"
     );
+    assert_no_clones(&place);
+
+    // The same project through `manage.py test`: Django's runner finds the
+    // unittest classes (not pytest's function tests), serially and under dbfork.
+    let serial = Command::new(&py)
+        .args(["manage.py", "test", "--noinput"])
+        .current_dir(&dir)
+        .env("DATABASE_URL", &serial_url)
+        .env_remove("DJANGO_SETTINGS_MODULE")
+        .output()
+        .unwrap();
+    if kind == Kind::Postgres {
+        place.sql_ok(
+            None,
+            &format!("DROP DATABASE IF EXISTS test_{} WITH (FORCE)", place.maint),
+        );
+    }
+    let serial_err = String::from_utf8_lossy(&serial.stderr).to_string();
+    assert_eq!(serial.status.code(), Some(0), "{serial_err}");
+    let ran = serial_err
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Ran ")?
+                .split_once(' ')?
+                .0
+                .parse::<usize>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no `Ran N tests` line: {serial_err}"));
+    let out = dbfork()
+        .current_dir(&dir)
+        .env_remove("CI")
+        .env_remove("DJANGO_SETTINGS_MODULE")
+        .args([
+            "run",
+            "-j",
+            "2",
+            "--db",
+            &place.url,
+            "--",
+            &py,
+            "manage.py",
+            "test",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(summary(&stdout), format!("{ran} passed"), "{stdout}");
+    assert!(stderr.contains("reusing template"), "{stderr}");
     assert_no_clones(&place);
 }
 
