@@ -41,15 +41,16 @@ class NoCloneError(Exception):
     """A database alias that dbfork made no clone for."""
 
 
-def point_django_at_clones():
+def point_django_at_clones(used=None):
     """Points every alias in ``DATABASES`` at this worker's clone of it.
 
     ``default`` gets the clone dbfork names in ``DBFORK_DATABASE_NAME`` (or
     ``DBFORK_SQLITE_PATH``); every other alias the clone named for it in
     ``DBFORK_DATABASES`` (``dbfork run --alias NAME``); ``TEST: MIRROR``
     aliases follow their primary, as in Django's own test setup. An alias that
-    is neither is an error: the tests would otherwise write to (and flush) the
-    real database the settings name.
+    is neither is an error (when ``used``, the aliases the tests use, is
+    given: when one of those): the tests would otherwise write to (and flush)
+    the real database the settings name.
     """
     import json
 
@@ -68,7 +69,7 @@ def point_django_at_clones():
         mirror = (settings_dict.get("TEST") or {}).get("MIRROR")
         if mirror:
             mirrors[alias] = mirror
-        elif alias not in names:
+        elif alias not in names and (used is None or alias in used):
             raise NoCloneError(
                 "dbfork: the database alias %r in DATABASES has no clone, and its "
                 "tests would use the real database %r: run with `dbfork run --alias %s` "
@@ -282,6 +283,12 @@ class DbforkRunnerMixin:
         self._dbfork_wire = wire
         try:
             return super().run_tests(test_labels, **kwargs)
+        except NoCloneError as e:
+            # Before any test ran: the run's error, as a collection error.
+            wire.collected([], errors=[{"id": "DATABASES", "longrepr": str(e)}])
+            wire.wait_for_stop()
+            wire.bye()
+            return 1
         finally:
             wire.close()
 
@@ -298,7 +305,7 @@ class DbforkRunnerMixin:
             return super().setup_databases(**kwargs)
         from django.db import connections
 
-        point_django_at_clones()
+        point_django_at_clones(used=set(kwargs.get("aliases") or ()))
         serialized = kwargs.get("serialized_aliases") or ()
         for alias in serialized:
             connection = connections[alias]

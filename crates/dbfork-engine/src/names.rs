@@ -33,6 +33,12 @@ pub fn slot_clone_name(run_id: &str, slot: usize, generation: usize) -> String {
     }
 }
 
+/// The clone of extra alias `index` (`dbfork run --alias`) beside the slot
+/// clone `slot_clone`: `<slot clone>_x<index>`.
+pub fn alias_clone_name(slot_clone: &str, index: usize) -> String {
+    format!("{slot_clone}_x{index}")
+}
+
 /// A run id: 10 hex digits, unique per process start (pid, time, host).
 pub fn new_run_id() -> String {
     let nanos = std::time::SystemTime::now()

@@ -141,6 +141,40 @@ impl DatabaseEnv {
             dir: Some(dir),
         })
     }
+
+    /// The environment for `made[0]` (as [`DatabaseEnv::new`]) with the
+    /// clones after it named for `aliases`, in order, in `DBFORK_DATABASES`:
+    /// a JSON object from alias to database name (SQLite: file path).
+    pub fn for_aliases(
+        backend: &AnyBackend,
+        made: &[MadeClone],
+        aliases: &[String],
+    ) -> Result<DatabaseEnv> {
+        let Some(first) = made.first() else {
+            return Err(Error::Interrupted);
+        };
+        let mut env = DatabaseEnv::new(backend, &first.name)?;
+        if aliases.is_empty() {
+            return Ok(env);
+        }
+        let mut map = serde_json::Map::new();
+        for (alias, clone) in aliases.iter().zip(&made[1..]) {
+            let name = match backend
+                .client_env(&clone.name)
+                .into_iter()
+                .find(|(k, _)| k == "DBFORK_SQLITE_PATH")
+            {
+                Some((_, path)) => path,
+                None => clone.name.clone(),
+            };
+            map.insert(alias.clone(), serde_json::Value::String(name));
+        }
+        env.vars.push((
+            "DBFORK_DATABASES".to_string(),
+            serde_json::Value::Object(map).to_string(),
+        ));
+        Ok(env)
+    }
 }
 
 impl Drop for DatabaseEnv {

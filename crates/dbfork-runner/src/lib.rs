@@ -119,6 +119,9 @@ pub struct RunConfig {
     pub setup: Option<String>,
     /// Glob patterns of the files that decide the template.
     pub inputs: Vec<String>,
+    /// Extra database aliases (`--alias`): each worker gets one more clone of
+    /// the template per alias, named for it in `DBFORK_DATABASES`.
+    pub aliases: Vec<String>,
     /// Number of worker slots (already resolved from `auto`).
     pub jobs: usize,
     pub dist: Dist,

@@ -89,7 +89,8 @@ enum Event {
     CloneMade {
         slot: usize,
         generation: usize,
-        result: dbfork_engine::Result<MadeClone>,
+        /// The slot's clone, then one per extra alias.
+        result: dbfork_engine::Result<Vec<MadeClone>>,
     },
     CloneDropped,
     Accepted(UnixStream),
@@ -135,6 +136,8 @@ struct Slot {
     generation: usize,
     env: Option<DatabaseEnv>,
     database: Option<String>,
+    /// The clones of the extra aliases (`--alias`), in their order.
+    extra: Vec<String>,
     worker: Option<Worker>,
     /// A clone is being made or dropped for this slot.
     busy_with_clone: bool,
@@ -456,6 +459,8 @@ impl Dispatcher {
     fn make_clone(&mut self, slot: usize) {
         let generation = self.slots[slot].generation;
         let name = names::slot_clone_name(&self.run_id, slot, generation);
+        let mut wanted = vec![name.clone()];
+        wanted.extend((0..self.config.aliases.len()).map(|i| names::alias_clone_name(&name, i)));
         self.slots[slot].busy_with_clone = true;
         self.clone_tasks += 1;
         let (backend, template, run_id) = (
@@ -477,16 +482,9 @@ impl Dispatcher {
             let _permit = permits.acquire().await;
             let owner = Owner::this_process();
             let result = ops::make_named_clones(
-                &backend,
-                &template,
-                &run_id,
-                vec![name],
-                &owner,
-                &options,
-                &cancel,
+                &backend, &template, &run_id, wanted, &owner, &options, &cancel,
             )
-            .await
-            .and_then(|mut made| made.pop().ok_or(dbfork_engine::Error::Interrupted));
+            .await;
             let _ = events.send(Event::CloneMade {
                 slot,
                 generation,
@@ -506,7 +504,9 @@ impl Dispatcher {
                 self.slots[slot].busy_with_clone = false;
                 match result {
                     Ok(made) => {
-                        self.slots[slot].database = Some(made.name.clone());
+                        let mut names = made.iter().map(|m| m.name.clone());
+                        self.slots[slot].database = names.next();
+                        self.slots[slot].extra = names.collect();
                         if self.stopping
                             || self.slots[slot].retired
                             || generation != self.slots[slot].generation
@@ -590,9 +590,9 @@ impl Dispatcher {
             .filter(|w| w.generation == generation)
     }
 
-    fn start_worker(&mut self, slot: usize, made: &MadeClone) {
+    fn start_worker(&mut self, slot: usize, made: &[MadeClone]) {
         let generation = self.slots[slot].generation;
-        let db_env = match DatabaseEnv::new(&self.backend, &made.name) {
+        let db_env = match DatabaseEnv::for_aliases(&self.backend, made, &self.config.aliases) {
             Ok(env) => env,
             Err(e) => {
                 return self.fail(
@@ -1229,9 +1229,10 @@ impl Dispatcher {
     /// and makes the next generation's.
     fn replace_clone(&mut self, slot: usize) {
         let old = self.slots[slot].database.take();
+        let extra = std::mem::take(&mut self.slots[slot].extra);
         self.slots[slot].env = None;
         self.slots[slot].generation += 1;
-        if let Some(name) = old {
+        for name in old.into_iter().chain(extra) {
             self.clone_tasks += 1;
             let (backend, events, deadline) = (
                 self.backend.clone(),

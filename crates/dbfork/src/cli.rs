@@ -81,10 +81,18 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub inputs: Option<Vec<String>>,
+    /// Extra database aliases (Django's DATABASES keys besides `default`) that get their own clone per worker, repeatable.
+    #[arg(
+        long = "alias",
+        env = "DBFORK_ALIASES",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub aliases: Option<Vec<String>>,
     /// How tests are grouped when handed to workers: test, class, module or file. [default: test]
     #[arg(long, env = "DBFORK_DIST", value_name = "UNIT")]
     pub dist: Option<String>,
-    /// How dbfork drives the command: auto, pytest or none (run it once per worker). [default: auto]
+    /// How dbfork drives the command: auto, pytest, django (`manage.py test`) or none (run it once per worker). [default: auto]
     #[arg(long, env = "DBFORK_ADAPTER", value_name = "ADAPTER")]
     pub adapter: Option<String>,
     /// Kill a worker whose test runs longer than this and report the test as timed out. [default: none]

@@ -39,6 +39,7 @@ const KEYS: &[Key] = &[
     key("db", "--db", "DBFORK_DB"),
     key("setup", "--setup", "DBFORK_SETUP"),
     key("inputs", "--input", "DBFORK_INPUTS"),
+    key("aliases", "--alias", "DBFORK_ALIASES"),
     key("jobs", "--jobs", "DBFORK_JOBS"),
     key("dist", "--dist", "DBFORK_DIST"),
     key("adapter", "--adapter", "DBFORK_ADAPTER"),
@@ -93,6 +94,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
             .unwrap_or_else(|| absolute_sqlite(DEFAULT_DB, &root)),
         setup: from_flags.setup.or(from_file.setup).flatten(),
         inputs: from_flags.inputs.or(from_file.inputs).unwrap_or_default(),
+        aliases: from_flags.aliases.or(from_file.aliases).unwrap_or_default(),
         jobs,
         dist: from_flags
             .dist
@@ -279,6 +281,7 @@ struct Layer {
     db: Option<String>,
     setup: Option<Option<String>>,
     inputs: Option<Vec<String>>,
+    aliases: Option<Vec<String>>,
     jobs: Option<usize>,
     dist: Option<Dist>,
     adapter: Option<Adapter>,
@@ -323,6 +326,10 @@ impl Layer {
                     .filter(|i| !i.is_empty())
                     .collect(),
             );
+        }
+        if let Some(names) = &args.aliases {
+            let origin = Origin::Flag(known("aliases"));
+            layer.aliases = Some(aliases(names.clone(), &origin)?);
         }
         layer.max_worker_restarts = args.max_worker_restarts;
         layer.junit = args.junit.as_deref().map(|p| optional_path(p, cwd));
@@ -383,6 +390,7 @@ impl Layer {
                 self.setup = Some(Some(command).filter(|c| !c.trim().is_empty()));
             }
             "inputs" => self.inputs = Some(string_list(raw, origin)?),
+            "aliases" => self.aliases = Some(aliases(string_list(raw, origin)?, origin)?),
             "jobs" => self.jobs = Some(jobs(raw, origin)?),
             "dist" => {
                 let text = string(raw, origin)?;
@@ -460,6 +468,29 @@ fn string(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<String> {
             format!("it is {}, expected a string", type_name(other)),
         )),
     }
+}
+
+/// Extra database aliases: names (letters, digits, `_`), not `default`, each once.
+fn aliases(names: Vec<String>, origin: &Origin<'_>) -> anyhow::Result<Vec<String>> {
+    let mut seen = Vec::new();
+    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(
+                origin,
+                format!("`{name}` is not a database alias (letters, digits and `_`)"),
+            ));
+        }
+        if name == "default" {
+            return Err(invalid(
+                origin,
+                "`default` always gets the worker's clone; name only the other aliases",
+            ));
+        }
+        if !seen.iter().any(|s| s == name) {
+            seen.push(name.to_string());
+        }
+    }
+    Ok(seen)
 }
 
 fn string_list(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<Vec<String>> {
@@ -642,6 +673,7 @@ mod tests {
             db: None,
             setup: None,
             inputs: None,
+            aliases: None,
             dist: None,
             adapter: None,
             timeout: None,

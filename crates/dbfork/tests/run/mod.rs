@@ -693,6 +693,7 @@ fn pytest_django_runs_on_the_clones(kind: Kind) {
         assert_no_clones(&place);
     }
     manage_py_test_runs_on_the_clones(&place, &dir);
+    multi_database_settings(&place, &dir);
     // No setup to write: the migrations are found, and they decide the template.
     let auto = || {
         dbfork()
@@ -846,6 +847,65 @@ fn manage_py_test_runs_on_the_clones(place: &Place, dir: &Path) {
         run(&["-k", "Outcomes", "--failfast", "--reverse", "--shuffle"]);
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("stopping after 1 failure"), "{stderr}");
+}
+
+/// A settings variant with two more aliases (`other`, its own database;
+/// `replica`, a TEST MIRROR of default): with `--alias other` every worker
+/// gets a clone for each, through `manage.py test` and pytest-django; without
+/// it the run stops before any test with an error naming the fix.
+fn multi_database_settings(place: &Place, dir: &Path) {
+    let py = python();
+    let run = |extra: &[&str], command: &[&str]| {
+        let out = dbfork()
+            .current_dir(dir)
+            .env_remove("CI")
+            .env_remove("DJANGO_SETTINGS_MODULE")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .args(["run", "-j", "2", "--db", &place.url])
+            .args(extra)
+            .arg("--")
+            .arg(&py)
+            .args(command)
+            .output()
+            .unwrap();
+        assert_no_clones(place);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let django = [
+        "manage.py",
+        "test",
+        "multitests",
+        "--settings",
+        "proj.settings_multi",
+    ];
+    let pytest = [
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "multitests",
+        "--ds",
+        "proj.settings_multi",
+    ];
+    for command in [&django[..], &pytest[..]] {
+        let (code, stdout, stderr) = run(&["--alias", "other"], command);
+        assert_eq!(code, Some(0), "{command:?}\n{stdout}\n{stderr}");
+        assert_eq!(summary(&stdout), "2 passed", "{stdout}");
+        assert!(
+            stderr.contains("Django project (proj.settings_multi)"),
+            "{stderr}"
+        );
+    }
+    let (code, stdout, stderr) = run(&[], &django);
+    assert_ne!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("has no clone") && stdout.contains("`dbfork run --alias other`"),
+        "{stdout}\n{stderr}"
+    );
 }
 
 mod pytest_django {
