@@ -950,14 +950,9 @@ fn example_project_matches_serial_pytest(kind: Kind) {
         .env_remove("DJANGO_SETTINGS_MODULE")
         .output()
         .unwrap();
-    if kind == Kind::Postgres {
-        // The suite's hanging-thread test makes pytest-django's own teardown fail
-        // ("being accessed by other users"): remove what it left.
-        place.sql_ok(
-            None,
-            &format!("DROP DATABASE IF EXISTS test_{} WITH (FORCE)", place.maint),
-        );
-    }
+    // The suite's hanging-thread test makes pytest-django's own teardown fail
+    // on PostgreSQL ("being accessed by other users"): remove what it left.
+    drop_serial_test_database(&place);
     let serial_out = String::from_utf8_lossy(&serial.stdout).to_string();
     assert_eq!(serial.status.code(), Some(0), "{serial_out}");
     let out = dbfork()
@@ -1012,12 +1007,7 @@ fn example_project_matches_serial_pytest(kind: Kind) {
         .env_remove("DJANGO_SETTINGS_MODULE")
         .output()
         .unwrap();
-    if kind == Kind::Postgres {
-        place.sql_ok(
-            None,
-            &format!("DROP DATABASE IF EXISTS test_{} WITH (FORCE)", place.maint),
-        );
-    }
+    drop_serial_test_database(&place);
     let serial_err = String::from_utf8_lossy(&serial.stderr).to_string();
     assert_eq!(serial.status.code(), Some(0), "{serial_err}");
     let ran = serial_err
@@ -1055,6 +1045,17 @@ fn example_project_matches_serial_pytest(kind: Kind) {
     assert_no_clones(&place);
 }
 
+/// The test database a serial Django run makes beside the maintenance one,
+/// if its teardown left it.
+fn drop_serial_test_database(place: &Place) {
+    let sql = match place.kind {
+        Kind::Sqlite => return,
+        Kind::Postgres => format!("DROP DATABASE IF EXISTS test_{} WITH (FORCE)", place.maint),
+        Kind::Mysql => format!("DROP DATABASE IF EXISTS test_{}", place.maint),
+    };
+    place.sql_ok(None, &sql);
+}
+
 mod example_project {
     #[test]
     fn sqlite() {
@@ -1063,5 +1064,9 @@ mod example_project {
     #[test]
     fn postgres() {
         super::example_project_matches_serial_pytest(super::Kind::Postgres)
+    }
+    #[test]
+    fn mariadb() {
+        super::example_project_matches_serial_pytest(super::Kind::Mysql)
     }
 }
