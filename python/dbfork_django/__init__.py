@@ -41,6 +41,9 @@ class NoCloneError(Exception):
     """A database alias that dbfork made no clone for."""
 
 
+_pointed = False
+
+
 def point_django_at_clones(used=None):
     """Points every alias in ``DATABASES`` at this worker's clone of it.
 
@@ -57,9 +60,11 @@ def point_django_at_clones(used=None):
     from django.conf import settings
     from django.db import connections
 
+    global _pointed
     backend, default_name = dbfork_worker.clone_databases()
-    if not default_name:
+    if not default_name or _pointed:
         return
+    _pointed = True
     names = {"default": default_name}
     extra = os.environ.get(ENV_ALIASES)
     if extra:
@@ -90,6 +95,76 @@ def point_django_at_clones(used=None):
     for alias, mirror in mirrors.items():
         connections[alias].close()
         connections[alias].creation.set_as_test_mirror(connections[mirror].settings_dict)
+
+
+def _use_database(alias, name):
+    """Points ``alias`` (and the mirrors that share its settings) at ``name``."""
+    from django.conf import settings
+    from django.db import connections
+
+    shared = connections[alias].settings_dict
+    for settings_dict in (settings.DATABASES[alias], shared):
+        settings_dict["NAME"] = name
+        settings_dict.setdefault("TEST", {})["NAME"] = name
+    for connection in connections.all(initialized_only=True):
+        if connection.settings_dict is shared or connection.alias == alias:
+            connection.close()
+
+
+class FreshClones:
+    """``dbfork run --fresh-transactional``: a transactional test runs on a
+    fresh clone of its own, made ahead by dbfork, instead of emptying every
+    table (Django's flush) when it ends; the worker's own clone is untouched
+    and the test's clone is dropped by dbfork.
+
+    Only tests whose data lives in ``default`` alone (and its mirrors), without
+    ``serialized_rollback``, take a fresh clone; the others flush as usual.
+    """
+
+    active = False
+
+    def __init__(self, wire):
+        self.wire = wire
+        self.base = None
+        _patch_flush()
+
+    @staticmethod
+    def eligible(cls):
+        """Whether tests of TestCase class ``cls`` take a fresh clone."""
+        from django.test import TestCase, TransactionTestCase
+
+        if not (isinstance(cls, type) and issubclass(cls, TransactionTestCase)):
+            return False
+        if issubclass(cls, TestCase) or getattr(cls, "serialized_rollback", False):
+            return False
+        return set(cls._databases_names(include_mirrors=False)) <= {"default"}
+
+    def enter(self):
+        from django.db import connections
+
+        self.base = connections["default"].settings_dict["NAME"]
+        _use_database("default", self.wire.fresh())
+        FreshClones.active = True
+
+    def leave(self):
+        FreshClones.active = False
+        _use_database("default", self.base)
+
+
+def _patch_flush():
+    from django.test import TransactionTestCase
+
+    original = TransactionTestCase._fixture_teardown
+    if getattr(original, "_dbfork", False):
+        return
+
+    def _fixture_teardown(self):
+        if FreshClones.active:
+            return  # the clone is thrown away: nothing to empty
+        return original(self)
+
+    _fixture_teardown._dbfork = True
+    TransactionTestCase._fixture_teardown = _fixture_teardown
 
 
 def order_group(test):
@@ -149,6 +224,7 @@ class DistributedSuite(unittest.TestSuite):
         super().__init__()
         self._cases = list(tests)
         self._wire = wire
+        self._fresh = FreshClones(wire) if dbfork_worker.fresh_enabled() else None
 
     def countTestCases(self):
         return len(self._cases)
@@ -185,7 +261,14 @@ class DistributedSuite(unittest.TestSuite):
                 else:
                     phases = []
                 middle = _Tally(result)
-                test(result)
+                fresh = self._fresh is not None and FreshClones.eligible(type(test))
+                if fresh:
+                    self._fresh.enter()
+                try:
+                    test(result)
+                finally:
+                    if fresh:
+                        self._fresh.leave()
                 phases.append(_phase("call", middle.since(result), time.perf_counter() - started))
             teardown = self._finish_fixtures(test, following, result)
             if teardown:

@@ -110,6 +110,29 @@ def django_order_group(item):
     return 0 if uses_db else 2
 
 
+def fresh_eligible(item):
+    """Whether a pytest-django test takes a fresh clone (--fresh-transactional):
+    a transactional test on ``default`` alone, without serialized rollback."""
+    if django_order_group(item) != 1:
+        return False
+    cls = getattr(item, "cls", None)
+    if cls is not None:
+        import dbfork_django
+
+        return dbfork_django.FreshClones.eligible(cls)
+    if "django_db_serialized_rollback" in getattr(item, "fixturenames", ()):
+        return False
+    marker = item.get_closest_marker("django_db")
+    if marker is None:
+        return True  # transactional_db or live_server: default only
+    # django_db(transaction, reset_sequences, databases, serialized_rollback, ...)
+    args = list(marker.args) + [None] * 4
+    databases = marker.kwargs.get("databases", args[2])
+    if databases is not None and set(databases) - {"default"}:
+        return False
+    return not marker.kwargs.get("serialized_rollback", args[3])
+
+
 class DjangoOnClone:
     """pytest-django under dbfork: the worker's database is already there.
 
@@ -147,6 +170,7 @@ class Worker:
         self.collect_skips = []
         # Set when pytest-django is loaded: tests then carry its order groups.
         self.django = False
+        self.fresh = None  # dbfork_django.FreshClones with --fresh-transactional
         self.reports = None  # the reports of the test being run
         self.items = ()
 
@@ -218,6 +242,7 @@ class Worker:
         # for it) it is left set and ignored: the worker keeps running what it
         # is given until `stop` (pytest 8+ then tears all fixtures down after
         # each test, which is slower but correct).
+        self._start_fresh_clones()
         while True:
             index, next_index = self.wire.next()
             if index is None:
@@ -225,6 +250,9 @@ class Worker:
             item = self.items[index]
             nextitem = None if next_index is None else self.items[next_index]
             self.reports = []
+            fresh = self.fresh is not None and fresh_eligible(item)
+            if fresh:
+                self.fresh.enter()
             try:
                 # As pytest's own loop calls it (config.hook, not item.ihook), so
                 # conftest hooks apply exactly as in a serial run.
@@ -232,9 +260,24 @@ class Worker:
                 reports = self.reports
             finally:
                 self.reports = None
+                if fresh:
+                    self.fresh.leave()
             self._send_result(index, reports)
         self.wire.bye()
         return True
+
+    def _start_fresh_clones(self):
+        """With --fresh-transactional: the worker's clone is set now, before
+        the first test, so that a fresh clone can stand in for it."""
+        if not (self.django and dbfork_worker.fresh_enabled()):
+            return
+        import dbfork_django
+
+        try:
+            dbfork_django.point_django_at_clones()
+        except dbfork_django.NoCloneError:
+            return  # every database test reports it (django_db_setup)
+        self.fresh = dbfork_django.FreshClones(self.wire)
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report):

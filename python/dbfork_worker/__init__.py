@@ -34,6 +34,7 @@ PROTOCOL_VERSION = 1
 
 ENV_SOCKET = "DBFORK_SOCKET"
 ENV_WORKER_ID = "DBFORK_WORKER_ID"
+ENV_FRESH = "DBFORK_FRESH"
 
 # The exit status when dbfork goes away or breaks the protocol (EX_SOFTWARE).
 EXIT_LOST_RUNNER = 70
@@ -85,6 +86,7 @@ class Worker:
         self.stopped = False
         self.want_outstanding = False
         self.finished = False  # bye sent (or the socket closed by us): EOF is expected
+        self.fresh_database = None  # the answer to `fresh`
         self.forked_child = False
 
     # -- transport ---------------------------------------------------------
@@ -200,6 +202,10 @@ class Worker:
                 # overtake the answer that said it was kept.
                 self.send({"type": "released", "tests": released})
                 self.cond.notify_all()
+        elif kind == "fresh":
+            with self.cond:
+                self.fresh_database = message.get("database")
+                self.cond.notify_all()
         elif kind == "stop":
             with self.cond:
                 self.stopped = True
@@ -258,6 +264,18 @@ class Worker:
                     return None, None
                 self.cond.wait(1.0)
 
+    def fresh(self):
+        """A fresh clone of the template for the next test alone (its name, or
+        its path on SQLite); dbfork drops the one asked for before. Only when
+        :func:`fresh_enabled`."""
+        with self.cond:
+            self.fresh_database = None
+        self.send({"type": "fresh"})
+        with self.cond:
+            while self.fresh_database is None:
+                self.cond.wait(1.0)
+            return self.fresh_database
+
     def wait_for_stop(self):
         """Waits for dbfork's ``stop`` (when it ends the run without tests)."""
         with self.cond:
@@ -315,6 +333,12 @@ def phase(when, outcome, category, duration=0.0, longrepr=None):
         "duration": float(duration or 0.0),
         "longrepr": longrepr,
     }
+
+
+def fresh_enabled():
+    """Whether dbfork makes fresh clones for transactional tests
+    (``dbfork run --fresh-transactional``)."""
+    return os.environ.get(ENV_FRESH) == "1"
 
 
 def clone_databases():

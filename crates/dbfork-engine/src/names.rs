@@ -39,6 +39,11 @@ pub fn alias_clone_name(slot_clone: &str, index: usize) -> String {
     format!("{slot_clone}_x{index}")
 }
 
+/// The `n`th fresh clone of a run (`dbfork run --fresh-transactional`).
+pub fn fresh_clone_name(run_id: &str, n: usize) -> String {
+    format!("{PREFIX}{run_id}_f{n}")
+}
+
 /// A run id: 10 hex digits, unique per process start (pid, time, host).
 pub fn new_run_id() -> String {
     let nanos = std::time::SystemTime::now()

@@ -107,6 +107,18 @@ pub struct DatabaseEnv {
     dir: Option<std::path::PathBuf>,
 }
 
+/// How a client names database `name`: its name on a server, its file's path on SQLite.
+pub fn database_reference(backend: &AnyBackend, name: &str) -> String {
+    match backend
+        .client_env(name)
+        .into_iter()
+        .find(|(k, _)| k == "DBFORK_SQLITE_PATH")
+    {
+        Some((_, path)) => path,
+        None => name.to_string(),
+    }
+}
+
 impl DatabaseEnv {
     /// The environment for database `name` on `backend`'s server.
     pub fn new(backend: &AnyBackend, name: &str) -> Result<DatabaseEnv> {
@@ -159,14 +171,7 @@ impl DatabaseEnv {
         }
         let mut map = serde_json::Map::new();
         for (alias, clone) in aliases.iter().zip(&made[1..]) {
-            let name = match backend
-                .client_env(&clone.name)
-                .into_iter()
-                .find(|(k, _)| k == "DBFORK_SQLITE_PATH")
-            {
-                Some((_, path)) => path,
-                None => clone.name.clone(),
-            };
+            let name = database_reference(backend, &clone.name);
             map.insert(alias.clone(), serde_json::Value::String(name));
         }
         env.vars.push((

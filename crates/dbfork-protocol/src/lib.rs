@@ -23,6 +23,8 @@
 //! | `DBFORK_WORKER` / `DBFORK_WORKERS` | the slot (0-based) and the number of slots |
 //! | `PYTEST_XDIST_WORKER` / `PYTEST_XDIST_WORKER_COUNT` | `gw<slot>` and the count, as pytest-xdist sets them |
 //! | `DATABASE_URL`, `DBFORK_DATABASE_URL`, `DBFORK_DATABASE_NAME`, backend variables | the slot's clone |
+//! | `DBFORK_DATABASES` | extra aliases' clones (`--alias`): JSON, alias to name (SQLite: path) |
+//! | `DBFORK_FRESH` | `1` with `--fresh-transactional`: transactional tests may ask for a fresh clone |
 //!
 //! # Conversation
 //!
@@ -39,6 +41,8 @@
 //!                                     <-   run {...} | stop
 //!                                     <-   steal {tests}
 //!   released {tests}                  ->
+//!   fresh                             ->   (only with DBFORK_FRESH=1)
+//!                                     <-   fresh {database}
 //!   bye                               ->   (then the process exits)
 //! ```
 //!
@@ -63,6 +67,7 @@ pub mod env {
     pub const WORKER: &str = "DBFORK_WORKER";
     pub const WORKERS: &str = "DBFORK_WORKERS";
     pub const RUN_ID: &str = "DBFORK_RUN_ID";
+    pub const FRESH: &str = "DBFORK_FRESH";
     pub const XDIST_WORKER: &str = "PYTEST_XDIST_WORKER";
     pub const XDIST_WORKER_COUNT: &str = "PYTEST_XDIST_WORKER_COUNT";
 }
@@ -162,6 +167,11 @@ pub enum WorkerMessage {
     Released {
         tests: Vec<usize>,
     },
+    /// The next test wants a fresh clone of its own (`dbfork run
+    /// --fresh-transactional`, announced by `DBFORK_FRESH=1`): dbfork answers
+    /// with [`RunnerMessage::Fresh`] and drops the worker's previous fresh
+    /// clone. The worker's own clone stays as it is.
+    Fresh,
     Bye,
 }
 
@@ -169,8 +179,17 @@ pub enum WorkerMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RunnerMessage {
-    Run { tests: Vec<usize> },
-    Steal { tests: Vec<usize> },
+    Run {
+        tests: Vec<usize>,
+    },
+    Steal {
+        tests: Vec<usize>,
+    },
+    /// The answer to a worker's `fresh`: a clone of the template made ahead
+    /// for it alone (its name on the server; SQLite: the file's path).
+    Fresh {
+        database: String,
+    },
     Stop,
 }
 

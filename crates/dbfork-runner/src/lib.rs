@@ -122,6 +122,9 @@ pub struct RunConfig {
     /// Extra database aliases (`--alias`): each worker gets one more clone of
     /// the template per alias, named for it in `DBFORK_DATABASES`.
     pub aliases: Vec<String>,
+    /// `--fresh-transactional`: transactional tests get a fresh clone each,
+    /// made ahead in the background, instead of a flush after them.
+    pub fresh_transactional: bool,
     /// Number of worker slots (already resolved from `auto`).
     pub jobs: usize,
     pub dist: Dist,

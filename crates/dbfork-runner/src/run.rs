@@ -93,6 +93,10 @@ enum Event {
         result: dbfork_engine::Result<Vec<MadeClone>>,
     },
     CloneDropped,
+    /// A fresh clone for `--fresh-transactional` was made (or not).
+    FreshMade {
+        result: dbfork_engine::Result<Vec<MadeClone>>,
+    },
     Accepted(UnixStream),
     Line {
         conn: usize,
@@ -138,6 +142,8 @@ struct Slot {
     database: Option<String>,
     /// The clones of the extra aliases (`--alias`), in their order.
     extra: Vec<String>,
+    /// The fresh clone its worker's current transactional test runs on.
+    fresh: Option<String>,
     worker: Option<Worker>,
     /// A clone is being made or dropped for this slot.
     busy_with_clone: bool,
@@ -146,6 +152,17 @@ struct Slot {
     workers_started: usize,
     tests_run: usize,
     busy: f64,
+}
+
+/// `--fresh-transactional`: clones made ahead, handed to workers that ask.
+#[derive(Default)]
+struct FreshPool {
+    ready: Vec<String>,
+    making: usize,
+    /// Workers (slot, generation) waiting for one, first come first served.
+    waiting: std::collections::VecDeque<(usize, usize)>,
+    /// How many were started in all (their names count up).
+    started: usize,
 }
 
 struct Conn {
@@ -169,6 +186,7 @@ struct Dispatcher {
     clone_permits: Arc<Semaphore>,
     cancel: Cancel,
     slots: Vec<Slot>,
+    fresh: FreshPool,
     conns: HashMap<usize, Conn>,
     next_conn: usize,
     tests: Option<Vec<TestItem>>,
@@ -333,6 +351,7 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
         pythonpath,
         events: events_tx,
         clone_permits: Arc::new(Semaphore::new(CLONE_CONCURRENCY)),
+        fresh: FreshPool::default(),
         cancel,
         conns: HashMap::new(),
         next_conn: 0,
@@ -462,6 +481,20 @@ impl Dispatcher {
         let mut wanted = vec![name.clone()];
         wanted.extend((0..self.config.aliases.len()).map(|i| names::alias_clone_name(&name, i)));
         self.slots[slot].busy_with_clone = true;
+        self.spawn_clones(wanted, move |result| Event::CloneMade {
+            slot,
+            generation,
+            result,
+        });
+    }
+
+    /// Makes clones of the template named `wanted` in the background; `done`
+    /// turns the outcome into the event the loop receives.
+    fn spawn_clones(
+        &mut self,
+        wanted: Vec<String>,
+        done: impl FnOnce(dbfork_engine::Result<Vec<MadeClone>>) -> Event + Send + 'static,
+    ) {
         self.clone_tasks += 1;
         let (backend, template, run_id) = (
             self.backend.clone(),
@@ -485,12 +518,75 @@ impl Dispatcher {
                 &backend, &template, &run_id, wanted, &owner, &options, &cancel,
             )
             .await;
-            let _ = events.send(Event::CloneMade {
-                slot,
-                generation,
-                result,
-            });
+            let _ = events.send(done(result));
         });
+    }
+
+    /// Drops clone `name` in the background (what is left is dropped at the end).
+    fn drop_in_background(&mut self, name: String) {
+        self.clone_tasks += 1;
+        let (backend, events, deadline) = (
+            self.backend.clone(),
+            self.events.clone(),
+            self.config.drop_timeout,
+        );
+        tokio::spawn(async move {
+            if let Err(e) = ops::drop_entry(&backend, &name, deadline).await {
+                tracing::warn!(
+                    "could not drop {name} yet ({e}); it is dropped at the end of the run"
+                );
+            }
+            let _ = events.send(Event::CloneDropped);
+        });
+    }
+
+    /// A worker's `fresh`: its previous fresh clone goes, the next is handed
+    /// out as soon as one is ready.
+    fn on_fresh(&mut self, slot: usize, generation: usize) {
+        if !self.config.fresh_transactional {
+            return self.fail(
+                exit::USAGE,
+                format!("{} asked for a fresh clone, but this run does not make them (DBFORK_FRESH is not set by dbfork without --fresh-transactional): the adapter and dbfork disagree; install matching versions", label(slot)),
+            );
+        }
+        if let Some(old) = self.slots[slot].fresh.take() {
+            self.drop_in_background(old);
+        }
+        self.fresh.waiting.push_back((slot, generation));
+        self.hand_out_fresh();
+        self.top_up_fresh();
+    }
+
+    fn hand_out_fresh(&mut self) {
+        while !self.fresh.ready.is_empty() {
+            let Some((slot, generation)) = self.fresh.waiting.pop_front() else {
+                return;
+            };
+            if self.worker(slot, generation).is_none_or(|w| w.gone) {
+                continue;
+            }
+            let Some(name) = self.fresh.ready.pop() else {
+                return;
+            };
+            let database = ops::database_reference(&self.backend, &name);
+            self.send(slot, &RunnerMessage::Fresh { database });
+            self.slots[slot].fresh = Some(name);
+        }
+    }
+
+    /// Keeps one fresh clone ready (or in the making) per worker, plus one
+    /// for every worker waiting.
+    fn top_up_fresh(&mut self) {
+        if !self.config.fresh_transactional || self.stopping {
+            return;
+        }
+        let want = self.slots.len() + self.fresh.waiting.len();
+        while self.fresh.ready.len() + self.fresh.making < want {
+            let name = names::fresh_clone_name(&self.run_id, self.fresh.started);
+            self.fresh.started += 1;
+            self.fresh.making += 1;
+            self.spawn_clones(vec![name], |result| Event::FreshMade { result });
+        }
     }
 
     fn handle(&mut self, event: Event) {
@@ -524,6 +620,21 @@ impl Dispatcher {
             }
             Event::CloneDropped => {
                 self.clone_tasks -= 1;
+            }
+            Event::FreshMade { result } => {
+                self.clone_tasks -= 1;
+                self.fresh.making -= 1;
+                match result {
+                    Ok(made) => {
+                        self.fresh.ready.extend(made.into_iter().map(|m| m.name));
+                        self.hand_out_fresh();
+                    }
+                    Err(dbfork_engine::Error::Interrupted) => {}
+                    Err(e) => self.fail(
+                        exit::SETUP_OR_DATABASE,
+                        format!("could not make a fresh clone for a transactional test: {e}"),
+                    ),
+                }
             }
             Event::Accepted(stream) => self.accept(stream),
             Event::Line { conn, line } => match protocol::decode::<WorkerMessage>(&line) {
@@ -609,6 +720,15 @@ impl Dispatcher {
             (env::WORKERS.to_string(), slots.clone()),
             (env::WORKER_ID.to_string(), id.clone()),
             (env::RUN_ID.to_string(), self.run_id.clone()),
+            (
+                env::FRESH.to_string(),
+                if self.config.fresh_transactional {
+                    "1"
+                } else {
+                    "0"
+                }
+                .to_string(),
+            ),
             (env::XDIST_WORKER.to_string(), label(slot)),
             (env::XDIST_WORKER_COUNT.to_string(), slots),
         ]);
@@ -764,6 +884,7 @@ impl Dispatcher {
                 }
                 self.on_collected(slot, tests, errors, continue_on_errors);
                 self.feed(slot);
+                self.top_up_fresh();
             }
             WorkerMessage::Want => {
                 if let Some(w) = self.worker_mut(slot, generation) {
@@ -833,6 +954,7 @@ impl Dispatcher {
                 }
                 self.feed_all();
             }
+            WorkerMessage::Fresh => self.on_fresh(slot, generation),
             WorkerMessage::Bye => {
                 if let Some(w) = self.worker_mut(slot, generation) {
                     w.bye = true;
@@ -1230,23 +1352,11 @@ impl Dispatcher {
     fn replace_clone(&mut self, slot: usize) {
         let old = self.slots[slot].database.take();
         let extra = std::mem::take(&mut self.slots[slot].extra);
+        let fresh = self.slots[slot].fresh.take();
         self.slots[slot].env = None;
         self.slots[slot].generation += 1;
-        for name in old.into_iter().chain(extra) {
-            self.clone_tasks += 1;
-            let (backend, events, deadline) = (
-                self.backend.clone(),
-                self.events.clone(),
-                self.config.drop_timeout,
-            );
-            tokio::spawn(async move {
-                if let Err(e) = ops::drop_entry(&backend, &name, deadline).await {
-                    tracing::warn!(
-                        "could not drop {name} yet ({e}); it is dropped at the end of the run"
-                    );
-                }
-                let _ = events.send(Event::CloneDropped);
-            });
+        for name in old.into_iter().chain(extra).chain(fresh) {
+            self.drop_in_background(name);
         }
         self.make_clone(slot);
     }

@@ -89,6 +89,9 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub aliases: Option<Vec<String>>,
+    /// Give each transactional test (TransactionTestCase, transactional_db, live_server) a fresh clone made ahead in the background, instead of emptying every table after it.
+    #[arg(long, env = "DBFORK_FRESH_TRANSACTIONAL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub fresh_transactional: Option<String>,
     /// How tests are grouped when handed to workers: test, class, module or file. [default: test]
     #[arg(long, env = "DBFORK_DIST", value_name = "UNIT")]
     pub dist: Option<String>,

@@ -40,6 +40,11 @@ const KEYS: &[Key] = &[
     key("setup", "--setup", "DBFORK_SETUP"),
     key("inputs", "--input", "DBFORK_INPUTS"),
     key("aliases", "--alias", "DBFORK_ALIASES"),
+    key(
+        "fresh_transactional",
+        "--fresh-transactional",
+        "DBFORK_FRESH_TRANSACTIONAL",
+    ),
     key("jobs", "--jobs", "DBFORK_JOBS"),
     key("dist", "--dist", "DBFORK_DIST"),
     key("adapter", "--adapter", "DBFORK_ADAPTER"),
@@ -95,6 +100,10 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
         setup: from_flags.setup.or(from_file.setup).flatten(),
         inputs: from_flags.inputs.or(from_file.inputs).unwrap_or_default(),
         aliases: from_flags.aliases.or(from_file.aliases).unwrap_or_default(),
+        fresh_transactional: from_flags
+            .fresh_transactional
+            .or(from_file.fresh_transactional)
+            .unwrap_or(false),
         jobs,
         dist: from_flags
             .dist
@@ -282,6 +291,7 @@ struct Layer {
     setup: Option<Option<String>>,
     inputs: Option<Vec<String>>,
     aliases: Option<Vec<String>>,
+    fresh_transactional: Option<bool>,
     jobs: Option<usize>,
     dist: Option<Dist>,
     adapter: Option<Adapter>,
@@ -311,6 +321,7 @@ impl Layer {
             (&args.connect_timeout, "connect_timeout"),
             (&args.drop_timeout, "drop_timeout"),
             (&args.build_timeout, "build_timeout"),
+            (&args.fresh_transactional, "fresh_transactional"),
         ];
         for (value, name) in texts {
             if let Some(text) = value.as_deref() {
@@ -391,6 +402,7 @@ impl Layer {
             }
             "inputs" => self.inputs = Some(string_list(raw, origin)?),
             "aliases" => self.aliases = Some(aliases(string_list(raw, origin)?, origin)?),
+            "fresh_transactional" => self.fresh_transactional = Some(boolean(raw, origin)?),
             "jobs" => self.jobs = Some(jobs(raw, origin)?),
             "dist" => {
                 let text = string(raw, origin)?;
@@ -467,6 +479,26 @@ fn string(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<String> {
             origin,
             format!("it is {}, expected a string", type_name(other)),
         )),
+    }
+}
+
+/// `true` / `false` (also `1`, `0`, `yes`, `no`, `on`, `off` as text).
+fn boolean(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<bool> {
+    let text = match raw {
+        Raw::Toml(toml::Value::Boolean(b)) => return Ok(*b),
+        Raw::Text(t) => t.trim().to_ascii_lowercase(),
+        Raw::Toml(toml::Value::String(t)) => t.trim().to_ascii_lowercase(),
+        Raw::Toml(other) => {
+            return Err(invalid(
+                origin,
+                format!("it is {}, expected true or false", type_name(other)),
+            ))
+        }
+    };
+    match text.as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(invalid(origin, format!("`{text}` is not true or false"))),
     }
 }
 
@@ -674,6 +706,7 @@ mod tests {
             setup: None,
             inputs: None,
             aliases: None,
+            fresh_transactional: None,
             dist: None,
             adapter: None,
             timeout: None,

@@ -649,9 +649,12 @@ fn pytest_django_runs_on_the_clones(kind: Kind) {
         .unwrap()
         .success());
     let py = python();
-    let run = || {
+    // The second round with --fresh-transactional: the fixture's transactional
+    // test checks that it runs on a clone of its own.
+    let run = |fresh: bool| {
         dbfork()
             .current_dir(&dir)
+            .env("DBFORK_FRESH_TRANSACTIONAL", fresh.to_string())
             .env_remove("CI")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .args(["run", "-j", "2", "--db", &place.url])
@@ -674,7 +677,7 @@ fn pytest_django_runs_on_the_clones(kind: Kind) {
             .unwrap()
     };
     for round in 0..2 {
-        let out = run();
+        let out = run(round == 1);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
@@ -757,9 +760,10 @@ fn pytest_django_runs_on_the_clones(kind: Kind) {
 /// Django's flags kept, and nothing left behind.
 fn manage_py_test_runs_on_the_clones(place: &Place, dir: &Path) {
     let py = python();
-    let run = |args: &[&str]| {
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
         let out = dbfork()
             .current_dir(dir)
+            .envs(envs.iter().copied())
             .env_remove("CI")
             .env_remove("DJANGO_SETTINGS_MODULE")
             .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -787,7 +791,7 @@ fn manage_py_test_runs_on_the_clones(place: &Place, dir: &Path) {
             report,
         )
     };
-    let (code, stdout, stderr, report) = run(&["--keepdb"]);
+    let (code, stdout, stderr, report) = run(&["--keepdb"], &[]);
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     assert!(
         stderr.contains("Django project (proj.settings)"),
@@ -811,6 +815,10 @@ fn manage_py_test_runs_on_the_clones(place: &Place, dir: &Path) {
         ("Outcomes.test_unexpected_success", "failed"),
         ("Transactional.test_commits", "passed"),
         (
+            "Transactional.test_fresh_clone_with_fresh_transactional",
+            "passed",
+        ),
+        (
             "Transactional.test_leaves_a_thread_holding_a_connection",
             "passed",
         ),
@@ -823,7 +831,7 @@ fn manage_py_test_runs_on_the_clones(place: &Place, dir: &Path) {
     assert_eq!(outcomes, expected, "{stdout}");
     assert_eq!(
         summary(&stdout),
-        "3 failed, 7 passed, 1 skipped, 1 xfailed, 2 errors",
+        "3 failed, 8 passed, 1 skipped, 1 xfailed, 2 errors",
         "{stdout}"
     );
     assert!(
@@ -840,11 +848,21 @@ fn manage_py_test_runs_on_the_clones(place: &Place, dir: &Path) {
         .collect();
     assert_eq!(slots.len(), 1, "{report}");
 
-    let (code, stdout, stderr, _) = run(&["--tag", "slow", "-v", "2"]);
+    // --fresh-transactional: the same outcomes, the transactional tests on
+    // fresh clones of their own (the fixture checks the name it runs on).
+    let (code, stdout, _, fresh_report) = run(&[], &[("DBFORK_FRESH_TRANSACTIONAL", "true")]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let mut fresh_outcomes = test_ids(&fresh_report);
+    fresh_outcomes.sort();
+    assert_eq!(fresh_outcomes, expected, "{stdout}");
+
+    let (code, stdout, stderr, _) = run(&["--tag", "slow", "-v", "2"], &[]);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert_eq!(summary(&stdout), "1 passed", "{stdout}");
-    let (code, stdout, stderr, _) =
-        run(&["-k", "Outcomes", "--failfast", "--reverse", "--shuffle"]);
+    let (code, stdout, stderr, _) = run(
+        &["-k", "Outcomes", "--failfast", "--reverse", "--shuffle"],
+        &[],
+    );
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("stopping after 1 failure"), "{stderr}");
 }
