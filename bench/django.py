@@ -15,6 +15,12 @@ Variants (all run from examples/shop, 2 workers):
                  PostgreSQL/MariaDB, the templates in the registry of the run's
                  maintenance database are dropped (`dbfork db drop`) just before
   dbfork-warm    the same command on a --db whose template is already built
+  dbfork-fresh   dbfork-warm with --fresh-transactional (transactional tests on
+                 fresh clones made ahead, instead of Django's flush after each)
+  dbfork-manage  dbfork run -j 2 --db URL -- python manage.py test --noinput, warm
+                 (--testrunner benchdj_dbfork.Runner: dbfork_django's mixin on
+                 DiscoverRunner, which also writes when tests start)
+  dbfork-manage-fresh  the same with --fresh-transactional
   xdist          python -m pytest -q -p no:cacheprovider -n 2      (pytest-django)
   xdist-reuse    the same with --reuse-db (its test databases exist from the
                  previous round; it runs once, unmeasured, before the rounds)
@@ -66,8 +72,12 @@ SHOP = ROOT / "examples" / "shop"
 PYTEST = [str(PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 JOBS = 2
 EXPECTED_PYTEST = 726
-VARIANTS = ["dbfork-cold", "dbfork-warm", "xdist", "xdist-reuse", "django", "django-keepdb"]
+EXPECTED_MANAGE = 638  # manage.py test finds the unittest classes, not pytest's function tests
+VARIANTS = ["dbfork-cold", "dbfork-warm", "dbfork-fresh", "dbfork-manage", "dbfork-manage-fresh",
+            "xdist", "xdist-reuse", "django", "django-keepdb"]
 WARMUP = ["dbfork-warm", "xdist-reuse", "django-keepdb"]  # the ones whose state the rounds reuse
+# dbfork's variants on the warm template (every dbfork variant but the cold one uses it)
+FRESH = ["--fresh-transactional"]
 BACKENDS = ["sqlite", "postgres", "mariadb"]
 COLD_TARGET = 0.6  # dbfork cold <= 0.6x plain xdist
 WARM_TARGET = 0.9  # dbfork warm <= 0.9x xdist --reuse-db and <= 0.9x Django --keepdb
@@ -124,6 +134,21 @@ class TimedParallelTestSuite(ParallelTestSuite):
     run_subsuite = _timed_run_subsuite
 class Runner(DiscoverRunner):
     parallel_test_suite = TimedParallelTestSuite
+'''
+
+# --testrunner benchdj_dbfork.Runner: dbfork's runner for manage.py test (a project's own
+# TEST_RUNNER subclass, as the docs show), writing when the worker starts running tests.
+DBFORK_RUNNER = '''\
+import os, time
+import dbfork_django
+from django.test.runner import DiscoverRunner
+class Runner(dbfork_django.DbforkRunnerMixin, DiscoverRunner):
+    def run_suite(self, suite, **kwargs):
+        d = os.environ.get("BENCH_FIRST_TEST_DIR")
+        if d:
+            with open(os.path.join(d, "%d.call" % os.getpid()), "w") as f:
+                f.write(repr(time.time()) + "\\n")
+        return super().run_suite(suite, **kwargs)
 '''
 
 
@@ -198,7 +223,7 @@ class SQLite(Backend):
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def dbfork_url(self, variant, tag):
-        d = self.dir / ("dbfork-warm" if variant == "dbfork-warm" else f"dbfork-cold-{tag}")
+        d = self.dir / (f"dbfork-cold-{tag}" if variant == "dbfork-cold" else "dbfork-warm")
         if variant == "dbfork-cold":
             shutil.rmtree(d, ignore_errors=True)
         d.mkdir(exist_ok=True)
@@ -356,9 +381,14 @@ def run_variant(backend, variant, tag, plugdir):
     rundir.mkdir(parents=True)
     env = base_env(BENCH_FIRST_TEST_DIR=str(rundir),
                    PYTHONPATH=os.pathsep.join(filter(None, [str(plugdir), os.environ.get("PYTHONPATH")])))
-    if variant.startswith("dbfork"):
+    if variant.startswith("dbfork-manage"):
         url = backend.dbfork_url(variant, tag)
-        cmd = [str(DBFORK), "run", "-j", str(JOBS), "--db", url, "--", *PYTEST, "-p", "benchdj_first"]
+        cmd = [str(DBFORK), "run", "-j", str(JOBS), "--db", url] + (FRESH if variant.endswith("fresh") else []) + \
+            ["--", str(PYTHON), "manage.py", "test", "--noinput", "--testrunner", "benchdj_dbfork.Runner"]
+    elif variant.startswith("dbfork"):
+        url = backend.dbfork_url(variant, tag)
+        cmd = [str(DBFORK), "run", "-j", str(JOBS), "--db", url] + (FRESH if variant.endswith("fresh") else []) + \
+            ["--", *PYTEST, "-p", "benchdj_first"]
     elif variant.startswith("xdist"):
         env["DATABASE_URL"] = backend.plain_url(keep=variant == "xdist-reuse")
         cmd = PYTEST + ["-p", "benchdj_first", "-n", str(JOBS)] + (["--reuse-db"] if variant == "xdist-reuse" else [])
@@ -403,7 +433,11 @@ def run_variant(backend, variant, tag, plugdir):
                               if re.match(r"^\s*(Total|Creating|Cloning|Destroying) .* took", ln)]
         found = re.findall(r"^Found (\d+) test", res.stdout, re.M)
         r["found"] = int(found[-1]) if found else None
-    if variant.startswith(("dbfork", "xdist")):
+    if variant.startswith("dbfork-manage"):
+        counts = r["counts"] or {}
+        r["ok"] = res.returncode == 0 and counts.get("passed") == EXPECTED_MANAGE and not counts.get("failed") \
+            and not counts.get("errors")
+    elif variant.startswith(("dbfork", "xdist")):
         counts = r["counts"] or {}
         r["ok"] = res.returncode == 0 and counts.get("passed") == EXPECTED_PYTEST and not counts.get("failed") \
             and not counts.get("errors")
@@ -491,6 +525,9 @@ LABELS = {
     "xdist-reuse": ("pytest-xdist --reuse-db", "the same `--reuse-db`, test databases kept"),
     "django": ("Django runner", "`python manage.py test --parallel 2 --noinput`"),
     "django-keepdb": ("Django runner --keepdb", "the same `--keepdb`"),
+    "dbfork-fresh": ("dbfork, warm, fresh clones", "dbfork warm with `--fresh-transactional`"),
+    "dbfork-manage": ("dbfork + manage.py test, warm", "`dbfork run -j 2 --db URL -- python manage.py test`"),
+    "dbfork-manage-fresh": ("dbfork + manage.py test, warm, fresh clones", "the same with `--fresh-transactional`"),
 }
 
 
@@ -514,6 +551,7 @@ def report(saved):
     if meta.get("notes"):
         lines.append("")
     summary = []
+    extra = []
     for backend, byvar in saved.get("runs", {}).items():
         version = meta.get("servers", {}).get(backend)
         lines += [f"#### {backend}" + (f" ({version})" if version else ""), "",
@@ -547,6 +585,10 @@ def report(saved):
                       f"first test to the end = {f(est)} s.", ""]
             warm_d_cell = (f"aborted; vs the estimate {f(est)} s: {f(ratio, '.2f', 'x')} {verdict(ratio, WARM_TARGET)}"
                            " (estimate)")
+        extra.append(f"| {backend} | {f(m.get('dbfork-manage', nan) / m.get('django-keepdb', nan), '.2f', 'x')} | "
+                     f"{f(m.get('dbfork-manage', nan) / m.get('django', nan), '.2f', 'x')} | "
+                     f"{f(m.get('dbfork-fresh', nan) / m.get('dbfork-warm', nan), '.2f', 'x')} | "
+                     f"{f(m.get('dbfork-manage-fresh', nan) / m.get('dbfork-manage', nan), '.2f', 'x')} |")
         summary.append(f"| {backend} | {f(cold, '.2f', 'x')} {verdict(cold, COLD_TARGET)} | "
                        f"{f(warm_x, '.2f', 'x')} {verdict(warm_x, WARM_TARGET)} | "
                        f"{warm_d_cell} | "
@@ -558,6 +600,11 @@ def report(saved):
                   f"(<= {WARM_TARGET}x) | dbfork warm / Django --keepdb (<= {WARM_TARGET}x) | dbfork cold / Django | "
                   "dbfork warm / xdist |",
                   "|---|---|---|---|---|---|", *summary, ""]
+    if extra:
+        lines += ["#### manage.py test under dbfork, and fresh clones for transactional tests", "",
+                  "| backend | dbfork manage.py test / Django --keepdb | dbfork manage.py test / Django | "
+                  "pytest: fresh clones / flush | manage.py test: fresh clones / flush |",
+                  "|---|---|---|---|---|", *extra, ""]
     if meta.get("skipped"):
         lines += [f"Skipped: " + "; ".join(f"{k} ({v})" for k, v in meta["skipped"].items()), ""]
     left = meta.get("leftovers")
@@ -646,6 +693,7 @@ def main():
     plugdir.mkdir(parents=True, exist_ok=True)
     (plugdir / "benchdj_first.py").write_text(FIRST_PLUGIN)
     (plugdir / "benchdj_runner.py").write_text(DJANGO_RUNNER)
+    (plugdir / "benchdj_dbfork.py").write_text(DBFORK_RUNNER)
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
     RESULTS_PATH = out_dir / f"django-{time.strftime('%Y%m%d-%H%M%S')}.json"
