@@ -237,6 +237,11 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
         .unwrap_or_default();
     let backend = Arc::new(backend);
     let method = CloneMethod::parse(backend.kind(), &config.clone_method)?;
+    if config.fresh_transactional && backend.kind() == dbfork_engine::url::Kind::Mysql {
+        eprintln!(
+            "dbfork: note: --fresh-transactional on MySQL/MariaDB copies every table for each transactional test, which measured about 2x slower than Django's flush on the example project (docs/benchmarks.md); it pays off on PostgreSQL and SQLite"
+        );
+    }
     let adapter = config.adapter.resolve(&config.command);
     let protocol = adapter.speaks_protocol();
     let mut config = config;

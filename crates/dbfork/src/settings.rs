@@ -813,7 +813,10 @@ mod tests {
             text.contains(&root.join("dbfork.toml").display().to_string()),
             "{text}"
         );
-        assert!(text.contains("db, setup, inputs, jobs, dist"), "{text}");
+        assert!(
+            text.contains("db, setup, inputs, aliases, fresh_transactional, jobs, dist"),
+            "{text}"
+        );
         assert!(text.contains("build_timeout"), "{text}");
     }
 
@@ -842,6 +845,19 @@ mod tests {
                 "`-1` is not a whole number, 0 or more",
             ),
             ("db = \"\"", "it is empty"),
+            (
+                "aliases = [\"default\"]",
+                "`default` always gets the worker's clone",
+            ),
+            ("aliases = [\"a-b\"]", "`a-b` is not a database alias"),
+            (
+                "fresh_transactional = \"maybe\"",
+                "`maybe` is not true or false",
+            ),
+            (
+                "fresh_transactional = 1",
+                "it is an integer, expected true or false",
+            ),
         ] {
             std::fs::write(&file, toml).unwrap();
             let text = error_text(resolve(&args(), 0, &root));
@@ -850,6 +866,34 @@ mod tests {
         }
         std::fs::write(&file, "dist = \"module\"\ndist-x = 1").unwrap();
         assert!(error_text(resolve(&args(), 0, &root)).contains("unknown key `dist-x`"));
+    }
+
+    #[test]
+    fn django_settings() {
+        let (_dir, root, _) = project();
+        std::fs::write(
+            root.join("dbfork.toml"),
+            "aliases = [\"other\", \"other\", \"replica2\"]\nfresh-transactional = true\n",
+        )
+        .unwrap();
+        let mut django = args();
+        django.command = ["python", "manage.py", "test"].map(String::from).into();
+        let config = resolve(&django, 0, &root).unwrap();
+        assert_eq!(config.aliases, ["other", "replica2"]);
+        assert!(config.fresh_transactional);
+        // manage.py test hands out whole classes unless told otherwise.
+        assert_eq!(config.dist, Dist::Class);
+        assert_eq!(resolve(&args(), 0, &root).unwrap().dist, Dist::Test);
+        let flags = RunArgs {
+            aliases: Some(vec!["third".into()]),
+            fresh_transactional: Some("false".into()),
+            dist: Some("test".into()),
+            ..django
+        };
+        let config = resolve(&flags, 0, &root).unwrap();
+        assert_eq!(config.aliases, ["third"]);
+        assert!(!config.fresh_transactional);
+        assert_eq!(config.dist, Dist::Test);
     }
 
     #[test]

@@ -860,11 +860,30 @@ fn manage_py_test_runs_on_the_clones(place: &Place, dir: &Path) {
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert_eq!(summary(&stdout), "1 passed", "{stdout}");
     let (code, stdout, stderr, _) = run(
-        &["-k", "Outcomes", "--failfast", "--reverse", "--shuffle"],
+        &[
+            "-k",
+            "Outcomes",
+            "--failfast",
+            "--reverse",
+            "--shuffle",
+            "--buffer",
+            "--debug-sql",
+            "--parallel",
+            "4",
+        ],
         &[],
     );
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("stopping after 1 failure"), "{stderr}");
+    assert!(
+        stderr.contains("Django's --parallel does nothing"),
+        "{stderr}"
+    );
+    // The failure's text is unittest's, with --buffer's and --debug-sql's parts.
+    assert!(
+        stdout.contains("AssertionError") || stdout.contains("RuntimeError"),
+        "{stdout}"
+    );
 }
 
 /// A settings variant with two more aliases (`other`, its own database;
