@@ -274,7 +274,8 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
     tokio::spawn(watch_signals(canceller, events_tx.clone()));
 
     let run_id = names::new_run_id();
-    let run_dir = std::env::temp_dir().join(format!("dbfork-run-{}-{run_id}", std::process::id()));
+    let run_dir =
+        std::env::temp_dir().join(format!("{RUN_DIR_PREFIX}{}-{run_id}", std::process::id()));
     let _run_dir_guard = RunDir::create(&run_dir)?;
     let socket = run_dir.join("socket");
     let pythonpath = if protocol {
@@ -453,6 +454,47 @@ async fn watch_signals(canceller: Canceller, events: mpsc::UnboundedSender<Event
             return;
         }
     }
+}
+
+/// The prefix of a run's private directory in the temporary directory:
+/// `dbfork-run-<pid>-<run id>`.
+const RUN_DIR_PREFIX: &str = "dbfork-run-";
+
+/// Removes the private directories of runs whose dbfork is gone (killed with
+/// SIGKILL: its `RunDir` was never dropped); returns them. Only this user's,
+/// and only when the pid in the name is dead.
+pub fn collect_stale_run_dirs() -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return Vec::new();
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(RUN_DIR_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        // SAFETY: signal 0 only probes whether the process exists.
+        let dead = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if meta.is_dir()
+            && meta.uid() == me
+            && dead
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed.push(entry.path());
+        }
+    }
+    removed
 }
 
 /// The run's private directory (socket, plugin), removed at the end.

@@ -24,6 +24,12 @@ impl Opened {
                 dir.display()
             );
         }
+        for dir in dbfork_runner::run::collect_stale_run_dirs() {
+            tracing::info!(
+                "removed {}, left by a dbfork run that is gone",
+                dir.display()
+            );
+        }
         let options = ConnectOptions {
             connect_timeout: args.connect_timeout,
         };

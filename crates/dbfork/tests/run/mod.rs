@@ -463,6 +463,18 @@ fn sigkill_of_a_worker_then_of_dbfork() {
     let mut child = spawn_run(&place, &dir, &["-j", "2"]);
     let workers = wait_for_children(child.id(), 2);
     std::thread::sleep(Duration::from_millis(800));
+    // Its private directory (socket, plugin copy) cannot be removed by it.
+    let pid = child.id();
+    let run_dirs = || -> Vec<String> {
+        let prefix = format!("dbfork-run-{pid}-");
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    };
+    assert_eq!(run_dirs().len(), 1, "the run's directory exists");
     signal(child.id(), libc::SIGKILL);
     let _ = child.wait();
     std::thread::sleep(Duration::from_millis(300));
@@ -478,6 +490,7 @@ fn sigkill_of_a_worker_then_of_dbfork() {
         "the next command says what it collected: {err}"
     );
     assert_no_clones(&place);
+    assert!(run_dirs().is_empty(), "left: {:?}", run_dirs());
 }
 
 fn is_zombie(pid: u32) -> bool {
