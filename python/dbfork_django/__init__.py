@@ -21,6 +21,7 @@ The pytest plugin (``dbfork_pytest``) uses :func:`point_django_at_clones` from
 here too. Only Django and the standard library are used.
 """
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -83,15 +84,8 @@ def point_django_at_clones(used=None):
                 % (alias, settings_dict.get("NAME"), alias)
             )
     for alias, name in names.items():
-        if alias not in settings.DATABASES:
-            continue
-        for settings_dict in (settings.DATABASES[alias], connections[alias].settings_dict):
-            settings_dict["NAME"] = name
-            test = settings_dict.get("TEST")
-            if test is None:
-                test = settings_dict["TEST"] = {}
-            test["NAME"] = name
-        connections[alias].close()
+        if alias in settings.DATABASES:
+            _use_database(alias, name)
     for alias, mirror in mirrors.items():
         connections[alias].close()
         connections[alias].creation.set_as_test_mirror(connections[mirror].settings_dict)
@@ -105,7 +99,9 @@ def _use_database(alias, name):
     shared = connections[alias].settings_dict
     for settings_dict in (settings.DATABASES[alias], shared):
         settings_dict["NAME"] = name
-        settings_dict.setdefault("TEST", {})["NAME"] = name
+        if settings_dict.get("TEST") is None:
+            settings_dict["TEST"] = {}
+        settings_dict["TEST"]["NAME"] = name
     for connection in connections.all(initialized_only=True):
         if connection.settings_dict is shared or connection.alias == alias:
             connection.close()
@@ -200,6 +196,20 @@ def _describe(test, root):
     return item
 
 
+@contextlib.contextmanager
+def on_fresh_clone(fresh, eligible):
+    """Runs the block on a fresh clone when ``fresh`` (a :class:`FreshClones`,
+    or None without ``--fresh-transactional``) is given and ``eligible()``."""
+    if fresh is None or not eligible():
+        yield
+        return
+    fresh.enter()
+    try:
+        yield
+    finally:
+        fresh.leave()
+
+
 class _Between(object):
     """Stands in as the result's previous test class once a class was torn
     down early, keeping only its module (see ``DistributedSuite``)."""
@@ -261,14 +271,8 @@ class DistributedSuite(unittest.TestSuite):
                 else:
                     phases = []
                 middle = _Tally(result)
-                fresh = self._fresh is not None and FreshClones.eligible(type(test))
-                if fresh:
-                    self._fresh.enter()
-                try:
+                with on_fresh_clone(self._fresh, lambda: FreshClones.eligible(type(test))):
                     test(result)
-                finally:
-                    if fresh:
-                        self._fresh.leave()
                 phases.append(_phase("call", middle.since(result), time.perf_counter() - started))
             teardown = self._finish_fixtures(test, following, result)
             if teardown:
@@ -375,14 +379,6 @@ class DbforkRunnerMixin:
         finally:
             wire.close()
 
-    def build_suite(self, *args, **kwargs):
-        suite = super().build_suite(*args, **kwargs)
-        if self._dbfork_socket:
-            from django.test.utils import iter_test_cases
-
-            suite = unittest.TestSuite(list(iter_test_cases(suite)))
-        return suite
-
     def setup_databases(self, **kwargs):
         if not self._dbfork_socket:
             return super().setup_databases(**kwargs)
@@ -410,7 +406,9 @@ class DbforkRunnerMixin:
     def run_suite(self, suite, **kwargs):
         if not self._dbfork_socket:
             return super().run_suite(suite, **kwargs)
-        cases = list(suite)
+        from django.test.utils import iter_test_cases
+
+        cases = list(iter_test_cases(suite))
         root = os.getcwd()
         self._dbfork_wire.collected([_describe(test, root) for test in cases])
         if not cases:

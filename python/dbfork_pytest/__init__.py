@@ -48,6 +48,7 @@ import os
 
 import pytest
 
+import dbfork_django
 import dbfork_worker
 
 __version__ = dbfork_worker.__version__
@@ -117,8 +118,6 @@ def fresh_eligible(item):
         return False
     cls = getattr(item, "cls", None)
     if cls is not None:
-        import dbfork_django
-
         return dbfork_django.FreshClones.eligible(cls)
     if "django_db_serialized_rollback" in getattr(item, "fixturenames", ()):
         return False
@@ -147,8 +146,6 @@ class DjangoOnClone:
 
     @pytest.fixture(scope="session")
     def django_db_setup(self):
-        import dbfork_django
-
         dbfork_django.point_django_at_clones()
         yield
 
@@ -250,18 +247,14 @@ class Worker:
             item = self.items[index]
             nextitem = None if next_index is None else self.items[next_index]
             self.reports = []
-            fresh = self.fresh is not None and fresh_eligible(item)
-            if fresh:
-                self.fresh.enter()
             try:
-                # As pytest's own loop calls it (config.hook, not item.ihook), so
-                # conftest hooks apply exactly as in a serial run.
-                item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+                with dbfork_django.on_fresh_clone(self.fresh, lambda: fresh_eligible(item)):
+                    # As pytest's own loop calls it (config.hook, not item.ihook), so
+                    # conftest hooks apply exactly as in a serial run.
+                    item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
                 reports = self.reports
             finally:
                 self.reports = None
-                if fresh:
-                    self.fresh.leave()
             self._send_result(index, reports)
         self.wire.bye()
         return True
@@ -271,8 +264,6 @@ class Worker:
         the first test, so that a fresh clone can stand in for it."""
         if not (self.django and dbfork_worker.fresh_enabled()):
             return
-        import dbfork_django
-
         try:
             dbfork_django.point_django_at_clones()
         except dbfork_django.NoCloneError:

@@ -49,14 +49,16 @@ pub fn install(dir: &Path) -> io::Result<PathBuf> {
     Ok(root)
 }
 
+/// The file name of a command's word (`/venv/bin/pytest` -> `pytest`).
+fn base(word: &String) -> String {
+    Path::new(word)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// Whether `command` runs pytest: `pytest`, `py.test`, `python -m pytest`.
 pub fn is_pytest(command: &[String]) -> bool {
-    let base = |s: &String| {
-        Path::new(s)
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
     match command {
         [first, ..] if matches!(base(first).as_str(), "pytest" | "py.test") => true,
         [first, m, module, ..] => {
@@ -69,12 +71,6 @@ pub fn is_pytest(command: &[String]) -> bool {
 /// Whether `command` runs Django's test command: `manage.py test`,
 /// `django-admin test`, `python -m django test`.
 pub fn is_django_test(command: &[String]) -> bool {
-    let base = |s: &String| {
-        Path::new(s)
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
     command.windows(2).any(|pair| {
         pair[1] == "test" && (base(&pair[0]) == "manage.py" || base(&pair[0]) == "django-admin")
     }) || command

@@ -647,6 +647,40 @@ mod any_command {
     }
 }
 
+/// What a command printed: exit code, stdout, stderr.
+type Printed = (Option<i32>, String, String);
+
+/// `dbfork run -j 2 --db <place> <extra> -- <python> <args>` in the Django
+/// project `dir`, without the test's own DJANGO_SETTINGS_MODULE (dbfork and
+/// the project find the settings); then no clone may be left.
+fn django_run(
+    place: &Place,
+    dir: &Path,
+    extra: &[&str],
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Printed {
+    let out = dbfork()
+        .current_dir(dir)
+        .envs(envs.iter().copied())
+        .env_remove("CI")
+        .env_remove("DJANGO_SETTINGS_MODULE")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args(["run", "-j", "2", "--db", &place.url])
+        .args(extra)
+        .arg("--")
+        .arg(python())
+        .args(args)
+        .output()
+        .unwrap();
+    assert_no_clones(place);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// pytest-django under dbfork: every test on the worker's clone (no test
 /// database created, no migrations in the workers), and a thread still holding a
 /// connection at the end does not break the teardown.
@@ -664,40 +698,20 @@ fn pytest_django_runs_on_the_clones(kind: Kind) {
     let py = python();
     // The second round with --fresh-transactional: the fixture's transactional
     // test checks that it runs on a clone of its own.
-    let run = |fresh: bool| {
-        dbfork()
-            .current_dir(&dir)
-            .env("DBFORK_FRESH_TRANSACTIONAL", fresh.to_string())
-            .env_remove("CI")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .args(["run", "-j", "2", "--db", &place.url])
-            .args([
-                "--setup",
-                &format!("{py} manage.py migrate -v 0"),
-                "--input",
-                "app/migrations/*.py",
-            ])
-            .args([
-                "--",
-                &py,
-                "-m",
-                "pytest",
-                "-p",
-                "no:cacheprovider",
-                "--reuse-db",
-            ])
-            .output()
-            .unwrap()
-    };
+    let setup = format!("{py} manage.py migrate -v 0");
+    let pytest = ["-m", "pytest", "-p", "no:cacheprovider"];
     for round in 0..2 {
-        let out = run(round == 1);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "round {round}\n{stdout}\n{stderr}"
+        let (code, stdout, stderr) = django_run(
+            &place,
+            &dir,
+            &["--setup", &setup, "--input", "app/migrations/*.py"],
+            &[&pytest[..], &["--reuse-db"]].concat(),
+            &[(
+                "DBFORK_FRESH_TRANSACTIONAL",
+                if round == 1 { "true" } else { "false" },
+            )],
         );
+        assert_eq!(code, Some(0), "round {round}\n{stdout}\n{stderr}");
         assert!(stdout.contains("13 passed"), "{stdout}");
         assert!(
             stderr.contains("--reuse-db"),
@@ -706,41 +720,13 @@ fn pytest_django_runs_on_the_clones(kind: Kind) {
         if round == 1 {
             assert!(stderr.contains("reusing template"), "{stderr}");
         }
-        assert_no_clones(&place);
     }
     manage_py_test_runs_on_the_clones(&place, &dir);
     multi_database_settings(&place, &dir);
     // No setup to write: the migrations are found, and they decide the template.
-    let auto = || {
-        dbfork()
-            .current_dir(&dir)
-            .env_remove("CI")
-            .env_remove("DJANGO_SETTINGS_MODULE")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .args([
-                "run",
-                "-j",
-                "2",
-                "--db",
-                &place.url,
-                "--",
-                &py,
-                "-m",
-                "pytest",
-                "-p",
-                "no:cacheprovider",
-            ])
-            .output()
-            .unwrap()
-    };
-    let expect = |out: std::process::Output, template: &str| {
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+    let auto = || django_run(&place, &dir, &[], &pytest, &[]);
+    let expect = |(code, stdout, stderr): Printed, template: &str| {
+        assert_eq!(code, Some(0), "{stdout}\n{stderr}");
         assert!(
             stderr.contains("Django project (proj.settings)"),
             "{stderr}"
@@ -749,7 +735,6 @@ fn pytest_django_runs_on_the_clones(kind: Kind) {
             stderr.contains(template),
             "expected `{template}`:\n{stderr}"
         );
-        assert_no_clones(&place);
     };
     // `manage.py test` above built the same template: pytest reuses it.
     expect(auto(), "reusing template");
@@ -772,37 +757,18 @@ fn pytest_django_runs_on_the_clones(kind: Kind) {
 /// each test's outcome as unittest decides it, counted as pytest counts,
 /// Django's flags kept, and nothing left behind.
 fn manage_py_test_runs_on_the_clones(place: &Place, dir: &Path) {
-    let py = python();
     let run = |args: &[&str], envs: &[(&str, &str)]| {
-        let out = dbfork()
-            .current_dir(dir)
-            .envs(envs.iter().copied())
-            .env_remove("CI")
-            .env_remove("DJANGO_SETTINGS_MODULE")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .args([
-                "run",
-                "-j",
-                "2",
-                "--db",
-                &place.url,
-                "--json",
-                "report.json",
-            ])
-            .args(["--", &py, "manage.py", "test", "djtests"])
-            .args(args)
-            .output()
-            .unwrap();
+        let (code, stdout, stderr) = django_run(
+            place,
+            dir,
+            &["--json", "report.json"],
+            &[&["manage.py", "test", "djtests"][..], args].concat(),
+            envs,
+        );
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap())
                 .unwrap();
-        assert_no_clones(place);
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-            report,
-        )
+        (code, stdout, stderr, report)
     };
     let (code, stdout, stderr, report) = run(&["--keepdb"], &[]);
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
@@ -904,27 +870,7 @@ fn manage_py_test_runs_on_the_clones(place: &Place, dir: &Path) {
 /// gets a clone for each, through `manage.py test` and pytest-django; without
 /// it the run stops before any test with an error naming the fix.
 fn multi_database_settings(place: &Place, dir: &Path) {
-    let py = python();
-    let run = |extra: &[&str], command: &[&str]| {
-        let out = dbfork()
-            .current_dir(dir)
-            .env_remove("CI")
-            .env_remove("DJANGO_SETTINGS_MODULE")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .args(["run", "-j", "2", "--db", &place.url])
-            .args(extra)
-            .arg("--")
-            .arg(&py)
-            .args(command)
-            .output()
-            .unwrap();
-        assert_no_clones(place);
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let run = |extra: &[&str], command: &[&str]| django_run(place, dir, extra, command, &[]);
     let django = [
         "manage.py",
         "test",
@@ -1005,29 +951,14 @@ fn example_project_matches_serial_pytest(kind: Kind) {
     drop_serial_test_database(&place);
     let serial_out = String::from_utf8_lossy(&serial.stdout).to_string();
     assert_eq!(serial.status.code(), Some(0), "{serial_out}");
-    let out = dbfork()
-        .current_dir(&dir)
-        .env_remove("CI")
-        .env_remove("DJANGO_SETTINGS_MODULE")
-        .args([
-            "run",
-            "-j",
-            "2",
-            "--db",
-            &place.url,
-            "--",
-            &py,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let (code, stdout, stderr) = django_run(
+        &place,
+        &dir,
+        &[],
+        &["-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     // Same outcomes; on PostgreSQL the serial run also warns that pytest-django
     // could not drop its test database (the suite's thread still holds a
     // connection): the teardown failure dbfork exists to remove.
@@ -1070,26 +1001,8 @@ fn example_project_matches_serial_pytest(kind: Kind) {
                 .ok()
         })
         .unwrap_or_else(|| panic!("no `Ran N tests` line: {serial_err}"));
-    let out = dbfork()
-        .current_dir(&dir)
-        .env_remove("CI")
-        .env_remove("DJANGO_SETTINGS_MODULE")
-        .args([
-            "run",
-            "-j",
-            "2",
-            "--db",
-            &place.url,
-            "--",
-            &py,
-            "manage.py",
-            "test",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let (code, stdout, stderr) = django_run(&place, &dir, &[], &["manage.py", "test"], &[]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert_eq!(summary(&stdout), format!("{ran} passed"), "{stdout}");
     assert!(stderr.contains("reusing template"), "{stderr}");
     assert_no_clones(&place);
