@@ -178,8 +178,6 @@ struct Dispatcher {
     method: CloneMethod,
     /// How dbfork talks to the workers (resolved: never `Auto`).
     adapter: Adapter,
-    /// Whether the workers speak the protocol (the adapter is not `None`).
-    protocol: bool,
     socket: PathBuf,
     pythonpath: Option<String>,
     events: mpsc::UnboundedSender<Event>,
@@ -352,7 +350,6 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
         run_id,
         method,
         adapter,
-        protocol,
         socket,
         pythonpath,
         events: events_tx,
@@ -380,10 +377,10 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
         started,
         started_at,
     };
-    if d.protocol {
+    if d.protocol() {
         d.maxfail = plugin::maxfail(&d.config.command);
     }
-    if !d.protocol {
+    if !d.protocol() {
         // Without an adapter each slot's command is one unit of the report.
         d.records = vec![None; slots];
     }
@@ -522,6 +519,11 @@ impl Drop for RunDir {
 }
 
 impl Dispatcher {
+    /// Whether the workers speak the protocol (through an adapter).
+    fn protocol(&self) -> bool {
+        self.adapter.speaks_protocol()
+    }
+
     fn make_clone(&mut self, slot: usize) {
         let generation = self.slots[slot].generation;
         let name = names::slot_clone_name(&self.run_id, slot, generation);
@@ -780,7 +782,7 @@ impl Dispatcher {
             (env::XDIST_WORKER_COUNT.to_string(), slots),
         ]);
         let mut command = self.config.command.clone();
-        if self.protocol {
+        if self.protocol() {
             vars.push((env::SOCKET.to_string(), self.socket.display().to_string()));
             if let Some(path) = &self.pythonpath {
                 vars.push(("PYTHONPATH".to_string(), path.clone()));
@@ -792,7 +794,7 @@ impl Dispatcher {
                 command.extend(["-p".to_string(), "dbfork".to_string()]);
             }
         }
-        let echo = if !self.protocol {
+        let echo = if !self.protocol() {
             Echo::Prefixed(format!("[{}] ", label(slot)))
         } else if self.config.verbose >= 2 {
             Echo::Prefixed(format!("[{} output] ", label(slot)))
@@ -838,8 +840,14 @@ impl Dispatcher {
             stopped: false,
             started: Instant::now(),
         });
-        self.progress
-            .worker(slot, if self.protocol { "starting" } else { "running" });
+        self.progress.worker(
+            slot,
+            if self.protocol() {
+                "starting"
+            } else {
+                "running"
+            },
+        );
     }
 
     fn accept(&mut self, stream: UnixStream) {
@@ -1203,7 +1211,7 @@ impl Dispatcher {
         if gone {
             return;
         }
-        if !self.protocol {
+        if !self.protocol() {
             return self.generic_exit(slot, status, tail);
         }
         if !hello && !self.stopping {
@@ -1434,7 +1442,7 @@ impl Dispatcher {
         let timeouts = self.config.timeout.into_iter().flat_map(|limit| {
             self.slots.iter().filter_map(move |s| {
                 let w = s.worker.as_ref().filter(|w| !w.gone)?;
-                if self.protocol {
+                if self.protocol() {
                     w.running.map(|(_, since)| since + limit)
                 } else {
                     Some(w.started + limit)
@@ -1461,7 +1469,7 @@ impl Dispatcher {
             let Some(w) = self.slots[slot].worker.as_ref().filter(|w| !w.gone) else {
                 continue;
             };
-            let since = if self.protocol {
+            let since = if self.protocol() {
                 w.running.map(|(_, s)| s)
             } else {
                 Some(w.started)
@@ -1470,7 +1478,7 @@ impl Dispatcher {
                 continue;
             }
             let generation = w.generation;
-            if self.protocol {
+            if self.protocol() {
                 self.lose(slot, generation, LossCause::Timeout(limit));
             } else {
                 let (pid, tail) = (w.pid, w.tail.text());
@@ -1512,7 +1520,7 @@ impl Dispatcher {
                 .slots
                 .iter()
                 .all(|s| s.retired || s.worker.as_ref().is_some_and(|w| w.gone))
-            || !self.protocol && self.slots.iter().all(|s| s.worker.is_some())
+            || !self.protocol() && self.slots.iter().all(|s| s.worker.is_some())
     }
 
     async fn finish(mut self) -> RunReport {
@@ -1555,7 +1563,7 @@ impl Dispatcher {
         }
 
         let tests: Vec<TestRecord> = match &self.tests {
-            Some(items) if self.protocol => items
+            Some(items) if self.protocol() => items
                 .iter()
                 .enumerate()
                 .map(|(index, item)| {
@@ -1622,7 +1630,7 @@ impl Dispatcher {
             collect_errors: self.collect_errors.clone(),
             collect_skipped: self.collect_skipped.clone(),
         };
-        if self.protocol && self.fatal.is_none() {
+        if self.protocol() && self.fatal.is_none() {
             self.timings.record(&report);
             if let Err(e) = self.timings.save(&self.config.state_dir) {
                 eprintln!(
