@@ -36,6 +36,14 @@ ADAPTER = "django"
 
 # The environment variable naming each extra alias's clone (a JSON object).
 ENV_ALIASES = "DBFORK_DATABASES"
+# "1" when the template is the Django project's own (made by the controller
+# with Django's test database setup, or by --setup for a Django project): the
+# workers then point Django at their clones instead of making test databases.
+ENV_DJANGO = "DBFORK_DJANGO"
+
+
+def template_is_djangos():
+    return os.environ.get(ENV_DJANGO) == "1"
 
 
 class NoCloneError(Exception):
@@ -45,16 +53,40 @@ class NoCloneError(Exception):
 _pointed = False
 
 
+def server_settings(url):
+    """``HOST``, ``PORT``, ``USER`` and ``PASSWORD`` of a database URL as dbfork
+    writes them (``postgres://user:pw@host:port/db?host=/socket/dir``,
+    ``mysql://...?socket=/path``); empty for SQLite."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme.startswith("sqlite"):
+        return {}
+    query = parse_qs(parts.query)
+    host = parts.hostname or ""
+    socket_path = (query.get("host") or query.get("socket") or [None])[0]
+    if socket_path:
+        host = socket_path
+    port = parts.port or (query.get("port") or [""])[0]
+    return {
+        "HOST": host,
+        "PORT": str(port or ""),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+    }
+
+
 def point_django_at_clones(used=None):
     """Points every alias in ``DATABASES`` at this worker's clone of it.
 
     ``default`` gets the clone dbfork names in ``DBFORK_DATABASE_NAME`` (or
     ``DBFORK_SQLITE_PATH``); every other alias the clone named for it in
-    ``DBFORK_DATABASES`` (``dbfork run --alias NAME``); ``TEST: MIRROR``
-    aliases follow their primary, as in Django's own test setup. An alias that
-    is neither is an error (when ``used``, the aliases the tests use, is
-    given: when one of those): the tests would otherwise write to (and flush)
-    the real database the settings name.
+    ``DBFORK_DATABASES``; ``TEST: MIRROR`` aliases follow their primary, as in
+    Django's own test setup. Each alias also gets the server dbfork uses
+    (``HOST``, ``PORT``, ``USER``, ``PASSWORD``), whatever its settings read
+    them from. An alias that has no clone is an error (when ``used``, the
+    aliases the tests use, is given: when one of those): the tests would
+    otherwise write to (and flush) the real database the settings name.
     """
     import json
 
@@ -66,6 +98,7 @@ def point_django_at_clones(used=None):
     if not default_name or _pointed:
         return
     _pointed = True
+    server = server_settings(os.environ.get("DBFORK_DATABASE_URL", ""))
     names = {"default": default_name}
     extra = os.environ.get(ENV_ALIASES)
     if extra:
@@ -85,19 +118,27 @@ def point_django_at_clones(used=None):
             )
     for alias, name in names.items():
         if alias in settings.DATABASES:
-            _use_database(alias, name)
+            _use_database(alias, name, server)
     for alias, mirror in mirrors.items():
         connections[alias].close()
         connections[alias].creation.set_as_test_mirror(connections[mirror].settings_dict)
+    if os.environ.get("RUNNING_DJANGOS_TEST_SUITE") == "true":
+        # Django's own suite: what create_test_db (and each parallel worker)
+        # does for it, on the clones.
+        for alias in names:
+            if alias in settings.DATABASES and (used is None or alias in used):
+                connections[alias].creation.mark_expected_failures_and_skips()
 
 
-def _use_database(alias, name):
-    """Points ``alias`` (and the mirrors that share its settings) at ``name``."""
+def _use_database(alias, name, server=None):
+    """Points ``alias`` (and the mirrors that share its settings) at database
+    ``name``, on ``server`` (connection settings) when given."""
     from django.conf import settings
     from django.db import connections
 
     shared = connections[alias].settings_dict
     for settings_dict in (settings.DATABASES[alias], shared):
+        settings_dict.update(server or {})
         settings_dict["NAME"] = name
         if settings_dict.get("TEST") is None:
             settings_dict["TEST"] = {}
@@ -105,6 +146,283 @@ def _use_database(alias, name):
     for connection in connections.all(initialized_only=True):
         if connection.settings_dict is shared or connection.alias == alias:
             connection.close()
+
+
+# -- the template ----------------------------------------------------------
+
+
+def _database_facts(settings_dict):
+    """An alias's settings that shape its test database, without where it
+    lives (NAME, HOST, PORT, USER, PASSWORD)."""
+    test = dict(settings_dict.get("TEST") or {})
+    test.pop("NAME", None)
+    return "ENGINE=%s OPTIONS=%s TEST=%s TIME_ZONE=%s" % (
+        settings_dict.get("ENGINE"),
+        _stable(settings_dict.get("OPTIONS") or {}),
+        _stable(test),
+        settings_dict.get("TIME_ZONE"),
+    )
+
+
+def _stable(value):
+    """A text for ``value`` that is the same in every process: Django's
+    migration serializer where it can, else a repr without addresses."""
+    import re
+
+    from django.db.migrations.serializer import serializer_factory
+
+    if isinstance(value, dict):
+        return "{%s}" % ", ".join(
+            "%s: %s" % (_stable(k), _stable(value[k])) for k in sorted(value, key=str)
+        )
+    try:
+        return serializer_factory(value).serialize()[0]
+    except Exception:
+        return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+
+
+def _model_facts(app_configs):
+    """The models of apps whose tables ``migrate --run-syncdb`` makes from
+    models.py (no migrations): each field as makemigrations would write it."""
+    from django.db.migrations.state import ModelState
+
+    lines = []
+    for app in app_configs:
+        for model in app.get_models(include_auto_created=False):
+            state = ModelState.from_model(model)
+            fields = ", ".join(
+                "%s=%s" % (name, _stable(field.deconstruct()[1:]))
+                for name, field in state.fields.items()
+            )
+            lines.append(
+                "%s.%s(%s) %s bases=%s"
+                % (app.label, state.name, fields, _stable(state.options), _stable(state.bases))
+            )
+    return "\n".join(lines)
+
+
+def migrations_disabled(nomigrations=False):
+    """Why the template's tables come from the models alone, or None:
+    pytest-django's ``--nomigrations``, or ``TEST['MIGRATE'] = False`` on
+    ``default``."""
+    from django.conf import settings
+
+    if nomigrations:
+        return "--nomigrations"
+    if (settings.DATABASES.get("default", {}).get("TEST") or {}).get("MIGRATE") is False:
+        return "TEST['MIGRATE'] = False"
+    return None
+
+
+def _migration_packages():
+    """``(app_config, module or None)``: each app's migrations package, None
+    for an app whose tables come from its models (Django's own rule)."""
+    import importlib
+
+    from django.apps import apps
+    from django.db.migrations.loader import MigrationLoader
+
+    found = []
+    for app in apps.get_app_configs():
+        module_name, _ = MigrationLoader.migrations_module(app.label)
+        module = None
+        if module_name is not None:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                module = None
+        if module is not None and (
+            getattr(module, "__file__", None) is None or not hasattr(module, "__path__")
+        ):
+            module = None
+        found.append((app, module))
+    return found
+
+
+def template_facts(nomigrations=False, setup="create_test_db"):
+    """What decides the template's schema, by name: the Django version, the
+    apps, where their migrations live, the models of apps without
+    migrations, each alias's engine and TEST settings, database caches.
+    Workers compute the same to check they are configured like the
+    controller that built the template."""
+    import django
+    from django.conf import settings
+
+    disabled = migrations_disabled(nomigrations)
+    packages = _migration_packages()
+    facts = {
+        "Django version": django.get_version(),
+        "template setup": setup,
+        "INSTALLED_APPS": "\n".join("%s=%s" % (a.label, a.name) for a, _ in packages),
+        "migrations": disabled or "\n".join(
+            "%s=%s" % (a.label, m.__name__ if m else "-") for a, m in packages
+        ),
+        "models without migrations": _model_facts(
+            [a for a, m in packages if m is None or disabled]
+        ),
+        "DATABASES": "\n".join(
+            "%s: %s" % (alias, _database_facts(settings.DATABASES[alias]))
+            for alias in sorted(settings.DATABASES)
+        ),
+        "database caches": " ".join(
+            sorted(
+                str(c.get("LOCATION"))
+                for c in getattr(settings, "CACHES", {}).values()
+                if "DatabaseCache" in str(c.get("BACKEND"))
+            )
+        ),
+    }
+    return facts
+
+
+def _input_name(path, root):
+    """How an input file is named in fingerprints and messages: relative to
+    the project, else to the import path entry it lives in (site-packages), so
+    the name is the same on every machine."""
+    path = os.path.abspath(path)
+    if path.startswith(root + os.sep):
+        return os.path.relpath(path, root)
+    best = ""
+    for entry in sys.path:
+        entry = os.path.abspath(entry or ".")
+        if path.startswith(entry + os.sep) and len(entry) > len(best):
+            best = entry
+    return os.path.relpath(path, best) if best else path
+
+
+def _files_in(directory, suffix=None, recursive=False):
+    found = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and recursive)
+        for name in sorted(filenames):
+            if suffix is None or name.endswith(suffix):
+                found.append(os.path.join(dirpath, name))
+    return found
+
+
+def template_inputs(extra_files=()):
+    """The files the template depends on, as ``{"name", "path"}``: every
+    migration file of every installed app (site-packages included), fixture
+    files, the settings module's package and ``extra_files`` (conftest and
+    pytest configuration files, the script that ran)."""
+    from django.conf import settings
+
+    root = os.getcwd()
+    paths = []
+    for app, module in _migration_packages():
+        if module is not None:
+            for directory in module.__path__:
+                paths.extend(_files_in(directory, ".py"))
+        fixtures = os.path.join(app.path, "fixtures")
+        if os.path.isdir(fixtures):
+            paths.extend(_files_in(fixtures, recursive=True))
+    for directory in getattr(settings, "FIXTURE_DIRS", ()):
+        if os.path.isdir(str(directory)):
+            paths.extend(_files_in(str(directory), recursive=True))
+    module_name = getattr(settings, "SETTINGS_MODULE", None) or ""
+    settings_file = getattr(sys.modules.get(module_name), "__file__", None)
+    if settings_file and "." in module_name:
+        # Settings split over a package (base.py, test.py, ...) change together.
+        paths.extend(_files_in(os.path.dirname(settings_file), ".py"))
+    elif settings_file:
+        paths.append(settings_file)
+    paths.extend(p for p in extra_files if p and os.path.isfile(p))
+    inputs = {}
+    for path in paths:
+        inputs.setdefault(os.path.abspath(path), _input_name(path, root))
+    return [{"name": name, "path": path} for path, name in sorted(inputs.items())]
+
+
+def databases_report():
+    """Each alias's effective settings, for dbfork to find the server (when
+    ``--db`` is not given), check the engine and give aliases their clones."""
+    from django.conf import settings
+    from django.db import connections
+
+    report = {}
+    for alias, settings_dict in settings.DATABASES.items():
+        connection = connections[alias]
+        test = settings_dict.get("TEST") or {}
+        report[alias] = {
+            "vendor": connection.vendor,
+            "engine": settings_dict.get("ENGINE", ""),
+            "name": str(settings_dict.get("NAME") or ""),
+            "host": str(settings_dict.get("HOST") or ""),
+            "port": str(settings_dict.get("PORT") or ""),
+            "user": str(settings_dict.get("USER") or ""),
+            "password": str(settings_dict.get("PASSWORD") or ""),
+            "mirror": test.get("MIRROR") or None,
+            "signature": _stable(connection.creation.test_db_signature()),
+        }
+    return report
+
+
+def django_configured():
+    """Whether Django's settings are configured and its apps loaded."""
+    if "django" not in sys.modules:
+        return False
+    from django.apps import apps
+    from django.conf import settings
+
+    return settings.configured and apps.ready
+
+
+def controller_report(setup, nomigrations=False, extra_files=()):
+    """The ``django`` part of the controller's ``configured`` message."""
+    from django.conf import settings
+
+    return {
+        "settings_module": getattr(settings, "SETTINGS_MODULE", None) or "",
+        "facts": template_facts(nomigrations, setup),
+        "inputs": template_inputs(extra_files),
+        "databases": databases_report(),
+    }
+
+
+def build_template(target, setup_databases):
+    """Builds the template dbfork made empty (``target``: its ``url`` and its
+    ``name``, the file's path on SQLite) the way the tests' own setup makes a
+    test database: ``setup_databases()`` runs with ``default`` pointed at it,
+    which Django's ``create_test_db`` keeps (keepdb) and migrates with
+    ``run_syncdb``, then ``createcachetable``. Returns facts for dbfork."""
+    from django.apps import apps
+    from django.conf import settings
+    from django.db import connections
+
+    server = server_settings(target["url"])
+    _use_database("default", target["name"], server)
+    connection = connections["default"]
+    if connection.vendor == "mysql" and (
+        (settings.DATABASES["default"].get("TEST") or {}).get("CHARSET")
+        or (settings.DATABASES["default"].get("TEST") or {}).get("COLLATION")
+    ):
+        # dbfork created the database; Django would have given it these.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "ALTER DATABASE %s%s"
+                % (
+                    connection.ops.quote_name(target["name"]),
+                    connection.creation.sql_table_creation_suffix(),
+                )
+            )
+    try:
+        setup_databases()
+        tables = len(connections["default"].introspection.table_names())
+    finally:
+        connections.close_all()
+    models = [
+        m
+        for m in apps.get_models()
+        if m._meta.managed and not m._meta.proxy and not m._meta.swapped
+    ]
+    if models and tables == 0:
+        raise RuntimeError(
+            "the template has no tables, but the project has %d models (%s, ...): "
+            "nothing was migrated into the database `default` points at. Check the "
+            "database routers (allow_migrate) and the test settings' DATABASES"
+            % (len(models), models[0]._meta.label)
+        )
+    return {"tables": tables}
 
 
 class FreshClones:
@@ -368,6 +686,12 @@ class DbforkRunnerMixin:
             sys.stderr.write(wire.connect_error(e) + "\n")
             sys.exit(dbfork_worker.EXIT_LOST_RUNNER)
         self._dbfork_wire = wire
+        if dbfork_worker.is_controller():
+            try:
+                self._dbfork_control()
+            finally:
+                wire.close()
+            return 0
         try:
             return super().run_tests(test_labels, **kwargs)
         except NoCloneError as e:
@@ -378,6 +702,51 @@ class DbforkRunnerMixin:
             return 1
         finally:
             wire.close()
+
+    def _dbfork_control(self):
+        """The run's controller (``DBFORK_ROLE=controller``), as the main
+        process of ``manage.py test --parallel``: configured once, it reports
+        what the template depends on and builds it with this runner's own
+        ``setup_databases`` (a project's override included), runs no test, and
+        stays until dbfork ends the run."""
+        script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else None
+        report = {
+            "adapter": ADAPTER,
+            "django": controller_report(self._dbfork_setup_name(), extra_files=[script]),
+        }
+        dbfork_worker.serve_as_controller(self._dbfork_wire, report, self._dbfork_build)
+        self._dbfork_wire.bye()
+
+    def _dbfork_setup_name(self):
+        """How the template is made: Django's ``create_test_db``, through the
+        runner class that overrides ``setup_databases`` if there is one."""
+        from django.test.runner import DiscoverRunner
+
+        for cls in type(self).__mro__[1:]:
+            if cls is DbforkRunnerMixin or "setup_databases" not in vars(cls):
+                continue
+            if cls is DiscoverRunner:
+                break
+            return "create_test_db via %s.%s.setup_databases" % (cls.__module__, cls.__qualname__)
+        return "create_test_db"
+
+    def _dbfork_build(self, target):
+        # Django's create_test_db keeps the empty database dbfork made (keepdb)
+        # and migrates it; no parallel clones, no questions.
+        self.keepdb = True
+        self.interactive = False
+        self.parallel = 0
+
+        def setup():
+            self.setup_test_environment()
+            try:
+                super(DbforkRunnerMixin, self).setup_databases(
+                    aliases={"default"}, serialized_aliases=set()
+                )
+            finally:
+                self.teardown_test_environment()
+
+        return build_template(target, setup)
 
     def setup_databases(self, **kwargs):
         if not self._dbfork_socket:
@@ -410,7 +779,10 @@ class DbforkRunnerMixin:
 
         cases = list(iter_test_cases(suite))
         root = os.getcwd()
-        self._dbfork_wire.collected([_describe(test, root) for test in cases])
+        facts = template_facts() if template_is_djangos() else None
+        self._dbfork_wire.collected(
+            [_describe(test, root) for test in cases], django_facts=facts
+        )
         if not cases:
             self._dbfork_wire.wait_for_stop()
             self._dbfork_wire.bye()
@@ -421,7 +793,8 @@ class DbforkRunnerMixin:
             self._dbfork_wire.bye()
 
 
-def _runner_class(base):
+def runner_class(base):
+    """``base`` (a test runner class) with :class:`DbforkRunnerMixin` in front."""
     if isinstance(base, type) and issubclass(base, DbforkRunnerMixin):
         return base
     return type(base.__name__, (DbforkRunnerMixin, base), {"__module__": __name__})
@@ -439,13 +812,13 @@ def __getattr__(name):
             from django.test.runner import DiscoverRunner as base
         else:
             base = get_runner(settings)
-        runner = _runner_class(base)
+        runner = runner_class(base)
         globals()["Runner"] = runner
         return runner
     if name == "DiscoverRunner":
         from django.test.runner import DiscoverRunner as Base
 
-        runner = _runner_class(Base)
+        runner = runner_class(Base)
         globals()["DiscoverRunner"] = runner
         return runner
     raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -44,6 +44,7 @@ Protocol
 Only the standard library is used; Python 3.9+, pytest 7 and later.
 """
 
+import contextlib
 import os
 
 import pytest
@@ -59,9 +60,15 @@ _PLUGIN_NAME = "dbfork-worker"
 
 
 def pytest_configure(config):
-    """Registers the worker when dbfork started this process; else does nothing."""
+    """Registers the worker (or the controller) when dbfork started this
+    process; else does nothing."""
     path = dbfork_worker.take_socket_path()
     if not path or config.pluginmanager.has_plugin(_PLUGIN_NAME):
+        return
+    if dbfork_worker.is_controller():
+        controller = Controller(config, path)
+        config.pluginmanager.register(controller, _PLUGIN_NAME)
+        controller.connect()
         return
     worker = Worker(config, path)
     config.pluginmanager.register(worker, _PLUGIN_NAME)
@@ -71,12 +78,134 @@ def pytest_configure(config):
     # every test from then on; and collection would stop at the first error,
     # so workers could disagree on what was collected.
     config.option.maxfail = 0
-    if config.pluginmanager.has_plugin("django"):
+    if config.pluginmanager.has_plugin("django") and dbfork_django.template_is_djangos():
         # Registered now, after pytest-django: a later plugin's fixture of the
         # same name wins (a project's conftest still beats both).
         config.pluginmanager.register(DjangoOnClone(), "dbfork-django")
         worker.django = True
     worker.connect()
+
+
+def _uses_pytest_django(config):
+    return config.pluginmanager.has_plugin("django") and dbfork_django.django_configured()
+
+
+@contextlib.contextmanager
+def _database_access(config):
+    """pytest-django blocks database access outside tests; the controller's
+    template build needs it."""
+    try:
+        from pytest_django.plugin import blocking_manager_key
+
+        blocker = config.stash[blocking_manager_key]
+    except (ImportError, KeyError, AttributeError):
+        from pytest_django.plugin import _blocking_manager as blocker
+    with blocker.unblock():
+        yield
+
+
+def _disable_migrations():
+    """pytest-django's ``--nomigrations``: every app's tables from its models."""
+    try:
+        from pytest_django.fixtures import _disable_migrations as disable
+    except ImportError:
+        from django.apps import apps
+        from django.conf import settings
+
+        settings.MIGRATION_MODULES = {app.label: None for app in apps.get_app_configs()}
+        return
+    disable()
+
+
+class Controller:
+    """The run's controller (``DBFORK_ROLE=controller``), as pytest-xdist's
+    controller process: pytest configures itself once here (conftest files,
+    plugins, pytest-django's settings), reports the environment that the
+    workers then inherit and what the template depends on, builds the
+    template with pytest-django's own database setup when dbfork asks, and
+    collects and runs no test. It lives until the run ends, so whatever its
+    configuration made (a temporary directory in the environment) lasts as
+    long as the workers need it."""
+
+    SETUP = "create_test_db"
+
+    def __init__(self, config, path):
+        self.config = config
+        self.wire = dbfork_worker.Worker(path, ADAPTER, __version__, lookahead=1)
+
+    def connect(self):
+        try:
+            self.wire.connect()
+        except OSError as e:
+            raise pytest.UsageError(self.wire.connect_error(e))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection(self, session):
+        session.items = []
+        return True
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session):
+        report = {"adapter": ADAPTER, "django": None}
+        if _uses_pytest_django(self.config):
+            report["django"] = dbfork_django.controller_report(
+                self.SETUP, self._nomigrations(), self._config_files()
+            )
+        elif self.config.pluginmanager.has_plugin("django"):
+            report["note"] = (
+                "pytest-django is installed, but no Django settings are configured "
+                "(DJANGO_SETTINGS_MODULE, --ds, the ini file or a conftest.py)"
+            )
+        dbfork_worker.serve_as_controller(self.wire, report, self._build)
+        self.wire.bye()
+        return True
+
+    def _nomigrations(self):
+        return bool(self.config.getvalue("nomigrations"))
+
+    def _config_files(self):
+        """The pytest configuration file and the conftest files pytest has
+        loaded so far (those that can shape the settings)."""
+        files = []
+        inipath = getattr(self.config, "inipath", None) or getattr(self.config, "inifile", None)
+        if inipath:
+            files.append(str(inipath))
+        for plugin in self.config.pluginmanager.get_plugins():
+            path = getattr(plugin, "__file__", None)
+            if path and os.path.basename(path) == "conftest.py":
+                files.append(path)
+        return files
+
+    def _build(self, target):
+        """pytest-django's ``django_db_setup`` for ``default``, on the template."""
+        from django.test.utils import (
+            setup_databases,
+            setup_test_environment,
+            teardown_test_environment,
+        )
+
+        if self._nomigrations():
+            _disable_migrations()
+
+        def setup():
+            setup_test_environment()
+            try:
+                setup_databases(
+                    verbosity=0,
+                    interactive=False,
+                    aliases={"default"},
+                    serialized_aliases=set(),
+                    keepdb=True,
+                )
+            finally:
+                teardown_test_environment()
+
+        with _database_access(self.config):
+            return dbfork_django.build_template(target, setup)
+
+    @pytest.hookimpl
+    def pytest_unconfigure(self, config):
+        self.wire.close()
 
 
 def django_order_group(item):
@@ -145,9 +274,29 @@ class DjangoOnClone:
     """
 
     @pytest.fixture(scope="session")
-    def django_db_setup(self):
+    def django_db_setup(self, request, django_db_blocker):
         dbfork_django.point_django_at_clones()
+        serialized = _serialized_aliases(request.session.items)
+        if serialized:
+            # What pytest-django's setup does for serialized_rollback tests
+            # after it migrated; here on the clone, as on each xdist worker.
+            from django.db import connections
+
+            with django_db_blocker.unblock():
+                for alias in sorted(serialized):
+                    connection = connections[alias]
+                    connection._test_serialized_contents = (
+                        connection.creation.serialize_db_to_string()
+                    )
         yield
+
+
+def _serialized_aliases(items):
+    try:
+        from pytest_django.fixtures import _get_databases_for_setup
+    except ImportError:  # pytest-django before 4.6: no serialized_rollback setup
+        return set()
+    return _get_databases_for_setup(items)[1]
 
 
 class Worker:
@@ -214,7 +363,15 @@ class Worker:
             self.collect_errors,
             self.collect_skips,
             self.config.option.continue_on_collection_errors,
+            django_facts=self._django_facts(),
         )
+
+    def _django_facts(self):
+        """What this worker's settings say the template is, for dbfork to
+        check against the controller's (None without a Django template)."""
+        if not self.django:
+            return None
+        return dbfork_django.template_facts(bool(self.config.getvalue("nomigrations")))
 
     # -- running -----------------------------------------------------------
 

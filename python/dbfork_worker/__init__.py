@@ -27,6 +27,8 @@ import os
 import socket
 import sys
 import threading
+import time
+import traceback
 
 __version__ = "0.1.0"
 
@@ -35,6 +37,10 @@ PROTOCOL_VERSION = 1
 ENV_SOCKET = "DBFORK_SOCKET"
 ENV_WORKER_ID = "DBFORK_WORKER_ID"
 ENV_FRESH = "DBFORK_FRESH"
+# "controller": this process configures the test tool once, reports its
+# environment and what the template depends on, builds the template when
+# asked, and runs no test (as pytest-xdist's controller process).
+ENV_ROLE = "DBFORK_ROLE"
 
 # The exit status when dbfork goes away or breaks the protocol (EX_SOFTWARE).
 EXIT_LOST_RUNNER = 70
@@ -87,6 +93,7 @@ class Worker:
         self.want_outstanding = False
         self.finished = False  # bye sent (or the socket closed by us): EOF is expected
         self.fresh_database = None  # the answer to `fresh`
+        self.build_target = None  # a controller's `build` request
         self.forked_child = False
 
     # -- transport ---------------------------------------------------------
@@ -206,6 +213,10 @@ class Worker:
             with self.cond:
                 self.fresh_database = message.get("database")
                 self.cond.notify_all()
+        elif kind == "build":
+            with self.cond:
+                self.build_target = message.get("database") or {}
+                self.cond.notify_all()
         elif kind == "stop":
             with self.cond:
                 self.stopped = True
@@ -225,22 +236,26 @@ class Worker:
 
     # -- the conversation --------------------------------------------------
 
-    def collected(self, tests, errors=(), skipped=(), continue_on_errors=False):
+    def collected(
+        self, tests, errors=(), skipped=(), continue_on_errors=False, django_facts=None
+    ):
         """Sends the collected tests: dicts with ``id``, ``file`` and
-        optionally ``class`` and ``group`` (see the protocol's ``TestItem``)."""
+        optionally ``class`` and ``group`` (see the protocol's ``TestItem``).
+        ``django_facts``: what this worker's settings say the template is."""
         self.count = len(tests)
         with self.cond:
             # dbfork answers `collected` with the first `run` unasked.
             self.want_outstanding = True
-        self.send(
-            {
-                "type": "collected",
-                "tests": list(tests),
-                "errors": list(errors),
-                "skipped": list(skipped),
-                "continue_on_errors": bool(continue_on_errors),
-            }
-        )
+        message = {
+            "type": "collected",
+            "tests": list(tests),
+            "errors": list(errors),
+            "skipped": list(skipped),
+            "continue_on_errors": bool(continue_on_errors),
+        }
+        if django_facts is not None:
+            message["django_facts"] = django_facts
+        self.send(message)
 
     def next(self):
         """Waits until a test can run; returns its index and the next one's.
@@ -282,6 +297,15 @@ class Worker:
             while not self.stopped:
                 self.cond.wait(1.0)
             self.queue.clear()
+
+    def next_build(self):
+        """A controller's next order: the ``database`` of a ``build`` request
+        (a dict with ``url`` and ``name``), or None on ``stop``."""
+        with self.cond:
+            while self.build_target is None and not self.stopped:
+                self.cond.wait(1.0)
+            target, self.build_target = self.build_target, None
+            return target
 
     def _want_if_low(self):
         # Called with cond held.
@@ -333,6 +357,45 @@ def phase(when, outcome, category, duration=0.0, longrepr=None):
         "duration": float(duration or 0.0),
         "longrepr": longrepr,
     }
+
+
+def is_controller():
+    """Whether dbfork started this process as the run's controller."""
+    return os.environ.get(ENV_ROLE) == "controller"
+
+
+def serve_as_controller(wire, report, build):
+    """The controller's side of the conversation: sends ``configured`` (the
+    ``report``, with this process's whole environment added, which dbfork
+    passes on to the workers as a pytest-xdist controller does), then builds
+    the template each time dbfork asks (``build(database)`` returns a dict of
+    facts about the result) and answers ``built``, until ``stop``.
+
+    A failed build is answered with its traceback; the exception is not raised
+    further, so the tool still ends normally.
+    """
+    message = dict(report)
+    message["type"] = "configured"
+    message["env"] = dict(os.environ)
+    wire.send(message)
+    while True:
+        target = wire.next_build()
+        if target is None:
+            return
+        started = time.perf_counter()
+        try:
+            answer = dict(build(target) or {})
+        except BaseException as e:  # a SystemExit from a command counts too
+            answer = {"error": _exception_first(e, traceback.format_exc())}
+        answer["type"] = "built"
+        answer["seconds"] = time.perf_counter() - started
+        wire.send(answer)
+
+
+def _exception_first(error, trace):
+    """A failure as people read it: the exception line, then its traceback."""
+    line = "".join(traceback.format_exception_only(type(error), error)).strip()
+    return "%s\n\n%s" % (line, trace.rstrip())
 
 
 def fresh_enabled():

@@ -24,13 +24,21 @@ pub enum Error {
         cause: String,
     },
 
-    #[error("the setup command `{command}` failed ({status}); the half-built template {template} was dropped. Its last output:\n{tail}")]
+    #[error("the setup command `{command}` failed ({status}); the half-built template {template} was dropped. {output}{log}")]
     SetupFailed {
         command: String,
         status: String,
         template: String,
-        tail: String,
+        /// The exception and its traceback first, or the last lines.
+        output: String,
+        /// Where the whole output is kept, as a sentence (or empty).
+        log: String,
     },
+
+    #[error(
+        "building the template {template} in the test process failed; it was dropped. {cause}"
+    )]
+    TemplateBuild { template: String, cause: String },
 
     #[error("the setup command `{command}` could not be started: {cause}")]
     SetupSpawn { command: String, cause: String },

@@ -1,18 +1,40 @@
 //! Template fingerprints: blake3 over everything that decides a template's
 //! contents, so the same fingerprint means "reuse" and never "stale".
+//!
+//! What goes in is a [`Manifest`]: named entries (the server version, the
+//! setup, facts a test framework reported, each input file's hash). Kept
+//! beside the project, the manifest of the last build lets dbfork say which
+//! input changed when it builds a new template.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 /// What a template is built from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Recipe {
-    /// The setup command, run by `sh -c`.
+    /// The setup command, run by `sh -c`; for a template that a test
+    /// framework builds itself, a description of how.
     pub setup: String,
     /// Glob patterns of input files (migrations, fixtures), relative to the working directory.
     pub inputs: Vec<String>,
+    /// Input files known by name (a test framework's report): name and path.
+    pub files: Vec<(String, PathBuf)>,
+    /// Facts that decide the template besides files, by name (settings, versions).
+    pub facts: BTreeMap<String, String>,
 }
+
+/// The named parts of a fingerprint, in a fixed order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub fingerprint: String,
+    /// Entry name -> its value, or a file's content hash (`file:` names).
+    pub entries: BTreeMap<String, String>,
+}
+
+const FILE: &str = "file:";
+const FACT: &str = "fact:";
 
 impl Recipe {
     /// The sorted input files the patterns match. A pattern that matches
@@ -45,26 +67,97 @@ impl Recipe {
         Ok(files)
     }
 
-    /// The fingerprint of this recipe on a server of `server_version`.
-    pub fn fingerprint(&self, server_version: &str) -> Result<String> {
+    /// Everything the fingerprint covers on a server of `server_version`.
+    pub fn manifest(&self, server_version: &str) -> Result<Manifest> {
+        let mut entries = BTreeMap::new();
+        entries.insert(
+            "dbfork template format".to_string(),
+            crate::TEMPLATE_FORMAT_VERSION.to_string(),
+        );
+        entries.insert("server version".to_string(), server_version.to_string());
+        entries.insert("setup".to_string(), self.setup.clone());
+        for (name, value) in &self.facts {
+            entries.insert(format!("{FACT}{name}"), value.clone());
+        }
+        let named = self
+            .input_files()?
+            .into_iter()
+            .map(|p| (p.to_string_lossy().into_owned(), p))
+            .chain(self.files.iter().cloned());
+        for (name, path) in named {
+            entries.insert(format!("{FILE}{name}"), file_hash(&path)?);
+        }
         let mut h = blake3::Hasher::new();
         field(&mut h, b"dbfork-template");
-        field(&mut h, &crate::TEMPLATE_FORMAT_VERSION.to_le_bytes());
-        field(&mut h, server_version.as_bytes());
-        field(&mut h, self.setup.as_bytes());
-        for path in self.input_files()? {
-            let contents = std::fs::read(&path)
-                .map_err(Error::io(format!("reading input file {}", path.display())))?;
-            field(&mut h, path.to_string_lossy().as_bytes());
-            field(&mut h, &contents);
+        for (name, value) in &entries {
+            field(&mut h, name.as_bytes());
+            field(&mut h, value.as_bytes());
         }
-        Ok(h.finalize().to_hex().to_string())
+        Ok(Manifest {
+            fingerprint: h.finalize().to_hex().to_string(),
+            entries,
+        })
+    }
+
+    /// The fingerprint of this recipe on a server of `server_version`.
+    pub fn fingerprint(&self, server_version: &str) -> Result<String> {
+        Ok(self.manifest(server_version)?.fingerprint)
     }
 
     /// A key shared by every version of this setup (its templates age out together).
     pub fn setup_key(&self) -> String {
         blake3::hash(self.setup.as_bytes()).to_hex()[..16].to_string()
     }
+
+    /// How many input files the fingerprint covers.
+    pub fn input_count(&self) -> Result<usize> {
+        Ok(self.input_files()?.len() + self.files.len())
+    }
+}
+
+impl Manifest {
+    /// What differs from `before` (the manifest of an earlier build of the
+    /// same setup), in words: `app/migrations/0002_x.py (new)`,
+    /// `setting INSTALLED_APPS (changed)`. Empty when nothing differs.
+    pub fn changes_since(&self, before: &Manifest) -> Vec<String> {
+        let describe = |name: &str| match (name.strip_prefix(FILE), name.strip_prefix(FACT)) {
+            (Some(file), _) => file.to_string(),
+            (None, Some(fact)) => format!("setting {fact}"),
+            _ => name.to_string(),
+        };
+        let mut changes = Vec::new();
+        for (name, value) in &self.entries {
+            match before.entries.get(name) {
+                None => changes.push(format!("{} (new)", describe(name))),
+                Some(old) if old != value => changes.push(format!("{} (changed)", describe(name))),
+                _ => {}
+            }
+        }
+        for name in before.entries.keys() {
+            if !self.entries.contains_key(name) {
+                changes.push(format!("{} (removed)", describe(name)));
+            }
+        }
+        changes
+    }
+
+    /// The input files, by name.
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().filter_map(|n| n.strip_prefix(FILE))
+    }
+
+    /// The facts, by name.
+    pub fn facts(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries
+            .iter()
+            .filter_map(|(n, v)| Some((n.strip_prefix(FACT)?, v.as_str())))
+    }
+}
+
+fn file_hash(path: &Path) -> Result<String> {
+    let contents =
+        std::fs::read(path).map_err(Error::io(format!("reading input file {}", path.display())))?;
+    Ok(blake3::hash(&contents).to_hex().to_string())
 }
 
 /// Length-prefixed, so that no two different field lists hash alike.
@@ -85,6 +178,7 @@ mod tests {
         let recipe = Recipe {
             setup: "migrate".into(),
             inputs: vec![format!("{}/*.py", dir.path().display())],
+            ..Recipe::default()
         };
         let first = recipe.fingerprint("15.2").unwrap();
         assert_eq!(first, recipe.fingerprint("15.2").unwrap());
@@ -102,10 +196,55 @@ mod tests {
     }
 
     #[test]
+    fn named_files_and_facts_count_and_changes_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let migration = dir.path().join("0001_initial.py");
+        std::fs::write(&migration, "ops = []").unwrap();
+        let mut recipe = Recipe {
+            setup: "django".into(),
+            files: vec![("auth/migrations/0001_initial.py".into(), migration.clone())],
+            facts: BTreeMap::from([("INSTALLED_APPS".to_string(), "auth".to_string())]),
+            ..Recipe::default()
+        };
+        let before = recipe.manifest("16").unwrap();
+        assert_eq!(before.changes_since(&before), Vec::<String>::new());
+        assert_eq!(
+            before.files().collect::<Vec<_>>(),
+            ["auth/migrations/0001_initial.py"]
+        );
+
+        let second = dir.path().join("0002_more.py");
+        std::fs::write(&second, "ops = [1]").unwrap();
+        recipe
+            .files
+            .push(("auth/migrations/0002_more.py".into(), second));
+        recipe
+            .facts
+            .insert("INSTALLED_APPS".into(), "auth\nshop".into());
+        let after = recipe.manifest("16").unwrap();
+        assert_ne!(after.fingerprint, before.fingerprint);
+        assert_eq!(
+            after.changes_since(&before),
+            [
+                "setting INSTALLED_APPS (changed)",
+                "auth/migrations/0002_more.py (new)"
+            ]
+        );
+        // The same file under another path (another machine) is the same input.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let moved = elsewhere.path().join("0001_initial.py");
+        std::fs::copy(&migration, &moved).unwrap();
+        let mut moved_recipe = recipe.clone();
+        moved_recipe.files[0].1 = moved;
+        assert_eq!(moved_recipe.fingerprint("16").unwrap(), after.fingerprint);
+    }
+
+    #[test]
     fn a_pattern_that_matches_nothing_is_an_error() {
         let recipe = Recipe {
             setup: "x".into(),
             inputs: vec!["/nonexistent/dbfork/*.py".into()],
+            ..Recipe::default()
         };
         assert!(matches!(
             recipe.fingerprint("1"),

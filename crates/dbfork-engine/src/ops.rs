@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::backend::{AnyBackend, Backend, CloneMethod};
 use crate::error::{Error, Result};
-use crate::fingerprint::Recipe;
+use crate::fingerprint::{Manifest, Recipe};
 use crate::names;
 use crate::process::{self, Owner};
 use crate::registry::{Entry, EntryKind, State};
@@ -72,6 +72,8 @@ pub struct TemplateOptions {
     /// Copy the setup command's output to stderr as it comes.
     pub echo_setup: bool,
     pub drop_deadline: Duration,
+    /// Where the setup command's whole output is kept (`None`: nowhere).
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for TemplateOptions {
@@ -81,6 +83,7 @@ impl Default for TemplateOptions {
             lock_wait: Duration::from_secs(30 * 60),
             echo_setup: true,
             drop_deadline: Duration::from_secs(30),
+            log_dir: None,
         }
     }
 }
@@ -94,6 +97,9 @@ pub struct Template {
     pub reused: bool,
     /// Seconds spent building it (0 when reused).
     pub build_seconds: f64,
+    /// What its fingerprint covers.
+    #[serde(skip)]
+    pub manifest: Manifest,
 }
 
 /// What a process needs to use one database: its environment variables and, where
@@ -202,20 +208,42 @@ fn write_private(dir: &std::path::Path, options: &str) -> std::io::Result<()> {
     std::io::Write::write_all(&mut file, options.as_bytes())
 }
 
-/// Builds the template of `recipe`, or reuses the ready one with its fingerprint.
-/// Two processes asking for one fingerprint build it once: the other waits on
-/// the server-side lock, which the server releases if the builder dies.
+/// Builds the template of `recipe` with its setup command, or reuses the
+/// ready one with its fingerprint. Two processes asking for one fingerprint
+/// build it once: the other waits on the server-side lock, which the server
+/// releases if the builder dies.
 pub async fn ensure_template(
     backend: &AnyBackend,
     recipe: &Recipe,
     options: &TemplateOptions,
     cancel: &Cancel,
 ) -> Result<Template> {
+    ensure_template_with(backend, recipe, options, cancel, |name| async move {
+        run_setup(backend, recipe, options, cancel, &name).await
+    })
+    .await
+}
+
+/// [`ensure_template`] where `build` fills the new template (created empty
+/// and registered; given its name) instead of the setup command: a test
+/// framework that builds it in its own process. An error from `build` drops
+/// the half-built template.
+pub async fn ensure_template_with<B, F>(
+    backend: &AnyBackend,
+    recipe: &Recipe,
+    options: &TemplateOptions,
+    cancel: &Cancel,
+    build: B,
+) -> Result<Template>
+where
+    B: FnOnce(String) -> F,
+    F: std::future::Future<Output = Result<()>>,
+{
     let version = backend.server_version().await?;
-    let fingerprint = recipe.fingerprint(&version)?;
+    let manifest = recipe.manifest(&version)?;
     let scope = backend.url().database.clone().unwrap_or_default();
-    let name = names::template_name(&fingerprint, &scope);
-    if let Some(t) = reuse(backend, &name, &fingerprint).await? {
+    let name = names::template_name(&manifest.fingerprint, &scope);
+    if let Some(t) = reuse(backend, &name, &manifest).await? {
         return Ok(t);
     }
     let key = format!("dbfork-template-{name}");
@@ -223,12 +251,12 @@ pub async fn ensure_template(
         lock = backend.lock(&key, options.lock_wait) => lock?,
         _ = cancel.cancelled() => return Err(Error::Interrupted),
     };
-    let result = build_locked(backend, recipe, options, cancel, &fingerprint, &name).await;
+    let result = build_locked(backend, recipe, options, &manifest, &name, build).await;
     backend.unlock(lock).await?;
     result
 }
 
-async fn reuse(backend: &AnyBackend, name: &str, fingerprint: &str) -> Result<Option<Template>> {
+async fn reuse(backend: &AnyBackend, name: &str, manifest: &Manifest) -> Result<Option<Template>> {
     let Some(mut entry) = backend
         .registry_list()
         .await?
@@ -243,23 +271,29 @@ async fn reuse(backend: &AnyBackend, name: &str, fingerprint: &str) -> Result<Op
     entry.last_used_at = process::now();
     backend.registry_put(std::slice::from_ref(&entry)).await?;
     Ok(Some(Template {
-        fingerprint: fingerprint.to_string(),
+        fingerprint: manifest.fingerprint.clone(),
         name: name.to_string(),
         reused: true,
         build_seconds: 0.0,
+        manifest: manifest.clone(),
     }))
 }
 
-async fn build_locked(
+async fn build_locked<B, F>(
     backend: &AnyBackend,
     recipe: &Recipe,
     options: &TemplateOptions,
-    cancel: &Cancel,
-    fingerprint: &str,
+    manifest: &Manifest,
     name: &str,
-) -> Result<Template> {
+    build: B,
+) -> Result<Template>
+where
+    B: FnOnce(String) -> F,
+    F: std::future::Future<Output = Result<()>>,
+{
+    let fingerprint = &manifest.fingerprint;
     // Someone may have built it while we waited.
-    if let Some(t) = reuse(backend, name, fingerprint).await? {
+    if let Some(t) = reuse(backend, name, manifest).await? {
         return Ok(t);
     }
     // A leftover of an abandoned build (its builder died, or its database vanished).
@@ -286,7 +320,7 @@ async fn build_locked(
     backend.registry_put(std::slice::from_ref(&entry)).await?;
     let built = async {
         backend.create_empty(name).await?;
-        run_setup(backend, recipe, options, cancel, name).await?;
+        build(name.to_string()).await?;
         backend.seal_template(name).await
     }
     .await;
@@ -304,6 +338,7 @@ async fn build_locked(
         name: name.to_string(),
         reused: false,
         build_seconds: started.elapsed().as_secs_f64(),
+        manifest: manifest.clone(),
     })
 }
 
@@ -331,10 +366,10 @@ async fn run_setup(
             cause: e.to_string(),
         })?;
     let pid = child.id();
-    let tail = std::sync::Mutex::new(VecDeque::with_capacity(TAIL_LINES));
+    let output = std::sync::Mutex::new(VecDeque::new());
     let echo = options.echo_setup;
     let pump = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
-        let tail = &tail;
+        let output = &output;
         async move {
             let Some(stream) = stream else { return };
             let mut lines = BufReader::new(stream).lines();
@@ -342,11 +377,11 @@ async fn run_setup(
                 if echo {
                     eprintln!("  setup | {line}");
                 }
-                if let Ok(mut tail) = tail.lock() {
-                    if tail.len() == TAIL_LINES {
-                        tail.pop_front();
+                if let Ok(mut output) = output.lock() {
+                    if output.len() == KEPT_LINES {
+                        output.pop_front();
                     }
-                    tail.push_back(line);
+                    output.push_back(line);
                 }
             }
         }
@@ -393,20 +428,72 @@ async fn run_setup(
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => status.to_string(),
     };
-    let tail = tail
+    let lines: Vec<String> = output
         .lock()
-        .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+        .map(|o| o.iter().cloned().collect())
         .unwrap_or_default();
+    let log = options
+        .log_dir
+        .as_deref()
+        .and_then(|dir| keep_log(dir, &format!("setup-{name}.log"), &lines));
     Err(Error::SetupFailed {
         command: recipe.setup.clone(),
         status,
         template: name.to_string(),
-        tail: if tail.is_empty() {
-            "(no output)".to_string()
-        } else {
-            tail
-        },
+        output: failure_excerpt(&lines),
+        log: log
+            .map(|p| format!("\nThe whole output is in {}.", p.display()))
+            .unwrap_or_default(),
     })
+}
+
+/// How many lines of a setup's output are kept (for its log file).
+const KEPT_LINES: usize = 100_000;
+
+/// Writes `lines` to `dir/file` and returns its path (`None` if it cannot).
+pub fn keep_log(dir: &std::path::Path, file: &str, lines: &[String]) -> Option<std::path::PathBuf> {
+    let path = dir.join(file);
+    std::fs::create_dir_all(dir).ok()?;
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(&path, text).ok()?;
+    Some(path)
+}
+
+/// What of a failed command's output a person needs first: a Python
+/// traceback's exception, then the traceback (the last one: chained ones end
+/// there); without one, the last lines. Warnings printed before the failure
+/// (system checks, deprecations) do not push the cause off the screen.
+pub fn failure_excerpt(lines: &[String]) -> String {
+    let Some(start) = lines
+        .iter()
+        .rposition(|l| l.starts_with("Traceback (most recent call last):"))
+    else {
+        let from = lines.len().saturating_sub(TAIL_LINES);
+        let tail = lines[from..].join("\n");
+        return if tail.trim().is_empty() {
+            "Its output: (none)".to_string()
+        } else {
+            format!("Its last output:\n{tail}")
+        };
+    };
+    let block = &lines[start..];
+    let exception = block
+        .iter()
+        .skip(1)
+        .position(|l| !l.starts_with(' ') && !l.trim().is_empty())
+        .map(|p| p + 1);
+    match exception {
+        Some(at) => {
+            let raised = &block[at..block.len().min(at + TAIL_LINES)];
+            format!(
+                "It raised:\n{}\n\n{}",
+                raised.join("\n"),
+                block[..at].join("\n")
+            )
+        }
+        None => format!("Its output ends with:\n{}", block.join("\n")),
+    }
 }
 
 /// The ready template whose fingerprint starts with `wanted` (or whose name is `wanted`).

@@ -25,6 +25,8 @@
 //! | `DATABASE_URL`, `DBFORK_DATABASE_URL`, `DBFORK_DATABASE_NAME`, backend variables | the slot's clone |
 //! | `DBFORK_DATABASES` | extra aliases' clones (`--alias`): JSON, alias to name (SQLite: path) |
 //! | `DBFORK_FRESH` | `1` with `--fresh-transactional`: transactional tests may ask for a fresh clone |
+//! | `DBFORK_ROLE` | `controller` in the run's controller process; absent in workers |
+//! | `DBFORK_DJANGO` | `1` when the template is the Django project's: workers point Django at their clones |
 //!
 //! # Conversation
 //!
@@ -46,6 +48,29 @@
 //!   bye                               ->   (then the process exits)
 //! ```
 //!
+//! # The controller
+//!
+//! Before any worker starts, dbfork starts the test command once more as the
+//! run's *controller* (`DBFORK_ROLE=controller`, its own socket), as
+//! pytest-xdist's controller process: the tool configures itself once there
+//! (conftest files, plugins, Django's settings), and the controller says what
+//! it found. dbfork passes the controller's environment on to every worker
+//! (values made during configuration, such as a per-run data directory, are
+//! shared as with pytest-xdist), and, for a Django project, fingerprints the
+//! template by what the controller reports and has the controller build it
+//! with the project's own test database setup. The controller runs no test; it
+//! stays until the run ends, then gets `stop`.
+//!
+//! ```text
+//! controller                               dbfork
+//!   hello {worker_id, pid, adapter}   ->
+//!   configured {env, django, note}    ->   (fingerprint; the template exists?)
+//!                                     <-   build {database: {url, name}}   (only if not)
+//!   built {tables, seconds, error}    ->
+//!                                     <-   stop   (when the run ends)
+//!   bye                               ->
+//! ```
+//!
 //! Indices refer to the `collected` list. A worker runs what it is given in
 //! the order given; it keeps the first test of its queue as the `nextitem` of
 //! the test it is running, so it asks for more work (`want`) while it still
@@ -54,6 +79,8 @@
 //! those of the named tests it has neither started nor committed to as the
 //! next one, and says which in `released` (possibly none). On `stop` it runs
 //! what it holds, finishes the session, sends `bye` and exits.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +95,8 @@ pub mod env {
     pub const WORKERS: &str = "DBFORK_WORKERS";
     pub const RUN_ID: &str = "DBFORK_RUN_ID";
     pub const FRESH: &str = "DBFORK_FRESH";
+    pub const ROLE: &str = "DBFORK_ROLE";
+    pub const DJANGO: &str = "DBFORK_DJANGO";
     pub const XDIST_WORKER: &str = "PYTEST_XDIST_WORKER";
     pub const XDIST_WORKER_COUNT: &str = "PYTEST_XDIST_WORKER_COUNT";
 }
@@ -134,6 +163,70 @@ pub struct TestResult {
     pub stderr: String,
 }
 
+/// What a controller found of a Django project, configured as its tests are.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DjangoReport {
+    /// `DJANGO_SETTINGS_MODULE` as Django loaded it (empty for `settings.configure()`).
+    #[serde(default)]
+    pub settings_module: String,
+    /// What decides the template's schema, by name (Django version, apps,
+    /// migration modules, models without migrations, each alias's engine and
+    /// `TEST` settings, ...): part of the fingerprint, and what workers are
+    /// checked against.
+    #[serde(default)]
+    pub facts: BTreeMap<String, String>,
+    /// The files the template depends on (every migration file of every
+    /// installed app, fixtures, settings, conftest and pytest configuration).
+    #[serde(default)]
+    pub inputs: Vec<InputFile>,
+    /// Each alias's effective settings.
+    #[serde(default)]
+    pub databases: BTreeMap<String, AliasSettings>,
+}
+
+/// An input file: its name (relative to the project or to the import path
+/// entry it lives in: the same on every machine) and where it is here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    pub name: String,
+    pub path: String,
+}
+
+/// One alias of Django's `DATABASES`, as the tests would connect.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AliasSettings {
+    /// `connection.vendor`: `postgresql`, `mysql`, `sqlite`, ...
+    pub vendor: String,
+    #[serde(default)]
+    pub engine: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub port: String,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    /// `TEST['MIRROR']`: the alias this one mirrors.
+    #[serde(default)]
+    pub mirror: Option<String>,
+    /// Django's `test_db_signature()`: aliases with equal signatures share one database.
+    #[serde(default)]
+    pub signature: String,
+}
+
+/// The database a controller builds the template into: dbfork created it
+/// empty and registered it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildTarget {
+    /// Its URL, password included (the controller's connection settings).
+    pub url: String,
+    /// Its name on the server; the file's path on SQLite.
+    pub name: String,
+}
+
 /// What a worker sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -158,6 +251,33 @@ pub enum WorkerMessage {
         /// `--continue-on-collection-errors`).
         #[serde(default)]
         continue_on_errors: bool,
+        /// What this worker's Django settings say the template is (the
+        /// facts of [`DjangoReport`]), when the template is Django's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        django_facts: Option<BTreeMap<String, String>>,
+    },
+    /// The controller's report, once it configured itself.
+    Configured {
+        /// The controller's whole environment after configuring.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        /// The Django project, if the tool configured one.
+        #[serde(default)]
+        django: Option<DjangoReport>,
+        /// Why no Django project was found, where one might be expected.
+        #[serde(default)]
+        note: Option<String>,
+    },
+    /// The controller's answer to `build`.
+    Built {
+        /// The failure, exception first, then its traceback.
+        #[serde(default)]
+        error: Option<String>,
+        /// Tables in the template afterwards.
+        #[serde(default)]
+        tables: Option<u64>,
+        #[serde(default)]
+        seconds: f64,
     },
     Started {
         index: usize,
@@ -189,6 +309,10 @@ pub enum RunnerMessage {
     /// for it alone (its name on the server; SQLite: the file's path).
     Fresh {
         database: String,
+    },
+    /// To the controller: build the template into this empty database.
+    Build {
+        database: BuildTarget,
     },
     Stop,
 }

@@ -5,6 +5,9 @@
 //!
 //! - [`protocol`](dbfork_protocol): what workers and the runner say.
 //! - [`schedule`]: which tests go to which worker, and when to steal.
+//! - [`controller`]: the test command configured once, before the workers:
+//!   their environment, and for a Django project the template's build.
+//! - [`template`], [`django`]: the run's template, and what dbfork knows of Django.
 //! - [`run`]: the dispatcher, one `select!` loop that owns the run's state.
 //! - [`worker`]: starting and killing worker processes.
 //! - [`report`], [`timings`], [`progress`]: what the run leaves for people and the next run.
@@ -12,12 +15,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod controller;
+pub mod django;
 pub mod model;
 pub mod plugin;
 pub mod progress;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod template;
 pub mod timings;
 pub mod worker;
 
@@ -113,8 +119,10 @@ impl Adapter {
 pub struct RunConfig {
     /// The test command and its arguments.
     pub command: Vec<String>,
-    /// `--db`: a URL or `postgres:ephemeral` / `mariadb:ephemeral`.
-    pub db: String,
+    /// `--db`: a URL or `postgres:ephemeral` / `mariadb:ephemeral`; `None`
+    /// when not given: the server the tests' settings name, or the embedded
+    /// SQLite default.
+    pub db: Option<String>,
     /// The setup command that builds the template (`None`: an empty database).
     pub setup: Option<String>,
     /// Glob patterns of the files that decide the template.
@@ -151,4 +159,19 @@ pub struct RunConfig {
     pub live: bool,
     /// The configuration file the settings came from, if any (for messages).
     pub config_file: Option<PathBuf>,
+}
+
+/// Makes the state directory (`.dbfork/`) with a `.gitignore` that ignores
+/// all of it, as `.pytest_cache` does, so it never shows in `git status`.
+pub fn prepare_state_dir(dir: &std::path::Path) {
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let ignore = dir.join(".gitignore");
+    if !ignore.exists() {
+        let _ = std::fs::write(
+            ignore,
+            "# Created by dbfork: its state (timings, logs, the embedded SQLite databases).\n*\n",
+        );
+    }
 }

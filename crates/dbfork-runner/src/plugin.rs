@@ -22,6 +22,10 @@ const PACKAGES: [(&str, &str); 3] = [
         include_str!("../../../python/dbfork_django/__init__.py"),
     ),
 ];
+/// The `sitecustomize` that gives Django's `get_runner` dbfork's mixin, so
+/// `manage.py test` and scripts like Django's `runtests.py` become workers
+/// without a `--testrunner` option.
+const SITECUSTOMIZE: &str = include_str!("../../../python/dbfork_django/_sitecustomize.py");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The test runner `manage.py test` gets under dbfork: the project's own
@@ -37,6 +41,7 @@ pub fn install(dir: &Path) -> io::Result<PathBuf> {
         std::fs::create_dir_all(&package)?;
         std::fs::write(package.join("__init__.py"), source)?;
     }
+    std::fs::write(root.join("sitecustomize.py"), SITECUSTOMIZE)?;
     std::fs::create_dir_all(&dist)?;
     std::fs::write(
         dist.join("METADATA"),

@@ -16,26 +16,26 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dbfork_engine::fingerprint::Recipe;
 use dbfork_engine::names;
-use dbfork_engine::ops::{
-    self, Cancel, Canceller, CloneOptions, DatabaseEnv, MadeClone, TemplateOptions,
-};
+use dbfork_engine::ops::{self, Cancel, Canceller, CloneOptions, DatabaseEnv, MadeClone};
 use dbfork_engine::process::Owner;
-use dbfork_engine::{AnyBackend, Backend, CloneMethod};
-use dbfork_protocol::{self as protocol, env, RunnerMessage, TestItem, WorkerMessage};
+use dbfork_engine::{AnyBackend, Backend, CloneMethod, DbUrl, Kind};
+use dbfork_protocol::{
+    self as protocol, env, DjangoReport, RunnerMessage, TestItem, WorkerMessage,
+};
 use futures_util::stream::{self, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::controller::{Configured, Controller};
 use crate::model::{Outcome, RunReport, SlotReport, TestRecord};
 use crate::progress::{label, Progress};
 use crate::schedule::Scheduler;
 use crate::timings::Timings;
-use crate::worker::{self, Echo, Tail};
-use crate::{plugin, report, Adapter, RunConfig};
+use crate::worker::{self, Echo, Environment, Tail};
+use crate::{plugin, report, template, Adapter, RunConfig};
 
 /// Exit codes of `dbfork run`, pytest's where they overlap.
 pub mod exit {
@@ -66,6 +66,9 @@ pub enum RunError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The controller (the test command configuring itself) failed.
+    #[error("{message}")]
+    Controller { code: i32, message: String },
 }
 
 impl RunError {
@@ -80,6 +83,7 @@ impl RunError {
                 | dbfork_engine::Error::MissingBinary { .. },
             )
             | RunError::Usage(_) => exit::USAGE,
+            RunError::Controller { code, .. } => *code,
             _ => exit::SETUP_OR_DATABASE,
         }
     }
@@ -180,6 +184,11 @@ struct Dispatcher {
     adapter: Adapter,
     socket: PathBuf,
     pythonpath: Option<String>,
+    /// What the workers inherit from the controller's configuration.
+    base_env: Environment,
+    /// The controller's Django facts, which every worker's must equal.
+    django_facts: Option<std::collections::BTreeMap<String, String>>,
+    controller: Option<Controller>,
     events: mpsc::UnboundedSender<Event>,
     clone_permits: Arc<Semaphore>,
     cancel: Cancel,
@@ -225,24 +234,54 @@ fn note_ignored(command: &[String], options: &[&str], whose: &str) {
     }
 }
 
-/// Runs the suite described by `config` on `backend` and returns its report
-/// (also written to the report files and the timings store).
-pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, RunError> {
+/// A run that has started: its private directory, signal handling and, for
+/// a test tool dbfork talks to, its controller, configured as the tests are.
+/// What the controller found decides the database server (when `--db` is not
+/// given) and the template; [`run`] does the rest.
+pub struct Prepared {
+    config: RunConfig,
+    adapter: Adapter,
+    run_id: String,
+    run_dir: RunDir,
+    pythonpath: Option<String>,
+    events: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
+    cancel: Cancel,
+    controller: Option<Controller>,
+    configured: Configured,
+    started: Instant,
+    started_at: f64,
+}
+
+impl Prepared {
+    /// The Django project the controller found, if any.
+    pub fn django(&self) -> Option<&DjangoReport> {
+        self.configured.django.as_ref()
+    }
+
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    /// Ends the run before it started (the database could not be opened):
+    /// the controller goes, and the run directory with it.
+    pub async fn abandon(self) {
+        if let Some(controller) = self.controller {
+            controller.stop(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+/// Starts a run: checks the command, makes the run directory, and for a test
+/// tool dbfork talks to (pytest, Django's runner) starts the controller and
+/// waits until it has configured itself. `server` is the database server when
+/// it is already known (`--db`); the controller's `DATABASE_URL` names it.
+pub async fn prepare(config: RunConfig, server: Option<&DbUrl>) -> Result<Prepared, RunError> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default();
-    let backend = Arc::new(backend);
-    let method = CloneMethod::parse(backend.kind(), &config.clone_method)?;
-    if config.fresh_transactional && backend.kind() == dbfork_engine::url::Kind::Mysql {
-        eprintln!(
-            "dbfork: note: --fresh-transactional on MySQL/MariaDB copies every table for each transactional test, which measured about 2x slower than Django's flush on the example project (docs/benchmarks.md); it pays off on PostgreSQL and SQLite"
-        );
-    }
     let adapter = config.adapter.resolve(&config.command);
-    let protocol = adapter.speaks_protocol();
-    let mut config = config;
     match adapter {
         Adapter::Pytest => {
             if let Some(option) = plugin::xdist_option(&config.command) {
@@ -258,69 +297,135 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
         }
         Adapter::Django => {
             note_ignored(&config.command, &["--keepdb", "--parallel"], "Django's");
-            if !plugin::has_testrunner(&config.command) {
-                config
-                    .command
-                    .push(format!("--testrunner={}", plugin::DJANGO_RUNNER));
-            }
         }
         Adapter::Auto | Adapter::None => {}
     }
-
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    crate::prepare_state_dir(&config.state_dir);
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (canceller, cancel) = Cancel::new();
     tokio::spawn(watch_signals(canceller, events_tx.clone()));
 
     let run_id = names::new_run_id();
     let run_dir =
         std::env::temp_dir().join(format!("{RUN_DIR_PREFIX}{}-{run_id}", std::process::id()));
-    let _run_dir_guard = RunDir::create(&run_dir)?;
-    let socket = run_dir.join("socket");
-    let pythonpath = if protocol {
-        let dir = plugin::install(&run_dir).map_err(|source| RunError::RunDir {
-            path: run_dir.clone(),
-            source,
-        })?;
-        let mut path = dir.display().to_string();
-        if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
-            path.push(':');
-            path.push_str(&existing.to_string_lossy());
+    let run_dir = RunDir::create(&run_dir)?;
+    let mut prepared = Prepared {
+        config,
+        adapter,
+        run_id,
+        pythonpath: None,
+        events: (events_tx, events_rx),
+        cancel,
+        controller: None,
+        configured: Configured::default(),
+        started,
+        started_at,
+        run_dir,
+    };
+    if !adapter.speaks_protocol() {
+        return Ok(prepared);
+    }
+    let dir = plugin::install(&prepared.run_dir.0).map_err(|source| RunError::RunDir {
+        path: prepared.run_dir.0.clone(),
+        source,
+    })?;
+    let mut path = dir.display().to_string();
+    if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+        path.push(':');
+        path.push_str(&existing.to_string_lossy());
+    }
+    prepared.pythonpath = Some(path.clone());
+    let mut vars = vec![
+        ("PYTHONPATH".to_string(), path),
+        (env::RUN_ID.to_string(), prepared.run_id.clone()),
+    ];
+    if let Some(server) = server {
+        // Settings that read DATABASE_URL see the server the run uses (on
+        // SQLite a file of the run's own: the controller builds nothing there).
+        let url = match server.kind {
+            Kind::Sqlite => format!(
+                "sqlite://{}",
+                prepared.run_dir.0.join("controller.sqlite3").display()
+            ),
+            _ => server.to_url_with_password(),
+        };
+        vars.push(("DATABASE_URL".to_string(), url.clone()));
+        vars.push(("DBFORK_DATABASE_URL".to_string(), url));
+    }
+    let mut command = prepared.config.command.clone();
+    plugin_option(adapter, &mut command);
+    let progress = Progress::new(false, 0, 1);
+    if prepared.config.verbose > 0 {
+        progress.note("configuring the test command once (the controller, as pytest-xdist's)");
+    }
+    let (controller, configured) = Controller::start(
+        &command,
+        vars,
+        &prepared.run_dir.0,
+        prepared.config.build_timeout,
+        &prepared.cancel,
+    )
+    .await?;
+    prepared.controller = Some(controller);
+    prepared.configured = configured;
+    Ok(prepared)
+}
+
+/// `-p dbfork` when pytest autoloads no plugins: the entry point of the
+/// dist-info written beside the plugin is then found by name.
+fn plugin_option(adapter: Adapter, command: &mut Vec<String>) {
+    if adapter == Adapter::Pytest && std::env::var_os("PYTEST_DISABLE_PLUGIN_AUTOLOAD").is_some() {
+        command.extend(["-p".to_string(), "dbfork".to_string()]);
+    }
+}
+
+/// Runs the suite prepared in `prepared` on `backend` and returns its report
+/// (also written to the report files and the timings store).
+pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, RunError> {
+    let Prepared {
+        mut config,
+        adapter,
+        run_id,
+        run_dir: _run_dir_guard,
+        pythonpath,
+        events: (events_tx, mut events),
+        cancel,
+        mut controller,
+        configured,
+        started,
+        started_at,
+    } = prepared;
+    let backend = Arc::new(backend);
+    let result = async {
+        let method = CloneMethod::parse(backend.kind(), &config.clone_method)?;
+        if config.fresh_transactional && backend.kind() == dbfork_engine::url::Kind::Mysql {
+            eprintln!(
+                "dbfork: note: --fresh-transactional on MySQL/MariaDB copies every table for each transactional test, which measured about 2x slower than Django's flush on the example project (docs/benchmarks.md); it pays off on PostgreSQL and SQLite"
+            );
         }
-        Some(path)
-    } else {
-        None
-    };
-
-    let progress = Progress::new(config.live, config.verbose, config.jobs);
-    let recipe = Recipe {
-        setup: config.setup.clone().unwrap_or_else(|| "true".to_string()),
-        inputs: config.inputs.clone(),
-    };
-    let options = TemplateOptions {
-        build_timeout: config.build_timeout,
-        lock_wait: config.lock_timeout,
-        echo_setup: config.verbose > 0 || !config.live,
-        drop_deadline: config.drop_timeout,
-    };
-    if config.setup.is_some() {
-        progress
-            .note("preparing the template (the setup command runs only when its inputs changed)");
+        let progress = Progress::new(config.live, config.verbose, config.jobs);
+        note_inherited(&configured, &progress, config.verbose);
+        let template =
+            template::prepare(&config, &backend, &configured, controller.as_mut(), &cancel, &progress)
+                .await?;
+        template::add_aliases(&mut config, configured.django.as_ref(), &progress);
+        Ok::<_, RunError>((method, progress, template))
     }
-    let template = ops::ensure_template(&backend, &recipe, &options, &cancel).await?;
-    if config.setup.is_some() {
-        progress.note(&if template.reused {
-            format!("reusing template {} (inputs unchanged)", template.name)
-        } else {
-            format!(
-                "built template {} in {:.1}s",
-                template.name, template.build_seconds
-            )
-        });
-    }
+    .await;
+    let (method, progress, template) = match result {
+        Ok(ready) => ready,
+        Err(e) => {
+            if let Some(controller) = controller.take() {
+                controller.stop(config.grace).await;
+            }
+            return Err(e);
+        }
+    };
     let template = ops::find_template(&backend, &template.fingerprint).await?;
-
+    let protocol = adapter.speaks_protocol();
+    let socket = _run_dir_guard.0.join("socket");
     let timings = Timings::load(&config.state_dir);
-    let listener = if protocol {
+    if protocol {
         let listener = UnixListener::bind(&socket).map_err(|source| RunError::RunDir {
             path: socket.clone(),
             source,
@@ -333,14 +438,14 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
                 }
             }
         });
-        true
-    } else {
-        false
-    };
-    debug_assert_eq!(listener, protocol);
+    }
 
     let slots = config.jobs.max(1);
     progress.worker(0, "making its clone");
+    let base_env = Environment {
+        set: configured.env_set.clone().into_iter().collect(),
+        unset: configured.env_unset.clone(),
+    };
     let mut d = Dispatcher {
         records: Vec::new(),
         slots: (0..slots).map(|_| Slot::default()).collect(),
@@ -352,6 +457,9 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
         adapter,
         socket,
         pythonpath,
+        base_env,
+        django_facts: configured.django.as_ref().map(|d| d.facts.clone()),
+        controller,
         events: events_tx,
         clone_permits: Arc::new(Semaphore::new(CLONE_CONCURRENCY)),
         fresh: FreshPool::default(),
@@ -416,6 +524,23 @@ pub async fn run(config: RunConfig, backend: AnyBackend) -> Result<RunReport, Ru
     }
     heartbeat.abort();
     Ok(d.finish().await)
+}
+
+/// With `-v`: what the workers inherit from the controller's configuration.
+fn note_inherited(configured: &Configured, progress: &Progress, verbose: u8) {
+    if verbose == 0 || (configured.env_set.is_empty() && configured.env_unset.is_empty()) {
+        return;
+    }
+    let names: Vec<&str> = configured
+        .env_set
+        .keys()
+        .map(String::as_str)
+        .chain(configured.env_unset.iter().map(String::as_str))
+        .collect();
+    progress.note(&format!(
+        "the workers inherit the environment the test command's configuration set up ({}), as pytest-xdist's workers do",
+        names.join(", ")
+    ));
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -762,8 +887,12 @@ impl Dispatcher {
             }
         };
         let id = format!("{slot}.{generation}");
-        let mut vars = db_env.vars.clone();
+        let mut vars = self.base_env.set.clone();
+        vars.extend(db_env.vars.iter().cloned());
         let slots = self.slots.len().to_string();
+        if self.django_facts.is_some() {
+            vars.push((env::DJANGO.to_string(), "1".to_string()));
+        }
         vars.extend([
             (env::WORKER.to_string(), slot.to_string()),
             (env::WORKERS.to_string(), slots.clone()),
@@ -787,12 +916,7 @@ impl Dispatcher {
             if let Some(path) = &self.pythonpath {
                 vars.push(("PYTHONPATH".to_string(), path.clone()));
             }
-            if self.adapter == Adapter::Pytest
-                && std::env::var_os("PYTEST_DISABLE_PLUGIN_AUTOLOAD").is_some()
-            {
-                // `-p dbfork` finds the entry point of the dist-info written beside it.
-                command.extend(["-p".to_string(), "dbfork".to_string()]);
-            }
+            plugin_option(self.adapter, &mut command);
         }
         let echo = if !self.protocol() {
             Echo::Prefixed(format!("[{}] ", label(slot)))
@@ -802,7 +926,11 @@ impl Dispatcher {
             Echo::Quiet
         };
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        let spawned = match worker::spawn(&command, &vars, &cwd, echo) {
+        let environment = Environment {
+            set: vars,
+            unset: self.base_env.unset.clone(),
+        };
+        let spawned = match worker::spawn(&command, &environment, &cwd, echo, Tail::default()) {
             Ok(s) => s,
             Err(e) => {
                 let program = command.first().cloned().unwrap_or_default();
@@ -928,7 +1056,11 @@ impl Dispatcher {
                 errors,
                 skipped,
                 continue_on_errors,
+                django_facts,
             } => {
+                if let Some(message) = self.facts_differ(slot, django_facts.as_ref()) {
+                    return self.fail(exit::SETUP_OR_DATABASE, message);
+                }
                 if self.tests.is_none() {
                     self.collect_skipped =
                         skipped.into_iter().map(|e| (e.id, e.longrepr)).collect();
@@ -1010,6 +1142,10 @@ impl Dispatcher {
                 self.feed_all();
             }
             WorkerMessage::Fresh => self.on_fresh(slot, generation),
+            WorkerMessage::Configured { .. } | WorkerMessage::Built { .. } => self.fail(
+                exit::USAGE,
+                format!("{} sent a controller's message; install matching versions of dbfork and its adapter", label(slot)),
+            ),
             WorkerMessage::Bye => {
                 if let Some(w) = self.worker_mut(slot, generation) {
                     w.bye = true;
@@ -1017,6 +1153,31 @@ impl Dispatcher {
                 self.progress.worker(slot, "done");
             }
         }
+    }
+
+    /// Why a worker's Django configuration is not the one the template was
+    /// made with (the controller's), if it is not.
+    fn facts_differ(
+        &self,
+        slot: usize,
+        facts: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Option<String> {
+        let (expected, found) = (self.django_facts.as_ref()?, facts?);
+        let differing: Vec<&str> = expected
+            .iter()
+            .filter(|(name, _)| name.as_str() != "template setup")
+            .filter(|(name, value)| found.get(*name) != Some(*value))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let first = differing.first()?;
+        Some(format!(
+            "{} configured Django differently from the controller that made the template: {} differ{} ({first} is `{}` in the controller and `{}` in the worker). The workers must see the settings the template was made with; look for settings that depend on something that differs between processes (the process id, a random value, a variable that only some processes set)",
+            label(slot),
+            differing.join(", "),
+            if differing.len() == 1 { "s" } else { "" },
+            truncate(expected.get(*first).map(String::as_str).unwrap_or(""), 120),
+            truncate(found.get(*first).map(String::as_str).unwrap_or("(missing)"), 120),
+        ))
     }
 
     fn record(&mut self, record: TestRecord) {
@@ -1066,7 +1227,7 @@ impl Dispatcher {
                 };
                 return self.fail(
                     exit::INTERRUPTED,
-                    format!("{} collected different tests than the first worker ({detail}). The test order must not depend on the process: check for randomized collection or parametrization (pytest-randomly: pass `-p no:randomly` or a fixed seed).", label(slot)),
+                    format!("{} collected different tests than the first worker ({detail}); no test ran on a wrong list. Test ids and their order must be the same in every process: a value that differs between processes (a random number, a temporary path, a secret made at import time) in a parametrize id or a test name makes them differ. pytest-xdist makes such values once in its controller when they go into the environment while pytest configures, and dbfork passes that environment on too; values made at import time in each process cannot be shared. Randomized order: pass `-p no:randomly` or a fixed seed.", label(slot)),
                 );
             }
             return;
@@ -1304,6 +1465,12 @@ impl Dispatcher {
                     Outcome::NotRun,
                     "the run was interrupted while it ran".to_string(),
                 )
+            } else if self.fatal.is_some() {
+                // dbfork stopped the worker; the test is not to blame.
+                (
+                    Outcome::NotRun,
+                    "not finished: the run stopped on an error".to_string(),
+                )
             } else {
                 match &cause {
                     LossCause::Timeout(limit) => (
@@ -1530,6 +1697,15 @@ impl Dispatcher {
             }
         }
         self.progress.clear();
+        // The controller ends (its configuration's cleanup runs) while the
+        // clones are dropped.
+        let grace = self.config.grace;
+        let controller = self.controller.take();
+        let controller_ended = tokio::spawn(async move {
+            if let Some(controller) = controller {
+                controller.stop(grace).await;
+            }
+        });
         // Teardown: every clone of this run, then anything else this process registered.
         let names: Vec<String> = self
             .slots
@@ -1558,6 +1734,7 @@ impl Dispatcher {
         for failure in failures {
             eprintln!("dbfork: warning: could not drop {failure}; `dbfork db gc` removes it later");
         }
+        let _ = controller_ended.await;
         for s in &mut self.slots {
             s.env = None;
         }

@@ -16,24 +16,45 @@ use tokio::process::{Child, Command};
 const TAIL_LINES: usize = 100;
 
 /// The last lines a worker wrote, stdout and stderr interleaved as they came.
-#[derive(Debug, Clone, Default)]
-pub struct Tail(Arc<Mutex<VecDeque<String>>>);
+#[derive(Debug, Clone)]
+pub struct Tail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    capacity: usize,
+}
+
+impl Default for Tail {
+    fn default() -> Self {
+        Tail::with_capacity(TAIL_LINES)
+    }
+}
 
 impl Tail {
+    /// A tail that keeps the last `capacity` lines.
+    pub fn with_capacity(capacity: usize) -> Tail {
+        Tail {
+            lines: Arc::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
     fn push(&self, line: String) {
-        if let Ok(mut lines) = self.0.lock() {
-            if lines.len() == TAIL_LINES {
+        if let Ok(mut lines) = self.lines.lock() {
+            if lines.len() == self.capacity {
                 lines.pop_front();
             }
             lines.push_back(line);
         }
     }
 
-    pub fn text(&self) -> String {
-        self.0
+    pub fn lines(&self) -> Vec<String> {
+        self.lines
             .lock()
-            .map(|lines| lines.iter().map(|l| format!("{l}\n")).collect())
+            .map(|lines| lines.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    pub fn text(&self) -> String {
+        self.lines().iter().map(|l| format!("{l}\n")).collect()
     }
 }
 
@@ -53,20 +74,32 @@ pub struct Spawned {
     pub tail: Tail,
 }
 
-/// Starts `command` in `cwd` with `env` added to dbfork's own environment.
+/// What a worker's environment is: dbfork's own, without `unset`, with `set`.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    pub set: Vec<(String, String)>,
+    pub unset: Vec<String>,
+}
+
+/// Starts `command` in `cwd` with `env` applied to dbfork's own environment;
+/// its output goes to `tail` (and to `echo`).
 pub fn spawn(
     command: &[String],
-    env: &[(String, String)],
+    env: &Environment,
     cwd: &Path,
     echo: Echo,
+    tail: Tail,
 ) -> io::Result<Spawned> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let mut cmd = Command::new(program);
+    for name in &env.unset {
+        cmd.env_remove(name);
+    }
     cmd.args(args)
         .current_dir(cwd)
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(env.set.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -88,7 +121,6 @@ pub fn spawn(
     }
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or_default();
-    let tail = Tail::default();
     if let Some(out) = child.stdout.take() {
         tokio::spawn(pump(out, tail.clone(), echo.clone(), false));
     }

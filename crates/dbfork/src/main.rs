@@ -2,7 +2,6 @@
 
 mod cli;
 mod commands;
-mod django;
 mod errors;
 mod settings;
 mod signals;

@@ -93,10 +93,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
     let adapter = from_flags.adapter.or(from_file.adapter).unwrap_or_default();
     Ok(RunConfig {
         command: args.command.clone(),
-        db: from_flags
-            .db
-            .or(from_file.db)
-            .unwrap_or_else(|| absolute_sqlite(DEFAULT_DB, &root)),
+        db: from_flags.db.or(from_file.db),
         setup: from_flags.setup.or(from_file.setup).flatten(),
         inputs: from_flags.inputs.or(from_file.inputs).unwrap_or_default(),
         aliases: from_flags.aliases.or(from_file.aliases).unwrap_or_default(),
@@ -148,6 +145,16 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
             && !matches!(std::env::var_os("CI"), Some(ci) if !ci.is_empty()),
         config_file: file.map(|f| f.path),
     })
+}
+
+/// The database of a run that names none and whose tests' settings name no
+/// server: the embedded SQLite in the project's state directory.
+pub fn default_db(config: &RunConfig) -> String {
+    let root = config
+        .state_dir
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    absolute_sqlite(DEFAULT_DB, &root)
 }
 
 /// `auto`: one slot per usable core.
@@ -745,11 +752,11 @@ mod tests {
         assert_eq!(config.command, vec!["pytest", "-q"]);
         assert!(config.jobs >= 1);
         assert_eq!(config.max_worker_restarts, 4 * config.jobs);
+        assert_eq!(config.db, None);
         assert_eq!(
-            config.db,
+            default_db(&config),
             format!("sqlite://{}/.dbfork/sqlite/main.sqlite3", root.display())
         );
-        assert!(config.db.starts_with("sqlite:///"));
         assert_eq!(config.state_dir, root.join(".dbfork"));
         assert_eq!(config.dist, Dist::Test);
         assert_eq!(config.adapter, Adapter::Auto);
@@ -1002,8 +1009,8 @@ mod tests {
         .unwrap();
         let config = resolve(&args(), 0, &sub).unwrap();
         assert_eq!(
-            config.db,
-            format!("sqlite://{}/var/test.db?mode=rwc", root.display())
+            config.db.as_deref(),
+            Some(format!("sqlite://{}/var/test.db?mode=rwc", root.display()).as_str())
         );
         assert_eq!(config.junit, Some(root.join("reports/junit.xml")));
         assert_eq!(config.json, None);
@@ -1015,7 +1022,10 @@ mod tests {
             ..args()
         };
         let config = resolve(&flags, 0, &sub).unwrap();
-        assert_eq!(config.db, format!("sqlite://{}/local.db", sub.display()));
+        assert_eq!(
+            config.db.as_deref(),
+            Some(format!("sqlite://{}/local.db", sub.display()).as_str())
+        );
         assert_eq!(config.junit, Some(sub.join("out.xml")));
 
         // Other URLs are left alone.
@@ -1024,8 +1034,8 @@ mod tests {
             ..args()
         };
         assert_eq!(
-            resolve(&flags, 0, &sub).unwrap().db,
-            "postgres://u@h:5432/postgres"
+            resolve(&flags, 0, &sub).unwrap().db.as_deref(),
+            Some("postgres://u@h:5432/postgres")
         );
     }
 

@@ -1,8 +1,12 @@
-//! `dbfork run`: settings resolved, the database opened, and the runner
-//! library does the rest; here only what the user reads at the very end.
+//! `dbfork run`: settings resolved, the run prepared (the test command
+//! configured once, as the tests are), the database opened (the one `--db`
+//! names, else the server the tests' settings name, else the embedded
+//! SQLite), and the runner library does the rest; here only what the user
+//! reads at the very end.
 
 use anyhow::Result;
-use dbfork_runner::run::{self as runner, exit, RunError};
+use dbfork_engine::{Backend, Target};
+use dbfork_runner::run::{self as runner, exit, Prepared, RunError};
 
 use crate::cli::{DbArgs, RunArgs};
 use crate::settings;
@@ -12,32 +16,61 @@ use crate::target::Opened;
 /// 3 setup or database error, 4 usage error, 5 no tests).
 pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
     let cwd = std::env::current_dir()?;
-    let mut config = match settings::resolve(&args, verbose, &cwd) {
+    let config = match settings::resolve(&args, verbose, &cwd) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("dbfork: error: {e:#}");
             return Ok(exit::USAGE);
         }
     };
-    django_defaults(&mut config, &cwd);
-    let db = DbArgs {
-        db: config.db.clone(),
-        connect_timeout: config.connect_timeout,
-        drop_timeout: config.drop_timeout,
+    let (connect_timeout, drop_timeout) = (config.connect_timeout, config.drop_timeout);
+    let db_args = move |db: String| DbArgs {
+        db,
+        connect_timeout,
+        drop_timeout,
     };
-    let opened = match Opened::open(&db).await {
-        Ok(opened) => opened,
+    // A database named by the user is opened first: the test command's
+    // controller then sees it in DATABASE_URL, as the workers do.
+    let mut opened = match &config.db {
+        Some(db) => match Opened::open(&db_args(db.clone())).await {
+            Ok(opened) => Some(opened),
+            Err(e) => return Ok(open_failed(&e)),
+        },
+        None => None,
+    };
+    let server = opened.as_ref().map(|o| o.backend.url().clone());
+    let default_db = settings::default_db(&config);
+    let prepared = match runner::prepare(config, server.as_ref()).await {
+        Ok(prepared) => prepared,
         Err(e) => {
-            eprintln!("dbfork: error: {e:#}");
-            return Ok(match crate::errors::exit_code(&e) {
-                crate::errors::USAGE => exit::USAGE,
-                crate::errors::INTERRUPTED => exit::INTERRUPTED,
-                _ => exit::SETUP_OR_DATABASE,
-            });
+            if let Some(opened) = opened {
+                close(opened).await;
+            }
+            return Ok(failed(&e));
+        }
+    };
+    let opened = match opened.take() {
+        Some(opened) => opened,
+        None => {
+            let db = match found_server(&prepared) {
+                Ok(Some(url)) => url,
+                Ok(None) => default_db,
+                Err(e) => {
+                    prepared.abandon().await;
+                    return Ok(failed(&e));
+                }
+            };
+            match Opened::open(&db_args(db)).await {
+                Ok(opened) => opened,
+                Err(e) => {
+                    prepared.abandon().await;
+                    return Ok(open_failed(&e));
+                }
+            }
         }
     };
     let Opened { backend, server } = opened;
-    let result = runner::run(config, backend).await;
+    let result = runner::run(prepared, backend).await;
     if let Some(server) = server {
         if let Err(e) = server.stop().await {
             eprintln!("dbfork: warning: could not stop the ephemeral server: {e}");
@@ -53,40 +86,56 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
             }
             Ok(report.exit_code)
         }
-        Err(e) => {
-            eprintln!("dbfork: error: {e}");
-            if let RunError::Engine(dbfork_engine::Error::SetupFailed { .. }) = &e {
-                eprintln!(
-                    "dbfork: the suite did not run (exit code {})",
-                    exit::SETUP_OR_DATABASE
-                );
-            }
-            Ok(e.exit_code())
-        }
+        Err(e) => Ok(failed(&e)),
     }
 }
 
-/// A Django project (pytest-django or `manage.py test`) without `--setup`
-/// gets its migrations as the setup and its migration, fixture and settings
-/// files as the inputs.
-fn django_defaults(config: &mut dbfork_runner::RunConfig, cwd: &std::path::Path) {
-    if config.setup.is_some() || !config.adapter.resolve(&config.command).speaks_protocol() {
-        return;
-    }
-    let Some(found) = crate::django::detect(cwd, &config.command) else {
-        return;
+/// The server the tests' Django settings name for `default`, as a URL, when
+/// `--db` is not given (`None`: no Django project, or SQLite).
+fn found_server(prepared: &Prepared) -> Result<Option<String>, RunError> {
+    let Some(django) = prepared.django() else {
+        return Ok(None);
+    };
+    let Some(url) = dbfork_runner::django::server_url(django)? else {
+        return Ok(None);
     };
     eprintln!(
-        "dbfork: Django project ({}): the template is built by `{}`; it is rebuilt when any of {} migration file{}, {} fixture file{} or the settings change",
-        found.settings_module,
-        found.setup,
-        found.migrations,
-        if found.migrations == 1 { "" } else { "s" },
-        found.fixtures,
-        if found.fixtures == 1 { "" } else { "s" },
+        "dbfork: the tests' settings use {} at {url}: the template and the clones are made there (--db chooses another server)",
+        url.kind.name()
     );
-    config.setup = Some(found.setup);
-    if config.inputs.is_empty() {
-        config.inputs = found.inputs;
+    // Validated by a round trip, as a URL typed by the user would be.
+    Target::parse(&url.to_url_with_password())
+        .map(|_| Some(url.to_url_with_password()))
+        .map_err(RunError::Engine)
+}
+
+fn open_failed(e: &anyhow::Error) -> i32 {
+    eprintln!("dbfork: error: {e:#}");
+    match crate::errors::exit_code(e) {
+        crate::errors::USAGE => exit::USAGE,
+        crate::errors::INTERRUPTED => exit::INTERRUPTED,
+        _ => exit::SETUP_OR_DATABASE,
+    }
+}
+
+fn failed(e: &RunError) -> i32 {
+    eprintln!("dbfork: error: {e}");
+    if matches!(
+        e,
+        RunError::Engine(
+            dbfork_engine::Error::SetupFailed { .. } | dbfork_engine::Error::TemplateBuild { .. }
+        )
+    ) {
+        eprintln!(
+            "dbfork: the suite did not run (exit code {})",
+            exit::SETUP_OR_DATABASE
+        );
+    }
+    e.exit_code()
+}
+
+async fn close(opened: Opened) {
+    if let Err(e) = opened.close().await {
+        eprintln!("dbfork: warning: could not stop the ephemeral server: {e}");
     }
 }

@@ -13,12 +13,14 @@ pub async fn run(opened: &Opened, args: &TemplateArgs, cancel: &Cancel) -> Resul
     let recipe = Recipe {
         setup: args.setup.clone(),
         inputs: args.inputs.clone(),
+        ..Recipe::default()
     };
     let options = TemplateOptions {
         build_timeout: args.build_timeout,
         lock_wait: args.lock_timeout,
         echo_setup: !args.quiet,
         drop_deadline: args.db.drop_timeout,
+        log_dir: None,
     };
     let template = ops::ensure_template(backend, &recipe, &options, cancel).await?;
     let url = backend.url().with_database(&template.name);

@@ -1,0 +1,191 @@
+//! The run's template: built by the user's `--setup`, or, for a Django
+//! project without one, by the controller with the project's own test
+//! database setup; reused while its fingerprint stays the same. Each build
+//! says what changed since the last one (the manifest of the last build of
+//! the same setup is kept in `.dbfork/templates/`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dbfork_engine::fingerprint::{Manifest, Recipe};
+use dbfork_engine::ops::{self, Cancel, Template, TemplateOptions};
+use dbfork_engine::{AnyBackend, Backend};
+use dbfork_protocol::{BuildTarget, DjangoReport};
+
+use crate::controller::{Configured, Controller};
+use crate::progress::Progress;
+use crate::run::RunError;
+use crate::{django, RunConfig};
+
+/// Builds or reuses the run's template and says which.
+pub async fn prepare(
+    config: &RunConfig,
+    backend: &Arc<AnyBackend>,
+    configured: &Configured,
+    controller: Option<&mut Controller>,
+    cancel: &Cancel,
+    progress: &Progress,
+) -> Result<Template, RunError> {
+    if let Some(report) = &configured.django {
+        django::check_backend(report, backend.kind())?;
+    }
+    let logs = config.state_dir.join("logs");
+    let options = TemplateOptions {
+        build_timeout: config.build_timeout,
+        lock_wait: config.lock_timeout,
+        echo_setup: config.verbose > 0 || !config.live,
+        drop_deadline: config.drop_timeout,
+        log_dir: Some(logs.clone()),
+    };
+    let djangos = match (&config.setup, &configured.django, controller) {
+        (None, Some(report), Some(controller)) => Some((report, controller)),
+        _ => None,
+    };
+    let template = match djangos {
+        Some((report, controller)) => {
+            let recipe = django::recipe(report, &config.inputs);
+            announce_django(report, &recipe, progress)?;
+            let deadline = config.build_timeout;
+            let build = |name: String| async move {
+                let target = BuildTarget {
+                    url: backend.url().with_database(&name).to_url_with_password(),
+                    name: ops::database_reference(backend, &name),
+                };
+                progress.note(
+                    "building the template: the project's migrations run in the test process",
+                );
+                controller
+                    .build(target, &name, deadline, cancel, &logs)
+                    .await
+            };
+            ops::ensure_template_with(backend, &recipe, &options, cancel, build).await?
+        }
+        None => {
+            let recipe = Recipe {
+                setup: config.setup.clone().unwrap_or_else(|| "true".to_string()),
+                inputs: config.inputs.clone(),
+                ..Recipe::default()
+            };
+            if config.setup.is_some() {
+                progress.note(
+                    "preparing the template (the setup command runs only when its inputs changed)",
+                );
+            } else if let Some(note) = &configured.note {
+                progress.note(&format!(
+                    "no Django project found: {note}. pytest-django is left alone (each worker makes its own test database); give --setup to build a template"
+                ));
+            }
+            ops::ensure_template(backend, &recipe, &options, cancel).await?
+        }
+    };
+    if config.setup.is_some() || configured.django.is_some() {
+        report(config, &template, progress);
+    }
+    Ok(template)
+}
+
+fn announce_django(
+    report: &DjangoReport,
+    recipe: &Recipe,
+    progress: &Progress,
+) -> Result<(), RunError> {
+    let files = recipe.input_count()?;
+    let settings = if report.settings_module.is_empty() {
+        "settings configured in code".to_string()
+    } else {
+        report.settings_module.clone()
+    };
+    progress.note(&format!(
+        "Django project ({settings}): the template is made by the tests' own database setup ({}), configured as the tests are; it is rebuilt when any of its {files} input files or the settings that shape the schema change",
+        report
+            .facts
+            .get("template setup")
+            .map(String::as_str)
+            .unwrap_or("create_test_db"),
+    ));
+    Ok(())
+}
+
+/// Says whether the template was reused or built, and what changed since
+/// the last build of the same setup; keeps this build's manifest.
+fn report(config: &RunConfig, template: &Template, progress: &Progress) {
+    let store = manifest_path(&config.state_dir, &template.manifest);
+    let before: Option<Manifest> = std::fs::read_to_string(&store)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    if template.reused {
+        progress.note(&format!(
+            "reusing template {} (inputs unchanged)",
+            template.name
+        ));
+    } else {
+        let changes = before
+            .as_ref()
+            .filter(|b| b.fingerprint != template.manifest.fingerprint)
+            .map(|b| template.manifest.changes_since(b))
+            .unwrap_or_default();
+        let why = match changes.len() {
+            0 => String::new(),
+            n if n <= 6 => format!("; changed since the last build: {}", changes.join(", ")),
+            n => format!(
+                "; changed since the last build: {} and {} more",
+                changes[..5].join(", "),
+                n - 5
+            ),
+        };
+        progress.note(&format!(
+            "built template {} in {:.1}s{why}",
+            template.name, template.build_seconds
+        ));
+    }
+    if config.verbose >= 2 {
+        for (name, value) in template.manifest.facts() {
+            let first = value.lines().next().unwrap_or_default();
+            progress.note(&format!("template input: setting {name} = {first}"));
+        }
+        for file in template.manifest.files() {
+            progress.note(&format!("template input: {file}"));
+        }
+    }
+    if let Ok(text) = serde_json::to_string_pretty(&template.manifest) {
+        if let Some(dir) = store.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(&store, text);
+    }
+}
+
+/// Where the last manifest of a setup is kept: one file per setup.
+fn manifest_path(state_dir: &Path, manifest: &Manifest) -> PathBuf {
+    let setup = manifest
+        .entries
+        .get("setup")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let key = Recipe {
+        setup: setup.to_string(),
+        ..Recipe::default()
+    }
+    .setup_key();
+    state_dir.join("templates").join(format!("{key}.json"))
+}
+
+/// Gives the Django project's other aliases (not mirrors, not the same
+/// database as another) clones of their own, as Django's test setup makes a
+/// test database for each.
+pub fn add_aliases(config: &mut RunConfig, report: Option<&DjangoReport>, progress: &Progress) {
+    let Some(report) = report else {
+        return;
+    };
+    let found = django::other_aliases(report, &config.aliases);
+    if found.is_empty() {
+        return;
+    }
+    progress.note(&format!(
+        "the database alias{} {} get{} clones of their own too, as Django makes a test database for each",
+        if found.len() == 1 { "" } else { "es" },
+        found.join(", "),
+        if found.len() == 1 { "s" } else { "" },
+    ));
+    config.aliases.extend(found);
+}

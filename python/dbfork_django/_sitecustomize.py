@@ -1,0 +1,81 @@
+"""dbfork's ``sitecustomize``: in a process dbfork starts (``DBFORK_SOCKET``
+is set), Django's ``django.test.utils.get_runner`` returns the test runner
+class with dbfork's mixin in front (``dbfork_django.runner_class``).
+
+So every command that runs Django's test runner the usual way becomes a dbfork
+worker with nothing added to its command line: ``manage.py test``,
+``django-admin test``, and scripts such as Django's own ``tests/runtests.py``
+that take their runner from ``get_runner(settings)``. Outside dbfork this
+module only hands over to the environment's own ``sitecustomize``, if there is
+one.
+
+dbfork writes this file as ``sitecustomize.py`` into the directory it puts
+first on the workers' ``PYTHONPATH``; it is not installed by the wheel.
+"""
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+_UTILS = "django.test.utils"
+
+
+def _wrap_get_runner(module):
+    original = module.get_runner
+
+    def get_runner(settings, test_runner_class=None):
+        import dbfork_django
+
+        return dbfork_django.runner_class(original(settings, test_runner_class))
+
+    get_runner.__doc__ = original.__doc__
+    get_runner.__wrapped__ = original
+    module.get_runner = get_runner
+
+
+class _AfterImport:
+    """Finds ``django.test.utils`` as usual and wraps ``get_runner`` right
+    after the module ran, before anyone can import the name from it."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != _UTILS:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _wrap_get_runner(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _install():
+    if _UTILS in sys.modules:
+        _wrap_get_runner(sys.modules[_UTILS])
+    else:
+        sys.meta_path.insert(0, _AfterImport())
+
+
+def _chain():
+    """Runs the environment's own ``sitecustomize`` (a virtualenv's or the
+    distribution's), which this module hides by coming first on the path."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    rest = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # as site.py treats a failing sitecustomize
+        sys.stderr.write("Error in sitecustomize (%s); set PYTHONVERBOSE for traceback\n" % e)
+
+
+if os.environ.get("DBFORK_SOCKET"):
+    _install()
+_chain()
