@@ -82,13 +82,10 @@ pub fn server_url(django: &DjangoReport) -> Result<Option<DbUrl>, RunError> {
         host,
         port,
         socket,
-        database: Some(
-            match kind {
-                Kind::Postgres => "postgres",
-                _ => "mysql",
-            }
-            .to_string(),
-        ),
+        // PostgreSQL: the database Django itself connects to for creating
+        // test databases; MySQL: none, so dbfork keeps its registry in a
+        // schema of its own.
+        database: (kind == Kind::Postgres).then(|| "postgres".to_string()),
         params: Vec::new(),
     }))
 }

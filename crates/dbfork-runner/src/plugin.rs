@@ -28,10 +28,6 @@ const PACKAGES: [(&str, &str); 3] = [
 const SITECUSTOMIZE: &str = include_str!("../../../python/dbfork_django/_sitecustomize.py");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The test runner `manage.py test` gets under dbfork: the project's own
-/// `TEST_RUNNER` with dbfork's mixin in front.
-pub const DJANGO_RUNNER: &str = "dbfork_django.Runner";
-
 /// Writes the adapters under `dir` and returns the directory for `PYTHONPATH`.
 pub fn install(dir: &Path) -> io::Result<PathBuf> {
     let root = dir.join("python");
@@ -73,21 +69,23 @@ pub fn is_pytest(command: &[String]) -> bool {
     }
 }
 
-/// Whether `command` runs Django's test command: `manage.py test`,
-/// `django-admin test`, `python -m django test`.
+/// Whether `command` runs Django's test runner: `manage.py test`,
+/// `django-admin test`, `python -m django test`, or a `runtests.py` script
+/// (Django's own, and many reusable apps', which take the runner from
+/// `get_runner(settings)`).
 pub fn is_django_test(command: &[String]) -> bool {
-    command.windows(2).any(|pair| {
-        pair[1] == "test" && (base(&pair[0]) == "manage.py" || base(&pair[0]) == "django-admin")
-    }) || command
-        .windows(3)
-        .any(|w| w[0] == "-m" && w[1] == "django" && w[2] == "test")
-}
-
-/// `manage.py test`'s own `--testrunner`, if the command has one.
-pub fn has_testrunner(command: &[String]) -> bool {
-    command
-        .iter()
-        .any(|a| a == "--testrunner" || a.starts_with("--testrunner="))
+    let script = match command {
+        [first, ..] if base(first) == "runtests.py" => true,
+        [first, second, ..] => base(first).starts_with("python") && base(second) == "runtests.py",
+        _ => false,
+    };
+    script
+        || command.windows(2).any(|pair| {
+            pair[1] == "test" && (base(&pair[0]) == "manage.py" || base(&pair[0]) == "django-admin")
+        })
+        || command
+            .windows(3)
+            .any(|w| w[0] == "-m" && w[1] == "django" && w[2] == "test")
 }
 
 /// Whether the command's own arguments turn the plugin off (`-p no:dbfork`).
@@ -150,11 +148,13 @@ mod tests {
         assert!(is_django_test(&v(&["django-admin", "test", "--failfast"])));
         assert!(!is_django_test(&v(&["python", "manage.py", "migrate"])));
         assert!(!is_django_test(&v(&["pytest", "test"])));
-        assert!(has_testrunner(&v(&[
-            "manage.py",
-            "test",
-            "--testrunner=x.Y"
+        assert!(is_django_test(&v(&[
+            "python3",
+            "tests/runtests.py",
+            "basic"
         ])));
+        assert!(is_django_test(&v(&["./runtests.py"])));
+        assert!(!is_django_test(&v(&["python", "tests/other.py"])));
         assert_eq!(maxfail(&v(&["manage.py", "test", "--failfast"])), 1);
         assert!(disabled_in(&v(&["pytest", "-p", "no:dbfork"])));
         assert_eq!(xdist_option(&v(&["pytest", "-n", "4"])), Some("-n"));
