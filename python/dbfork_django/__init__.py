@@ -709,11 +709,7 @@ class DbforkRunnerMixin:
         what the template depends on and builds it with this runner's own
         ``setup_databases`` (a project's override included), runs no test, and
         stays until dbfork ends the run."""
-        script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else None
-        report = {
-            "adapter": ADAPTER,
-            "django": controller_report(self._dbfork_setup_name(), extra_files=[script]),
-        }
+        report = {"adapter": ADAPTER, "django": controller_report(self._dbfork_setup_name())}
         dbfork_worker.serve_as_controller(self._dbfork_wire, report, self._dbfork_build)
         self._dbfork_wire.bye()
 

@@ -107,22 +107,24 @@ fn announce_django(
 }
 
 /// Says whether the template was reused or built, and what changed since
-/// the last build of the same setup; keeps this build's manifest.
+/// the nearest earlier build of the same setup; keeps this build's manifest.
 fn report(config: &RunConfig, template: &Template, progress: &Progress) {
     let store = manifest_path(&config.state_dir, &template.manifest);
-    let before: Option<Manifest> = std::fs::read_to_string(&store)
+    let mut history: Vec<Manifest> = std::fs::read_to_string(&store)
         .ok()
-        .and_then(|text| serde_json::from_str(&text).ok());
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
     if template.reused {
         progress.note(&format!(
             "reusing template {} (inputs unchanged)",
             template.name
         ));
     } else {
-        let changes = before
-            .as_ref()
-            .filter(|b| b.fingerprint != template.manifest.fingerprint)
-            .map(|b| template.manifest.changes_since(b))
+        let changes = history
+            .iter()
+            .filter(|m| m.fingerprint != template.manifest.fingerprint)
+            .map(|m| template.manifest.changes_since(m))
+            .min_by_key(Vec::len)
             .unwrap_or_default();
         let why = match changes.len() {
             0 => String::new(),
@@ -147,13 +149,20 @@ fn report(config: &RunConfig, template: &Template, progress: &Progress) {
             progress.note(&format!("template input: {file}"));
         }
     }
-    if let Ok(text) = serde_json::to_string_pretty(&template.manifest) {
+    history.retain(|m| m.fingerprint != template.manifest.fingerprint);
+    history.insert(0, template.manifest.clone());
+    history.truncate(KEPT_MANIFESTS);
+    if let Ok(text) = serde_json::to_string(&history) {
         if let Some(dir) = store.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
         let _ = std::fs::write(&store, text);
     }
 }
+
+/// How many earlier builds of a setup are remembered, to name what changed
+/// since the nearest one.
+const KEPT_MANIFESTS: usize = 8;
 
 /// Where the last manifest of a setup is kept: one file per setup.
 fn manifest_path(state_dir: &Path, manifest: &Manifest) -> PathBuf {
@@ -181,11 +190,16 @@ pub fn add_aliases(config: &mut RunConfig, report: Option<&DjangoReport>, progre
     if found.is_empty() {
         return;
     }
-    progress.note(&format!(
-        "the database alias{} {} get{} clones of their own too, as Django makes a test database for each",
-        if found.len() == 1 { "" } else { "es" },
-        found.join(", "),
-        if found.len() == 1 { "s" } else { "" },
-    ));
+    progress.note(&if found.len() == 1 {
+        format!(
+            "the database alias {} gets a clone of its own in every worker too, as Django makes a test database for it",
+            found[0]
+        )
+    } else {
+        format!(
+            "the database aliases {} get clones of their own in every worker too, as Django makes a test database for each",
+            found.join(", ")
+        )
+    });
     config.aliases.extend(found);
 }

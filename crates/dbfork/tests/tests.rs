@@ -9,6 +9,9 @@ mod support;
 #[path = "run/mod.rs"]
 mod run_tests;
 
+#[path = "zero_config/mod.rs"]
+mod zero_config;
+
 use std::time::{Duration, Instant};
 
 use support::{dbfork, run, Kind, Place};

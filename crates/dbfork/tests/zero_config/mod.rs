@@ -1,0 +1,535 @@
+//! Zero-config on projects shaped like the ones dbfork met in the wild
+//! (tests/fixtures/shoplike, tests/fixtures/runnerlike): no `--setup`, no
+//! `--input`. Every test's outcome under `dbfork run -j 2` must equal serial
+//! pytest's and `pytest -n 2`'s (Django's runner: serially and with
+//! `--parallel 2`), the template must be rebuilt exactly when what it depends
+//! on changes, and no clone may be left.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::run_tests::{assert_no_clones, drop_serial_test_database, python};
+use crate::support::{dbfork, Kind, Place};
+
+/// Test id -> outcome, as dbfork's JSON report names outcomes.
+type Outcomes = BTreeMap<String, String>;
+
+/// A copy of fixture `name` in the place's directory.
+fn fixture(place: &Place, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let dst = place.dir.path().join(name);
+    assert!(Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(&dst)
+        .status()
+        .unwrap()
+        .success());
+    dst
+}
+
+/// The project's own database variables (`<prefix>_ENGINE`, `_NAME`,
+/// `_HOST`, ...) naming database `name` on the place's server; none for
+/// SQLite (the projects default to `:memory:`).
+fn settings_env(place: &Place, prefix: &str, name: &str) -> Vec<(String, String)> {
+    let url = place.db_url();
+    let engine = match place.kind {
+        Kind::Sqlite => return Vec::new(),
+        Kind::Postgres => "django.db.backends.postgresql",
+        Kind::Mysql => "django.db.backends.mysql",
+    };
+    let host = url
+        .socket
+        .as_ref()
+        .map(|s| s.display().to_string())
+        .or(url.host.clone())
+        .unwrap_or_default();
+    [
+        ("ENGINE", engine.to_string()),
+        ("NAME", name.to_string()),
+        ("HOST", host),
+        ("PORT", url.port.map(|p| p.to_string()).unwrap_or_default()),
+        ("USER", url.user.clone().unwrap_or_default()),
+        ("PASSWORD", url.password.clone().unwrap_or_default()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("{prefix}_{k}"), v))
+    .collect()
+}
+
+/// The per-run secret is in one test's id: the same within a run, not across runs.
+fn normalize(id: &str) -> String {
+    match id.split_once("run_secret[") {
+        Some((head, _)) => format!("{head}run_secret[secret]"),
+        None => id.to_string(),
+    }
+}
+
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A reference run of pytest (serial, or `-n 2`), its outcomes written by
+/// tests/support/outcomes_plugin.py.
+fn pytest_outcomes(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcomes {
+    let file = dir.join("outcomes.json");
+    let _ = std::fs::remove_file(&file);
+    let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    let pythonpath = std::env::join_paths(
+        env.iter()
+            .filter(|(k, _)| *k == "PYTHONPATH")
+            .map(|(_, v)| PathBuf::from(v))
+            .chain([support]),
+    )
+    .unwrap();
+    let out = Command::new(python())
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "outcomes_plugin",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DJANGO_SETTINGS_MODULE")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .envs(env.iter().copied())
+        .env("PYTHONPATH", pythonpath)
+        .env("OUTCOMES_FILE", &file)
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+        panic!(
+            "pytest {args:?} wrote no outcomes:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let map: BTreeMap<String, String> = serde_json::from_str(&text).unwrap();
+    if map.values().any(|o| o == "error") {
+        eprintln!(
+            "pytest {args:?} with {env:?} had errors:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    map.into_iter().map(|(k, v)| (normalize(&k), v)).collect()
+}
+
+/// A reference run of Django's runner (`-v 2` prints every test's outcome).
+fn runner_outcomes(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcomes {
+    let out = Command::new(python())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DJANGO_SETTINGS_MODULE")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    let outcomes = unittest_outcomes(&text);
+    assert!(!outcomes.is_empty(), "no outcomes from {args:?}:\n{text}");
+    outcomes
+}
+
+/// `test_x (module.Class.test_x) ... ok` lines, counted as dbfork counts
+/// (an exception in a test is a failure, an expected failure is x_failed).
+pub(crate) fn unittest_outcomes(text: &str) -> Outcomes {
+    let mut outcomes = Outcomes::new();
+    for line in text.lines() {
+        let Some((test, status)) = line.split_once(" ... ") else {
+            continue;
+        };
+        let Some(id) = test
+            .rsplit_once(" (")
+            .and_then(|(_, rest)| rest.strip_suffix(')'))
+        else {
+            continue;
+        };
+        let outcome = match status.trim() {
+            "ok" => "passed",
+            "FAIL" | "ERROR" | "unexpected success" => "failed",
+            "expected failure" => "x_failed",
+            s if s.starts_with("skipped") => "skipped",
+            _ => continue,
+        };
+        outcomes.insert(id.to_string(), outcome.to_string());
+    }
+    outcomes
+}
+
+struct Dbforked {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    outcomes: Outcomes,
+    report: serde_json::Value,
+}
+
+/// `dbfork run -j 2 [--db place] --json report.json -- python <args>`.
+fn dbfork_outcomes(
+    place: &Place,
+    dir: &Path,
+    with_db: bool,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Dbforked {
+    let report = dir.join("report.json");
+    let _ = std::fs::remove_file(&report);
+    let mut command = dbfork();
+    command
+        .current_dir(dir)
+        .env_remove("CI")
+        .env_remove("DJANGO_SETTINGS_MODULE")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .envs(env.iter().copied())
+        .args(["run", "-j", "2", "--json"])
+        .arg(&report);
+    if with_db {
+        command.args(["--db", &place.url]);
+    }
+    let out = command.arg("--").arg(python()).args(args).output().unwrap();
+    let report: serde_json::Value = std::fs::read_to_string(&report)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let outcomes = crate::run_tests::test_ids(&report)
+        .into_iter()
+        .map(|(id, outcome)| (normalize(&id), outcome))
+        .collect();
+    Dbforked {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        outcomes,
+        report,
+    }
+}
+
+impl Dbforked {
+    fn expect(&self, code: i32, outcomes: &Outcomes, what: &str) {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "{what}\n{}\n{}",
+            self.stdout,
+            self.stderr
+        );
+        assert_eq!(&self.outcomes, outcomes, "{what}\n{}", self.stderr);
+    }
+}
+
+/// Drops what serial and pytest-xdist runs of pytest-django left on the
+/// server (a failed teardown), by their names.
+fn drop_reference_databases(place: &Place) {
+    drop_serial_test_database(place);
+    for worker in ["gw0", "gw1"] {
+        let sql = match place.kind {
+            Kind::Sqlite => return,
+            Kind::Postgres => format!(
+                "DROP DATABASE IF EXISTS test_{}_{worker} WITH (FORCE)",
+                place.maint
+            ),
+            Kind::Mysql => format!("DROP DATABASE IF EXISTS test_{}_{worker}", place.maint),
+        };
+        place.sql_ok(None, &sql);
+    }
+}
+
+/// The pytest-django project whose settings come from conftest.py.
+fn shoplike(kind: Kind) {
+    let place = Place::new(kind, "shoplike");
+    let root = fixture(&place, "shoplike");
+    let project = root.join("project");
+    let vendor = root.join("vendor");
+    let vendor_path = ("PYTHONPATH".to_string(), vendor.display().to_string());
+    let mut reference_env = settings_env(&place, "DATABASE", &place.maint);
+    reference_env.push(vendor_path.clone());
+    let serial = pytest_outcomes(&project, &[], &env_refs(&reference_env));
+    let xdist = pytest_outcomes(&project, &["-n", "2"], &env_refs(&reference_env));
+    drop_reference_databases(&place);
+    assert_eq!(serial, xdist, "serial pytest and pytest -n 2 disagree");
+    assert_eq!(serial.len(), 16, "{serial:?}");
+    assert_eq!(
+        serial["tests/test_shop.py::test_fails_on_purpose"],
+        "failed"
+    );
+    assert_eq!(
+        serial["tests/test_shop.py::test_skipped_on_purpose"],
+        "skipped"
+    );
+    assert_eq!(
+        serial.values().filter(|o| *o == "passed").count(),
+        14,
+        "{serial:?}"
+    );
+
+    // The settings name a database that does not exist, on a host that does
+    // not exist: dbfork makes the template and the clones on --db's server.
+    let mut elsewhere = settings_env(&place, "DATABASE", "no_such_database");
+    for (name, value) in &mut elsewhere {
+        if name == "DATABASE_HOST" {
+            *value = "no-such-host.invalid".to_string();
+        }
+    }
+    elsewhere.push(vendor_path.clone());
+    let pytest = ["-m", "pytest", "-q", "-p", "no:cacheprovider"];
+    let run = dbfork_outcomes(&place, &project, true, &pytest, &env_refs(&elsewhere));
+    run.expect(1, &serial, "dbfork run, zero config");
+    assert!(
+        run.stderr
+            .contains("Django project (settings configured in code)")
+            && run.stderr.contains("built template"),
+        "{}",
+        run.stderr
+    );
+    assert_no_clones(&place);
+
+    // The variable that switches the real migrations on makes another
+    // template, and dbfork says why; without it the first one is reused.
+    let mut migrations = elsewhere.clone();
+    migrations.push(("SHOPLIKE_MIGRATIONS".into(), "1".into()));
+    let mut reference_migrations = reference_env.clone();
+    reference_migrations.push(("SHOPLIKE_MIGRATIONS".into(), "1".into()));
+    let serial_migrations = pytest_outcomes(&project, &[], &env_refs(&reference_migrations));
+    drop_reference_databases(&place);
+    assert_eq!(serial_migrations, serial);
+    let run = dbfork_outcomes(&place, &project, true, &pytest, &env_refs(&migrations));
+    run.expect(1, &serial_migrations, "with SHOPLIKE_MIGRATIONS=1");
+    for change in [
+        "setting migrations (changed)",
+        "shoplike/catalog/migrations/0002_seed.py (new)",
+    ] {
+        assert!(run.stderr.contains(change), "{change}:\n{}", run.stderr);
+    }
+    let run = dbfork_outcomes(&place, &project, true, &pytest, &env_refs(&elsewhere));
+    run.expect(1, &serial, "back without the variable");
+    assert!(run.stderr.contains("reusing template"), "{}", run.stderr);
+    if kind == Kind::Mysql {
+        return;
+    }
+
+    // A new migration of the third-party app outside the project (site-packages).
+    std::fs::write(
+        vendor.join("shoplike_tags/migrations/0002_index.py"),
+        "from django.db import migrations, models\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"shoplike_tags\", \"0001_initial\")]\n    operations = [migrations.AddIndex(\"tag\", models.Index(fields=[\"label\"], name=\"tag_label_idx\"))]\n",
+    )
+    .unwrap();
+    let run = dbfork_outcomes(&place, &project, true, &pytest, &env_refs(&migrations));
+    run.expect(1, &serial_migrations, "a new site-packages migration");
+    assert!(
+        run.stderr
+            .contains("shoplike_tags/migrations/0002_index.py (new)"),
+        "{}",
+        run.stderr
+    );
+
+    // Test ids that differ between processes (here the process id, which no
+    // controller can share): the error names the first differing ids and
+    // their likely cause, and no test is blamed for it.
+    let mut per_process = elsewhere.clone();
+    per_process.push(("SHOPLIKE_PID_IDS".into(), "1".into()));
+    let run = dbfork_outcomes(&place, &project, true, &pytest, &env_refs(&per_process));
+    assert_eq!(run.code, Some(2), "{}\n{}", run.stdout, run.stderr);
+    for wanted in [
+        "collected different tests than the first worker",
+        "test_process_id[",
+        "no test ran on a wrong list",
+        "a value that differs between processes",
+    ] {
+        assert!(run.stderr.contains(wanted), "{wanted}:\n{}", run.stderr);
+    }
+    assert!(
+        !run.outcomes.values().any(|o| o == "crashed"),
+        "a test was blamed: {:?}",
+        run.outcomes
+    );
+    assert_no_clones(&place);
+}
+
+/// Without `--db` the template and the clones go to the server the tests'
+/// settings name (the project's own variables), not to dbfork's default.
+fn server_from_the_settings(kind: Kind) {
+    let place = Place::new(kind, "fromsettings");
+    let root = fixture(&place, "shoplike");
+    let project = root.join("project");
+    let mut env = settings_env(&place, "DATABASE", &place.maint);
+    env.push((
+        "PYTHONPATH".into(),
+        root.join("vendor").display().to_string(),
+    ));
+    let pytest = ["-m", "pytest", "-q", "-p", "no:cacheprovider"];
+    let run = dbfork_outcomes(&place, &project, false, &pytest, &env_refs(&env));
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "the tests' settings use {}",
+            if kind == Kind::Postgres {
+                "PostgreSQL"
+            } else {
+                "MySQL/MariaDB"
+            }
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.outcomes.len(), 16, "{}", run.stderr);
+    // The registry is on the server (PostgreSQL: in `postgres`; MySQL: in
+    // dbfork's own schema): the template is there, the clones are not.
+    let registry_url = match kind {
+        Kind::Postgres => place.db_url().with_database("postgres"),
+        _ => {
+            let mut url = place.db_url();
+            url.database = None;
+            url
+        }
+    }
+    .to_url_with_password();
+    let slots: Vec<String> = run.report["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["database"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(slots.len(), 2);
+    for clone in &slots {
+        assert!(!place.exists(clone), "{clone} was left");
+    }
+    let template = run
+        .stderr
+        .split_whitespace()
+        .find(|w| w.starts_with("dbfork_tpl_"))
+        .expect("the template's name")
+        .to_string();
+    assert!(
+        place.exists(&template),
+        "{template} is on the tests' server: {}\n{}",
+        place.sql_ok(None, "SELECT string_agg(datname, ' ') FROM pg_database"),
+        run.stderr
+    );
+    let dropped = dbfork()
+        .args(["db", "drop", "--db", &registry_url, &template])
+        .output()
+        .unwrap();
+    assert!(
+        dropped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dropped.stderr)
+    );
+}
+
+/// The Django runner project: `manage.py test` with a custom TEST_RUNNER and
+/// `runtests.py`, against serial and `--parallel 2` runs of the same.
+fn runnerlike(kind: Kind) {
+    let place = Place::new(kind, "runnerlike");
+    let dir = fixture(&place, "runnerlike");
+    let reference_env = settings_env(&place, "RUNNERLIKE_DB", &place.maint);
+    let reference_env = env_refs(&reference_env);
+    let serial = runner_outcomes(&dir, &["manage.py", "test", "-v", "2"], &reference_env);
+    drop_reference_databases(&place);
+    let parallel = runner_outcomes(
+        &dir,
+        &["manage.py", "test", "-v", "2", "--parallel", "2"],
+        &reference_env,
+    );
+    drop_reference_databases(&place);
+    drop_clones_of_parallel_runs(&place);
+    // On a server, Django's --parallel clones the test database inside
+    // DiscoverRunner.setup_databases, before the project's override seeds
+    // its row: the clones miss it and the test fails, unlike a serial run.
+    // dbfork's template holds what the whole override made, as serially.
+    let seeded = "inventory.tests.SeededTests.test_seeded_once_by_the_runner";
+    let mut parallel_expected = serial.clone();
+    if kind != Kind::Sqlite {
+        parallel_expected.insert(seeded.to_string(), "failed".to_string());
+    }
+    assert_eq!(parallel, parallel_expected, "serial and --parallel 2");
+    assert_eq!(serial.len(), 8, "{serial:?}");
+    assert_eq!(
+        serial["inventory.tests.ItemTests.test_fails_on_purpose"],
+        "failed"
+    );
+    assert_eq!(
+        serial["inventory.tests.ItemTests.test_expected_failure"],
+        "x_failed"
+    );
+
+    // The settings name a database that does not exist: dbfork uses --db.
+    let elsewhere = settings_env(&place, "RUNNERLIKE_DB", "no_such_database");
+    let elsewhere = env_refs(&elsewhere);
+    let run = dbfork_outcomes(&place, &dir, true, &["manage.py", "test"], &elsewhere);
+    run.expect(1, &serial, "manage.py test under dbfork");
+    assert!(
+        run.stderr
+            .contains("create_test_db via runnerlike.runner.SeedingRunner.setup_databases"),
+        "{}",
+        run.stderr
+    );
+    assert_no_clones(&place);
+
+    let script = runner_outcomes(&dir, &["runtests.py", "--parallel", "2"], &reference_env);
+    drop_reference_databases(&place);
+    drop_clones_of_parallel_runs(&place);
+    assert_eq!(script, parallel_expected);
+    let run = dbfork_outcomes(&place, &dir, true, &["runtests.py"], &elsewhere);
+    run.expect(1, &serial, "runtests.py under dbfork");
+    assert_no_clones(&place);
+}
+
+/// Django's `--parallel` clones are `test_<name>_1`, `_2`; a failed
+/// teardown leaves them.
+fn drop_clones_of_parallel_runs(place: &Place) {
+    for n in 1..=2 {
+        let sql = match place.kind {
+            Kind::Sqlite => return,
+            Kind::Postgres => format!(
+                "DROP DATABASE IF EXISTS test_{}_{n} WITH (FORCE)",
+                place.maint
+            ),
+            Kind::Mysql => format!("DROP DATABASE IF EXISTS test_{}_{n}", place.maint),
+        };
+        place.sql_ok(None, &sql);
+    }
+}
+
+mod shoplike {
+    #[test]
+    fn sqlite() {
+        super::shoplike(super::Kind::Sqlite)
+    }
+    #[test]
+    fn postgres() {
+        super::shoplike(super::Kind::Postgres)
+    }
+    #[test]
+    fn mariadb() {
+        super::shoplike(super::Kind::Mysql)
+    }
+}
+
+mod server_from_the_settings {
+    #[test]
+    fn postgres() {
+        super::server_from_the_settings(super::Kind::Postgres)
+    }
+}
+
+mod runnerlike {
+    #[test]
+    fn sqlite() {
+        super::runnerlike(super::Kind::Sqlite)
+    }
+    #[test]
+    fn postgres() {
+        super::runnerlike(super::Kind::Postgres)
+    }
+    #[test]
+    fn mariadb() {
+        super::runnerlike(super::Kind::Mysql)
+    }
+}
