@@ -140,15 +140,21 @@ fn runner_outcomes(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcomes 
 /// `test_x (module.Class.test_x) ... ok` lines, counted as dbfork counts
 /// (an exception in a test is a failure, an expected failure is x_failed).
 pub(crate) fn unittest_outcomes(text: &str) -> Outcomes {
+    let id_of = |test: &str| {
+        test.rsplit_once(" (")
+            .and_then(|(_, rest)| rest.strip_suffix(')'))
+            .map(str::to_string)
+    };
     let mut outcomes = Outcomes::new();
+    let mut previous = "";
     for line in text.lines() {
+        let before = std::mem::replace(&mut previous, line);
         let Some((test, status)) = line.split_once(" ... ") else {
             continue;
         };
-        let Some(id) = test
-            .rsplit_once(" (")
-            .and_then(|(_, rest)| rest.strip_suffix(')'))
-        else {
+        // A test with a docstring: `test_x (id)` on one line, then the
+        // docstring's first line and the status.
+        let Some(id) = id_of(test).or_else(|| id_of(before)) else {
             continue;
         };
         let outcome = match status.trim() {
@@ -532,4 +538,82 @@ mod runnerlike {
     fn mariadb() {
         super::runnerlike(super::Kind::Mysql)
     }
+}
+
+/// Django's own test suite (the sdist of the installed Django, which
+/// `scripts/test` fetches): a few apps on PostgreSQL, zero config, the same
+/// outcomes as `runtests.py --parallel 2`, including the test Django skips on
+/// PostgreSQL (`mark_expected_failures_and_skips`) and the `other` alias.
+#[test]
+fn djangos_own_suite_on_postgres() {
+    let tests = std::env::var("DBFORK_TEST_DJANGO_TESTS").expect(
+        "DBFORK_TEST_DJANGO_TESTS is not set: run the tests with scripts/test, which fetches Django's sdist, or point it at the tests/ directory of one",
+    );
+    let runtests = Path::new(&tests).join("runtests.py");
+    assert!(runtests.is_file(), "no {}", runtests.display());
+    let place = Place::new(Kind::Postgres, "djsuite");
+    let url = place.db_url();
+    let settings = format!(
+        "_common = {{'ENGINE': 'django.db.backends.postgresql', 'HOST': {host:?}, 'PORT': {port:?}, 'USER': {user:?}, 'PASSWORD': {password:?}}}\n\
+         DATABASES = {{'default': dict(_common, NAME={name:?}), 'other': dict(_common, NAME={other:?})}}\n\
+         SECRET_KEY = 'django_tests_secret_key'\n\
+         PASSWORD_HASHERS = ['django.contrib.auth.hashers.MD5PasswordHasher']\n\
+         DEFAULT_AUTO_FIELD = 'django.db.models.AutoField'\n\
+         USE_TZ = False\n",
+        host = url
+            .socket
+            .as_ref()
+            .map(|s| s.display().to_string())
+            .or(url.host.clone())
+            .unwrap_or_default(),
+        port = url.port.map(|p| p.to_string()).unwrap_or_default(),
+        user = url.user.clone().unwrap_or_default(),
+        password = url.password.clone().unwrap_or_default(),
+        name = place.maint,
+        other = format!("{}_other", place.maint),
+    );
+    std::fs::write(place.dir.path().join("dbfork_pg_settings.py"), settings).unwrap();
+    let apps = [
+        "basic",
+        "transactions",
+        "multiple_database",
+        "get_or_create",
+        "select_for_update",
+        "lookup",
+    ];
+    let pythonpath = place.dir.path().display().to_string();
+    let env = [("PYTHONPATH", pythonpath.as_str())];
+    let runtests = runtests.display().to_string();
+    let mut args = vec![
+        runtests.as_str(),
+        "--settings=dbfork_pg_settings",
+        "--noinput",
+    ];
+    args.extend(apps);
+    let reference = runner_outcomes(
+        place.dir.path(),
+        &[&args[..], &["--parallel", "2", "-v", "2"]].concat(),
+        &env,
+    );
+    for suffix in ["", "_other", "_1", "_2", "_other_1", "_other_2"] {
+        place.sql_ok(
+            None,
+            &format!(
+                "DROP DATABASE IF EXISTS test_{}{suffix} WITH (FORCE)",
+                place.maint
+            ),
+        );
+    }
+    assert!(reference.len() > 400, "{reference:?}");
+    let skipped_on_postgres = "lookup.tests.LookupTests.test_textfield_exact_null";
+    assert_eq!(reference[skipped_on_postgres], "skipped");
+    let run = dbfork_outcomes(&place, place.dir.path(), true, &args, &env);
+    run.expect(0, &reference, "Django's own suite under dbfork");
+    assert!(
+        run.stderr
+            .contains("the database alias other gets a clone of its own"),
+        "{}",
+        run.stderr
+    );
+    assert_no_clones(&place);
 }
