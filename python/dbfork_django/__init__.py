@@ -264,6 +264,10 @@ def template_facts(nomigrations=False, setup="create_test_db"):
             "%s: %s" % (alias, _database_facts(settings.DATABASES[alias]))
             for alias in sorted(settings.DATABASES)
         ),
+        "DATABASE_ROUTERS": " ".join(
+            r if isinstance(r, str) else "%s.%s" % (type(r).__module__, type(r).__qualname__)
+            for r in getattr(settings, "DATABASE_ROUTERS", ())
+        ),
         "database caches": " ".join(
             sorted(
                 str(c.get("LOCATION"))
@@ -407,7 +411,7 @@ def build_template(target, setup_databases):
             )
     try:
         setup_databases()
-        tables = len(connections["default"].introspection.table_names())
+        tables = set(connections["default"].introspection.table_names())
     finally:
         connections.close_all()
     models = [
@@ -415,14 +419,14 @@ def build_template(target, setup_databases):
         for m in apps.get_models()
         if m._meta.managed and not m._meta.proxy and not m._meta.swapped
     ]
-    if models and tables == 0:
+    if models and not any(m._meta.db_table in tables for m in models):
         raise RuntimeError(
-            "the template has no tables, but the project has %d models (%s, ...): "
-            "nothing was migrated into the database `default` points at. Check the "
-            "database routers (allow_migrate) and the test settings' DATABASES"
-            % (len(models), models[0]._meta.label)
+            "the template has none of the project's %d model tables (%s, ...): nothing "
+            "was migrated into the database `default` points at. Check the database "
+            "routers (allow_migrate) and the test settings' DATABASES"
+            % (len(models), models[0]._meta.db_table)
         )
-    return {"tables": tables}
+    return {"tables": len(tables)}
 
 
 class FreshClones:

@@ -617,3 +617,108 @@ fn djangos_own_suite_on_postgres() {
     );
     assert_no_clones(&place);
 }
+
+/// Never silently wrong: a failing migration shows its exception first and
+/// keeps the whole output; a template without the project's tables is an
+/// error; workers configured unlike the controller are named; a project
+/// without Django settings leaves pytest-django alone and says so; and
+/// `.dbfork/` keeps itself out of git.
+#[test]
+fn errors_name_their_cause() {
+    let place = Place::new(Kind::Sqlite, "zcerrors");
+    let runner = fixture(&place, "runnerlike");
+    let run = dbfork_outcomes(
+        &place,
+        &runner,
+        true,
+        &["manage.py", "test"],
+        &[("RUNNERLIKE_MIGRATE", "1")],
+    );
+    assert_eq!(run.code, Some(3), "{}", run.stderr);
+    let raised = run
+        .stderr
+        .find("It raised:\nRuntimeError: inventory's migrations must not run")
+        .unwrap_or_else(|| panic!("the exception first:\n{}", run.stderr));
+    let traceback = run
+        .stderr
+        .find("Traceback (most recent call last)")
+        .unwrap();
+    assert!(raised < traceback, "{}", run.stderr);
+    let log = run
+        .stderr
+        .split("whole output is in ")
+        .nth(1)
+        .and_then(|rest| rest.split_once(".log"))
+        .map(|(path, _)| format!("{path}.log"))
+        .unwrap_or_else(|| panic!("no log named:\n{}", run.stderr));
+    assert!(Path::new(&log).is_file(), "{log}");
+    assert!(
+        run.stderr.contains("the suite did not run (exit code 3)"),
+        "{}",
+        run.stderr
+    );
+    assert!(place.registry().is_empty(), "{:?}", place.registry());
+
+    let shop = fixture(&place, "shoplike");
+    let project = shop.join("project");
+    let vendor = shop.join("vendor").display().to_string();
+    let pytest = ["-m", "pytest", "-q", "-p", "no:cacheprovider"];
+    let run = dbfork_outcomes(
+        &place,
+        &project,
+        true,
+        &pytest,
+        &[("PYTHONPATH", &vendor), ("SHOPLIKE_NO_TABLES", "1")],
+    );
+    assert_eq!(run.code, Some(3), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the template has none of the project's 8 model tables"),
+        "{}",
+        run.stderr
+    );
+    assert!(place.registry().is_empty(), "{:?}", place.registry());
+
+    let run = dbfork_outcomes(
+        &place,
+        &project,
+        true,
+        &pytest,
+        &[
+            ("PYTHONPATH", &vendor),
+            ("SHOPLIKE_CONTROLLER_ONLY_APP", "1"),
+        ],
+    );
+    assert_eq!(run.code, Some(3), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("configured Django differently from the controller that made the template: INSTALLED_APPS"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.outcomes.values().any(|o| o == "crashed"),
+        "{:?}",
+        run.outcomes
+    );
+    assert_no_clones(&place);
+    let ignore = std::fs::read_to_string(project.join(".dbfork/.gitignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == "*"), "{ignore}");
+
+    // No Django settings anywhere: pytest-django is left alone, and dbfork says so.
+    let plain = place.dir.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::write(
+        plain.join("test_plain.py"),
+        "def test_one():\n    assert True\n\n\ndef test_two():\n    assert True\n",
+    )
+    .unwrap();
+    let run = dbfork_outcomes(&place, &plain, true, &pytest, &[]);
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("no Django project found: pytest-django is installed, but no Django settings are configured"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.outcomes.len(), 2);
+}
