@@ -26,6 +26,11 @@ Variants (all run from examples/shop, 2 workers):
                  previous round; it runs once, unmeasured, before the rounds)
   django         python manage.py test --parallel 2 --noinput
   django-keepdb  the same with --keepdb (warm-up run before the rounds too)
+  migrate        python manage.py migrate --noinput into a new empty database (the
+                 old way's template build, a process of its own), beside
+  python-start   python -c "import django" (an interpreter's start): the template
+                 dbfork builds in its controller (dbfork-cold's `built template ...
+                 in X s`) should take no longer than migrate + python-start
 DATABASE_URL of the non-dbfork variants: SQLite sqlite:////tmp/benchdj_<pid>/db.sqlite3
 (Django and pytest-django then test on in-memory databases: --reuse-db and
 --keepdb change nothing there, and `--parallel` clones the in-memory database);
@@ -42,7 +47,11 @@ subclass, `--testrunner benchdj_runner.Runner`, writes it when the first batch o
 tests starts in a worker; the earliest process counts); database setup: dbfork's
 "built template ... in X s" line (0 when it says "reusing template"), the time of
 pytest-django's django_db_setup fixture in each xdist worker (the slower worker),
-Django's `--timing` "Total database setup"; outcome counts.
+Django's `--timing` "Total database setup"; outcome counts; and the outcome of every
+test (dbfork: its --json report; pytest-xdist: the benchdj_first plugin in the
+controller, which receives every worker's reports; Django's runner: `-v 2` lines),
+compared with pytest-xdist's (pytest variants) or Django's runner's (manage.py
+variants) of the same round: the report says whether the sets are equal.
 
 Every variant of a backend runs once per round, the order rotating, rounds
 interleaved, medians reported. Only databases named benchtmp_dj_<pid>,
@@ -74,7 +83,10 @@ JOBS = 2
 EXPECTED_PYTEST = 726
 EXPECTED_MANAGE = 638  # manage.py test finds the unittest classes, not pytest's function tests
 VARIANTS = ["dbfork-cold", "dbfork-warm", "dbfork-fresh", "dbfork-manage", "dbfork-manage-fresh",
-            "xdist", "xdist-reuse", "django", "django-keepdb"]
+            "xdist", "xdist-reuse", "django", "django-keepdb", "migrate", "python-start"]
+# Whose outcome set each variant's is compared with (same round, same backend).
+REFERENCE = {"dbfork-cold": "xdist", "dbfork-warm": "xdist", "dbfork-fresh": "xdist", "xdist-reuse": "xdist",
+             "dbfork-manage": "django", "dbfork-manage-fresh": "django", "django-keepdb": "django"}
 WARMUP = ["dbfork-warm", "xdist-reuse", "django-keepdb"]  # the ones whose state the rounds reuse
 # dbfork's variants on the warm template (every dbfork variant but the cold one uses it)
 FRESH = ["--fresh-transactional"]
@@ -114,6 +126,25 @@ def pytest_fixture_setup(fixturedef, request):
     start = time.time()
     yield
     _write("dbsetup", "%r %r" % (start, time.time()))
+_reports = {}
+def pytest_runtest_logreport(report):
+    _reports.setdefault(report.nodeid, []).append(report)
+def _outcome(reports):
+    by = {r.when: r for r in reports}
+    call = by.get("call")
+    if call is not None and call.failed:
+        return "failed"
+    if any(r.failed for r in reports):
+        return "error"
+    main = call or by.get("setup")
+    if hasattr(main, "wasxfail"):
+        return "x_failed" if main.skipped else "x_passed"
+    return "skipped" if main.skipped else "passed"
+def pytest_sessionfinish(session):
+    # The xdist controller receives every worker's reports; a worker writes nothing.
+    if not hasattr(session.config, "workerinput") and _reports:
+        import json
+        _write("outcomes", json.dumps({k: _outcome(v) for k, v in _reports.items()}))
 '''
 
 # --testrunner benchdj_runner.Runner: when a manage.py test worker starts its first batch of tests.
@@ -195,6 +226,10 @@ class Backend:
         """Drops everything this run created; returns what could not be dropped."""
         return []
 
+    def fresh_url(self, tag):
+        """A new empty database for a plain `migrate` (dropped by `after`)."""
+        raise NotImplementedError
+
     # dbfork's registry on a server
     def registry(self, url):
         res = sh([str(DBFORK), "db", "list", "--db", url, "--json"], check=False)
@@ -232,6 +267,12 @@ class SQLite(Backend):
     def after(self, variant, tag):
         if variant == "dbfork-cold":
             shutil.rmtree(self.dir / f"dbfork-cold-{tag}", ignore_errors=True)
+        if variant == "migrate":
+            (self.dir / f"migrate-{tag}.sqlite3").unlink(missing_ok=True)
+
+    def fresh_url(self, tag):
+        (self.dir / f"migrate-{tag}.sqlite3").unlink(missing_ok=True)
+        return f"sqlite:///{self.dir}/migrate-{tag}.sqlite3"
 
     def plain_url(self, keep):
         return f"sqlite:///{self.dir}/db.sqlite3"
@@ -270,6 +311,16 @@ class Server(Backend):
 
     def plain_url(self, keep):
         return self.url(f"benchtmp_djx_{self.pid}" + ("_keep" if keep else ""))
+
+    def fresh_url(self, tag):
+        name = f"benchtmp_djx_{self.pid}_migrate"
+        self.drop_db(name)
+        self.sql(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def after(self, variant, tag):
+        if variant == "migrate":
+            self.drop_db(f"benchtmp_djx_{self.pid}_migrate")
 
     def ours(self):
         pat = re.compile(rf"^(test_)?benchtmp_djx?_{self.pid}(_.*)?$")
@@ -396,11 +447,28 @@ def run_variant(backend, variant, tag, plugdir):
         env["DATABASE_URL"] = backend.plain_url(keep=variant == "django-keepdb")
         cmd = [str(PYTHON), "manage.py", "test", "--parallel", str(JOBS), "--noinput", "--timing",
                "--testrunner", "benchdj_runner.Runner"] + (["--keepdb"] if variant == "django-keepdb" else [])
+    if variant.startswith("dbfork"):
+        report_path = rundir / "report.json"
+        cmd[2:2] = ["--json", str(report_path)]
+    if variant in ("django", "django-keepdb"):
+        cmd.append("-v2")
+    if variant == "migrate":
+        env["DATABASE_URL"] = backend.fresh_url(tag)
+        cmd = [str(PYTHON), "manage.py", "migrate", "--noinput"]
+    if variant == "python-start":
+        cmd = [str(PYTHON), "-c", "import django"]
     t0 = time.time()
     p0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=SHOP, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - p0
     backend.after(variant, tag)
+    if variant in ("migrate", "python-start"):
+        r = {"wall": wall, "rc": res.returncode, "ok": res.returncode == 0, "counts": None}
+        if not r["ok"]:
+            r["stderr_tail"] = res.stderr[-4000:]
+            log(f"    !! {backend.name} {variant}: exit {res.returncode}")
+        shutil.rmtree(rundir, ignore_errors=True)
+        return r
     text = res.stdout + "\n" + res.stderr
     calls = [v[0] for v in read_stamps(rundir, "call")]
     setups = [v[0] for v in read_stamps(rundir, "setup")]
@@ -433,6 +501,7 @@ def run_variant(backend, variant, tag, plugdir):
                               if re.match(r"^\s*(Total|Creating|Cloning|Destroying) .* took", ln)]
         found = re.findall(r"^Found (\d+) test", res.stdout, re.M)
         r["found"] = int(found[-1]) if found else None
+    r["outcomes"] = outcomes_of(variant, rundir, text)
     if variant.startswith("dbfork-manage"):
         counts = r["counts"] or {}
         r["ok"] = res.returncode == 0 and counts.get("passed") == EXPECTED_MANAGE and not counts.get("failed") \
@@ -450,6 +519,53 @@ def run_variant(backend, variant, tag, plugdir):
         log(f"    !! {backend.name} {variant}: exit {res.returncode}, counts {r['counts']}")
     shutil.rmtree(rundir, ignore_errors=True)
     return r
+
+
+def outcomes_of(variant, rundir, text):
+    """Test id -> outcome, as dbfork's JSON report names them; None if unknown."""
+    if variant.startswith("dbfork"):
+        try:
+            report = json.loads((rundir / "report.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return {t["id"]: t["outcome"] for t in report.get("tests", [])}
+    if variant.startswith("xdist"):
+        found = {}
+        for f in rundir.glob("*.outcomes"):
+            for line in f.read_text().splitlines():
+                found.update(json.loads(line))
+        return found or None
+    return unittest_outcomes(text) or None
+
+
+def unittest_outcomes(text):
+    """`test_x (module.Class.test_x) ... ok` lines of `-v 2` (a docstring puts
+    the status on the next line), counted as dbfork counts them."""
+    statuses = {"ok": "passed", "FAIL": "failed", "ERROR": "failed", "unexpected success": "failed",
+                "expected failure": "x_failed"}
+    found, previous = {}, ""
+    for line in text.splitlines():
+        before, previous = previous, line
+        if " ... " not in line:
+            continue
+        test, status = line.split(" ... ", 1)
+        m = re.search(r" \(([\w.]+)\)$", test) or re.search(r" \(([\w.]+)\)$", before)
+        status = status.strip()
+        outcome = "skipped" if status.startswith("skipped") else statuses.get(status)
+        if m and outcome:
+            found[m.group(1)] = outcome
+    return found
+
+
+def same_outcomes(mine, theirs):
+    """Whether two outcome sets are equal, and if not, in words."""
+    if mine is None or theirs is None:
+        return "unknown"
+    if mine == theirs:
+        return "equal"
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    first = differ[0]
+    return f"{len(differ)} differ (first {first}: {mine.get(first)} vs {theirs.get(first)})"
 
 
 # -- rounds -----------------------------------------------------------------
@@ -476,11 +592,23 @@ def bench(backends, variants, reps, plugdir, results):
     for rep in range(reps):
         for b in backends:
             log(f"  round {rep + 1}/{reps}: {b.name}")
+            done = {}
             for v in rotate(variants, rep):
                 r = run_variant(b, v, str(rep), plugdir)
                 log(f"    {v}: {describe(r)}")
+                done[v] = r
                 results["runs"].setdefault(b.name, {}).setdefault(v, []).append(r)
                 save(results)
+            # Each outcome set against its reference's of the same round.
+            for v, r in done.items():
+                ref = REFERENCE.get(v)
+                if ref in done:
+                    r["same_outcomes"] = same_outcomes(r.get("outcomes"), done[ref].get("outcomes"))
+                    log(f"    {v} outcomes vs {ref}: {r['same_outcomes']}")
+            for r in done.values():
+                outcomes = r.pop("outcomes", None)
+                r["outcome_count"] = len(outcomes) if outcomes is not None else None
+            save(results)
 
 
 # -- report -----------------------------------------------------------------
@@ -528,7 +656,22 @@ LABELS = {
     "dbfork-fresh": ("dbfork, warm, fresh clones", "dbfork warm with `--fresh-transactional`"),
     "dbfork-manage": ("dbfork + manage.py test, warm", "`dbfork run -j 2 --db URL -- python manage.py test`"),
     "dbfork-manage-fresh": ("dbfork + manage.py test, warm, fresh clones", "the same with `--fresh-transactional`"),
+    "migrate": ("plain migrate", "`python manage.py migrate --noinput`, a new database"),
+    "python-start": ("interpreter start", "`python -c \"import django\"`"),
 }
+
+
+def compared(variant, runs):
+    """Whether every round's outcome set equalled its reference's."""
+    ref = REFERENCE.get(variant)
+    if ref is None:
+        return "(the reference)" if variant in REFERENCE.values() else "-"
+    seen = [r.get("same_outcomes") for r in runs if r.get("same_outcomes")]
+    if not seen:
+        return "-"
+    if all(x == "equal" for x in seen):
+        return f"equal to {ref}'s ({len(seen)}/{len(seen)} rounds)"
+    return f"vs {ref}: " + "; ".join(sorted(set(seen)))
 
 
 def setup_note(variant, runs):
@@ -552,11 +695,13 @@ def report(saved):
         lines.append("")
     summary = []
     extra = []
+    builds = []
     for backend, byvar in saved.get("runs", {}).items():
         version = meta.get("servers", {}).get(backend)
         lines += [f"#### {backend}" + (f" ({version})" if version else ""), "",
-                  "| variant | command | wall | first test starts | database setup | setup measured by | outcome |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| variant | command | wall | first test starts | database setup | setup measured by | outcome "
+                  "| same outcome for every test |",
+                  "|---|---|---|---|---|---|---|---|"]
         m = {}
         for v in VARIANTS:
             runs = byvar.get(v)
@@ -564,9 +709,18 @@ def report(saved):
                 continue
             m[v] = med([r["wall"] for r in runs])
             label, cmd = LABELS[v]
+            if v in ("migrate", "python-start"):
+                continue
             lines.append(f"| {label} | {cmd} | {f(m[v])} | {f(med([r.get('first_test') for r in runs]))} | "
-                         f"{f(med([r.get('db_setup') for r in runs]))} | {setup_note(v, runs)} | {outcome(runs, v)} |")
+                         f"{f(med([r.get('db_setup') for r in runs]))} | {setup_note(v, runs)} | {outcome(runs, v)} "
+                         f"| {compared(v, runs)} |")
         lines.append("")
+        if "migrate" in m and "dbfork-cold" in byvar:
+            built = med([r.get("db_setup") for r in byvar["dbfork-cold"]])
+            start = m.get("python-start", float("nan"))
+            within = built <= m["migrate"] + start
+            builds.append(f"| {backend} | {f(built)} | {f(m['migrate'])} | {f(start, '.2f')} | "
+                          f"{f(built - m['migrate'], '+.1f')} | {'**met**' if within else '**not met**'} |")
         nan = float("nan")
         cold = m.get("dbfork-cold", nan) / m.get("xdist", nan)
         warm_x = m.get("dbfork-warm", nan) / m.get("xdist-reuse", nan)
@@ -608,6 +762,14 @@ def report(saved):
                   "| backend | dbfork manage.py test (warm) / Django | "
                   "pytest: fresh clones / flush | manage.py test: fresh clones / flush |",
                   "|---|---|---|---|", *extra, ""]
+    if builds:
+        lines += ["#### The template built by the tests' own setup, beside a plain migrate", "",
+                  "dbfork's controller builds the template in a test process that has already started and "
+                  "configured itself; the old way ran `manage.py migrate` as a process of its own. Target: "
+                  "no slower than the interpreter's start (built <= migrate + python-start).", "",
+                  "| backend | built in the controller (dbfork cold) | `manage.py migrate`, own process | "
+                  "`python -c \"import django\"` | difference | within an interpreter start |",
+                  "|---|---|---|---|---|---|", *builds, ""]
     if meta.get("skipped"):
         lines += [f"Skipped: " + "; ".join(f"{k} ({v})" for k, v in meta["skipped"].items()), ""]
     left = meta.get("leftovers")

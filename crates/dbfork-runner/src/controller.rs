@@ -219,7 +219,11 @@ impl Controller {
                         self.keep_log(log_dir, template)
                     )));
                 }
-                Err(Interruption::Cancelled) => return Err(dbfork_engine::Error::Interrupted),
+                Err(Interruption::Cancelled) => {
+                    // The half-built template is dropped next: nothing may write to it.
+                    self.kill();
+                    return Err(dbfork_engine::Error::Interrupted);
+                }
                 Err(Interruption::TimedOut) => {
                     self.kill();
                     return Err(failed(format!(
