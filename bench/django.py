@@ -87,7 +87,9 @@ VARIANTS = ["dbfork-cold", "dbfork-warm", "dbfork-fresh", "dbfork-manage", "dbfo
 # Whose outcome set each variant's is compared with (same round, same backend).
 REFERENCE = {"dbfork-cold": "xdist", "dbfork-warm": "xdist", "dbfork-fresh": "xdist", "xdist-reuse": "xdist",
              "dbfork-manage": "django", "dbfork-manage-fresh": "django", "django-keepdb": "django"}
-WARMUP = ["dbfork-warm", "xdist-reuse", "django-keepdb"]  # the ones whose state the rounds reuse
+# The ones whose state the rounds reuse (pytest's and manage.py test's templates differ:
+# pytest's configuration files are inputs of pytest's).
+WARMUP = ["dbfork-warm", "dbfork-manage", "xdist-reuse", "django-keepdb"]
 # dbfork's variants on the warm template (every dbfork variant but the cold one uses it)
 FRESH = ["--fresh-transactional"]
 BACKENDS = ["sqlite", "postgres", "mariadb"]
@@ -584,7 +586,7 @@ def describe(r):
 
 def bench(backends, variants, reps, plugdir, results):
     for b in backends:
-        for v in [v for v in WARMUP if v in variants and (v == "dbfork-warm" or b.keeps_test_dbs)]:
+        for v in [v for v in WARMUP if v in variants and (v.startswith("dbfork") or b.keeps_test_dbs)]:
             log(f"  warm-up: {b.name} {v}")
             r = run_variant(b, v, "warmup", plugdir)
             log(f"    {describe(r)}")
