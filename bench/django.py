@@ -28,9 +28,11 @@ Variants (all run from examples/shop, 2 workers):
   django-keepdb  the same with --keepdb (warm-up run before the rounds too)
   migrate        python manage.py migrate --noinput into a new empty database (the
                  old way's template build, a process of its own), beside
-  python-start   python -c "import django" (an interpreter's start): the template
-                 dbfork builds in its controller (dbfork-cold's `built template ...
-                 in X s`) should take no longer than migrate + python-start
+  python-start   a Django process's start: the interpreter, the project's settings and
+                 django.setup() (what a `migrate` process pays before it migrates):
+                 the template dbfork builds in its controller (dbfork-cold's
+                 `built template ... in X s`) should take no longer than
+                 migrate + python-start
 DATABASE_URL of the non-dbfork variants: SQLite sqlite:////tmp/benchdj_<pid>/db.sqlite3
 (Django and pytest-django then test on in-memory databases: --reuse-db and
 --keepdb change nothing there, and `--parallel` clones the in-memory database);
@@ -48,7 +50,7 @@ tests starts in a worker; the earliest process counts); database setup: dbfork's
 "built template ... in X s" line (0 when it says "reusing template"), the time of
 pytest-django's django_db_setup fixture in each xdist worker (the slower worker),
 Django's `--timing` "Total database setup"; outcome counts; and the outcome of every
-test (dbfork: its --json report; pytest-xdist: the benchdj_first plugin in the
+test (dbfork: its --json report; pytest-xdist: the tests' outcomes_plugin in the
 controller, which receives every worker's reports; Django's runner: `-v 2` lines),
 compared with pytest-xdist's (pytest variants) or Django's runner's (manage.py
 variants) of the same round: the report says whether the sets are equal.
@@ -78,6 +80,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
 DBFORK = ROOT / "target" / "release" / "dbfork"
 SHOP = ROOT / "examples" / "shop"
+# The tests' plugin that writes every test's outcome ($OUTCOMES_FILE) in pytest's
+# main process (pytest-xdist's controller receives every worker's reports).
+OUTCOMES_PLUGIN_DIR = ROOT / "crates" / "dbfork" / "tests" / "support"
 PYTEST = [str(PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 JOBS = 2
 EXPECTED_PYTEST = 726
@@ -128,25 +133,6 @@ def pytest_fixture_setup(fixturedef, request):
     start = time.time()
     yield
     _write("dbsetup", "%r %r" % (start, time.time()))
-_reports = {}
-def pytest_runtest_logreport(report):
-    _reports.setdefault(report.nodeid, []).append(report)
-def _outcome(reports):
-    by = {r.when: r for r in reports}
-    call = by.get("call")
-    if call is not None and call.failed:
-        return "failed"
-    if any(r.failed for r in reports):
-        return "error"
-    main = call or by.get("setup")
-    if hasattr(main, "wasxfail"):
-        return "x_failed" if main.skipped else "x_passed"
-    return "skipped" if main.skipped else "passed"
-def pytest_sessionfinish(session):
-    # The xdist controller receives every worker's reports; a worker writes nothing.
-    if not hasattr(session.config, "workerinput") and _reports:
-        import json
-        _write("outcomes", json.dumps({k: _outcome(v) for k, v in _reports.items()}))
 '''
 
 # --testrunner benchdj_runner.Runner: when a manage.py test worker starts its first batch of tests.
@@ -294,7 +280,11 @@ class Server(Backend):
     def __init__(self, work):
         super().__init__(work)
         self.maint = f"benchtmp_dj_{self.pid}"
-        self.sql(f"CREATE DATABASE {self.maint}")
+        # manage.py test's template is not pytest's (pytest's configuration files
+        # are inputs of pytest's): its own registry, which a cold run leaves alone.
+        self.maint_manage = f"benchtmp_dj_{self.pid}_manage"
+        for name in (self.maint, self.maint_manage):
+            self.sql(f"CREATE DATABASE {name}")
         self.created = True
 
     def sql(self, stmt, check=True):
@@ -304,6 +294,8 @@ class Server(Backend):
         raise NotImplementedError
 
     def dbfork_url(self, variant, tag):
+        if variant.startswith("dbfork-manage"):
+            return self.url(self.maint_manage)
         url = self.url(self.maint)
         if variant == "dbfork-cold":
             left = self.drop_registered(url)
@@ -329,7 +321,7 @@ class Server(Backend):
         return [n for n in self.databases() if pat.match(n)]
 
     def cleanup(self):
-        left = self.drop_registered(self.url(self.maint))
+        left = self.drop_registered(self.url(self.maint)) + self.drop_registered(self.url(self.maint_manage))
         for name in self.ours():
             self.drop_db(name)
         return left + self.ours()
@@ -444,7 +436,10 @@ def run_variant(backend, variant, tag, plugdir):
             ["--", *PYTEST, "-p", "benchdj_first"]
     elif variant.startswith("xdist"):
         env["DATABASE_URL"] = backend.plain_url(keep=variant == "xdist-reuse")
-        cmd = PYTEST + ["-p", "benchdj_first", "-n", str(JOBS)] + (["--reuse-db"] if variant == "xdist-reuse" else [])
+        env["OUTCOMES_FILE"] = str(rundir / "outcomes.json")
+        env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(OUTCOMES_PLUGIN_DIR)])
+        cmd = PYTEST + ["-p", "benchdj_first", "-p", "outcomes_plugin", "-n", str(JOBS)] + \
+            (["--reuse-db"] if variant == "xdist-reuse" else [])
     else:
         env["DATABASE_URL"] = backend.plain_url(keep=variant == "django-keepdb")
         cmd = [str(PYTHON), "manage.py", "test", "--parallel", str(JOBS), "--noinput", "--timing",
@@ -458,7 +453,8 @@ def run_variant(backend, variant, tag, plugdir):
         env["DATABASE_URL"] = backend.fresh_url(tag)
         cmd = [str(PYTHON), "manage.py", "migrate", "--noinput"]
     if variant == "python-start":
-        cmd = [str(PYTHON), "-c", "import django"]
+        cmd = [str(PYTHON), "-c", "import os, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', "
+               "'shop.settings'); django.setup()"]
     t0 = time.time()
     p0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=SHOP, env=env, capture_output=True, text=True)
@@ -532,11 +528,10 @@ def outcomes_of(variant, rundir, text):
             return None
         return {t["id"]: t["outcome"] for t in report.get("tests", [])}
     if variant.startswith("xdist"):
-        found = {}
-        for f in rundir.glob("*.outcomes"):
-            for line in f.read_text().splitlines():
-                found.update(json.loads(line))
-        return found or None
+        try:
+            return json.loads((rundir / "outcomes.json").read_text())
+        except (OSError, ValueError):
+            return None
     return unittest_outcomes(text) or None
 
 
@@ -659,7 +654,7 @@ LABELS = {
     "dbfork-manage": ("dbfork + manage.py test, warm", "`dbfork run -j 2 --db URL -- python manage.py test`"),
     "dbfork-manage-fresh": ("dbfork + manage.py test, warm, fresh clones", "the same with `--fresh-transactional`"),
     "migrate": ("plain migrate", "`python manage.py migrate --noinput`, a new database"),
-    "python-start": ("interpreter start", "`python -c \"import django\"`"),
+    "python-start": ("a Django process's start", "`python -c \"...; django.setup()\"`"),
 }
 
 
@@ -770,7 +765,7 @@ def report(saved):
                   "configured itself; the old way ran `manage.py migrate` as a process of its own. Target: "
                   "no slower than the interpreter's start (built <= migrate + python-start).", "",
                   "| backend | built in the controller (dbfork cold) | `manage.py migrate`, own process | "
-                  "`python -c \"import django\"` | difference | within an interpreter start |",
+                  "a Django process's start | difference | within a process's start |",
                   "|---|---|---|---|---|---|", *builds, ""]
     if meta.get("skipped"):
         lines += [f"Skipped: " + "; ".join(f"{k} ({v})" for k, v in meta["skipped"].items()), ""]

@@ -1,17 +1,26 @@
-"""dbfork's Django adapter: ``manage.py test`` as a dbfork worker.
+"""dbfork's Django adapter: Django's test runner as a dbfork worker, and what
+dbfork needs to know of a Django project.
 
-``dbfork run -j N -- python manage.py test [labels] [options]`` starts N
-processes of the command, each on its own clone of the migrated template, and
-adds ``--testrunner dbfork_django.Runner``: the project's own test runner class
-(``TEST_RUNNER``, Django's ``DiscoverRunner`` by default) with
-:class:`DbforkRunnerMixin` in front. Each worker then finds the tests as Django
-does (labels, ``--tag``/``--exclude-tag``, ``-k``, ``--reverse``,
-``--shuffle``), reports them to dbfork and runs the ``TestCase`` classes dbfork
-hands it, on its clone: no test database is created, migrated, cloned or
-dropped by Django (dbfork drops the clones, forcefully, after the workers are
-gone). ``--failfast`` stops the whole run at the first failure; ``--buffer``
-and ``--debug-sql`` work per test as usual; ``--keepdb`` and ``--parallel``
-have nothing to do under dbfork.
+``dbfork run -j N -- python manage.py test [labels] [options]`` (also
+``django-admin test`` and ``runtests.py`` scripts) starts N processes of the
+command, each on its own clone of the template. dbfork's ``sitecustomize``
+(``_sitecustomize.py``) makes ``django.test.utils.get_runner`` return the
+project's own test runner class (``TEST_RUNNER``, Django's ``DiscoverRunner``
+by default) with :class:`DbforkRunnerMixin` in front. Each worker then finds
+the tests as Django does (labels, ``--tag``/``--exclude-tag``, ``-k``,
+``--reverse``, ``--shuffle``), reports them to dbfork and runs the
+``TestCase`` classes dbfork hands it, on its clone: no test database is
+created, migrated, cloned or dropped by Django (dbfork drops the clones,
+forcefully, after the workers are gone). ``--failfast`` stops the whole run at
+the first failure; ``--buffer`` and ``--debug-sql`` work per test as usual;
+``--keepdb`` and ``--parallel`` have nothing to do under dbfork.
+
+The run's controller (``DBFORK_ROLE=controller``, the command started once
+before the workers) reports what the template depends on
+(:func:`controller_report`: settings facts, input files, each alias's
+settings) and builds it with the runner's own ``setup_databases``
+(:func:`build_template`); the pytest plugin does the same with pytest-django's
+setup.
 
 For projects that prefer settings, ``TEST_RUNNER = "dbfork_django.DiscoverRunner"``
 is Django's runner with the mixin; outside dbfork (no ``DBFORK_SOCKET`` in the

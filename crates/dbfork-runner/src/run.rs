@@ -258,10 +258,6 @@ impl Prepared {
         self.configured.django.as_ref()
     }
 
-    pub fn config(&self) -> &RunConfig {
-        &self.config
-    }
-
     /// Ends the run before it started (the database could not be opened):
     /// the controller goes, and the run directory with it.
     pub async fn abandon(self) {

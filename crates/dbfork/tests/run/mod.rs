@@ -1049,12 +1049,22 @@ fn example_project_matches_serial_pytest(kind: Kind) {
 /// The test database a serial Django run makes beside the maintenance one,
 /// if its teardown left it.
 pub(crate) fn drop_serial_test_database(place: &Place) {
-    let sql = match place.kind {
-        Kind::Sqlite => return,
-        Kind::Postgres => format!("DROP DATABASE IF EXISTS test_{} WITH (FORCE)", place.maint),
-        Kind::Mysql => format!("DROP DATABASE IF EXISTS test_{}", place.maint),
-    };
-    place.sql_ok(None, &sql);
+    drop_test_databases(place, &[""]);
+}
+
+/// Drops `test_<maintenance database><suffix>` for each suffix: what Django
+/// and pytest-django runs (serial, xdist's `_gw0`, `--parallel`'s `_1`) left
+/// when their teardown failed.
+pub(crate) fn drop_test_databases(place: &Place, suffixes: &[&str]) {
+    for suffix in suffixes {
+        let name = format!("test_{}{suffix}", place.maint);
+        let sql = match place.kind {
+            Kind::Sqlite => return,
+            Kind::Postgres => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            Kind::Mysql => format!("DROP DATABASE IF EXISTS {name}"),
+        };
+        place.sql_ok(None, &sql);
+    }
 }
 
 mod example_project {

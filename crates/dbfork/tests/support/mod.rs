@@ -314,13 +314,17 @@ impl Drop for Place {
     }
 }
 
-fn pg_args(c: &mut Command, url: &DbUrl, db: Option<&str>) {
-    let host = url
-        .socket
+/// Where clients reach the server: its socket (directory or file) or its host.
+pub fn host_or_socket(url: &DbUrl) -> String {
+    url.socket
         .as_ref()
         .map(|s| s.display().to_string())
         .or(url.host.clone())
-        .unwrap();
+        .unwrap_or_default()
+}
+
+fn pg_args(c: &mut Command, url: &DbUrl, db: Option<&str>) {
+    let host = host_or_socket(url);
     c.args(["-h", &host, "-p", &url.port.unwrap_or(5432).to_string()]);
     c.args(["-U", url.user.as_deref().unwrap_or("postgres")]);
     c.args(["-d", db.or(url.database.as_deref()).unwrap_or("postgres")]);

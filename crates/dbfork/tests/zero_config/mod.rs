@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::run_tests::{assert_no_clones, drop_serial_test_database, python};
-use crate::support::{dbfork, Kind, Place};
+use crate::run_tests::{assert_no_clones, drop_test_databases, python};
+use crate::support::{dbfork, host_or_socket, Kind, Place};
 
 /// Test id -> outcome, as dbfork's JSON report names outcomes.
 type Outcomes = BTreeMap<String, String>;
@@ -41,16 +41,10 @@ fn settings_env(place: &Place, prefix: &str, name: &str) -> Vec<(String, String)
         Kind::Postgres => "django.db.backends.postgresql",
         Kind::Mysql => "django.db.backends.mysql",
     };
-    let host = url
-        .socket
-        .as_ref()
-        .map(|s| s.display().to_string())
-        .or(url.host.clone())
-        .unwrap_or_default();
     [
         ("ENGINE", engine.to_string()),
         ("NAME", name.to_string()),
-        ("HOST", host),
+        ("HOST", host_or_socket(&url)),
         ("PORT", url.port.map(|p| p.to_string()).unwrap_or_default()),
         ("USER", url.user.clone().unwrap_or_default()),
         ("PASSWORD", url.password.clone().unwrap_or_default()),
@@ -233,18 +227,7 @@ impl Dbforked {
 /// Drops what serial and pytest-xdist runs of pytest-django left on the
 /// server (a failed teardown), by their names.
 fn drop_reference_databases(place: &Place) {
-    drop_serial_test_database(place);
-    for worker in ["gw0", "gw1"] {
-        let sql = match place.kind {
-            Kind::Sqlite => return,
-            Kind::Postgres => format!(
-                "DROP DATABASE IF EXISTS test_{}_{worker} WITH (FORCE)",
-                place.maint
-            ),
-            Kind::Mysql => format!("DROP DATABASE IF EXISTS test_{}_{worker}", place.maint),
-        };
-        place.sql_ok(None, &sql);
-    }
+    drop_test_databases(place, &["", "_gw0", "_gw1"]);
 }
 
 /// The pytest-django project whose settings come from conftest.py.
@@ -316,9 +299,30 @@ fn shoplike(kind: Kind) {
     let run = dbfork_outcomes(&place, &project, true, &pytest, &env_refs(&elsewhere));
     run.expect(1, &serial, "back without the variable");
     assert!(run.stderr.contains("reusing template"), "{}", run.stderr);
-    if kind == Kind::Mysql {
+    if kind != Kind::Sqlite {
         return;
     }
+
+    // pytest-django's --nomigrations turns the real migrations off again:
+    // another template, made from the models.
+    let nomigrations = [&pytest[..], &["--nomigrations"]].concat();
+    let serial_nomigrations = pytest_outcomes(
+        &project,
+        &["--nomigrations"],
+        &env_refs(&reference_migrations),
+    );
+    assert_eq!(
+        serial_nomigrations["tests/test_shop.py::test_seeded_rows_follow_the_migrations"],
+        "failed",
+        "no seeded rows without the migrations"
+    );
+    let run = dbfork_outcomes(&place, &project, true, &nomigrations, &env_refs(&migrations));
+    run.expect(1, &serial_nomigrations, "with --nomigrations");
+    assert!(
+        run.stderr.contains("built template") && run.stderr.contains("setting migrations (changed)"),
+        "{}",
+        run.stderr
+    );
 
     // A new migration of the third-party app outside the project (site-packages).
     std::fs::write(
@@ -490,17 +494,7 @@ fn runnerlike(kind: Kind) {
 /// Django's `--parallel` clones are `test_<name>_1`, `_2`; a failed
 /// teardown leaves them.
 fn drop_clones_of_parallel_runs(place: &Place) {
-    for n in 1..=2 {
-        let sql = match place.kind {
-            Kind::Sqlite => return,
-            Kind::Postgres => format!(
-                "DROP DATABASE IF EXISTS test_{}_{n} WITH (FORCE)",
-                place.maint
-            ),
-            Kind::Mysql => format!("DROP DATABASE IF EXISTS test_{}_{n}", place.maint),
-        };
-        place.sql_ok(None, &sql);
-    }
+    drop_test_databases(place, &["_1", "_2"]);
 }
 
 mod shoplike {
@@ -552,26 +546,15 @@ fn djangos_own_suite_on_postgres() {
     let runtests = Path::new(&tests).join("runtests.py");
     assert!(runtests.is_file(), "no {}", runtests.display());
     let place = Place::new(Kind::Postgres, "djsuite");
-    let url = place.db_url();
-    let settings = format!(
-        "_common = {{'ENGINE': 'django.db.backends.postgresql', 'HOST': {host:?}, 'PORT': {port:?}, 'USER': {user:?}, 'PASSWORD': {password:?}}}\n\
-         DATABASES = {{'default': dict(_common, NAME={name:?}), 'other': dict(_common, NAME={other:?})}}\n\
+    // Settings that read the server from variables, as Django's own
+    // test_sqlite.py names its databases: `default` and `other`.
+    let settings = "import os\n\
+         _common = {k: os.environ['DJSUITE_' + k] for k in ('ENGINE', 'HOST', 'PORT', 'USER', 'PASSWORD')}\n\
+         DATABASES = {'default': dict(_common, NAME=os.environ['DJSUITE_NAME']), 'other': dict(_common, NAME=os.environ['DJSUITE_NAME'] + '_other')}\n\
          SECRET_KEY = 'django_tests_secret_key'\n\
          PASSWORD_HASHERS = ['django.contrib.auth.hashers.MD5PasswordHasher']\n\
          DEFAULT_AUTO_FIELD = 'django.db.models.AutoField'\n\
-         USE_TZ = False\n",
-        host = url
-            .socket
-            .as_ref()
-            .map(|s| s.display().to_string())
-            .or(url.host.clone())
-            .unwrap_or_default(),
-        port = url.port.map(|p| p.to_string()).unwrap_or_default(),
-        user = url.user.clone().unwrap_or_default(),
-        password = url.password.clone().unwrap_or_default(),
-        name = place.maint,
-        other = format!("{}_other", place.maint),
-    );
+         USE_TZ = False\n";
     std::fs::write(place.dir.path().join("dbfork_pg_settings.py"), settings).unwrap();
     let apps = [
         "basic",
@@ -581,8 +564,9 @@ fn djangos_own_suite_on_postgres() {
         "select_for_update",
         "lookup",
     ];
-    let pythonpath = place.dir.path().display().to_string();
-    let env = [("PYTHONPATH", pythonpath.as_str())];
+    let mut env = settings_env(&place, "DJSUITE", &place.maint);
+    env.push(("PYTHONPATH".into(), place.dir.path().display().to_string()));
+    let env = env_refs(&env);
     let runtests = runtests.display().to_string();
     let mut args = vec![
         runtests.as_str(),
@@ -595,15 +579,7 @@ fn djangos_own_suite_on_postgres() {
         &[&args[..], &["--parallel", "2", "-v", "2"]].concat(),
         &env,
     );
-    for suffix in ["", "_other", "_1", "_2", "_other_1", "_other_2"] {
-        place.sql_ok(
-            None,
-            &format!(
-                "DROP DATABASE IF EXISTS test_{}{suffix} WITH (FORCE)",
-                place.maint
-            ),
-        );
-    }
+    drop_test_databases(&place, &["", "_other", "_1", "_2", "_other_1", "_other_2"]);
     assert!(reference.len() > 400, "{reference:?}");
     let skipped_on_postgres = "lookup.tests.LookupTests.test_textfield_exact_null";
     assert_eq!(reference[skipped_on_postgres], "skipped");
