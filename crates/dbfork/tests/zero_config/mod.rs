@@ -312,14 +312,20 @@ fn shoplike(kind: Kind) {
         &env_refs(&reference_migrations),
     );
     assert_eq!(
-        serial_nomigrations["tests/test_shop.py::test_seeded_rows_follow_the_migrations"],
-        "failed",
+        serial_nomigrations["tests/test_shop.py::test_seeded_rows_follow_the_migrations"], "failed",
         "no seeded rows without the migrations"
     );
-    let run = dbfork_outcomes(&place, &project, true, &nomigrations, &env_refs(&migrations));
+    let run = dbfork_outcomes(
+        &place,
+        &project,
+        true,
+        &nomigrations,
+        &env_refs(&migrations),
+    );
     run.expect(1, &serial_nomigrations, "with --nomigrations");
     assert!(
-        run.stderr.contains("built template") && run.stderr.contains("setting migrations (changed)"),
+        run.stderr.contains("built template")
+            && run.stderr.contains("setting migrations (changed)"),
         "{}",
         run.stderr
     );
