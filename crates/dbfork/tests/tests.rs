@@ -9,9 +9,6 @@ mod support;
 #[path = "run/mod.rs"]
 mod run_tests;
 
-#[path = "zero_config/mod.rs"]
-mod zero_config;
-
 use std::time::{Duration, Instant};
 
 use support::{dbfork, run, Kind, Place};
@@ -30,6 +27,10 @@ macro_rules! per_server {
         mod mysql_server { $( #[test] fn $test() { super::$test(super::Kind::Mysql) } )* }
     };
 }
+
+// After the macros, which it uses too.
+#[path = "zero_config/mod.rs"]
+mod zero_config;
 
 per_backend!(
     template_build_reuse_rebuild_clone_drop,
