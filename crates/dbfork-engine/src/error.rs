@@ -56,6 +56,9 @@ pub enum Error {
     #[error("refusing to drop `{name}`: dbfork's registry on this server does not record it as a database dbfork created. dbfork only ever drops its own databases; drop it yourself if it really should go.")]
     NotOurs { name: String },
 
+    #[error("refusing to drop {name:?}: it is not a name dbfork makes (dbfork_tpl_<hex>_<hex>, dbfork_<run id>_<n>), so a registry row naming it was not written by dbfork. dbfork never acts on such a row; look at who wrote it, and remove it from the registry by hand.")]
+    NotDbforkName { name: String },
+
     #[error("could not drop `{name}` within {waited:?}: {holders}")]
     DropTimeout {
         name: String,

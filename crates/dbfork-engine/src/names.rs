@@ -57,6 +57,48 @@ pub fn new_run_id() -> String {
     h.finalize().to_hex()[..10].to_string()
 }
 
+/// Whether `name` has the shape of a name dbfork makes: a template
+/// (`dbfork_tpl_<16 hex>_<6 hex>`), a clone of a run or of `dbfork db clone`
+/// (`dbfork_<10 hex>_<n>`, a replacement's `_<generation>`, an alias's
+/// `_x<i>`), or a fresh clone (`dbfork_<10 hex>_f<n>`). Every path that drops
+/// or deletes checks this besides the registry: a registry row naming anything
+/// else was not written by dbfork and is never acted on.
+pub fn is_dbfork_shape(name: &str) -> bool {
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    let number = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(rest) = name.strip_prefix(PREFIX) else {
+        return false;
+    };
+    if let Some(template) = rest.strip_prefix("tpl_") {
+        return matches!(template.split_once('_'), Some((fp, scope)) if hex(fp, FINGERPRINT_DIGITS) && hex(scope, SCOPE_DIGITS));
+    }
+    let mut parts = rest.split('_');
+    let (Some(run), Some(first)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    if !hex(run, 10) {
+        return false;
+    }
+    if let Some(n) = first.strip_prefix('f') {
+        return number(n) && parts.next().is_none();
+    }
+    if !number(first) {
+        return false;
+    }
+    let rest: Vec<&str> = parts.collect();
+    match rest.as_slice() {
+        [] => true,
+        [generation] if number(generation) => true,
+        [alias] => alias.strip_prefix('x').is_some_and(number),
+        [generation, alias] => number(generation) && alias.strip_prefix('x').is_some_and(number),
+        _ => false,
+    }
+}
+
 /// Whether `name` is safe to splice into SQL as a quoted identifier and as a
 /// file name: dbfork only ever makes names of `[a-z0-9_]`.
 pub fn is_plain(name: &str) -> bool {
@@ -70,6 +112,45 @@ pub fn is_plain(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_shapes_dbfork_makes() {
+        let fp = "0123456789abcdef".repeat(4);
+        let run = new_run_id();
+        let slot = slot_clone_name(&run, 3, 0);
+        for ours in [
+            template_name(&fp, "postgres"),
+            slot.clone(),
+            slot_clone_name(&run, 12, 2),
+            alias_clone_name(&slot, 0),
+            alias_clone_name(&slot_clone_name(&run, 1, 4), 11),
+            fresh_clone_name(&run, 7),
+            clone_name(&run, 0),
+        ] {
+            assert!(is_dbfork_shape(&ours), "{ours}");
+            assert!(is_plain(&ours), "{ours}");
+        }
+        for foreign in [
+            "relrev_victim",
+            "dbfork_",
+            "dbfork_victim",
+            "dbfork_tpl_victim",
+            "dbfork_0123456789_1; DROP DATABASE x",
+            "dbfork_0123456789_1\"",
+            "dbfork_0123456789_1`",
+            "dbfork_0123456789_../../victim",
+            "/etc/passwd",
+            "../dbfork_0123456789_1",
+            "dbfork_0123456789_1_2_x3_4",
+            "dbfork_0123456789_x1",
+            "dbfork_0123456789ab_1",
+            "dbfork_ABCDEF1234_1",
+            "dbfork_0123456789_1é",
+            "dbfork_tpl_0123456789abcdef_12345",
+        ] {
+            assert!(!is_dbfork_shape(foreign), "{foreign}");
+        }
+    }
 
     #[test]
     fn names_fit_and_are_plain() {

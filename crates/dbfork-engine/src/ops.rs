@@ -776,7 +776,9 @@ pub async fn gc_plan(backend: &AnyBackend, options: &GcOptions) -> Result<Vec<(E
         }
     }
     let mut plan = Vec::new();
-    for e in &entries {
+    // A row naming something dbfork would not make was not written by dbfork:
+    // never a candidate, whatever it says (see `foreign_rows`).
+    for e in entries.iter().filter(|e| names::is_dbfork_shape(&e.name)) {
         let reason = if e.state == State::Building || e.kind == EntryKind::Clone {
             e.owner_gone(&host, now, ttl)
                 .then(|| owner_gone_reason(e, &host))
@@ -803,6 +805,33 @@ pub async fn gc_plan(backend: &AnyBackend, options: &GcOptions) -> Result<Vec<(E
         }
     }
     Ok(plan)
+}
+
+/// The registry rows that name something dbfork would not make (another
+/// database, a path, a name with quotes): not written by dbfork, reported and
+/// never acted on.
+pub fn foreign_rows(entries: &[Entry]) -> Vec<&Entry> {
+    entries
+        .iter()
+        .filter(|e| !names::is_dbfork_shape(&e.name))
+        .collect()
+}
+
+/// One warning line for foreign rows, or `None` without any.
+pub fn foreign_rows_warning(entries: &[Entry]) -> Option<String> {
+    let foreign = foreign_rows(entries);
+    if foreign.is_empty() {
+        return None;
+    }
+    let names: Vec<String> = foreign.iter().map(|e| format!("{:?}", e.name)).collect();
+    Some(format!(
+        "{} registry row{} name{} what dbfork would not make ({}): not written by dbfork, left alone; remove {} from the registry by hand",
+        foreign.len(),
+        if foreign.len() == 1 { "" } else { "s" },
+        if foreign.len() == 1 { "s" } else { "" },
+        names.join(", "),
+        if foreign.len() == 1 { "it" } else { "them" },
+    ))
 }
 
 fn owner_gone_reason(e: &Entry, host: &str) -> String {

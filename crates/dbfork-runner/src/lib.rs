@@ -152,6 +152,9 @@ pub struct RunConfig {
     pub connect_timeout: Duration,
     pub drop_timeout: Duration,
     pub build_timeout: Duration,
+    /// Entries of other hosts, or without an owner process, count as left
+    /// behind once their heartbeat is this old (the collection at the start).
+    pub heartbeat_ttl: Duration,
     pub lock_timeout: Duration,
     /// 0: normal; 1: one line per test; 2: also worker output.
     pub verbose: u8,

@@ -40,6 +40,10 @@ pub struct DbArgs {
     /// How long dropping one database may take (sessions are ended and the drop retried within it).
     #[arg(long, env = "DBFORK_DROP_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub drop_timeout: Duration,
+    /// A registry entry of another host, or with no owner process, is garbage once its heartbeat is this old
+    /// (for `gc` and for the collection every command but `list` and `gc --dry-run` starts with).
+    #[arg(long, env = "DBFORK_HEARTBEAT_TTL", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub heartbeat_ttl: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +129,10 @@ pub struct RunArgs {
     /// How long the setup command may run. [default: 30m]
     #[arg(long, env = "DBFORK_BUILD_TIMEOUT", value_name = "DURATION")]
     pub build_timeout: Option<String>,
+    /// A registry entry of another host, or with no owner process, counts as left behind (and the
+    /// collection at the start drops it) once its heartbeat is this old. [default: 1h]
+    #[arg(long, env = "DBFORK_HEARTBEAT_TTL", value_name = "DURATION")]
+    pub heartbeat_ttl: Option<String>,
     /// Read settings from this file instead of looking for dbfork.toml / pyproject.toml.
     #[arg(long, env = "DBFORK_CONFIG", value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
@@ -225,9 +233,6 @@ pub struct GcArgs {
     /// Also drop ready templates unused for longer than this (the most recently used of each setup is kept).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub older_than: Option<Duration>,
-    /// An entry of another host, or with no owner process, is garbage once its heartbeat is this old.
-    #[arg(long, env = "DBFORK_HEARTBEAT_TTL", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    pub heartbeat_ttl: Duration,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -20,6 +20,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         Some(
             Error::BadUrl { .. }
             | Error::NotOurs { .. }
+            | Error::NotDbforkName { .. }
             | Error::NoTemplate { .. }
             | Error::AmbiguousTemplate { .. }
             | Error::BadInput { .. }

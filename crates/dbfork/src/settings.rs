@@ -65,6 +65,7 @@ const KEYS: &[Key] = &[
     ),
     key("drop_timeout", "--drop-timeout", "DBFORK_DROP_TIMEOUT"),
     key("build_timeout", "--build-timeout", "DBFORK_BUILD_TIMEOUT"),
+    key("heartbeat_ttl", "--heartbeat-ttl", "DBFORK_HEARTBEAT_TTL"),
 ];
 
 const CONFIG_FILE: &str = "dbfork.toml";
@@ -137,6 +138,10 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
             .build_timeout
             .or(from_file.build_timeout)
             .unwrap_or(Duration::from_secs(30 * 60)),
+        heartbeat_ttl: from_flags
+            .heartbeat_ttl
+            .or(from_file.heartbeat_ttl)
+            .unwrap_or(Duration::from_secs(3600)),
         lock_timeout: Duration::from_secs(30 * 60),
         verbose,
         // CI logs are not terminals, but some CI systems fake one; CI=... is
@@ -311,6 +316,7 @@ struct Layer {
     connect_timeout: Option<Duration>,
     drop_timeout: Option<Duration>,
     build_timeout: Option<Duration>,
+    heartbeat_ttl: Option<Duration>,
 }
 
 impl Layer {
@@ -328,6 +334,7 @@ impl Layer {
             (&args.connect_timeout, "connect_timeout"),
             (&args.drop_timeout, "drop_timeout"),
             (&args.build_timeout, "build_timeout"),
+            (&args.heartbeat_ttl, "heartbeat_ttl"),
             (&args.fresh_transactional, "fresh_transactional"),
         ];
         for (value, name) in texts {
@@ -458,6 +465,7 @@ impl Layer {
             }
             "connect_timeout" => self.connect_timeout = Some(duration(raw, origin, false)?),
             "drop_timeout" => self.drop_timeout = Some(duration(raw, origin, false)?),
+            "heartbeat_ttl" => self.heartbeat_ttl = Some(duration(raw, origin, false)?),
             "build_timeout" => self.build_timeout = Some(duration(raw, origin, false)?),
             // KEYS and this match list the same names; a key missing here is a bug.
             other => {
@@ -725,6 +733,7 @@ mod tests {
             connect_timeout: None,
             drop_timeout: None,
             build_timeout: None,
+            heartbeat_ttl: None,
             config: None,
             command: vec!["pytest".into(), "-q".into()],
         }
@@ -765,6 +774,7 @@ mod tests {
         assert_eq!(config.clone_method, "default");
         assert_eq!(config.connect_timeout, Duration::from_secs(10));
         assert_eq!(config.drop_timeout, Duration::from_secs(30));
+        assert_eq!(config.heartbeat_ttl, Duration::from_secs(3600));
         assert_eq!(config.build_timeout, Duration::from_secs(1800));
         assert_eq!(config.lock_timeout, Duration::from_secs(1800));
         assert_eq!(config.verbose, 1);

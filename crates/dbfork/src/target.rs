@@ -15,8 +15,17 @@ pub struct Opened {
     pub server: Option<EphemeralServer>,
 }
 
+/// Whether opening a server first collects what dead dbfork processes left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collect {
+    /// Every command that makes or drops something.
+    Leftovers,
+    /// Reading (`db list`, `db gc --dry-run`): nothing is dropped.
+    Nothing,
+}
+
 impl Opened {
-    pub async fn open(args: &DbArgs) -> Result<Opened> {
+    pub async fn open(args: &DbArgs, collect: Collect) -> Result<Opened> {
         let removed = ephemeral::collect_stale();
         for dir in removed {
             tracing::info!(
@@ -47,7 +56,9 @@ impl Opened {
         };
         match AnyBackend::connect(&url, &options).await {
             Ok(backend) => {
-                collect_leftovers(&backend, args).await;
+                if collect == Collect::Leftovers {
+                    collect_leftovers(&backend, args).await;
+                }
                 Ok(Opened { backend, server })
             }
             Err(e) => {
@@ -69,32 +80,28 @@ impl Opened {
     }
 }
 
-/// Every command first removes what dead dbfork processes left on this server
-/// (a `kill -9` leaves no chance to clean up): clones whose owner is gone and
-/// abandoned template builds. Templates are kept. A failure here is only a warning.
+/// Every command that makes or drops something first removes what dead dbfork
+/// processes left on this server (a `kill -9` leaves no chance to clean up):
+/// clones whose owner is gone and abandoned template builds, one line each.
+/// Templates are kept. A failure here is only a warning.
 async fn collect_leftovers(backend: &AnyBackend, args: &DbArgs) {
     let options = ops::GcOptions {
         dry_run: false,
         older_than: None,
-        heartbeat_ttl: LEFTOVER_HEARTBEAT_TTL,
+        heartbeat_ttl: args.heartbeat_ttl,
         drop_deadline: args.drop_timeout,
     };
     match ops::gc(backend, &options).await {
         Ok(collected) => {
             for c in collected.iter().filter(|c| c.dropped) {
-                tracing::info!("removed {} ({})", c.name, c.reason);
-            }
-            let n = collected.iter().filter(|c| c.dropped).count();
-            if n > 0 {
                 eprintln!(
-                    "dbfork: removed {n} database{} left by dbfork processes that are gone",
-                    if n == 1 { "" } else { "s" }
+                    "dbfork: removed {} {}, left by a dbfork process that is gone: {}",
+                    c.kind.as_str(),
+                    c.name,
+                    c.reason
                 );
             }
         }
         Err(e) => tracing::warn!("could not collect leftovers: {e}"),
     }
 }
-
-/// Entries of other hosts count as abandoned only after this long without a heartbeat.
-const LEFTOVER_HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);

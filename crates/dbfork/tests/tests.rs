@@ -33,6 +33,7 @@ macro_rules! per_server {
 mod zero_config;
 
 per_backend!(
+    spoofed_registry_rows_touch_nothing,
     template_build_reuse_rebuild_clone_drop,
     failing_setup_leaves_nothing,
     kill_9_mid_clone_then_gc,
@@ -280,11 +281,12 @@ fn kill_9_mid_clone_then_gc(kind: Kind) {
     );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    // The next command, whichever, collects what the killed one left.
+    // The next command that makes or drops something collects what the
+    // killed one left, one line per database.
     let (code, _, err) = run(&["db", "gc", "--db", &place.url]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("left by dbfork processes that are gone"),
+        err.contains("left by a dbfork process that is gone"),
         "{err}"
     );
     let left = place.registry_names();
@@ -620,5 +622,237 @@ fn two_registries_on_one_server_do_not_collide(kind: Kind) {
     for (place, names) in [(&a, &na), (&b, &nb)] {
         let (code, _, err) = run(&["db", "drop", "--db", &place.url, &names[0]]);
         assert_eq!(code, 0, "{err}");
+    }
+}
+
+/// A registry row dbfork did not write (another database, quotes, a name
+/// with dbfork's prefix but not its shape; on SQLite `../x` and an absolute
+/// path) is shown, reported and never acted on: `list`, `gc --dry-run`, `gc`,
+/// `drop` and the collection at the start of other commands leave every
+/// victim in place. Reading commands drop nothing; the collection honours
+/// `--heartbeat-ttl`.
+fn spoofed_registry_rows_touch_nothing(kind: Kind) {
+    let place = Place::new(kind, "spoof");
+    let tag = support::unique("v").trim_start_matches("dft_").to_string();
+    let outside = place.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    // The victims, and the names registry rows give them.
+    let mut rows: Vec<String> = Vec::new();
+    let mut victims: Vec<std::path::PathBuf> = Vec::new();
+    let victim_db = format!("relrev_victim_{tag}");
+    let shaped_like = format!("dbfork_victim_{tag}");
+    match kind {
+        Kind::Sqlite => {
+            for (name, file) in [
+                (
+                    victim_db.clone(),
+                    place.dir.path().join(format!("{victim_db}.sqlite3")),
+                ),
+                (
+                    format!("../victim_{tag}"),
+                    place
+                        .dir
+                        .path()
+                        .parent()
+                        .unwrap()
+                        .join(format!("victim_{tag}.sqlite3")),
+                ),
+                (
+                    outside.join("abs").display().to_string(),
+                    outside.join("abs.sqlite3"),
+                ),
+            ] {
+                std::fs::write(&file, "precious").unwrap();
+                std::fs::write(format!("{}-wal", file.display()), "precious").unwrap();
+                rows.push(name);
+                victims.push(file);
+            }
+        }
+        _ => {
+            for db in [&victim_db, &shaped_like] {
+                place.sql_ok(None, &format!("CREATE DATABASE {db}"));
+            }
+            rows.extend([victim_db.clone(), shaped_like.clone()]);
+        }
+    }
+    rows.extend([
+        format!("x\"; DROP DATABASE {victim_db}; --"),
+        format!("y`{tag}"),
+    ]);
+    // dbfork makes its registry when it first connects.
+    let (code, _, err) = run(&["db", "list", "--db", &place.url]);
+    assert_eq!(code, 0, "{err}");
+    insert_registry_rows(&place, &rows);
+    let intact = || match kind {
+        Kind::Sqlite => {
+            for file in &victims {
+                assert_eq!(
+                    std::fs::read_to_string(file).unwrap(),
+                    "precious",
+                    "{}",
+                    file.display()
+                );
+                assert!(std::path::Path::new(&format!("{}-wal", file.display())).exists());
+            }
+        }
+        _ => {
+            for db in [&victim_db, &shaped_like] {
+                assert!(place.exists(db), "{db} was dropped");
+            }
+        }
+    };
+    let (code, table, err) = run(&["db", "list", "--db", &place.url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("FOREIGN"), "{table}");
+    assert!(err.contains("not written by dbfork, left alone"), "{err}");
+    intact();
+    let (code, _, err) = run(&[
+        "db",
+        "gc",
+        "--dry-run",
+        "--db",
+        &place.url,
+        "--heartbeat-ttl",
+        "0s",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("would drop"), "{err}");
+    intact();
+    let (code, _, err) = run(&[
+        "db",
+        "gc",
+        "--db",
+        &place.url,
+        "--heartbeat-ttl",
+        "0s",
+        "--older-than",
+        "0s",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("left alone"), "{err}");
+    intact();
+    for name in &rows {
+        let (code, _, err) = run(&["db", "drop", "--db", &place.url, name]);
+        assert_eq!(code, 4, "{name}: {err}");
+        assert!(err.contains("refusing to drop"), "{err}");
+    }
+    intact();
+
+    // A clone with no owner process is kept while its heartbeat is younger
+    // than --heartbeat-ttl, by a list (never) and by the next command's
+    // collection (until the TTL passes), which then names it.
+    let runs = place.dir.path().join("runs");
+    let (code, fp, err) = template(&place, &setup_for(&place, &runs), &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&[
+        "db",
+        "clone",
+        "--db",
+        &place.url,
+        "--template",
+        fp.trim(),
+        "--owner",
+        "none",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let clones = || {
+        place
+            .registry()
+            .iter()
+            .filter(|e| e["kind"] == "clone" && e["exists"] == true)
+            .filter(|e| !rows.iter().any(|r| e["name"] == r.as_str()))
+            .count()
+    };
+    assert_eq!(clones(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (code, _, err) = run(&["db", "list", "--db", &place.url, "--heartbeat-ttl", "1s"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = template(&place, &setup_for(&place, &runs), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(clones(), 1, "the default TTL (1h) keeps it: {err}");
+    let out = support::dbfork()
+        .env("DBFORK_HEARTBEAT_TTL", "1s")
+        .args([
+            "db",
+            "template",
+            "--db",
+            &place.url,
+            "--setup",
+            &setup_for(&place, &runs),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("removed clone dbfork_"),
+        "one line per database: {err}"
+    );
+    assert_eq!(clones(), 0);
+    intact();
+    // The victims are not dbfork's: the test removes them itself.
+    match kind {
+        Kind::Sqlite => {
+            for file in &victims {
+                let _ = std::fs::remove_file(file);
+                let _ = std::fs::remove_file(format!("{}-wal", file.display()));
+            }
+        }
+        _ => {
+            for db in [&victim_db, &shaped_like] {
+                place.sql_ok(None, &format!("DROP DATABASE {db}"));
+            }
+        }
+    }
+}
+
+/// Writes registry rows (a dead owner on this host, an old heartbeat) as
+/// something other than dbfork could: straight into the registry table.
+fn insert_registry_rows(place: &Place, names: &[String]) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim();
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let values: Vec<String> = names
+        .iter()
+        .map(|n| {
+            format!(
+                "({}, 'clone', 'ready', 'f', 'k', 'r', 999999, 0, {}, 0, 0, 0)",
+                quote(n),
+                quote(host)
+            )
+        })
+        .collect();
+    let columns = "name, kind, state, fingerprint, setup_key, run_id, owner_pid, owner_start, host, created_at, heartbeat_at, last_used_at";
+    match place.kind {
+        Kind::Sqlite => {
+            let registry = place.dir.path().join(".dbfork/registry.sqlite3");
+            let sql = format!(
+                "INSERT INTO registry ({columns}) VALUES {}",
+                values.join(", ")
+            );
+            let ok = std::process::Command::new("python3")
+                .args(["-c", "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nc.execute(sys.argv[2])\nc.commit()"])
+                .arg(&registry)
+                .arg(&sql)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        Kind::Postgres => {
+            place.sql_ok(
+                None,
+                &format!(
+                    "INSERT INTO dbfork.registry ({columns}) VALUES {}",
+                    values.join(", ")
+                ),
+            );
+        }
+        Kind::Mysql => {
+            let values = values.join(", ").replace('\\', "\\\\");
+            place.sql_ok(
+                None,
+                &format!("INSERT INTO dbfork_registry ({columns}) VALUES {values}"),
+            );
+        }
     }
 }

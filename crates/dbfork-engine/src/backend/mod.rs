@@ -244,6 +244,13 @@ impl Backend for AnyBackend {
         each!(self, b => b.clone_database(template, name, method).await)
     }
     async fn drop_database(&self, name: &str, deadline: Duration) -> Result<()> {
+        // Every drop passes here: only names of the shapes dbfork makes, whatever
+        // a registry row says (and on SQLite never a path outside its directory).
+        if !crate::names::is_dbfork_shape(name) {
+            return Err(Error::NotDbforkName {
+                name: name.to_string(),
+            });
+        }
         each!(self, b => b.drop_database(name, deadline).await)
     }
     fn client_env(&self, name: &str) -> Vec<(String, String)> {

@@ -10,7 +10,7 @@ use dbfork_runner::run::{self as runner, exit, Prepared, RunError};
 
 use crate::cli::{DbArgs, RunArgs};
 use crate::settings;
-use crate::target::Opened;
+use crate::target::{Collect, Opened};
 
 /// Returns the run's exit code (pytest's: 0 passed, 1 failed, 2 interrupted,
 /// 3 setup or database error, 4 usage error, 5 no tests).
@@ -23,16 +23,21 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
             return Ok(exit::USAGE);
         }
     };
-    let (connect_timeout, drop_timeout) = (config.connect_timeout, config.drop_timeout);
+    let (connect_timeout, drop_timeout, heartbeat_ttl) = (
+        config.connect_timeout,
+        config.drop_timeout,
+        config.heartbeat_ttl,
+    );
     let db_args = move |db: String| DbArgs {
         db,
         connect_timeout,
         drop_timeout,
+        heartbeat_ttl,
     };
     // A database named by the user is opened first: the test command's
     // controller then sees it in DATABASE_URL, as the workers do.
     let mut opened = match &config.db {
-        Some(db) => match Opened::open(&db_args(db.clone())).await {
+        Some(db) => match Opened::open(&db_args(db.clone()), Collect::Leftovers).await {
             Ok(opened) => Some(opened),
             Err(e) => return Ok(open_failed(&e)),
         },
@@ -60,7 +65,7 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
                     return Ok(failed(&e));
                 }
             };
-            match Opened::open(&db_args(db)).await {
+            match Opened::open(&db_args(db), Collect::Leftovers).await {
                 Ok(opened) => opened,
                 Err(e) => {
                     prepared.abandon().await;

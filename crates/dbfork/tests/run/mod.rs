@@ -510,10 +510,19 @@ fn sigkill_of_a_worker_then_of_dbfork() {
         let alive = unsafe { libc::kill(w as i32, 0) } == 0 && !is_zombie(w);
         assert!(!alive, "worker {w} outlived dbfork");
     }
-    let (code, _, err) = crate::support::run(&["db", "list", "--db", &place.url]);
+    // Reading never writes: a list shows the dead run's clones and leaves them.
+    let (code, table, err) = crate::support::run(&["db", "list", "--db", &place.url]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("removed"),
+        table.contains(" clone ") && !err.contains("removed"),
+        "{table}\n{err}"
+    );
+    // The next command that makes or drops something collects them, one line each.
+    let (code, _, err) = crate::support::run(&["db", "gc", "--db", &place.url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("removed clone dbfork_")
+            && err.contains("left by a dbfork process that is gone"),
         "the next command says what it collected: {err}"
     );
     assert_no_clones(&place);

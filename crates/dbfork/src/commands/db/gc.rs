@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use dbfork_engine::ops::{self, GcOptions};
+use dbfork_engine::Backend;
 
 use crate::cli::GcArgs;
 use crate::target::Opened;
@@ -10,10 +11,13 @@ pub async fn run(opened: &Opened, args: &GcArgs) -> Result<()> {
     let options = GcOptions {
         dry_run: args.dry_run,
         older_than: args.older_than,
-        heartbeat_ttl: args.heartbeat_ttl,
+        heartbeat_ttl: args.db.heartbeat_ttl,
         drop_deadline: args.db.drop_timeout,
     };
     let collected = ops::gc(&opened.backend, &options).await?;
+    if let Some(warning) = ops::foreign_rows_warning(&opened.backend.registry_list().await?) {
+        eprintln!("dbfork: warning: {warning}");
+    }
     if args.json {
         println!("{}", serde_json::to_value(&collected)?);
     } else {

@@ -1,7 +1,10 @@
 //! `dbfork db list`: the registry, with whether each database still exists.
+//! Reading only: no collection runs first, and rows that name what dbfork
+//! would not make are shown as FOREIGN and left alone.
 
 use anyhow::Result;
-use dbfork_engine::names::PREFIX;
+use dbfork_engine::names::{self, PREFIX};
+use dbfork_engine::ops;
 use dbfork_engine::process;
 use dbfork_engine::Backend;
 
@@ -34,7 +37,9 @@ pub async fn run(opened: &Opened, args: &ListArgs) -> Result<()> {
         "NAME", "KIND", "STATE", "FINGERPRINT", "OWNER", "AGE"
     );
     for e in &entries {
-        let state = if existing.contains(&e.name) {
+        let state = if !names::is_dbfork_shape(&e.name) {
+            "FOREIGN"
+        } else if existing.contains(&e.name) {
             e.state.as_str()
         } else {
             "missing"
@@ -53,6 +58,9 @@ pub async fn run(opened: &Opened, args: &ListArgs) -> Result<()> {
             owner,
             now - e.created_at
         );
+    }
+    if let Some(warning) = ops::foreign_rows_warning(&entries) {
+        eprintln!("dbfork: warning: {warning}");
     }
     Ok(())
 }
