@@ -15,6 +15,7 @@ pub mod fingerprint;
 pub mod names;
 pub mod ops;
 pub mod process;
+pub mod reaper;
 pub mod registry;
 pub mod url;
 

@@ -143,7 +143,7 @@ impl DatabaseEnv {
             return Ok(DatabaseEnv { vars, dir: None });
         };
         let dir = std::env::temp_dir().join(format!(
-            "dbfork-client-{}-{}-{name}",
+            "{CLIENT_DIR_PREFIX}{}-{}-{name}",
             std::process::id(),
             process::now()
         ));
@@ -194,6 +194,15 @@ impl Drop for DatabaseEnv {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// The prefix of a client option file's private directory: `<prefix><pid>-...`.
+const CLIENT_DIR_PREFIX: &str = "dbfork-client-";
+
+/// Removes the client option directories (a `my.cnf` with the password) of
+/// dbfork processes that are gone; returns them.
+pub fn collect_stale_client_dirs() -> Vec<std::path::PathBuf> {
+    process::collect_stale_dirs(CLIENT_DIR_PREFIX)
 }
 
 /// Writes `dir/my.cnf`, readable by this user only.
@@ -366,14 +375,36 @@ async fn run_setup(
             cause: e.to_string(),
         })?;
     let pid = child.id();
+    if let Some(pid) = pid {
+        // Its group dies with dbfork, even when dbfork is killed with SIGKILL.
+        crate::reaper::register(pid);
+    }
     let output = std::sync::Mutex::new(VecDeque::new());
     let echo = options.echo_setup;
+    // A background child of the setup may hold its output open after the
+    // setup itself ended: reading stops a moment after the setup's exit.
+    let (exited_tx, exited_rx) = watch::channel(false);
     let pump = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
         let output = &output;
+        let mut exited = exited_rx.clone();
         async move {
             let Some(stream) = stream else { return };
             let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            let drained = async {
+                while !*exited.borrow_and_update() {
+                    if exited.changed().await.is_err() {
+                        break;
+                    }
+                }
+                tokio::time::sleep(OUTPUT_AFTER_EXIT).await;
+            };
+            tokio::pin!(drained);
+            loop {
+                let line = tokio::select! {
+                    line = lines.next_line() => line,
+                    () = &mut drained => return,
+                };
+                let Ok(Some(line)) = line else { return };
                 if echo {
                     eprintln!("  setup | {line}");
                 }
@@ -395,13 +426,19 @@ async fn run_setup(
         .take()
         .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
     let outcome = async {
-        let (status, _, _) = tokio::join!(child.wait(), pump(stdout), pump(stderr));
+        let waited = async {
+            let status = child.wait().await;
+            let _ = exited_tx.send(true);
+            status
+        };
+        let (status, _, _) = tokio::join!(waited, pump(stdout), pump(stderr));
         status
     };
     let kill_group = || {
         if let Some(pid) = pid {
             // SAFETY: signalling a process group we created; no memory is touched.
             unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            crate::reaper::unregister(pid);
         }
     };
     let status = tokio::select! {
@@ -446,6 +483,10 @@ async fn run_setup(
             .unwrap_or_default(),
     })
 }
+
+/// How long a setup's output is still read after the setup exited (what a
+/// background child it left writes later is not waited for).
+const OUTPUT_AFTER_EXIT: Duration = Duration::from_secs(1);
 
 /// How many lines of a setup's output are kept (for its log file).
 const KEPT_LINES: usize = 100_000;

@@ -105,13 +105,15 @@ impl Controller {
             })?;
         let (exit_tx, exit) = watch::channel(None);
         let mut child = spawned.child;
+        let pid = spawned.pid;
         tokio::spawn(async move {
             let status = child.wait().await.ok();
+            worker::reap(pid);
             let _ = exit_tx.send(Some(status));
         });
         let until = Instant::now() + deadline;
         let accepted = interruptible(&exit, until, cancel, listener.accept()).await;
-        let (pid, tail) = (spawned.pid, spawned.tail);
+        let tail = spawned.tail;
         let stream = match accepted {
             Ok(Ok((stream, _))) => stream,
             Ok(Err(source)) => {

@@ -579,40 +579,9 @@ async fn watch_signals(canceller: Canceller, events: mpsc::UnboundedSender<Event
 const RUN_DIR_PREFIX: &str = "dbfork-run-";
 
 /// Removes the private directories of runs whose dbfork is gone (killed with
-/// SIGKILL: its `RunDir` was never dropped); returns them. Only this user's,
-/// and only when the pid in the name is dead.
+/// SIGKILL: its `RunDir` was never dropped); returns them.
 pub fn collect_stale_run_dirs() -> Vec<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return Vec::new();
-    };
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(RUN_DIR_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
-            continue;
-        };
-        // SAFETY: signal 0 only probes whether the process exists.
-        let dead = unsafe { libc::kill(pid, 0) } != 0
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if meta.is_dir()
-            && meta.uid() == me
-            && dead
-            && std::fs::remove_dir_all(entry.path()).is_ok()
-        {
-            removed.push(entry.path());
-        }
-    }
-    removed
+    dbfork_engine::process::collect_stale_dirs(RUN_DIR_PREFIX)
 }
 
 /// The run's private directory (socket, plugin), removed at the end.
@@ -938,8 +907,10 @@ impl Dispatcher {
         };
         let events = self.events.clone();
         let mut child = spawned.child;
+        let pid = spawned.pid;
         tokio::spawn(async move {
             let status = child.wait().await.ok();
+            worker::reap(pid);
             let _ = events.send(Event::Exited {
                 slot,
                 generation,

@@ -121,6 +121,8 @@ pub fn spawn(
     }
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or_default();
+    // Whatever the worker starts (a test's subprocesses) dies with dbfork too.
+    dbfork_engine::reaper::register(pid);
     if let Some(out) = child.stdout.take() {
         tokio::spawn(pump(out, tail.clone(), echo.clone(), false));
     }
@@ -151,6 +153,13 @@ async fn pump(stream: impl AsyncRead + Unpin, tail: Tail, echo: Echo, is_stderr:
         }
         tail.push(line);
     }
+}
+
+/// After the worker itself ended: ends what is left of its process group
+/// (a test's stray subprocess) and forgets the group.
+pub fn reap(pid: u32) {
+    signal_group(pid, libc::SIGKILL);
+    dbfork_engine::reaper::unregister(pid);
 }
 
 /// Sends `signal` to the worker's whole process group.

@@ -8,5 +8,8 @@ mod signals;
 mod target;
 
 fn main() {
+    // Started as dbfork's reaper: that work only (see dbfork_engine::reaper).
+    dbfork_engine::reaper::main_if_reaper();
+    dbfork_engine::reaper::enable();
     std::process::exit(commands::main());
 }

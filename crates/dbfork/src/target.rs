@@ -39,6 +39,12 @@ impl Opened {
                 dir.display()
             );
         }
+        for dir in ops::collect_stale_client_dirs() {
+            eprintln!(
+                "dbfork: removed {}, a client option file left by a dbfork that is gone",
+                dir.display()
+            );
+        }
         let options = ConnectOptions {
             connect_timeout: args.connect_timeout,
         };

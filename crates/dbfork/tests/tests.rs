@@ -34,6 +34,7 @@ mod zero_config;
 
 per_backend!(
     spoofed_registry_rows_touch_nothing,
+    kill_9_during_setup_leaves_no_process_and_no_secret,
     template_build_reuse_rebuild_clone_drop,
     failing_setup_leaves_nothing,
     kill_9_mid_clone_then_gc,
@@ -485,6 +486,85 @@ fn sigint_during_setup_drops_the_half_built_template(kind: Kind) {
     );
     assert!(err.contains("interrupted"), "{err}");
     assert_nothing_left(&place, &names);
+}
+
+/// `kill -9` of dbfork while its setup command runs, with a background child
+/// of the setup (which `PR_SET_PDEATHSIG` alone would not reach): no process
+/// of the setup is left, the next command removes the half-built template and
+/// the private client option file (MySQL: it holds the password); and a setup
+/// whose shell exits while a background child still holds its output ends
+/// when the shell does, not at the build timeout.
+fn kill_9_during_setup_leaves_no_process_and_no_secret(kind: Kind) {
+    let place = Place::new(kind, "k9setup");
+    let marker = place.dir.path().join("started");
+    // A sleep no other test runs, to find this setup's processes by.
+    let nap = format!("{}.{}", 4000 + std::process::id() % 1000, place.maint.len());
+    let setup = format!("sleep {nap} & touch {} && sleep {nap}", marker.display());
+    let mut child = dbfork()
+        .args(["db", "template", "--db", &place.url, "--setup", &setup])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !marker.exists() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(marker.exists(), "the setup command never started");
+    let pid = child.id();
+    let client_dirs = || {
+        let prefix = format!("dbfork-client-{pid}-");
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .count()
+    };
+    if kind == Kind::Mysql {
+        assert_eq!(
+            client_dirs(),
+            1,
+            "the setup's my.cnf is there while it runs"
+        );
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let sleeping = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &format!("sleep {nap}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sleeping().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sleeping(), "", "processes of the setup outlived dbfork");
+    let names = place.registry_names();
+    let (code, _, err) = run(&["db", "gc", "--db", &place.url]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        client_dirs(),
+        0,
+        "the my.cnf of the killed dbfork is still there: {err}"
+    );
+    assert_nothing_left(&place, &names);
+
+    let took = Instant::now();
+    let (code, _, err) = run(&[
+        "db",
+        "template",
+        "--db",
+        &place.url,
+        "--setup",
+        &format!("sleep {nap} & echo built"),
+        "--build-timeout",
+        "20s",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(took.elapsed() < Duration::from_secs(15), "{err}");
+    assert_eq!(sleeping(), "", "the background child was left running");
+    // The template goes with the place's registry.
 }
 
 // ---- Bad input -------------------------------------------------------------
