@@ -93,6 +93,18 @@ impl DbUrl {
             "sqlite" | "sqlite3" => Kind::Sqlite,
             other => return Err(bad(&format!("the scheme `{other}` is not supported"))),
         };
+        // A password may hold an unencoded `/`, `?` or `@`: with `user:` before
+        // the last `@`, everything up to that `@` is the user and password.
+        let (userinfo_lenient, rest) = match rest.rfind('@') {
+            Some(at)
+                if kind != Kind::Sqlite
+                    && rest[..at].contains(':')
+                    && rest[..at].contains(['/', '?', '@']) =>
+            {
+                (Some(&rest[..at]), &rest[at + 1..])
+            }
+            _ => (None, rest),
+        };
         let (rest, query) = match rest.split_once('?') {
             Some((r, q)) => (r, Some(q)),
             None => (rest, None),
@@ -127,11 +139,12 @@ impl DbUrl {
             Some((a, p)) => (a, p),
             None => (rest, ""),
         };
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
+        let (userinfo, hostport) = match (userinfo_lenient, authority.rsplit_once('@')) {
+            (Some(u), _) => (Some(u), authority),
+            (None, Some((u, h))) => (Some(u), h),
+            (None, None) => (None, authority),
         };
-        let (user, password) = match userinfo {
+        let (user, mut password) = match userinfo {
             None => (None, None),
             Some(u) => match u.split_once(':') {
                 Some((u, p)) => (
@@ -154,6 +167,8 @@ impl DbUrl {
                 (Kind::Postgres, "host") if v.starts_with('/') => socket = Some(PathBuf::from(v)),
                 (Kind::Postgres, "host") => host = Some(v),
                 (Kind::Mysql, "socket") => socket = Some(PathBuf::from(v)),
+                // libpq's `?password=`: a password like any other (masked when shown).
+                (_, "password") => password = Some(v),
                 (_, "port") => {
                     port =
                         Some(v.parse().map_err(|_| {
@@ -363,20 +378,70 @@ pub fn mask_raw(text: &str) -> String {
     let Some((scheme, rest)) = text.split_once("://") else {
         return text.to_string();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+    // The last `@` ends the user and password, even one with an unencoded
+    // `/`, `?` or `@` in it; the user is what comes before its first `:`.
+    let masked = match rest.rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{}", &rest[at + 1..]),
             None => text.to_string(),
         },
         None => text.to_string(),
-    }
+    };
+    mask_password_params(&masked)
+}
+
+/// `password=...` in a query string, masked.
+fn mask_password_params(text: &str) -> String {
+    let Some((head, query)) = text.split_once('?') else {
+        return text.to_string();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{head}?{}", query.join("&"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        for (raw, password) in [
+            ("postgres://me:pa/ss@db:5432/x", "pa/ss"),
+            ("postgres://me:pa?ss@db:5432/x", "pa?ss"),
+            ("mysql://root:a@b/c?d@127.0.0.1:3306/mysql", "a@b/c?d"),
+            (
+                "postgres://me@db:5432/x?password=hunter2&sslmode=disable",
+                "hunter2",
+            ),
+        ] {
+            let url = DbUrl::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(url.password.as_deref(), Some(password), "{raw}");
+            assert!(!url.to_string().contains(password), "{url}");
+            assert!(!url.to_url_without_password().contains(password));
+            assert!(!mask_raw(raw).contains(password), "{}", mask_raw(raw));
+            // The password survives a round trip through the URL children get.
+            let again = DbUrl::parse(&url.to_url_with_password()).unwrap();
+            assert_eq!(again.password.as_deref(), Some(password), "{raw}");
+            assert_eq!(again.host.as_deref(), url.host.as_deref());
+        }
+        // Malformed: the error shows the URL masked, never the password.
+        for raw in [
+            "postgres://me:sec/ret@db:99999/x",
+            "postgres://me:p?w@db:0/x?password=p2",
+        ] {
+            let err = DbUrl::parse(raw).unwrap_err().to_string();
+            assert!(
+                !err.contains("sec/ret") && !err.contains("p?w") && !err.contains("p2"),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn postgres_tcp() {

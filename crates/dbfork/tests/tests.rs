@@ -578,6 +578,21 @@ fn malformed_url_is_a_usage_error_with_the_password_masked() {
     let (code, _, err) = run(&["db", "list", "--db", "oracle://x"]);
     assert_eq!(code, 4);
     assert!(err.contains("not supported"), "{err}");
+    // Passwords with unencoded `/`, `?`, `@`, and libpq's `?password=`: never shown.
+    for (url, secret) in [
+        ("postgres://me:hun/ter2@db:99999/x", "ter2"),
+        ("postgres://me:hun?ter2@db:99999/x", "ter2"),
+        ("mysql://root:hu@n/ter2@127.0.0.1:99999/x", "ter2"),
+        ("postgres://me@127.0.0.1:1/x?password=hunter2", "hunter2"),
+    ] {
+        let (code, out, err) = run(&["db", "list", "--db", url, "--connect-timeout", "2s"]);
+        assert_ne!(code, 0, "{url}");
+        assert!(
+            !err.contains(secret) && !out.contains(secret),
+            "{url}: {err}"
+        );
+        assert!(err.contains("***"), "{url}: {err}");
+    }
 }
 
 #[test]

@@ -183,6 +183,9 @@ macro_rules! each {
 impl AnyBackend {
     /// Connects to the server `url` names and makes sure its registry exists.
     pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<AnyBackend> {
+        // A password from PGPASSWORD, ~/.pgpass, MYSQL_PWD or ~/.my.cnf when the
+        // URL has none (children then get it through DATABASE_URL).
+        let url = &crate::credentials::with_client_password(url);
         let not_built = |name: &str| Error::BadUrl {
             url: url.to_string(),
             reason: format!("this dbfork was built without the `{name}` feature"),
