@@ -32,6 +32,9 @@ fn postgres_password(url: &DbUrl) -> Option<String> {
     let file = std::env::var_os("PGPASSFILE")
         .map(PathBuf::from)
         .or_else(|| home().map(|h| h.join(".pgpass")))?;
+    if !file.exists() {
+        return None;
+    }
     if !private(&file) {
         tracing::warn!(
             "{} is readable by others; ignored, as libpq ignores it (chmod 0600 it)",

@@ -951,3 +951,117 @@ fn insert_registry_rows(place: &Place, names: &[String]) {
         }
     }
 }
+
+/// PostgreSQL ends exactly the right sessions and never strands an invalid
+/// database: dropping `_10 _11 _1 ...` of 12 clones at once (before, dropping
+/// `_1` ended the concurrent drop of `_10` and left it invalid), one of them
+/// invalid already; a bystander whose query names a clone lives on; and a
+/// lock held elsewhere makes `--drop-timeout 3s` a bound, naming the holder.
+#[test]
+fn postgres_drops_exactly_and_within_the_deadline() {
+    use std::io::Write;
+    let place = Place::new(Kind::Postgres, "pgdrop");
+    let runs = place.dir.path().join("runs");
+    let (code, fp, err) = template(&place, &setup_for(&place, &runs), &[]);
+    assert_eq!(code, 0, "{err}");
+    let clone_n = |n: &str| {
+        let (code, out, err) = run(&[
+            "db",
+            "clone",
+            "--db",
+            &place.url,
+            "--template",
+            fp.trim(),
+            "-n",
+            n,
+            "--owner",
+            "none",
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        json["clones"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect::<Vec<String>>()
+    };
+    let clones = clone_n("12");
+    let run_prefix = clones[0].rsplit_once('_').unwrap().0.to_string();
+    let mut bystander = place.session(&place.maint);
+    writeln!(
+        bystander.stdin.as_mut().unwrap(),
+        "SET application_name = 'bystander';\nSELECT pg_sleep(60) /* \"{run_prefix}_10\" {run_prefix}_1 */;"
+    )
+    .unwrap();
+    place.sql_ok(
+        None,
+        &format!("UPDATE pg_database SET datconnlimit = -2 WHERE datname = '{run_prefix}_5'"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut order: Vec<String> = ["10", "11", "1"]
+        .iter()
+        .map(|n| format!("{run_prefix}_{n}"))
+        .collect();
+    let rest: Vec<String> = clones
+        .iter()
+        .filter(|c| !order.contains(c))
+        .cloned()
+        .collect();
+    order.extend(rest);
+    let mut args = vec!["db", "drop", "--db", &place.url];
+    args.extend(order.iter().map(String::as_str));
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    for c in &clones {
+        assert!(!place.exists(c), "{c} is left");
+    }
+    assert_eq!(
+        place.sql_ok(
+            None,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bystander'"
+        ),
+        "1",
+        "the bystander's session was ended"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+
+    let held = clone_n("1").remove(0);
+    let mut locker = place.session(&place.maint);
+    writeln!(
+        locker.stdin.as_mut().unwrap(),
+        "SET application_name = 'locker';\nBEGIN;\nALTER DATABASE \"{held}\" WITH CONNECTION LIMIT 5;\nSELECT pg_sleep(60);"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (code, _, err) = run(&[
+        "db",
+        "drop",
+        "--db",
+        &place.url,
+        "--drop-timeout",
+        "3s",
+        &held,
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}: {err}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains("within 3s") && err.contains("application 'locker'"),
+        "{err}"
+    );
+    place.sql_ok(
+        None,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'locker'",
+    );
+    let _ = locker.kill();
+    let _ = locker.wait();
+    let (code, _, err) = run(&["db", "drop", "--db", &place.url, &held]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -74,6 +74,9 @@ fn pg_error(e: &tokio_postgres::Error) -> String {
     text
 }
 
+/// `pg_database.datconnlimit` of an invalid database (PostgreSQL 15.4 and later).
+const INVALID_DATABASE: i32 = -2;
+
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -164,25 +167,42 @@ impl Postgres {
 
     /// Ends every other session on `name`, and any statement still creating it
     /// (a clone in flight from a dbfork that was killed).
+    /// Ends exactly the sessions on database `name` and a statement still
+    /// creating it (`CREATE DATABASE "name"`, from a killed dbfork): matched by
+    /// the session's database and by the exact quoted identifier, never by a
+    /// substring (dropping `dbfork_x_1` must not end the drop of `dbfork_x_10`,
+    /// nor a bystander whose query mentions it).
     async fn terminate_sessions(&self, client: &Client, name: &str) -> Result<u64> {
+        let creating = format!("CREATE DATABASE {}", ident(name));
         let rows = client
             .query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE pid <> pg_backend_pid() AND (datname = $1 OR (state = 'active' AND strpos(query, $1) > 0))",
-                &[&name],
+                 WHERE pid <> pg_backend_pid() AND (datname = $1 \
+                   OR (state = 'active' AND (query = $2 OR starts_with(query, $2 || ' '))))",
+                &[&name, &creating],
             )
             .await
             .map_err(q("ending sessions"))?;
         Ok(rows.len() as u64)
     }
 
+    /// Who keeps `name` from being dropped: sessions on it, sessions holding a
+    /// lock on it from elsewhere, and open transactions that changed
+    /// `pg_database` or whose statement names it exactly (an uncommitted
+    /// `ALTER DATABASE "name"`). Only to name them: none of these is ended.
     async fn holders(&self, client: &Client, name: &str) -> String {
         let rows = client
             .query(
                 "SELECT pid, coalesce(usename, ''), coalesce(application_name, ''), \
                  coalesce(client_addr::text, 'local'), coalesce(state, '') \
-                 FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                &[&name],
+                 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND (datname = $1 \
+                   OR pid IN (SELECT l.pid FROM pg_locks l JOIN pg_database d ON l.objid = d.oid \
+                              WHERE l.locktype = 'object' AND l.granted \
+                                AND l.classid = 'pg_database'::regclass AND d.datname = $1) \
+                   OR (xact_start IS NOT NULL AND strpos(query, $2) > 0) \
+                   OR pid IN (SELECT pid FROM pg_locks WHERE locktype = 'relation' AND granted \
+                              AND relation = 'pg_database'::regclass AND mode = 'RowExclusiveLock'))",
+                &[&name, &ident(name)],
             )
             .await;
         match rows {
@@ -466,36 +486,57 @@ impl Backend for Postgres {
             ""
         };
         let last_error = Mutex::new(String::new());
+        let until = tokio::time::Instant::now() + deadline;
         let done = poll_until(deadline, || {
             let c = &c;
             let last_error = &last_error;
             async move {
-                let found = c
-                    .query_one(
-                        "SELECT count(*) FROM pg_database WHERE datname = $1",
+                // datconnlimit -2: an invalid database (a CREATE or DROP interrupted
+                // midway), which ALTER DATABASE refuses; it is dropped directly.
+                let found: Option<i32> = c
+                    .query_opt(
+                        "SELECT datconnlimit FROM pg_database WHERE datname = $1",
                         &[&name],
                     )
                     .await
                     .map_err(q("looking for a database"))?
-                    .get::<_, i64>(0)
-                    > 0;
+                    .map(|r| r.get(0));
                 // A statement still creating it (from a killed dbfork) must end first, or it would
                 // commit after our drop.
                 self.terminate_sessions(c, name).await?;
-                if !found {
+                let Some(connlimit) = found else {
                     return Ok(Some(()));
-                }
+                };
+                // The deadline bounds every statement, also one waiting on a lock.
+                let left = until
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_millis()
+                    .max(100);
+                c.batch_execute(&format!(
+                    "SET lock_timeout = {left}; SET statement_timeout = {left}"
+                ))
+                .await
+                .map_err(q("setting the drop's timeouts"))?;
                 let id = ident(name);
                 let block =
                     format!("ALTER DATABASE {id} WITH ALLOW_CONNECTIONS false IS_TEMPLATE false");
                 // Separate statements: DROP DATABASE refuses to run inside the implicit transaction of a batch.
-                let dropped = match c.batch_execute(&block).await {
+                let blocked = if connlimit == INVALID_DATABASE {
+                    Ok(())
+                } else {
+                    c.batch_execute(&block).await
+                };
+                let dropped = match blocked {
                     Ok(()) => {
                         c.batch_execute(&format!("DROP DATABASE IF EXISTS {id}{force}"))
                             .await
                     }
                     Err(e) => Err(e),
                 };
+                // The next attempt's lookups run without them.
+                let _ = c
+                    .batch_execute("RESET lock_timeout; RESET statement_timeout")
+                    .await;
                 match dropped {
                     Ok(()) => Ok(Some(())),
                     Err(e) if e.code().map(|c| c.code()) == Some("3D000") => Ok(Some(())),
@@ -508,7 +549,13 @@ impl Backend for Postgres {
                 }
             }
         })
-        .await?;
+        .await;
+        // The pooled connection goes back without the drop's timeouts.
+        let reset = c
+            .batch_execute("RESET lock_timeout; RESET statement_timeout")
+            .await;
+        let done = done?;
+        reset.map_err(q("resetting the drop's timeouts"))?;
         match done {
             Some(()) => Ok(()),
             None => Err(Error::DropTimeout {
