@@ -22,7 +22,7 @@ use dbfork_engine::ops::{self, Cancel};
 use dbfork_protocol::{
     self as protocol, env, BuildTarget, DjangoReport, RunnerMessage, WorkerMessage,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
@@ -352,10 +352,15 @@ async fn read_messages(
     read: OwnedReadHalf,
     messages: mpsc::UnboundedSender<Result<WorkerMessage, String>>,
 ) {
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let message = protocol::decode::<WorkerMessage>(&line).map_err(|e| e.to_string());
-        if messages.send(message).is_err() {
+    let mut reader = BufReader::new(read);
+    loop {
+        let message = match worker::read_line(&mut reader).await {
+            Ok(Some(line)) => protocol::decode::<WorkerMessage>(&line).map_err(|e| e.to_string()),
+            Ok(None) => return,
+            Err(why) => Err(why),
+        };
+        let stop = message.is_err();
+        if messages.send(message).is_err() || stop {
             return;
         }
     }
@@ -368,7 +373,7 @@ fn configure_error(why: Interruption, tail: &Tail, deadline: Duration) -> RunErr
         Interruption::Cancelled => RunError::Engine(dbfork_engine::Error::Interrupted),
         Interruption::TimedOut => RunError::Controller {
             code: exit::SETUP_OR_DATABASE,
-            message: format!("the test command did not finish configuring itself within {deadline:?} (it imports the project and its conftest files before any test runs); raise --build-timeout if it really needs longer. {output}"),
+            message: format!("the test command did not finish configuring itself within {deadline:?} (it imports the project and its conftest files before any test runs); raise --timeout (or --build-timeout, without --timeout) if it really needs longer. {output}"),
         },
         Interruption::Exited(status) => {
             let code = status.and_then(|s| s.code());

@@ -24,7 +24,7 @@ use dbfork_protocol::{
     self as protocol, env, DjangoReport, RunnerMessage, TestItem, WorkerMessage,
 };
 use futures_util::stream::{self, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Semaphore};
@@ -50,6 +50,9 @@ pub mod exit {
 
 /// How often the run renews its clones' heartbeat (other hosts' gc waits an hour).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(120);
+
+/// How long a worker may take to connect and collect without `--timeout`.
+const STARTUP_LIMIT: Duration = Duration::from_secs(600);
 
 /// How many clones are made at the same time.
 const CLONE_CONCURRENCY: usize = 4;
@@ -106,6 +109,11 @@ enum Event {
         conn: usize,
         line: String,
     },
+    /// A worker sent a line dbfork cannot take (oversized, unreadable).
+    BadLine {
+        conn: usize,
+        why: String,
+    },
     Closed {
         conn: usize,
     },
@@ -129,6 +137,8 @@ struct Worker {
     tail: Tail,
     conn: Option<usize>,
     hello: bool,
+    /// It reported what it collected: its start is over.
+    collected: bool,
     bye: bool,
     /// Gone: exited, or lost (crash, timeout) and being replaced.
     gone: bool,
@@ -354,11 +364,18 @@ pub async fn prepare(config: RunConfig, server: Option<&DbUrl>) -> Result<Prepar
     if prepared.config.verbose > 0 {
         progress.note("configuring the test command once (the controller, as pytest-xdist's)");
     }
+    // Configuring is a start like a worker's: --timeout bounds it when given.
+    let configure_limit = prepared
+        .config
+        .timeout
+        .map_or(prepared.config.build_timeout, |t| {
+            t.min(prepared.config.build_timeout)
+        });
     let (controller, configured) = Controller::start(
         &command,
         vars,
         &prepared.run_dir.0,
-        prepared.config.build_timeout,
+        configure_limit,
         &prepared.cancel,
     )
     .await?;
@@ -778,22 +795,9 @@ impl Dispatcher {
             Event::Accepted(stream) => self.accept(stream),
             Event::Line { conn, line } => match protocol::decode::<WorkerMessage>(&line) {
                 Ok(message) => self.on_message(conn, message),
-                Err(e) => {
-                    let who = self
-                        .conns
-                        .get(&conn)
-                        .and_then(|c| c.slot)
-                        .map(|(s, _)| label(s))
-                        .unwrap_or_else(|| "a worker".into());
-                    self.fail(
-                        exit::USAGE,
-                        format!(
-                            "{who} sent something dbfork cannot read ({e}): `{}`",
-                            truncate(&line, 200)
-                        ),
-                    );
-                }
+                Err(e) => self.reject(conn, format!("{e}: `{}`", truncate(&line, 200))),
             },
+            Event::BadLine { conn, why } => self.reject(conn, why),
             Event::Closed { conn } => {
                 if let Some(Conn {
                     slot: Some((slot, generation)),
@@ -823,6 +827,26 @@ impl Dispatcher {
                 status,
             } => self.on_exit(slot, generation, status),
             Event::Signal => self.on_signal(),
+        }
+    }
+
+    /// A worker sent something dbfork cannot read: its connection ends and it
+    /// is lost (its test reported, a replacement on a fresh clone); the other
+    /// workers go on.
+    fn reject(&mut self, conn: usize, why: String) {
+        let Some(Conn { slot, .. }) = self.conns.remove(&conn) else {
+            return;
+        };
+        match slot {
+            Some((slot, generation)) => {
+                self.progress.note(&format!(
+                    "{} sent something dbfork cannot read ({}); it is stopped",
+                    label(slot),
+                    truncate(&why, 300)
+                ));
+                self.lose(slot, generation, LossCause::Protocol(why));
+            }
+            None => tracing::warn!("a connection that never said hello sent {why}; closed"),
         }
     }
 
@@ -927,6 +951,7 @@ impl Dispatcher {
             tail: spawned.tail,
             conn: None,
             hello: false,
+            collected: false,
             bye: false,
             gone: false,
             exited: false,
@@ -960,9 +985,18 @@ impl Dispatcher {
         });
         let events = self.events.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(read).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if events.send(Event::Line { conn, line }).is_err() {
+            let mut reader = BufReader::new(read);
+            loop {
+                let event = match worker::read_line(&mut reader).await {
+                    Ok(Some(line)) => Event::Line { conn, line },
+                    Ok(None) => break,
+                    Err(why) => {
+                        // Nothing more is read from it: the worker is rejected.
+                        let _ = events.send(Event::BadLine { conn, why });
+                        return;
+                    }
+                };
+                if events.send(event).is_err() {
                     return;
                 }
             }
@@ -1035,9 +1069,13 @@ impl Dispatcher {
                 // `collected` is also the worker's first `want`.
                 if let Some(w) = self.worker_mut(slot, generation) {
                     w.hungry = true;
+                    w.collected = true;
                 }
                 self.on_collected(slot, tests, errors, continue_on_errors);
-                self.feed(slot);
+                // Everyone, not only this worker: one that waited because a
+                // replacement was coming (holding just its committed last
+                // test) learns now that there is nothing more, or is stolen from.
+                self.feed_all();
                 self.top_up_fresh();
             }
             WorkerMessage::Want => {
@@ -1462,6 +1500,14 @@ impl Dispatcher {
                             label(slot)
                         ),
                     ),
+                    LossCause::Protocol(why) => (
+                        Outcome::Crashed,
+                        format!(
+                            "worker {} sent something dbfork cannot read while running this test ({}), and was stopped",
+                            label(slot),
+                            truncate(why, 300)
+                        ),
+                    ),
                 }
             };
             if let Some(item) = self.tests.as_ref().and_then(|t| t.get(index)).cloned() {
@@ -1526,6 +1572,7 @@ impl Dispatcher {
             LossCause::Timeout(_) => "timed out".to_string(),
             LossCause::Exited(how) => format!("crashed ({how})"),
             LossCause::Disconnected => "crashed".to_string(),
+            LossCause::Protocol(_) => "broke the protocol".to_string(),
         };
         self.progress.note(&format!(
             "{} {cause_text}; replacing it on a fresh clone",
@@ -1583,11 +1630,51 @@ impl Dispatcher {
                 }
             })
         });
-        timeouts.chain(self.grace_until).min()
+        let startups = self.slots.iter().filter_map(|s| {
+            let w = s.worker.as_ref().filter(|w| !w.gone && !w.collected)?;
+            self.protocol().then(|| w.started + self.startup_limit())
+        });
+        timeouts.chain(startups).chain(self.grace_until).min()
+    }
+
+    /// How long a worker may take to start and collect: `--timeout` when given
+    /// (a `conftest.py` that hangs is a hang like any other), else
+    /// [`STARTUP_LIMIT`].
+    fn startup_limit(&self) -> Duration {
+        self.config.timeout.unwrap_or(STARTUP_LIMIT)
+    }
+
+    /// Ends the run when a worker did not finish starting in time: the same
+    /// code runs in every worker, so a replacement would hang the same way.
+    fn check_startups(&mut self, now: Instant) {
+        let limit = self.startup_limit();
+        let late = self.slots.iter().enumerate().find_map(|(slot, s)| {
+            let w = s.worker.as_ref().filter(|w| !w.gone && !w.collected)?;
+            (w.started + limit <= now).then(|| (slot, w.hello, w.tail.text()))
+        });
+        let Some((slot, hello, tail)) = late else {
+            return;
+        };
+        let stage = if hello {
+            "connected, but did not report what it collected"
+        } else {
+            "did not connect to dbfork"
+        };
+        self.fail(
+            exit::SETUP_OR_DATABASE,
+            format!(
+                "{} {stage} within {limit:.0?} of its start: a conftest.py, an import or a plugin that hangs? (--timeout bounds a worker's start too; without it the limit is {STARTUP_LIMIT:.0?}). Its last output:\n{}",
+                label(slot),
+                indent(&tail)
+            ),
+        );
     }
 
     fn on_deadline(&mut self) {
         let now = Instant::now();
+        if self.protocol() && self.fatal.is_none() {
+            self.check_startups(now);
+        }
         if self.grace_until.is_some_and(|g| g <= now) {
             self.grace_until = None;
             for s in &self.slots {
@@ -1801,6 +1888,8 @@ enum LossCause {
     Exited(String),
     Disconnected,
     Timeout(Duration),
+    /// It sent something dbfork cannot read.
+    Protocol(String),
 }
 
 fn indent(text: &str) -> String {

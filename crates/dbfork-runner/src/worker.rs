@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 /// How many lines of a worker's output are kept for its crash report.
@@ -160,6 +160,41 @@ async fn pump(stream: impl AsyncRead + Unpin, tail: Tail, echo: Echo, is_stderr:
 pub fn reap(pid: u32) {
     signal_group(pid, libc::SIGKILL);
     dbfork_engine::reaper::unregister(pid);
+}
+
+/// The longest protocol line dbfork reads from a worker (a result with its
+/// captured output fits many times over); a longer one ends the connection.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// One protocol line (without its `\n`), at most [`MAX_LINE`] bytes: `Ok(None)`
+/// at the end of the stream, `Err` with why for an oversized line or a read error.
+pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Option<String>, String> {
+    let mut line = Vec::new();
+    loop {
+        let available = reader.fill_buf().await.map_err(|e| e.to_string())?;
+        if available.is_empty() {
+            // The end; a last line without its newline was cut off mid-message.
+            return Ok(None);
+        }
+        match available.iter().position(|b| *b == b'\n') {
+            Some(end) => {
+                line.extend_from_slice(&available[..end]);
+                reader.consume(end + 1);
+                return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+            }
+            None => {
+                let n = available.len();
+                line.extend_from_slice(available);
+                reader.consume(n);
+                if line.len() > MAX_LINE {
+                    return Err(format!(
+                        "a line longer than {} MiB, the most dbfork reads",
+                        MAX_LINE >> 20
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// Sends `signal` to the worker's whole process group.

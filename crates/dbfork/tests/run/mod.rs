@@ -319,7 +319,9 @@ fn crashes_and_hangs_are_reported_and_the_run_goes_on() {
     let ids: std::collections::BTreeSet<&String> = tests.iter().map(|(id, _)| id).collect();
     assert_eq!(ids.len(), tests.len());
     let passed = tests.iter().filter(|(_, o)| o == "passed").count();
-    assert_eq!(passed + 3, tests.len(), "{tests:?}");
+    // test_protocol.py's garbage test is skipped without DBFORK_FIXTURE_GARBAGE.
+    assert_eq!(outcome("test_sends_garbage"), ["skipped"]);
+    assert_eq!(passed + 3 + 1, tests.len(), "{tests:?}");
     assert!(out.stdout.contains("SIGSEGV"), "{}", out.stdout);
     assert!(out.stdout.contains("exit code 3"), "{}", out.stdout);
     // pytest's faulthandler writes the crashing traceback: the report shows the worker's last output.
@@ -330,6 +332,57 @@ fn crashes_and_hangs_are_reported_and_the_run_goes_on() {
         out.stderr
     );
     assert_no_clones(&place);
+}
+
+/// Every wait is bounded, and one worker's fault is that worker's: a line
+/// that is not a message, or a 200 MiB one, stops that worker and reports its
+/// test while the others finish; a conftest.py that hangs (in the controller,
+/// or only in the workers) ends the run within --timeout, naming where.
+#[test]
+fn protocol_faults_and_hanging_starts_are_bounded() {
+    let place = Place::new(Kind::Sqlite, "run_faults");
+    let dir = suite(&place);
+    for garbage in ["junk", "huge"] {
+        let out = dbfork_run(
+            &place,
+            &dir,
+            &["-j", "2"],
+            &["crashy/test_protocol.py"],
+            &[("DBFORK_FIXTURE_GARBAGE", garbage)],
+        );
+        assert_eq!(out.code, 1, "{garbage}\n{}\n{}", out.stdout, out.stderr);
+        let mut tests = test_ids(&out.report);
+        tests.sort();
+        let outcomes: Vec<&str> = tests.iter().map(|(_, o)| o.as_str()).collect();
+        assert_eq!(outcomes, ["passed", "passed", "crashed"], "{tests:?}");
+        assert!(
+            out.stderr.contains("sent something dbfork cannot read"),
+            "{garbage}: {}",
+            out.stderr
+        );
+        assert_no_clones(&place);
+    }
+    for (hang, wanted) in [
+        ("conftest", "did not finish configuring itself within 3s"),
+        ("worker", "did not connect to dbfork within 3s"),
+    ] {
+        let started = Instant::now();
+        let out = dbfork_run(
+            &place,
+            &dir,
+            &["-j", "2", "--timeout", "3"],
+            &["tests/test_pass.py"],
+            &[("DBFORK_FIXTURE_HANG", hang)],
+        );
+        assert_eq!(out.code, 3, "{hang}\n{}\n{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(wanted), "{hang}: {}", out.stderr);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{hang}: {:?}",
+            started.elapsed()
+        );
+        assert_no_clones(&place);
+    }
 }
 
 fn spawn_run(place: &Place, dir: &Path, extra: &[&str]) -> Child {
