@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::process::{Child, Command};
 
 use crate::error::{Error, Result};
-use crate::process::{host_name, is_alive, Owner};
+use crate::process::{is_alive, Liveness, Owner};
 use crate::url::{DbUrl, Kind};
 
 /// The prefix of every ephemeral server directory.
@@ -558,7 +558,6 @@ pub fn collect_stale() -> Vec<PathBuf> {
 }
 
 fn collect_stale_in(roots: &[PathBuf]) -> Vec<PathBuf> {
-    let host = host_name();
     let mut removed = Vec::new();
     for root in roots {
         let Ok(entries) = std::fs::read_dir(root) else {
@@ -576,7 +575,7 @@ fn collect_stale_in(roots: &[PathBuf]) -> Vec<PathBuf> {
             let Ok(meta) = std::fs::symlink_metadata(&dir) else {
                 continue;
             };
-            if !meta.is_dir() || !is_stale(&dir, &meta, &host) {
+            if !meta.is_dir() || !is_stale(&dir, &meta) {
                 continue;
             }
             if let Some(server) = read_owner(&dir.join("server")) {
@@ -601,10 +600,11 @@ fn collect_stale_in(roots: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// Whether the owner of an ephemeral directory is gone.
-fn is_stale(dir: &Path, meta: &std::fs::Metadata, host: &str) -> bool {
+fn is_stale(dir: &Path, meta: &std::fs::Metadata) -> bool {
     match read_owner(&dir.join("owner")) {
-        // Another host's pids mean nothing here (a shared /tmp): leave it alone.
-        Some(owner) => owner.host == host && !is_alive(owner.pid, owner.start),
+        // Another host's or PID namespace's pids mean nothing here (a shared
+        // /tmp): only an owner known dead makes it stale.
+        Some(owner) => owner.liveness() == Liveness::Dead,
         None => meta
             .modified()
             .ok()
@@ -732,8 +732,7 @@ fn remove_dir_retrying(dir: &Path) -> std::io::Result<()> {
 }
 
 fn write_owner(path: &Path, owner: &Owner) -> Result<()> {
-    let text = serde_json::json!({ "pid": owner.pid, "start": owner.start, "host": owner.host })
-        .to_string();
+    let text = serde_json::to_string(owner).expect("an owner serializes");
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, path))
@@ -741,13 +740,7 @@ fn write_owner(path: &Path, owner: &Owner) -> Result<()> {
 }
 
 fn read_owner(path: &Path) -> Option<Owner> {
-    let value: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    Some(Owner {
-        pid: u32::try_from(value.get("pid")?.as_u64()?).ok()?,
-        start: value.get("start")?.as_u64()?,
-        host: value.get("host")?.as_str()?.to_string(),
-    })
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
 /// Where ephemeral directories may live, in order of preference.

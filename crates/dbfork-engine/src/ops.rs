@@ -15,7 +15,7 @@ use crate::backend::{AnyBackend, Backend, CloneMethod};
 use crate::error::{Error, Result};
 use crate::fingerprint::{Manifest, Recipe};
 use crate::names;
-use crate::process::{self, Owner};
+use crate::process::{self, Liveness, Owner};
 use crate::registry::{Entry, EntryKind, State};
 use crate::url::DbUrl;
 
@@ -802,7 +802,6 @@ pub struct Collected {
 pub async fn gc_plan(backend: &AnyBackend, options: &GcOptions) -> Result<Vec<(Entry, String)>> {
     let entries = backend.registry_list().await?;
     let existing = backend.databases(names::PREFIX).await?;
-    let host = process::host_name();
     let now = process::now();
     let ttl = options.heartbeat_ttl.as_secs() as i64;
     // The most recently used ready template of each setup is kept whatever its age.
@@ -821,8 +820,7 @@ pub async fn gc_plan(backend: &AnyBackend, options: &GcOptions) -> Result<Vec<(E
     // never a candidate, whatever it says (see `foreign_rows`).
     for e in entries.iter().filter(|e| names::is_dbfork_shape(&e.name)) {
         let reason = if e.state == State::Building || e.kind == EntryKind::Clone {
-            e.owner_gone(&host, now, ttl)
-                .then(|| owner_gone_reason(e, &host))
+            e.owner_gone(now, ttl).then(|| owner_gone_reason(e))
         } else if !existing.contains(&e.name) {
             Some("its database no longer exists".to_string())
         } else {
@@ -875,13 +873,13 @@ pub fn foreign_rows_warning(entries: &[Entry]) -> Option<String> {
     ))
 }
 
-fn owner_gone_reason(e: &Entry, host: &str) -> String {
+fn owner_gone_reason(e: &Entry) -> String {
     let what = if e.state == State::Building {
         "building it"
     } else {
         "owning it"
     };
-    if e.owner_pid != 0 && e.host == host {
+    if e.owner().liveness() == Liveness::Dead {
         format!("process {} {what} is gone", e.owner_pid)
     } else {
         format!(

@@ -1,16 +1,37 @@
 //! Facts about processes on this host: who owns what dbfork creates, and
-//! whether that owner is still alive (pid plus start time, so a reused pid is
-//! not mistaken for the owner).
+//! whether that owner is still alive. A pid means something only in the PID
+//! namespace of the kernel boot it was read in, so an owner is its pid, its
+//! start time (a reused pid is not the owner), its host name, and its
+//! *machine*: the boot id plus the PID namespace. Where any of these differ
+//! from ours, or are unknown, dbfork cannot tell whether the owner lives
+//! ([`Liveness::Unknown`]) and its callers fall back to the heartbeat.
 
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 /// The owner of a database: a process on a host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     pub pid: u32,
     /// The process start time in clock ticks since boot (`/proc/PID/stat`), 0 if unknown.
     pub start: u64,
     pub host: String,
+    /// Where `pid` means something: [`machine_id`] of the process that recorded
+    /// it ("" when unknown, e.g. written by an older dbfork).
+    #[serde(default)]
+    pub machine: String,
+}
+
+/// Whether an owner's process still runs, as far as this process can see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    Dead,
+    /// Another host, another boot or PID namespace (a container), no owner
+    /// process, or facts missing: only a heartbeat can tell.
+    Unknown,
 }
 
 impl Owner {
@@ -27,6 +48,7 @@ impl Owner {
             pid,
             start: start_ticks(pid).unwrap_or(0),
             host: host_name(),
+            machine: machine_id().to_string(),
         }
     }
 
@@ -34,10 +56,50 @@ impl Owner {
     pub fn nobody() -> Owner {
         Owner {
             pid: 0,
-            start: 0,
-            host: host_name(),
+            ..Owner::of_pid(0)
         }
     }
+
+    /// Whether the owner runs, when this process can know: same host, same
+    /// boot, same PID namespace, and a start time to tell a reused pid apart.
+    pub fn liveness(&self) -> Liveness {
+        let here = machine_id();
+        if self.pid == 0
+            || self.start == 0
+            || self.machine.is_empty()
+            || here.is_empty()
+            || self.machine != here
+            || self.host != host_name()
+        {
+            return Liveness::Unknown;
+        }
+        if is_alive(self.pid, self.start) {
+            Liveness::Alive
+        } else {
+            Liveness::Dead
+        }
+    }
+}
+
+/// This kernel boot and PID namespace, `<boot id>/<pid namespace inode>`: two
+/// processes with the same value see the same pids. "" when either cannot be
+/// read (no /proc), and then no owner's liveness is known here.
+pub fn machine_id() -> &'static str {
+    static MACHINE: OnceLock<String> = OnceLock::new();
+    MACHINE.get_or_init(|| {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        // `pid:[4026531836]`: the namespace's inode.
+        let namespace = std::fs::read_link("/proc/self/ns/pid")
+            .map(|l| l.to_string_lossy().trim_start_matches("pid:").to_string())
+            .unwrap_or_default();
+        if boot.is_empty() || namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{boot}/{namespace}")
+        }
+    })
 }
 
 /// Whether the process `pid` that started at `start` (0: any) still runs here.
@@ -135,5 +197,22 @@ mod tests {
             "a reused pid is not the owner"
         );
         assert!(!is_alive(u32::MAX - 1, 0));
+        assert!(!machine_id().is_empty(), "Linux has /proc");
+        assert_eq!(me.liveness(), Liveness::Alive);
+        let reused = Owner {
+            start: me.start + 1,
+            ..me.clone()
+        };
+        assert_eq!(reused.liveness(), Liveness::Dead);
+        // Another namespace's, another boot's or an older dbfork's pid: unknown, never dead.
+        for machine in ["", "other-boot/4026531836"] {
+            let elsewhere = Owner {
+                pid: u32::MAX - 1,
+                machine: machine.to_string(),
+                ..me.clone()
+            };
+            assert_eq!(elsewhere.liveness(), Liveness::Unknown, "{machine:?}");
+        }
+        assert_eq!(Owner::nobody().liveness(), Liveness::Unknown);
     }
 }

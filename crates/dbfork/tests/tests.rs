@@ -34,6 +34,7 @@ mod zero_config;
 
 per_backend!(
     spoofed_registry_rows_touch_nothing,
+    registry_is_versioned_and_strict,
     kill_9_during_setup_leaves_no_process_and_no_secret,
     template_build_reuse_rebuild_clone_drop,
     failing_setup_leaves_nothing,
@@ -774,8 +775,9 @@ fn spoofed_registry_rows_touch_nothing(kind: Kind) {
         format!("x\"; DROP DATABASE {victim_db}; --"),
         format!("y`{tag}"),
     ]);
-    // dbfork makes its registry when it first connects.
-    let (code, _, err) = run(&["db", "list", "--db", &place.url]);
+    // dbfork makes its registry when it first writes to it.
+    let runs = place.dir.path().join("runs");
+    let (code, fp, err) = template(&place, &setup_for(&place, &runs), &[]);
     assert_eq!(code, 0, "{err}");
     insert_registry_rows(&place, &rows);
     let intact = || match kind {
@@ -836,9 +838,6 @@ fn spoofed_registry_rows_touch_nothing(kind: Kind) {
     // A clone with no owner process is kept while its heartbeat is younger
     // than --heartbeat-ttl, by a list (never) and by the next command's
     // collection (until the TTL passes), which then names it.
-    let runs = place.dir.path().join("runs");
-    let (code, fp, err) = template(&place, &setup_for(&place, &runs), &[]);
-    assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(&[
         "db",
         "clone",
@@ -901,9 +900,46 @@ fn spoofed_registry_rows_touch_nothing(kind: Kind) {
     }
 }
 
+/// The registry table and its metadata table, as `place`'s SQL names them.
+fn registry_tables(kind: Kind) -> (&'static str, &'static str) {
+    match kind {
+        Kind::Postgres => ("dbfork.registry", "dbfork.registry_meta"),
+        Kind::Mysql => ("dbfork_registry", "dbfork_registry_meta"),
+        Kind::Sqlite => ("registry", "registry_meta"),
+    }
+}
+
+/// Runs SQL on `place`'s registry (for SQLite, its registry file); returns stdout.
+fn registry_sql(place: &Place, sql: &str) -> String {
+    match place.kind {
+        Kind::Sqlite => {
+            let registry = place.dir.path().join(".dbfork/registry.sqlite3");
+            let out = std::process::Command::new("python3")
+                .args(["-c", "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nfor r in c.execute(sys.argv[2]).fetchall(): print('|'.join(str(x) for x in r))\nc.commit()"])
+                .arg(&registry)
+                .arg(sql)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{sql}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+        Kind::Mysql => place.sql_ok(None, &sql.replace('\\', "\\\\")),
+        Kind::Postgres => place.sql_ok(None, sql),
+    }
+}
+
 /// Writes registry rows (a dead owner on this host, an old heartbeat) as
-/// something other than dbfork could: straight into the registry table.
+/// something other than dbfork could: straight into the registry table, as
+/// the first dbfork's twelve columns.
 fn insert_registry_rows(place: &Place, names: &[String]) {
+    insert_registry_rows_of_kind(place, names, "clone");
+}
+
+fn insert_registry_rows_of_kind(place: &Place, names: &[String], kind: &str) {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let host = host.trim();
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
@@ -911,43 +947,137 @@ fn insert_registry_rows(place: &Place, names: &[String]) {
         .iter()
         .map(|n| {
             format!(
-                "({}, 'clone', 'ready', 'f', 'k', 'r', 999999, 0, {}, 0, 0, 0)",
+                "({}, {}, 'ready', 'f', 'k', 'r', 999999, 0, {}, 0, 0, 0)",
                 quote(n),
+                quote(kind),
                 quote(host)
             )
         })
         .collect();
     let columns = "name, kind, state, fingerprint, setup_key, run_id, owner_pid, owner_start, host, created_at, heartbeat_at, last_used_at";
+    registry_sql(
+        place,
+        &format!(
+            "INSERT INTO {} ({columns}) VALUES {}",
+            registry_tables(place.kind).0,
+            values.join(", ")
+        ),
+    );
+}
+
+/// Whether `place`'s server (or directory) has a registry at all.
+fn has_registry(place: &Place) -> bool {
     match place.kind {
-        Kind::Sqlite => {
-            let registry = place.dir.path().join(".dbfork/registry.sqlite3");
-            let sql = format!(
-                "INSERT INTO registry ({columns}) VALUES {}",
-                values.join(", ")
-            );
-            let ok = std::process::Command::new("python3")
-                .args(["-c", "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nc.execute(sys.argv[2])\nc.commit()"])
-                .arg(&registry)
-                .arg(&sql)
-                .status()
-                .unwrap();
-            assert!(ok.success());
-        }
-        Kind::Postgres => {
-            place.sql_ok(
-                None,
-                &format!(
-                    "INSERT INTO dbfork.registry ({columns}) VALUES {}",
-                    values.join(", ")
-                ),
-            );
-        }
+        Kind::Sqlite => place.dir.path().join(".dbfork/registry.sqlite3").exists(),
+        Kind::Postgres => place.sql_ok(None, "SELECT to_regclass('dbfork.registry') IS NOT NULL") == "t",
         Kind::Mysql => {
-            let values = values.join(", ").replace('\\', "\\\\");
             place.sql_ok(
                 None,
-                &format!("INSERT INTO dbfork_registry ({columns}) VALUES {values}"),
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'dbfork_registry'",
+            ) == "1"
+        }
+    }
+}
+
+/// The registry is versioned and strict. Reading a server without a registry
+/// creates none. A registry of the first dbfork (twelve columns, no version
+/// row) is upgraded in place with its rows kept. A newer version, or a row of
+/// an unknown kind, stops `db list` and `db gc` with an error naming the
+/// registry, and the database such a row names is not dropped (it used to be
+/// read as a clone, and collected).
+fn registry_is_versioned_and_strict(kind: Kind) {
+    let place = Place::new(kind, "regver");
+    let (table, meta) = registry_tables(kind);
+    let list = |extra: &[&str]| {
+        let mut args = vec!["db", "list", "--db", &place.url, "--json"];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let (code, out, err) = list(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "[]", "{out}");
+    assert!(!has_registry(&place), "db list created a registry");
+
+    // The first dbfork's registry, by hand, with one clone row.
+    let ddl = match kind {
+        Kind::Postgres => "CREATE SCHEMA dbfork; CREATE TABLE dbfork.registry (name text PRIMARY KEY, kind text NOT NULL, state text NOT NULL, fingerprint text NOT NULL, setup_key text NOT NULL, run_id text NOT NULL, owner_pid bigint NOT NULL, owner_start bigint NOT NULL, host text NOT NULL, created_at bigint NOT NULL, heartbeat_at bigint NOT NULL, last_used_at bigint NOT NULL)",
+        Kind::Mysql => "CREATE TABLE dbfork_registry (name VARCHAR(64) NOT NULL PRIMARY KEY, kind VARCHAR(16) NOT NULL, state VARCHAR(16) NOT NULL, fingerprint VARCHAR(128) NOT NULL, setup_key VARCHAR(128) NOT NULL, run_id VARCHAR(64) NOT NULL, owner_pid BIGINT NOT NULL, owner_start BIGINT UNSIGNED NOT NULL, host VARCHAR(255) NOT NULL, created_at BIGINT NOT NULL, heartbeat_at BIGINT NOT NULL, last_used_at BIGINT NOT NULL)",
+        Kind::Sqlite => "CREATE TABLE registry (name TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, fingerprint TEXT NOT NULL, setup_key TEXT NOT NULL, run_id TEXT NOT NULL, owner_pid INTEGER NOT NULL, owner_start INTEGER NOT NULL, host TEXT NOT NULL, created_at INTEGER NOT NULL, heartbeat_at INTEGER NOT NULL, last_used_at INTEGER NOT NULL)",
+    };
+    if kind == Kind::Sqlite {
+        std::fs::create_dir_all(place.dir.path().join(".dbfork")).unwrap();
+    }
+    registry_sql(&place, ddl);
+    let old = "dbfork_0123456789_0".to_string();
+    insert_registry_rows(&place, std::slice::from_ref(&old));
+    let (code, out, err) = list(&[]);
+    assert_eq!(code, 0, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["name"], old.as_str(), "{out}");
+    assert_eq!(rows[0]["machine"], "", "{out}");
+    assert_eq!(
+        registry_sql(&place, &format!("SELECT value FROM {meta}")),
+        "2",
+        "upgraded to version 2"
+    );
+    assert_eq!(
+        registry_sql(&place, &format!("SELECT COUNT(*) FROM {table}")),
+        "1"
+    );
+
+    // A database a bad row names, old enough to be collected were it read as a clone.
+    let victim = "dbfork_0123456789_1".to_string();
+    match kind {
+        Kind::Sqlite => {
+            std::fs::write(place.dir.path().join(format!("{victim}.sqlite3")), b"").unwrap()
+        }
+        _ => {
+            place.sql_ok(None, &format!("CREATE DATABASE {victim}"));
+        }
+    }
+    let victim_exists = || match kind {
+        Kind::Sqlite => place.dir.path().join(format!("{victim}.sqlite3")).exists(),
+        _ => place.sql(Some(&victim), "SELECT 1").status.success(),
+    };
+    let refused = |what: &str, needle: &str| {
+        for args in [
+            vec!["db", "list", "--db", &place.url],
+            vec!["db", "gc", "--db", &place.url, "--heartbeat-ttl", "1s"],
+        ] {
+            let (code, _, err) = run(&args);
+            assert_eq!(code, 3, "{what}: {args:?} {err}");
+            assert!(err.contains(needle), "{what}: {err}");
+            assert!(
+                err.contains("registry"),
+                "{what}: names the registry: {err}"
             );
+            assert!(victim_exists(), "{what}: {victim} was dropped");
+        }
+    };
+    registry_sql(&place, &format!("UPDATE {meta} SET value = '3'"));
+    refused("a newer version", "newer dbfork");
+    registry_sql(&place, &format!("UPDATE {meta} SET value = '2'"));
+    insert_registry_rows_of_kind(&place, std::slice::from_ref(&victim), "snapshot");
+    refused("an unknown kind", "\"snapshot\"");
+    registry_sql(
+        &place,
+        &format!("UPDATE {table} SET kind = 'clone', state = 'half' WHERE name = '{victim}'"),
+    );
+    refused("an unknown state", "\"half\"");
+
+    // Fixed by hand, the registry works again, and the old row is collected.
+    registry_sql(
+        &place,
+        &format!("DELETE FROM {table} WHERE name = '{victim}'"),
+    );
+    let (code, _, err) = run(&["db", "gc", "--db", &place.url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&old), "{err}");
+    assert!(victim_exists(), "a database without a row is never dropped");
+    match kind {
+        Kind::Sqlite => {}
+        _ => {
+            place.sql_ok(None, &format!("DROP DATABASE {victim}"));
         }
     }
 }

@@ -17,19 +17,23 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use mysql_async::prelude::{FromValue, Queryable};
-use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, Value};
+use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row};
 use tokio::sync::{watch, OnceCell, Semaphore};
 use tokio::time::Instant;
 
 use super::{poll_until, Backend, CloneMethod, ConnectOptions, Lock};
 use crate::error::{Error, Result};
-use crate::registry::{Entry, EntryKind, State, COLUMNS};
+use crate::registry::{
+    self, ColumnType, Entry, Store, Value as Stored, COLUMNS, SCHEMA_VERSION, VERSION_KEY,
+};
 use crate::url::{DbUrl, Kind};
 
 const NAME: &str = "MySQL";
 /// The maintenance schema when the URL names no database.
 const DEFAULT_MAINTENANCE: &str = "_dbfork";
 const REGISTRY_TABLE: &str = "dbfork_registry";
+/// The registry's version row lives here.
+const REGISTRY_META_TABLE: &str = "dbfork_registry_meta";
 /// Connections of the pool: enough for a few clones at once, each over several connections.
 const POOL_MAX: usize = 8;
 /// How many connections one clone spreads its tables over at most (measured with the
@@ -66,6 +70,8 @@ pub struct Mysql {
     filling: Semaphore,
     /// The description of each template cloned so far, read once.
     templates: Mutex<HashMap<String, Arc<OnceCell<Arc<Template>>>>>,
+    /// The registry exists at the current schema (see [`registry::open`]).
+    registry_ready: AtomicBool,
 }
 
 /// What a clone is rebuilt from: the template's catalog, read once.
@@ -294,9 +300,8 @@ impl Mysql {
             .unwrap_or_default()
             .to_ascii_lowercase()
             .contains("mariadb");
-        ensure_registry(&mut conn, &maintenance).await?;
         drop(conn);
-        Ok(Mysql {
+        let mysql = Mysql {
             url: url.clone(),
             options: options.clone(),
             opts,
@@ -306,7 +311,11 @@ impl Mysql {
             clone_connections: DEFAULT_CLONE_CONNECTIONS,
             filling: Semaphore::new(FILLING_BUDGET),
             templates: Mutex::new(HashMap::new()),
-        })
+            registry_ready: AtomicBool::new(false),
+        };
+        // A registry of a newer dbfork is refused now; none yet is made at the first write.
+        registry::open(&mysql, false).await?;
+        Ok(mysql)
     }
 
     /// How many connections one clone spreads its tables over (1 to 8).
@@ -984,38 +993,91 @@ impl Mysql {
     }
 }
 
-async fn ensure_registry(conn: &mut Conn, maintenance: &str) -> Result<()> {
-    let found: Option<u8> = conn
-        .exec_first(
-            "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-            (maintenance, REGISTRY_TABLE),
-        )
-        .await
-        .map_err(q("looking for the registry"))?;
-    if found.is_some() {
-        return Ok(());
+fn spell(ty: ColumnType) -> String {
+    match ty {
+        ColumnType::Text(width) => format!("VARCHAR({width})"),
+        ColumnType::Int => "BIGINT".to_string(),
     }
-    conn.query_drop(format!(
-        "CREATE TABLE IF NOT EXISTS {}.{} (
-           name VARCHAR(64) NOT NULL PRIMARY KEY,
-           kind VARCHAR(16) NOT NULL,
-           state VARCHAR(16) NOT NULL,
-           fingerprint VARCHAR(128) NOT NULL,
-           setup_key VARCHAR(128) NOT NULL,
-           run_id VARCHAR(64) NOT NULL,
-           owner_pid BIGINT NOT NULL,
-           owner_start BIGINT UNSIGNED NOT NULL,
-           host VARCHAR(255) NOT NULL,
-           created_at BIGINT NOT NULL,
-           heartbeat_at BIGINT NOT NULL,
-           last_used_at BIGINT NOT NULL
-         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin
-           COMMENT = 'Every database dbfork created on this server; dbfork drops nothing that is not here.'",
-        ident(maintenance),
-        ident(REGISTRY_TABLE)
-    ))
-    .await
-    .map_err(q(format!("creating the registry table {maintenance}.{REGISTRY_TABLE}")))
+}
+
+impl Store for Mysql {
+    fn location(&self) -> String {
+        format!("{}.{REGISTRY_TABLE} at {}", self.maintenance, self.url)
+    }
+
+    fn ready(&self) -> &AtomicBool {
+        &self.registry_ready
+    }
+
+    async fn version(&self) -> Result<Option<i64>> {
+        let mut conn = self.take().await?;
+        let tables: Vec<String> = conn
+            .exec(
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME IN (?, ?)",
+                (&self.maintenance, REGISTRY_TABLE, REGISTRY_META_TABLE),
+            )
+            .await
+            .map_err(q("looking for the registry"))?;
+        if !tables.iter().any(|t| t == REGISTRY_TABLE) {
+            return Ok(None);
+        }
+        if !tables.iter().any(|t| t == REGISTRY_META_TABLE) {
+            return Ok(Some(1));
+        }
+        let value: Option<String> = conn
+            .exec_first(
+                format!(
+                    "SELECT value FROM {}.{} WHERE `key` = ?",
+                    ident(&self.maintenance),
+                    ident(REGISTRY_META_TABLE)
+                ),
+                (VERSION_KEY,),
+            )
+            .await
+            .map_err(q("reading the registry's version"))?;
+        registry::parse_version(value, &self.location()).map(Some)
+    }
+
+    async fn migrate(&self, from: Option<i64>) -> Result<()> {
+        let mut statements = match from {
+            None => vec![format!(
+                "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin \
+                 COMMENT = 'Every database dbfork created on this server; dbfork drops nothing that is not here.'",
+                self.registry(),
+                registry::column_definitions(spell)
+            )],
+            Some(v) => {
+                let clauses = registry::upgrade_clauses(v, spell);
+                if clauses.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![format!("ALTER TABLE {} {}", self.registry(), clauses.join(", "))]
+                }
+            }
+        };
+        let meta = format!(
+            "{}.{}",
+            ident(&self.maintenance),
+            ident(REGISTRY_META_TABLE)
+        );
+        statements.push(format!(
+            "CREATE TABLE IF NOT EXISTS {meta} (`key` VARCHAR(64) NOT NULL PRIMARY KEY, value VARCHAR(255) NOT NULL) \
+             ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"
+        ));
+        statements.push(format!(
+            "REPLACE INTO {meta} (`key`, value) VALUES ('{VERSION_KEY}', '{SCHEMA_VERSION}')"
+        ));
+        // DDL commits implicitly in MySQL: the version row is written last, so a
+        // failure half way leaves the old version, upgraded again next time.
+        let mut conn = self.take().await?;
+        for statement in statements {
+            conn.query_drop(statement).await.map_err(q(format!(
+                "creating or upgrading the registry {}",
+                self.location()
+            )))?;
+        }
+        Ok(())
+    }
 }
 
 impl Backend for Mysql {
@@ -1037,61 +1099,57 @@ impl Backend for Mysql {
     }
 
     async fn registry_list(&self) -> Result<Vec<Entry>> {
+        if !registry::open(self, false).await? {
+            return Ok(Vec::new());
+        }
         let mut conn = self.take().await?;
         let rows: Vec<Row> = conn
             .query(format!(
-                "SELECT {COLUMNS} FROM {} ORDER BY created_at, name",
+                "SELECT {} FROM {} ORDER BY created_at, name",
+                registry::column_list(),
                 self.registry()
             ))
             .await
             .map_err(q("reading the registry"))?;
         let ctx = "reading the registry";
-        rows.iter()
+        let values = rows
+            .iter()
             .map(|r| {
-                Ok(Entry {
-                    name: col(r, 0, ctx)?,
-                    kind: EntryKind::parse(&col::<String>(r, 1, ctx)?),
-                    state: State::parse(&col::<String>(r, 2, ctx)?),
-                    fingerprint: col(r, 3, ctx)?,
-                    setup_key: col(r, 4, ctx)?,
-                    run_id: col(r, 5, ctx)?,
-                    owner_pid: col::<i64>(r, 6, ctx)? as u32,
-                    owner_start: col(r, 7, ctx)?,
-                    host: col(r, 8, ctx)?,
-                    created_at: col(r, 9, ctx)?,
-                    heartbeat_at: col(r, 10, ctx)?,
-                    last_used_at: col(r, 11, ctx)?,
-                })
+                COLUMNS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| match c.ty {
+                        ColumnType::Text(_) => col(r, i, ctx).map(Stored::Text),
+                        ColumnType::Int => col(r, i, ctx).map(Stored::Int),
+                    })
+                    .collect::<Result<Vec<_>>>()
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        registry::decode_rows(values, &self.location())
     }
 
     async fn registry_put(&self, entries: &[Entry]) -> Result<()> {
+        registry::open(self, true).await?;
         let mut conn = self.take().await?;
         let mut tx = conn
             .start_transaction(mysql_async::TxOpts::default())
             .await
             .map_err(q("writing to the registry"))?;
-        let rows = entries.iter().map(|e| -> Vec<Value> {
-            vec![
-                e.name.clone().into(),
-                e.kind.as_str().into(),
-                e.state.as_str().into(),
-                e.fingerprint.clone().into(),
-                e.setup_key.clone().into(),
-                e.run_id.clone().into(),
-                i64::from(e.owner_pid).into(),
-                e.owner_start.into(),
-                e.host.clone().into(),
-                e.created_at.into(),
-                e.heartbeat_at.into(),
-                e.last_used_at.into(),
-            ]
+        let rows = entries.iter().map(|e| -> Vec<mysql_async::Value> {
+            e.to_row()
+                .into_iter()
+                .map(|v| match v {
+                    Stored::Text(s) => s.into(),
+                    Stored::Int(i) => i.into(),
+                })
+                .collect()
         });
         tx.exec_batch(
             format!(
-                "REPLACE INTO {} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                self.registry()
+                "REPLACE INTO {} ({}) VALUES ({})",
+                self.registry(),
+                registry::column_list(),
+                vec!["?"; COLUMNS.len()].join(", ")
             ),
             rows,
         )
@@ -1101,6 +1159,9 @@ impl Backend for Mysql {
     }
 
     async fn registry_remove(&self, name: &str) -> Result<()> {
+        if !registry::open(self, false).await? {
+            return Ok(());
+        }
         let mut conn = self.take().await?;
         conn.exec_drop(
             format!("DELETE FROM {} WHERE name = ?", self.registry()),
@@ -1361,6 +1422,7 @@ fn option_value(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::registry::{EntryKind, State};
     use std::future::Future;
     use std::panic::AssertUnwindSafe;
 
@@ -1743,7 +1805,8 @@ mod tests {
             .unwrap();
             assert!(db.registry_list().await.unwrap().is_empty());
             let mut owner = Owner::this_process();
-            owner.start = u64::MAX - 7;
+            // Clock ticks since boot: large, never beyond a signed 64-bit column.
+            owner.start = i64::MAX as u64 - 7;
             let mut a = Entry::new(
                 "dbfork_tpl_x".into(),
                 EntryKind::Template,
@@ -1913,6 +1976,7 @@ mod tests {
             clone_connections: 2,
             filling: Semaphore::new(FILLING_BUDGET),
             templates: Mutex::new(HashMap::new()),
+            registry_ready: AtomicBool::new(false),
         };
         let env: HashMap<String, String> = backend.client_env("dbfork_x_0").into_iter().collect();
         assert_eq!(env["MYSQL_HOST"], "db.local");

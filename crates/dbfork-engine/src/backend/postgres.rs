@@ -3,6 +3,7 @@
 //! (FORCE)`, locks by session-level advisory locks, and the registry as the
 //! table `dbfork.registry` in the maintenance database.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -10,7 +11,9 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use super::{poll_until, Backend, CloneMethod, ConnectOptions, Lock};
 use crate::error::{Error, Result};
-use crate::registry::{Entry, EntryKind, State, COLUMNS};
+use crate::registry::{
+    self, ColumnType, Entry, Store, Value, COLUMNS, SCHEMA_VERSION, VERSION_KEY,
+};
 use crate::url::{DbUrl, Kind};
 
 const NAME: &str = "PostgreSQL";
@@ -23,6 +26,8 @@ pub struct Postgres {
     version_num: i32,
     /// Idle connections to the maintenance database, reused by parallel work.
     idle: Mutex<Vec<Client>>,
+    /// The registry exists at the current schema (see [`registry::open`]).
+    registry_ready: AtomicBool,
 }
 
 /// A connection taken from the pool; it goes back when the work is done.
@@ -109,6 +114,7 @@ impl Postgres {
             options: options.clone(),
             version_num: 0,
             idle: Mutex::new(Vec::new()),
+            registry_ready: AtomicBool::new(false),
         };
         let client = pg.open().await?;
         let row = client
@@ -116,8 +122,9 @@ impl Postgres {
             .await
             .map_err(q("reading the server version"))?;
         pg.version_num = row.get(0);
-        ensure_registry(&client).await?;
         pg.give_back(client);
+        // A registry of a newer dbfork is refused now; none yet is made at the first write.
+        registry::open(&pg, false).await?;
         Ok(pg)
     }
 
@@ -228,30 +235,78 @@ impl Postgres {
     }
 }
 
-async fn ensure_registry(client: &Client) -> Result<()> {
-    let exists: Option<String> = client
-        .query_one("SELECT to_regclass('dbfork.registry')::text", &[])
-        .await
-        .map_err(q("looking for the registry"))?
-        .get(0);
-    if exists.is_some() {
-        return Ok(());
+fn spell(ty: ColumnType) -> String {
+    match ty {
+        ColumnType::Text(_) => "text".to_string(),
+        ColumnType::Int => "bigint".to_string(),
     }
-    // Serialized, so that two first runs do not race to create it.
-    client
-        .batch_execute(
-            "BEGIN; SELECT pg_advisory_xact_lock(7236488012345);
-             CREATE SCHEMA IF NOT EXISTS dbfork;
-             CREATE TABLE IF NOT EXISTS dbfork.registry (
-               name text PRIMARY KEY, kind text NOT NULL, state text NOT NULL,
-               fingerprint text NOT NULL, setup_key text NOT NULL, run_id text NOT NULL,
-               owner_pid bigint NOT NULL, owner_start bigint NOT NULL, host text NOT NULL,
-               created_at bigint NOT NULL, heartbeat_at bigint NOT NULL, last_used_at bigint NOT NULL);
-             COMMENT ON TABLE dbfork.registry IS 'Every database dbfork created on this server; dbfork drops nothing that is not here.';
-             COMMIT;",
+}
+
+impl Store for Postgres {
+    fn location(&self) -> String {
+        format!(
+            "dbfork.registry (database {} at {})",
+            self.url.database.as_deref().unwrap_or("postgres"),
+            self.url
         )
+    }
+
+    fn ready(&self) -> &AtomicBool {
+        &self.registry_ready
+    }
+
+    async fn version(&self) -> Result<Option<i64>> {
+        let c = self.take().await?;
+        let row = c
+            .query_one(
+                "SELECT to_regclass('dbfork.registry') IS NOT NULL, to_regclass('dbfork.registry_meta') IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(q("looking for the registry"))?;
+        let (table, meta): (bool, bool) = (row.get(0), row.get(1));
+        if !table {
+            return Ok(None);
+        }
+        if !meta {
+            return Ok(Some(1));
+        }
+        let value = c
+            .query_opt(
+                "SELECT value FROM dbfork.registry_meta WHERE key = $1",
+                &[&VERSION_KEY],
+            )
+            .await
+            .map_err(q("reading the registry's version"))?
+            .map(|r| r.get::<_, String>(0));
+        registry::parse_version(value, &self.location()).map(Some)
+    }
+
+    async fn migrate(&self, from: Option<i64>) -> Result<()> {
+        let change = match from {
+            None => format!(
+                "CREATE TABLE IF NOT EXISTS dbfork.registry ({});
+                 COMMENT ON TABLE dbfork.registry IS 'Every database dbfork created on this server; dbfork drops nothing that is not here.';",
+                registry::column_definitions(spell)
+            ),
+            Some(v) => registry::upgrade_clauses(v, spell)
+                .iter()
+                .map(|c| format!("ALTER TABLE dbfork.registry {c};"))
+                .collect(),
+        };
+        let c = self.take().await?;
+        c.batch_execute(&format!(
+            "BEGIN;
+             CREATE SCHEMA IF NOT EXISTS dbfork;
+             {change}
+             CREATE TABLE IF NOT EXISTS dbfork.registry_meta (key text PRIMARY KEY, value text NOT NULL);
+             INSERT INTO dbfork.registry_meta VALUES ('{VERSION_KEY}', '{SCHEMA_VERSION}')
+               ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
+             COMMIT;"
+        ))
         .await
-        .map_err(q("creating the registry table dbfork.registry"))
+        .map_err(q("creating or upgrading the registry dbfork.registry"))
+    }
 }
 
 fn lock_id(key: &str) -> i64 {
@@ -280,74 +335,78 @@ impl Backend for Postgres {
     }
 
     async fn registry_list(&self) -> Result<Vec<Entry>> {
+        if !registry::open(self, false).await? {
+            return Ok(Vec::new());
+        }
         let c = self.take().await?;
         let rows = c
             .query(
-                &format!("SELECT {COLUMNS} FROM dbfork.registry ORDER BY created_at, name"),
+                &format!(
+                    "SELECT {} FROM dbfork.registry ORDER BY created_at, name",
+                    registry::column_list()
+                ),
                 &[],
             )
             .await
             .map_err(q("reading the registry"))?;
-        Ok(rows
+        let values = rows
             .iter()
-            .map(|r| Entry {
-                name: r.get(0),
-                kind: EntryKind::parse(r.get(1)),
-                state: State::parse(r.get(2)),
-                fingerprint: r.get(3),
-                setup_key: r.get(4),
-                run_id: r.get(5),
-                owner_pid: r.get::<_, i64>(6) as u32,
-                owner_start: r.get::<_, i64>(7) as u64,
-                host: r.get(8),
-                created_at: r.get(9),
-                heartbeat_at: r.get(10),
-                last_used_at: r.get(11),
+            .map(|r| {
+                COLUMNS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| match c.ty {
+                        ColumnType::Text(_) => r.try_get(i).map(Value::Text),
+                        ColumnType::Int => r.try_get(i).map(Value::Int),
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()
             })
-            .collect())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(q("reading the registry"))?;
+        registry::decode_rows(values, &self.location())
     }
 
     async fn registry_put(&self, entries: &[Entry]) -> Result<()> {
+        registry::open(self, true).await?;
         let mut c = self.take().await?;
         let tx = c
             .transaction()
             .await
             .map_err(q("writing to the registry"))?;
+        let placeholders: Vec<String> = (1..=COLUMNS.len()).map(|i| format!("${i}")).collect();
+        let updates: Vec<String> = COLUMNS[1..]
+            .iter()
+            .map(|c| format!("{0} = EXCLUDED.{0}", c.name))
+            .collect();
         let statement = tx
             .prepare(&format!(
-                "INSERT INTO dbfork.registry ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
-                 ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, state = EXCLUDED.state, \
-                 fingerprint = EXCLUDED.fingerprint, setup_key = EXCLUDED.setup_key, run_id = EXCLUDED.run_id, \
-                 owner_pid = EXCLUDED.owner_pid, owner_start = EXCLUDED.owner_start, host = EXCLUDED.host, \
-                 created_at = EXCLUDED.created_at, heartbeat_at = EXCLUDED.heartbeat_at, last_used_at = EXCLUDED.last_used_at"
+                "INSERT INTO dbfork.registry ({}) VALUES ({}) ON CONFLICT (name) DO UPDATE SET {}",
+                registry::column_list(),
+                placeholders.join(","),
+                updates.join(", ")
             ))
             .await
             .map_err(q("writing to the registry"))?;
         for e in entries {
-            tx.execute(
-                &statement,
-                &[
-                    &e.name,
-                    &e.kind.as_str(),
-                    &e.state.as_str(),
-                    &e.fingerprint,
-                    &e.setup_key,
-                    &e.run_id,
-                    &(e.owner_pid as i64),
-                    &(e.owner_start as i64),
-                    &e.host,
-                    &e.created_at,
-                    &e.heartbeat_at,
-                    &e.last_used_at,
-                ],
-            )
-            .await
-            .map_err(q("writing to the registry"))?;
+            let row = e.to_row();
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = row
+                .iter()
+                .map(|v| match v {
+                    Value::Text(s) => s as &(dyn tokio_postgres::types::ToSql + Sync),
+                    Value::Int(i) => i as &(dyn tokio_postgres::types::ToSql + Sync),
+                })
+                .collect();
+            tx.execute(&statement, &params)
+                .await
+                .map_err(q("writing to the registry"))?;
         }
         tx.commit().await.map_err(q("writing to the registry"))
     }
 
     async fn registry_remove(&self, name: &str) -> Result<()> {
+        if !registry::open(self, false).await? {
+            return Ok(());
+        }
         let c = self.take().await?;
         c.execute("DELETE FROM dbfork.registry WHERE name = $1", &[&name])
             .await

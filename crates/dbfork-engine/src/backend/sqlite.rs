@@ -7,13 +7,16 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 
 use super::{poll_until, Backend, CloneMethod, ConnectOptions, Lock};
 use crate::error::{Error, Result};
-use crate::registry::{Entry, EntryKind, State, COLUMNS};
+use crate::registry::{
+    self, ColumnType, Entry, Store, Value, COLUMNS, SCHEMA_VERSION, VERSION_KEY,
+};
 use crate::url::{DbUrl, Kind};
 
 const NAME: &str = "SQLite";
@@ -24,6 +27,8 @@ pub struct Sqlite {
     url: DbUrl,
     dir: PathBuf,
     busy_timeout: Duration,
+    /// The registry exists at the current schema (see [`registry::open`]).
+    registry_ready: AtomicBool,
 }
 
 fn sq(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
@@ -46,18 +51,15 @@ impl Sqlite {
             url: url.clone(),
             dir,
             busy_timeout: options.connect_timeout,
+            registry_ready: AtomicBool::new(false),
         };
-        sqlite
-            .registry()?
-            .execute_batch(
-                "CREATE TABLE IF NOT EXISTS registry (
-                   name TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL,
-                   fingerprint TEXT NOT NULL, setup_key TEXT NOT NULL, run_id TEXT NOT NULL,
-                   owner_pid INTEGER NOT NULL, owner_start INTEGER NOT NULL, host TEXT NOT NULL,
-                   created_at INTEGER NOT NULL, heartbeat_at INTEGER NOT NULL, last_used_at INTEGER NOT NULL)",
-            )
-            .map_err(sq("creating the registry"))?;
+        // A registry of a newer dbfork is refused now; none yet is made at the first write.
+        registry::open(&sqlite, false).await?;
         Ok(sqlite)
+    }
+
+    fn registry_path(&self) -> PathBuf {
+        self.dir.join(".dbfork").join("registry.sqlite3")
     }
 
     pub fn path_of(&self, name: &str) -> PathBuf {
@@ -65,7 +67,7 @@ impl Sqlite {
     }
 
     fn registry(&self) -> Result<Connection> {
-        let path = self.dir.join(".dbfork").join("registry.sqlite3");
+        let path = self.registry_path();
         let conn = Connection::open(&path)
             .map_err(sq(format!("opening the registry {}", path.display())))?;
         conn.busy_timeout(self.busy_timeout)
@@ -76,6 +78,78 @@ impl Sqlite {
             .and_then(|()| conn.execute_batch("PRAGMA synchronous = NORMAL"))
             .map_err(sq(format!("setting up the registry {}", path.display())))?;
         Ok(conn)
+    }
+}
+
+fn spell(ty: ColumnType) -> String {
+    match ty {
+        ColumnType::Text(_) => "TEXT".to_string(),
+        ColumnType::Int => "INTEGER".to_string(),
+    }
+}
+
+impl Store for Sqlite {
+    fn location(&self) -> String {
+        self.registry_path().display().to_string()
+    }
+
+    fn ready(&self) -> &AtomicBool {
+        &self.registry_ready
+    }
+
+    async fn version(&self) -> Result<Option<i64>> {
+        if !self.registry_path().exists() {
+            return Ok(None);
+        }
+        let conn = self.registry()?;
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('registry', 'registry_meta')")
+            .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect())
+            .map_err(sq("looking for the registry"))?;
+        if !tables.iter().any(|t| t == "registry") {
+            return Ok(None);
+        }
+        if !tables.iter().any(|t| t == "registry_meta") {
+            return Ok(Some(1));
+        }
+        let value: Option<String> = conn
+            .query_row(
+                "SELECT value FROM registry_meta WHERE key = ?1",
+                [VERSION_KEY],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(sq("reading the registry's version"))?;
+        registry::parse_version(value, &self.location()).map(Some)
+    }
+
+    async fn migrate(&self, from: Option<i64>) -> Result<()> {
+        let change: String = match from {
+            None => format!(
+                "CREATE TABLE IF NOT EXISTS registry ({});",
+                registry::column_definitions(spell)
+            ),
+            Some(v) => registry::upgrade_clauses(v, spell)
+                .iter()
+                .map(|c| format!("ALTER TABLE registry {c};"))
+                .collect(),
+        };
+        self.registry()?
+            .execute_batch(&format!(
+                "BEGIN IMMEDIATE;
+                 {change}
+                 CREATE TABLE IF NOT EXISTS registry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT OR REPLACE INTO registry_meta VALUES ('{VERSION_KEY}', '{SCHEMA_VERSION}');
+                 COMMIT;"
+            ))
+            .map_err(sq(format!(
+                "creating or upgrading the registry {}",
+                self.location()
+            )))
     }
 }
 
@@ -113,63 +187,63 @@ impl Backend for Sqlite {
     }
 
     async fn registry_list(&self) -> Result<Vec<Entry>> {
+        if !registry::open(self, false).await? {
+            return Ok(Vec::new());
+        }
         let conn = self.registry()?;
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT {COLUMNS} FROM registry ORDER BY created_at, name"
+                "SELECT {} FROM registry ORDER BY created_at, name",
+                registry::column_list()
             ))
             .map_err(sq("reading the registry"))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok(Entry {
-                    name: r.get(0)?,
-                    kind: EntryKind::parse(&r.get::<_, String>(1)?),
-                    state: State::parse(&r.get::<_, String>(2)?),
-                    fingerprint: r.get(3)?,
-                    setup_key: r.get(4)?,
-                    run_id: r.get(5)?,
-                    owner_pid: r.get::<_, i64>(6)? as u32,
-                    owner_start: r.get::<_, i64>(7)? as u64,
-                    host: r.get(8)?,
-                    created_at: r.get(9)?,
-                    heartbeat_at: r.get(10)?,
-                    last_used_at: r.get(11)?,
-                })
+                COLUMNS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| match c.ty {
+                        ColumnType::Text(_) => r.get(i).map(Value::Text),
+                        ColumnType::Int => r.get(i).map(Value::Int),
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
             })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(sq("reading the registry"))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(sq("reading the registry"))
+        registry::decode_rows(rows, &self.location())
     }
 
     async fn registry_put(&self, entries: &[Entry]) -> Result<()> {
+        registry::open(self, true).await?;
         let mut conn = self.registry()?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sq("writing to the registry"))?;
+        let placeholders: Vec<String> = (1..=COLUMNS.len()).map(|i| format!("?{i}")).collect();
+        let statement = format!(
+            "INSERT OR REPLACE INTO registry ({}) VALUES ({})",
+            registry::column_list(),
+            placeholders.join(",")
+        );
         for e in entries {
-            tx.execute(
-                &format!("INSERT OR REPLACE INTO registry ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"),
-                params![
-                    e.name,
-                    e.kind.as_str(),
-                    e.state.as_str(),
-                    e.fingerprint,
-                    e.setup_key,
-                    e.run_id,
-                    e.owner_pid as i64,
-                    e.owner_start as i64,
-                    e.host,
-                    e.created_at,
-                    e.heartbeat_at,
-                    e.last_used_at
-                ],
-            )
-            .map_err(sq("writing to the registry"))?;
+            let row: Vec<rusqlite::types::Value> = e
+                .to_row()
+                .into_iter()
+                .map(|v| match v {
+                    Value::Text(s) => rusqlite::types::Value::Text(s),
+                    Value::Int(i) => rusqlite::types::Value::Integer(i),
+                })
+                .collect();
+            tx.execute(&statement, rusqlite::params_from_iter(row))
+                .map_err(sq("writing to the registry"))?;
         }
         tx.commit().map_err(sq("writing to the registry"))
     }
 
     async fn registry_remove(&self, name: &str) -> Result<()> {
+        if !registry::open(self, false).await? {
+            return Ok(());
+        }
         self.registry()?
             .execute("DELETE FROM registry WHERE name = ?1", [name])
             .map_err(sq("removing a registry row"))?;
