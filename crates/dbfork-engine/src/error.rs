@@ -59,6 +59,9 @@ pub enum Error {
     #[error("refusing to drop {name:?}: it is not a name dbfork makes (dbfork_tpl_<hex>_<hex>, dbfork_<run id>_<n>), so a registry row naming it was not written by dbfork. dbfork never acts on such a row; look at who wrote it, and remove it from the registry by hand.")]
     NotDbforkName { name: String },
 
+    #[error("`{name}` is not in dbfork's registry on this server (or names nothing dbfork makes), so there is nothing to renew; `dbfork db list` shows what is there.")]
+    NotRegistered { name: String },
+
     #[error("the registry {registry}: {problem}.")]
     Registry { registry: String, problem: String },
 

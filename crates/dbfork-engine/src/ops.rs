@@ -715,6 +715,33 @@ pub async fn drop_registered(
     }
 }
 
+/// `dbfork db touch`: renews the heartbeat (and last use) of the named
+/// registry entries, so that a gc which cannot see their owner (another host
+/// or container) keeps them; refuses the whole call if a name is not in the
+/// registry.
+pub async fn touch_registered(backend: &AnyBackend, names: &[String]) -> Result<()> {
+    let mut entries: Vec<Entry> = backend
+        .registry_list()
+        .await?
+        .into_iter()
+        .filter(|e| names.contains(&e.name) && names::is_dbfork_shape(&e.name))
+        .collect();
+    if let Some(stranger) = names
+        .iter()
+        .find(|n| !entries.iter().any(|e| &e.name == *n))
+    {
+        return Err(Error::NotRegistered {
+            name: stranger.clone(),
+        });
+    }
+    let now = process::now();
+    for entry in &mut entries {
+        entry.heartbeat_at = now;
+        entry.last_used_at = now;
+    }
+    backend.registry_put(&entries).await
+}
+
 /// Drops everything `owner` holds (an interrupted or failed command's leftovers).
 pub async fn drop_owned(backend: &AnyBackend, owner: &Owner, deadline: Duration) -> Result<usize> {
     let mine: Vec<String> = backend

@@ -43,6 +43,26 @@ impl Owner {
         Owner::of_pid(std::os::unix::process::parent_id())
     }
 
+    /// The process that outlives this command: the parent, or, when the
+    /// parent only wraps this command and exits with it (`timeout`, `env`,
+    /// `nice`, `sudo`, ...; a forked subshell of `$(...)`, `( )` or a
+    /// pipeline), the first ancestor that does not. Also the wrappers passed
+    /// over, `name (pid N)` each, for the caller to say so.
+    pub fn lasting_parent() -> (Owner, Vec<String>) {
+        let mut pid = std::os::unix::process::parent_id();
+        let mut skipped = Vec::new();
+        while let Some(parent) = parent_of(pid).filter(|p| *p > 1) {
+            let name = command_name(pid).unwrap_or_default();
+            let wrapper = WRAPPERS.contains(&name.as_str());
+            if !(wrapper || is_forked_subshell(pid, parent)) {
+                break;
+            }
+            skipped.push(format!("{name} (pid {pid})"));
+            pid = parent;
+        }
+        (Owner::of_pid(pid), skipped)
+    }
+
     pub fn of_pid(pid: u32) -> Owner {
         Owner {
             pid,
@@ -101,6 +121,51 @@ pub fn machine_id() -> &'static str {
         }
     })
 }
+
+/// Programs that run one command and exit with it: an owner behind one of
+/// them would be gone as soon as dbfork is.
+const WRAPPERS: &[&str] = &[
+    "timeout",
+    "env",
+    "nice",
+    "nohup",
+    "setsid",
+    "stdbuf",
+    "time",
+    "ionice",
+    "taskset",
+    "chrt",
+    "sudo",
+    "doas",
+    "unbuffer",
+    "chronic",
+    "catchsegv",
+];
+
+/// The parent pid of `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the command name: state, then the parent pid.
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn command_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// A shell's forked subshell (`$(...)`, `( )`, a stage of a pipeline) has
+/// its parent's program and arguments, and exits when its commands end.
+fn is_forked_subshell(pid: u32, parent: u32) -> bool {
+    let cmdline = |p: u32| std::fs::read(format!("/proc/{p}/cmdline")).ok();
+    let exe = |p: u32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+    let shell = command_name(pid).is_some_and(|n| SHELLS.contains(&n.as_str()));
+    shell && exe(pid).is_some() && exe(pid) == exe(parent) && cmdline(pid) == cmdline(parent)
+}
+
+const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox"];
 
 /// Whether the process `pid` that started at `start` (0: any) still runs here.
 pub fn is_alive(pid: u32, start: u64) -> bool {

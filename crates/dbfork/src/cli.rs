@@ -40,7 +40,8 @@ pub struct DbArgs {
     /// How long dropping one database may take (sessions are ended and the drop retried within it).
     #[arg(long, env = "DBFORK_DROP_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub drop_timeout: Duration,
-    /// A registry entry of another host, or with no owner process, is garbage once its heartbeat is this old
+    /// A registry entry whose owner cannot be seen from here (another host, container or boot),
+    /// or with no owner process, is garbage once its heartbeat is this old
     /// (for `gc` and for the collection every command but `list` and `gc --dry-run` starts with).
     #[arg(long, env = "DBFORK_HEARTBEAT_TTL", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub heartbeat_ttl: Duration,
@@ -58,6 +59,9 @@ pub enum DbCommand {
     List(ListArgs),
     /// Drop clones whose owner is gone, abandoned builds, and old templates.
     Gc(GcArgs),
+    /// Renew the heartbeat of databases dbfork created, so that no gc (from another host or
+    /// container, which cannot see their owner) takes them while they are in use.
+    Touch(TouchArgs),
     /// Start a private throwaway server, print its URL, and keep it until Ctrl-C or SIGTERM.
     Ephemeral(EphemeralArgs),
 }
@@ -196,13 +200,23 @@ pub struct CloneArgs {
         default_value_t = 4
     )]
     pub concurrency: usize,
-    /// Who owns the clones once made: `parent` (the calling process; garbage once it exits),
-    /// a PID, or `none` (kept until dropped, or until `gc --heartbeat-ttl` passes).
+    /// Who owns the clones once made: `parent` (the calling process, or the one behind a
+    /// wrapper like `timeout` or a `$(...)` subshell; garbage once it exits), a PID, or `none`
+    /// (kept until dropped, or until its heartbeat is older than `--heartbeat-ttl`; see `db touch`).
     #[arg(long, env = "DBFORK_OWNER", default_value = "parent")]
     pub owner: String,
     /// Print JSON instead of one URL per line.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TouchArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The databases whose heartbeat to renew.
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Args)]

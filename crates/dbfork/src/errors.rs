@@ -21,6 +21,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             Error::BadUrl { .. }
             | Error::NotOurs { .. }
             | Error::NotDbforkName { .. }
+            | Error::NotRegistered { .. }
             | Error::NoTemplate { .. }
             | Error::AmbiguousTemplate { .. }
             | Error::BadInput { .. }

@@ -35,6 +35,7 @@ mod zero_config;
 per_backend!(
     spoofed_registry_rows_touch_nothing,
     registry_is_versioned_and_strict,
+    owners_are_judged_only_where_their_pids_mean_something,
     kill_9_during_setup_leaves_no_process_and_no_secret,
     template_build_reuse_rebuild_clone_drop,
     failing_setup_leaves_nothing,
@@ -1080,6 +1081,129 @@ fn registry_is_versioned_and_strict(kind: Kind) {
             place.sql_ok(None, &format!("DROP DATABASE {victim}"));
         }
     }
+}
+
+/// An owner is alive or dead only where its pid means something. Clones owned
+/// by a live process survive a gc from another PID namespace (`unshare
+/// --pid`, as a container sharing the host name would run it); one whose
+/// recorded owner is a reused pid (same pid, another start time) is
+/// collected here, but not from the other namespace, which cannot tell;
+/// there the heartbeat decides, and `db touch` renews it. `--owner parent`
+/// under `timeout` or in a `$(...)` subshell belongs to the shell behind
+/// them, so the clones live as long as the script that made them.
+fn owners_are_judged_only_where_their_pids_mean_something(kind: Kind) {
+    let place = Place::new(kind, "owners");
+    let runs = place.dir.path().join("runs");
+    let (code, fp, err) = template(&place, &setup_for(&place, &runs), &[]);
+    assert_eq!(code, 0, "{err}");
+    let fp = fp.trim().to_string();
+    let mut owner = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let pid = owner.id().to_string();
+    let clone_for = |owner: &str| {
+        let (code, out, err) = run(&[
+            "db",
+            "clone",
+            "--db",
+            &place.url,
+            "--template",
+            &fp,
+            "--owner",
+            owner,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        json["clones"][0]["name"].as_str().unwrap().to_string()
+    };
+    let live = clone_for(&pid);
+    let reused = clone_for(&pid);
+    let table = registry_tables(kind).0;
+    registry_sql(
+        &place,
+        &format!("UPDATE {table} SET owner_start = owner_start + 1 WHERE name = '{reused}'"),
+    );
+    let elsewhere = |ttl: &str| {
+        let out = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(assert_cmd::cargo::cargo_bin("dbfork"))
+            .args(["db", "gc", "--db", &place.url, "--heartbeat-ttl", ttl])
+            .env("DBFORK_LOG", "warn")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "gc in another PID namespace: {err}");
+        err
+    };
+    let registered = |name: &str| place.registry_names().contains(&name.to_string());
+    let err = elsewhere("1h");
+    assert!(registered(&live) && place.exists(&live), "{err}");
+    assert!(registered(&reused), "another namespace cannot tell: {err}");
+    let (code, _, err) = run(&["db", "gc", "--db", &place.url]);
+    assert_eq!(code, 0, "{err}");
+    // Named by the collection at the command's start, or by gc itself.
+    let collected = |err: &str, name: &str| {
+        err.contains(&format!("removed clone {name}"))
+            || err.contains(&format!("dropped clone {name}"))
+    };
+    assert!(collected(&err, &reused), "{err}");
+    assert!(!place.exists(&reused));
+    assert!(registered(&live) && place.exists(&live), "{err}");
+
+    // Where the owner cannot be seen, the heartbeat decides; `db touch` renews it.
+    std::thread::sleep(Duration::from_millis(2100));
+    let (code, _, err) = run(&["db", "touch", "--db", &place.url, &live]);
+    assert_eq!(code, 0, "{err}");
+    let err = elsewhere("1s");
+    assert!(registered(&live), "touched just now: {err}");
+    std::thread::sleep(Duration::from_millis(2100));
+    let err = elsewhere("1s");
+    assert!(collected(&err, &live), "{err}");
+    assert!(!place.exists(&live));
+    let (code, _, err) = run(&["db", "touch", "--db", &place.url, &live]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("not in dbfork's registry"), "{err}");
+    let _ = owner.kill();
+    let _ = owner.wait();
+
+    // `--owner parent` (the default) behind `timeout` and in a `$(...)` subshell.
+    let bin = assert_cmd::cargo::cargo_bin("dbfork");
+    let bin = bin.display();
+    let url = &place.url;
+    let script = format!(
+        "timeout 60 {bin} db clone --db '{url}' --template {fp} >/dev/null
+         u=$({bin} db clone --db '{url}' --template {fp}; true)
+         {bin} db gc --db '{url}'
+         {bin} db list --db '{url}' --json"
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("DBFORK_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("not to timeout (pid"), "{err}");
+    assert!(err.contains("not to sh (pid"), "{err}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let clones = |rows: &serde_json::Value| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "clone")
+            .count()
+    };
+    assert_eq!(clones(&rows), 2, "the script still runs: {err}");
+    // The script has ended: its clones go with the next command's collection.
+    let (code, _, err) = run(&["db", "gc", "--db", &place.url]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.matches("dropped clone").count() + err.matches("removed clone").count(),
+        2,
+        "{err}"
+    );
 }
 
 /// PostgreSQL ends exactly the right sessions and never strands an invalid

@@ -53,7 +53,19 @@ pub async fn run(opened: &Opened, args: &CloneArgs, cancel: &Cancel) -> Result<(
 
 fn parse_owner(text: &str) -> Result<Owner> {
     match text {
-        "parent" => Ok(Owner::parent_process()),
+        "parent" => {
+            let (owner, wrappers) = Owner::lasting_parent();
+            if !wrappers.is_empty() {
+                eprintln!(
+                    "dbfork: the clones belong to process {}, not to {}, which exit{} with this command; they are garbage once {} exits (--owner PID or none to choose otherwise)",
+                    owner.pid,
+                    wrappers.join(" and "),
+                    if wrappers.len() == 1 { "s" } else { "" },
+                    owner.pid
+                );
+            }
+            Ok(owner)
+        }
         "none" => Ok(Owner::nobody()),
         pid => match pid.parse::<u32>() {
             Ok(pid) if dbfork_engine::process::is_alive(pid, 0) => Ok(Owner::of_pid(pid)),

@@ -12,6 +12,7 @@ mod ephemeral;
 mod gc;
 mod list;
 mod template;
+mod touch;
 
 pub async fn run(command: DbCommand, cancel: Cancel) -> Result<()> {
     match command {
@@ -28,6 +29,10 @@ pub async fn run(command: DbCommand, cancel: Cancel) -> Result<()> {
             with_db_as(&a.db, Collect::Nothing, async |o| gc::run(o, &a).await).await
         }
         DbCommand::Gc(a) => with_db(&a.db, async |o| gc::run(o, &a).await).await,
+        // Nothing collected first: what is touched may be a clone gc would take.
+        DbCommand::Touch(a) => {
+            with_db_as(&a.db, Collect::Nothing, async |o| touch::run(o, &a).await).await
+        }
         DbCommand::Ephemeral(a) => ephemeral::run(&a, &cancel).await,
     }
 }
