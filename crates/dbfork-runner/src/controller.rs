@@ -373,7 +373,7 @@ fn configure_error(why: Interruption, tail: &Tail, deadline: Duration) -> RunErr
         Interruption::Cancelled => RunError::Engine(dbfork_engine::Error::Interrupted),
         Interruption::TimedOut => RunError::Controller {
             code: exit::SETUP_OR_DATABASE,
-            message: format!("the test command did not finish configuring itself within {deadline:?} (it imports the project and its conftest files before any test runs); raise --timeout (or --build-timeout, without --timeout) if it really needs longer. {output}"),
+            message: format!("the test command did not finish configuring itself within {deadline:?} (it imports the project and its conftest files before any test runs); raise --start-timeout if it really needs longer. {output}"),
         },
         Interruption::Exited(status) => {
             let code = status.and_then(|s| s.code());

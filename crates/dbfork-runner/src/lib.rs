@@ -152,6 +152,9 @@ pub struct RunConfig {
     pub connect_timeout: Duration,
     pub drop_timeout: Duration,
     pub build_timeout: Duration,
+    /// How long configuring the test command, and each worker's start up to
+    /// its collection, may take (`None`: see [`RunConfig::start_limit`]).
+    pub start_timeout: Option<Duration>,
     /// Entries of other hosts, or without an owner process, count as left
     /// behind once their heartbeat is this old (the collection at the start).
     pub heartbeat_ttl: Duration,
@@ -162,6 +165,27 @@ pub struct RunConfig {
     pub live: bool,
     /// The configuration file the settings came from, if any (for messages).
     pub config_file: Option<PathBuf>,
+}
+
+/// A worker's start without `--timeout` or `--start-timeout`.
+const START_LIMIT: Duration = Duration::from_secs(600);
+/// The least a start gets by default: `--timeout` is meant for a test, and a
+/// start on a loaded machine (16 workers importing a project on 2 cores)
+/// takes longer than a test may.
+const START_FLOOR: Duration = Duration::from_secs(120);
+
+impl RunConfig {
+    /// How long configuring the test command, and a worker's start up to its
+    /// collection, may take: `--start-timeout`, else the larger of `--timeout`
+    /// and two minutes, else ten minutes. A conftest.py that hangs is a hang
+    /// like any other.
+    pub fn start_limit(&self) -> Duration {
+        match (self.start_timeout, self.timeout) {
+            (Some(limit), _) => limit,
+            (None, Some(timeout)) => timeout.max(START_FLOOR),
+            (None, None) => START_LIMIT,
+        }
+    }
 }
 
 /// Makes the state directory (`.dbfork/`) with a `.gitignore` that ignores

@@ -51,9 +51,6 @@ pub mod exit {
 /// How often the run renews its clones' heartbeat (other hosts' gc waits an hour).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(120);
 
-/// How long a worker may take to connect and collect without `--timeout`.
-const STARTUP_LIMIT: Duration = Duration::from_secs(600);
-
 /// How many clones are made at the same time.
 const CLONE_CONCURRENCY: usize = 4;
 
@@ -364,13 +361,11 @@ pub async fn prepare(config: RunConfig, server: Option<&DbUrl>) -> Result<Prepar
     if prepared.config.verbose > 0 {
         progress.note("configuring the test command once (the controller, as pytest-xdist's)");
     }
-    // Configuring is a start like a worker's: --timeout bounds it when given.
+    // Configuring is a start like a worker's.
     let configure_limit = prepared
         .config
-        .timeout
-        .map_or(prepared.config.build_timeout, |t| {
-            t.min(prepared.config.build_timeout)
-        });
+        .start_limit()
+        .min(prepared.config.build_timeout);
     let (controller, configured) = Controller::start(
         &command,
         vars,
@@ -1637,11 +1632,8 @@ impl Dispatcher {
         timeouts.chain(startups).chain(self.grace_until).min()
     }
 
-    /// How long a worker may take to start and collect: `--timeout` when given
-    /// (a `conftest.py` that hangs is a hang like any other), else
-    /// [`STARTUP_LIMIT`].
     fn startup_limit(&self) -> Duration {
-        self.config.timeout.unwrap_or(STARTUP_LIMIT)
+        self.config.start_limit()
     }
 
     /// Ends the run when a worker did not finish starting in time: the same
@@ -1663,7 +1655,7 @@ impl Dispatcher {
         self.fail(
             exit::SETUP_OR_DATABASE,
             format!(
-                "{} {stage} within {limit:.0?} of its start: a conftest.py, an import or a plugin that hangs? (--timeout bounds a worker's start too; without it the limit is {STARTUP_LIMIT:.0?}). Its last output:\n{}",
+                "{} {stage} within {limit:.0?} of its start: a conftest.py, an import or a plugin that hangs? (--start-timeout sets the limit, if the start really needs longer). Its last output:\n{}",
                 label(slot),
                 indent(&tail)
             ),

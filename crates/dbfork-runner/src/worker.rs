@@ -167,11 +167,19 @@ pub fn reap(pid: u32) {
 pub const MAX_LINE: usize = 16 << 20;
 
 /// One protocol line (without its `\n`), at most [`MAX_LINE`] bytes: `Ok(None)`
-/// at the end of the stream, `Err` with why for an oversized line or a read error.
+/// at the end of the stream, `Err` with why for an oversized line. A read
+/// error (a worker that died mid-write: connection reset) is an end like any
+/// other: the worker's exit says what happened, not the socket.
 pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Option<String>, String> {
     let mut line = Vec::new();
     loop {
-        let available = reader.fill_buf().await.map_err(|e| e.to_string())?;
+        let available = match reader.fill_buf().await {
+            Ok(available) => available,
+            Err(e) => {
+                tracing::debug!("a worker's connection ended with an error: {e}");
+                return Ok(None);
+            }
+        };
         if available.is_empty() {
             // The end; a last line without its newline was cut off mid-message.
             return Ok(None);

@@ -133,6 +133,11 @@ pub struct RunArgs {
     /// How long the setup command may run. [default: 30m]
     #[arg(long, env = "DBFORK_BUILD_TIMEOUT", value_name = "DURATION")]
     pub build_timeout: Option<String>,
+    /// How long the test command may take to configure itself and each worker to connect and
+    /// collect (a conftest.py or import that hangs). [default: the larger of --timeout and 2m;
+    /// 10m without --timeout]
+    #[arg(long, env = "DBFORK_START_TIMEOUT", value_name = "DURATION")]
+    pub start_timeout: Option<String>,
     /// A registry entry of another host, or with no owner process, counts as left behind (and the
     /// collection at the start drops it) once its heartbeat is this old. [default: 1h]
     #[arg(long, env = "DBFORK_HEARTBEAT_TTL", value_name = "DURATION")]

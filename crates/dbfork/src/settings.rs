@@ -65,6 +65,7 @@ const KEYS: &[Key] = &[
     ),
     key("drop_timeout", "--drop-timeout", "DBFORK_DROP_TIMEOUT"),
     key("build_timeout", "--build-timeout", "DBFORK_BUILD_TIMEOUT"),
+    key("start_timeout", "--start-timeout", "DBFORK_START_TIMEOUT"),
     key("heartbeat_ttl", "--heartbeat-ttl", "DBFORK_HEARTBEAT_TTL"),
 ];
 
@@ -138,6 +139,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
             .build_timeout
             .or(from_file.build_timeout)
             .unwrap_or(Duration::from_secs(30 * 60)),
+        start_timeout: from_flags.start_timeout.or(from_file.start_timeout),
         heartbeat_ttl: from_flags
             .heartbeat_ttl
             .or(from_file.heartbeat_ttl)
@@ -316,6 +318,7 @@ struct Layer {
     connect_timeout: Option<Duration>,
     drop_timeout: Option<Duration>,
     build_timeout: Option<Duration>,
+    start_timeout: Option<Duration>,
     heartbeat_ttl: Option<Duration>,
 }
 
@@ -334,6 +337,7 @@ impl Layer {
             (&args.connect_timeout, "connect_timeout"),
             (&args.drop_timeout, "drop_timeout"),
             (&args.build_timeout, "build_timeout"),
+            (&args.start_timeout, "start_timeout"),
             (&args.heartbeat_ttl, "heartbeat_ttl"),
             (&args.fresh_transactional, "fresh_transactional"),
         ];
@@ -467,6 +471,7 @@ impl Layer {
             "drop_timeout" => self.drop_timeout = Some(duration(raw, origin, false)?),
             "heartbeat_ttl" => self.heartbeat_ttl = Some(duration(raw, origin, false)?),
             "build_timeout" => self.build_timeout = Some(duration(raw, origin, false)?),
+            "start_timeout" => self.start_timeout = Some(duration(raw, origin, false)?),
             // KEYS and this match list the same names; a key missing here is a bug.
             other => {
                 return Err(anyhow::anyhow!(
@@ -733,6 +738,7 @@ mod tests {
             connect_timeout: None,
             drop_timeout: None,
             build_timeout: None,
+            start_timeout: None,
             heartbeat_ttl: None,
             config: None,
             command: vec!["pytest".into(), "-q".into()],

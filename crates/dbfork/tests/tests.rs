@@ -6,9 +6,6 @@
 #[path = "support/mod.rs"]
 mod support;
 
-#[path = "run/mod.rs"]
-mod run_tests;
-
 use std::time::{Duration, Instant};
 
 use support::{dbfork, run, Kind, Place};
@@ -28,7 +25,9 @@ macro_rules! per_server {
     };
 }
 
-// After the macros, which it uses too.
+// After the macros, which they use too.
+#[path = "run/mod.rs"]
+mod run_tests;
 #[path = "zero_config/mod.rs"]
 mod zero_config;
 
