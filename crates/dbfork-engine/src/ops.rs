@@ -144,7 +144,7 @@ impl DatabaseEnv {
         };
         let dir = std::env::temp_dir().join(format!(
             "{CLIENT_DIR_PREFIX}{}-{}-{name}",
-            std::process::id(),
+            process::private_dir_owner(),
             process::now()
         ));
         write_private(&dir, &options).map_err(Error::io(format!(
@@ -196,7 +196,8 @@ impl Drop for DatabaseEnv {
     }
 }
 
-/// The prefix of a client option file's private directory: `<prefix><pid>-...`.
+/// The prefix of a client option file's private directory:
+/// `<prefix><pid>-<pid namespace>-...` ([`process::private_dir_owner`]).
 const CLIENT_DIR_PREFIX: &str = "dbfork-client-";
 
 /// Removes the client option directories (a `my.cnf` with the password) of

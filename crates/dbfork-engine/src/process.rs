@@ -210,10 +210,26 @@ pub fn now() -> i64 {
         .unwrap_or_default()
 }
 
-/// Removes the private directories `<temp dir>/<prefix><pid>-...` whose
-/// process is gone (killed with SIGKILL before it could remove them; they may
-/// hold a socket or a client option file with a password); returns them. Only
-/// this user's, and only when the pid in the name is dead.
+/// What names a private directory's owner: `<pid>-<PID namespace inode>`.
+/// The namespace is part of it because `/tmp` may be shared between PID
+/// namespaces (containers), where this pid means nothing.
+pub fn private_dir_owner() -> String {
+    format!("{}-{}", std::process::id(), pid_namespace())
+}
+
+/// This process's PID namespace inode, "0" when unknown.
+fn pid_namespace() -> &'static str {
+    match machine_id().rsplit_once('/') {
+        Some((_, namespace)) if !namespace.is_empty() => namespace,
+        _ => "0",
+    }
+}
+
+/// Removes the private directories `<temp dir>/<prefix><pid>-<namespace>-...`
+/// ([`private_dir_owner`]) whose process is gone (killed with SIGKILL before
+/// it could remove them; they may hold a socket or a client option file with
+/// a password); returns them. Only this user's, only of this PID namespace,
+/// and only when the pid in the name is dead.
 pub fn collect_stale_dirs(prefix: &str) -> Vec<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
@@ -224,13 +240,19 @@ pub fn collect_stale_dirs(prefix: &str) -> Vec<std::path::PathBuf> {
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<i32>().ok())
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        let mut fields = rest.split('-');
+        let (Some(Ok(pid)), Some(namespace)) =
+            (fields.next().map(str::parse::<i32>), fields.next())
         else {
             continue;
         };
+        // Another namespace's pid says nothing here.
+        if namespace != pid_namespace() || namespace == "0" {
+            continue;
+        }
         let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
             continue;
         };

@@ -115,6 +115,12 @@ enum Event {
         conn: usize,
     },
     /// A worker closed its connection without `bye` a while ago.
+    /// A worker exited two seconds ago and its connection is still open (a
+    /// forked child holds it): its exit is taken as it is.
+    ExitedLongAgo {
+        slot: usize,
+        generation: usize,
+    },
     ClosedLongAgo {
         slot: usize,
         generation: usize,
@@ -140,6 +146,10 @@ struct Worker {
     /// Gone: exited, or lost (crash, timeout) and being replaced.
     gone: bool,
     exited: bool,
+    /// It exited while its connection was still open: the exit waits until
+    /// every line it sent has been read (a result sent just before a crash
+    /// is a result, not part of the crash).
+    pending_exit: Option<Option<ExitStatus>>,
     running: Option<(usize, Instant)>,
     hungry: bool,
     stopped: bool,
@@ -309,8 +319,10 @@ pub async fn prepare(config: RunConfig, server: Option<&DbUrl>) -> Result<Prepar
     tokio::spawn(watch_signals(canceller, events_tx.clone()));
 
     let run_id = names::new_run_id();
-    let run_dir =
-        std::env::temp_dir().join(format!("{RUN_DIR_PREFIX}{}-{run_id}", std::process::id()));
+    let run_dir = std::env::temp_dir().join(format!(
+        "{RUN_DIR_PREFIX}{}-{run_id}",
+        dbfork_engine::process::private_dir_owner()
+    ));
     let run_dir = RunDir::create(&run_dir)?;
     let mut prepared = Prepared {
         config,
@@ -587,7 +599,7 @@ async fn watch_signals(canceller: Canceller, events: mpsc::UnboundedSender<Event
 }
 
 /// The prefix of a run's private directory in the temporary directory:
-/// `dbfork-run-<pid>-<run id>`.
+/// `dbfork-run-<pid>-<pid namespace>-<run id>`.
 const RUN_DIR_PREFIX: &str = "dbfork-run-";
 
 /// Removes the private directories of runs whose dbfork is gone (killed with
@@ -799,6 +811,12 @@ impl Dispatcher {
                     ..
                 }) = self.conns.remove(&conn)
                 {
+                    let pending = self
+                        .worker_mut(slot, generation)
+                        .and_then(|w| w.pending_exit.take());
+                    if let Some(status) = pending {
+                        return self.on_exit(slot, generation, status);
+                    }
                     // Wait for the exit status (a crash report names the signal),
                     // but not forever: a worker that hangs after closing is lost too.
                     let clean = self
@@ -820,7 +838,32 @@ impl Dispatcher {
                 slot,
                 generation,
                 status,
-            } => self.on_exit(slot, generation, status),
+            } => {
+                let connected = self
+                    .conns
+                    .values()
+                    .any(|c| c.slot == Some((slot, generation)));
+                match self.worker_mut(slot, generation) {
+                    // Its last lines may still be on their way: read them first.
+                    Some(w) if connected && !w.gone => {
+                        w.pending_exit = Some(status);
+                        let events = self.events.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            let _ = events.send(Event::ExitedLongAgo { slot, generation });
+                        });
+                    }
+                    _ => self.on_exit(slot, generation, status),
+                }
+            }
+            Event::ExitedLongAgo { slot, generation } => {
+                let pending = self
+                    .worker_mut(slot, generation)
+                    .and_then(|w| w.pending_exit.take());
+                if let Some(status) = pending {
+                    self.on_exit(slot, generation, status);
+                }
+            }
             Event::Signal => self.on_signal(),
         }
     }
@@ -950,6 +993,7 @@ impl Dispatcher {
             bye: false,
             gone: false,
             exited: false,
+            pending_exit: None,
             running: None,
             hungry: false,
             stopped: false,
