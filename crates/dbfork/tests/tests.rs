@@ -456,13 +456,16 @@ fn drop_ends_open_sessions(kind: Kind) {
     assert_nothing_left(&place, &[clone]);
 }
 
-fn sigint_during_setup_drops_the_half_built_template(kind: Kind) {
-    let place = Place::new(kind, "int");
-    let marker = place.dir.path().join("started");
-    let setup = format!("touch {} && sleep 60", marker.display());
+/// Starts `db template` with `setup`, and waits until the setup has touched `marker`.
+fn start_template_build(
+    place: &Place,
+    setup: &str,
+    marker: &std::path::Path,
+    stderr: std::process::Stdio,
+) -> (std::process::Child, Instant) {
     let child = dbfork()
-        .args(["db", "template", "--db", &place.url, "--setup", &setup])
-        .stderr(std::process::Stdio::piped())
+        .args(["db", "template", "--db", &place.url, "--setup", setup])
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let started = Instant::now();
@@ -470,6 +473,15 @@ fn sigint_during_setup_drops_the_half_built_template(kind: Kind) {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(marker.exists(), "the setup command never started");
+    (child, started)
+}
+
+fn sigint_during_setup_drops_the_half_built_template(kind: Kind) {
+    let place = Place::new(kind, "int");
+    let marker = place.dir.path().join("started");
+    let setup = format!("touch {} && sleep 60", marker.display());
+    let (child, started) =
+        start_template_build(&place, &setup, &marker, std::process::Stdio::piped());
     let names = place.registry_names();
     assert_eq!(
         names.len(),
@@ -501,16 +513,7 @@ fn kill_9_during_setup_leaves_no_process_and_no_secret(kind: Kind) {
     // A sleep no other test runs, to find this setup's processes by.
     let nap = format!("{}.{}", 4000 + std::process::id() % 1000, place.maint.len());
     let setup = format!("sleep {nap} & touch {} && sleep {nap}", marker.display());
-    let mut child = dbfork()
-        .args(["db", "template", "--db", &place.url, "--setup", &setup])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !marker.exists() && started.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(marker.exists(), "the setup command never started");
+    let (mut child, _) = start_template_build(&place, &setup, &marker, std::process::Stdio::null());
     let pid = child.id();
     let client_dirs = || {
         let prefix = format!("dbfork-client-{pid}-");
@@ -913,19 +916,7 @@ fn registry_tables(kind: Kind) -> (&'static str, &'static str) {
 fn registry_sql(place: &Place, sql: &str) -> String {
     match place.kind {
         Kind::Sqlite => {
-            let registry = place.dir.path().join(".dbfork/registry.sqlite3");
-            let out = std::process::Command::new("python3")
-                .args(["-c", "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nfor r in c.execute(sys.argv[2]).fetchall(): print('|'.join(str(x) for x in r))\nc.commit()"])
-                .arg(&registry)
-                .arg(sql)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{sql}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
+            Place::sqlite_file_ok(&place.dir.path().join(".dbfork/registry.sqlite3"), sql)
         }
         Kind::Mysql => place.sql_ok(None, &sql.replace('\\', "\\\\")),
         Kind::Postgres => place.sql_ok(None, sql),

@@ -100,16 +100,22 @@ impl Place {
                     Some(name) => self.dir.path().join(format!("{name}.sqlite3")),
                     None => self.dir.path().join("main.db"),
                 };
-                let mut c = Command::new("python3");
-                c.args([
-                    "-c",
-                    "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nfor r in c.execute(sys.argv[2]).fetchall(): print('|'.join(str(x) for x in r))\nc.commit()",
-                ]);
-                c.arg(path).arg(sql);
-                c
+                sqlite_command(&path, sql)
             }
         };
         cmd.output().expect("running the database client")
+    }
+
+    /// Runs SQL on the SQLite file `path` (e.g. the registry); returns stdout.
+    pub fn sqlite_file_ok(path: &Path, sql: &str) -> String {
+        let out = sqlite_command(path, sql).output().expect("running python3");
+        assert!(
+            out.status.success(),
+            "SQL failed on {}: {sql}\n{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     pub fn sql_ok(&self, db: Option<&str>, sql: &str) -> String {
@@ -359,6 +365,18 @@ fn shell_quote(s: &str) -> String {
 }
 
 use std::os::unix::process::CommandExt;
+
+/// SQL on a SQLite file through Python's sqlite3 (no sqlite3 binary needed):
+/// rows printed `|`-separated.
+fn sqlite_command(path: &Path, sql: &str) -> Command {
+    let mut c = Command::new("python3");
+    c.args([
+        "-c",
+        "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nfor r in c.execute(sys.argv[2]).fetchall(): print('|'.join(str(x) for x in r))\nc.commit()",
+    ]);
+    c.arg(path).arg(sql);
+    c
+}
 
 pub fn dbfork() -> Command {
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("dbfork"));
