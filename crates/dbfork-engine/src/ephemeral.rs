@@ -999,7 +999,7 @@ async fn pg_config_bindir() -> Option<PathBuf> {
 }
 
 /// `<root>/<version>/bin`, newest version first (Debian's layout).
-fn debian_pg_dirs(root: &Path) -> Vec<PathBuf> {
+pub(crate) fn debian_pg_dirs(root: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
     };

@@ -102,6 +102,12 @@ pub enum Error {
     #[error("the ephemeral {kind} server did not start: {cause}")]
     Ephemeral { kind: &'static str, cause: String },
 
+    #[error("the template cache file {path} cannot be used: {problem}; it is ignored (delete it, or let the next build replace it)")]
+    CacheFile { path: String, problem: String },
+
+    #[error("{what} failed: {cause}")]
+    Transfer { what: String, cause: String },
+
     #[error("interrupted; everything this process had created was dropped")]
     Interrupted,
 

@@ -154,6 +154,54 @@ impl Manifest {
     }
 }
 
+/// The part of a server's version a template depends on, for fingerprints:
+/// two servers of one series make the same template from the same setup, so
+/// a CI machine with the next patch release still finds its cached template.
+///
+/// - PostgreSQL: the major version (`PostgreSQL 15`). Minor releases are
+///   bug fixes that keep the catalog and dump format (a major release may
+///   change both, and pg_restore into an older major is not supported).
+/// - MariaDB and MySQL: the release series (`MariaDB 10.11`, `MySQL 8.0`):
+///   defaults that shape a schema (collations, reserved words, SHOW CREATE
+///   text) change between series, not between patch releases of one.
+/// - SQLite: `SQLite 3`: the file format is the same across 3.x.
+///
+/// Anything unrecognised is kept whole (never a false match).
+pub fn server_series(version: &str) -> String {
+    let numbers = |text: &str, parts: usize| -> Option<String> {
+        let digits: Vec<&str> = text
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty())
+            .take(parts)
+            .collect();
+        (digits.len() == parts).then(|| digits.join("."))
+    };
+    let v = version.trim();
+    if let Some(rest) = v.strip_prefix("PostgreSQL ") {
+        let word = rest.split_whitespace().next().unwrap_or_default();
+        if let Some(major) = numbers(word, 1) {
+            // 9.6 and older: the major version is the first two numbers.
+            let major = match major.parse::<u32>() {
+                Ok(m) if m < 10 => numbers(word, 2).unwrap_or(major),
+                _ => major,
+            };
+            return format!("PostgreSQL {major}");
+        }
+    } else if let Some(rest) = v.strip_prefix("SQLite ") {
+        if let Some(major) = numbers(rest, 1) {
+            return format!("SQLite {major}");
+        }
+    } else if let Some(series) = numbers(v.split(['-', ' ']).next().unwrap_or_default(), 2) {
+        let flavour = if v.to_ascii_lowercase().contains("mariadb") {
+            "MariaDB"
+        } else {
+            "MySQL"
+        };
+        return format!("{flavour} {series}");
+    }
+    v.to_string()
+}
+
 fn file_hash(path: &Path) -> Result<String> {
     let contents =
         std::fs::read(path).map_err(Error::io(format!("reading input file {}", path.display())))?;
@@ -237,6 +285,29 @@ mod tests {
         let mut moved_recipe = recipe.clone();
         moved_recipe.files[0].1 = moved;
         assert_eq!(moved_recipe.fingerprint("16").unwrap(), after.fingerprint);
+    }
+
+    #[test]
+    fn server_series_keeps_what_shapes_a_template() {
+        for (version, series) in [
+            (
+                "PostgreSQL 15.19 (Debian 15.19-0+deb12u1) on x86_64-pc-linux-gnu, compiled by gcc",
+                "PostgreSQL 15",
+            ),
+            (
+                "PostgreSQL 16.4 on aarch64-unknown-linux-musl",
+                "PostgreSQL 16",
+            ),
+            ("PostgreSQL 9.6.24 on x86_64-pc-linux-gnu", "PostgreSQL 9.6"),
+            ("10.11.19-MariaDB-0+deb12u1", "MariaDB 10.11"),
+            ("11.4.2-MariaDB-ubu2404-log", "MariaDB 11.4"),
+            ("8.0.36", "MySQL 8.0"),
+            ("8.4.2-0ubuntu0.24.04.1", "MySQL 8.4"),
+            ("SQLite 3.46.0", "SQLite 3"),
+            ("something else", "something else"),
+        ] {
+            assert_eq!(server_series(version), series, "{version}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! garbage) are written once over it in [`ops`].
 
 pub mod backend;
+pub mod cache;
 pub mod credentials;
 pub mod ephemeral;
 pub mod error;

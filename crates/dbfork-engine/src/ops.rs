@@ -12,8 +12,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
 use crate::backend::{AnyBackend, Backend, CloneMethod};
+use crate::cache::{self, TemplateCache};
 use crate::error::{Error, Result};
-use crate::fingerprint::{Manifest, Recipe};
+use crate::fingerprint::{self, Manifest, Recipe};
 use crate::names;
 use crate::process::{self, Liveness, Owner};
 use crate::registry::{Entry, EntryKind, State};
@@ -74,6 +75,8 @@ pub struct TemplateOptions {
     pub drop_deadline: Duration,
     /// Where the setup command's whole output is kept (`None`: nowhere).
     pub log_dir: Option<std::path::PathBuf>,
+    /// Where templates are exported after a build and restored from before one.
+    pub cache: Option<TemplateCache>,
 }
 
 impl Default for TemplateOptions {
@@ -84,6 +87,7 @@ impl Default for TemplateOptions {
             echo_setup: true,
             drop_deadline: Duration::from_secs(30),
             log_dir: None,
+            cache: None,
         }
     }
 }
@@ -100,6 +104,15 @@ pub struct Template {
     /// What its fingerprint covers.
     #[serde(skip)]
     pub manifest: Manifest,
+    /// The template cache file it was restored from (the setup did not run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<std::path::PathBuf>,
+    /// The cache file it was exported to after this build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exported_to: Option<std::path::PathBuf>,
+    /// What the caller should pass on: a damaged cache file ignored, an export that failed.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// What a process needs to use one database: its environment variables and, where
@@ -249,7 +262,7 @@ where
     B: FnOnce(String) -> F,
     F: std::future::Future<Output = Result<()>>,
 {
-    let version = backend.server_version().await?;
+    let version = fingerprint::server_series(&backend.server_version().await?);
     let manifest = recipe.manifest(&version)?;
     let scope = backend.url().database.clone().unwrap_or_default();
     let name = names::template_name(&manifest.fingerprint, &scope);
@@ -263,7 +276,159 @@ where
     };
     let result = build_locked(backend, recipe, options, &manifest, &name, build).await;
     backend.unlock(lock).await?;
-    result
+    let mut template = result?;
+    // A template built here goes into the cache (replacing a file that
+    // could not be restored); one reused or restored is there already.
+    if let (Some(cache), false, None) = (&options.cache, template.reused, &template.restored_from) {
+        match export_template(backend, &template, cache, options, cancel).await {
+            Ok(path) => template.exported_to = Some(path),
+            Err(e) => template.warnings.push(format!(
+                "the template was not written to the cache {}: {e}",
+                cache.dir.display()
+            )),
+        }
+    }
+    Ok(template)
+}
+
+/// Writes ready template `template` into `cache`. PostgreSQL's sealed
+/// template takes no connections, so there a registered clone of it is
+/// exported, and dropped after.
+pub async fn export_template(
+    backend: &AnyBackend,
+    template: &Template,
+    cache: &TemplateCache,
+    options: &TemplateOptions,
+    cancel: &Cancel,
+) -> Result<std::path::PathBuf> {
+    let entry = find_template(backend, &template.name).await?;
+    let staging = Staging::new(&cache.dir)?;
+    let clone = if backend.kind() == crate::Kind::Postgres {
+        let clone_options = CloneOptions {
+            method: CloneMethod::default_for(backend.kind()),
+            concurrency: 1,
+            drop_deadline: options.drop_deadline,
+        };
+        let owner = Owner::this_process();
+        let made = make_clones(backend, &entry, 1, &owner, &clone_options, cancel).await?;
+        made.into_iter().next().map(|c| c.name)
+    } else {
+        None
+    };
+    let exported = backend
+        .export_database(clone.as_deref().unwrap_or(&template.name), &staging.path)
+        .await;
+    if let Some(clone) = &clone {
+        if let Err(e) = drop_entry(backend, clone, options.drop_deadline).await {
+            tracing::error!("could not drop the export clone {clone}: {e}");
+        }
+    }
+    exported?;
+    let header = cache::Header {
+        backend: backend.kind().id().to_string(),
+        fingerprint: template.fingerprint.clone(),
+        manifest: template.manifest.clone(),
+        source_name: template.name.clone(),
+        exported_at: process::now(),
+        payload_bytes: 0,
+        dbfork_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let path = staging.path.clone();
+    let cache = cache.clone();
+    let kind = backend.kind();
+    tokio::task::spawn_blocking(move || cache.store(kind, header, &path))
+        .await
+        .map_err(|e| Error::Transfer {
+            what: "writing the cache file".into(),
+            cause: e.to_string(),
+        })?
+}
+
+/// A temporary file beside the cache (same filesystem, private), removed when dropped.
+struct Staging {
+    path: std::path::PathBuf,
+}
+
+impl Staging {
+    fn new(dir: &std::path::Path) -> Result<Staging> {
+        std::fs::create_dir_all(dir).map_err(Error::io(format!(
+            "creating the template cache directory {}",
+            dir.display()
+        )))?;
+        Ok(Staging {
+            path: dir.join(format!(
+                ".dump-{}-{}.tmp",
+                process::private_dir_owner(),
+                names::new_run_id()
+            )),
+        })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Fills the empty template `name` from the cache file of its fingerprint,
+/// if there is a sound one. A damaged file or a failed restore is a warning
+/// (pushed to `warnings`), and leaves `name` empty again for the setup.
+async fn restore_from_cache(
+    backend: &AnyBackend,
+    cache: &TemplateCache,
+    manifest: &Manifest,
+    name: &str,
+    options: &TemplateOptions,
+    warnings: &mut Vec<String>,
+) -> Result<Option<std::path::PathBuf>> {
+    let kind = backend.kind();
+    let lookup = {
+        let cache = cache.clone();
+        let fingerprint = manifest.fingerprint.clone();
+        tokio::task::spawn_blocking(move || cache.lookup(&fingerprint, kind))
+            .await
+            .map_err(|e| Error::Transfer {
+                what: "reading the template cache".into(),
+                cause: e.to_string(),
+            })?
+    };
+    let entry = match lookup {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            warnings.push(format!("{e}; the setup runs instead"));
+            return Ok(None);
+        }
+    };
+    let staging = Staging::new(&cache.dir)?;
+    let unpacked = {
+        let (cache, path) = (cache.clone(), staging.path.clone());
+        tokio::task::spawn_blocking(move || cache.unpack(&entry, &path).map(|()| entry.path))
+            .await
+            .map_err(|e| Error::Transfer {
+                what: "unpacking a cache file".into(),
+                cause: e.to_string(),
+            })?
+    };
+    let restored = match unpacked {
+        Ok(path) => backend
+            .import_database(name, &staging.path)
+            .await
+            .map(|()| path),
+        Err(e) => Err(e),
+    };
+    match restored {
+        Ok(path) => Ok(Some(path)),
+        Err(e) => {
+            warnings.push(format!(
+                "restoring the template from the cache failed ({e}); the setup runs instead"
+            ));
+            backend.drop_database(name, options.drop_deadline).await?;
+            backend.create_empty(name).await?;
+            Ok(None)
+        }
+    }
 }
 
 async fn reuse(backend: &AnyBackend, name: &str, manifest: &Manifest) -> Result<Option<Template>> {
@@ -286,6 +451,9 @@ async fn reuse(backend: &AnyBackend, name: &str, manifest: &Manifest) -> Result<
         reused: true,
         build_seconds: 0.0,
         manifest: manifest.clone(),
+        restored_from: None,
+        exported_to: None,
+        warnings: Vec::new(),
     }))
 }
 
@@ -328,18 +496,31 @@ where
         &owner,
     );
     backend.registry_put(std::slice::from_ref(&entry)).await?;
+    let mut warnings = Vec::new();
     let built = async {
         backend.create_empty(name).await?;
-        build(name.to_string()).await?;
-        backend.seal_template(name).await
+        let restored = match &options.cache {
+            Some(cache) => {
+                restore_from_cache(backend, cache, manifest, name, options, &mut warnings).await?
+            }
+            None => None,
+        };
+        if restored.is_none() {
+            build(name.to_string()).await?;
+        }
+        backend.seal_template(name).await?;
+        Ok(restored)
     }
     .await;
-    if let Err(e) = built {
-        if let Err(cleanup) = drop_entry(backend, name, options.drop_deadline).await {
-            tracing::error!("could not drop the half-built template {name}: {cleanup}");
+    let restored_from = match built {
+        Ok(restored) => restored,
+        Err(e) => {
+            if let Err(cleanup) = drop_entry(backend, name, options.drop_deadline).await {
+                tracing::error!("could not drop the half-built template {name}: {cleanup}");
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     entry.state = State::Ready;
     entry.last_used_at = process::now();
     backend.registry_put(std::slice::from_ref(&entry)).await?;
@@ -349,6 +530,9 @@ where
         reused: false,
         build_seconds: started.elapsed().as_secs_f64(),
         manifest: manifest.clone(),
+        restored_from,
+        exported_to: None,
+        warnings,
     })
 }
 

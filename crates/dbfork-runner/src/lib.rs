@@ -159,6 +159,12 @@ pub struct RunConfig {
     /// behind once their heartbeat is this old (the collection at the start).
     pub heartbeat_ttl: Duration,
     pub lock_timeout: Duration,
+    /// Where templates are exported after a build and restored from before one.
+    pub template_cache: Option<PathBuf>,
+    pub template_cache_size: u64,
+    /// Grow a template from its nearest ancestor (`None`: on for the Django
+    /// setup dbfork runs itself, off for a `--setup` command).
+    pub incremental: Option<bool>,
     /// 0: normal; 1: one line per test; 2: also worker output.
     pub verbose: u8,
     /// Whether to draw live progress (a terminal) or print plain lines.

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use dbfork_engine::cache::TemplateCache;
 use dbfork_engine::fingerprint::{Manifest, Recipe};
 use dbfork_engine::ops::{self, Cancel, Template, TemplateOptions};
 use dbfork_engine::{AnyBackend, Backend};
@@ -36,6 +37,10 @@ pub async fn prepare(
         echo_setup: config.verbose > 0 || !config.live,
         drop_deadline: config.drop_timeout,
         log_dir: Some(logs.clone()),
+        cache: config
+            .template_cache
+            .as_ref()
+            .map(|dir| TemplateCache::new(dir, config.template_cache_size)),
     };
     let djangos = match (&config.setup, &configured.django, controller) {
         (None, Some(report), Some(controller)) => Some((report, controller)),
@@ -114,10 +119,20 @@ fn report(config: &RunConfig, template: &Template, progress: &Progress) {
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default();
+    for warning in &template.warnings {
+        progress.note(&format!("warning: {warning}"));
+    }
     if template.reused {
         progress.note(&format!(
             "reusing template {} (inputs unchanged)",
             template.name
+        ));
+    } else if let Some(file) = &template.restored_from {
+        progress.note(&format!(
+            "restored template {} from the cache in {:.1}s ({}); the setup did not run",
+            template.name,
+            template.build_seconds,
+            file.display()
         ));
     } else {
         let changes = history
@@ -140,6 +155,13 @@ fn report(config: &RunConfig, template: &Template, progress: &Progress) {
             template.name, template.build_seconds
         ));
     }
+    if let Some(file) = &template.exported_to {
+        progress.note(&format!(
+            "wrote the template to the cache: {} ({})",
+            file.display(),
+            human_bytes(std::fs::metadata(file).map(|m| m.len()).unwrap_or(0))
+        ));
+    }
     if config.verbose >= 2 {
         for (name, value) in template.manifest.facts() {
             let first = value.lines().next().unwrap_or_default();
@@ -157,6 +179,14 @@ fn report(config: &RunConfig, template: &Template, progress: &Progress) {
             let _ = std::fs::create_dir_all(dir);
         }
         let _ = std::fs::write(&store, text);
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.0} KiB", b as f64 / 1024.0),
     }
 }
 

@@ -142,6 +142,18 @@ pub struct RunArgs {
     /// collection at the start drops it) once its heartbeat is this old. [default: 1h]
     #[arg(long, env = "DBFORK_HEARTBEAT_TTL", value_name = "DURATION")]
     pub heartbeat_ttl: Option<String>,
+    /// A directory of exported templates (a CI cache): restored instead of running the setup
+    /// when the fingerprint matches, written after each build. Empty: off.
+    #[arg(long, env = "DBFORK_TEMPLATE_CACHE", value_name = "DIR")]
+    pub template_cache: Option<std::path::PathBuf>,
+    /// The most the template cache directory may hold; least recently used files go first. [default: 2GiB]
+    #[arg(long, env = "DBFORK_TEMPLATE_CACHE_SIZE", value_name = "SIZE")]
+    pub template_cache_size: Option<String>,
+    /// Grow a new template from the nearest earlier one when only input files were added
+    /// (new migrations): clone it and run the setup again on the clone. [default: on for the
+    /// Django setup dbfork runs itself, off for a --setup command (it must be safe to rerun)]
+    #[arg(long, env = "DBFORK_INCREMENTAL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub incremental: Option<String>,
     /// Read settings from this file instead of looking for dbfork.toml / pyproject.toml.
     #[arg(long, env = "DBFORK_CONFIG", value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
@@ -171,6 +183,17 @@ pub struct TemplateArgs {
     /// How long to wait for another dbfork building the same template.
     #[arg(long, env = "DBFORK_LOCK_TIMEOUT", value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+    /// A directory of exported templates: restored instead of running the setup when the
+    /// fingerprint matches, written after each build.
+    #[arg(long, env = "DBFORK_TEMPLATE_CACHE", value_name = "DIR")]
+    pub template_cache: Option<std::path::PathBuf>,
+    /// The most the template cache directory may hold; least recently used files go first.
+    #[arg(long, env = "DBFORK_TEMPLATE_CACHE_SIZE", value_name = "SIZE", default_value = "2GiB", value_parser = parse_size)]
+    pub template_cache_size: u64,
+    /// Grow the template from the nearest earlier one of the same setup when only input files
+    /// were added (the setup must be safe to run again on its own result).
+    #[arg(long, env = "DBFORK_INCREMENTAL")]
+    pub incremental: bool,
     /// Print a JSON object instead of the fingerprint.
     #[arg(long)]
     pub json: bool,
@@ -289,6 +312,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// A size: bytes, or with a unit (`500MB`, `2GiB`, `1g`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    dbfork_engine::cache::parse_size(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,3 +339,4 @@ mod tests {
         Cli::command().debug_assert();
     }
 }
+

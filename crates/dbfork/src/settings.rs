@@ -67,6 +67,17 @@ const KEYS: &[Key] = &[
     key("build_timeout", "--build-timeout", "DBFORK_BUILD_TIMEOUT"),
     key("start_timeout", "--start-timeout", "DBFORK_START_TIMEOUT"),
     key("heartbeat_ttl", "--heartbeat-ttl", "DBFORK_HEARTBEAT_TTL"),
+    key(
+        "template_cache",
+        "--template-cache",
+        "DBFORK_TEMPLATE_CACHE",
+    ),
+    key(
+        "template_cache_size",
+        "--template-cache-size",
+        "DBFORK_TEMPLATE_CACHE_SIZE",
+    ),
+    key("incremental", "--incremental", "DBFORK_INCREMENTAL"),
 ];
 
 const CONFIG_FILE: &str = "dbfork.toml";
@@ -144,6 +155,15 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
             .heartbeat_ttl
             .or(from_file.heartbeat_ttl)
             .unwrap_or(Duration::from_secs(3600)),
+        template_cache: from_flags
+            .template_cache
+            .or(from_file.template_cache)
+            .flatten(),
+        template_cache_size: from_flags
+            .template_cache_size
+            .or(from_file.template_cache_size)
+            .unwrap_or(dbfork_engine::cache::DEFAULT_MAX_BYTES),
+        incremental: from_flags.incremental.or(from_file.incremental),
         lock_timeout: Duration::from_secs(30 * 60),
         verbose,
         // CI logs are not terminals, but some CI systems fake one; CI=... is
@@ -320,6 +340,9 @@ struct Layer {
     build_timeout: Option<Duration>,
     start_timeout: Option<Duration>,
     heartbeat_ttl: Option<Duration>,
+    template_cache: Option<Option<PathBuf>>,
+    template_cache_size: Option<u64>,
+    incremental: Option<bool>,
 }
 
 impl Layer {
@@ -340,6 +363,8 @@ impl Layer {
             (&args.start_timeout, "start_timeout"),
             (&args.heartbeat_ttl, "heartbeat_ttl"),
             (&args.fresh_transactional, "fresh_transactional"),
+            (&args.template_cache_size, "template_cache_size"),
+            (&args.incremental, "incremental"),
         ];
         for (value, name) in texts {
             if let Some(text) = value.as_deref() {
@@ -363,6 +388,10 @@ impl Layer {
         layer.max_worker_restarts = args.max_worker_restarts;
         layer.junit = args.junit.as_deref().map(|p| optional_path(p, cwd));
         layer.json = args.json.as_deref().map(|p| optional_path(p, cwd));
+        layer.template_cache = args
+            .template_cache
+            .as_deref()
+            .map(|p| optional_path(p, cwd));
         Ok(layer)
     }
 
@@ -472,6 +501,19 @@ impl Layer {
             "heartbeat_ttl" => self.heartbeat_ttl = Some(duration(raw, origin, false)?),
             "build_timeout" => self.build_timeout = Some(duration(raw, origin, false)?),
             "start_timeout" => self.start_timeout = Some(duration(raw, origin, false)?),
+            "template_cache" => {
+                self.template_cache = Some(optional_path(Path::new(&string(raw, origin)?), base))
+            }
+            "template_cache_size" => {
+                let text = match raw {
+                    Raw::Toml(toml::Value::Integer(n)) => n.to_string(),
+                    _ => string(raw, origin)?,
+                };
+                let bytes =
+                    dbfork_engine::cache::parse_size(&text).map_err(|why| invalid(origin, why))?;
+                self.template_cache_size = Some(bytes);
+            }
+            "incremental" => self.incremental = Some(boolean(raw, origin)?),
             // KEYS and this match list the same names; a key missing here is a bug.
             other => {
                 return Err(anyhow::anyhow!(
@@ -740,6 +782,9 @@ mod tests {
             build_timeout: None,
             start_timeout: None,
             heartbeat_ttl: None,
+            template_cache: None,
+            template_cache_size: None,
+            incremental: None,
             config: None,
             command: vec!["pytest".into(), "-q".into()],
         }

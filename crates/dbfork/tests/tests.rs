@@ -26,6 +26,8 @@ macro_rules! per_server {
 }
 
 // After the macros, which they use too.
+#[path = "cache/mod.rs"]
+mod cache_tests;
 #[path = "run/mod.rs"]
 mod run_tests;
 #[path = "zero_config/mod.rs"]

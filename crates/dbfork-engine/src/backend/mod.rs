@@ -142,6 +142,21 @@ pub trait Backend: Send + Sync {
         deadline: Duration,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Writes database `name` into the file `out` as this backend's own dump
+    /// (the template cache's payload). On PostgreSQL `name` must accept
+    /// connections: a clone, not a sealed template.
+    fn export_database(
+        &self,
+        name: &str,
+        out: &std::path::Path,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Fills database `name`, created empty, from a dump [`Backend::export_database`] wrote.
+    fn import_database(
+        &self,
+        name: &str,
+        dump: &std::path::Path,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// The backend's usual environment variables for a client of database `name`.
     fn client_env(&self, name: &str) -> Vec<(String, String)>;
 
@@ -256,6 +271,12 @@ impl Backend for AnyBackend {
         }
         each!(self, b => b.drop_database(name, deadline).await)
     }
+    async fn export_database(&self, name: &str, out: &std::path::Path) -> Result<()> {
+        each!(self, b => b.export_database(name, out).await)
+    }
+    async fn import_database(&self, name: &str, dump: &std::path::Path) -> Result<()> {
+        each!(self, b => b.import_database(name, dump).await)
+    }
     fn client_env(&self, name: &str) -> Vec<(String, String)> {
         each!(self, b => b.client_env(name))
     }
@@ -282,4 +303,57 @@ where
         tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
         pause = (pause * 2).min(Duration::from_millis(250));
     }
+}
+
+/// Runs a client program (pg_dump, pg_restore) to its end; its process group
+/// dies with dbfork. A failure names `what`, the exit status and the end of
+/// its error output.
+#[allow(dead_code)]
+pub(crate) async fn run_tool(
+    what: &str,
+    program: &std::path::Path,
+    args: &[String],
+    env: &[(String, String)],
+) -> Result<()> {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .envs(env.iter().cloned())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = command.spawn().map_err(|e| Error::Transfer {
+        what: what.to_string(),
+        cause: format!("{} could not be started: {e}", program.display()),
+    })?;
+    let pid = child.id();
+    if let Some(pid) = pid {
+        crate::reaper::register(pid);
+    }
+    let output = child.wait_with_output().await;
+    if let Some(pid) = pid {
+        crate::reaper::unregister(pid);
+    }
+    let output = output.map_err(Error::io(format!("waiting for {}", program.display())))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let tail = lines[lines.len().saturating_sub(12)..].join("\n");
+    Err(Error::Transfer {
+        what: what.to_string(),
+        cause: format!(
+            "{} ended with {}: {}",
+            program.display(),
+            output.status,
+            if tail.trim().is_empty() {
+                "(no output)"
+            } else {
+                tail.trim()
+            }
+        ),
+    })
 }

@@ -74,8 +74,9 @@ pub struct Mysql {
     registry_ready: AtomicBool,
 }
 
-/// What a clone is rebuilt from: the template's catalog, read once.
-#[derive(Debug)]
+/// What a clone is rebuilt from: the template's catalog, read once (and,
+/// in a template cache file, the head of the dump).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Template {
     charset: String,
     collation: String,
@@ -87,7 +88,7 @@ struct Template {
     events: Vec<Object>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Table {
     name: String,
     /// `SHOW CREATE TABLE`, unqualified: run with the clone as the default database.
@@ -101,13 +102,99 @@ struct Table {
 }
 
 /// A view, trigger, routine or event: its `SHOW CREATE` text and the session settings it was made with.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Object {
-    what: &'static str,
+    what: String,
     name: String,
     sql_mode: Option<String>,
     time_zone: Option<String>,
     create: Vec<u8>,
+}
+
+/// The head of a dump: the template's catalog and the name it had.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DumpHead {
+    source: String,
+    template: Template,
+}
+
+/// The first bytes of a dump file.
+const DUMP_MAGIC: &[u8] = b"DBFORKMY1\n";
+/// The largest INSERT statement a dump holds (the server's max_allowed_packet is 16 MiB by default).
+const DUMP_STATEMENT: usize = 1 << 20;
+
+/// Appends the SQL literal of `value`: hex for strings and bytes (text
+/// columns as utf8mb4, the connection's character set), exact numbers, and
+/// dates and times with their microseconds.
+fn push_literal(out: &mut Vec<u8>, value: &mysql_async::Value, text: bool) {
+    use mysql_async::Value as V;
+    use std::io::Write as _;
+    let _ = match value {
+        V::NULL => write!(out, "NULL"),
+        V::Bytes(bytes) => {
+            out.extend_from_slice(if text { b"_utf8mb4 X'" } else { b"X'" });
+            for b in bytes {
+                let _ = write!(out, "{b:02x}");
+            }
+            write!(out, "'")
+        }
+        V::Int(i) => write!(out, "{i}"),
+        V::UInt(u) => write!(out, "{u}"),
+        // Rust prints the shortest decimal that reads back as the same number.
+        V::Float(f) => write!(out, "{f}"),
+        V::Double(d) => write!(out, "{d}"),
+        V::Date(y, mo, d, h, mi, s, us) => {
+            write!(out, "'{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}'")
+        }
+        V::Time(neg, days, h, mi, s, us) => {
+            let sign = if *neg { "-" } else { "" };
+            let hours = *days * 24 + u32::from(*h);
+            write!(out, "'{sign}{hours}:{mi:02}:{s:02}.{us:06}'")
+        }
+    };
+}
+
+/// One framed record of a dump: a table index and its bytes.
+fn push_record(out: &mut impl std::io::Write, table: u32, bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(&table.to_le_bytes())?;
+    out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    out.write_all(bytes)
+}
+
+/// A dump read back: its head and each table's INSERT statements.
+/// Each table's INSERT statements, by the table's index in the catalog.
+type TableRows = Vec<Vec<Vec<u8>>>;
+
+fn parse_dump(bytes: &[u8]) -> std::result::Result<(DumpHead, TableRows), String> {
+    let rest = bytes
+        .strip_prefix(DUMP_MAGIC)
+        .ok_or("it is not a dbfork MySQL dump")?;
+    let mut cursor = std::io::Cursor::new(rest);
+    let mut records = Vec::new();
+    let mut head = None;
+    while (cursor.position() as usize) < rest.len() {
+        let mut frame = [0u8; 8];
+        std::io::Read::read_exact(&mut cursor, &mut frame).map_err(|_| "it ends early")?;
+        let table = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes"));
+        let len = u32::from_le_bytes(frame[4..].try_into().expect("4 bytes")) as usize;
+        let mut bytes = vec![0u8; len];
+        std::io::Read::read_exact(&mut cursor, &mut bytes).map_err(|_| "it ends early")?;
+        let bytes = bytes.as_slice();
+        if head.is_none() {
+            head = Some(serde_json::from_slice::<DumpHead>(bytes).map_err(|e| e.to_string())?);
+        } else {
+            records.push((table as usize, bytes.to_vec()));
+        }
+    }
+    let head = head.ok_or("it has no catalog")?;
+    let mut tables = vec![Vec::new(); head.template.tables.len()];
+    for (table, statement) in records {
+        tables
+            .get_mut(table)
+            .ok_or("a record names a table the catalog lacks")?
+            .push(statement);
+    }
+    Ok((head, tables))
 }
 
 /// A `GET_LOCK` held by a connection of its own.
@@ -122,6 +209,8 @@ struct CloneJob<'a> {
     clone: &'a str,
     method: CloneMethod,
     tpl: &'a Template,
+    /// Restoring a dump: each table's INSERT statements.
+    dump: &'a [Vec<Vec<u8>>],
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -130,6 +219,8 @@ enum Step {
     Create(usize),
     /// Copy one table's rows.
     Copy(usize),
+    /// Run one INSERT statement of a dump: table, statement.
+    Insert(usize, usize),
 }
 
 /// A quoted identifier.
@@ -382,6 +473,128 @@ impl Mysql {
             .remove(name);
     }
 
+    /// Writes `name` as a dump: its catalog, then every table's rows as
+    /// INSERT statements of literals read with the binary protocol (exact
+    /// numbers and times), in UTC.
+    async fn write_dump(&self, name: &str, out: &std::path::Path) -> Result<()> {
+        let ctx = format!("exporting {name}");
+        let io = |e: std::io::Error| Error::io(format!("writing {}", out.display()))(e);
+        let mut conn = self.take().await?;
+        let result = async {
+            let template = self.read_template(&mut conn, name).await?;
+            conn.query_drop("SET SESSION time_zone = '+00:00'")
+                .await
+                .map_err(q(&ctx))?;
+            let mut file = std::io::BufWriter::new(std::fs::File::create(out).map_err(io)?);
+            std::io::Write::write_all(&mut file, DUMP_MAGIC).map_err(io)?;
+            let head = DumpHead {
+                source: name.to_string(),
+                template,
+            };
+            let head_json = serde_json::to_vec(&head).map_err(|e| Error::query(NAME, &ctx, e))?;
+            push_record(&mut file, 0, &head_json).map_err(io)?;
+            for (index, table) in head.template.tables.iter().enumerate() {
+                if table.copy_columns.is_empty() {
+                    continue;
+                }
+                let prefix = format!(
+                    "INSERT INTO {} ({}) VALUES ",
+                    ident(&table.name),
+                    table.copy_columns
+                );
+                let mut statement = prefix.clone().into_bytes();
+                let mut result = conn
+                    .exec_iter(
+                        format!(
+                            "SELECT {} FROM {}.{}",
+                            table.copy_columns,
+                            ident(name),
+                            ident(&table.name)
+                        ),
+                        (),
+                    )
+                    .await
+                    .map_err(q(&ctx))?;
+                let text: Vec<bool> = result
+                    .columns_ref()
+                    .iter()
+                    .map(|c| {
+                        c.character_set() != 63
+                            || c.column_type() == mysql_async::consts::ColumnType::MYSQL_TYPE_JSON
+                    })
+                    .collect();
+                while let Some(row) = result.next().await.map_err(q(&ctx))? {
+                    if statement.len() > prefix.len() {
+                        statement.push(b',');
+                    }
+                    statement.push(b'(');
+                    for i in 0..row.len() {
+                        if i > 0 {
+                            statement.push(b',');
+                        }
+                        let value = row.as_ref(i).unwrap_or(&mysql_async::Value::NULL);
+                        push_literal(&mut statement, value, text.get(i) == Some(&true));
+                    }
+                    statement.push(b')');
+                    if statement.len() >= DUMP_STATEMENT {
+                        push_record(&mut file, index as u32, &statement).map_err(io)?;
+                        statement.truncate(prefix.len());
+                    }
+                }
+                if statement.len() > prefix.len() {
+                    push_record(&mut file, index as u32, &statement).map_err(io)?;
+                }
+            }
+            std::io::Write::flush(&mut file).map_err(io)
+        }
+        .await;
+        self.leave(&mut conn).await;
+        result
+    }
+
+    /// Fills the empty `name` from a dump: the tables created, the rows
+    /// inserted over several connections, then counters and objects, as a clone.
+    async fn read_dump(&self, name: &str, dump: &std::path::Path) -> Result<()> {
+        let bytes =
+            std::fs::read(dump).map_err(Error::io(format!("reading {}", dump.display())))?;
+        let (head, rows) = parse_dump(&bytes).map_err(|problem| Error::Transfer {
+            what: format!("restoring {name}"),
+            cause: format!("the dump {} is damaged: {problem}", dump.display()),
+        })?;
+        drop(bytes);
+        let tpl = &head.template;
+        {
+            let mut conn = self.take().await?;
+            conn.query_drop(format!(
+                "ALTER DATABASE {} CHARACTER SET {} COLLATE {}",
+                ident(name),
+                tpl.charset,
+                tpl.collation
+            ))
+            .await
+            .map_err(q(format!("restoring {name}")))?;
+        }
+        let job = CloneJob {
+            template: &head.source,
+            clone: name,
+            method: CloneMethod::ShowCreate,
+            tpl,
+            dump: &rows,
+        };
+        self.run_steps(&job, (0..tpl.tables.len()).map(Step::Create).collect())
+            .await?;
+        // Largest tables first, as clones copy them.
+        let inserts = rows
+            .iter()
+            .enumerate()
+            .flat_map(|(t, statements)| (0..statements.len()).map(move |i| Step::Insert(t, i)))
+            .collect();
+        self.run_steps(&job, inserts).await?;
+        self.finish_clone(&job).await?;
+        self.forget_template(name);
+        Ok(())
+    }
+
     /// The description of template `name`, read on first use.
     async fn template(&self, name: &str) -> Result<Arc<Template>> {
         let cell = self
@@ -615,7 +828,7 @@ impl Mysql {
             return Err(Error::query(NAME, ctx, "the server returned nothing"));
         };
         Ok(Object {
-            what,
+            what: what.to_string(),
             sql_mode: sql_mode
                 .map(|i| col::<Option<String>>(&row, i, &ctx))
                 .transpose()?
@@ -632,7 +845,7 @@ impl Mysql {
     /// Prepares a connection to fill `clone`: no constraint checks, the clone as default database.
     async fn enter(&self, conn: &mut Conn, clone: &str) -> Result<()> {
         conn.query_drop(format!(
-            "SET SESSION foreign_key_checks = 0, unique_checks = 0, sql_mode = '{COPY_SQL_MODE}'"
+            "SET SESSION foreign_key_checks = 0, unique_checks = 0, sql_mode = '{COPY_SQL_MODE}', time_zone = '+00:00'"
         ))
         .await
         .map_err(q(format!("preparing a session to fill {clone}")))?;
@@ -703,6 +916,7 @@ impl Mysql {
                 };
                 let copied = match step {
                     Step::Copy(i) => job.tpl.tables[i].size,
+                    Step::Insert(t, i) => job.dump[t][i].len() as u64,
                     Step::Create(_) => {
                         if in_transaction.take().is_some() {
                             conn.query_drop("COMMIT").await.map_err(q(ctx()))?;
@@ -774,6 +988,10 @@ impl Mysql {
                 }
                 Ok(())
             }
+            Step::Insert(t, i) => conn.query_drop(&job.dump[t][i]).await.map_err(q(format!(
+                "restoring the rows of {} into {}",
+                job.tpl.tables[t].name, job.clone
+            ))),
             Step::Copy(i) => {
                 let t = &job.tpl.tables[i];
                 if t.copy_columns.is_empty() {
@@ -1307,6 +1525,7 @@ impl Backend for Mysql {
             clone: name,
             method,
             tpl: &tpl,
+            dump: &[],
         };
         // Every table first, then the rows: the copies then commit a few times per connection
         // instead of once per table (each commit waits for a disk flush).
@@ -1358,6 +1577,14 @@ impl Backend for Mysql {
                 None => holders,
             },
         })
+    }
+
+    async fn export_database(&self, name: &str, out: &std::path::Path) -> Result<()> {
+        self.write_dump(name, out).await
+    }
+
+    async fn import_database(&self, name: &str, dump: &std::path::Path) -> Result<()> {
+        self.read_dump(name, dump).await
     }
 
     fn client_env(&self, name: &str) -> Vec<(String, String)> {

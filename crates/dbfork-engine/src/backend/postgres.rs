@@ -91,6 +91,27 @@ fn q(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
 }
 
 impl Postgres {
+    /// A PostgreSQL client program: the one of the server's major version
+    /// (Debian's /usr/lib/postgresql/<major>/bin), else the newest there, else PATH's.
+    fn tool(&self, program: &str) -> Result<std::path::PathBuf> {
+        let major = (self.version_num / 10000).to_string();
+        let root = std::path::Path::new("/usr/lib/postgresql");
+        let mut dirs = vec![root.join(&major).join("bin")];
+        dirs.extend(crate::ephemeral::debian_pg_dirs(root));
+        if let Some(path) = std::env::var_os("PATH") {
+            dirs.extend(std::env::split_paths(&path));
+        }
+        dirs.into_iter()
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::MissingBinary {
+                what: "exporting or restoring a PostgreSQL template (the template cache)".into(),
+                program: program.to_string(),
+                searched: "/usr/lib/postgresql/*/bin".into(),
+                package: "postgresql-client".into(),
+            })
+    }
+
     pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<Postgres> {
         let mut config = Config::new();
         config
@@ -627,6 +648,54 @@ impl Backend for Postgres {
                 ),
             }),
         }
+    }
+
+    async fn export_database(&self, name: &str, out: &std::path::Path) -> Result<()> {
+        // Custom format, uncompressed (the cache compresses), without owners
+        // and grants: the restoring user owns what it restores, on any server.
+        let args = [
+            "--format=custom",
+            "--compress=0",
+            "--no-owner",
+            "--no-privileges",
+            "--file",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([out.display().to_string()])
+        .collect::<Vec<_>>();
+        let program = self.tool("pg_dump")?;
+        super::run_tool(
+            &format!("exporting {name} with pg_dump"),
+            &program,
+            &args,
+            &self.client_env(name),
+        )
+        .await
+    }
+
+    async fn import_database(&self, name: &str, dump: &std::path::Path) -> Result<()> {
+        let jobs = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 8);
+        let args = vec![
+            "--no-owner".to_string(),
+            "--no-privileges".to_string(),
+            "--exit-on-error".to_string(),
+            format!("--jobs={jobs}"),
+            "--dbname".to_string(),
+            name.to_string(),
+            dump.display().to_string(),
+        ];
+        let program = self.tool("pg_restore")?;
+        super::run_tool(
+            &format!("restoring {name} with pg_restore"),
+            &program,
+            &args,
+            &self.client_env(name),
+        )
+        .await
     }
 
     fn client_env(&self, name: &str) -> Vec<(String, String)> {

@@ -373,6 +373,30 @@ impl Backend for Sqlite {
         Ok(())
     }
 
+    async fn export_database(&self, name: &str, out: &Path) -> Result<()> {
+        // The online backup API: a consistent copy even if someone has it open.
+        let (src, out) = (self.path_of(name), out.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            Connection::open(&src)
+                .and_then(|from| from.backup(rusqlite::MAIN_DB, &out, None))
+                .map_err(sq(format!("exporting {}", src.display())))
+        })
+        .await
+        .map_err(|e| Error::query(NAME, "exporting a template", e))?
+    }
+
+    async fn import_database(&self, name: &str, dump: &Path) -> Result<()> {
+        let dst = self.path_of(name);
+        let part = side_file(&dst, ".part");
+        copy_file(dump, &part)
+            .and_then(|()| std::fs::rename(&part, &dst))
+            .map_err(Error::io(format!(
+                "restoring {} from {}",
+                dst.display(),
+                dump.display()
+            )))
+    }
+
     fn client_env(&self, name: &str) -> Vec<(String, String)> {
         vec![(
             "DBFORK_SQLITE_PATH".to_string(),

@@ -1,6 +1,7 @@
 //! `dbfork db template`: build or reuse a fingerprinted template.
 
 use anyhow::Result;
+use dbfork_engine::cache::TemplateCache;
 use dbfork_engine::fingerprint::Recipe;
 use dbfork_engine::ops::{self, Cancel, TemplateOptions};
 use dbfork_engine::Backend;
@@ -21,18 +22,38 @@ pub async fn run(opened: &Opened, args: &TemplateArgs, cancel: &Cancel) -> Resul
         echo_setup: !args.quiet,
         drop_deadline: args.db.drop_timeout,
         log_dir: None,
+        cache: args
+            .template_cache
+            .as_ref()
+            .map(|dir| TemplateCache::new(dir, args.template_cache_size)),
     };
     let template = ops::ensure_template(backend, &recipe, &options, cancel).await?;
     let url = backend.url().with_database(&template.name);
+    for warning in &template.warnings {
+        eprintln!("dbfork: warning: {warning}");
+    }
     if template.reused {
         eprintln!(
             "dbfork: reusing template {} (inputs unchanged; setup not run)",
             template.name
         );
+    } else if let Some(file) = &template.restored_from {
+        eprintln!(
+            "dbfork: restored template {} from the cache in {:.2}s ({}; setup not run)",
+            template.name,
+            template.build_seconds,
+            file.display()
+        );
     } else {
         eprintln!(
             "dbfork: built template {} in {:.2}s",
             template.name, template.build_seconds
+        );
+    }
+    if let Some(file) = &template.exported_to {
+        eprintln!(
+            "dbfork: wrote the template to the cache: {}",
+            file.display()
         );
     }
     if opened.server.is_some() {

@@ -1,0 +1,12 @@
+SET NAMES utf8mb4;
+CREATE TABLE kinds (
+  id INT AUTO_INCREMENT PRIMARY KEY,
+  f FLOAT, d DOUBLE, n DECIMAL(30,10), dt DATETIME(6), ts TIMESTAMP(3) NULL, tm TIME(6), dd DATE, y YEAR,
+  bt BIT(10), bl BLOB, vb VARBINARY(20), j JSON, e ENUM('a','b'), st SET('x','y'),
+  u VARCHAR(40) CHARACTER SET utf8mb4, l VARCHAR(40) CHARACTER SET latin1,
+  g INT GENERATED ALWAYS AS (id * 2) VIRTUAL
+) ENGINE=InnoDB AUTO_INCREMENT=7;
+INSERT INTO kinds (f, d, n, dt, ts, tm, dd, y, bt, bl, vb, j, e, st, u, l) VALUES
+  (0.1, 1.0e0/3, 12345678901234567890.0123456789, '2024-02-29 23:59:59.123456', '2024-03-31 01:30:00.5', '-838:59:59.000000', '0000-00-00', 2024,
+   b'1010101010', X'00FF10', X'DEADBEEF00', '{"k": [1, "é", null]}', 'b', 'x,y', 'tab\there ✓ 🎉 \\ \'', 'café'),
+  (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
