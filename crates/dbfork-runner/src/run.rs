@@ -16,6 +16,7 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dbfork_engine::fingerprint::Manifest;
 use dbfork_engine::names;
 use dbfork_engine::ops::{self, Cancel, Canceller, CloneOptions, DatabaseEnv, MadeClone};
 use dbfork_engine::process::Owner;
@@ -401,6 +402,20 @@ fn plugin_option(adapter: Adapter, command: &mut Vec<String>) {
 
 /// Runs the suite prepared in `prepared` on `backend` and returns its report
 /// (also written to the report files and the timings store).
+/// What the run's template would be, without building anything: its
+/// manifest (fingerprint and inputs) on `backend`'s server. The controller,
+/// if one was started to learn the recipe, is stopped.
+pub async fn fingerprint(prepared: Prepared, backend: &AnyBackend) -> Result<Manifest, RunError> {
+    let recipe = template::recipe_of(&prepared.config, &prepared.configured);
+    let result = async {
+        let version = dbfork_engine::fingerprint::server_series(&backend.server_version().await?);
+        Ok::<_, RunError>(recipe.manifest(&version)?)
+    }
+    .await;
+    prepared.abandon().await;
+    result
+}
+
 pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, RunError> {
     let Prepared {
         mut config,

@@ -42,13 +42,9 @@ pub async fn prepare(
             .as_ref()
             .map(|dir| TemplateCache::new(dir, config.template_cache_size)),
     };
-    let djangos = match (&config.setup, &configured.django, controller) {
-        (None, Some(report), Some(controller)) => Some((report, controller)),
-        _ => None,
-    };
-    let template = match djangos {
-        Some((report, controller)) => {
-            let recipe = django::recipe(report, &config.inputs);
+    let recipe = recipe_of(config, configured);
+    let template = match (&config.setup, &configured.django, controller) {
+        (None, Some(report), Some(controller)) => {
             announce_django(report, &recipe, progress)?;
             let deadline = config.build_timeout;
             let build = |name: String| async move {
@@ -65,12 +61,7 @@ pub async fn prepare(
             };
             ops::ensure_template_with(backend, &recipe, &options, cancel, build).await?
         }
-        None => {
-            let recipe = Recipe {
-                setup: config.setup.clone().unwrap_or_else(|| "true".to_string()),
-                inputs: config.inputs.clone(),
-                ..Recipe::default()
-            };
+        _ => {
             if config.setup.is_some() {
                 progress.note(
                     "preparing the template (the setup command runs only when its inputs changed)",
@@ -87,6 +78,19 @@ pub async fn prepare(
         report(config, &template, progress);
     }
     Ok(template)
+}
+
+/// What the run's template is built from: the `--setup` command, or the
+/// Django project's own setup the controller reported.
+pub fn recipe_of(config: &RunConfig, configured: &Configured) -> Recipe {
+    match (&config.setup, &configured.django) {
+        (None, Some(report)) => django::recipe(report, &config.inputs),
+        _ => Recipe {
+            setup: config.setup.clone().unwrap_or_else(|| "true".to_string()),
+            inputs: config.inputs.clone(),
+            ..Recipe::default()
+        },
+    }
 }
 
 fn announce_django(

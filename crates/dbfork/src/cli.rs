@@ -51,6 +51,9 @@ pub struct DbArgs {
 pub enum DbCommand {
     /// Build the template of a setup command, or reuse the ready one with the same fingerprint; prints the fingerprint.
     Template(TemplateArgs),
+    /// Print the fingerprint the template of `dbfork run` with the same options would have,
+    /// without building anything (a CI cache key). Takes every option of `dbfork run`.
+    Fingerprint(Box<FingerprintArgs>),
     /// Make N clones of a template at once; prints one URL per clone (passwords left out).
     Clone(CloneArgs),
     /// Drop databases dbfork created (refuses any other), ending their sessions first.
@@ -160,6 +163,15 @@ pub struct RunArgs {
     /// The test command, after `--`: e.g. `-- pytest -q tests/`.
     #[arg(required = true, value_name = "COMMAND", allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct FingerprintArgs {
+    /// Print a JSON object: the fingerprint and every input it covers.
+    #[arg(long = "print-json")]
+    pub print_json: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Args)]
@@ -339,4 +351,3 @@ mod tests {
         Cli::command().debug_assert();
     }
 }
-

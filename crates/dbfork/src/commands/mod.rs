@@ -3,7 +3,7 @@
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, DbCommand, FingerprintArgs};
 use crate::errors;
 
 pub mod db;
@@ -30,6 +30,10 @@ pub fn main() -> i32 {
         match cli.command {
             // The runner handles its own signals: it forwards them to the workers.
             Command::Run(args) => run::run(*args, verbose).await,
+            Command::Db(DbCommand::Fingerprint(args)) => {
+                let FingerprintArgs { print_json, run } = *args;
+                run::fingerprint(run, verbose, print_json).await
+            }
             Command::Db(command) => {
                 let cancel = crate::signals::install();
                 db::run(command, cancel).await.map(|()| errors::OK)

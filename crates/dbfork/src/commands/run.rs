@@ -15,64 +15,9 @@ use crate::target::{Collect, Opened};
 /// Returns the run's exit code (pytest's: 0 passed, 1 failed, 2 interrupted,
 /// 3 setup or database error, 4 usage error, 5 no tests).
 pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
-    let cwd = std::env::current_dir()?;
-    let config = match settings::resolve(&args, verbose, &cwd) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("dbfork: error: {e:#}");
-            return Ok(exit::USAGE);
-        }
-    };
-    let (connect_timeout, drop_timeout, heartbeat_ttl) = (
-        config.connect_timeout,
-        config.drop_timeout,
-        config.heartbeat_ttl,
-    );
-    let db_args = move |db: String| DbArgs {
-        db,
-        connect_timeout,
-        drop_timeout,
-        heartbeat_ttl,
-    };
-    // A database named by the user is opened first: the test command's
-    // controller then sees it in DATABASE_URL, as the workers do.
-    let mut opened = match &config.db {
-        Some(db) => match Opened::open(&db_args(db.clone()), Collect::Leftovers).await {
-            Ok(opened) => Some(opened),
-            Err(e) => return Ok(open_failed(&e)),
-        },
-        None => None,
-    };
-    let server = opened.as_ref().map(|o| o.backend.url().clone());
-    let default_db = settings::default_db(&config);
-    let prepared = match runner::prepare(config, server.as_ref()).await {
-        Ok(prepared) => prepared,
-        Err(e) => {
-            if let Some(opened) = opened {
-                close(opened).await;
-            }
-            return Ok(failed(&e));
-        }
-    };
-    let opened = match opened.take() {
-        Some(opened) => opened,
-        None => {
-            let db = match found_server(&prepared) {
-                Ok(Some(url)) => url,
-                Ok(None) => default_db,
-                Err(e) => {
-                    prepared.abandon().await;
-                    return Ok(failed(&e));
-                }
-            };
-            match Opened::open(&db_args(db), Collect::Leftovers).await {
-                Ok(opened) => opened,
-                Err(e) => {
-                    prepared.abandon().await;
-                    return Ok(open_failed(&e));
-                }
-            }
-        }
+    let (prepared, opened) = match start(&args, verbose, Collect::Leftovers).await {
+        Ok(started) => started,
+        Err(code) => return Ok(code),
     };
     let Opened { backend, server } = opened;
     let result = runner::run(prepared, backend).await;
@@ -90,6 +35,100 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
                 dbfork_runner::progress::print_final(&report);
             }
             Ok(report.exit_code)
+        }
+        Err(e) => Ok(failed(&e)),
+    }
+}
+
+/// Resolves the settings, opens the database and prepares the run (the
+/// controller configured); an `Err` is the exit code of a failure already reported.
+async fn start(args: &RunArgs, verbose: u8, collect: Collect) -> Result<(Prepared, Opened), i32> {
+    let cwd = std::env::current_dir().map_err(|e| {
+        eprintln!("dbfork: error: the working directory: {e}");
+        exit::USAGE
+    })?;
+    let config = match settings::resolve(args, verbose, &cwd) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("dbfork: error: {e:#}");
+            return Err(exit::USAGE);
+        }
+    };
+    let (connect_timeout, drop_timeout, heartbeat_ttl) = (
+        config.connect_timeout,
+        config.drop_timeout,
+        config.heartbeat_ttl,
+    );
+    let db_args = move |db: String| DbArgs {
+        db,
+        connect_timeout,
+        drop_timeout,
+        heartbeat_ttl,
+    };
+    // A database named by the user is opened first: the test command's
+    // controller then sees it in DATABASE_URL, as the workers do.
+    let mut opened = match &config.db {
+        Some(db) => match Opened::open(&db_args(db.clone()), collect).await {
+            Ok(opened) => Some(opened),
+            Err(e) => return Err(open_failed(&e)),
+        },
+        None => None,
+    };
+    let server = opened.as_ref().map(|o| o.backend.url().clone());
+    let default_db = settings::default_db(&config);
+    let prepared = match runner::prepare(config, server.as_ref()).await {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            if let Some(opened) = opened {
+                close(opened).await;
+            }
+            return Err(failed(&e));
+        }
+    };
+    let opened = match opened.take() {
+        Some(opened) => opened,
+        None => {
+            let db = match found_server(&prepared) {
+                Ok(Some(url)) => url,
+                Ok(None) => default_db,
+                Err(e) => {
+                    prepared.abandon().await;
+                    return Err(failed(&e));
+                }
+            };
+            match Opened::open(&db_args(db), collect).await {
+                Ok(opened) => opened,
+                Err(e) => {
+                    prepared.abandon().await;
+                    return Err(open_failed(&e));
+                }
+            }
+        }
+    };
+    Ok((prepared, opened))
+}
+
+/// `dbfork db fingerprint`: the fingerprint the run's template would have
+/// with the same options (for a CI cache key), without building anything.
+pub async fn fingerprint(args: RunArgs, verbose: u8, json: bool) -> Result<i32> {
+    let (prepared, opened) = match start(&args, verbose, Collect::Nothing).await {
+        Ok(started) => started,
+        Err(code) => return Ok(code),
+    };
+    let result = runner::fingerprint(prepared, &opened.backend).await;
+    close(opened).await;
+    match result {
+        Ok(manifest) if json => {
+            let value = serde_json::json!({
+                "fingerprint": manifest.fingerprint,
+                "inputs": manifest.entries,
+            });
+            println!("{value}");
+            Ok(exit::OK)
+        }
+        Ok(manifest) => {
+            println!("{}", manifest.fingerprint);
+            Ok(exit::OK)
         }
         Err(e) => Ok(failed(&e)),
     }

@@ -34,6 +34,7 @@ pub async fn run(command: DbCommand, cancel: Cancel) -> Result<()> {
             with_db_as(&a.db, Collect::Nothing, async |o| touch::run(o, &a).await).await
         }
         DbCommand::Ephemeral(a) => ephemeral::run(&a, &cancel).await,
+        DbCommand::Fingerprint(_) => unreachable!("dispatched with `dbfork run`'s flow"),
     }
 }
 
