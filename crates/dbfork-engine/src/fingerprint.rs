@@ -141,6 +141,35 @@ impl Manifest {
         changes
     }
 
+    /// Whether a template of `self` can grow into one of `newer` by running
+    /// the same setup again on it: every entry but the input files is the
+    /// same (setup, settings, server series, format), every input file of
+    /// `self` is in `newer` with the same contents, and `newer` only adds
+    /// files. Returns the added files' names, or `None`.
+    pub fn grows_into(&self, newer: &Manifest) -> Option<Vec<String>> {
+        let others = |m: &Manifest| -> Vec<(String, String)> {
+            m.entries
+                .iter()
+                .filter(|(n, _)| !n.starts_with(FILE))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect()
+        };
+        if self.fingerprint == newer.fingerprint || others(self) != others(newer) {
+            return None;
+        }
+        for (name, hash) in self.entries.iter().filter(|(n, _)| n.starts_with(FILE)) {
+            if newer.entries.get(name) != Some(hash) {
+                return None;
+            }
+        }
+        let added: Vec<String> = newer
+            .files()
+            .filter(|f| !self.entries.contains_key(&format!("{FILE}{f}")))
+            .map(str::to_string)
+            .collect();
+        (!added.is_empty()).then_some(added)
+    }
+
     /// The input files, by name.
     pub fn files(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().filter_map(|n| n.strip_prefix(FILE))
@@ -285,6 +314,45 @@ mod tests {
         let mut moved_recipe = recipe.clone();
         moved_recipe.files[0].1 = moved;
         assert_eq!(moved_recipe.fingerprint("16").unwrap(), after.fingerprint);
+    }
+
+    #[test]
+    fn only_added_files_make_an_ancestor() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            (format!("app/migrations/{name}"), path)
+        };
+        let recipe = |files: Vec<(String, PathBuf)>, apps: &str| Recipe {
+            setup: "django".into(),
+            files,
+            facts: BTreeMap::from([("INSTALLED_APPS".to_string(), apps.to_string())]),
+            ..Recipe::default()
+        };
+        let one = file("0001_initial.py", "a");
+        let two = file("0002_more.py", "b");
+        let parent = recipe(vec![one.clone()], "app").manifest("15").unwrap();
+        let child = recipe(vec![one.clone(), two.clone()], "app")
+            .manifest("15")
+            .unwrap();
+        assert_eq!(
+            parent.grows_into(&child),
+            Some(vec!["app/migrations/0002_more.py".to_string()])
+        );
+        assert_eq!(child.grows_into(&parent), None, "a removed file");
+        assert_eq!(parent.grows_into(&parent), None, "the same template");
+        let other_setting = recipe(vec![one.clone(), two.clone()], "app\nshop")
+            .manifest("15")
+            .unwrap();
+        assert_eq!(parent.grows_into(&other_setting), None, "a setting changed");
+        let other_server = recipe(vec![one.clone(), two.clone()], "app")
+            .manifest("16")
+            .unwrap();
+        assert_eq!(parent.grows_into(&other_server), None, "another server");
+        let changed = file("0001_initial.py", "changed");
+        let edited = recipe(vec![changed, two], "app").manifest("15").unwrap();
+        assert_eq!(parent.grows_into(&edited), None, "an old file changed");
     }
 
     #[test]

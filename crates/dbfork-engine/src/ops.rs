@@ -77,6 +77,12 @@ pub struct TemplateOptions {
     pub log_dir: Option<std::path::PathBuf>,
     /// Where templates are exported after a build and restored from before one.
     pub cache: Option<TemplateCache>,
+    /// Grow the template from its nearest ancestor (see [`Manifest::grows_into`])
+    /// instead of building it from nothing.
+    pub incremental: bool,
+    /// The manifests of earlier builds of this setup: what the templates on
+    /// the server were built from (the cache's files say it themselves).
+    pub ancestors: Vec<Manifest>,
 }
 
 impl Default for TemplateOptions {
@@ -88,6 +94,8 @@ impl Default for TemplateOptions {
             drop_deadline: Duration::from_secs(30),
             log_dir: None,
             cache: None,
+            incremental: false,
+            ancestors: Vec::new(),
         }
     }
 }
@@ -113,6 +121,13 @@ pub struct Template {
     /// What the caller should pass on: a damaged cache file ignored, an export that failed.
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// The template (or cache file) this one grew from, the setup then run on
+    /// its copy; `None` for a build from nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grown_from: Option<String>,
+    /// The input files added since that ancestor.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub added_inputs: Vec<String>,
 }
 
 /// What a process needs to use one database: its environment variables and, where
@@ -377,7 +392,7 @@ impl Drop for Staging {
 async fn restore_from_cache(
     backend: &AnyBackend,
     cache: &TemplateCache,
-    manifest: &Manifest,
+    fingerprint: &str,
     name: &str,
     options: &TemplateOptions,
     warnings: &mut Vec<String>,
@@ -385,7 +400,7 @@ async fn restore_from_cache(
     let kind = backend.kind();
     let lookup = {
         let cache = cache.clone();
-        let fingerprint = manifest.fingerprint.clone();
+        let fingerprint = fingerprint.to_string();
         tokio::task::spawn_blocking(move || cache.lookup(&fingerprint, kind))
             .await
             .map_err(|e| Error::Transfer {
@@ -454,6 +469,8 @@ async fn reuse(backend: &AnyBackend, name: &str, manifest: &Manifest) -> Result<
         restored_from: None,
         exported_to: None,
         warnings: Vec::new(),
+        grown_from: None,
+        added_inputs: Vec::new(),
     }))
 }
 
@@ -497,19 +514,38 @@ where
     );
     backend.registry_put(std::slice::from_ref(&entry)).await?;
     let mut warnings = Vec::new();
+    let mut grown = None;
     let built = async {
-        backend.create_empty(name).await?;
-        let restored = match &options.cache {
-            Some(cache) => {
-                restore_from_cache(backend, cache, manifest, name, options, &mut warnings).await?
+        // The exact template from the cache; else grown from the nearest
+        // ancestor; else built from nothing.
+        let exact = match &options.cache {
+            Some(cache) if cache.has(fingerprint, backend.kind()) => {
+                backend.create_empty(name).await?;
+                let restored =
+                    restore_from_cache(backend, cache, fingerprint, name, options, &mut warnings)
+                        .await?;
+                if restored.is_none() {
+                    backend.drop_database(name, options.drop_deadline).await?;
+                }
+                restored
             }
-            None => None,
+            _ => None,
         };
-        if restored.is_none() {
+        if exact.is_none() {
+            let ancestor = match options.incremental {
+                true => find_ancestor(backend, recipe, manifest, options).await?,
+                false => None,
+            };
+            match ancestor {
+                Some(ancestor) => {
+                    grown = grow_from(backend, ancestor, name, options, &mut warnings).await?;
+                }
+                None => backend.create_empty(name).await?,
+            }
             build(name.to_string()).await?;
         }
         backend.seal_template(name).await?;
-        Ok(restored)
+        Ok(exact)
     }
     .await;
     let restored_from = match built {
@@ -533,7 +569,128 @@ where
         restored_from,
         exported_to: None,
         warnings,
+        grown_from: grown.as_ref().map(|g| g.from.clone()),
+        added_inputs: grown.map(|g| g.added).unwrap_or_default(),
     })
+}
+
+/// The nearest ancestor of a template: the source and the files it lacks.
+struct Ancestor {
+    source: AncestorSource,
+    added: Vec<String>,
+    files: usize,
+}
+
+enum AncestorSource {
+    /// A ready template on the server, cloned.
+    Template(String),
+    /// A cache file of this fingerprint, restored.
+    Cached(String),
+}
+
+/// What a template grew from, for the caller.
+struct Grown {
+    from: String,
+    added: Vec<String>,
+}
+
+/// The nearest ancestor of `manifest` on the server or in the cache: the
+/// one with the most input files among those that grow into it.
+async fn find_ancestor(
+    backend: &AnyBackend,
+    recipe: &Recipe,
+    manifest: &Manifest,
+    options: &TemplateOptions,
+) -> Result<Option<Ancestor>> {
+    let mut best: Option<Ancestor> = None;
+    let mut consider = |source: AncestorSource, earlier: &Manifest| {
+        if let Some(added) = earlier.grows_into(manifest) {
+            let files = earlier.files().count();
+            if best.as_ref().is_none_or(|b| files > b.files) {
+                best = Some(Ancestor {
+                    source,
+                    added,
+                    files,
+                });
+            }
+        }
+    };
+    let existing = backend.databases(names::PREFIX).await?;
+    for entry in backend.registry_list().await? {
+        let usable = entry.kind == EntryKind::Template
+            && entry.state == State::Ready
+            && entry.setup_key == recipe.setup_key()
+            && names::is_dbfork_shape(&entry.name)
+            && existing.contains(&entry.name);
+        if !usable {
+            continue;
+        }
+        if let Some(earlier) = options
+            .ancestors
+            .iter()
+            .find(|m| m.fingerprint == entry.fingerprint)
+        {
+            consider(AncestorSource::Template(entry.name.clone()), earlier);
+        }
+    }
+    if let Some(cache) = &options.cache {
+        let headers = {
+            let (cache, kind) = (cache.clone(), backend.kind());
+            tokio::task::spawn_blocking(move || cache.headers(kind))
+                .await
+                .unwrap_or_default()
+        };
+        // After the server's: a template there beats a file with as many
+        // inputs (a clone is cheaper than a restore).
+        for (_, header) in headers {
+            consider(
+                AncestorSource::Cached(header.fingerprint.clone()),
+                &header.manifest,
+            );
+        }
+    }
+    Ok(best)
+}
+
+/// Makes `name` a copy of `ancestor` to run the setup on; `None` (with a
+/// warning, and `name` empty) when that fails, and the setup builds from nothing.
+async fn grow_from(
+    backend: &AnyBackend,
+    ancestor: Ancestor,
+    name: &str,
+    options: &TemplateOptions,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Grown>> {
+    let from = match &ancestor.source {
+        AncestorSource::Template(template) => {
+            let method = CloneMethod::default_for(backend.kind());
+            match backend.clone_database(template, name, method).await {
+                Ok(()) => Some(template.clone()),
+                Err(e) => {
+                    warnings.push(format!(
+                        "could not copy the earlier template {template} to grow this one from ({e}); building from nothing"
+                    ));
+                    backend.drop_database(name, options.drop_deadline).await?;
+                    backend.create_empty(name).await?;
+                    None
+                }
+            }
+        }
+        AncestorSource::Cached(fingerprint) => {
+            backend.create_empty(name).await?;
+            let cache = options
+                .cache
+                .as_ref()
+                .expect("a cached ancestor comes from the cache");
+            restore_from_cache(backend, cache, fingerprint, name, options, warnings)
+                .await?
+                .map(|path| path.display().to_string())
+        }
+    };
+    Ok(from.map(|from| Grown {
+        from,
+        added: ancestor.added,
+    }))
 }
 
 /// Runs the setup command against the new template, streaming its output.

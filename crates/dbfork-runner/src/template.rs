@@ -31,6 +31,8 @@ pub async fn prepare(
         django::check_backend(report, backend.kind())?;
     }
     let logs = config.state_dir.join("logs");
+    let recipe = recipe_of(config, configured);
+    let zero_config = config.setup.is_none() && configured.django.is_some();
     let options = TemplateOptions {
         build_timeout: config.build_timeout,
         lock_wait: config.lock_timeout,
@@ -41,8 +43,11 @@ pub async fn prepare(
             .template_cache
             .as_ref()
             .map(|dir| TemplateCache::new(dir, config.template_cache_size)),
+        // Django's setup (migrate with keepdb) applies only what is missing,
+        // so growing a template is safe there; a --setup command must say so.
+        incremental: config.incremental.unwrap_or(zero_config),
+        ancestors: load_history(&manifest_path(&config.state_dir, &recipe.setup_key())),
     };
-    let recipe = recipe_of(config, configured);
     let template = match (&config.setup, &configured.django, controller) {
         (None, Some(report), Some(controller)) => {
             announce_django(report, &recipe, progress)?;
@@ -118,11 +123,8 @@ fn announce_django(
 /// Says whether the template was reused or built, and what changed since
 /// the nearest earlier build of the same setup; keeps this build's manifest.
 fn report(config: &RunConfig, template: &Template, progress: &Progress) {
-    let store = manifest_path(&config.state_dir, &template.manifest);
-    let mut history: Vec<Manifest> = std::fs::read_to_string(&store)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default();
+    let store = manifest_path(&config.state_dir, &setup_key(&template.manifest));
+    let mut history = load_history(&store);
     for warning in &template.warnings {
         progress.note(&format!("warning: {warning}"));
     }
@@ -137,6 +139,17 @@ fn report(config: &RunConfig, template: &Template, progress: &Progress) {
             template.name,
             template.build_seconds,
             file.display()
+        ));
+    } else if let Some(from) = &template.grown_from {
+        let added = &template.added_inputs;
+        let listed = if added.len() <= 6 {
+            added.join(", ")
+        } else {
+            format!("{} and {} more", added[..5].join(", "), added.len() - 5)
+        };
+        progress.note(&format!(
+            "built template {} in {:.1}s from {from}, the earlier template of this setup (incremental: only input files were added: {listed})",
+            template.name, template.build_seconds
         ));
     } else {
         let changes = history
@@ -198,19 +211,33 @@ fn human_bytes(bytes: u64) -> String {
 /// since the nearest one.
 const KEPT_MANIFESTS: usize = 8;
 
-/// Where the last manifest of a setup is kept: one file per setup.
-fn manifest_path(state_dir: &Path, manifest: &Manifest) -> PathBuf {
+/// The earlier manifests of a setup kept in `store` (none if unreadable).
+fn load_history(store: &Path) -> Vec<Manifest> {
+    std::fs::read_to_string(store)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+/// The key of the setup a manifest was built by.
+fn setup_key(manifest: &Manifest) -> String {
     let setup = manifest
         .entries
         .get("setup")
         .map(String::as_str)
         .unwrap_or_default();
-    let key = Recipe {
+    Recipe {
         setup: setup.to_string(),
         ..Recipe::default()
     }
-    .setup_key();
-    state_dir.join("templates").join(format!("{key}.json"))
+    .setup_key()
+}
+
+/// Where the last manifests of a setup are kept: one file per setup.
+fn manifest_path(state_dir: &Path, setup_key: &str) -> PathBuf {
+    state_dir
+        .join("templates")
+        .join(format!("{setup_key}.json"))
 }
 
 /// Gives the Django project's other aliases (not mirrors, not the same

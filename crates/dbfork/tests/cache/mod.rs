@@ -196,7 +196,7 @@ fn template_cache_travels_to_a_fresh_server(kind: Kind) {
 }
 
 /// Fails with the lines only one side has (not both whole dumps).
-fn assert_same(a: &[String], b: &[String], what: &str) {
+pub(crate) fn assert_same(a: &[String], b: &[String], what: &str) {
     if a == b {
         return;
     }

@@ -329,7 +329,7 @@ pub fn host_or_socket(url: &DbUrl) -> String {
         .unwrap_or_default()
 }
 
-fn pg_args(c: &mut Command, url: &DbUrl, db: Option<&str>) {
+pub fn pg_args(c: &mut Command, url: &DbUrl, db: Option<&str>) {
     let host = host_or_socket(url);
     c.args(["-h", &host, "-p", &url.port.unwrap_or(5432).to_string()]);
     c.args(["-U", url.user.as_deref().unwrap_or("postgres")]);
@@ -339,7 +339,7 @@ fn pg_args(c: &mut Command, url: &DbUrl, db: Option<&str>) {
     }
 }
 
-fn my_args(c: &mut Command, url: &DbUrl, db: Option<&str>) {
+pub fn my_args(c: &mut Command, url: &DbUrl, db: Option<&str>) {
     if let Some(socket) = &url.socket {
         c.arg(format!("--socket={}", socket.display()));
     } else {

@@ -347,9 +347,10 @@ fn shoplike(kind: Kind) {
     let run = dbfork_outcomes(&place, &project, true, &pytest, &env_refs(&migrations));
     run.expect(1, &serial_migrations, "a new site-packages migration");
     assert!(
-        run.stderr
-            .contains("shoplike_tags/migrations/0002_index.py (new)"),
-        "{}",
+        run.stderr.contains(
+            "(incremental: only input files were added: shoplike_tags/migrations/0002_index.py)"
+        ),
+        "the template grows from the previous one by the new migration:\n{}",
         run.stderr
     );
 
@@ -514,7 +515,7 @@ fn drop_clones_of_parallel_runs(place: &Place) {
     drop_test_databases(place, &["_1", "_2"]);
 }
 
-per_backend!(shoplike, runnerlike);
+per_backend!(shoplike, runnerlike, incremental_templates);
 
 #[test]
 fn server_from_the_settings_postgres() {
@@ -684,4 +685,225 @@ fn errors_name_their_cause() {
         run.stderr
     );
     assert_eq!(run.outcomes.len(), 2);
+}
+
+/// A new migration of the project's app: a new model and a data migration
+/// that fills it and changes rows an older migration made.
+const NEW_MIGRATION: &str = r#"from django.db import migrations, models
+
+
+def fill(apps, schema_editor):
+    Supplier = apps.get_model("catalog", "Supplier")
+    for name in ("acme", "globex"):
+        Supplier.objects.create(name=name)
+    Category = apps.get_model("catalog", "Category")
+    Category.objects.filter(name="tools").update(name="hardware")
+
+
+class Migration(migrations.Migration):
+    dependencies = [("catalog", "0002_seed")]
+    operations = [
+        migrations.CreateModel(
+            "Supplier",
+            [
+                ("id", models.AutoField(primary_key=True)),
+                ("name", models.CharField(max_length=50, unique=True)),
+            ],
+        ),
+        migrations.RunPython(fill, migrations.RunPython.noop),
+    ]
+"#;
+
+/// Incremental templates on the shoplike project (real migrations on): a new
+/// migration grows the template from the previous one, and the result equals
+/// a build from nothing (every object and row, by the backend's own dump); a
+/// changed old migration and a removed migration each force a full build.
+fn incremental_templates(kind: Kind) {
+    let place = Place::new(kind, "incr");
+    let root = fixture(&place, "shoplike");
+    let project = root.join("project");
+    let migrations = project.join("shoplike/catalog/migrations");
+    let mut env = settings_env(&place, "DATABASE", &place.maint);
+    env.push((
+        "PYTHONPATH".into(),
+        root.join("vendor").display().to_string(),
+    ));
+    env.push(("SHOPLIKE_MIGRATIONS".into(), "1".into()));
+    let pytest = [
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "seeded",
+    ];
+    let run = |extra: &[(&str, &str)]| {
+        let mut all = env_refs(&env);
+        all.extend_from_slice(extra);
+        let run = dbfork_outcomes(&place, &project, true, &pytest, &all);
+        assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+        run.stderr
+    };
+    let full_build = |err: &str, why: &str| {
+        assert!(
+            err.contains("built template") && !err.contains("(incremental"),
+            "{why}: expected a build from nothing:\n{err}"
+        );
+    };
+
+    let err = run(&[]);
+    full_build(&err, "the first build");
+
+    std::fs::write(migrations.join("0003_suppliers.py"), NEW_MIGRATION).unwrap();
+    let err = run(&[]);
+    assert!(
+        err.contains("(incremental: only input files were added: shoplike/catalog/migrations/0003_suppliers.py)"),
+        "{err}"
+    );
+    let grown = template_named_in(&err);
+    let grown_contents = template_contents(&place, &grown);
+    assert!(
+        grown_contents.iter().any(|l| l.contains("globex"))
+            && grown_contents.iter().any(|l| l.contains("hardware")),
+        "the new migration's rows are missing: {grown_contents:?}"
+    );
+
+    // The same inputs built from nothing hold the same.
+    drop_databases(&place, &[grown.clone()]);
+    let err = run(&[("DBFORK_INCREMENTAL", "0")]);
+    full_build(&err, "--incremental off");
+    let full = template_named_in(&err);
+    assert_eq!(full, grown, "the same inputs, another template name");
+    // The schema and every table's row count; not every row's values:
+    // what Django's post_migrate adds (content types, permissions) is
+    // numbered in the order it is added, as in a database migrated step by step.
+    crate::cache_tests::assert_same(
+        &schema_and_counts(&template_contents(&place, &full)),
+        &schema_and_counts(&grown_contents),
+        "the grown template differs from the one built from nothing",
+    );
+
+    // A changed old migration: from nothing.
+    let seed = migrations.join("0002_seed.py");
+    let text = std::fs::read_to_string(&seed).unwrap();
+    std::fs::write(&seed, format!("{text}\n# edited\n")).unwrap();
+    let err = run(&[]);
+    full_build(&err, "an old migration changed");
+    assert!(err.contains("0002_seed.py (changed)"), "{err}");
+
+    // A removed migration: from nothing, although its parent exists.
+    std::fs::remove_file(migrations.join("0003_suppliers.py")).unwrap();
+    let err = run(&[]);
+    full_build(&err, "a migration was removed");
+    assert_no_clones(&place);
+}
+
+/// A dump's schema lines as they are, and its INSERT lines as one
+/// `rows <table> <count>` line per table.
+fn schema_and_counts(dump: &[String]) -> Vec<String> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    for line in dump {
+        match line.strip_prefix("INSERT INTO ") {
+            Some(rest) => {
+                let table = rest
+                    .split([' ', '('])
+                    .next()
+                    .unwrap_or_default()
+                    .trim_matches(['`', '"'])
+                    .trim_start_matches("public.")
+                    .to_string();
+                *counts.entry(table).or_default() += 1;
+            }
+            None => out.push(line.clone()),
+        }
+    }
+    out.extend(counts.iter().map(|(t, n)| format!("rows {t} {n}")));
+    out
+}
+
+/// The template a run's output names (`built template NAME ...`).
+fn template_named_in(stderr: &str) -> String {
+    stderr
+        .split("built template ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no template named in:\n{stderr}"))
+        .to_string()
+}
+
+fn drop_databases(place: &Place, names: &[String]) {
+    let out = dbfork()
+        .args(["db", "drop", "--db", &place.url])
+        .args(names)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What template `name` holds, as the backend's dump program shows a clone
+/// of it: sorted lines, the clone's name replaced by `DB`.
+fn template_contents(place: &Place, name: &str) -> Vec<String> {
+    let out = dbfork()
+        .args(["db", "clone", "--db", &place.url, "--template", name])
+        .args(["--owner", "none", "--json"])
+        .output()
+        .unwrap();
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let clone = made["clones"][0]["name"].as_str().unwrap().to_string();
+    let url = place.db_url();
+    let mut dump = match place.kind {
+        Kind::Postgres => {
+            let mut c = Command::new("pg_dump");
+            c.args([
+                "--no-owner",
+                "--no-privileges",
+                "--inserts",
+                "--rows-per-insert=1",
+            ]);
+            crate::support::pg_args(&mut c, &url, Some(&clone));
+            c
+        }
+        Kind::Mysql => {
+            let mut c = Command::new("mariadb-dump");
+            c.args([
+                "--skip-comments",
+                "--skip-extended-insert",
+                "--routines",
+                "--triggers",
+                "--hex-blob",
+            ]);
+            crate::support::my_args(&mut c, &url, Some(&clone));
+            c
+        }
+        Kind::Sqlite => {
+            let mut c = Command::new("python3");
+            c.args([
+                "-c",
+                "import sqlite3,sys; print('\\n'.join(sqlite3.connect(sys.argv[1]).iterdump()))",
+            ]);
+            c.arg(place.dir.path().join(format!("{clone}.sqlite3")));
+            c
+        }
+    };
+    let out = dump.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop_databases(place, &[clone.clone()]);
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("--") && !l.contains("restrict "))
+        .map(|l| l.replace(&clone, "DB"))
+        .collect();
+    lines.sort();
+    lines
 }

@@ -26,6 +26,10 @@ pub async fn run(opened: &Opened, args: &TemplateArgs, cancel: &Cancel) -> Resul
             .template_cache
             .as_ref()
             .map(|dir| TemplateCache::new(dir, args.template_cache_size)),
+        incremental: args.incremental,
+        // Without a project state directory, the cache's files are the
+        // ancestors that say what they were built from.
+        ancestors: Vec::new(),
     };
     let template = ops::ensure_template(backend, &recipe, &options, cancel).await?;
     let url = backend.url().with_database(&template.name);
@@ -36,6 +40,18 @@ pub async fn run(opened: &Opened, args: &TemplateArgs, cancel: &Cancel) -> Resul
         eprintln!(
             "dbfork: reusing template {} (inputs unchanged; setup not run)",
             template.name
+        );
+    } else if let Some(from) = &template.grown_from {
+        eprintln!(
+            "dbfork: built template {} in {:.2}s from {from} (incremental: {} new input file{})",
+            template.name,
+            template.build_seconds,
+            template.added_inputs.len(),
+            if template.added_inputs.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
         );
     } else if let Some(file) = &template.restored_from {
         eprintln!(
