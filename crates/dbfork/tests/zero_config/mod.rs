@@ -770,7 +770,7 @@ fn incremental_templates(kind: Kind) {
     );
 
     // The same inputs built from nothing hold the same.
-    drop_databases(&place, &[grown.clone()]);
+    drop_databases(&place, std::slice::from_ref(&grown));
     let err = run(&[("DBFORK_INCREMENTAL", "0")]);
     full_build(&err, "--incremental off");
     let full = template_named_in(&err);
@@ -898,7 +898,7 @@ fn template_contents(place: &Place, name: &str) -> Vec<String> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    drop_databases(place, &[clone.clone()]);
+    drop_databases(place, std::slice::from_ref(&clone));
     let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with("--") && !l.contains("restrict "))
