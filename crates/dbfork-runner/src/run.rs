@@ -229,6 +229,8 @@ struct Dispatcher {
     signals: usize,
     grace_until: Option<Instant>,
     fatal: Option<(i32, String)>,
+    /// The controller's end, under way once every worker is done with its tests.
+    controller_stop: Option<tokio::task::JoinHandle<()>>,
     lost_all: bool,
     /// pytest's `-x` / `--maxfail N`: stop the run after this many failures (0: never).
     maxfail: usize,
@@ -514,6 +516,7 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
         signals: 0,
         grace_until: None,
         fatal: None,
+        controller_stop: None,
         lost_all: false,
         maxfail: 0,
         failures: 0,
@@ -1210,6 +1213,7 @@ impl Dispatcher {
                     w.bye = true;
                 }
                 self.progress.worker(slot, "done");
+                self.stop_controller_when_done();
             }
         }
     }
@@ -1773,6 +1777,30 @@ impl Dispatcher {
         }
     }
 
+    /// Once every worker is through with its tests (said bye, or is gone),
+    /// the controller is told to end, so that its teardown and the workers'
+    /// exits overlap instead of following each other.
+    fn stop_controller_when_done(&mut self) {
+        if self.controller.is_none() || self.clone_tasks > 0 {
+            return;
+        }
+        let done = self.slots.iter().all(|s| {
+            s.retired
+                || s.worker
+                    .as_ref()
+                    .is_some_and(|w| w.bye || w.exited || w.gone)
+        });
+        if done {
+            let grace = self.config.grace;
+            let controller = self.controller.take();
+            self.controller_stop = Some(tokio::spawn(async move {
+                if let Some(controller) = controller {
+                    controller.stop(grace).await;
+                }
+            }));
+        }
+    }
+
     /// The loop ends when no worker is alive and no clone is being made.
     fn finished(&self) -> bool {
         if self.clone_tasks > 0 {
@@ -1803,14 +1831,16 @@ impl Dispatcher {
         }
         self.progress.clear();
         // The controller ends (its configuration's cleanup runs) while the
-        // clones are dropped.
-        let grace = self.config.grace;
-        let controller = self.controller.take();
-        let controller_ended = tokio::spawn(async move {
-            if let Some(controller) = controller {
-                controller.stop(grace).await;
-            }
-        });
+        // clones are dropped and the summary is printed.
+        if self.controller_stop.is_none() {
+            let grace = self.config.grace;
+            let controller = self.controller.take();
+            self.controller_stop = Some(tokio::spawn(async move {
+                if let Some(controller) = controller {
+                    controller.stop(grace).await;
+                }
+            }));
+        }
         // Teardown: every clone of this run, then anything else this process registered.
         let names: Vec<String> = self
             .slots
@@ -1839,7 +1869,6 @@ impl Dispatcher {
         for failure in failures {
             eprintln!("dbfork: warning: could not drop {failure}; `dbfork db gc` removes it later");
         }
-        let _ = controller_ended.await;
         for s in &mut self.slots {
             s.env = None;
         }
@@ -1930,6 +1959,16 @@ impl Dispatcher {
             if let Err(e) = report::write_json(&report, path) {
                 eprintln!("dbfork: warning: {e}");
             }
+        }
+        // The summary as soon as it is known; the controller may still be ending.
+        if !report.tests.is_empty()
+            || !report.collect_errors.is_empty()
+            || report.exit_code == exit::NO_TESTS
+        {
+            crate::progress::print_final(&report);
+        }
+        if let Some(stop) = self.controller_stop.take() {
+            let _ = stop.await;
         }
         report
     }

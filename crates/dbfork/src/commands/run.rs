@@ -27,15 +27,8 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
         }
     }
     match result {
-        Ok(report) => {
-            if !report.tests.is_empty()
-                || !report.collect_errors.is_empty()
-                || report.exit_code == exit::NO_TESTS
-            {
-                dbfork_runner::progress::print_final(&report);
-            }
-            Ok(report.exit_code)
-        }
+        // The runner printed the summary as soon as the last result was in.
+        Ok(report) => Ok(report.exit_code),
         Err(e) => Ok(failed(&e)),
     }
 }
