@@ -359,6 +359,85 @@ pub async fn export_template(
         })?
 }
 
+/// `dbfork db template --verify`: builds the template of `recipe` a second
+/// time, from nothing, into a scratch database (registered, dropped after),
+/// and compares what the two hold ([`Backend::describe`]: every object's
+/// definition and every table's row count). Returns the lines only one of
+/// them has: empty when they agree.
+pub async fn verify_template(
+    backend: &AnyBackend,
+    recipe: &Recipe,
+    template: &Template,
+    options: &TemplateOptions,
+    cancel: &Cancel,
+) -> Result<Vec<String>> {
+    let run_id = names::new_run_id();
+    let scratch = names::clone_name(&run_id, 0);
+    let me = Owner::this_process();
+    let entry = Entry::new(
+        scratch.clone(),
+        EntryKind::Clone,
+        &template.fingerprint,
+        &recipe.setup_key(),
+        &run_id,
+        &me,
+    );
+    backend.registry_put(std::slice::from_ref(&entry)).await?;
+    let built = async {
+        backend.create_empty(&scratch).await?;
+        run_setup(backend, recipe, options, cancel, &scratch).await?;
+        backend.describe(&scratch).await
+    }
+    .await;
+    let described = describe_template(backend, template, options, cancel).await;
+    drop_entry(backend, &scratch, options.drop_deadline).await?;
+    let (fresh, kept) = (built?, described?);
+    let mut differences: Vec<String> = kept
+        .iter()
+        .filter(|l| !fresh.contains(l))
+        .map(|l| format!("only in the template: {l}"))
+        .collect();
+    differences.extend(
+        fresh
+            .iter()
+            .filter(|l| !kept.contains(l))
+            .map(|l| format!("only in the build from nothing: {l}")),
+    );
+    Ok(differences)
+}
+
+/// [`Backend::describe`] of a ready template (on PostgreSQL, of a clone of
+/// it: a sealed template takes no connections).
+async fn describe_template(
+    backend: &AnyBackend,
+    template: &Template,
+    options: &TemplateOptions,
+    cancel: &Cancel,
+) -> Result<Vec<String>> {
+    if backend.kind() != crate::Kind::Postgres {
+        return backend.describe(&template.name).await;
+    }
+    let entry = find_template(backend, &template.name).await?;
+    let clone_options = CloneOptions {
+        method: CloneMethod::default_for(backend.kind()),
+        concurrency: 1,
+        drop_deadline: options.drop_deadline,
+    };
+    let made = make_clones(
+        backend,
+        &entry,
+        1,
+        &Owner::this_process(),
+        &clone_options,
+        cancel,
+    )
+    .await?;
+    let clone = &made[0].name;
+    let described = backend.describe(clone).await;
+    drop_entry(backend, clone, options.drop_deadline).await?;
+    described
+}
+
 /// A temporary file beside the cache (same filesystem, private), removed when dropped.
 struct Staging {
     path: std::path::PathBuf,

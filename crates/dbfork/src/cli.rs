@@ -206,6 +206,10 @@ pub struct TemplateArgs {
     /// were added (the setup must be safe to run again on its own result).
     #[arg(long, env = "DBFORK_INCREMENTAL")]
     pub incremental: bool,
+    /// Then build it a second time from nothing into a scratch database and compare the two
+    /// (every object's definition and every table's row count); exit 1 when they differ.
+    #[arg(long)]
+    pub verify: bool,
     /// Print a JSON object instead of the fingerprint.
     #[arg(long)]
     pub json: bool,

@@ -1,5 +1,5 @@
 //! Exit codes, following pytest's where they overlap (documented in the README):
-//! 0 success, 1 the setup command failed, 2 interrupted, 3 a database or
+//! 0 success, 1 the setup command failed (or `--verify` found a difference), 2 interrupted, 3 a database or
 //! server error, 4 a usage error.
 
 use dbfork_engine::Error;
@@ -31,6 +31,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         ) => USAGE,
         Some(_) => DATABASE_ERROR,
         None if err.downcast_ref::<UsageError>().is_some() => USAGE,
+        None if err.downcast_ref::<VerifyFailed>().is_some() => SETUP_FAILED,
         None => DATABASE_ERROR,
     }
 }
@@ -46,3 +47,16 @@ impl std::fmt::Display for UsageError {
 }
 
 impl std::error::Error for UsageError {}
+
+/// `dbfork db template --verify` found that the template differs from a
+/// build from nothing: exit 1, as a failed check.
+#[derive(Debug)]
+pub struct VerifyFailed(pub String);
+
+impl std::fmt::Display for VerifyFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for VerifyFailed {}

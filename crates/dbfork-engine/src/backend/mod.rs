@@ -157,6 +157,11 @@ pub trait Backend: Send + Sync {
         dump: &std::path::Path,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// What database `name` holds, as comparable lines: every schema object's
+    /// definition and every table's row count (`rows <table> <n>`), sorted.
+    /// On PostgreSQL `name` must accept connections (a clone, not a sealed template).
+    fn describe(&self, name: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+
     /// The backend's usual environment variables for a client of database `name`.
     fn client_env(&self, name: &str) -> Vec<(String, String)>;
 
@@ -276,6 +281,9 @@ impl Backend for AnyBackend {
     }
     async fn import_database(&self, name: &str, dump: &std::path::Path) -> Result<()> {
         each!(self, b => b.import_database(name, dump).await)
+    }
+    async fn describe(&self, name: &str) -> Result<Vec<String>> {
+        each!(self, b => b.describe(name).await)
     }
     fn client_env(&self, name: &str) -> Vec<(String, String)> {
         each!(self, b => b.client_env(name))

@@ -1587,6 +1587,53 @@ impl Backend for Mysql {
         self.read_dump(name, dump).await
     }
 
+    async fn describe(&self, name: &str) -> Result<Vec<String>> {
+        let mut conn = self.take().await?;
+        let result = async {
+            let tpl = self.read_template(&mut conn, name).await?;
+            let mut lines = Vec::new();
+            for table in &tpl.tables {
+                // The AUTO_INCREMENT counter is where the rows left it, not schema.
+                let create = String::from_utf8_lossy(&table.create);
+                let create: Vec<&str> = create
+                    .split(' ')
+                    .filter(|w| !w.starts_with("AUTO_INCREMENT="))
+                    .collect();
+                lines.push(format!("table {}: {}", table.name, create.join(" ")));
+                let count: Option<u64> = conn
+                    .query_first(format!(
+                        "SELECT COUNT(*) FROM {}.{}",
+                        ident(name),
+                        ident(&table.name)
+                    ))
+                    .await
+                    .map_err(q(format!("counting the rows of {} in {name}", table.name)))?;
+                lines.push(format!("rows {} {}", table.name, count.unwrap_or(0)));
+            }
+            for object in tpl
+                .routines
+                .iter()
+                .chain(&tpl.views)
+                .chain(&tpl.triggers)
+                .chain(&tpl.events)
+            {
+                let create = requalify(&object.create, name, "DB");
+                lines.push(format!(
+                    "{} {}: {}",
+                    object.what.to_lowercase(),
+                    object.name,
+                    String::from_utf8_lossy(&create)
+                ));
+            }
+            lines.push(format!("charset {} {}", tpl.charset, tpl.collation));
+            lines.sort();
+            Ok(lines)
+        }
+        .await;
+        self.leave(&mut conn).await;
+        result
+    }
+
     fn client_env(&self, name: &str) -> Vec<(String, String)> {
         let mut env = vec![
             (

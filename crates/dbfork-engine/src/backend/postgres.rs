@@ -674,6 +674,70 @@ impl Backend for Postgres {
         .await
     }
 
+    async fn describe(&self, name: &str) -> Result<Vec<String>> {
+        // pg_dump's view of it: the schema as text, and the rows as one
+        // INSERT each, counted per table.
+        let dir = std::env::temp_dir().join(format!(
+            "dbfork-describe-{}-{name}",
+            crate::process::private_dir_owner()
+        ));
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        let program = self.tool("pg_dump")?;
+        let env = self.client_env(name);
+        let (schema, data) = (dir.join("schema.sql"), dir.join("data.sql"));
+        let dumped = async {
+            for (what, args, file) in [
+                ("the schema", vec!["--schema-only"], &schema),
+                (
+                    "the rows",
+                    vec!["--data-only", "--inserts", "--rows-per-insert=1"],
+                    &data,
+                ),
+            ] {
+                let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+                args.extend(["--no-owner", "--no-privileges", "--file"].map(String::from));
+                args.push(file.display().to_string());
+                super::run_tool(
+                    &format!("describing {what} of {name} with pg_dump"),
+                    &program,
+                    &args,
+                    &env,
+                )
+                .await?;
+            }
+            let read = |path: &std::path::Path| {
+                std::fs::read_to_string(path)
+                    .map_err(Error::io(format!("reading {}", path.display())))
+            };
+            Ok::<_, Error>((read(&schema)?, read(&data)?))
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let (schema, data) = dumped?;
+        let mut lines: Vec<String> = schema
+            .lines()
+            .filter(|l| {
+                let l = l.trim();
+                !l.is_empty()
+                    && !l.starts_with("--")
+                    && !l.starts_with('\\')
+                    && !l.starts_with("SET ")
+                    && !l.starts_with("SELECT pg_catalog.set_config")
+            })
+            .map(str::to_string)
+            .collect();
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for line in data.lines() {
+            if let Some(rest) = line.strip_prefix("INSERT INTO ") {
+                let table = rest.split(' ').next().unwrap_or_default().to_string();
+                *counts.entry(table).or_default() += 1;
+            }
+        }
+        lines.extend(counts.into_iter().map(|(t, n)| format!("rows {t} {n}")));
+        lines.sort();
+        Ok(lines)
+    }
+
     async fn import_database(&self, name: &str, dump: &std::path::Path) -> Result<()> {
         let jobs = std::thread::available_parallelism()
             .map(|n| n.get())

@@ -385,6 +385,49 @@ impl Backend for Sqlite {
         .map_err(|e| Error::query(NAME, "exporting a template", e))?
     }
 
+    async fn describe(&self, name: &str) -> Result<Vec<String>> {
+        let path = self.path_of(name);
+        tokio::task::spawn_blocking(move || {
+            let ctx = format!("describing {}", path.display());
+            let conn = Connection::open(&path).map_err(sq(&ctx))?;
+            let mut lines = Vec::new();
+            let mut tables = Vec::new();
+            let mut stmt = conn
+                .prepare("SELECT type, name, COALESCE(sql, '') FROM sqlite_master")
+                .map_err(sq(&ctx))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(sq(&ctx))?;
+            for row in rows {
+                let (kind, object, sql) = row.map_err(sq(&ctx))?;
+                if kind == "table" {
+                    tables.push(object.clone());
+                }
+                lines.push(format!("{kind} {object}: {sql}"));
+            }
+            for table in tables {
+                let count: i64 = conn
+                    .query_row(
+                        &format!("SELECT COUNT(*) FROM \"{}\"", table.replace('"', "\"\"")),
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(sq(&ctx))?;
+                lines.push(format!("rows {table} {count}"));
+            }
+            lines.sort();
+            Ok(lines)
+        })
+        .await
+        .map_err(|e| Error::query(NAME, "describing a database", e))?
+    }
+
     async fn import_database(&self, name: &str, dump: &Path) -> Result<()> {
         let dst = self.path_of(name);
         let part = side_file(&dst, ".part");

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use crate::support::{dbfork, Kind, Place};
 
-per_backend!(template_cache_travels_to_a_fresh_server);
+per_backend!(
+    template_cache_travels_to_a_fresh_server,
+    incremental_setup_is_verified_against_a_build_from_nothing
+);
 
 /// A fresh server for one command: an ephemeral one (SQLite: a new directory).
 fn fresh_server(kind: Kind, dir: &Path, tag: &str) -> String {
@@ -207,4 +210,107 @@ pub(crate) fn assert_same(a: &[String], b: &[String], what: &str) {
         a.len(),
         b.len()
     );
+}
+
+/// Idempotent migrations of the test's own: a table, its rows (inserted
+/// only when missing) and a view; `runs` adds a row every time it runs,
+/// which a setup that is not safe to rerun does.
+fn migration(kind: Kind, table: &str, rerun_safe: bool) -> String {
+    let (create, insert) = match kind {
+        Kind::Postgres => (
+            format!("CREATE TABLE IF NOT EXISTS {table} (id int PRIMARY KEY, name text)"),
+            format!("INSERT INTO {table} VALUES (1, 'a'), (2, 'b') ON CONFLICT DO NOTHING"),
+        ),
+        Kind::Mysql => (
+            format!("CREATE TABLE IF NOT EXISTS {table} (id int PRIMARY KEY, name varchar(20))"),
+            format!("INSERT IGNORE INTO {table} VALUES (1, 'a'), (2, 'b')"),
+        ),
+        Kind::Sqlite => (
+            format!("CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, name TEXT)"),
+            format!("INSERT OR IGNORE INTO {table} VALUES (1, 'a'), (2, 'b')"),
+        ),
+    };
+    let view = match kind {
+        Kind::Sqlite => {
+            format!("CREATE VIEW IF NOT EXISTS {table}_names AS SELECT name FROM {table}")
+        }
+        _ => format!("CREATE OR REPLACE VIEW {table}_names AS SELECT name FROM {table}"),
+    };
+    let mut sql = format!("{create};\n{insert};\n{view};\n");
+    if !rerun_safe {
+        sql.push_str("CREATE TABLE IF NOT EXISTS runs (x int);\nINSERT INTO runs VALUES (1);\n");
+    }
+    sql
+}
+
+fn incremental_setup_is_verified_against_a_build_from_nothing(kind: Kind) {
+    let place = Place::new(kind, "verify");
+    let dir = place.dir.path().to_path_buf();
+    let cache = dir.join("cache");
+    for (tag, rerun_safe) in [("safe", true), ("unsafe", false)] {
+        let migrations = dir.join(tag);
+        std::fs::create_dir(&migrations).unwrap();
+        std::fs::write(
+            migrations.join("0001.sql"),
+            migration(kind, "item", rerun_safe),
+        )
+        .unwrap();
+        let setup = format!(
+            "for f in {}/*.sql; do {} || exit 1; done",
+            migrations.display(),
+            place.apply_cmd(Path::new("\"$f\""))
+        );
+        let pattern = format!("{}/*.sql", migrations.display());
+        let template = |extra: &[&str]| {
+            let mut args = vec!["db", "template", "--db", &place.url, "--setup", &setup];
+            let cache = cache.display().to_string();
+            args.extend([
+                "--input",
+                &pattern,
+                "--template-cache",
+                &cache,
+                "--incremental",
+            ]);
+            args.extend_from_slice(extra);
+            let out = dbfork().args(&args).output().unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        };
+        let (code, err) = template(&[]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            err.contains("built template") && !err.contains("incremental"),
+            "{err}"
+        );
+
+        std::fs::write(migrations.join("0002.sql"), migration(kind, "tag", true)).unwrap();
+        let (code, err) = template(&["--verify"]);
+        assert!(
+            err.contains("(incremental: 1 new input file)") && err.contains(".dbfork-template"),
+            "{tag}: the template grows from the cached one:\n{err}"
+        );
+        if rerun_safe {
+            assert_eq!(code, Some(0), "{err}");
+            assert!(err.contains("verified: the template"), "{err}");
+        } else {
+            assert_eq!(code, Some(1), "{err}");
+            assert!(
+                err.contains("differs from a build of the same setup from nothing")
+                    && err.contains("only in the template: rows ")
+                    && err.contains("runs 2\n")
+                    && err.contains("only in the build from nothing: rows ")
+                    && err.contains("runs 1\n"),
+                "{err}"
+            );
+        }
+        // The scratch build and the clones it was described from are gone.
+        let left: Vec<serde_json::Value> = place
+            .registry()
+            .into_iter()
+            .filter(|e| e["kind"] != "template")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }

@@ -66,6 +66,25 @@ pub async fn run(opened: &Opened, args: &TemplateArgs, cancel: &Cancel) -> Resul
             template.name, template.build_seconds
         );
     }
+    if args.verify {
+        let differences =
+            ops::verify_template(backend, &recipe, &template, &options, cancel).await?;
+        if !differences.is_empty() {
+            let shown: Vec<&str> = differences.iter().take(20).map(String::as_str).collect();
+            anyhow::bail!(crate::errors::VerifyFailed(format!(
+                "the template {} differs from a build of the same setup from nothing ({} line{}):\n{}{}",
+                template.name,
+                differences.len(),
+                if differences.len() == 1 { "" } else { "s" },
+                shown.join("\n"),
+                if differences.len() > shown.len() { "\n..." } else { "" }
+            )));
+        }
+        eprintln!(
+            "dbfork: verified: the template {} holds what a build from nothing holds (every object's definition and every table's row count)",
+            template.name
+        );
+    }
     if let Some(file) = &template.exported_to {
         eprintln!(
             "dbfork: wrote the template to the cache: {}",
