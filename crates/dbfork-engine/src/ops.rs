@@ -118,6 +118,9 @@ pub struct Template {
     /// The cache file it was exported to after this build.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exported_to: Option<std::path::PathBuf>,
+    /// Seconds the export took.
+    #[serde(skip)]
+    pub export_seconds: f64,
     /// What the caller should pass on: a damaged cache file ignored, an export that failed.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -295,8 +298,12 @@ where
     // A template built here goes into the cache (replacing a file that
     // could not be restored); one reused or restored is there already.
     if let (Some(cache), false, None) = (&options.cache, template.reused, &template.restored_from) {
+        let started = Instant::now();
         match export_template(backend, &template, cache, options, cancel).await {
-            Ok(path) => template.exported_to = Some(path),
+            Ok(path) => {
+                template.exported_to = Some(path);
+                template.export_seconds = started.elapsed().as_secs_f64();
+            }
             Err(e) => template.warnings.push(format!(
                 "the template was not written to the cache {}: {e}",
                 cache.dir.display()
@@ -547,6 +554,7 @@ async fn reuse(backend: &AnyBackend, name: &str, manifest: &Manifest) -> Result<
         manifest: manifest.clone(),
         restored_from: None,
         exported_to: None,
+        export_seconds: 0.0,
         warnings: Vec::new(),
         grown_from: None,
         added_inputs: Vec::new(),
@@ -647,6 +655,7 @@ where
         manifest: manifest.clone(),
         restored_from,
         exported_to: None,
+        export_seconds: 0.0,
         warnings,
         grown_from: grown.as_ref().map(|g| g.from.clone()),
         added_inputs: grown.map(|g| g.added).unwrap_or_default(),

@@ -174,7 +174,8 @@ fn report(config: &RunConfig, template: &Template, progress: &Progress) {
     }
     if let Some(file) = &template.exported_to {
         progress.note(&format!(
-            "wrote the template to the cache: {} ({})",
+            "wrote the template to the cache in {:.1}s: {} ({})",
+            template.export_seconds,
             file.display(),
             human_bytes(std::fs::metadata(file).map(|m| m.len()).unwrap_or(0))
         ));
