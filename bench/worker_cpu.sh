@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-after="$root/target/release/dbfork"
+after="${AFTER:-$root/target/release/dbfork}"
 before="${BEFORE:?set BEFORE to the dbfork binary to compare with}"
 runs="${RUNS:-5}"
 backends="${BACKENDS:-sqlite postgres}"
