@@ -28,6 +28,21 @@ struct Live {
     workers: Vec<ProgressBar>,
 }
 
+/// Prints notes above the live display (or as plain lines).
+#[derive(Clone)]
+pub struct Notes {
+    bar: Option<ProgressBar>,
+}
+
+impl Notes {
+    pub fn note(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("dbfork: {message}")),
+            None => eprintln!("dbfork: {message}"),
+        }
+    }
+}
+
 pub fn label(slot: usize) -> String {
     format!("gw{slot}")
 }
@@ -73,9 +88,14 @@ impl Progress {
 
     /// A message that is not about one test (setup, restarts).
     pub fn note(&self, message: &str) {
-        match &self.live {
-            Some(live) => live.bar.println(format!("dbfork: {message}")),
-            None => eprintln!("dbfork: {message}"),
+        self.notes().note(message);
+    }
+
+    /// A handle that prints notes as [`Progress::note`] does, for work that
+    /// goes on beside the run's loop (the template's build).
+    pub fn notes(&self) -> Notes {
+        Notes {
+            bar: self.live.as_ref().map(|live| live.bar.clone()),
         }
     }
 

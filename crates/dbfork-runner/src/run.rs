@@ -195,7 +195,8 @@ struct Conn {
 struct Dispatcher {
     config: RunConfig,
     backend: Arc<AnyBackend>,
-    template: dbfork_engine::registry::Entry,
+    /// The template once it is ready (pytest's workers start while it is built).
+    template: Option<dbfork_engine::registry::Entry>,
     run_id: String,
     method: CloneMethod,
     /// How dbfork talks to the workers (resolved: never `Auto`).
@@ -291,7 +292,11 @@ impl Prepared {
 /// tool dbfork talks to (pytest, Django's runner) starts the controller and
 /// waits until it has configured itself. `server` is the database server when
 /// it is already known (`--db`); the controller's `DATABASE_URL` names it.
-pub async fn prepare(config: RunConfig, server: Option<&DbUrl>) -> Result<Prepared, RunError> {
+pub async fn prepare(
+    config: RunConfig,
+    server: Option<&DbUrl>,
+    signals: Signals,
+) -> Result<Prepared, RunError> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -319,7 +324,7 @@ pub async fn prepare(config: RunConfig, server: Option<&DbUrl>) -> Result<Prepar
     crate::prepare_state_dir(&config.state_dir);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (canceller, cancel) = Cancel::new();
-    tokio::spawn(watch_signals(canceller, events_tx.clone()));
+    tokio::spawn(watch_signals(signals, canceller, events_tx.clone()));
 
     let run_id = names::new_run_id();
     let run_dir = std::env::temp_dir().join(format!(
@@ -433,32 +438,59 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
         started_at,
     } = prepared;
     let backend = Arc::new(backend);
-    let result = async {
-        let method = CloneMethod::parse(backend.kind(), &config.clone_method)?;
-        if config.fresh_transactional && backend.kind() == dbfork_engine::url::Kind::Mysql {
-            eprintln!(
-                "dbfork: note: --fresh-transactional on MySQL/MariaDB copies every table for each transactional test, which measured about 2x slower than Django's flush on the example project (docs/benchmarks.md); it pays off on PostgreSQL and SQLite"
-            );
-        }
-        let progress = Progress::new(config.live, config.verbose, config.jobs);
-        note_inherited(&configured, &progress, config.verbose);
-        let template =
-            template::prepare(&config, &backend, &configured, controller.as_mut(), &cancel, &progress)
-                .await?;
-        template::add_aliases(&mut config, configured.django.as_ref(), &progress);
-        Ok::<_, RunError>((method, progress, template))
-    }
-    .await;
-    let (method, progress, template) = match result {
-        Ok(ready) => ready,
+    let method = match CloneMethod::parse(backend.kind(), &config.clone_method) {
+        Ok(method) => method,
         Err(e) => {
             if let Some(controller) = controller.take() {
                 controller.stop(config.grace).await;
             }
-            return Err(e);
+            return Err(e.into());
         }
     };
-    let template = ops::find_template(&backend, &template.fingerprint).await?;
+    if config.fresh_transactional && backend.kind() == dbfork_engine::url::Kind::Mysql {
+        eprintln!(
+            "dbfork: note: --fresh-transactional on MySQL/MariaDB copies every table for each transactional test, which measured about 2x slower than Django's flush on the example project (docs/benchmarks.md); it pays off on PostgreSQL and SQLite"
+        );
+    }
+    let progress = Progress::new(config.live, config.verbose, config.jobs);
+    note_inherited(&configured, &progress, config.verbose);
+    template::add_aliases(&mut config, configured.django.as_ref(), &progress.notes());
+    // The template is built, restored or reused by this future; pytest's
+    // workers start beside it (interpreter, imports, collection) and each
+    // waits for its clone. (Django's runner connects to its databases
+    // before its first test, so its workers start on their clones.)
+    let build = {
+        let (build_config, backend, cancel) = (config.clone(), backend.clone(), cancel.clone());
+        let (notes, configured) = (progress.notes(), &configured);
+        let mut controller = controller.take();
+        async move {
+            let result = template::prepare(
+                &build_config,
+                &backend,
+                configured,
+                controller.as_mut(),
+                &cancel,
+                &notes,
+            )
+            .await;
+            (result, controller)
+        }
+    };
+    let early = adapter == Adapter::Pytest;
+    let mut build = std::pin::pin!(build);
+    let ready = if early {
+        None
+    } else {
+        match (&mut build).await {
+            (Ok(template), controller) => Some((template, controller)),
+            (Err(e), controller) => {
+                if let Some(controller) = controller {
+                    controller.stop(config.grace).await;
+                }
+                return Err(e);
+            }
+        }
+    };
     let protocol = adapter.speaks_protocol();
     let socket = _run_dir_guard.0.join("socket");
     let timings = Timings::load(&config.state_dir);
@@ -478,7 +510,6 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
     }
 
     let slots = config.jobs.max(1);
-    progress.worker(0, "making its clone");
     let base_env = Environment {
         set: configured.env_set.clone().into_iter().collect(),
         unset: configured.env_unset.clone(),
@@ -488,7 +519,7 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
         slots: (0..slots).map(|_| Slot::default()).collect(),
         config,
         backend,
-        template,
+        template: None,
         run_id,
         method,
         adapter,
@@ -496,7 +527,7 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
         pythonpath,
         base_env,
         django_facts: configured.django.as_ref().map(|d| d.facts.clone()),
-        controller,
+        controller: None,
         events: events_tx,
         clone_permits: Arc::new(Semaphore::new(CLONE_CONCURRENCY)),
         fresh: FreshPool::default(),
@@ -530,14 +561,18 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
         // Without an adapter each slot's command is one unit of the report.
         d.records = vec![None; slots];
     }
-    for slot in 0..slots {
-        d.make_clone(slot);
+    match ready {
+        Some((template, controller)) => d.template_ready(template, controller).await?,
+        None => {
+            d.progress.note(&format!(
+                "starting {slots} worker{} while the template is prepared; each waits for its clone",
+                if slots == 1 { "" } else { "s" }
+            ));
+            for slot in 0..slots {
+                d.prestart(slot);
+            }
+        }
     }
-    d.progress.note(&format!(
-        "{slots} worker{} on clones of {}",
-        if slots == 1 { "" } else { "s" },
-        d.template.name
-    ));
 
     let heartbeat = {
         let (backend, run_id) = (d.backend.clone(), d.run_id.clone());
@@ -550,9 +585,26 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
             }
         })
     };
-    while !d.finished() {
+    let mut building = early;
+    while building || !d.finished() {
         let deadline = d.next_deadline();
         tokio::select! {
+            (result, controller) = &mut build, if building => {
+                building = false;
+                let ready = match result {
+                    Ok(template) => d.template_ready(template, controller).await,
+                    Err(e) => {
+                        heartbeat.abort();
+                        d.abandon(controller).await;
+                        return Err(e);
+                    }
+                };
+                if let Err(e) = ready {
+                    heartbeat.abort();
+                    d.abandon(None).await;
+                    return Err(e);
+                }
+            }
             event = events.recv() => match event {
                 Some(event) => d.handle(event),
                 None => break,
@@ -588,21 +640,54 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Ctrl-C and SIGTERM, listened to from the start of `dbfork run` (before
+/// the database is opened and the run prepared): one that comes that early is
+/// kept until the run's watcher takes it, instead of killing dbfork.
+pub struct Signals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    /// Signals that came before even this listened (the program's own early handler).
+    early: usize,
+}
+
+impl Signals {
+    /// Starts listening (within the async runtime).
+    pub fn listen() -> Signals {
+        Signals {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
+            early: 0,
+        }
+    }
+
+    /// Counts `early` signals as received.
+    pub fn with_early(mut self, early: usize) -> Signals {
+        self.early = early;
+        self
+    }
+}
+
 /// The first Ctrl-C or SIGTERM cancels clone making and template builds and
 /// tells the dispatcher; the third exits at once (what is left is collected by
 /// the next dbfork command, and the workers die with dbfork).
-async fn watch_signals(canceller: Canceller, events: mpsc::UnboundedSender<Event>) {
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+async fn watch_signals(
+    signals: Signals,
+    canceller: Canceller,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let (Some(mut int), Some(mut term)) = (signals.int, signals.term) else {
         return;
     };
     let mut seen = 0;
+    let mut early = signals.early;
     loop {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
+        if early > 0 {
+            early -= 1;
+        } else {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
         }
         seen += 1;
         canceller.cancel();
@@ -656,7 +741,74 @@ impl Dispatcher {
         self.adapter.speaks_protocol()
     }
 
+    /// Starts `slot`'s first worker before its clone exists (the template is
+    /// still being built): its environment names the clone it will get, and
+    /// it is fed once the clone is made.
+    fn prestart(&mut self, slot: usize) {
+        let name = names::slot_clone_name(&self.run_id, slot, self.slots[slot].generation);
+        let made: Vec<MadeClone> = std::iter::once(name.clone())
+            .chain((0..self.config.aliases.len()).map(|i| names::alias_clone_name(&name, i)))
+            .map(|name| MadeClone {
+                url: self.backend.url().with_database(&name),
+                name,
+            })
+            .collect();
+        self.start_worker(slot, &made);
+        self.progress
+            .worker(slot, "starting while the template is prepared");
+    }
+
+    /// The template is ready: the clones of every slot are made (workers
+    /// already started get theirs, the others start on theirs).
+    async fn template_ready(
+        &mut self,
+        template: ops::Template,
+        controller: Option<Controller>,
+    ) -> Result<(), RunError> {
+        self.controller = controller;
+        let entry = ops::find_template(&self.backend, &template.fingerprint).await?;
+        let slots = self.slots.len();
+        self.progress.note(&format!(
+            "{slots} worker{} on clones of {}",
+            if slots == 1 { "" } else { "s" },
+            entry.name
+        ));
+        self.template = Some(entry);
+        if self.stopping {
+            return Ok(());
+        }
+        for slot in 0..slots {
+            let s = &self.slots[slot];
+            if !s.retired && !s.busy_with_clone && s.database.is_none() {
+                self.make_clone(slot);
+            }
+        }
+        self.top_up_fresh();
+        Ok(())
+    }
+
+    /// The template could not be made: the workers started beside its build
+    /// are ended (they ran nothing), the controller too.
+    async fn abandon(mut self, controller: Option<Controller>) {
+        for s in &self.slots {
+            if let Some(w) = s.worker.as_ref().filter(|w| !w.exited) {
+                worker::signal_group(w.pid, libc::SIGKILL);
+            }
+        }
+        self.progress.clear();
+        if let Some(controller) = controller.or_else(|| self.controller.take()) {
+            controller.stop(self.config.grace).await;
+        }
+        for s in &mut self.slots {
+            s.env = None;
+        }
+    }
+
     fn make_clone(&mut self, slot: usize) {
+        if self.template.is_none() {
+            // Made when the template is ready (see `template_ready`).
+            return;
+        }
         let generation = self.slots[slot].generation;
         let name = names::slot_clone_name(&self.run_id, slot, generation);
         let mut wanted = vec![name.clone()];
@@ -676,12 +828,11 @@ impl Dispatcher {
         wanted: Vec<String>,
         done: impl FnOnce(dbfork_engine::Result<Vec<MadeClone>>) -> Event + Send + 'static,
     ) {
+        let Some(template) = self.template.clone() else {
+            return;
+        };
         self.clone_tasks += 1;
-        let (backend, template, run_id) = (
-            self.backend.clone(),
-            self.template.clone(),
-            self.run_id.clone(),
-        );
+        let (backend, run_id) = (self.backend.clone(), self.run_id.clone());
         let (events, permits, cancel) = (
             self.events.clone(),
             self.clone_permits.clone(),
@@ -758,7 +909,7 @@ impl Dispatcher {
     /// Keeps one fresh clone ready (or in the making) per worker, plus one
     /// for every worker waiting.
     fn top_up_fresh(&mut self) {
-        if !self.config.fresh_transactional || self.stopping {
+        if !self.config.fresh_transactional || self.stopping || self.template.is_none() {
             return;
         }
         let want = self.slots.len() + self.fresh.waiting.len();
@@ -789,6 +940,11 @@ impl Dispatcher {
                             || generation != self.slots[slot].generation
                         {
                             return;
+                        }
+                        // A worker started while the template was built waits for this clone.
+                        if self.worker(slot, generation).is_some() {
+                            self.progress.worker(slot, "ready");
+                            return self.feed(slot);
                         }
                         self.start_worker(slot, &made);
                     }
@@ -1342,6 +1498,10 @@ impl Dispatcher {
         }
         if self.stopping || self.slots[slot].retired {
             return self.stop_worker(slot);
+        }
+        if self.slots[slot].database.is_none() {
+            // Started before its clone existed: its first test waits for it.
+            return;
         }
         let Some(scheduler) = self.scheduler.as_mut() else {
             return;

@@ -14,7 +14,7 @@ use dbfork_engine::{AnyBackend, Backend};
 use dbfork_protocol::{BuildTarget, DjangoReport};
 
 use crate::controller::{Configured, Controller};
-use crate::progress::Progress;
+use crate::progress::Notes;
 use crate::run::RunError;
 use crate::{django, RunConfig};
 
@@ -25,7 +25,7 @@ pub async fn prepare(
     configured: &Configured,
     controller: Option<&mut Controller>,
     cancel: &Cancel,
-    progress: &Progress,
+    progress: &Notes,
 ) -> Result<Template, RunError> {
     if let Some(report) = &configured.django {
         django::check_backend(report, backend.kind())?;
@@ -101,7 +101,7 @@ pub fn recipe_of(config: &RunConfig, configured: &Configured) -> Recipe {
 fn announce_django(
     report: &DjangoReport,
     recipe: &Recipe,
-    progress: &Progress,
+    progress: &Notes,
 ) -> Result<(), RunError> {
     let files = recipe.input_count()?;
     let settings = if report.settings_module.is_empty() {
@@ -122,7 +122,7 @@ fn announce_django(
 
 /// Says whether the template was reused or built, and what changed since
 /// the nearest earlier build of the same setup; keeps this build's manifest.
-fn report(config: &RunConfig, template: &Template, progress: &Progress) {
+fn report(config: &RunConfig, template: &Template, progress: &Notes) {
     let store = manifest_path(&config.state_dir, &setup_key(&template.manifest));
     let mut history = load_history(&store);
     for warning in &template.warnings {
@@ -244,7 +244,7 @@ fn manifest_path(state_dir: &Path, setup_key: &str) -> PathBuf {
 /// Gives the Django project's other aliases (not mirrors, not the same
 /// database as another) clones of their own, as Django's test setup makes a
 /// test database for each.
-pub fn add_aliases(config: &mut RunConfig, report: Option<&DjangoReport>, progress: &Progress) {
+pub fn add_aliases(config: &mut RunConfig, report: Option<&DjangoReport>, progress: &Notes) {
     let Some(report) = report else {
         return;
     };

@@ -10,6 +10,7 @@ mod target;
 fn main() {
     // Started as dbfork's reaper: that work only (see dbfork_engine::reaper).
     dbfork_engine::reaper::main_if_reaper();
+    signals::catch_early();
     dbfork_engine::reaper::enable();
     std::process::exit(commands::main());
 }

@@ -2,8 +2,40 @@
 //! up what it made; a second one exits at once (garbage collection, which
 //! every later dbfork command can run, removes what that leaves).
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use dbfork_engine::ops::{Cancel, Canceller};
 use tokio::signal::unix::{signal, SignalKind};
+
+/// Ctrl-C and SIGTERM received before `dbfork run` listens for them.
+static EARLY: AtomicUsize = AtomicUsize::new(0);
+/// Set once the run listens itself: the early handler then counts nothing.
+static LISTENING: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn count_early(_: libc::c_int) {
+    // Only atomics: async-signal-safe.
+    if !LISTENING.load(Ordering::SeqCst) {
+        EARLY.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The first thing `main` does: a Ctrl-C or SIGTERM from here on is
+/// counted, not a kill, until the run listens and takes the count
+/// ([`early_signals`]).
+pub fn catch_early() {
+    let handler = count_early as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only touches atomics.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+/// How many signals came before the run listened (call after it listens).
+pub fn early_signals() -> usize {
+    LISTENING.store(true, Ordering::SeqCst);
+    EARLY.swap(0, Ordering::SeqCst)
+}
 
 pub fn install() -> Cancel {
     let (canceller, cancel) = Cancel::new();

@@ -36,6 +36,8 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
 /// Resolves the settings, opens the database and prepares the run (the
 /// controller configured); an `Err` is the exit code of a failure already reported.
 async fn start(args: &RunArgs, verbose: u8, collect: Collect) -> Result<(Prepared, Opened), i32> {
+    // First of all: a Ctrl-C from now on is the run's to handle, not a kill.
+    let signals = runner::Signals::listen().with_early(crate::signals::early_signals());
     let cwd = std::env::current_dir().map_err(|e| {
         eprintln!("dbfork: error: the working directory: {e}");
         exit::USAGE
@@ -69,7 +71,7 @@ async fn start(args: &RunArgs, verbose: u8, collect: Collect) -> Result<(Prepare
     };
     let server = opened.as_ref().map(|o| o.backend.url().clone());
     let default_db = settings::default_db(&config);
-    let prepared = match runner::prepare(config, server.as_ref()).await {
+    let prepared = match runner::prepare(config, server.as_ref(), signals).await {
         Ok(prepared) => prepared,
         Err(e) => {
             if let Some(opened) = opened {
