@@ -51,11 +51,11 @@ for backend in $backends; do
       url=$(head -1 "$work/pg.url")
       db_before="$url"
       db_after="$url"
-      xdist="DATABASE_URL=${url/\/postgres\?//benchcpu?} $pytest -n 2 --reuse-db"
+      xdist="DATABASE_URL='${url/\/postgres\?//benchcpu?}' $pytest -n 2 --reuse-db"
       ;;
   esac
   echo "== $backend"
-  hyperfine --warmup 1 --runs "$runs" --style basic \
+  hyperfine -i --warmup 1 --runs "$runs" --style basic \
     --export-json "$root/bench/results/worker-cpu-$backend-$stamp.json" \
     -n "dbfork before" "$before run -j 2 --db '$db_before' -- $pytest" \
     -n "dbfork after" "$after run -j 2 --db '$db_after' -- $pytest" \
