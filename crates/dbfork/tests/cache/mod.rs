@@ -314,3 +314,58 @@ fn incremental_setup_is_verified_against_a_build_from_nothing(kind: Kind) {
         assert!(left.is_empty(), "{left:?}");
     }
 }
+
+/// `dbfork db fingerprint` prints the key a run's template will have, with
+/// the same options, and builds nothing.
+#[test]
+fn fingerprint_is_the_templates_key_and_builds_nothing() {
+    let place = Place::new(Kind::Sqlite, "fingerprint");
+    let schema = place.file("schema.sql", place.schema());
+    let setup = place.apply_cmd(&schema);
+    let input = schema.display().to_string();
+    let args = ["--db", &place.url, "--setup", &setup, "--input", &input];
+    let out = dbfork()
+        .args(["db", "fingerprint"])
+        .args(args)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(key.len(), 64, "{key:?} {err}");
+    assert!(
+        place.registry().is_empty(),
+        "db fingerprint built something"
+    );
+
+    let out = dbfork()
+        .args(["db", "template"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), key);
+
+    let out = dbfork()
+        .args(["db", "fingerprint", "--print-json"])
+        .args(args)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["fingerprint"], key.as_str());
+    assert_eq!(json["inputs"]["server version"], "SQLite 3");
+    assert!(
+        json["inputs"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.ends_with("schema.sql")),
+        "{json}"
+    );
+}
