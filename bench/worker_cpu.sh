@@ -5,7 +5,7 @@
 # pytest-xdist, with hyperfine (its user/system figures are the means of the
 # whole command's process tree: dbfork or pytest, the controller and the
 # workers). Every variant runs once unmeasured first (templates built, test
-# databases kept), then RUNS times interleaved by hyperfine's order.
+# databases kept), then RUNS times each (hyperfine runs one command's runs, then the next).
 #
 #   cargo build --release --bin dbfork
 #   BEFORE=/path/to/old/dbfork bash bench/worker_cpu.sh            # sqlite and postgres
@@ -51,11 +51,11 @@ for backend in $backends; do
       url=$(head -1 "$work/pg.url")
       db_before="$url"
       db_after="$url"
-      xdist="DATABASE_URL='${url/\/postgres\?//benchcpu?}' $pytest -n 2 --reuse-db"
+      xdist="DATABASE_URL='${url/\/postgres\?//benchcpu?}' $pytest -n 2 --reuse-db || true"
       ;;
   esac
   echo "== $backend"
-  hyperfine -i --warmup 1 --runs "$runs" --style basic \
+  hyperfine --warmup 1 --runs "$runs" --style basic \
     --export-json "$root/bench/results/worker-cpu-$backend-$stamp.json" \
     -n "dbfork before" "$before run -j 2 --db '$db_before' -- $pytest" \
     -n "dbfork after" "$after run -j 2 --db '$db_after' -- $pytest" \
