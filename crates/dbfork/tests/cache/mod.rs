@@ -339,17 +339,9 @@ fn fingerprint_is_the_templates_key_and_builds_nothing() {
         "db fingerprint built something"
     );
 
-    let out = dbfork()
-        .args(["db", "template"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), key);
+    let (code, out, err) = crate::support::run(&[["db", "template"].as_slice(), &args].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), key);
 
     let out = dbfork()
         .args(["db", "fingerprint", "--print-json"])

@@ -834,16 +834,10 @@ fn template_named_in(stderr: &str) -> String {
 }
 
 fn drop_databases(place: &Place, names: &[String]) {
-    let out = dbfork()
-        .args(["db", "drop", "--db", &place.url])
-        .args(names)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args = vec!["db", "drop", "--db", &place.url];
+    args.extend(names.iter().map(String::as_str));
+    let (code, _, err) = crate::support::run(&args);
+    assert_eq!(code, 0, "{err}");
 }
 
 /// What template `name` holds, as the backend's dump program shows a clone
