@@ -141,6 +141,18 @@ impl Manifest {
         changes
     }
 
+    /// Whether both were built on the same kind of server (PostgreSQL,
+    /// MariaDB, SQLite...), whatever its version: a project's history mixes
+    /// backends, and a build on another one says nothing of this one's.
+    pub fn same_server_kind(&self, other: &Manifest) -> bool {
+        let kind = |m: &Manifest| {
+            m.entries
+                .get("server version")
+                .and_then(|v| v.split_whitespace().next().map(str::to_string))
+        };
+        kind(self) == kind(other)
+    }
+
     /// Whether a template of `self` can grow into one of `newer` by running
     /// the same setup again on it: every entry but the input files is the
     /// same (setup, settings, server series, format), every input file of
@@ -314,6 +326,18 @@ mod tests {
         let mut moved_recipe = recipe.clone();
         moved_recipe.files[0].1 = moved;
         assert_eq!(moved_recipe.fingerprint("16").unwrap(), after.fingerprint);
+    }
+
+    #[test]
+    fn the_server_kind_ignores_the_version() {
+        let recipe = Recipe {
+            setup: "django".into(),
+            ..Recipe::default()
+        };
+        let pg15 = recipe.manifest("PostgreSQL 15").unwrap();
+        assert!(pg15.same_server_kind(&recipe.manifest("PostgreSQL 16").unwrap()));
+        assert!(!pg15.same_server_kind(&recipe.manifest("SQLite 3").unwrap()));
+        assert!(!pg15.same_server_kind(&recipe.manifest("MariaDB 10.11").unwrap()));
     }
 
     #[test]

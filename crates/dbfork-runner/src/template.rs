@@ -155,6 +155,7 @@ fn report(config: &RunConfig, template: &Template, progress: &Notes) {
         let changes = history
             .iter()
             .filter(|m| m.fingerprint != template.manifest.fingerprint)
+            .filter(|m| m.same_server_kind(&template.manifest))
             .map(|m| template.manifest.changes_since(m))
             .min_by_key(Vec::len)
             .unwrap_or_default();
