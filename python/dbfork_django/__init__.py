@@ -712,6 +712,7 @@ class DbforkRunnerMixin:
         if not self._dbfork_socket:
             return super().run_tests(test_labels, **kwargs)
         wire = dbfork_worker.Worker(self._dbfork_socket, ADAPTER, __version__, lookahead=2)
+        wire.maxfail = 1 if self.failfast else 0
         try:
             wire.connect()
         except OSError as e:

@@ -76,7 +76,10 @@ def pytest_configure(config):
     # dbfork's decision. Left on, pytest would set session.shouldfail, which
     # cannot be unset and makes pytest (8+) tear every fixture down after
     # every test from then on; and collection would stop at the first error,
-    # so workers could disagree on what was collected.
+    # so workers could disagree on what was collected. pytest has parsed
+    # every source of it (-x, -xq, --maxfail, addopts, PYTEST_ADDOPTS):
+    # the worker tells dbfork the result in its hello.
+    worker.wire.maxfail = int(getattr(config.option, "maxfail", 0) or 0)
     config.option.maxfail = 0
     if config.pluginmanager.has_plugin("django") and dbfork_django.template_is_djangos():
         # Registered now, after pytest-django: a later plugin's fixture of the

@@ -96,6 +96,11 @@ class Worker:
         self.fresh_database = None  # the answer to `fresh`
         self.build_target = None  # a controller's `build` request
         self.forked_child = False
+        # The tool's own "stop after N failures" as the tool resolved it
+        # (pytest's -x / --maxfail from the command line, addopts or
+        # PYTEST_ADDOPTS; Django's --failfast); None: not known. Set before
+        # connect(): it goes in the hello, and dbfork then stops the run.
+        self.maxfail = None
 
     # -- transport ---------------------------------------------------------
 
@@ -120,6 +125,7 @@ class Worker:
                 "pid": os.getpid(),
                 "adapter": self.adapter,
                 "adapter_version": self.adapter_version,
+                "maxfail": self.maxfail,
             }
         )
         reader = threading.Thread(target=self._read, name="dbfork-reader", daemon=True)

@@ -238,6 +238,11 @@ pub enum WorkerMessage {
         adapter: String,
         #[serde(default)]
         adapter_version: String,
+        /// The tool's "stop after N failures" (pytest's `-x`/`--maxfail`
+        /// wherever it was given, Django's `--failfast`) as the tool itself
+        /// resolved it; 0: never. Absent: dbfork reads the command line.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        maxfail: Option<usize>,
     },
     Collected {
         tests: Vec<TestItem>,
