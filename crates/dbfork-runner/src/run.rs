@@ -38,16 +38,9 @@ use crate::timings::Timings;
 use crate::worker::{self, Echo, Environment, Tail};
 use crate::{plugin, report, template, Adapter, RunConfig};
 
-/// Exit codes of `dbfork run`, pytest's where they overlap.
-pub mod exit {
-    pub const OK: i32 = 0;
-    pub const TESTS_FAILED: i32 = 1;
-    pub const INTERRUPTED: i32 = 2;
-    /// The setup command failed, or a database or server error: the suite did not run.
-    pub const SETUP_OR_DATABASE: i32 = 3;
-    pub const USAGE: i32 = 4;
-    pub const NO_TESTS: i32 = 5;
-}
+/// Exit codes of `dbfork run`, pytest's where they overlap (one table for
+/// every command, in `dbfork_meta`).
+pub use dbfork_meta::exit;
 
 /// How often the run renews its clones' heartbeat (other hosts' gc waits an hour).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(120);
@@ -1230,7 +1223,17 @@ impl Dispatcher {
     fn on_message(&mut self, conn: usize, message: WorkerMessage) {
         let owner = self.conns.get(&conn).and_then(|c| c.slot);
         let (slot, generation) = match (owner, &message) {
-            (_, WorkerMessage::Hello { worker_id, .. }) => {
+            (
+                _,
+                WorkerMessage::Hello {
+                    worker_id, maxfail, ..
+                },
+            ) => {
+                // The tool's own reading of its options beats dbfork's parse
+                // of the command line (addopts, PYTEST_ADDOPTS, `-xq`).
+                if let Some(maxfail) = *maxfail {
+                    self.maxfail = maxfail;
+                }
                 let found = self.slots.iter().enumerate().find_map(|(slot, s)| {
                     s.worker
                         .as_ref()
@@ -1403,7 +1406,7 @@ impl Dispatcher {
         let index = record.index;
         if record.outcome.is_failure() {
             self.failures += 1;
-            if self.maxfail > 0 && self.failures == self.maxfail && !self.stopping {
+            if self.maxfail > 0 && self.failures >= self.maxfail && !self.stopping {
                 self.progress.note(&format!(
                     "stopping after {} failure{} (-x / --maxfail / --failfast); tests not started are not run",
                     self.failures,

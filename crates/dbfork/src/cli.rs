@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
+use dbfork_meta::settings::{Setting, Shape, SETTINGS};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,100 +70,91 @@ pub enum DbCommand {
     Ephemeral(EphemeralArgs),
 }
 
-/// `dbfork run`. Every option is also a `DBFORK_*` variable and a key of
-/// `[tool.dbfork]` in pyproject.toml or of dbfork.toml; a flag beats the
-/// variable, which beats the file, which beats the default.
-#[derive(Debug, Args)]
-#[command(trailing_var_arg = true)]
+/// `dbfork run`. Every setting is a flag, a `DBFORK_*` variable and a key of
+/// `[tool.dbfork]` in pyproject.toml or of dbfork.toml (a flag beats the
+/// variable, which beats the file, which beats the default): the flags come
+/// from the table of settings in `dbfork_meta::settings`, and each keeps the
+/// text it was given, checked later by `settings::resolve`.
+#[derive(Debug, Clone, Default)]
 pub struct RunArgs {
-    /// Worker slots: a number, or `auto` (the usable cores). [default: auto]
-    #[arg(short = 'j', long, env = "DBFORK_JOBS", value_name = "N|auto")]
-    pub jobs: Option<String>,
-    /// The database server (see `dbfork db template --help`). [default: sqlite://.dbfork/sqlite/main.sqlite3]
-    #[arg(long, env = "DBFORK_DB", value_name = "URL")]
-    pub db: Option<String>,
-    /// The command that migrates the template, run by `sh -c` with DATABASE_URL set. [default: none, an empty database]
-    #[arg(long, env = "DBFORK_SETUP", value_name = "CMD")]
-    pub setup: Option<String>,
-    /// Files whose contents decide the template (migrations, fixtures): glob patterns, repeatable.
-    #[arg(
-        long = "input",
-        env = "DBFORK_INPUTS",
-        value_name = "GLOB",
-        value_delimiter = ','
-    )]
-    pub inputs: Option<Vec<String>>,
-    /// Extra database aliases (Django's DATABASES keys besides `default`) that get their own clone per worker, repeatable.
-    #[arg(
-        long = "alias",
-        env = "DBFORK_ALIASES",
-        value_name = "NAME",
-        value_delimiter = ','
-    )]
-    pub aliases: Option<Vec<String>>,
-    /// Give each transactional test (TransactionTestCase, transactional_db, live_server) a fresh clone made ahead in the background, instead of emptying every table after it.
-    #[arg(long, env = "DBFORK_FRESH_TRANSACTIONAL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub fresh_transactional: Option<String>,
-    /// How tests are grouped when handed to workers: test, class, module or file. [default: test]
-    #[arg(long, env = "DBFORK_DIST", value_name = "UNIT")]
-    pub dist: Option<String>,
-    /// How dbfork drives the command: auto, pytest, django (`manage.py test`) or none (run it once per worker). [default: auto]
-    #[arg(long, env = "DBFORK_ADAPTER", value_name = "ADAPTER")]
-    pub adapter: Option<String>,
-    /// Kill a worker whose test runs longer than this and report the test as timed out. [default: none]
-    #[arg(long, env = "DBFORK_TIMEOUT", value_name = "DURATION")]
-    pub timeout: Option<String>,
-    /// Replacement workers allowed after crashes and timeouts, in all. [default: 4 x N]
-    #[arg(long, env = "DBFORK_MAX_WORKER_RESTARTS", value_name = "N")]
-    pub max_worker_restarts: Option<usize>,
-    /// How long workers get to stop after Ctrl-C or SIGTERM before they are killed. [default: 10s]
-    #[arg(long, env = "DBFORK_GRACE", value_name = "DURATION")]
-    pub grace: Option<String>,
-    /// Write a JUnit XML report here.
-    #[arg(long, env = "DBFORK_JUNIT", value_name = "FILE")]
-    pub junit: Option<std::path::PathBuf>,
-    /// Write a JSON report here.
-    #[arg(long, env = "DBFORK_JSON", value_name = "FILE")]
-    pub json: Option<std::path::PathBuf>,
-    /// How to clone: PostgreSQL file-copy|wal-log, MySQL show-create|create-like, SQLite copy|backup. [default: the backend's fastest]
-    #[arg(long, env = "DBFORK_CLONE_METHOD", value_name = "METHOD")]
-    pub clone_method: Option<String>,
-    /// How long connecting may take. [default: 10s]
-    #[arg(long, env = "DBFORK_CONNECT_TIMEOUT", value_name = "DURATION")]
-    pub connect_timeout: Option<String>,
-    /// How long dropping one database may take. [default: 30s]
-    #[arg(long, env = "DBFORK_DROP_TIMEOUT", value_name = "DURATION")]
-    pub drop_timeout: Option<String>,
-    /// How long the setup command may run. [default: 30m]
-    #[arg(long, env = "DBFORK_BUILD_TIMEOUT", value_name = "DURATION")]
-    pub build_timeout: Option<String>,
-    /// How long the test command may take to configure itself and each worker to connect and
-    /// collect (a conftest.py or import that hangs). [default: the larger of --timeout and 2m;
-    /// 10m without --timeout]
-    #[arg(long, env = "DBFORK_START_TIMEOUT", value_name = "DURATION")]
-    pub start_timeout: Option<String>,
-    /// A registry entry of another host, or with no owner process, counts as left behind (and the
-    /// collection at the start drops it) once its heartbeat is this old. [default: 1h]
-    #[arg(long, env = "DBFORK_HEARTBEAT_TTL", value_name = "DURATION")]
-    pub heartbeat_ttl: Option<String>,
-    /// A directory of exported templates (a CI cache): restored instead of running the setup
-    /// when the fingerprint matches, written after each build. Empty: off.
-    #[arg(long, env = "DBFORK_TEMPLATE_CACHE", value_name = "DIR")]
-    pub template_cache: Option<std::path::PathBuf>,
-    /// The most the template cache directory may hold; least recently used files go first. [default: 2GiB]
-    #[arg(long, env = "DBFORK_TEMPLATE_CACHE_SIZE", value_name = "SIZE")]
-    pub template_cache_size: Option<String>,
-    /// Grow a new template from the nearest earlier one when only input files were added
-    /// (new migrations): clone it and run the setup again on the clone. [default: on for the
-    /// Django setup dbfork runs itself, off for a --setup command (it must be safe to rerun)]
-    #[arg(long, env = "DBFORK_INCREMENTAL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub incremental: Option<String>,
-    /// Read settings from this file instead of looking for dbfork.toml / pyproject.toml.
-    #[arg(long, env = "DBFORK_CONFIG", value_name = "FILE")]
+    /// The settings given by a flag or variable, in the table's order: the
+    /// setting and its values (several for a list).
+    pub given: Vec<(&'static Setting, Vec<String>)>,
+    /// `--config FILE`: read settings from this file.
     pub config: Option<std::path::PathBuf>,
-    /// The test command, after `--`: e.g. `-- pytest -q tests/`.
-    #[arg(required = true, value_name = "COMMAND", allow_hyphen_values = true)]
+    /// The test command.
     pub command: Vec<String>,
+}
+
+const COMMAND: &str = "command";
+const CONFIG: &str = "config";
+
+fn setting_arg(s: &'static Setting) -> Arg {
+    let mut arg = Arg::new(s.key)
+        .long(s.flag)
+        .env(s.env)
+        .value_name(s.value_name)
+        .help(s.help);
+    if let Some(short) = s.short {
+        arg = arg.short(short);
+    }
+    match s.shape {
+        Shape::Value => arg.action(ArgAction::Set),
+        Shape::List => arg.action(ArgAction::Append).value_delimiter(','),
+        Shape::Switch => arg
+            .action(ArgAction::Set)
+            .num_args(0..=1)
+            .default_missing_value("true"),
+    }
+}
+
+impl Args for RunArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.args(SETTINGS.iter().map(setting_arg))
+            .arg(
+                Arg::new(CONFIG)
+                    .long("config")
+                    .env(dbfork_meta::env::CONFIG)
+                    .value_name("FILE")
+                    .value_parser(clap::value_parser!(std::path::PathBuf))
+                    .help("Read settings from this file instead of looking for dbfork.toml / pyproject.toml."),
+            )
+            .arg(
+                Arg::new(COMMAND)
+                    .value_name("COMMAND")
+                    .required(true)
+                    .num_args(1..)
+                    .trailing_var_arg(true)
+                    .help("The test command: after `--` (`-- pytest -q tests/`), or from the first word that is not an option of dbfork's (`dbfork run -j 4 pytest -q`). An unknown option before it is a usage error, not the start of the command."),
+            )
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for RunArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = RunArgs::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        let strings = |id: &str| -> Option<Vec<String>> {
+            matches
+                .get_many::<String>(id)
+                .map(|values| values.cloned().collect())
+        };
+        self.given = SETTINGS
+            .iter()
+            .filter_map(|s| strings(s.key).map(|values| (s, values)))
+            .collect();
+        self.config = matches.get_one(CONFIG).cloned();
+        self.command = strings(COMMAND).unwrap_or_default();
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,14 +1,13 @@
 //! Exit codes, following pytest's where they overlap (documented in the README):
 //! 0 success, 1 the setup command failed (or `--verify` found a difference), 2 interrupted, 3 a database or
-//! server error, 4 a usage error.
+//! server error, 4 a usage error. The numbers are `dbfork_meta::exit`'s, the
+//! one table of every command's codes.
 
 use dbfork_engine::Error;
 
-pub const OK: i32 = 0;
-pub const SETUP_FAILED: i32 = 1;
-pub const INTERRUPTED: i32 = 2;
-pub const DATABASE_ERROR: i32 = 3;
-pub const USAGE: i32 = 4;
+pub use dbfork_meta::exit::{
+    INTERRUPTED, OK, SETUP_FAILED, SETUP_OR_DATABASE as DATABASE_ERROR, USAGE,
+};
 
 /// The exit code of an error that reached the top.
 pub fn exit_code(err: &anyhow::Error) -> i32 {

@@ -20,65 +20,10 @@ use std::time::Duration;
 
 use dbfork_runner::{Adapter, Dist, RunConfig};
 
+use dbfork_meta::settings::{Setting, SETTINGS};
+
 use crate::cli::{parse_duration, RunArgs};
 use crate::errors::UsageError;
-
-/// A setting: its configuration key, flag and variable.
-struct Key {
-    name: &'static str,
-    flag: &'static str,
-    env: &'static str,
-}
-
-const fn key(name: &'static str, flag: &'static str, env: &'static str) -> Key {
-    Key { name, flag, env }
-}
-
-/// Every key of the configuration file, in the order the docs list them.
-const KEYS: &[Key] = &[
-    key("db", "--db", "DBFORK_DB"),
-    key("setup", "--setup", "DBFORK_SETUP"),
-    key("inputs", "--input", "DBFORK_INPUTS"),
-    key("aliases", "--alias", "DBFORK_ALIASES"),
-    key(
-        "fresh_transactional",
-        "--fresh-transactional",
-        "DBFORK_FRESH_TRANSACTIONAL",
-    ),
-    key("jobs", "--jobs", "DBFORK_JOBS"),
-    key("dist", "--dist", "DBFORK_DIST"),
-    key("adapter", "--adapter", "DBFORK_ADAPTER"),
-    key("timeout", "--timeout", "DBFORK_TIMEOUT"),
-    key(
-        "max_worker_restarts",
-        "--max-worker-restarts",
-        "DBFORK_MAX_WORKER_RESTARTS",
-    ),
-    key("grace", "--grace", "DBFORK_GRACE"),
-    key("junit", "--junit", "DBFORK_JUNIT"),
-    key("json", "--json", "DBFORK_JSON"),
-    key("clone_method", "--clone-method", "DBFORK_CLONE_METHOD"),
-    key(
-        "connect_timeout",
-        "--connect-timeout",
-        "DBFORK_CONNECT_TIMEOUT",
-    ),
-    key("drop_timeout", "--drop-timeout", "DBFORK_DROP_TIMEOUT"),
-    key("build_timeout", "--build-timeout", "DBFORK_BUILD_TIMEOUT"),
-    key("start_timeout", "--start-timeout", "DBFORK_START_TIMEOUT"),
-    key("heartbeat_ttl", "--heartbeat-ttl", "DBFORK_HEARTBEAT_TTL"),
-    key(
-        "template_cache",
-        "--template-cache",
-        "DBFORK_TEMPLATE_CACHE",
-    ),
-    key(
-        "template_cache_size",
-        "--template-cache-size",
-        "DBFORK_TEMPLATE_CACHE_SIZE",
-    ),
-    key("incremental", "--incremental", "DBFORK_INCREMENTAL"),
-];
 
 const CONFIG_FILE: &str = "dbfork.toml";
 const PYPROJECT: &str = "pyproject.toml";
@@ -287,7 +232,7 @@ fn tool_dbfork(document: &toml::Table, path: &Path) -> anyhow::Result<Option<tom
 
 /// Where a value came from, as messages name it.
 enum Origin<'a> {
-    Flag(&'a Key),
+    Flag(&'a Setting),
     File {
         /// The key as the file spells it.
         spelled: &'a str,
@@ -298,7 +243,7 @@ enum Origin<'a> {
 impl fmt::Display for Origin<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::Flag(key) => write!(f, "{} / {}", key.flag, key.env),
+            Origin::Flag(setting) => f.write_str(&setting.flag_and_env()),
             Origin::File { spelled, file } if file.pyproject => {
                 write!(f, "`{spelled}` in [tool.dbfork] of {}", file.path.display())
             }
@@ -348,50 +293,11 @@ struct Layer {
 impl Layer {
     fn from_args(args: &RunArgs, cwd: &Path) -> anyhow::Result<Layer> {
         let mut layer = Layer::default();
-        let texts = [
-            (&args.db, "db"),
-            (&args.setup, "setup"),
-            (&args.jobs, "jobs"),
-            (&args.dist, "dist"),
-            (&args.adapter, "adapter"),
-            (&args.timeout, "timeout"),
-            (&args.grace, "grace"),
-            (&args.clone_method, "clone_method"),
-            (&args.connect_timeout, "connect_timeout"),
-            (&args.drop_timeout, "drop_timeout"),
-            (&args.build_timeout, "build_timeout"),
-            (&args.start_timeout, "start_timeout"),
-            (&args.heartbeat_ttl, "heartbeat_ttl"),
-            (&args.fresh_transactional, "fresh_transactional"),
-            (&args.template_cache_size, "template_cache_size"),
-            (&args.incremental, "incremental"),
-        ];
-        for (value, name) in texts {
-            if let Some(text) = value.as_deref() {
-                layer.set(name, Raw::Text(text), &Origin::Flag(known(name)), cwd)?;
-            }
+        // clap has split lists already; `set` splits text at commas again.
+        for (setting, values) in &args.given {
+            let text = values.join(",");
+            layer.set(setting.key, Raw::Text(&text), &Origin::Flag(setting), cwd)?;
         }
-        // clap has already split and typed these.
-        if let Some(inputs) = &args.inputs {
-            layer.inputs = Some(
-                inputs
-                    .iter()
-                    .map(|i| i.trim().to_string())
-                    .filter(|i| !i.is_empty())
-                    .collect(),
-            );
-        }
-        if let Some(names) = &args.aliases {
-            let origin = Origin::Flag(known("aliases"));
-            layer.aliases = Some(aliases(names.clone(), &origin)?);
-        }
-        layer.max_worker_restarts = args.max_worker_restarts;
-        layer.junit = args.junit.as_deref().map(|p| optional_path(p, cwd));
-        layer.json = args.json.as_deref().map(|p| optional_path(p, cwd));
-        layer.template_cache = args
-            .template_cache
-            .as_deref()
-            .map(|p| optional_path(p, cwd));
         Ok(layer)
     }
 
@@ -400,8 +306,8 @@ impl Layer {
         let mut seen: Vec<(&str, &str)> = Vec::new();
         for (spelled, value) in &file.table {
             let normalized = spelled.replace('-', "_");
-            let Some(key) = KEYS.iter().find(|k| k.name == normalized) else {
-                let names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
+            let Some(key) = dbfork_meta::settings::by_key(&normalized) else {
+                let names: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
                 let place = if file.pyproject {
                     format!("[tool.dbfork] of {}", file.path.display())
                 } else {
@@ -412,16 +318,16 @@ impl Layer {
                     names.join(", ")
                 )));
             };
-            if let Some((_, first)) = seen.iter().find(|(name, _)| *name == key.name) {
+            if let Some((_, first)) = seen.iter().find(|(name, _)| *name == key.key) {
                 return Err(usage(format!(
                     "`{}` is set twice in {} (as `{first}` and as `{spelled}`); keep one.",
-                    key.name,
+                    key.key,
                     file.path.display()
                 )));
             }
-            seen.push((key.name, spelled));
+            seen.push((key.key, spelled));
             let origin = Origin::File { spelled, file };
-            layer.set(key.name, Raw::Toml(value), &origin, &file.dir)?;
+            layer.set(key.key, Raw::Toml(value), &origin, &file.dir)?;
         }
         Ok(layer)
     }
@@ -514,7 +420,8 @@ impl Layer {
                 self.template_cache_size = Some(bytes);
             }
             "incremental" => self.incremental = Some(boolean(raw, origin)?),
-            // KEYS and this match list the same names; a key missing here is a bug.
+            // SETTINGS and this match list the same keys; a key missing here is a bug
+            // (a test sets every key).
             other => {
                 return Err(anyhow::anyhow!(
                     "internal error: the setting `{other}` has no parser; please report this bug"
@@ -523,14 +430,6 @@ impl Layer {
         }
         Ok(())
     }
-}
-
-/// The entry of `KEYS` with this name.
-fn known(name: &str) -> &'static Key {
-    // Only called with names from this file's own list; the fallback keeps
-    // a typo among them from panicking (its messages would just be vaguer).
-    static UNKNOWN: Key = key("?", "?", "?");
-    KEYS.iter().find(|k| k.name == name).unwrap_or(&UNKNOWN)
 }
 
 fn string(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<String> {
@@ -761,33 +660,17 @@ fn usage(message: String) -> anyhow::Error {
 mod tests {
     use super::*;
 
+    /// `dbfork run FLAGS -- pytest -q`, as the command line parses it.
+    fn flags(flags: &[&str]) -> RunArgs {
+        use clap::{Args, FromArgMatches};
+        let command = RunArgs::augment_args(clap::Command::new("run"));
+        let argv = ["run"].iter().chain(flags).chain(&["--", "pytest", "-q"]);
+        let matches = command.try_get_matches_from(argv).unwrap();
+        RunArgs::from_arg_matches(&matches).unwrap()
+    }
+
     fn args() -> RunArgs {
-        RunArgs {
-            jobs: None,
-            db: None,
-            setup: None,
-            inputs: None,
-            aliases: None,
-            fresh_transactional: None,
-            dist: None,
-            adapter: None,
-            timeout: None,
-            max_worker_restarts: None,
-            grace: None,
-            junit: None,
-            json: None,
-            clone_method: None,
-            connect_timeout: None,
-            drop_timeout: None,
-            build_timeout: None,
-            start_timeout: None,
-            heartbeat_ttl: None,
-            template_cache: None,
-            template_cache_size: None,
-            incremental: None,
-            config: None,
-            command: vec!["pytest".into(), "-q".into()],
-        }
+        flags(&[])
     }
 
     /// A project directory with a subdirectory to run from.
@@ -854,15 +737,19 @@ mod tests {
         // The state and default database belong to the project root, not the cwd.
         assert_eq!(config.state_dir, root.join(".dbfork"));
 
-        let flags = RunArgs {
-            dist: Some("class".into()),
-            jobs: Some("2".into()),
-            timeout: Some("none".into()),
-            setup: Some(String::new()),
-            inputs: Some(vec!["schema.sql".into()]),
-            ..args()
-        };
-        let config = resolve(&flags, 0, &sub).unwrap();
+        let given = flags(&[
+            "--dist",
+            "class",
+            "--jobs",
+            "2",
+            "--timeout",
+            "none",
+            "--setup",
+            "",
+            "--input",
+            "schema.sql",
+        ]);
+        let config = resolve(&given, 0, &sub).unwrap();
         assert_eq!(config.dist, Dist::Class);
         assert_eq!(config.jobs, 2);
         assert_eq!(config.max_worker_restarts, 8);
@@ -952,16 +839,46 @@ mod tests {
         // manage.py test hands out whole classes unless told otherwise.
         assert_eq!(config.dist, Dist::Class);
         assert_eq!(resolve(&args(), 0, &root).unwrap().dist, Dist::Test);
-        let flags = RunArgs {
-            aliases: Some(vec!["third".into()]),
-            fresh_transactional: Some("false".into()),
-            dist: Some("test".into()),
-            ..django
+        let given = RunArgs {
+            command: django.command,
+            ..flags(&[
+                "--alias",
+                "third",
+                "--fresh-transactional=false",
+                "--dist",
+                "test",
+            ])
         };
-        let config = resolve(&flags, 0, &root).unwrap();
+        let config = resolve(&given, 0, &root).unwrap();
         assert_eq!(config.aliases, ["third"]);
         assert!(!config.fresh_transactional);
         assert_eq!(config.dist, Dist::Test);
+    }
+
+    /// Every setting of the table has its check here: none reaches the
+    /// "no parser" fallback, whatever its value.
+    #[test]
+    fn every_setting_of_the_table_is_checked() {
+        let base = Path::new("/");
+        for setting in SETTINGS {
+            for text in ["", "1", "x"] {
+                let result = Layer::default().set(
+                    setting.key,
+                    Raw::Text(text),
+                    &Origin::Flag(setting),
+                    base,
+                );
+                if let Err(err) = result {
+                    let text = format!("{err:#}");
+                    assert!(!text.contains("internal error"), "{}: {text}", setting.key);
+                    assert!(
+                        text.contains(&setting.flag_and_env()),
+                        "{}: {text}",
+                        setting.key
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -969,36 +886,24 @@ mod tests {
         let (_dir, root, _) = project();
         let cases = [
             (
-                RunArgs {
-                    dist: Some("row".into()),
-                    ..args()
-                },
+                flags(&["--dist", "row"]),
                 "invalid --dist / DBFORK_DIST: `row` is not one of test, class, module or file.",
             ),
             (
-                RunArgs {
-                    jobs: Some("0".into()),
-                    ..args()
-                },
+                flags(&["--jobs", "0"]),
                 "invalid --jobs / DBFORK_JOBS: `0` is not a number",
             ),
             (
-                RunArgs {
-                    grace: Some("5y".into()),
-                    ..args()
-                },
+                flags(&["--grace", "5y"]),
                 "invalid --grace / DBFORK_GRACE: unknown unit",
             ),
             (
-                RunArgs {
-                    connect_timeout: Some("0s".into()),
-                    ..args()
-                },
+                flags(&["--connect-timeout", "0s"]),
                 "invalid --connect-timeout / DBFORK_CONNECT_TIMEOUT: it is zero",
             ),
         ];
-        for (flags, wanted) in cases {
-            let text = error_text(resolve(&flags, 0, &root));
+        for (given, wanted) in cases {
+            let text = error_text(resolve(&given, 0, &root));
             assert!(text.contains(wanted), "{text}");
         }
     }
@@ -1077,12 +982,8 @@ mod tests {
         assert_eq!(config.json, None);
 
         // From flags: relative to the working directory.
-        let flags = RunArgs {
-            db: Some("sqlite://local.db".into()),
-            junit: Some("out.xml".into()),
-            ..args()
-        };
-        let config = resolve(&flags, 0, &sub).unwrap();
+        let given = flags(&["--db", "sqlite://local.db", "--junit", "out.xml"]);
+        let config = resolve(&given, 0, &sub).unwrap();
         assert_eq!(
             config.db.as_deref(),
             Some(format!("sqlite://{}/local.db", sub.display()).as_str())
@@ -1090,12 +991,9 @@ mod tests {
         assert_eq!(config.junit, Some(sub.join("out.xml")));
 
         // Other URLs are left alone.
-        let flags = RunArgs {
-            db: Some("postgres://u@h:5432/postgres".into()),
-            ..args()
-        };
+        let given = flags(&["--db", "postgres://u@h:5432/postgres"]);
         assert_eq!(
-            resolve(&flags, 0, &sub).unwrap().db.as_deref(),
+            resolve(&given, 0, &sub).unwrap().db.as_deref(),
             Some("postgres://u@h:5432/postgres")
         );
     }
@@ -1103,10 +1001,7 @@ mod tests {
     #[test]
     fn explicit_config_file() {
         let (_dir, root, sub) = project();
-        let missing = RunArgs {
-            config: Some("nope.toml".into()),
-            ..args()
-        };
+        let missing = flags(&["--config", "nope.toml"]);
         let text = error_text(resolve(&missing, 0, &sub));
         assert!(
             text.contains("nope.toml") && text.contains("does not exist"),
@@ -1116,18 +1011,13 @@ mod tests {
         std::fs::write(root.join("ci.toml"), "dist = \"file\"\n").unwrap();
         // Ignored: --config names the file.
         std::fs::write(sub.join("dbfork.toml"), "dist = \"class\"\n").unwrap();
-        let explicit = RunArgs {
-            config: Some("../../ci.toml".into()),
-            ..args()
-        };
+        let explicit = flags(&["--config", "../../ci.toml"]);
         let config = resolve(&explicit, 0, &sub).unwrap();
         assert_eq!(config.dist, Dist::File);
 
         std::fs::write(root.join("bad.toml"), "dist = \n").unwrap();
-        let broken = RunArgs {
-            config: Some(root.join("bad.toml")),
-            ..args()
-        };
+        let bad = root.join("bad.toml");
+        let broken = flags(&["--config", bad.to_str().unwrap()]);
         let text = error_text(resolve(&broken, 0, &sub));
         assert!(text.contains("is not valid TOML"), "{text}");
     }

@@ -10,7 +10,20 @@ pub mod db;
 pub mod run;
 
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and succeed; a mistake is a
+        // usage error, with dbfork's code for it rather than clap's 2
+        // (which means "interrupted" here).
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                errors::USAGE
+            } else {
+                errors::OK
+            };
+        }
+    };
     init_tracing(cli.verbose);
     if matches!(cli.command, Command::Db(_)) {
         restore_sigpipe();

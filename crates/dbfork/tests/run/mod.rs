@@ -272,17 +272,48 @@ fn run_matches_a_serial_pytest_run() {
 fn exitfirst_stops_the_whole_run() {
     let place = Place::new(Kind::Sqlite, "run_x");
     let dir = suite(&place);
-    let out = dbfork_run(&place, &dir, &["-j", "2"], &["-x"], &[]);
-    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
-    assert!(
-        out.stderr.contains("stopping after 1 failure"),
-        "{}",
-        out.stderr
-    );
-    let tests = test_ids(&out.report);
-    let not_run = tests.iter().filter(|(_, o)| o == "not_run").count();
-    assert!(not_run > 0, "-x left every test running: {tests:?}");
-    assert_no_clones(&place);
+    let ini = std::fs::read_to_string(dir.join("pytest.ini")).unwrap();
+    // Wherever pytest finds the option, and however it is spelled, it is
+    // pytest's own reading that counts (the worker reports it).
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
+        (
+            "-x on the command line",
+            &["-x"],
+            &[],
+            "stopping after 1 failure",
+        ),
+        (
+            "-xq (combined short flags)",
+            &["-xq"],
+            &[],
+            "stopping after 1 failure",
+        ),
+        (
+            "--maxfail=2 in PYTEST_ADDOPTS",
+            &[],
+            &[("PYTEST_ADDOPTS", "--maxfail=2")],
+            "stopping after 2 failures",
+        ),
+        (
+            "-x in pytest.ini's addopts",
+            &[],
+            &[],
+            "stopping after 1 failure",
+        ),
+    ];
+    for (case, args, envs, said) in cases {
+        if case.contains("pytest.ini") {
+            std::fs::write(dir.join("pytest.ini"), format!("{ini}  -x\n")).unwrap();
+        }
+        let out = dbfork_run(&place, &dir, &["-j", "2"], args, envs);
+        assert_eq!(out.code, 1, "{case}: {}\n{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(said), "{case}: {}", out.stderr);
+        let tests = test_ids(&out.report);
+        let not_run = tests.iter().filter(|(_, o)| o == "not_run").count();
+        assert!(not_run > 0, "{case}: every test ran: {tests:?}");
+        assert_no_clones(&place);
+    }
 }
 
 // The runner's fault tests on every backend.
@@ -721,6 +752,32 @@ fn bad_inputs_get_clear_errors_and_leave_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(err.contains("jobz") && err.contains("dbfork.toml"), "{err}");
+    std::fs::remove_file(dir.join("dbfork.toml")).unwrap();
+
+    // An unknown option before the test command: 4, naming it and the close
+    // one, and nothing started (it is not taken for the test command).
+    for args in [
+        &["run", "-j", "2", "--jobz", "3", "--", "pytest"][..],
+        &["run", "--jobz", "3", "pytest"][..],
+    ] {
+        let out = dbfork().current_dir(&dir).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {err}");
+        assert!(err.contains("'--jobz'") && err.contains("--jobs"), "{err}");
+        assert!(!err.contains("cannot start"), "{err}");
+    }
+    assert!(place.registry().is_empty(), "{:?}", place.registry());
+    // The command may also start at its first word; what follows is its own.
+    let out = dbfork()
+        .current_dir(&dir)
+        .env_remove("CI")
+        .args(["run", "--db", &place.url, "-j", "1"])
+        .args(pytest_command(&["-q", "-k", "nothing_matches"]))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert_no_clones(&place);
 }
 
 /// Without an adapter the command runs once per worker, each on its own clone
