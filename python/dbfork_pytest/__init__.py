@@ -295,10 +295,24 @@ class DjangoOnClone:
 
 
 def _serialized_aliases(items):
+    """The aliases pytest-django's setup would serialize for this session."""
     try:
         from pytest_django.fixtures import _get_databases_for_setup
-    except ImportError:  # pytest-django before 4.6: no serialized_rollback setup
-        return set()
+    except ImportError:
+        # pytest-django before 4.6 calls setup_databases() without
+        # serialized_aliases, and Django then serializes every test database
+        # it creates (the first alias of each, mirrors aside) unless its
+        # TEST["SERIALIZE"] is false.
+        from django.db import connections
+        from django.test.utils import get_unique_databases_and_mirrors
+
+        test_databases, _mirrors = get_unique_databases_and_mirrors()
+        aliases = set()
+        for _name, group in test_databases.values():
+            alias = next(iter(group))
+            if connections[alias].settings_dict.get("TEST", {}).get("SERIALIZE", True):
+                aliases.add(alias)
+        return aliases
     return _get_databases_for_setup(items)[1]
 
 
