@@ -38,7 +38,7 @@
 //!                                           it also counts as the first `want`)
 //!                                     <-   run {tests: [indices]}
 //!   started {index}                   ->
-//!   result {index, phases, ...}       ->
+//!   result {index, phases | outcome}  ->
 //!   want                              ->   (at most one outstanding)
 //!                                     <-   run {...} | stop
 //!                                     <-   steal {tests}
@@ -151,11 +151,26 @@ pub struct Phase {
     pub longrepr: Option<String>,
 }
 
-/// A finished test.
+/// A finished test. A tool with pytest's phases sends them (dbfork derives
+/// the outcome, duration and failure text from them); any other tool sends
+/// `outcome` (with `duration` and `longrepr`) and no phases. When both are
+/// given, `outcome` decides.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestResult {
     pub index: usize,
+    #[serde(default)]
     pub phases: Vec<Phase>,
+    /// The outcome in the tool's neutral words: `passed`, `failed`, `error`
+    /// (failed outside the test body: set-up or tear-down), `skipped`,
+    /// `xfailed` (an expected failure), `xpassed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Seconds; without phases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+    /// The failure text or skip reason; without phases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longrepr: Option<String>,
     /// Output the test wrote while it ran (captured by the tool).
     #[serde(default)]
     pub stdout: String,
@@ -385,6 +400,17 @@ mod tests {
         let result = r#"{"v":1,"type":"result","index":0,"phases":[{"when":"call","outcome":"passed","category":"passed","duration":0.5}]}"#;
         match decode::<WorkerMessage>(result).unwrap() {
             WorkerMessage::Result(r) => assert_eq!(r.phases[0].duration, 0.5),
+            other => panic!("{other:?}"),
+        }
+        // A tool without pytest's phases: the outcome in neutral words.
+        let neutral = r#"{"v":1,"type":"result","index":2,"outcome":"failed","duration":0.25,"longrepr":"expected 1, got 2"}"#;
+        match decode::<WorkerMessage>(neutral).unwrap() {
+            WorkerMessage::Result(r) => {
+                assert!(r.phases.is_empty());
+                assert_eq!(r.outcome.as_deref(), Some("failed"));
+                assert_eq!(r.duration, Some(0.25));
+                assert_eq!(r.longrepr.as_deref(), Some("expected 1, got 2"));
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -67,18 +67,24 @@ pub enum Adapter {
     /// Django's test runner with dbfork's mixin (`--testrunner
     /// dbfork_django.Runner`): the same, for `manage.py test`.
     Django,
+    /// The command speaks dbfork's worker protocol itself (an adapter of
+    /// another language, or a tool with one built in; see
+    /// `dbfork_protocol` and conformance/): dbfork hands tests out as with
+    /// pytest, with no controller and no Python packages of its own.
+    Protocol,
     /// None: the command runs once per slot and splits its own work.
     None,
 }
 
 impl Adapter {
-    pub const CHOICES: &'static str = "auto, pytest, django or none";
+    pub const CHOICES: &'static str = "auto, pytest, django, protocol or none";
 
     pub fn parse(text: &str) -> Option<Adapter> {
         match text {
             "auto" => Some(Adapter::Auto),
             "pytest" => Some(Adapter::Pytest),
             "django" => Some(Adapter::Django),
+            "protocol" => Some(Adapter::Protocol),
             "none" => Some(Adapter::None),
             _ => None,
         }
@@ -98,6 +104,12 @@ impl Adapter {
 
     /// Whether the workers speak dbfork's protocol (through an adapter).
     pub fn speaks_protocol(self) -> bool {
+        matches!(self, Adapter::Pytest | Adapter::Django | Adapter::Protocol)
+    }
+
+    /// Whether the tool is configured once in a controller process first
+    /// (pytest and Django's runner, through dbfork's Python packages).
+    pub fn has_controller(self) -> bool {
         matches!(self, Adapter::Pytest | Adapter::Django)
     }
 

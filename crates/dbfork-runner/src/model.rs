@@ -40,6 +40,20 @@ impl Outcome {
         }
     }
 
+    /// An outcome a worker may report (`result.outcome`); dbfork's own
+    /// (crashed, timed out, not run) are not among them.
+    pub fn parse(word: &str) -> Option<Outcome> {
+        Some(match word {
+            "passed" => Outcome::Passed,
+            "failed" => Outcome::Failed,
+            "error" => Outcome::Error,
+            "skipped" => Outcome::Skipped,
+            "xfailed" => Outcome::XFailed,
+            "xpassed" => Outcome::XPassed,
+            _ => return None,
+        })
+    }
+
     /// Whether this outcome makes the run fail.
     pub fn is_failure(self) -> bool {
         matches!(

@@ -312,7 +312,7 @@ pub async fn prepare(
         Adapter::Django => {
             note_ignored(&config.command, &["--keepdb", "--parallel"], "Django's");
         }
-        Adapter::Auto | Adapter::None => {}
+        Adapter::Auto | Adapter::Protocol | Adapter::None => {}
     }
     crate::prepare_state_dir(&config.state_dir);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -338,7 +338,7 @@ pub async fn prepare(
         started_at,
         run_dir,
     };
-    if !adapter.speaks_protocol() {
+    if !adapter.has_controller() {
         return Ok(prepared);
     }
     let dir = plugin::install(&prepared.run_dir.0).map_err(|source| RunError::RunDir {
@@ -1330,17 +1330,32 @@ impl Dispatcher {
                 else {
                     return;
                 };
-                let outcome = Outcome::from_phases(&result.phases);
-                let failure: Vec<String> = result
-                    .phases
-                    .iter()
-                    .filter(|p| {
-                        p.outcome == "failed"
-                            || (outcome == Outcome::Skipped && p.outcome == "skipped")
-                    })
-                    .filter_map(|p| p.longrepr.clone())
-                    .collect();
-                let duration = result.phases.iter().map(|p| p.duration).sum();
+                let (outcome, mut failure) = match result.outcome.as_deref() {
+                    None => (Outcome::from_phases(&result.phases), Vec::new()),
+                    Some(word) => match Outcome::parse(word) {
+                        Some(outcome) => (outcome, Vec::new()),
+                        None => (
+                            Outcome::Error,
+                            vec![format!("dbfork: the worker reported the outcome `{word}`, which is not one of passed, failed, error, skipped, xfailed, xpassed")],
+                        ),
+                    },
+                };
+                failure.extend(
+                    result
+                        .phases
+                        .iter()
+                        .filter(|p| {
+                            p.outcome == "failed"
+                                || (outcome == Outcome::Skipped && p.outcome == "skipped")
+                        })
+                        .filter_map(|p| p.longrepr.clone()),
+                );
+                if outcome != Outcome::Passed {
+                    failure.extend(result.longrepr.clone());
+                }
+                let duration = result
+                    .duration
+                    .unwrap_or_else(|| result.phases.iter().map(|p| p.duration).sum());
                 self.record(TestRecord {
                     index: result.index,
                     id: item.id,

@@ -780,6 +780,80 @@ fn bad_inputs_get_clear_errors_and_leave_nothing() {
     assert_no_clones(&place);
 }
 
+/// `--adapter protocol`: a tool that speaks the worker protocol itself (here
+/// conformance/minimal_adapter.py, which reports tool-neutral outcomes, not
+/// pytest's phases) gets its tests handed out over two workers, its failures
+/// reported with its own text, and a crash in a test reported as one.
+#[test]
+fn a_tool_speaking_the_protocol_itself_runs_without_python_packages() {
+    let place = Place::new(Kind::Sqlite, "run_protocol");
+    let adapter =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/minimal_adapter.py");
+    let adapter = adapter.to_str().unwrap();
+    let run = |envs: &[(&str, &str)]| {
+        let out = dbfork()
+            .current_dir(place.dir.path())
+            .env_remove("CI")
+            .envs(envs.iter().copied())
+            .args([
+                "run",
+                "--db",
+                &place.url,
+                "-j",
+                "2",
+                "--adapter",
+                "protocol",
+            ])
+            .args(["--json", "report.json", "--", &python(), adapter])
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(place.dir.path().join("report.json")).unwrap(),
+        )
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.code(), stdout, report)
+    };
+    let (code, stdout, report) = run(&[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let mut outcomes = test_ids(&report);
+    outcomes.sort();
+    let expected = [
+        ("minimal::test_crashes", "passed"),
+        ("minimal::test_fails", "failed"),
+        ("minimal::test_passes", "passed"),
+        ("minimal::test_skipped", "skipped"),
+        ("minimal::test_slow", "passed"),
+    ]
+    .map(|(id, outcome)| (id.to_string(), outcome.to_string()));
+    assert_eq!(outcomes, expected, "{stdout}");
+    assert!(
+        stdout.contains("FAILED minimal::test_fails - expected 1, got 2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 failed, 3 passed, 1 skipped"), "{stdout}");
+    // Two workers, each on its own clone (which one runs what is up to timing).
+    let slots = report["slots"].as_array().unwrap();
+    assert_eq!(slots.len(), 2, "{report}");
+    assert!(slots.iter().all(|s| s["workers_started"] == 1), "{report}");
+
+    let (code, stdout, report) = run(&[("DBFORK_CONFORMANCE_CRASH", "1")]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let crashed: Vec<_> = test_ids(&report)
+        .into_iter()
+        .filter(|(_, outcome)| outcome != "passed" && outcome != "skipped")
+        .collect();
+    assert_eq!(
+        crashed,
+        [
+            ("minimal::test_fails".to_string(), "failed".to_string()),
+            ("minimal::test_crashes".to_string(), "crashed".to_string())
+        ],
+        "{stdout}"
+    );
+    assert_no_clones(&place);
+}
+
 /// Without an adapter the command runs once per worker, each on its own clone
 /// (the table each creates would collide on a shared database).
 fn any_command_runs_once_per_worker(kind: Kind) {
