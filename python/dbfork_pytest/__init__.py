@@ -299,7 +299,7 @@ def _serialized_aliases(items):
     try:
         from pytest_django.fixtures import _get_databases_for_setup
     except ImportError:
-        # pytest-django before 4.6 calls setup_databases() without
+        # Older pytest-django (4.7, for one) calls setup_databases() without
         # serialized_aliases, and Django then serializes every test database
         # it creates (the first alias of each, mirrors aside) unless its
         # TEST["SERIALIZE"] is false.
