@@ -16,6 +16,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod names;
 pub mod ops;
+pub mod pool;
 pub mod process;
 pub mod reaper;
 pub mod registry;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use dbfork_engine::fingerprint::Manifest;
 use dbfork_engine::names;
 use dbfork_engine::ops::{self, Cancel, Canceller, CloneOptions, DatabaseEnv, MadeClone};
+use dbfork_engine::pool::Pool;
 use dbfork_engine::process::Owner;
 use dbfork_engine::{AnyBackend, Backend, CloneMethod, DbUrl, Kind};
 use dbfork_protocol::{
@@ -93,6 +94,7 @@ enum Event {
     CloneDropped,
     /// A fresh clone for `--fresh-transactional` was made (or not).
     FreshMade {
+        name: String,
         result: dbfork_engine::Result<Vec<MadeClone>>,
     },
     Accepted(UnixStream),
@@ -169,17 +171,6 @@ struct Slot {
     busy: f64,
 }
 
-/// `--fresh-transactional`: clones made ahead, handed to workers that ask.
-#[derive(Default)]
-struct FreshPool {
-    ready: Vec<String>,
-    making: usize,
-    /// Workers (slot, generation) waiting for one, first come first served.
-    waiting: std::collections::VecDeque<(usize, usize)>,
-    /// How many were started in all (their names count up).
-    started: usize,
-}
-
 struct Conn {
     tx: mpsc::UnboundedSender<String>,
     slot: Option<(usize, usize)>,
@@ -205,7 +196,9 @@ struct Dispatcher {
     clone_permits: Arc<Semaphore>,
     cancel: Cancel,
     slots: Vec<Slot>,
-    fresh: FreshPool,
+    /// `--fresh-transactional`: clones made ahead, leased to workers (slot,
+    /// generation) that ask, each used once.
+    fresh: Pool<(usize, usize)>,
     conns: HashMap<usize, Conn>,
     next_conn: usize,
     tests: Option<Vec<TestItem>>,
@@ -523,7 +516,8 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
         controller: None,
         events: events_tx,
         clone_permits: Arc::new(Semaphore::new(CLONE_CONCURRENCY)),
-        fresh: FreshPool::default(),
+        // Per slot: one leased, one ready, one for a worker waiting.
+        fresh: Pool::new(0, 3 * slots + 1),
         cancel,
         conns: HashMap::new(),
         next_conn: 0,
@@ -875,42 +869,43 @@ impl Dispatcher {
             );
         }
         if let Some(old) = self.slots[slot].fresh.take() {
-            self.drop_in_background(old);
+            self.fresh.release(&old);
         }
-        self.fresh.waiting.push_back((slot, generation));
-        self.hand_out_fresh();
+        if let Some(name) = self.fresh.acquire((slot, generation), Instant::now()) {
+            self.grant_fresh(slot, generation, name);
+        }
         self.top_up_fresh();
     }
 
-    fn hand_out_fresh(&mut self) {
-        while !self.fresh.ready.is_empty() {
-            let Some((slot, generation)) = self.fresh.waiting.pop_front() else {
-                return;
-            };
-            if self.worker(slot, generation).is_none_or(|w| w.gone) {
-                continue;
-            }
-            let Some(name) = self.fresh.ready.pop() else {
-                return;
-            };
-            let database = ops::database_reference(&self.backend, &name);
-            self.send(slot, &RunnerMessage::Fresh { database });
-            self.slots[slot].fresh = Some(name);
+    /// Sends a leased fresh clone to its worker (if it is still there).
+    fn grant_fresh(&mut self, slot: usize, generation: usize, name: String) {
+        if self.worker(slot, generation).is_none_or(|w| w.gone) {
+            self.fresh.release(&name);
+            return;
         }
+        let database = ops::database_reference(&self.backend, &name);
+        self.send(slot, &RunnerMessage::Fresh { database });
+        self.slots[slot].fresh = Some(name);
     }
 
     /// Keeps one fresh clone ready (or in the making) per worker, plus one
-    /// for every worker waiting.
+    /// for every worker waiting; drops the used ones.
     fn top_up_fresh(&mut self) {
+        for name in self.fresh.to_drop() {
+            self.fresh.dropped(&name);
+            self.drop_in_background(name);
+        }
         if !self.config.fresh_transactional || self.stopping || self.template.is_none() {
             return;
         }
-        let want = self.slots.len() + self.fresh.waiting.len();
-        while self.fresh.ready.len() + self.fresh.making < want {
-            let name = names::fresh_clone_name(&self.run_id, self.fresh.started);
-            self.fresh.started += 1;
-            self.fresh.making += 1;
-            self.spawn_clones(vec![name], |result| Event::FreshMade { result });
+        self.fresh.set_target(self.slots.len());
+        let run_id = self.run_id.clone();
+        for name in self.fresh.to_make(|n| names::fresh_clone_name(&run_id, n)) {
+            let made = name.clone();
+            self.spawn_clones(vec![name], move |result| Event::FreshMade {
+                name: made,
+                result,
+            });
         }
     }
 
@@ -951,14 +946,18 @@ impl Dispatcher {
             Event::CloneDropped => {
                 self.clone_tasks -= 1;
             }
-            Event::FreshMade { result } => {
+            Event::FreshMade { name, result } => {
                 self.clone_tasks -= 1;
-                self.fresh.making -= 1;
+                if self.stopping {
+                    self.fresh.drain();
+                }
+                for grant in self.fresh.made(&name, result.is_ok()) {
+                    let (slot, generation) = grant.holder;
+                    self.grant_fresh(slot, generation, grant.name);
+                }
+                self.top_up_fresh();
                 match result {
-                    Ok(made) => {
-                        self.fresh.ready.extend(made.into_iter().map(|m| m.name));
-                        self.hand_out_fresh();
-                    }
+                    Ok(_) => {}
                     Err(dbfork_engine::Error::Interrupted) => {}
                     Err(e) => self.fail(
                         exit::SETUP_OR_DATABASE,
@@ -1824,12 +1823,14 @@ impl Dispatcher {
     fn replace_clone(&mut self, slot: usize) {
         let old = self.slots[slot].database.take();
         let extra = std::mem::take(&mut self.slots[slot].extra);
-        let fresh = self.slots[slot].fresh.take();
+        self.slots[slot].fresh = None;
+        self.fresh.forget(&(slot, self.slots[slot].generation));
         self.slots[slot].env = None;
         self.slots[slot].generation += 1;
-        for name in old.into_iter().chain(extra).chain(fresh) {
+        for name in old.into_iter().chain(extra) {
             self.drop_in_background(name);
         }
+        self.top_up_fresh();
         self.make_clone(slot);
     }
 
