@@ -15,13 +15,8 @@ use std::time::Duration;
 use quick_junit::{
     NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite, XmlString,
 };
-use serde::Serialize;
 
-use crate::model::{Outcome, RunReport, TestRecord};
-
-/// The version of the JSON report's layout; raised when a field changes meaning
-/// or goes away (new fields do not raise it).
-pub const JSON_VERSION: u32 = 1;
+use crate::model::{Outcome, ReportFile, RunReport, TestRecord};
 
 /// A report could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +62,7 @@ pub fn write_junit(report: &RunReport, path: &Path) -> Result<(), ReportError> {
 /// Writes `report` as JSON to `path`, creating its directory: `{"version": 1,
 /// "summary": {...}}` followed by the fields of [`RunReport`].
 pub fn write_json(report: &RunReport, path: &Path) -> Result<(), ReportError> {
-    let mut json = serde_json::to_vec_pretty(&JsonReport::new(report)).map_err(|source| {
+    let mut json = serde_json::to_vec_pretty(&ReportFile::new(report)).map_err(|source| {
         ReportError::Json {
             path: path.to_path_buf(),
             source,
@@ -79,37 +74,6 @@ pub fn write_json(report: &RunReport, path: &Path) -> Result<(), ReportError> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-#[derive(Serialize)]
-struct JsonReport<'a> {
-    version: u32,
-    summary: JsonSummary,
-    #[serde(flatten)]
-    report: &'a RunReport,
-}
-
-#[derive(Serialize)]
-struct JsonSummary {
-    counts: BTreeMap<String, usize>,
-    line: String,
-    exit_code: i32,
-    duration: f64,
-}
-
-impl<'a> JsonReport<'a> {
-    fn new(report: &'a RunReport) -> Self {
-        JsonReport {
-            version: JSON_VERSION,
-            summary: JsonSummary {
-                counts: report.counts(),
-                line: report.summary_line(),
-                exit_code: report.exit_code,
-                duration: report.duration,
-            },
-            report,
-        }
-    }
 }
 
 /// The JUnit document of a run.

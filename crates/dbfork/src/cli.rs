@@ -26,6 +26,30 @@ pub enum Command {
     /// Templates, clones and teardown, one step at a time.
     #[command(subcommand)]
     Db(DbCommand),
+    /// The reports of finished runs.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Merge the JSON reports (`dbfork run --json`) of runs that each ran part of one suite
+    /// (CI shards) into one: prints its closing line and exits with its exit code (the worst of
+    /// the runs': a usage error, a setup or database error, an interruption, failed tests).
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The JSON reports to merge, in order.
+    #[arg(required = true, value_name = "REPORT.json")]
+    pub reports: Vec<std::path::PathBuf>,
+    /// Write the merged JSON report here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+    /// Write the merged JUnit XML report here.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -3,10 +3,11 @@
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, DbCommand, FingerprintArgs};
+use crate::cli::{Cli, Command, DbCommand, FingerprintArgs, ReportCommand};
 use crate::errors;
 
 pub mod db;
+pub mod report;
 pub mod run;
 
 pub fn main() -> i32 {
@@ -47,6 +48,7 @@ pub fn main() -> i32 {
                 let FingerprintArgs { print_json, run } = *args;
                 run::fingerprint(run, verbose, print_json).await
             }
+            Command::Report(ReportCommand::Merge(args)) => report::merge(args),
             Command::Db(command) => {
                 let cancel = crate::signals::install();
                 db::run(command, cancel).await.map(|()| errors::OK)

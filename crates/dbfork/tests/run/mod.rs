@@ -316,6 +316,81 @@ fn exitfirst_stops_the_whole_run() {
     }
 }
 
+/// A suite run in two shards (two runs, each given some of the files), then
+/// `dbfork report merge`: the merged report counts what one run of the
+/// whole suite counts, exits as it does, and makes a JUnit file.
+#[test]
+fn shards_merge_into_the_report_of_one_run() {
+    let place = Place::new(Kind::Sqlite, "run_shards");
+    let dir = suite(&place);
+    let whole = dbfork_run(&place, &dir, &["-j", "2"], &["tests"], &[]);
+    let shards = [
+        &[
+            "tests/test_pass.py",
+            "tests/test_fail.py",
+            "tests/test_skip.py",
+        ][..],
+        &[
+            "tests/test_xfail.py",
+            "tests/test_output.py",
+            "tests/test_db.py",
+            "tests/test_errors.py",
+            "tests/test_scoped.py",
+            "tests/test_skip_module.py",
+            "tests/test_slow.py",
+        ][..],
+    ];
+    let mut files = Vec::new();
+    for (n, shard) in shards.iter().enumerate() {
+        let out = dbfork_run(&place, &dir, &["-j", "2"], shard, &[]);
+        let file = dir.join(format!("shard{n}.json"));
+        std::fs::write(&file, out.report.to_string()).unwrap();
+        files.push(file);
+    }
+    let out = dbfork()
+        .current_dir(&dir)
+        .args(["report", "merge"])
+        .args(&files)
+        .args(["--json", "merged.json", "--junit", "merged.xml"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(whole.code), "{stdout}");
+    assert_eq!(
+        summary(&stdout.replace(" (2 reports merged)", "")),
+        summary(&whole.stdout),
+        "{stdout}"
+    );
+    let merged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("merged.json")).unwrap()).unwrap();
+    let mut ids = test_ids(&merged);
+    let mut expected = test_ids(&whole.report);
+    ids.sort();
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert_eq!(merged["slots"].as_array().unwrap().len(), 4);
+    let junit = std::fs::read_to_string(dir.join("merged.xml")).unwrap();
+    assert!(
+        junit.contains("<testsuites") && junit.contains("test_fail"),
+        "{junit}"
+    );
+
+    // A file that is not a report: a usage error naming it.
+    std::fs::write(dir.join("junk.json"), "{}").unwrap();
+    let out = dbfork()
+        .current_dir(&dir)
+        .args(["report", "merge", "junk.json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("junk.json") && err.contains("not a dbfork JSON report"),
+        "{err}"
+    );
+    assert_no_clones(&place);
+}
+
 // The runner's fault tests on every backend.
 per_backend!(
     crashes_and_hangs_are_reported_and_the_run_goes_on,
