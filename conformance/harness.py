@@ -207,6 +207,9 @@ class Worker:
             raise Failed("the process did not exit within %ss" % self.timeout)
 
     def close(self):
+        """Ends the process and returns its output (again on a second call)."""
+        if self.output.closed:
+            return self.text
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
@@ -214,10 +217,10 @@ class Worker:
             if s is not None:
                 s.close()
         self.output.seek(0)
-        text = self.output.read().decode("utf-8", "replace")
+        self.text = self.output.read().decode("utf-8", "replace")
         self.output.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-        return text
+        return self.text
 
     # -- steps every scenario shares ------------------------------------
 
@@ -321,144 +324,113 @@ def check_outcomes(worker, found, results):
                 raise Failed("%s (%s) was %s, expected %s" % (name, worker.ids[index], got, EXPECTED[name]))
 
 
-def scenario_collect(command, timeout):
-    w = Worker(command, timeout)
-    try:
-        w.start()
-        w.send({"type": "stop"})
+def scenario_collect(w):
+    w.start()
+    w.send({"type": "stop"})
+    message = w.receive()
+    if message is None or message.get("type") != "bye":
+        raise Failed("after stop, expected bye, got %r" % message)
+    w.wait()
+
+
+def scenario_run(w):
+    found = w.start()
+    given = list(range(w.count))
+    w.send({"type": "run", "tests": given})
+    results, _, _ = w.run_until_bye(given)
+    check_outcomes(w, found, results)
+    missing = [w.ids[i] for i in given if i not in results]
+    if missing:
+        raise Failed("no result for %s" % missing)
+    status = w.wait()
+    if status not in (0, 1):
+        raise Failed("the process exited %d after a run with failures (expected 0 or 1)" % status)
+
+
+def scenario_steal(w):
+    found = w.start()
+    slow = found["test_slow"]
+    rest = [i for i in range(w.count) if i != slow]
+    given = [slow] + rest
+    stolen = {"asked": False}
+
+    def on_message(message):
+        if message.get("type") == "started" and message.get("index") == slow and not stolen["asked"]:
+            stolen["asked"] = True
+            w.send({"type": "steal", "tests": rest})
+
+    w.send({"type": "run", "tests": given})
+    results, released, started = w.run_until_bye(given, on_message)
+    if not stolen["asked"]:
+        raise Failed("test_slow never started")
+    if not set(released) <= set(rest):
+        raise Failed("released %s, which were not asked for" % released)
+    if len(released) < len(rest) - 1:
+        raise Failed(
+            "released only %s of %s while test_slow ran (all but the committed next test should go)"
+            % (released, rest)
+        )
+    check_outcomes(w, found, results)
+    if sorted(list(results) + released) != sorted(given):
+        raise Failed("results %s and released %s do not cover %s once each" % (sorted(results), released, given))
+    w.wait()
+
+
+def scenario_stop(w):
+    found = w.start()
+    given = list(range(w.count))
+    w.send({"type": "run", "tests": given})
+    w.send({"type": "stop"})
+    results, _, _ = w.run_until_bye(given, answer_want=False)
+    check_outcomes(w, found, results)
+    if sorted(results) != given:
+        raise Failed("after stop, ran %s of the %s it held" % (sorted(results), given))
+    w.wait()
+
+
+def scenario_crash(w):
+    found = w.start()
+    given = [found["test_passes"], found["test_crashes"], found["test_fails"]]
+    w.send({"type": "run", "tests": given})
+    seen = []
+    while True:
         message = w.receive()
-        if message is None or message.get("type") != "bye":
-            raise Failed("after stop, expected bye, got %r" % message)
-        w.wait()
-    finally:
-        yield_output(w)
+        if message is None:
+            break
+        seen.append(message)
+        if message.get("type") == "bye":
+            raise Failed("sent bye although test_crashes killed the process")
+        if message.get("type") == "want":
+            w.send({"type": "stop"})
+    results = {m["index"] for m in seen if m.get("type") == "result"}
+    started = [m["index"] for m in seen if m.get("type") == "started"]
+    if found["test_passes"] not in results:
+        raise Failed("no result for test_passes before the crash: %s" % seen)
+    if found["test_crashes"] not in started or found["test_crashes"] in results:
+        raise Failed("test_crashes should be started and have no result: %s" % seen)
+    status = w.wait()
+    if status == 0:
+        raise Failed("the process exited 0 after dying in a test")
 
 
-def scenario_run(command, timeout):
-    w = Worker(command, timeout)
-    try:
-        found = w.start()
-        given = list(range(w.count))
-        w.send({"type": "run", "tests": given})
-        results, _, _ = w.run_until_bye(given)
-        check_outcomes(w, found, results)
-        missing = [w.ids[i] for i in given if i not in results]
-        if missing:
-            raise Failed("no result for %s" % missing)
-        status = w.wait()
-        if status not in (0, 1):
-            raise Failed("the process exited %d after a run with failures (expected 0 or 1)" % status)
-    finally:
-        yield_output(w)
+def scenario_lost(w):
+    w.start()
+    w.conn.shutdown(socket.SHUT_RDWR)
+    w.conn.close()
+    w.conn = None
+    w.wait()
 
 
-def scenario_steal(command, timeout):
-    w = Worker(command, timeout)
-    try:
-        found = w.start()
-        slow = found["test_slow"]
-        rest = [i for i in range(w.count) if i != slow]
-        given = [slow] + rest
-        stolen = {"asked": False}
-
-        def on_message(message):
-            if message.get("type") == "started" and message.get("index") == slow and not stolen["asked"]:
-                stolen["asked"] = True
-                w.send({"type": "steal", "tests": rest})
-
-        w.send({"type": "run", "tests": given})
-        results, released, started = w.run_until_bye(given, on_message)
-        if not stolen["asked"]:
-            raise Failed("test_slow never started")
-        if not set(released) <= set(rest):
-            raise Failed("released %s, which were not asked for" % released)
-        if len(released) < len(rest) - 1:
-            raise Failed(
-                "released only %s of %s while test_slow ran (all but the committed next test should go)"
-                % (released, rest)
-            )
-        check_outcomes(w, found, results)
-        if sorted(list(results) + released) != sorted(given):
-            raise Failed("results %s and released %s do not cover %s once each" % (sorted(results), released, given))
-        w.wait()
-    finally:
-        yield_output(w)
+def scenario_version(w):
+    w.start()
+    w.send({"type": "stop"}, version=VERSION + 998)
+    status = w.wait()
+    if status == 0:
+        raise Failed("the process exited 0 after a message of protocol version %d" % (VERSION + 998))
 
 
-def scenario_stop(command, timeout):
-    w = Worker(command, timeout)
-    try:
-        found = w.start()
-        given = list(range(w.count))
-        w.send({"type": "run", "tests": given})
-        w.send({"type": "stop"})
-        results, _, _ = w.run_until_bye(given, answer_want=False)
-        check_outcomes(w, found, results)
-        if sorted(results) != given:
-            raise Failed("after stop, ran %s of the %s it held" % (sorted(results), given))
-        w.wait()
-    finally:
-        yield_output(w)
-
-
-def scenario_crash(command, timeout):
-    w = Worker(command, timeout, {"DBFORK_CONFORMANCE_CRASH": "1"})
-    try:
-        found = w.start()
-        given = [found["test_passes"], found["test_crashes"], found["test_fails"]]
-        w.send({"type": "run", "tests": given})
-        seen = []
-        while True:
-            message = w.receive()
-            if message is None:
-                break
-            seen.append(message)
-            if message.get("type") == "bye":
-                raise Failed("sent bye although test_crashes killed the process")
-            if message.get("type") == "want":
-                w.send({"type": "stop"})
-        results = {m["index"] for m in seen if m.get("type") == "result"}
-        started = [m["index"] for m in seen if m.get("type") == "started"]
-        if found["test_passes"] not in results:
-            raise Failed("no result for test_passes before the crash: %s" % seen)
-        if found["test_crashes"] not in started or found["test_crashes"] in results:
-            raise Failed("test_crashes should be started and have no result: %s" % seen)
-        status = w.wait()
-        if status == 0:
-            raise Failed("the process exited 0 after dying in a test")
-    finally:
-        yield_output(w)
-
-
-def scenario_lost(command, timeout):
-    w = Worker(command, timeout)
-    try:
-        w.start()
-        w.conn.shutdown(socket.SHUT_RDWR)
-        w.conn.close()
-        w.conn = None
-        w.wait()
-    finally:
-        yield_output(w)
-
-
-def scenario_version(command, timeout):
-    w = Worker(command, timeout)
-    try:
-        w.start()
-        w.send({"type": "stop"}, version=VERSION + 998)
-        status = w.wait()
-        if status == 0:
-            raise Failed("the process exited 0 after a message of protocol version %d" % (VERSION + 998))
-    finally:
-        yield_output(w)
-
-
-_OUTPUT = {}
-
-
-def yield_output(worker):
-    _OUTPUT["last"] = worker.close()
+# What a scenario adds to the worker's environment.
+ENV = {"crash": {"DBFORK_CONFORMANCE_CRASH": "1"}}
 
 
 def main(argv=None):
@@ -480,16 +452,19 @@ def main(argv=None):
     failed = 0
     for name in chosen:
         started = time.monotonic()
+        worker = Worker(command, args.timeout, ENV.get(name))
         try:
-            globals()["scenario_" + name](command, args.timeout)
+            globals()["scenario_" + name](worker)
         except Failed as e:
             failed += 1
             print("FAIL %-8s %s" % (name, e))
-            output = _OUTPUT.get("last", "").rstrip()
+            output = worker.close().rstrip()
             if output:
                 print("     the worker's output:\n" + "\n".join("     | " + l for l in output.splitlines()[-40:]))
         else:
             print("ok   %-8s (%.1fs)" % (name, time.monotonic() - started))
+        finally:
+            worker.close()
         sys.stdout.flush()
     print("%d of %d scenarios passed" % (len(chosen) - failed, len(chosen)))
     return 1 if failed else 0
