@@ -129,18 +129,31 @@ enum Event {
     Signal,
 }
 
+/// Where a worker is in its conversation with dbfork.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// Started; it has not said hello (nor has a command without an adapter).
+    Starting,
+    /// Said hello; collecting.
+    Collecting,
+    /// Reported its collection (its start is over): running tests or
+    /// waiting for some.
+    Working,
+    /// Said bye: finishing its session, then it exits.
+    Finishing,
+    /// Done with: exited after its bye, or lost (crash, timeout, a protocol
+    /// fault) and being replaced; with how far it had got.
+    Gone { said_hello: bool, said_bye: bool },
+}
+
 struct Worker {
     id: String,
     generation: usize,
     pid: u32,
     tail: Tail,
     conn: Option<usize>,
-    hello: bool,
-    /// It reported what it collected: its start is over.
-    collected: bool,
-    bye: bool,
-    /// Gone: exited, or lost (crash, timeout) and being replaced.
-    gone: bool,
+    life: Life,
+    /// The process was reaped (a lost worker may not have exited yet).
     exited: bool,
     /// It exited while its connection was still open: the exit waits until
     /// every line it sent has been read (a result sent just before a crash
@@ -722,6 +735,40 @@ impl Drop for RunDir {
     }
 }
 
+impl Worker {
+    fn gone(&self) -> bool {
+        matches!(self.life, Life::Gone { .. })
+    }
+
+    fn said_hello(&self) -> bool {
+        match self.life {
+            Life::Starting => false,
+            Life::Gone { said_hello, .. } => said_hello,
+            _ => true,
+        }
+    }
+
+    fn said_bye(&self) -> bool {
+        match self.life {
+            Life::Finishing => true,
+            Life::Gone { said_bye, .. } => said_bye,
+            _ => false,
+        }
+    }
+
+    /// Still starting: connecting or collecting.
+    fn starting(&self) -> bool {
+        matches!(self.life, Life::Starting | Life::Collecting)
+    }
+
+    fn set_gone(&mut self) {
+        self.life = Life::Gone {
+            said_hello: self.said_hello(),
+            said_bye: self.said_bye(),
+        };
+    }
+}
+
 impl Dispatcher {
     /// Whether the workers speak the protocol (through an adapter).
     fn protocol(&self) -> bool {
@@ -879,7 +926,7 @@ impl Dispatcher {
 
     /// Sends a leased fresh clone to its worker (if it is still there).
     fn grant_fresh(&mut self, slot: usize, generation: usize, name: String) {
-        if self.worker(slot, generation).is_none_or(|w| w.gone) {
+        if self.worker(slot, generation).is_none_or(|w| w.gone()) {
             self.fresh.release(&name);
             return;
         }
@@ -987,7 +1034,7 @@ impl Dispatcher {
                     // but not forever: a worker that hangs after closing is lost too.
                     let clean = self
                         .worker(slot, generation)
-                        .is_none_or(|w| w.bye || w.exited);
+                        .is_none_or(|w| w.said_bye() || w.exited);
                     if !clean {
                         let events = self.events.clone();
                         tokio::spawn(async move {
@@ -1011,7 +1058,7 @@ impl Dispatcher {
                     .any(|c| c.slot == Some((slot, generation)));
                 match self.worker_mut(slot, generation) {
                     // Its last lines may still be on their way: read them first.
-                    Some(w) if connected && !w.gone => {
+                    Some(w) if connected && !w.gone() => {
                         w.pending_exit = Some(status);
                         let events = self.events.clone();
                         tokio::spawn(async move {
@@ -1154,10 +1201,7 @@ impl Dispatcher {
             pid: spawned.pid,
             tail: spawned.tail,
             conn: None,
-            hello: false,
-            collected: false,
-            bye: false,
-            gone: false,
+            life: Life::Starting,
             exited: false,
             pending_exit: None,
             running: None,
@@ -1236,7 +1280,7 @@ impl Dispatcher {
                 let found = self.slots.iter().enumerate().find_map(|(slot, s)| {
                     s.worker
                         .as_ref()
-                        .filter(|w| &w.id == worker_id && !w.gone)
+                        .filter(|w| &w.id == worker_id && !w.gone())
                         .map(|w| (slot, w.generation))
                 });
                 let Some((slot, generation)) = found else {
@@ -1251,7 +1295,7 @@ impl Dispatcher {
                 }
                 if let Some(w) = self.worker_mut(slot, generation) {
                     w.conn = Some(conn);
-                    w.hello = true;
+                    w.life = Life::Collecting;
                 }
                 self.progress.worker(slot, "collecting");
                 if self.stopping || self.slots[slot].retired {
@@ -1262,7 +1306,7 @@ impl Dispatcher {
             (Some(owner), _) => owner,
             (None, _) => return,
         };
-        if self.worker(slot, generation).is_none_or(|w| w.gone) {
+        if self.worker(slot, generation).is_none_or(|w| w.gone()) {
             return;
         }
         match message {
@@ -1284,7 +1328,7 @@ impl Dispatcher {
                 // `collected` is also the worker's first `want`.
                 if let Some(w) = self.worker_mut(slot, generation) {
                     w.hungry = true;
-                    w.collected = true;
+                    w.life = Life::Working;
                 }
                 self.on_collected(slot, tests, errors, continue_on_errors);
                 // Everyone, not only this worker: one that waited because a
@@ -1383,7 +1427,7 @@ impl Dispatcher {
             ),
             WorkerMessage::Bye => {
                 if let Some(w) = self.worker_mut(slot, generation) {
-                    w.bye = true;
+                    w.life = Life::Finishing;
                 }
                 self.progress.worker(slot, "done");
                 self.stop_controller_when_done();
@@ -1510,7 +1554,7 @@ impl Dispatcher {
         let Some(w) = self.slots[slot].worker.as_ref() else {
             return;
         };
-        if !w.hungry || w.stopped || w.gone {
+        if !w.hungry || w.stopped || w.gone() {
             return;
         }
         if self.stopping || self.slots[slot].retired {
@@ -1578,7 +1622,7 @@ impl Dispatcher {
     fn stop_everything(&mut self) {
         self.stopping = true;
         for slot in 0..self.slots.len() {
-            if self.slots[slot].worker.as_ref().is_some_and(|w| !w.gone) {
+            if self.slots[slot].worker.as_ref().is_some_and(|w| !w.gone()) {
                 self.stop_worker(slot);
             }
         }
@@ -1603,7 +1647,7 @@ impl Dispatcher {
             return;
         };
         w.exited = true;
-        let (hello, bye, gone) = (w.hello, w.bye, w.gone);
+        let (hello, bye, gone) = (w.said_hello(), w.said_bye(), w.gone());
         let tail = w.tail.text();
         let how = status
             .as_ref()
@@ -1634,7 +1678,7 @@ impl Dispatcher {
             return self.lose(slot, generation, LossCause::Exited(how));
         }
         if let Some(w) = self.worker_mut(slot, generation) {
-            w.gone = true;
+            w.set_gone();
         }
         self.progress.worker(slot, "finished");
     }
@@ -1646,7 +1690,7 @@ impl Dispatcher {
             .map(|w| w.started.elapsed().as_secs_f64())
             .unwrap_or_default();
         if let Some(w) = self.worker_mut(slot, generation) {
-            w.gone = true;
+            w.set_gone();
         }
         let timed_out = self
             .records
@@ -1688,10 +1732,10 @@ impl Dispatcher {
         let Some(w) = self.worker_mut(slot, generation) else {
             return;
         };
-        if w.gone {
+        if w.gone() {
             return;
         }
-        w.gone = true;
+        w.set_gone();
         let (running, pid, tail, exited) = (w.running.take(), w.pid, w.tail.clone(), w.exited);
         if !exited {
             worker::signal_group(pid, libc::SIGKILL);
@@ -1777,7 +1821,7 @@ impl Dispatcher {
             .filter(|s| {
                 s.worker
                     .as_ref()
-                    .is_some_and(|w| !w.gone && w.running.is_some())
+                    .is_some_and(|w| !w.gone() && w.running.is_some())
             })
             .count();
         let max = self.config.max_worker_restarts;
@@ -1794,7 +1838,7 @@ impl Dispatcher {
             if self
                 .slots
                 .iter()
-                .all(|s| s.retired || s.worker.as_ref().is_none_or(|w| w.gone))
+                .all(|s| s.retired || s.worker.as_ref().is_none_or(|w| w.gone()))
             {
                 self.lost_all = true;
                 self.stopping = true;
@@ -1859,7 +1903,7 @@ impl Dispatcher {
     fn next_deadline(&self) -> Option<Instant> {
         let timeouts = self.config.timeout.into_iter().flat_map(|limit| {
             self.slots.iter().filter_map(move |s| {
-                let w = s.worker.as_ref().filter(|w| !w.gone)?;
+                let w = s.worker.as_ref().filter(|w| !w.gone())?;
                 if self.protocol() {
                     w.running.map(|(_, since)| since + limit)
                 } else {
@@ -1868,7 +1912,7 @@ impl Dispatcher {
             })
         });
         let startups = self.slots.iter().filter_map(|s| {
-            let w = s.worker.as_ref().filter(|w| !w.gone && !w.collected)?;
+            let w = s.worker.as_ref().filter(|w| w.starting())?;
             self.protocol().then(|| w.started + self.startup_limit())
         });
         timeouts.chain(startups).chain(self.grace_until).min()
@@ -1883,8 +1927,8 @@ impl Dispatcher {
     fn check_startups(&mut self, now: Instant) {
         let limit = self.startup_limit();
         let late = self.slots.iter().enumerate().find_map(|(slot, s)| {
-            let w = s.worker.as_ref().filter(|w| !w.gone && !w.collected)?;
-            (w.started + limit <= now).then(|| (slot, w.hello, w.tail.text()))
+            let w = s.worker.as_ref().filter(|w| w.starting())?;
+            (w.started + limit <= now).then(|| (slot, w.said_hello(), w.tail.text()))
         });
         let Some((slot, hello, tail)) = late else {
             return;
@@ -1921,7 +1965,7 @@ impl Dispatcher {
             return;
         };
         for slot in 0..self.slots.len() {
-            let Some(w) = self.slots[slot].worker.as_ref().filter(|w| !w.gone) else {
+            let Some(w) = self.slots[slot].worker.as_ref().filter(|w| !w.gone()) else {
                 continue;
             };
             let since = if self.protocol() {
@@ -1967,7 +2011,7 @@ impl Dispatcher {
             s.retired
                 || s.worker
                     .as_ref()
-                    .is_some_and(|w| w.bye || w.exited || w.gone)
+                    .is_some_and(|w| w.said_bye() || w.exited || w.gone())
         });
         if done {
             let grace = self.config.grace;
@@ -1998,7 +2042,7 @@ impl Dispatcher {
             || self
                 .slots
                 .iter()
-                .all(|s| s.retired || s.worker.as_ref().is_some_and(|w| w.gone))
+                .all(|s| s.retired || s.worker.as_ref().is_some_and(|w| w.gone()))
             || !self.protocol() && self.slots.iter().all(|s| s.worker.is_some())
     }
 
