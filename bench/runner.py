@@ -29,6 +29,10 @@ to a file (BENCH_TRACE_DIR); makespan = last end - first start, and the
 balance ratio is makespan / (sum of test durations / N), 1.0 being perfect.
 Target: <= 1.05 for dbfork.
 
+`--before PATH` adds the variant `dbfork-before`: the same dbfork command with
+another binary (e.g. an older commit's release build), on a database folder of
+its own, interleaved in the same rounds; the tables then set the two side by side.
+
 Every variant runs once before the rounds (warm-up, not counted: bytecode
 caches, the dbfork template and timings); then every variant runs once per
 round, the rounds interleave (the order rotating), and medians are reported,
@@ -54,6 +58,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
 DBFORK = ROOT / "target" / "release" / "dbfork"
+BEFORE = None  # --before: another binary, the variant dbfork-before
 sys.path.insert(0, str(ROOT / "bench" / "suites"))
 import generate  # noqa: E402  (bench/suites/generate.py)
 
@@ -114,8 +119,10 @@ class Suite:
             p.unlink(missing_ok=True)
         sh([str(PYTHON), "setup.py"], cwd=self.dir, env=base_env(DATABASE_URL=self.url(stem)))
 
-    def dbfork(self, jobs, *pytest_args):
-        return [str(DBFORK), "run", "-j", str(jobs), "--db", f"sqlite://{self.dbdir / 'dbfork' / 'main.sqlite3'}",
+    def dbfork(self, jobs, *pytest_args, variant="dbfork"):
+        binary = BEFORE if variant == "dbfork-before" else DBFORK
+        (self.dbdir / variant).mkdir(exist_ok=True)
+        return [str(binary), "run", "-j", str(jobs), "--db", f"sqlite://{self.dbdir / variant / 'main.sqlite3'}",
                 "--setup", f"{PYTHON} setup.py", "--input", "setup.py", "--", *PYTEST, *pytest_args]
 
 
@@ -131,7 +138,7 @@ def overhead_run(suite, variant):
             suite.fresh_db(f"xdist_gw{w}")
         cmd, env = PYTEST + ["-n", str(OVERHEAD_JOBS)], base_env(DATABASE_URL=suite.url("xdist"))
     else:
-        cmd, env = suite.dbfork(OVERHEAD_JOBS), base_env()
+        cmd, env = suite.dbfork(OVERHEAD_JOBS, variant=variant), base_env()
     wall, res = timed(cmd, suite.dir, env)
     n = passed(res)
     if n is not None and n != suite.expected:
@@ -171,8 +178,8 @@ def balance_run(suite, variant, n, trace_root, tag):
     trace = trace_root / tag
     trace.mkdir(parents=True)
     env = base_env(BENCH_TRACE_DIR=str(trace))
-    if variant == "dbfork":
-        cmd = suite.dbfork(n)
+    if variant.startswith("dbfork"):
+        cmd = suite.dbfork(n, variant=variant)
     else:
         cmd = PYTEST + ["-n", str(n), "--dist", variant.split("-", 1)[1]]
         env["DATABASE_URL"] = suite.url("xdist")  # the skew tests do not open it
@@ -249,6 +256,10 @@ def report(saved):
                   "",
                   f"| suite | tests | serial | xdist -n {j} | dbfork -j {j} | dbfork / xdist | dbfork / serial | xdist / serial | dbfork <= {OVERHEAD_TARGET}x xdist |",
                   "|---|---|---|---|---|---|---|---|---|"]
+        before = any("dbfork-before" in r for r in saved["overhead"].values())
+        if before:
+            lines[-2] = lines[-2].rstrip("|") + " dbfork-before | dbfork / dbfork-before |"
+            lines[-1] += "---|---|"
         for name, r in saved["overhead"].items():
             m = {v: med(r[v]["wall"]) if v in r else float("nan") for v in OVERHEAD_VARIANTS}
             tests = next((n for v in r.values() for n in v["passed"] if n is not None), "?")
@@ -256,6 +267,9 @@ def report(saved):
             lines.append(f"| {name} | {tests} | {f(m['serial'])} | {f(m['xdist'])} | {f(m['dbfork'])} | "
                          f"{f(ratio, suffix='x')} | {f(m['dbfork'] / m['serial'], suffix='x')} | "
                          f"{f(m['xdist'] / m['serial'], suffix='x')} | {verdict(ratio, OVERHEAD_TARGET)} |")
+            if before:
+                b = med(r["dbfork-before"]["wall"]) if "dbfork-before" in r else float("nan")
+                lines[-1] += f" {f(b)} | {f(m['dbfork'] / b, suffix='x')} |"
         lines.append("")
     if "balance" in saved:
         lines += ["### Balance: skew suite (220 sleeping tests, 20 s in all: 4 x 2.0 s, 16 x 0.5 s, 200 x 0.02 s)",
@@ -268,10 +282,10 @@ def report(saved):
         for n, byvar in saved["balance"].items():
             for v, r in byvar.items():
                 ratio = med(r["ratio"])
-                name = {"dbfork": f"dbfork -j {n}", "xdist-load": f"xdist -n {n} --dist load",
+                name = {"dbfork": f"dbfork -j {n}", "dbfork-before": f"dbfork-before -j {n}", "xdist-load": f"xdist -n {n} --dist load",
                         "xdist-worksteal": f"xdist -n {n} --dist worksteal"}.get(v, v)
                 lines.append(f"| {n} | {name} | {ratio:.3f} | {med(r['makespan']):.2f} | {med(r['sum']):.2f} | "
-                             f"{med(r['wall']):.2f} | {verdict(ratio, BALANCE_TARGET) if v == 'dbfork' else ''} |")
+                             f"{med(r['wall']):.2f} | {verdict(ratio, BALANCE_TARGET) if v.startswith('dbfork') else ''} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -291,23 +305,30 @@ def main():
     ap.add_argument("--without-dbfork", action="store_true", help="only pytest and pytest-xdist (to check the suites)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (suites, databases, traces)")
     ap.add_argument("--report", metavar="JSON", help="only print the tables of a saved results file")
+    ap.add_argument("--before", metavar="PATH", help="another dbfork binary, run as the variant dbfork-before")
     args = ap.parse_args()
+    global BEFORE
+    BEFORE = Path(args.before).resolve() if args.before else None
+    if BEFORE is not None and not BEFORE.exists():
+        sys.exit(f"--before {args.before}: no such file")
+    extra = ["dbfork-before"] if BEFORE is not None else []
     if args.report:
         print(report(json.loads(Path(args.report).read_text())))
         return
     if not PYTHON.exists() or (not args.without_dbfork and not DBFORK.exists()):
         sys.exit("build first: bash bench/setup-venv.sh && cargo build --release")
-    results = {"meta": dict(versions(), reps=args.reps, started=time.strftime("%Y-%m-%d %H:%M:%S"))}
+    results = {"meta": dict(versions(), reps=args.reps, started=time.strftime("%Y-%m-%d %H:%M:%S"),
+                            before=str(BEFORE) if BEFORE else None)}
     (ROOT / "target").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dbfork-runner-bench-", dir=ROOT / "target"))
     print(f"work folder {work}", file=sys.stderr, flush=True)
     try:
         if args.only in (None, "overhead"):
-            variants = [v for v in OVERHEAD_VARIANTS if not (args.without_dbfork and v == "dbfork")]
+            variants = [v for v in OVERHEAD_VARIANTS if not (args.without_dbfork and v == "dbfork")] + extra
             suites = [Suite(name, work) for name in OVERHEAD_SUITES]
             results["overhead"] = bench_overhead(suites, variants, args.reps)
         if args.only in (None, "balance"):
-            variants = [v for v in BALANCE_VARIANTS if not (args.without_dbfork and v == "dbfork")]
+            variants = [v for v in BALANCE_VARIANTS if not (args.without_dbfork and v == "dbfork")] + extra
             results["balance"] = bench_balance(Suite("skew", work), variants, args.reps, work)
     finally:
         if args.keep:

@@ -280,24 +280,141 @@ where
     B: FnOnce(String) -> F,
     F: std::future::Future<Output = Result<()>>,
 {
+    let building = match begin_template(backend, recipe, options, cancel).await? {
+        Begun::Ready(template) => return Ok(template),
+        Begun::Build(building) => building,
+    };
+    if building.needs_build {
+        if let Err(e) = build(building.name.clone()).await {
+            discard_template(backend, building, options).await;
+            return Err(e);
+        }
+    }
+    finalize_template(backend, building, options, cancel).await
+}
+
+/// What [`begin_template`] found.
+pub enum Begun {
+    /// A ready template with the recipe's fingerprint: nothing to build.
+    Ready(Template),
+    /// A new template, registered and held (locked) until
+    /// [`finalize_template`] or [`discard_template`].
+    Build(Building),
+}
+
+/// A template being built, possibly across several calls (a client that
+/// migrates the template itself, then says it is done): [`begin_template`]
+/// made it, the caller fills the database `name` when `needs_build`, then
+/// [`finalize_template`] seals it or [`discard_template`] drops it. While
+/// it exists, another builder of the same fingerprint waits for it.
+pub struct Building {
+    /// The database to fill.
+    pub name: String,
+    /// Whether the caller still has to fill it: false when it was restored
+    /// whole from the template cache.
+    pub needs_build: bool,
+    /// Grown from this earlier template (a copy of it), when not `None`: the
+    /// setup then only has to add what is new.
+    pub grown_from: Option<String>,
+    manifest: Manifest,
+    entry: Entry,
+    lock: crate::backend::Lock,
+    started: Instant,
+    warnings: Vec<String>,
+    added_inputs: Vec<String>,
+    restored_from: Option<std::path::PathBuf>,
+}
+
+/// The first step of building the template of `recipe`: reuses a ready one,
+/// or registers a new one and prepares it: restored from the cache, grown
+/// from its nearest ancestor (with `options.incremental`), or empty. Waits
+/// (up to `options.lock_wait`) while another process builds the same one.
+pub async fn begin_template(
+    backend: &AnyBackend,
+    recipe: &Recipe,
+    options: &TemplateOptions,
+    cancel: &Cancel,
+) -> Result<Begun> {
     let version = fingerprint::server_series(&backend.server_version().await?);
     let manifest = recipe.manifest(&version)?;
     let scope = backend.url().database.clone().unwrap_or_default();
     let name = names::template_name(&manifest.fingerprint, &scope);
     if let Some(t) = reuse(backend, &name, &manifest).await? {
-        return Ok(t);
+        return Ok(Begun::Ready(t));
     }
     let key = format!("dbfork-template-{name}");
     let lock = tokio::select! {
         lock = backend.lock(&key, options.lock_wait) => lock?,
         _ = cancel.cancelled() => return Err(Error::Interrupted),
     };
-    let result = build_locked(backend, recipe, options, &manifest, &name, build).await;
+    match begin_locked(backend, recipe, options, manifest, name).await {
+        Ok(Ok(template)) => {
+            backend.unlock(lock).await?;
+            Ok(Begun::Ready(template))
+        }
+        Ok(Err(mut building)) => {
+            building.lock = lock;
+            Ok(Begun::Build(building))
+        }
+        Err(e) => {
+            let _ = backend.unlock(lock).await;
+            Err(e)
+        }
+    }
+}
+
+/// The last step of a build: seals the template, marks it ready, writes it
+/// to the cache (when one is configured and it was not restored from there).
+/// On an error the half-built template is dropped.
+pub async fn finalize_template(
+    backend: &AnyBackend,
+    building: Building,
+    options: &TemplateOptions,
+    cancel: &Cancel,
+) -> Result<Template> {
+    let Building {
+        name,
+        grown_from,
+        manifest,
+        mut entry,
+        lock,
+        started,
+        warnings,
+        added_inputs,
+        restored_from,
+        ..
+    } = building;
+    let sealed = async {
+        backend.seal_template(&name).await?;
+        entry.state = State::Ready;
+        entry.last_used_at = process::now();
+        backend.registry_put(std::slice::from_ref(&entry)).await
+    }
+    .await;
+    if let Err(e) = sealed {
+        if let Err(cleanup) = drop_entry(backend, &name, options.drop_deadline).await {
+            tracing::error!("could not drop the half-built template {name}: {cleanup}");
+        }
+        let _ = backend.unlock(lock).await;
+        return Err(e);
+    }
     backend.unlock(lock).await?;
-    let mut template = result?;
+    let mut template = Template {
+        fingerprint: manifest.fingerprint.clone(),
+        name,
+        reused: false,
+        build_seconds: started.elapsed().as_secs_f64(),
+        manifest,
+        restored_from,
+        exported_to: None,
+        export_seconds: 0.0,
+        warnings,
+        grown_from,
+        added_inputs,
+    };
     // A template built here goes into the cache (replacing a file that
-    // could not be restored); one reused or restored is there already.
-    if let (Some(cache), false, None) = (&options.cache, template.reused, &template.restored_from) {
+    // could not be restored); one restored is there already.
+    if let (Some(cache), None) = (&options.cache, &template.restored_from) {
         let started = Instant::now();
         match export_template(backend, &template, cache, options, cancel).await {
             Ok(path) => {
@@ -311,6 +428,18 @@ where
         }
     }
     Ok(template)
+}
+
+/// Gives a build up: the half-built template is dropped and unregistered
+/// (an error doing so is logged: the next collection takes it).
+pub async fn discard_template(backend: &AnyBackend, building: Building, options: &TemplateOptions) {
+    if let Err(cleanup) = drop_entry(backend, &building.name, options.drop_deadline).await {
+        tracing::error!(
+            "could not drop the half-built template {}: {cleanup}",
+            building.name
+        );
+    }
+    let _ = backend.unlock(building.lock).await;
 }
 
 /// Writes ready template `template` into `cache`. PostgreSQL's sealed
@@ -561,22 +690,20 @@ async fn reuse(backend: &AnyBackend, name: &str, manifest: &Manifest) -> Result<
     }))
 }
 
-async fn build_locked<B, F>(
+/// [`begin_template`] once it holds the lock: the ready template (built by
+/// another process while this one waited), or the new one, registered and
+/// prepared (its `lock` a placeholder the caller replaces).
+async fn begin_locked(
     backend: &AnyBackend,
     recipe: &Recipe,
     options: &TemplateOptions,
-    manifest: &Manifest,
-    name: &str,
-    build: B,
-) -> Result<Template>
-where
-    B: FnOnce(String) -> F,
-    F: std::future::Future<Output = Result<()>>,
-{
-    let fingerprint = &manifest.fingerprint;
+    manifest: Manifest,
+    name: String,
+) -> Result<std::result::Result<Template, Building>> {
+    let fingerprint = manifest.fingerprint.clone();
     // Someone may have built it while we waited.
-    if let Some(t) = reuse(backend, name, manifest).await? {
-        return Ok(t);
+    if let Some(t) = reuse(backend, &name, &manifest).await? {
+        return Ok(Ok(t));
     }
     // A leftover of an abandoned build (its builder died, or its database vanished).
     if backend
@@ -586,15 +713,15 @@ where
         .any(|e| e.name == name)
     {
         tracing::info!("removing the abandoned build of {name}");
-        backend.drop_database(name, options.drop_deadline).await?;
-        backend.registry_remove(name).await?;
+        backend.drop_database(&name, options.drop_deadline).await?;
+        backend.registry_remove(&name).await?;
     }
     let started = Instant::now();
     let owner = Owner::this_process();
-    let mut entry = Entry::new(
-        name.to_string(),
+    let entry = Entry::new(
+        name.clone(),
         EntryKind::Template,
-        fingerprint,
+        &fingerprint,
         &recipe.setup_key(),
         "",
         &owner,
@@ -602,17 +729,17 @@ where
     backend.registry_put(std::slice::from_ref(&entry)).await?;
     let mut warnings = Vec::new();
     let mut grown = None;
-    let built = async {
+    let prepared = async {
         // The exact template from the cache; else grown from the nearest
-        // ancestor; else built from nothing.
+        // ancestor; else empty, to be built from nothing.
         let exact = match &options.cache {
-            Some(cache) if cache.has(fingerprint, backend.kind()) => {
-                backend.create_empty(name).await?;
+            Some(cache) if cache.has(&fingerprint, backend.kind()) => {
+                backend.create_empty(&name).await?;
                 let restored =
-                    restore_from_cache(backend, cache, fingerprint, name, options, &mut warnings)
+                    restore_from_cache(backend, cache, &fingerprint, &name, options, &mut warnings)
                         .await?;
                 if restored.is_none() {
-                    backend.drop_database(name, options.drop_deadline).await?;
+                    backend.drop_database(&name, options.drop_deadline).await?;
                 }
                 restored
             }
@@ -620,46 +747,40 @@ where
         };
         if exact.is_none() {
             let ancestor = match options.incremental {
-                true => find_ancestor(backend, recipe, manifest, options).await?,
+                true => find_ancestor(backend, recipe, &manifest, options).await?,
                 false => None,
             };
             match ancestor {
                 Some(ancestor) => {
-                    grown = grow_from(backend, ancestor, name, options, &mut warnings).await?;
+                    grown = grow_from(backend, ancestor, &name, options, &mut warnings).await?;
                 }
-                None => backend.create_empty(name).await?,
+                None => backend.create_empty(&name).await?,
             }
-            build(name.to_string()).await?;
         }
-        backend.seal_template(name).await?;
         Ok(exact)
     }
     .await;
-    let restored_from = match built {
+    let restored_from = match prepared {
         Ok(restored) => restored,
         Err(e) => {
-            if let Err(cleanup) = drop_entry(backend, name, options.drop_deadline).await {
+            if let Err(cleanup) = drop_entry(backend, &name, options.drop_deadline).await {
                 tracing::error!("could not drop the half-built template {name}: {cleanup}");
             }
             return Err(e);
         }
     };
-    entry.state = State::Ready;
-    entry.last_used_at = process::now();
-    backend.registry_put(std::slice::from_ref(&entry)).await?;
-    Ok(Template {
-        fingerprint: fingerprint.to_string(),
-        name: name.to_string(),
-        reused: false,
-        build_seconds: started.elapsed().as_secs_f64(),
-        manifest: manifest.clone(),
-        restored_from,
-        exported_to: None,
-        export_seconds: 0.0,
-        warnings,
+    Ok(Err(Building {
+        name,
+        needs_build: restored_from.is_none(),
         grown_from: grown.as_ref().map(|g| g.from.clone()),
+        manifest,
+        entry,
+        lock: crate::backend::Lock::none(),
+        started,
+        warnings,
         added_inputs: grown.map(|g| g.added).unwrap_or_default(),
-    })
+        restored_from,
+    }))
 }
 
 /// The nearest ancestor of a template: the source and the files it lacks.

@@ -794,7 +794,10 @@ mod tests {
                 "inputs = \"migrations\"",
                 "expected a list of glob patterns",
             ),
-            ("adapter = \"nose\"", "auto, pytest, django or none"),
+            (
+                "adapter = \"nose\"",
+                "auto, pytest, django, protocol or none",
+            ),
             (
                 "max-worker-restarts = -1",
                 "`-1` is not a whole number, 0 or more",

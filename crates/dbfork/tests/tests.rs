@@ -44,6 +44,7 @@ per_backend!(
     decoys_survive_every_command,
     concurrent_builds_of_one_fingerprint_build_once,
     sigint_during_setup_drops_the_half_built_template,
+    a_template_build_can_span_two_calls,
 );
 per_server!(
     drop_ends_open_sessions,
@@ -207,6 +208,101 @@ fn template_build_reuse_rebuild_clone_drop(kind: Kind) {
     let mut all = names;
     all.extend(clones);
     assert_nothing_left(&place, &all);
+}
+
+/// The engine's build in steps, as a client that migrates the template
+/// itself uses it (IntegreSQL's way): begin, fill with its own tools,
+/// finalize; a second begin of the same recipe reuses it, and a begun build
+/// that is discarded leaves nothing.
+fn a_template_build_can_span_two_calls(kind: Kind) {
+    use dbfork_engine::backend::ConnectOptions;
+    use dbfork_engine::fingerprint::Recipe;
+    use dbfork_engine::ops::{
+        begin_template, discard_template, finalize_template, Begun, Cancel, TemplateOptions,
+    };
+    let place = Place::new(kind, "steps");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = runtime
+        .block_on(dbfork_engine::AnyBackend::connect(
+            &place.db_url(),
+            &ConnectOptions::default(),
+        ))
+        .unwrap();
+    let options = TemplateOptions::default();
+    let (_canceller, cancel) = Cancel::new();
+    let recipe = |setup: &str| Recipe {
+        setup: setup.into(),
+        ..Recipe::default()
+    };
+    let begin = |setup: &str| {
+        runtime
+            .block_on(begin_template(&backend, &recipe(setup), &options, &cancel))
+            .unwrap()
+    };
+
+    let Begun::Build(building) = begin("the client migrates") else {
+        panic!("a new recipe had a template already");
+    };
+    assert!(building.needs_build);
+    let name = building.name.clone();
+    let state = |name: &str| {
+        place
+            .registry()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["state"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(state(&name).as_deref(), Some("building"));
+    place.sql_ok(
+        Some(&name),
+        "CREATE TABLE filled_by_the_client (id INTEGER PRIMARY KEY)",
+    );
+    place.sql_ok(Some(&name), "INSERT INTO filled_by_the_client VALUES (7)");
+    let template = runtime
+        .block_on(finalize_template(&backend, building, &options, &cancel))
+        .unwrap();
+    assert_eq!(
+        (template.name.as_str(), template.reused),
+        (name.as_str(), false)
+    );
+    assert_eq!(state(&name).as_deref(), Some("ready"));
+    match begin("the client migrates") {
+        Begun::Ready(again) => assert!(again.reused && again.name == name),
+        Begun::Build(_) => panic!("the finalized template was not reused"),
+    }
+    // Its clones have what the client put in.
+    let (code, out, err) = run(&[
+        "db",
+        "clone",
+        "--db",
+        &place.url,
+        "--template",
+        &template.fingerprint,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let clone = json["clones"][0]["name"].as_str().unwrap().to_string();
+    assert_eq!(
+        place.sql_ok(Some(&clone), "SELECT id FROM filled_by_the_client"),
+        "7"
+    );
+
+    let Begun::Build(given_up) = begin("the client gives up") else {
+        panic!("a new recipe had a template already");
+    };
+    let gone = given_up.name.clone();
+    assert!(place.exists(&gone));
+    runtime.block_on(discard_template(&backend, given_up, &options));
+    assert!(!place.exists(&gone), "{gone} survived its discard");
+    assert_eq!(state(&gone), None);
+
+    let (code, _, err) = run(&["db", "drop", "--db", &place.url, &clone, &name]);
+    assert_eq!(code, 0, "{err}");
+    assert_nothing_left(&place, &[name, clone]);
 }
 
 fn failing_setup_leaves_nothing(kind: Kind) {

@@ -84,6 +84,10 @@ impl Lock {
             held: Box::new(held),
         }
     }
+    /// A stand-in, replaced by a real lock before anyone unlocks it.
+    pub(crate) fn none() -> Lock {
+        Lock::new(())
+    }
     pub(crate) fn into_inner<T: 'static>(self) -> Option<T> {
         self.held.downcast::<T>().ok().map(|b| *b)
     }
