@@ -258,7 +258,7 @@ def report(saved):
                   "|---|---|---|---|---|---|---|---|---|"]
         before = any("dbfork-before" in r for r in saved["overhead"].values())
         if before:
-            lines[-2] = lines[-2].rstrip("|") + " dbfork-before | dbfork / dbfork-before |"
+            lines[-2] += " dbfork-before | dbfork / dbfork-before |"
             lines[-1] += "---|---|"
         for name, r in saved["overhead"].items():
             m = {v: med(r[v]["wall"]) if v in r else float("nan") for v in OVERHEAD_VARIANTS}

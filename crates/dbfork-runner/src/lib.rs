@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod controller;
+pub mod decide;
 pub mod django;
 pub mod model;
 pub mod plugin;

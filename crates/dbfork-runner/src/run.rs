@@ -32,6 +32,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::controller::{Configured, Controller};
+use crate::decide::{self, truncate, AfterLoss, LossCause, LossFacts, RunState};
 use crate::model::{Outcome, RunReport, SlotReport, TestRecord};
 use crate::progress::{label, Progress};
 use crate::schedule::Scheduler;
@@ -1744,51 +1745,14 @@ impl Dispatcher {
             s.lost(slot);
         }
         if let Some((index, since)) = running {
-            let (outcome, what) = if self.interrupted {
-                (
-                    Outcome::NotRun,
-                    "the run was interrupted while it ran".to_string(),
-                )
+            let run = if self.interrupted {
+                RunState::Interrupted
             } else if self.fatal.is_some() {
-                // dbfork stopped the worker; the test is not to blame.
-                (
-                    Outcome::NotRun,
-                    "not finished: the run stopped on an error".to_string(),
-                )
+                RunState::Failed
             } else {
-                match &cause {
-                    LossCause::Timeout(limit) => (
-                        Outcome::TimedOut,
-                        format!(
-                            "timed out after {:.0?}: worker {} was killed",
-                            limit,
-                            label(slot)
-                        ),
-                    ),
-                    LossCause::Exited(how) => (
-                        Outcome::Crashed,
-                        format!(
-                            "worker {} crashed while running this test ({how})",
-                            label(slot)
-                        ),
-                    ),
-                    LossCause::Disconnected => (
-                        Outcome::Crashed,
-                        format!(
-                            "worker {} crashed while running this test (its connection closed)",
-                            label(slot)
-                        ),
-                    ),
-                    LossCause::Protocol(why) => (
-                        Outcome::Crashed,
-                        format!(
-                            "worker {} sent something dbfork cannot read while running this test ({}), and was stopped",
-                            label(slot),
-                            truncate(why, 300)
-                        ),
-                    ),
-                }
+                RunState::Going
             };
+            let (outcome, what) = decide::lost_test(&cause, run, &label(slot));
             if let Some(item) = self.tests.as_ref().and_then(|t| t.get(index)).cloned() {
                 // Let the output pumps catch the last lines.
                 std::thread::sleep(Duration::from_millis(20));
@@ -1811,10 +1775,6 @@ impl Dispatcher {
                 });
             }
         }
-        if self.stopping {
-            return;
-        }
-        let unfinished = self.records.iter().filter(|r| r.is_none()).count();
         let running_elsewhere = self
             .slots
             .iter()
@@ -1824,38 +1784,43 @@ impl Dispatcher {
                     .is_some_and(|w| !w.gone() && w.running.is_some())
             })
             .count();
+        let others_gone = self
+            .slots
+            .iter()
+            .enumerate()
+            .all(|(i, s)| i == slot || s.retired || s.worker.as_ref().is_none_or(|w| w.gone()));
         let max = self.config.max_worker_restarts;
-        if self.tests.is_some() && unfinished <= running_elsewhere {
-            self.feed_all();
-            return;
-        }
-        if self.restarts_used >= max {
-            self.progress.note(&format!(
-                "{} is gone and the {max} worker restarts (--max-worker-restarts) are used up",
-                label(slot)
-            ));
-            self.slots[slot].retired = true;
-            if self
-                .slots
-                .iter()
-                .all(|s| s.retired || s.worker.as_ref().is_none_or(|w| w.gone()))
-            {
-                self.lost_all = true;
-                self.stopping = true;
+        let next = decide::after_loss(LossFacts {
+            stopping: self.stopping,
+            collected: self.tests.is_some(),
+            unfinished: self.records.iter().filter(|r| r.is_none()).count(),
+            running_elsewhere,
+            restarts_used: self.restarts_used,
+            max_restarts: max,
+            others_gone,
+        });
+        match next {
+            AfterLoss::Nothing => return,
+            AfterLoss::FeedTheOthers => return self.feed_all(),
+            AfterLoss::Retire { all_lost } => {
+                self.progress.note(&format!(
+                    "{} is gone and the {max} worker restarts (--max-worker-restarts) are used up",
+                    label(slot)
+                ));
+                self.slots[slot].retired = true;
+                if all_lost {
+                    self.lost_all = true;
+                    self.stopping = true;
+                }
+                return self.feed_all();
             }
-            self.feed_all();
-            return;
+            AfterLoss::Replace => {}
         }
         self.restarts_used += 1;
-        let cause_text = match cause {
-            LossCause::Timeout(_) => "timed out".to_string(),
-            LossCause::Exited(how) => format!("crashed ({how})"),
-            LossCause::Disconnected => "crashed".to_string(),
-            LossCause::Protocol(_) => "broke the protocol".to_string(),
-        };
         self.progress.note(&format!(
-            "{} {cause_text}; replacing it on a fresh clone",
-            label(slot)
+            "{} {}; replacing it on a fresh clone",
+            label(slot),
+            cause.summary()
         ));
         self.progress.worker(slot, "making a fresh clone");
         self.replace_clone(slot);
@@ -2197,21 +2162,6 @@ impl Dispatcher {
     }
 }
 
-enum LossCause {
-    Exited(String),
-    Disconnected,
-    Timeout(Duration),
-    /// It sent something dbfork cannot read.
-    Protocol(String),
-}
-
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    match text.char_indices().nth(max) {
-        Some((i, _)) => &text[..i],
-        None => text,
-    }
 }

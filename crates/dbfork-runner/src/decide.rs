@@ -1,0 +1,236 @@
+//! The dispatcher's decisions about lost workers, as pure functions: what a
+//! crash, a timeout or a protocol fault means for the test that was running,
+//! and what the run does next (go on with the others, replace the worker, or
+//! give the slot up). No I/O and no state of their own: the dispatcher
+//! gathers the facts, asks, and carries the answer out; the tests below state
+//! the rules.
+
+use std::time::Duration;
+
+use crate::model::Outcome;
+
+/// Why a worker was lost.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LossCause {
+    /// It exited without `bye` (how, in words: "exit code 3", "signal 9").
+    Exited(String),
+    /// Its connection closed without `bye`.
+    Disconnected,
+    /// Its test ran past `--timeout`: dbfork killed it.
+    Timeout(Duration),
+    /// It sent something dbfork cannot read.
+    Protocol(String),
+}
+
+impl LossCause {
+    /// How the progress line says it: "crashed (exit code 3)", "timed out".
+    pub fn summary(&self) -> String {
+        match self {
+            LossCause::Timeout(_) => "timed out".to_string(),
+            LossCause::Exited(how) => format!("crashed ({how})"),
+            LossCause::Disconnected => "crashed".to_string(),
+            LossCause::Protocol(_) => "broke the protocol".to_string(),
+        }
+    }
+}
+
+/// The state of the run when a worker is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Going,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    /// dbfork stopped the run on an error of its own (the test is not to blame).
+    Failed,
+}
+
+/// The outcome and failure text of the test a lost worker was running.
+pub fn lost_test(cause: &LossCause, run: RunState, worker: &str) -> (Outcome, String) {
+    match run {
+        RunState::Interrupted => (
+            Outcome::NotRun,
+            "the run was interrupted while it ran".to_string(),
+        ),
+        RunState::Failed => (
+            Outcome::NotRun,
+            "not finished: the run stopped on an error".to_string(),
+        ),
+        RunState::Going => match cause {
+            LossCause::Timeout(limit) => (
+                Outcome::TimedOut,
+                format!("timed out after {limit:.0?}: worker {worker} was killed"),
+            ),
+            LossCause::Exited(how) => (
+                Outcome::Crashed,
+                format!("worker {worker} crashed while running this test ({how})"),
+            ),
+            LossCause::Disconnected => (
+                Outcome::Crashed,
+                format!(
+                    "worker {worker} crashed while running this test (its connection closed)"
+                ),
+            ),
+            LossCause::Protocol(why) => (
+                Outcome::Crashed,
+                format!(
+                    "worker {worker} sent something dbfork cannot read while running this test ({}), and was stopped",
+                    truncate(why, 300)
+                ),
+            ),
+        },
+    }
+}
+
+/// What the run does after losing a worker (and recording its test).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterLoss {
+    /// Nothing: the run is stopping anyway.
+    Nothing,
+    /// No new worker: what is left is already running elsewhere; the others
+    /// are fed (the lost worker's unstarted tests went back to the queue).
+    FeedTheOthers,
+    /// The slot is given up (the restarts are used up); `all_lost` when no
+    /// slot has a worker any more, which ends the run.
+    Retire { all_lost: bool },
+    /// A new worker on a fresh clone takes the slot.
+    Replace,
+}
+
+/// The facts [`after_loss`] decides on.
+#[derive(Debug, Clone, Copy)]
+pub struct LossFacts {
+    pub stopping: bool,
+    /// The tests are known (a worker reported its collection).
+    pub collected: bool,
+    /// Tests without an outcome yet.
+    pub unfinished: usize,
+    /// Other workers running a test now.
+    pub running_elsewhere: usize,
+    pub restarts_used: usize,
+    pub max_restarts: usize,
+    /// Every other slot is retired or has no live worker.
+    pub others_gone: bool,
+}
+
+pub fn after_loss(facts: LossFacts) -> AfterLoss {
+    if facts.stopping {
+        return AfterLoss::Nothing;
+    }
+    if facts.collected && facts.unfinished <= facts.running_elsewhere {
+        return AfterLoss::FeedTheOthers;
+    }
+    if facts.restarts_used >= facts.max_restarts {
+        return AfterLoss::Retire {
+            all_lost: facts.others_gone,
+        };
+    }
+    AfterLoss::Replace
+}
+
+/// The first `max` characters of `text`.
+pub fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_test_is_blamed_only_while_the_run_goes_on() {
+        let crash = LossCause::Exited("exit code 3".into());
+        assert_eq!(
+            lost_test(&crash, RunState::Going, "gw1"),
+            (
+                Outcome::Crashed,
+                "worker gw1 crashed while running this test (exit code 3)".into()
+            )
+        );
+        let timeout = LossCause::Timeout(Duration::from_secs(5));
+        assert_eq!(
+            lost_test(&timeout, RunState::Going, "gw0").0,
+            Outcome::TimedOut
+        );
+        assert!(lost_test(&timeout, RunState::Going, "gw0")
+            .1
+            .starts_with("timed out after 5s"));
+        for cause in [
+            crash,
+            timeout,
+            LossCause::Disconnected,
+            LossCause::Protocol("x".into()),
+        ] {
+            assert_eq!(
+                lost_test(&cause, RunState::Interrupted, "gw0").0,
+                Outcome::NotRun
+            );
+            assert_eq!(
+                lost_test(&cause, RunState::Failed, "gw0").0,
+                Outcome::NotRun
+            );
+        }
+        let long = "y".repeat(1000);
+        let (_, text) = lost_test(&LossCause::Protocol(long), RunState::Going, "gw2");
+        assert!(text.len() < 450, "{text}");
+    }
+
+    #[test]
+    fn after_a_loss_the_run_replaces_retires_or_goes_on() {
+        let facts = LossFacts {
+            stopping: false,
+            collected: true,
+            unfinished: 5,
+            running_elsewhere: 1,
+            restarts_used: 0,
+            max_restarts: 8,
+            others_gone: false,
+        };
+        assert_eq!(after_loss(facts), AfterLoss::Replace);
+        assert_eq!(
+            after_loss(LossFacts {
+                stopping: true,
+                ..facts
+            }),
+            AfterLoss::Nothing
+        );
+        // What is left runs elsewhere already: no new worker.
+        assert_eq!(
+            after_loss(LossFacts {
+                unfinished: 1,
+                ..facts
+            }),
+            AfterLoss::FeedTheOthers
+        );
+        // Before collection nothing is known to be left: replace.
+        assert_eq!(
+            after_loss(LossFacts {
+                collected: false,
+                unfinished: 0,
+                ..facts
+            }),
+            AfterLoss::Replace
+        );
+        assert_eq!(
+            after_loss(LossFacts {
+                restarts_used: 8,
+                ..facts
+            }),
+            AfterLoss::Retire { all_lost: false }
+        );
+        assert_eq!(
+            after_loss(LossFacts {
+                restarts_used: 8,
+                others_gone: true,
+                ..facts
+            }),
+            AfterLoss::Retire { all_lost: true }
+        );
+        assert_eq!(
+            LossCause::Exited("signal 9".into()).summary(),
+            "crashed (signal 9)"
+        );
+    }
+}
