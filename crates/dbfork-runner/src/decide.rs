@@ -1,13 +1,61 @@
-//! The dispatcher's decisions about lost workers, as pure functions: what a
-//! crash, a timeout or a protocol fault means for the test that was running,
-//! and what the run does next (go on with the others, replace the worker, or
-//! give the slot up). No I/O and no state of their own: the dispatcher
+//! The dispatcher's decisions, as pure functions: what a worker's result
+//! says of its test, what a crash, a timeout or a protocol fault means for
+//! the test that was running, and what the run does next (go on with the
+//! others, replace the worker, or give the slot up). No I/O and no state of their own: the dispatcher
 //! gathers the facts, asks, and carries the answer out; the tests below state
 //! the rules.
 
 use std::time::Duration;
 
+use dbfork_protocol::TestResult;
+
 use crate::model::Outcome;
+
+/// What a result says of its test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    /// Seconds.
+    pub duration: f64,
+    /// The failure text (or skip reason), if any.
+    pub longrepr: Option<String>,
+}
+
+/// A worker's result, read: the tool-neutral `outcome` when given (an
+/// unknown word is an error, saying so), else pytest's phases; the failure
+/// text of the failed phases (the skip reason of a skipped test) and of
+/// `longrepr`; the duration given, else the phases' sum.
+pub fn result_verdict(result: &TestResult) -> Verdict {
+    let (outcome, mut failure) = match result.outcome.as_deref() {
+        None => (Outcome::from_phases(&result.phases), Vec::new()),
+        Some(word) => match Outcome::parse(word) {
+            Some(outcome) => (outcome, Vec::new()),
+            None => (
+                Outcome::Error,
+                vec![format!("dbfork: the worker reported the outcome `{word}`, which is not one of passed, failed, error, skipped, xfailed, xpassed")],
+            ),
+        },
+    };
+    failure.extend(
+        result
+            .phases
+            .iter()
+            .filter(|p| {
+                p.outcome == "failed" || (outcome == Outcome::Skipped && p.outcome == "skipped")
+            })
+            .filter_map(|p| p.longrepr.clone()),
+    );
+    if outcome != Outcome::Passed {
+        failure.extend(result.longrepr.clone());
+    }
+    Verdict {
+        outcome,
+        duration: result
+            .duration
+            .unwrap_or_else(|| result.phases.iter().map(|p| p.duration).sum()),
+        longrepr: (!failure.is_empty()).then(|| failure.join("\n")),
+    }
+}
 
 /// Why a worker was lost.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +186,41 @@ pub fn truncate(text: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn result(json: &str) -> TestResult {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn results_read_from_phases_or_a_neutral_outcome() {
+        let phases = result(
+            r#"{"index":0,"phases":[{"when":"setup","outcome":"passed","duration":0.25},{"when":"call","outcome":"failed","category":"failed","duration":0.5,"longrepr":"assert 1 == 2"}]}"#,
+        );
+        assert_eq!(
+            result_verdict(&phases),
+            Verdict {
+                outcome: Outcome::Failed,
+                duration: 0.75,
+                longrepr: Some("assert 1 == 2".into())
+            }
+        );
+        let neutral =
+            result(r#"{"index":1,"outcome":"skipped","duration":0.1,"longrepr":"no network"}"#);
+        assert_eq!(
+            result_verdict(&neutral),
+            Verdict {
+                outcome: Outcome::Skipped,
+                duration: 0.1,
+                longrepr: Some("no network".into())
+            }
+        );
+        let passed = result(r#"{"index":2,"outcome":"passed","longrepr":"ignored"}"#);
+        assert_eq!(result_verdict(&passed).longrepr, None);
+        let unknown = result(r#"{"index":3,"outcome":"flaky"}"#);
+        let verdict = result_verdict(&unknown);
+        assert_eq!(verdict.outcome, Outcome::Error);
+        assert!(verdict.longrepr.unwrap().contains("the outcome `flaky`"));
+    }
 
     #[test]
     fn a_lost_test_is_blamed_only_while_the_run_goes_on() {

@@ -23,7 +23,7 @@ use dbfork_engine::pool::Pool;
 use dbfork_engine::process::Owner;
 use dbfork_engine::{AnyBackend, Backend, CloneMethod, DbUrl, Kind};
 use dbfork_protocol::{
-    self as protocol, env, DjangoReport, RunnerMessage, TestItem, WorkerMessage,
+    self as protocol, env, DjangoReport, RunnerMessage, TestItem, TestResult, WorkerMessage,
 };
 use futures_util::stream::{self, StreamExt};
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -1265,45 +1265,13 @@ impl Dispatcher {
     }
 
     fn on_message(&mut self, conn: usize, message: WorkerMessage) {
-        let owner = self.conns.get(&conn).and_then(|c| c.slot);
-        let (slot, generation) = match (owner, &message) {
+        let (slot, generation) = match (self.conns.get(&conn).and_then(|c| c.slot), &message) {
             (
                 _,
                 WorkerMessage::Hello {
                     worker_id, maxfail, ..
                 },
-            ) => {
-                // The tool's own reading of its options beats dbfork's parse
-                // of the command line (addopts, PYTEST_ADDOPTS, `-xq`).
-                if let Some(maxfail) = *maxfail {
-                    self.maxfail = maxfail;
-                }
-                let found = self.slots.iter().enumerate().find_map(|(slot, s)| {
-                    s.worker
-                        .as_ref()
-                        .filter(|w| &w.id == worker_id && !w.gone())
-                        .map(|w| (slot, w.generation))
-                });
-                let Some((slot, generation)) = found else {
-                    // A stray process (an old generation): it gets nothing to do.
-                    if let Some(c) = self.conns.get(&conn) {
-                        let _ = c.tx.send(protocol::encode(&RunnerMessage::Stop));
-                    }
-                    return;
-                };
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.slot = Some((slot, generation));
-                }
-                if let Some(w) = self.worker_mut(slot, generation) {
-                    w.conn = Some(conn);
-                    w.life = Life::Collecting;
-                }
-                self.progress.worker(slot, "collecting");
-                if self.stopping || self.slots[slot].retired {
-                    self.stop_worker(slot);
-                }
-                return;
-            }
+            ) => return self.on_hello(conn, worker_id, *maxfail),
             (Some(owner), _) => owner,
             (None, _) => return,
         };
@@ -1359,62 +1327,7 @@ impl Dispatcher {
                 }
                 self.progress.worker(slot, &id);
             }
-            WorkerMessage::Result(result) => {
-                let worker_id = self.worker(slot, generation).map(|w| w.id.clone());
-                if let Some(w) = self.worker_mut(slot, generation) {
-                    if w.running.is_some_and(|(i, _)| i == result.index) {
-                        w.running = None;
-                    }
-                }
-                let Some(item) = self
-                    .tests
-                    .as_ref()
-                    .and_then(|t| t.get(result.index))
-                    .cloned()
-                else {
-                    return;
-                };
-                let (outcome, mut failure) = match result.outcome.as_deref() {
-                    None => (Outcome::from_phases(&result.phases), Vec::new()),
-                    Some(word) => match Outcome::parse(word) {
-                        Some(outcome) => (outcome, Vec::new()),
-                        None => (
-                            Outcome::Error,
-                            vec![format!("dbfork: the worker reported the outcome `{word}`, which is not one of passed, failed, error, skipped, xfailed, xpassed")],
-                        ),
-                    },
-                };
-                failure.extend(
-                    result
-                        .phases
-                        .iter()
-                        .filter(|p| {
-                            p.outcome == "failed"
-                                || (outcome == Outcome::Skipped && p.outcome == "skipped")
-                        })
-                        .filter_map(|p| p.longrepr.clone()),
-                );
-                if outcome != Outcome::Passed {
-                    failure.extend(result.longrepr.clone());
-                }
-                let duration = result
-                    .duration
-                    .unwrap_or_else(|| result.phases.iter().map(|p| p.duration).sum());
-                self.record(TestRecord {
-                    index: result.index,
-                    id: item.id,
-                    file: item.file,
-                    class: item.class,
-                    outcome,
-                    duration,
-                    slot: Some(slot),
-                    worker_id,
-                    phases: result.phases,
-                    longrepr: (!failure.is_empty()).then(|| failure.join("\n")),
-                    stdout: result.stdout,
-                    stderr: result.stderr,
-                });
-            }
+            WorkerMessage::Result(result) => self.on_result(slot, generation, result),
             WorkerMessage::Released { tests } => {
                 if let Some(s) = self.scheduler.as_mut() {
                     s.released(slot, &tests);
@@ -1434,6 +1347,71 @@ impl Dispatcher {
                 self.stop_controller_when_done();
             }
         }
+    }
+
+    /// A worker's hello: the connection becomes its slot's, or, from a stray
+    /// process (an old generation), gets `stop` and nothing to do.
+    fn on_hello(&mut self, conn: usize, worker_id: &str, maxfail: Option<usize>) {
+        // The tool's own reading of its options beats dbfork's parse of the
+        // command line (addopts, PYTEST_ADDOPTS, `-xq`).
+        if let Some(maxfail) = maxfail {
+            self.maxfail = maxfail;
+        }
+        let found = self.slots.iter().enumerate().find_map(|(slot, s)| {
+            s.worker
+                .as_ref()
+                .filter(|w| w.id == worker_id && !w.gone())
+                .map(|w| (slot, w.generation))
+        });
+        let Some((slot, generation)) = found else {
+            if let Some(c) = self.conns.get(&conn) {
+                let _ = c.tx.send(protocol::encode(&RunnerMessage::Stop));
+            }
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.slot = Some((slot, generation));
+        }
+        if let Some(w) = self.worker_mut(slot, generation) {
+            w.conn = Some(conn);
+            w.life = Life::Collecting;
+        }
+        self.progress.worker(slot, "collecting");
+        if self.stopping || self.slots[slot].retired {
+            self.stop_worker(slot);
+        }
+    }
+
+    fn on_result(&mut self, slot: usize, generation: usize, result: TestResult) {
+        let worker_id = self.worker(slot, generation).map(|w| w.id.clone());
+        if let Some(w) = self.worker_mut(slot, generation) {
+            if w.running.is_some_and(|(i, _)| i == result.index) {
+                w.running = None;
+            }
+        }
+        let Some(item) = self
+            .tests
+            .as_ref()
+            .and_then(|t| t.get(result.index))
+            .cloned()
+        else {
+            return;
+        };
+        let verdict = decide::result_verdict(&result);
+        self.record(TestRecord {
+            index: result.index,
+            id: item.id,
+            file: item.file,
+            class: item.class,
+            outcome: verdict.outcome,
+            duration: verdict.duration,
+            slot: Some(slot),
+            worker_id,
+            phases: result.phases,
+            longrepr: verdict.longrepr,
+            stdout: result.stdout,
+            stderr: result.stderr,
+        });
     }
 
     /// Why a worker's Django configuration is not the one the template was
