@@ -175,6 +175,24 @@ pub fn after_loss(facts: LossFacts) -> AfterLoss {
     AfterLoss::Replace
 }
 
+/// The exit code of a run: dbfork's own error first, then an interruption,
+/// then failed (or not run, or uncollectable) tests, then "no tests".
+pub fn run_exit_code(
+    fatal: Option<i32>,
+    interrupted: bool,
+    tests_failed: bool,
+    no_tests: bool,
+) -> i32 {
+    use crate::run::exit;
+    match fatal {
+        Some(code) => code,
+        None if interrupted => exit::INTERRUPTED,
+        None if tests_failed => exit::TESTS_FAILED,
+        None if no_tests => exit::NO_TESTS,
+        None => exit::OK,
+    }
+}
+
 /// The first `max` characters of `text`.
 pub fn truncate(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {
@@ -220,6 +238,15 @@ mod tests {
         let verdict = result_verdict(&unknown);
         assert_eq!(verdict.outcome, Outcome::Error);
         assert!(verdict.longrepr.unwrap().contains("the outcome `flaky`"));
+    }
+
+    #[test]
+    fn the_exit_code_names_the_worst_that_happened() {
+        assert_eq!(run_exit_code(Some(3), true, true, false), 3);
+        assert_eq!(run_exit_code(None, true, true, false), 2);
+        assert_eq!(run_exit_code(None, false, true, true), 1);
+        assert_eq!(run_exit_code(None, false, false, true), 5);
+        assert_eq!(run_exit_code(None, false, false, false), 0);
     }
 
     #[test]

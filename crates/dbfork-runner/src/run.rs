@@ -963,88 +963,18 @@ impl Dispatcher {
                 slot,
                 generation,
                 result,
-            } => {
-                self.clone_tasks -= 1;
-                self.slots[slot].busy_with_clone = false;
-                match result {
-                    Ok(made) => {
-                        let mut names = made.iter().map(|m| m.name.clone());
-                        self.slots[slot].database = names.next();
-                        self.slots[slot].extra = names.collect();
-                        if self.stopping
-                            || self.slots[slot].retired
-                            || generation != self.slots[slot].generation
-                        {
-                            return;
-                        }
-                        // A worker started while the template was built waits for this clone.
-                        if self.worker(slot, generation).is_some() {
-                            self.progress.worker(slot, "ready");
-                            return self.feed(slot);
-                        }
-                        self.start_worker(slot, &made);
-                    }
-                    Err(dbfork_engine::Error::Interrupted) => {}
-                    Err(e) => self.fail(
-                        exit::SETUP_OR_DATABASE,
-                        format!("could not make the clone of worker {}: {e}", label(slot)),
-                    ),
-                }
-            }
+            } => self.on_clone_made(slot, generation, result),
             Event::CloneDropped => {
                 self.clone_tasks -= 1;
             }
-            Event::FreshMade { name, result } => {
-                self.clone_tasks -= 1;
-                if self.stopping {
-                    self.fresh.drain();
-                }
-                for grant in self.fresh.made(&name, result.is_ok()) {
-                    let (slot, generation) = grant.holder;
-                    self.grant_fresh(slot, generation, grant.name);
-                }
-                self.top_up_fresh();
-                match result {
-                    Ok(_) => {}
-                    Err(dbfork_engine::Error::Interrupted) => {}
-                    Err(e) => self.fail(
-                        exit::SETUP_OR_DATABASE,
-                        format!("could not make a fresh clone for a transactional test: {e}"),
-                    ),
-                }
-            }
+            Event::FreshMade { name, result } => self.on_fresh_made(name, result),
             Event::Accepted(stream) => self.accept(stream),
             Event::Line { conn, line } => match protocol::decode::<WorkerMessage>(&line) {
                 Ok(message) => self.on_message(conn, message),
                 Err(e) => self.reject(conn, format!("{e}: `{}`", truncate(&line, 200))),
             },
             Event::BadLine { conn, why } => self.reject(conn, why),
-            Event::Closed { conn } => {
-                if let Some(Conn {
-                    slot: Some((slot, generation)),
-                    ..
-                }) = self.conns.remove(&conn)
-                {
-                    let pending = self
-                        .worker_mut(slot, generation)
-                        .and_then(|w| w.pending_exit.take());
-                    if let Some(status) = pending {
-                        return self.on_exit(slot, generation, status);
-                    }
-                    // Wait for the exit status (a crash report names the signal),
-                    // but not forever: a worker that hangs after closing is lost too.
-                    let clean = self
-                        .worker(slot, generation)
-                        .is_none_or(|w| w.said_bye() || w.exited);
-                    if !clean {
-                        let events = self.events.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_secs(2)).await;
-                            let _ = events.send(Event::ClosedLongAgo { slot, generation });
-                        });
-                    }
-                }
-            }
+            Event::Closed { conn } => self.on_closed(conn),
             Event::ClosedLongAgo { slot, generation } => {
                 self.lose(slot, generation, LossCause::Disconnected)
             }
@@ -1061,11 +991,10 @@ impl Dispatcher {
                     // Its last lines may still be on their way: read them first.
                     Some(w) if connected && !w.gone() => {
                         w.pending_exit = Some(status);
-                        let events = self.events.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_secs(2)).await;
-                            let _ = events.send(Event::ExitedLongAgo { slot, generation });
-                        });
+                        self.after(
+                            Duration::from_secs(2),
+                            Event::ExitedLongAgo { slot, generation },
+                        );
                     }
                     _ => self.on_exit(slot, generation, status),
                 }
@@ -1079,6 +1008,97 @@ impl Dispatcher {
                 }
             }
             Event::Signal => self.on_signal(),
+        }
+    }
+
+    /// Sends `event` to the loop after `delay`.
+    fn after(&self, delay: Duration, event: Event) {
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(event);
+        });
+    }
+
+    fn on_clone_made(
+        &mut self,
+        slot: usize,
+        generation: usize,
+        result: dbfork_engine::Result<Vec<MadeClone>>,
+    ) {
+        self.clone_tasks -= 1;
+        self.slots[slot].busy_with_clone = false;
+        match result {
+            Ok(made) => {
+                let mut names = made.iter().map(|m| m.name.clone());
+                self.slots[slot].database = names.next();
+                self.slots[slot].extra = names.collect();
+                if self.stopping
+                    || self.slots[slot].retired
+                    || generation != self.slots[slot].generation
+                {
+                    return;
+                }
+                // A worker started while the template was built waits for this clone.
+                if self.worker(slot, generation).is_some() {
+                    self.progress.worker(slot, "ready");
+                    return self.feed(slot);
+                }
+                self.start_worker(slot, &made);
+            }
+            Err(dbfork_engine::Error::Interrupted) => {}
+            Err(e) => self.fail(
+                exit::SETUP_OR_DATABASE,
+                format!("could not make the clone of worker {}: {e}", label(slot)),
+            ),
+        }
+    }
+
+    fn on_fresh_made(&mut self, name: String, result: dbfork_engine::Result<Vec<MadeClone>>) {
+        self.clone_tasks -= 1;
+        if self.stopping {
+            self.fresh.drain();
+        }
+        for grant in self.fresh.made(&name, result.is_ok()) {
+            let (slot, generation) = grant.holder;
+            self.grant_fresh(slot, generation, grant.name);
+        }
+        self.top_up_fresh();
+        match result {
+            Ok(_) | Err(dbfork_engine::Error::Interrupted) => {}
+            Err(e) => self.fail(
+                exit::SETUP_OR_DATABASE,
+                format!("could not make a fresh clone for a transactional test: {e}"),
+            ),
+        }
+    }
+
+    /// A connection closed: a worker's exit that waited for its last lines
+    /// is taken now; a close without bye waits a little for the exit status
+    /// (a crash report names the signal), but not forever: a worker that
+    /// hangs after closing is lost too.
+    fn on_closed(&mut self, conn: usize) {
+        let Some(Conn {
+            slot: Some((slot, generation)),
+            ..
+        }) = self.conns.remove(&conn)
+        else {
+            return;
+        };
+        let pending = self
+            .worker_mut(slot, generation)
+            .and_then(|w| w.pending_exit.take());
+        if let Some(status) = pending {
+            return self.on_exit(slot, generation, status);
+        }
+        let clean = self
+            .worker(slot, generation)
+            .is_none_or(|w| w.said_bye() || w.exited);
+        if !clean {
+            self.after(
+                Duration::from_secs(2),
+                Event::ClosedLongAgo { slot, generation },
+            );
         }
     }
 
@@ -2007,7 +2027,60 @@ impl Dispatcher {
                 }
             }));
         }
-        // Teardown: every clone of this run, then anything else this process registered.
+        self.drop_clones().await;
+        let tests = self.final_records();
+        let failed = tests.iter().any(|t: &TestRecord| t.outcome.is_failure());
+        let not_run = tests.iter().any(|t| t.outcome == Outcome::NotRun);
+        let exit_code = decide::run_exit_code(
+            self.fatal.as_ref().map(|(code, _)| *code),
+            self.interrupted,
+            failed || not_run || !self.collect_errors.is_empty(),
+            tests.is_empty(),
+        );
+        if self.lost_all {
+            eprintln!(
+                "dbfork: every worker was lost; tests that did not run are reported as not run"
+            );
+        }
+        let report = RunReport {
+            command: self.config.command.clone(),
+            run_id: self.run_id.clone(),
+            duration: self.started.elapsed().as_secs_f64(),
+            started_at: self.started_at,
+            exit_code,
+            interrupted: self.interrupted,
+            slots: self
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(slot, s)| SlotReport {
+                    slot,
+                    database: names::slot_clone_name(&self.run_id, slot, s.generation),
+                    workers_started: s.workers_started,
+                    tests_run: s.tests_run,
+                    busy: s.busy,
+                })
+                .collect(),
+            tests,
+            collect_errors: self.collect_errors.clone(),
+            collect_skipped: self.collect_skipped.clone(),
+        };
+        self.write_reports(&report);
+        // The summary as soon as it is known; the controller may still be ending.
+        if !report.tests.is_empty()
+            || !report.collect_errors.is_empty()
+            || report.exit_code == exit::NO_TESTS
+        {
+            crate::progress::print_final(&report);
+        }
+        if let Some(stop) = self.controller_stop.take() {
+            let _ = stop.await;
+        }
+        report
+    }
+
+    /// Teardown: every clone of this run, then anything else this process registered.
+    async fn drop_clones(&mut self) {
         let names: Vec<String> = self
             .slots
             .iter_mut()
@@ -2038,8 +2111,11 @@ impl Dispatcher {
         for s in &mut self.slots {
             s.env = None;
         }
+    }
 
-        let tests: Vec<TestRecord> = match &self.tests {
+    /// One record per collected test: its outcome, or "not run".
+    fn final_records(&self) -> Vec<TestRecord> {
+        match &self.tests {
             Some(items) if self.protocol() => items
                 .iter()
                 .enumerate()
@@ -2065,50 +2141,13 @@ impl Dispatcher {
                 })
                 .collect(),
             _ => self.records.iter().flatten().cloned().collect(),
-        };
-        let failed = tests.iter().any(|t: &TestRecord| t.outcome.is_failure());
-        let not_run = tests.iter().any(|t| t.outcome == Outcome::NotRun);
-        let exit_code = if let Some((code, _)) = &self.fatal {
-            *code
-        } else if self.interrupted {
-            exit::INTERRUPTED
-        } else if failed || not_run || !self.collect_errors.is_empty() {
-            exit::TESTS_FAILED
-        } else if tests.is_empty() {
-            exit::NO_TESTS
-        } else {
-            exit::OK
-        };
-        if self.lost_all {
-            eprintln!(
-                "dbfork: every worker was lost; tests that did not run are reported as not run"
-            );
         }
-        let report = RunReport {
-            command: self.config.command.clone(),
-            run_id: self.run_id.clone(),
-            duration: self.started.elapsed().as_secs_f64(),
-            started_at: self.started_at,
-            exit_code,
-            interrupted: self.interrupted,
-            slots: self
-                .slots
-                .iter()
-                .enumerate()
-                .map(|(slot, s)| SlotReport {
-                    slot,
-                    database: names::slot_clone_name(&self.run_id, slot, s.generation),
-                    workers_started: s.workers_started,
-                    tests_run: s.tests_run,
-                    busy: s.busy,
-                })
-                .collect(),
-            tests,
-            collect_errors: self.collect_errors.clone(),
-            collect_skipped: self.collect_skipped.clone(),
-        };
+    }
+
+    /// The timings of this run, and the JUnit and JSON reports asked for.
+    fn write_reports(&mut self, report: &RunReport) {
         if self.protocol() && self.fatal.is_none() {
-            self.timings.record(&report);
+            self.timings.record(report);
             if let Err(e) = self.timings.save(&self.config.state_dir) {
                 eprintln!(
                     "dbfork: warning: could not save the timings in {}: {e}",
@@ -2117,26 +2156,15 @@ impl Dispatcher {
             }
         }
         if let Some(path) = &self.config.junit {
-            if let Err(e) = report::write_junit(&report, path) {
+            if let Err(e) = report::write_junit(report, path) {
                 eprintln!("dbfork: warning: {e}");
             }
         }
         if let Some(path) = &self.config.json {
-            if let Err(e) = report::write_json(&report, path) {
+            if let Err(e) = report::write_json(report, path) {
                 eprintln!("dbfork: warning: {e}");
             }
         }
-        // The summary as soon as it is known; the controller may still be ending.
-        if !report.tests.is_empty()
-            || !report.collect_errors.is_empty()
-            || report.exit_code == exit::NO_TESTS
-        {
-            crate::progress::print_final(&report);
-        }
-        if let Some(stop) = self.controller_stop.take() {
-            let _ = stop.await;
-        }
-        report
     }
 }
 
