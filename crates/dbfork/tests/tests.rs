@@ -76,6 +76,29 @@ fn runs(path: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
+/// `dbfork db clone --json` of `template` with `extra` options: the clones' names.
+fn clone_names(place: &Place, template: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "db",
+        "clone",
+        "--db",
+        &place.url,
+        "--template",
+        template,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    json["clones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn assert_nothing_left(place: &Place, names: &[String]) {
     assert!(
         place.registry().is_empty(),
@@ -126,25 +149,7 @@ fn template_build_reuse_rebuild_clone_drop(kind: Kind) {
     );
 
     // Clones: identical to the template.
-    let (code, out, err) = run(&[
-        "db",
-        "clone",
-        "--db",
-        &place.url,
-        "--template",
-        &fp[..12],
-        "-n",
-        "3",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let clones: Vec<String> = json["clones"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap().to_string())
-        .collect();
+    let clones = clone_names(&place, &fp[..12], &["-n", "3"]);
     assert_eq!(clones.len(), 3);
     let expected = place.signature(&tpl);
     assert!(expected.contains("rows orders"), "{expected}");
@@ -274,18 +279,7 @@ fn a_template_build_can_span_two_calls(kind: Kind) {
         Begun::Build(_) => panic!("the finalized template was not reused"),
     }
     // Its clones have what the client put in.
-    let (code, out, err) = run(&[
-        "db",
-        "clone",
-        "--db",
-        &place.url,
-        "--template",
-        &template.fingerprint,
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let clone = json["clones"][0]["name"].as_str().unwrap().to_string();
+    let clone = clone_names(&place, &template.fingerprint, &[]).remove(0);
     assert_eq!(
         place.sql_ok(Some(&clone), "SELECT id FROM filled_by_the_client"),
         "7"
@@ -501,18 +495,7 @@ fn drop_ends_open_sessions(kind: Kind) {
     let runs_file = place.dir.path().join("runs");
     let (code, fp, err) = template(&place, &setup_for(&place, &runs_file), &[]);
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = run(&[
-        "db",
-        "clone",
-        "--db",
-        &place.url,
-        "--template",
-        fp.trim(),
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let clone = json["clones"][0]["name"].as_str().unwrap().to_string();
+    let clone = clone_names(&place, fp.trim(), &[]).remove(0);
 
     let mut idle = place.session(&clone);
     idle.stdin
@@ -1190,22 +1173,7 @@ fn owners_are_judged_only_where_their_pids_mean_something(kind: Kind) {
         .spawn()
         .unwrap();
     let pid = owner.id().to_string();
-    let clone_for = |owner: &str| {
-        let (code, out, err) = run(&[
-            "db",
-            "clone",
-            "--db",
-            &place.url,
-            "--template",
-            &fp,
-            "--owner",
-            owner,
-            "--json",
-        ]);
-        assert_eq!(code, 0, "{err}");
-        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-        json["clones"][0]["name"].as_str().unwrap().to_string()
-    };
+    let clone_for = |owner: &str| clone_names(&place, &fp, &["--owner", owner]).remove(0);
     let live = clone_for(&pid);
     let reused = clone_for(&pid);
     let table = registry_tables(kind).0;
@@ -1306,29 +1274,7 @@ fn postgres_drops_exactly_and_within_the_deadline() {
     let runs = place.dir.path().join("runs");
     let (code, fp, err) = template(&place, &setup_for(&place, &runs), &[]);
     assert_eq!(code, 0, "{err}");
-    let clone_n = |n: &str| {
-        let (code, out, err) = run(&[
-            "db",
-            "clone",
-            "--db",
-            &place.url,
-            "--template",
-            fp.trim(),
-            "-n",
-            n,
-            "--owner",
-            "none",
-            "--json",
-        ]);
-        assert_eq!(code, 0, "{err}");
-        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-        json["clones"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap().to_string())
-            .collect::<Vec<String>>()
-    };
+    let clone_n = |n: &str| clone_names(&place, fp.trim(), &["-n", n, "--owner", "none"]);
     let clones = clone_n("12");
     let run_prefix = clones[0].rsplit_once('_').unwrap().0.to_string();
     let mut bystander = place.session(&place.maint);
