@@ -15,6 +15,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod adapters;
 pub mod controller;
 pub mod decide;
 pub mod django;
@@ -94,35 +95,25 @@ impl Adapter {
     /// What `Auto` means for `command`; the others stay as they are.
     pub fn resolve(self, command: &[String]) -> Adapter {
         match self {
-            Adapter::Auto if plugin::is_pytest(command) && !plugin::disabled_in(command) => {
-                Adapter::Pytest
-            }
-            Adapter::Auto if plugin::is_django_test(command) => Adapter::Django,
-            Adapter::Auto => Adapter::None,
+            Adapter::Auto => adapters::recognise(command),
             other => other,
         }
     }
 
     /// Whether the workers speak dbfork's protocol (through an adapter).
     pub fn speaks_protocol(self) -> bool {
-        matches!(self, Adapter::Pytest | Adapter::Django | Adapter::Protocol)
+        adapters::tool(self).speaks_protocol()
     }
 
     /// Whether the tool is configured once in a controller process first
     /// (pytest and Django's runner, through dbfork's Python packages).
     pub fn has_controller(self) -> bool {
-        matches!(self, Adapter::Pytest | Adapter::Django)
+        adapters::tool(self).has_controller()
     }
 
-    /// The dist a run gets when none is configured: Django's runner keeps a
-    /// `TestCase` class on one worker (its `setUpTestData` and class
-    /// transaction are set up once per class), as `manage.py test --parallel`
-    /// does.
+    /// The dist a run gets when none is configured (see each tool's).
     pub fn default_dist(self) -> Dist {
-        match self {
-            Adapter::Django => Dist::Class,
-            _ => Dist::Test,
-        }
+        adapters::tool(self).default_dist()
     }
 }
 

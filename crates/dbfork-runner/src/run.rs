@@ -38,7 +38,7 @@ use crate::progress::{label, Progress};
 use crate::schedule::Scheduler;
 use crate::timings::Timings;
 use crate::worker::{self, Echo, Environment, Tail};
-use crate::{plugin, report, template, Adapter, RunConfig};
+use crate::{adapters, report, template, Adapter, RunConfig};
 
 /// Exit codes of `dbfork run`, pytest's where they overlap (one table for
 /// every command, in `dbfork_meta`).
@@ -240,21 +240,6 @@ struct Dispatcher {
     started_at: f64,
 }
 
-/// Says that the test tool's own database options in `command` have nothing
-/// to do under dbfork.
-fn note_ignored(command: &[String], options: &[&str], whose: &str) {
-    let given = command.iter().find(|a| {
-        options
-            .iter()
-            .any(|o| a.as_str() == *o || a.starts_with(&format!("{o}=")))
-    });
-    if let Some(flag) = given {
-        eprintln!(
-            "dbfork: note: {whose} {flag} does nothing under dbfork: every worker runs on its own clone of the template, which is rebuilt only when the setup or its inputs change"
-        );
-    }
-}
-
 /// A run that has started: its private directory, signal handling and, for
 /// a test tool dbfork talks to, its controller, configured as the tests are.
 /// What the controller found decides the database server (when `--db` is not
@@ -303,23 +288,14 @@ pub async fn prepare(
         .map(|d| d.as_secs_f64())
         .unwrap_or_default();
     let adapter = config.adapter.resolve(&config.command);
-    match adapter {
-        Adapter::Pytest => {
-            if let Some(option) = plugin::xdist_option(&config.command) {
-                return Err(RunError::Usage(format!(
-                    "the pytest command has the pytest-xdist option `{option}`, but dbfork runs the workers itself: remove it and use `dbfork run -j N`"
-                )));
-            }
-            note_ignored(
-                &config.command,
-                &["--reuse-db", "--create-db"],
-                "pytest-django's",
-            );
-        }
-        Adapter::Django => {
-            note_ignored(&config.command, &["--keepdb", "--parallel"], "Django's");
-        }
-        Adapter::Auto | Adapter::Protocol | Adapter::None => {}
+    let tool = adapters::tool(adapter);
+    if let Some(why) = tool.refuse(&config.command) {
+        return Err(RunError::Usage(why));
+    }
+    for option in tool.ignored(&config.command) {
+        eprintln!(
+            "dbfork: note: {option} does nothing under dbfork: every worker runs on its own clone of the template, which is rebuilt only when the setup or its inputs change"
+        );
     }
     crate::prepare_state_dir(&config.state_dir);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -348,10 +324,13 @@ pub async fn prepare(
     if !adapter.has_controller() {
         return Ok(prepared);
     }
-    let dir = plugin::install(&prepared.run_dir.0).map_err(|source| RunError::RunDir {
-        path: prepared.run_dir.0.clone(),
-        source,
-    })?;
+    let dir = tool
+        .support_files(&prepared.run_dir.0)
+        .map_err(|source| RunError::RunDir {
+            path: prepared.run_dir.0.clone(),
+            source,
+        })?
+        .unwrap_or_else(|| prepared.run_dir.0.clone());
     let mut path = dir.display().to_string();
     if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
         path.push(':');
@@ -376,7 +355,7 @@ pub async fn prepare(
         vars.push(("DBFORK_DATABASE_URL".to_string(), url));
     }
     let mut command = prepared.config.command.clone();
-    plugin_option(adapter, &mut command);
+    command.extend(tool.extra_args());
     let progress = Progress::new(false, 0, 1);
     if prepared.config.verbose > 0 {
         progress.note("configuring the test command once (the controller, as pytest-xdist's)");
@@ -397,14 +376,6 @@ pub async fn prepare(
     prepared.controller = Some(controller);
     prepared.configured = configured;
     Ok(prepared)
-}
-
-/// `-p dbfork` when pytest autoloads no plugins: the entry point of the
-/// dist-info written beside the plugin is then found by name.
-fn plugin_option(adapter: Adapter, command: &mut Vec<String>) {
-    if adapter == Adapter::Pytest && std::env::var_os("PYTEST_DISABLE_PLUGIN_AUTOLOAD").is_some() {
-        command.extend(["-p".to_string(), "dbfork".to_string()]);
-    }
 }
 
 /// Runs the suite prepared in `prepared` on `backend` and returns its report
@@ -476,7 +447,7 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
             (result, controller)
         }
     };
-    let early = adapter == Adapter::Pytest;
+    let early = adapters::tool(adapter).starts_early();
     let mut build = std::pin::pin!(build);
     let ready = if early {
         None
@@ -556,7 +527,7 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
         started_at,
     };
     if d.protocol() {
-        d.maxfail = plugin::maxfail(&d.config.command);
+        d.maxfail = adapters::tool(d.adapter).maxfail(&d.config.command);
     }
     if !d.protocol() {
         // Without an adapter each slot's command is one unit of the report.
@@ -1177,7 +1148,7 @@ impl Dispatcher {
             if let Some(path) = &self.pythonpath {
                 vars.push(("PYTHONPATH".to_string(), path.clone()));
             }
-            plugin_option(self.adapter, &mut command);
+            command.extend(adapters::tool(self.adapter).extra_args());
         }
         let echo = if !self.protocol() {
             Echo::Prefixed(format!("[{}] ", label(slot)))
