@@ -1374,12 +1374,22 @@ impl Dispatcher {
     }
 
     fn on_result(&mut self, slot: usize, generation: usize, result: TestResult) {
-        let worker_id = self.worker(slot, generation).map(|w| w.id.clone());
-        if let Some(w) = self.worker_mut(slot, generation) {
-            if w.running.is_some_and(|(i, _)| i == result.index) {
-                w.running = None;
+        let Some(w) = self.worker_mut(slot, generation) else {
+            return;
+        };
+        // A result is for the test the worker said it started, once.
+        if !w.running.is_some_and(|(i, _)| i == result.index) {
+            let why = format!(
+                "a result for test {} without starting it (the protocol is: started, then result)",
+                result.index
+            );
+            if let Some(conn) = w.conn {
+                return self.reject(conn, why);
             }
+            return self.lose(slot, generation, LossCause::Protocol(why));
         }
+        w.running = None;
+        let worker_id = Some(w.id.clone());
         let Some(item) = self
             .tests
             .as_ref()

@@ -912,6 +912,18 @@ fn a_tool_speaking_the_protocol_itself_runs_without_python_packages() {
     assert_eq!(slots.len(), 2, "{report}");
     assert!(slots.iter().all(|s| s["workers_started"] == 1), "{report}");
 
+    // A worker that breaks the protocol (a result without `started`) is
+    // stopped and replaced, as one that crashed; none of its results count.
+    let (code, stdout, report) = run(&[("MINIMAL_ADAPTER_BUG", "skip-start")]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        test_ids(&report)
+            .iter()
+            .all(|(_, outcome)| outcome == "not_run"),
+        "{report}"
+    );
+    assert_no_clones(&place);
+
     let (code, stdout, report) = run(&[("DBFORK_CONFORMANCE_CRASH", "1")]);
     assert_eq!(code, Some(1), "{stdout}");
     let crashed: Vec<_> = test_ids(&report)
