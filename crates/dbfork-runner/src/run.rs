@@ -1378,7 +1378,7 @@ impl Dispatcher {
             return;
         };
         // A result is for the test the worker said it started, once.
-        if !w.running.is_some_and(|(i, _)| i == result.index) {
+        if w.running.is_none_or(|(i, _)| i != result.index) {
             let why = format!(
                 "a result for test {} without starting it (the protocol is: started, then result)",
                 result.index
