@@ -462,101 +462,35 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
             }
         }
     };
-    let protocol = adapter.speaks_protocol();
     let socket = _run_dir_guard.0.join("socket");
     let timings = Timings::load(&config.state_dir);
-    if protocol {
-        let listener = UnixListener::bind(&socket).map_err(|source| RunError::RunDir {
-            path: socket.clone(),
-            source,
-        })?;
-        let tx = events_tx.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                if tx.send(Event::Accepted(stream)).is_err() {
-                    return;
-                }
-            }
-        });
+    if adapter.speaks_protocol() {
+        listen(&socket, events_tx.clone())?;
     }
 
-    let slots = config.jobs.max(1);
-    let base_env = Environment {
-        set: configured.env_set.clone().into_iter().collect(),
-        unset: configured.env_unset.clone(),
-    };
-    let mut d = Dispatcher {
-        records: Vec::new(),
-        slots: (0..slots).map(|_| Slot::default()).collect(),
+    let mut d = Dispatcher::new(
         config,
         backend,
-        template: None,
-        run_id,
-        method,
-        adapter,
-        socket,
-        pythonpath,
-        base_env,
-        django_facts: configured.django.as_ref().map(|d| d.facts.clone()),
-        controller: None,
-        events: events_tx,
-        clone_permits: Arc::new(Semaphore::new(CLONE_CONCURRENCY)),
-        // Per slot: one leased, one ready, one for a worker waiting.
-        fresh: Pool::new(0, 3 * slots + 1),
-        cancel,
-        conns: HashMap::new(),
-        next_conn: 0,
-        tests: None,
-        collect_errors: Vec::new(),
-        collect_skipped: Vec::new(),
-        scheduler: None,
-        timings,
-        progress,
-        restarts_used: 0,
-        clone_tasks: 0,
-        stopping: false,
-        interrupted: false,
-        signals: 0,
-        grace_until: None,
-        fatal: None,
-        controller_stop: None,
-        lost_all: false,
-        maxfail: 0,
-        failures: 0,
-        started,
-        started_at,
-    };
-    if d.protocol() {
-        d.maxfail = adapters::tool(d.adapter).maxfail(&d.config.command);
-    }
-    if !d.protocol() {
-        // Without an adapter each slot's command is one unit of the report.
-        d.records = vec![None; slots];
-    }
+        &configured,
+        Parts {
+            run_id,
+            method,
+            adapter,
+            socket,
+            pythonpath,
+            events: events_tx,
+            cancel,
+            timings,
+            progress,
+            started,
+            started_at,
+        },
+    );
     match ready {
         Some((template, controller)) => d.template_ready(template, controller).await?,
-        None => {
-            d.progress.note(&format!(
-                "starting {slots} worker{} while the template is prepared; each waits for its clone",
-                if slots == 1 { "" } else { "s" }
-            ));
-            for slot in 0..slots {
-                d.prestart(slot);
-            }
-        }
+        None => d.prestart_all(),
     }
-
-    let heartbeat = {
-        let (backend, run_id) = (d.backend.clone(), d.run_id.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(HEARTBEAT_EVERY).await;
-                if let Err(e) = ops::heartbeat_run(&backend, &run_id).await {
-                    tracing::warn!("could not renew the clones' heartbeat: {e}");
-                }
-            }
-        })
-    };
+    let heartbeat = spawn_heartbeat(d.backend.clone(), d.run_id.clone());
     let mut building = early;
     while building || !d.finished() {
         let deadline = d.next_deadline();
@@ -603,6 +537,35 @@ fn note_inherited(configured: &Configured, progress: &Progress, verbose: u8) {
         "the workers inherit the environment the test command's configuration set up ({}), as pytest-xdist's workers do",
         names.join(", ")
     ));
+}
+
+/// Accepts the workers' connections on `socket`, each an event of the loop.
+fn listen(socket: &std::path::Path, events: mpsc::UnboundedSender<Event>) -> Result<(), RunError> {
+    let listener = UnixListener::bind(socket).map_err(|source| RunError::RunDir {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            if events.send(Event::Accepted(stream)).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Renews the heartbeat of the run's clones until aborted (another host's
+/// collection takes clones whose heartbeat is old).
+fn spawn_heartbeat(backend: Arc<AnyBackend>, run_id: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(HEARTBEAT_EVERY).await;
+            if let Err(e) = ops::heartbeat_run(&backend, &run_id).await {
+                tracing::warn!("could not renew the clones' heartbeat: {e}");
+            }
+        }
+    })
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -707,6 +670,98 @@ impl Drop for RunDir {
     }
 }
 
+/// What a [`Dispatcher`] starts from besides its configuration and backend.
+struct Parts {
+    run_id: String,
+    method: CloneMethod,
+    adapter: Adapter,
+    socket: PathBuf,
+    pythonpath: Option<String>,
+    events: mpsc::UnboundedSender<Event>,
+    cancel: Cancel,
+    timings: Timings,
+    progress: Progress,
+    started: Instant,
+    started_at: f64,
+}
+
+impl Dispatcher {
+    fn new(
+        config: RunConfig,
+        backend: Arc<AnyBackend>,
+        configured: &Configured,
+        parts: Parts,
+    ) -> Dispatcher {
+        let Parts {
+            run_id,
+            method,
+            adapter,
+            socket,
+            pythonpath,
+            events: events_tx,
+            cancel,
+            timings,
+            progress,
+            started,
+            started_at,
+        } = parts;
+        let slots = config.jobs.max(1);
+        let base_env = Environment {
+            set: configured.env_set.clone().into_iter().collect(),
+            unset: configured.env_unset.clone(),
+        };
+        let mut d = Dispatcher {
+            records: Vec::new(),
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+            config,
+            backend,
+            template: None,
+            run_id,
+            method,
+            adapter,
+            socket,
+            pythonpath,
+            base_env,
+            django_facts: configured.django.as_ref().map(|d| d.facts.clone()),
+            controller: None,
+            events: events_tx,
+            clone_permits: Arc::new(Semaphore::new(CLONE_CONCURRENCY)),
+            // Per slot: one leased, one ready, one for a worker waiting.
+            fresh: Pool::new(0, 3 * slots + 1),
+            cancel,
+            conns: HashMap::new(),
+            next_conn: 0,
+            tests: None,
+            collect_errors: Vec::new(),
+            collect_skipped: Vec::new(),
+            scheduler: None,
+            timings,
+            progress,
+            restarts_used: 0,
+            clone_tasks: 0,
+            stopping: false,
+            interrupted: false,
+            signals: 0,
+            grace_until: None,
+            fatal: None,
+            controller_stop: None,
+            lost_all: false,
+            maxfail: 0,
+            failures: 0,
+            started,
+            started_at,
+        };
+        if d.protocol() {
+            d.maxfail = adapters::tool(d.adapter).maxfail(&d.config.command);
+        }
+        if !d.protocol() {
+            // Without an adapter each slot's command is one unit of the report.
+            d.records = vec![None; slots];
+        }
+        d
+    }
+}
+
 impl Worker {
     fn gone(&self) -> bool {
         matches!(self.life, Life::Gone { .. })
@@ -750,6 +805,18 @@ impl Dispatcher {
     /// Starts `slot`'s first worker before its clone exists (the template is
     /// still being built): its environment names the clone it will get, and
     /// it is fed once the clone is made.
+    /// pytest's workers start while the template is prepared.
+    fn prestart_all(&mut self) {
+        let slots = self.slots.len();
+        self.progress.note(&format!(
+            "starting {slots} worker{} while the template is prepared; each waits for its clone",
+            if slots == 1 { "" } else { "s" }
+        ));
+        for slot in 0..slots {
+            self.prestart(slot);
+        }
+    }
+
     fn prestart(&mut self, slot: usize) {
         let name = names::slot_clone_name(&self.run_id, slot, self.slots[slot].generation);
         let made: Vec<MadeClone> = std::iter::once(name.clone())
@@ -1107,6 +1174,39 @@ impl Dispatcher {
             .filter(|w| w.generation == generation)
     }
 
+    /// A worker's environment: what the controller's configuration set, its
+    /// clones, who it is (slot, id, run, as pytest-xdist names them too),
+    /// and with an adapter the socket and the Python packages.
+    fn worker_vars(&self, slot: usize, id: &str, db_env: &DatabaseEnv) -> Vec<(String, String)> {
+        let mut vars = self.base_env.set.clone();
+        vars.extend(db_env.vars.iter().cloned());
+        let slots = self.slots.len().to_string();
+        if self.django_facts.is_some() {
+            vars.push((env::DJANGO.to_string(), "1".to_string()));
+        }
+        let fresh = if self.config.fresh_transactional {
+            "1"
+        } else {
+            "0"
+        };
+        vars.extend([
+            (env::WORKER.to_string(), slot.to_string()),
+            (env::WORKERS.to_string(), slots.clone()),
+            (env::WORKER_ID.to_string(), id.to_string()),
+            (env::RUN_ID.to_string(), self.run_id.clone()),
+            (env::FRESH.to_string(), fresh.to_string()),
+            (env::XDIST_WORKER.to_string(), label(slot)),
+            (env::XDIST_WORKER_COUNT.to_string(), slots),
+        ]);
+        if self.protocol() {
+            vars.push((env::SOCKET.to_string(), self.socket.display().to_string()));
+            if let Some(path) = &self.pythonpath {
+                vars.push(("PYTHONPATH".to_string(), path.clone()));
+            }
+        }
+        vars
+    }
+
     fn start_worker(&mut self, slot: usize, made: &[MadeClone]) {
         let generation = self.slots[slot].generation;
         let db_env = match DatabaseEnv::for_aliases(&self.backend, made, &self.config.aliases) {
@@ -1119,35 +1219,9 @@ impl Dispatcher {
             }
         };
         let id = format!("{slot}.{generation}");
-        let mut vars = self.base_env.set.clone();
-        vars.extend(db_env.vars.iter().cloned());
-        let slots = self.slots.len().to_string();
-        if self.django_facts.is_some() {
-            vars.push((env::DJANGO.to_string(), "1".to_string()));
-        }
-        vars.extend([
-            (env::WORKER.to_string(), slot.to_string()),
-            (env::WORKERS.to_string(), slots.clone()),
-            (env::WORKER_ID.to_string(), id.clone()),
-            (env::RUN_ID.to_string(), self.run_id.clone()),
-            (
-                env::FRESH.to_string(),
-                if self.config.fresh_transactional {
-                    "1"
-                } else {
-                    "0"
-                }
-                .to_string(),
-            ),
-            (env::XDIST_WORKER.to_string(), label(slot)),
-            (env::XDIST_WORKER_COUNT.to_string(), slots),
-        ]);
+        let vars = self.worker_vars(slot, &id, &db_env);
         let mut command = self.config.command.clone();
         if self.protocol() {
-            vars.push((env::SOCKET.to_string(), self.socket.display().to_string()));
-            if let Some(path) = &self.pythonpath {
-                vars.push(("PYTHONPATH".to_string(), path.clone()));
-            }
             command.extend(adapters::tool(self.adapter).extra_args());
         }
         let echo = if !self.protocol() {
