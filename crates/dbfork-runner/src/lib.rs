@@ -25,6 +25,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod sinks;
 pub mod template;
 pub mod timings;
 pub mod worker;

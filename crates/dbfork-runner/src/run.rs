@@ -36,9 +36,10 @@ use crate::decide::{self, truncate, AfterLoss, LossCause, LossFacts, RunState};
 use crate::model::{Outcome, RunReport, SlotReport, TestRecord};
 use crate::progress::{label, Progress};
 use crate::schedule::Scheduler;
+use crate::sinks::{ReportFiles, RunEvent, Sink, TimingsFile};
 use crate::timings::Timings;
 use crate::worker::{self, Echo, Environment, Tail};
-use crate::{adapters, report, template, Adapter, RunConfig};
+use crate::{adapters, template, Adapter, RunConfig};
 
 /// Exit codes of `dbfork run`, pytest's where they overlap (one table for
 /// every command, in `dbfork_meta`).
@@ -222,6 +223,8 @@ struct Dispatcher {
     scheduler: Option<Scheduler>,
     timings: Timings,
     progress: Progress,
+    /// Besides the terminal: the report files and the timings file.
+    sinks: Vec<Box<dyn Sink>>,
     restarts_used: usize,
     clone_tasks: usize,
     /// Set once the run is winding down: no more work, no restarts.
@@ -706,6 +709,16 @@ impl Dispatcher {
             started_at,
         } = parts;
         let slots = config.jobs.max(1);
+        let sinks: Vec<Box<dyn Sink>> = vec![
+            Box::new(ReportFiles {
+                junit: config.junit.clone(),
+                json: config.json.clone(),
+            }),
+            Box::new(TimingsFile {
+                timings: Timings::load(&config.state_dir),
+                state_dir: config.state_dir.clone(),
+            }),
+        ];
         let base_env = Environment {
             set: configured.env_set.clone().into_iter().collect(),
             unset: configured.env_unset.clone(),
@@ -735,6 +748,7 @@ impl Dispatcher {
             collect_errors: Vec::new(),
             collect_skipped: Vec::new(),
             scheduler: None,
+            sinks,
             timings,
             progress,
             restarts_used: 0,
@@ -808,7 +822,7 @@ impl Dispatcher {
     /// pytest's workers start while the template is prepared.
     fn prestart_all(&mut self) {
         let slots = self.slots.len();
-        self.progress.note(&format!(
+        self.note(&format!(
             "starting {slots} worker{} while the template is prepared; each waits for its clone",
             if slots == 1 { "" } else { "s" }
         ));
@@ -827,8 +841,7 @@ impl Dispatcher {
             })
             .collect();
         self.start_worker(slot, &made);
-        self.progress
-            .worker(slot, "starting while the template is prepared");
+        self.worker_status(slot, "starting while the template is prepared");
     }
 
     /// The template is ready: the clones of every slot are made (workers
@@ -841,7 +854,7 @@ impl Dispatcher {
         self.controller = controller;
         let entry = ops::find_template(&self.backend, &template.fingerprint).await?;
         let slots = self.slots.len();
-        self.progress.note(&format!(
+        self.note(&format!(
             "{slots} worker{} on clones of {}",
             if slots == 1 { "" } else { "s" },
             entry.name
@@ -868,7 +881,7 @@ impl Dispatcher {
                 worker::signal_group(w.pid, libc::SIGKILL);
             }
         }
-        self.progress.clear();
+        self.emit(RunEvent::Ending);
         if let Some(controller) = controller.or_else(|| self.controller.take()) {
             controller.stop(self.config.grace).await;
         }
@@ -1079,7 +1092,7 @@ impl Dispatcher {
                 }
                 // A worker started while the template was built waits for this clone.
                 if self.worker(slot, generation).is_some() {
-                    self.progress.worker(slot, "ready");
+                    self.worker_status(slot, "ready");
                     return self.feed(slot);
                 }
                 self.start_worker(slot, &made);
@@ -1149,7 +1162,7 @@ impl Dispatcher {
         };
         match slot {
             Some((slot, generation)) => {
-                self.progress.note(&format!(
+                self.note(&format!(
                     "{} sent something dbfork cannot read ({}); it is stopped",
                     label(slot),
                     truncate(&why, 300)
@@ -1275,7 +1288,7 @@ impl Dispatcher {
             stopped: false,
             started: Instant::now(),
         });
-        self.progress.worker(
+        self.worker_status(
             slot,
             if self.protocol() {
                 "starting"
@@ -1390,7 +1403,7 @@ impl Dispatcher {
                 if let Some(w) = self.worker_mut(slot, generation) {
                     w.running = Some((index, Instant::now()));
                 }
-                self.progress.worker(slot, &id);
+                self.worker_status(slot, &id);
             }
             WorkerMessage::Result(result) => self.on_result(slot, generation, result),
             WorkerMessage::Released { tests } => {
@@ -1408,7 +1421,7 @@ impl Dispatcher {
                 if let Some(w) = self.worker_mut(slot, generation) {
                     w.life = Life::Finishing;
                 }
-                self.progress.worker(slot, "done");
+                self.worker_status(slot, "done");
                 self.stop_controller_when_done();
             }
         }
@@ -1441,7 +1454,7 @@ impl Dispatcher {
             w.conn = Some(conn);
             w.life = Life::Collecting;
         }
-        self.progress.worker(slot, "collecting");
+        self.worker_status(slot, "collecting");
         if self.stopping || self.slots[slot].retired {
             self.stop_worker(slot);
         }
@@ -1519,7 +1532,7 @@ impl Dispatcher {
         if record.outcome.is_failure() {
             self.failures += 1;
             if self.maxfail > 0 && self.failures >= self.maxfail && !self.stopping {
-                self.progress.note(&format!(
+                self.note(&format!(
                     "stopping after {} failure{} (-x / --maxfail / --failfast); tests not started are not run",
                     self.failures,
                     if self.failures == 1 { "" } else { "s" }
@@ -1532,7 +1545,7 @@ impl Dispatcher {
             self.slots[slot].tests_run += 1;
             self.slots[slot].busy += record.duration;
         }
-        self.progress.finished(&record);
+        self.emit(RunEvent::TestFinished(&record));
         if let Some(place) = self.records.get_mut(index) {
             *place = Some(record);
         }
@@ -1566,7 +1579,7 @@ impl Dispatcher {
             }
             return;
         }
-        self.progress.collected(tests.len());
+        self.emit(RunEvent::Collected(tests.len()));
         self.records = vec![None; tests.len()];
         self.collect_errors = errors.into_iter().map(|e| (e.id, e.longrepr)).collect();
         let timings = &self.timings;
@@ -1578,7 +1591,7 @@ impl Dispatcher {
         self.scheduler = Some(scheduler);
         if !self.collect_errors.is_empty() && !continue_on_errors {
             let n = self.collect_errors.len();
-            self.progress.note(&format!(
+            self.note(&format!(
                 "Interrupted: {n} error{} during collection",
                 if n == 1 { "" } else { "s" }
             ));
@@ -1685,7 +1698,7 @@ impl Dispatcher {
     /// Ends the run with an error that is not about one test.
     fn fail(&mut self, code: i32, message: String) {
         if self.fatal.is_none() {
-            self.progress.note(&format!("error: {message}"));
+            self.note(&format!("error: {message}"));
             self.fatal = Some((code, message));
         }
         self.stopping = true;
@@ -1734,7 +1747,7 @@ impl Dispatcher {
         if let Some(w) = self.worker_mut(slot, generation) {
             w.set_gone();
         }
-        self.progress.worker(slot, "finished");
+        self.worker_status(slot, "finished");
     }
 
     fn generic_exit(&mut self, slot: usize, status: Option<ExitStatus>, tail: String) {
@@ -1856,7 +1869,7 @@ impl Dispatcher {
             AfterLoss::Nothing => return,
             AfterLoss::FeedTheOthers => return self.feed_all(),
             AfterLoss::Retire { all_lost } => {
-                self.progress.note(&format!(
+                self.note(&format!(
                     "{} is gone and the {max} worker restarts (--max-worker-restarts) are used up",
                     label(slot)
                 ));
@@ -1870,12 +1883,12 @@ impl Dispatcher {
             AfterLoss::Replace => {}
         }
         self.restarts_used += 1;
-        self.progress.note(&format!(
+        self.note(&format!(
             "{} {}; replacing it on a fresh clone",
             label(slot),
             cause.summary()
         ));
-        self.progress.worker(slot, "making a fresh clone");
+        self.worker_status(slot, "making a fresh clone");
         self.replace_clone(slot);
         self.feed_all();
     }
@@ -1902,13 +1915,13 @@ impl Dispatcher {
         self.stopping = true;
         let signal = if self.signals == 1 {
             self.grace_until = Some(Instant::now() + self.config.grace);
-            self.progress.note(&format!(
+            self.note(&format!(
                 "interrupted: stopping the workers (they get {:.0?}; press Ctrl-C again to kill them at once), then dropping the clones",
                 self.config.grace
             ));
             libc::SIGINT
         } else {
-            self.progress.note("killing the workers");
+            self.note("killing the workers");
             libc::SIGKILL
         };
         for s in &self.slots {
@@ -2070,7 +2083,7 @@ impl Dispatcher {
                 worker::signal_group(w.pid, libc::SIGKILL);
             }
         }
-        self.progress.clear();
+        self.emit(RunEvent::Ending);
         // The controller ends (its configuration's cleanup runs) while the
         // clones are dropped and the summary is printed.
         if self.controller_stop.is_none() {
@@ -2120,14 +2133,13 @@ impl Dispatcher {
             collect_errors: self.collect_errors.clone(),
             collect_skipped: self.collect_skipped.clone(),
         };
-        self.write_reports(&report);
-        // The summary as soon as it is known; the controller may still be ending.
-        if !report.tests.is_empty()
-            || !report.collect_errors.is_empty()
-            || report.exit_code == exit::NO_TESTS
-        {
-            crate::progress::print_final(&report);
-        }
+        // The files, the timings and the summary, while the controller may
+        // still be ending.
+        let timed = self.protocol() && self.fatal.is_none();
+        self.emit(RunEvent::Finished {
+            report: &report,
+            timed,
+        });
         if let Some(stop) = self.controller_stop.take() {
             let _ = stop.await;
         }
@@ -2199,27 +2211,20 @@ impl Dispatcher {
         }
     }
 
-    /// The timings of this run, and the JUnit and JSON reports asked for.
-    fn write_reports(&mut self, report: &RunReport) {
-        if self.protocol() && self.fatal.is_none() {
-            self.timings.record(report);
-            if let Err(e) = self.timings.save(&self.config.state_dir) {
-                eprintln!(
-                    "dbfork: warning: could not save the timings in {}: {e}",
-                    self.config.state_dir.display()
-                );
-            }
+    /// Tells every sink (the terminal, the report files, the timings).
+    fn emit(&mut self, event: RunEvent) {
+        self.progress.event(&event);
+        for sink in &mut self.sinks {
+            sink.event(&event);
         }
-        if let Some(path) = &self.config.junit {
-            if let Err(e) = report::write_junit(report, path) {
-                eprintln!("dbfork: warning: {e}");
-            }
-        }
-        if let Some(path) = &self.config.json {
-            if let Err(e) = report::write_json(report, path) {
-                eprintln!("dbfork: warning: {e}");
-            }
-        }
+    }
+
+    fn note(&mut self, message: &str) {
+        self.emit(RunEvent::Note(message));
+    }
+
+    fn worker_status(&mut self, slot: usize, status: &str) {
+        self.emit(RunEvent::Worker { slot, status });
     }
 }
 

@@ -1,0 +1,111 @@
+//! What happens in a run, as one stream of [`RunEvent`]s, and the sinks made
+//! from it: the terminal ([`Progress`]), the report files (JUnit, JSON) and
+//! the timings the next run schedules by. The dispatcher only emits; a new
+//! consumer (the pool service's live feed, a shard's uploader) is one more
+//! [`Sink`], not another call in the dispatcher.
+
+use std::path::PathBuf;
+
+use crate::model::{RunReport, TestRecord};
+use crate::progress::Progress;
+use crate::report;
+use crate::run::exit;
+use crate::timings::Timings;
+
+/// One thing that happened in a run.
+#[derive(Debug)]
+pub enum RunEvent<'a> {
+    /// A message that is not about one test (setup, restarts).
+    Note(&'a str),
+    /// The run's tests are known: how many.
+    Collected(usize),
+    /// A worker's state changed ("collecting", the test it runs, "done").
+    Worker { slot: usize, status: &'a str },
+    /// A test has its outcome.
+    TestFinished(&'a TestRecord),
+    /// The workers are gone and the clones dropped: the live display ends.
+    Ending,
+    /// The run's report is complete.
+    Finished {
+        report: &'a RunReport,
+        /// The run got as far as its tests (no error of dbfork's own, a test
+        /// tool dbfork talked to): its timings are worth keeping.
+        timed: bool,
+    },
+}
+
+pub trait Sink: Send {
+    fn event(&mut self, event: &RunEvent);
+}
+
+impl Sink for Progress {
+    fn event(&mut self, event: &RunEvent) {
+        match event {
+            RunEvent::Note(message) => self.note(message),
+            RunEvent::Collected(total) => self.collected(*total),
+            RunEvent::Worker { slot, status } => self.worker(*slot, status),
+            RunEvent::TestFinished(record) => self.finished(record),
+            RunEvent::Ending => self.clear(),
+            RunEvent::Finished { report, .. } => {
+                // The summary, as soon as it is known; a run that stopped
+                // before its tests has said why already.
+                if !report.tests.is_empty()
+                    || !report.collect_errors.is_empty()
+                    || report.exit_code == exit::NO_TESTS
+                {
+                    crate::progress::print_final(report);
+                }
+            }
+        }
+    }
+}
+
+/// `--junit FILE` and `--json FILE`, written when the run is finished.
+pub struct ReportFiles {
+    pub junit: Option<PathBuf>,
+    pub json: Option<PathBuf>,
+}
+
+impl Sink for ReportFiles {
+    fn event(&mut self, event: &RunEvent) {
+        let RunEvent::Finished { report, .. } = event else {
+            return;
+        };
+        if let Some(path) = &self.junit {
+            if let Err(e) = report::write_junit(report, path) {
+                eprintln!("dbfork: warning: {e}");
+            }
+        }
+        if let Some(path) = &self.json {
+            if let Err(e) = report::write_json(report, path) {
+                eprintln!("dbfork: warning: {e}");
+            }
+        }
+    }
+}
+
+/// The tests' durations, kept in the state directory for the next run's
+/// schedule.
+pub struct TimingsFile {
+    pub timings: Timings,
+    pub state_dir: PathBuf,
+}
+
+impl Sink for TimingsFile {
+    fn event(&mut self, event: &RunEvent) {
+        let RunEvent::Finished {
+            report,
+            timed: true,
+        } = event
+        else {
+            return;
+        };
+        self.timings.record(report);
+        if let Err(e) = self.timings.save(&self.state_dir) {
+            eprintln!(
+                "dbfork: warning: could not save the timings in {}: {e}",
+                self.state_dir.display()
+            );
+        }
+    }
+}
