@@ -695,19 +695,6 @@ impl Dispatcher {
         configured: &Configured,
         parts: Parts,
     ) -> Dispatcher {
-        let Parts {
-            run_id,
-            method,
-            adapter,
-            socket,
-            pythonpath,
-            events: events_tx,
-            cancel,
-            timings,
-            progress,
-            started,
-            started_at,
-        } = parts;
         let slots = config.jobs.max(1);
         let sinks: Vec<Box<dyn Sink>> = vec![
             Box::new(ReportFiles {
@@ -729,19 +716,19 @@ impl Dispatcher {
             config,
             backend,
             template: None,
-            run_id,
-            method,
-            adapter,
-            socket,
-            pythonpath,
+            run_id: parts.run_id,
+            method: parts.method,
+            adapter: parts.adapter,
+            socket: parts.socket,
+            pythonpath: parts.pythonpath,
             base_env,
             django_facts: configured.django.as_ref().map(|d| d.facts.clone()),
             controller: None,
-            events: events_tx,
+            events: parts.events,
             clone_permits: Arc::new(Semaphore::new(CLONE_CONCURRENCY)),
             // Per slot: one leased, one ready, one for a worker waiting.
             fresh: Pool::new(0, 3 * slots + 1),
-            cancel,
+            cancel: parts.cancel,
             conns: HashMap::new(),
             next_conn: 0,
             tests: None,
@@ -749,8 +736,8 @@ impl Dispatcher {
             collect_skipped: Vec::new(),
             scheduler: None,
             sinks,
-            timings,
-            progress,
+            timings: parts.timings,
+            progress: parts.progress,
             restarts_used: 0,
             clone_tasks: 0,
             stopping: false,
@@ -762,8 +749,8 @@ impl Dispatcher {
             lost_all: false,
             maxfail: 0,
             failures: 0,
-            started,
-            started_at,
+            started: parts.started,
+            started_at: parts.started_at,
         };
         if d.protocol() {
             d.maxfail = adapters::tool(d.adapter).maxfail(&d.config.command);
