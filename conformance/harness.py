@@ -44,6 +44,12 @@ Scenarios (each starts the command afresh):
               by itself.
     version   a message of another protocol version: the process exits
               non-zero.
+    fresh     only for a suite with a sixth test, test_fresh: a test that
+              wants a database of its own (Django: a TransactionTestCase).
+              DBFORK_FRESH=1, run {test_fresh}: the worker starts it, asks
+              `fresh`, gets a new SQLite file's path (also in
+              DBFORK_CONFORMANCE_FRESH, so the test can check it runs there),
+              and the test passes. Skipped for a suite without test_fresh.
 """
 
 import argparse
@@ -65,10 +71,16 @@ EXPECTED = {
     "test_slow": "passed",
     "test_crashes": "passed",
 }
-SCENARIOS = ["collect", "run", "steal", "stop", "crash", "lost", "version"]
+SCENARIOS = ["collect", "run", "steal", "stop", "crash", "lost", "version", "fresh"]
+# Optional: the fresh scenario runs only for a suite that has it.
+OPTIONAL = "test_fresh"
 
 
 class Failed(Exception):
+    pass
+
+
+class Skipped(Exception):
     pass
 
 
@@ -118,15 +130,22 @@ class Worker:
                 "DBFORK_RUN_ID": "conformance",
                 "PYTEST_XDIST_WORKER": "gw0",
                 "PYTEST_XDIST_WORKER_COUNT": "1",
+                "DBFORK_FRESH": "0",
             }
         )
         env.update(extra_env or {})
+        # The "clone" a fresh request gets: a new SQLite file.
+        self.fresh_database = None
+        if env["DBFORK_FRESH"] == "1":
+            self.fresh_database = os.path.join(self.dir, "fresh.sqlite3")
+            env["DBFORK_CONFORMANCE_FRESH"] = self.fresh_database
         self.process = subprocess.Popen(
             command, env=env, stdout=self.output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
         self.conn = None
         self.buffer = b""
         self.pending = []  # messages read ahead by arrived()
+        self.asked_fresh = False
         self.closed = False
 
     def accept(self):
@@ -137,8 +156,13 @@ class Worker:
             raise Failed("the worker did not connect to DBFORK_SOCKET within %ss" % self.timeout)
 
     def send(self, message, version=VERSION):
+        """Sends a message; a worker that is gone already shows as a close
+        on the next receive."""
         line = json.dumps(dict({"v": version}, **message)) + "\n"
-        self.conn.sendall(line.encode())
+        try:
+            self.conn.sendall(line.encode())
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def arrived(self):
         """The messages already sent, without waiting for more."""
@@ -151,6 +175,8 @@ class Worker:
                 self.buffer += data
         except BlockingIOError:
             pass
+        except ConnectionResetError:
+            self.closed = True
         finally:
             self.conn.setblocking(True)
         messages = []
@@ -176,6 +202,9 @@ class Worker:
                 data = self.conn.recv(65536)
             except socket.timeout:
                 continue
+            except ConnectionResetError:
+                # The worker died with our last message unread: a close.
+                data = b""
             if not data:
                 self.closed = True
                 if self.buffer:
@@ -252,6 +281,9 @@ class Worker:
                     if name in found:
                         raise Failed("two tests are named %s: %s and %s" % (name, self.ids[found[name]], test["id"]))
                     found[name] = index
+        for index, test_id in enumerate(self.ids):
+            if OPTIONAL in test_id:
+                found[OPTIONAL] = index
         missing = [n for n in NAMES if n not in found]
         if missing:
             raise Failed("the suite lacks %s (collected: %s)" % (", ".join(missing), self.ids))
@@ -306,6 +338,13 @@ class Worker:
                         raise Failed("a second `want` before the first was answered")
                     self.send({"type": "stop"})
                     want_out = False
+            elif kind == "fresh":
+                if not self.fresh_database:
+                    raise Failed("asked for a fresh clone, but DBFORK_FRESH is not 1")
+                if not started or started[-1] in results:
+                    raise Failed("asked for a fresh clone outside a test (it belongs to the started one)")
+                self.send({"type": "fresh", "database": self.fresh_database})
+                self.asked_fresh = True
             elif kind == "bye":
                 break
             else:
@@ -320,8 +359,8 @@ def check_outcomes(worker, found, results):
     for name, index in found.items():
         if index in results:
             got = outcome_of(results[index])
-            if got != EXPECTED[name]:
-                raise Failed("%s (%s) was %s, expected %s" % (name, worker.ids[index], got, EXPECTED[name]))
+            if got != EXPECTED.get(name, "passed"):
+                raise Failed("%s (%s) was %s, expected %s" % (name, worker.ids[index], got, EXPECTED.get(name, "passed")))
 
 
 def scenario_collect(w):
@@ -429,8 +468,23 @@ def scenario_version(w):
         raise Failed("the process exited 0 after a message of protocol version %d" % (VERSION + 998))
 
 
-# What a scenario adds to the worker's environment.
-ENV = {"crash": {"DBFORK_CONFORMANCE_CRASH": "1"}}
+def scenario_fresh(w):
+    found = w.start()
+    if OPTIONAL not in found:
+        raise Skipped("the suite has no %s" % OPTIONAL)
+    given = [found[OPTIONAL]]
+    w.send({"type": "run", "tests": given})
+    results, _, _ = w.run_until_bye(given)
+    asked = w.asked_fresh
+    if not asked:
+        raise Failed("%s ran without asking for a fresh clone (DBFORK_FRESH=1)" % OPTIONAL)
+    check_outcomes(w, {OPTIONAL: given[0]}, results)
+    w.wait()
+
+
+# What a scenario adds to the worker's environment (the fresh clone's file
+# is made in the worker's own temporary directory).
+ENV = {"crash": {"DBFORK_CONFORMANCE_CRASH": "1"}, "fresh": {"DBFORK_FRESH": "1"}}
 
 
 def main(argv=None):
@@ -449,12 +503,15 @@ def main(argv=None):
         parser.print_usage(sys.stderr)
         sys.stderr.write("unknown scenarios: %s\n" % ", ".join(unknown) if unknown else "give the command after --\n")
         return 4
-    failed = 0
+    failed = skipped = 0
     for name in chosen:
         started = time.monotonic()
         worker = Worker(command, args.timeout, ENV.get(name))
         try:
             globals()["scenario_" + name](worker)
+        except Skipped as e:
+            skipped += 1
+            print("skip %-8s %s" % (name, e))
         except Failed as e:
             failed += 1
             print("FAIL %-8s %s" % (name, e))
@@ -466,7 +523,8 @@ def main(argv=None):
         finally:
             worker.close()
         sys.stdout.flush()
-    print("%d of %d scenarios passed" % (len(chosen) - failed, len(chosen)))
+    ran = len(chosen) - skipped
+    print("%d of %d scenarios passed%s" % (ran - failed, ran, " (%d skipped)" % skipped if skipped else ""))
     return 1 if failed else 0
 
 
