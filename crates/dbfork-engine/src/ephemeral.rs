@@ -109,8 +109,8 @@ impl Flavor {
 
     fn bindir_var(self) -> &'static str {
         match self {
-            Flavor::Postgres => "DBFORK_PG_BINDIR",
-            Flavor::MariaDb => "DBFORK_MARIADB_BINDIR",
+            Flavor::Postgres => dbfork_meta::env::PG_BINDIR,
+            Flavor::MariaDb => dbfork_meta::env::MARIADB_BINDIR,
         }
     }
 

@@ -19,8 +19,6 @@ pub mod env {
     pub const CONFIG: &str = "DBFORK_CONFIG";
     /// The log filter (tracing's `EnvFilter` syntax).
     pub const LOG: &str = "DBFORK_LOG";
-    /// Set by dbfork in the reaper process it starts (see `dbfork_engine::reaper`).
-    pub const REAPER: &str = "DBFORK_REAPER";
     /// Where the ephemeral servers' binaries are.
     pub const PG_BINDIR: &str = "DBFORK_PG_BINDIR";
     pub const MARIADB_BINDIR: &str = "DBFORK_MARIADB_BINDIR";

@@ -223,7 +223,7 @@ struct Dispatcher {
     scheduler: Option<Scheduler>,
     timings: Timings,
     progress: Progress,
-    /// Besides the terminal: the report files and the timings file.
+    /// Besides the terminal: the report files (and, at the end, the timings file).
     sinks: Vec<Box<dyn Sink>>,
     restarts_used: usize,
     clone_tasks: usize,
@@ -696,16 +696,10 @@ impl Dispatcher {
         parts: Parts,
     ) -> Dispatcher {
         let slots = config.jobs.max(1);
-        let sinks: Vec<Box<dyn Sink>> = vec![
-            Box::new(ReportFiles {
-                junit: config.junit.clone(),
-                json: config.json.clone(),
-            }),
-            Box::new(TimingsFile {
-                timings: Timings::load(&config.state_dir),
-                state_dir: config.state_dir.clone(),
-            }),
-        ];
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(ReportFiles {
+            junit: config.junit.clone(),
+            json: config.json.clone(),
+        })];
         let base_env = Environment {
             set: configured.env_set.clone().into_iter().collect(),
             unset: configured.env_unset.clone(),
@@ -2123,6 +2117,11 @@ impl Dispatcher {
         // The files, the timings and the summary, while the controller may
         // still be ending.
         let timed = self.protocol() && self.fatal.is_none();
+        // The timings the schedule was made from, with this run's added.
+        self.sinks.push(Box::new(TimingsFile {
+            timings: std::mem::take(&mut self.timings),
+            state_dir: self.config.state_dir.clone(),
+        }));
         self.emit(RunEvent::Finished {
             report: &report,
             timed,

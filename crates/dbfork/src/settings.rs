@@ -114,7 +114,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
         // CI logs are not terminals, but some CI systems fake one; CI=... is
         // the common signal that nobody watches a live display.
         live: std::io::stderr().is_terminal()
-            && !matches!(std::env::var_os("CI"), Some(ci) if !ci.is_empty()),
+            && !matches!(std::env::var_os(dbfork_meta::env::CI), Some(ci) if !ci.is_empty()),
         config_file: file.map(|f| f.path),
     })
 }

@@ -82,7 +82,7 @@ fn init_tracing(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DBFORK_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(dbfork_meta::env::LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
