@@ -8,7 +8,8 @@
 //! - [`controller`]: the test command configured once, before the workers:
 //!   their environment, and for a Django project the template's build.
 //! - [`template`], [`django`]: the run's template, and what dbfork knows of Django.
-//! - [`run`]: the dispatcher, one `select!` loop that owns the run's state.
+//! - [`machine`]: the dispatcher's decisions, a state machine (events in, commands out, no I/O).
+//! - [`run`]: the executor, one `select!` loop that carries the machine's commands out.
 //! - [`worker`]: starting and killing worker processes.
 //! - [`report`], [`timings`], [`progress`]: what the run leaves for people and the next run.
 
@@ -19,6 +20,7 @@ pub mod adapters;
 pub mod controller;
 pub mod decide;
 pub mod django;
+pub mod machine;
 pub mod model;
 pub mod plugin;
 pub mod progress;
