@@ -2155,10 +2155,7 @@ mod tests {
             .machine
             .next_deadline()
             .expect("the grace period ends");
-        assert_eq!(
-            deadline,
-            world.now + Duration::from_secs(5)
-        );
+        assert_eq!(deadline, world.now + Duration::from_secs(5));
         world.run(&[]);
         let (ending, _) = world.machine.end();
         assert!(ending.interrupted);

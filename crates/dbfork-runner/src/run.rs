@@ -306,7 +306,7 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
         run_id,
         run_dir: _run_dir_guard,
         pythonpath,
-        events: (events_tx, mut events),
+        events: (events_tx, events),
         cancel,
         mut controller,
         configured,
@@ -396,35 +396,9 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
         None => d.input(Input::Prestart),
     }
     let heartbeat = spawn_heartbeat(d.backend.clone(), d.run_id.clone());
-    let mut building = early;
-    while !d.machine.finished() {
-        let deadline = d.machine.next_deadline();
-        tokio::select! {
-            (result, controller) = &mut build, if building => {
-                building = false;
-                let ready = match result {
-                    Ok(template) => d.template_ready(template, controller).await,
-                    Err(e) => {
-                        heartbeat.abort();
-                        d.abandon(controller).await;
-                        return Err(e);
-                    }
-                };
-                if let Err(e) = ready {
-                    heartbeat.abort();
-                    d.abandon(None).await;
-                    return Err(e);
-                }
-            }
-            event = events.recv() => match event {
-                Some(event) => d.handle(event),
-                None => break,
-            },
-            _ = sleep_until(deadline) => d.input(Input::Deadline),
-        }
-    }
+    let result = d.drive(early.then_some(build), events).await;
     heartbeat.abort();
-    Ok(d.finish().await)
+    result
 }
 
 /// With `-v`: what the workers inherit from the controller's configuration.
@@ -785,6 +759,50 @@ impl Executor {
             controller.stop(self.config.grace).await;
         }
         self.envs.clear();
+    }
+
+    /// The loop: the template's build (if it is still under way), the
+    /// events of the run's tasks and the machine's deadlines, until the
+    /// machine says the run is over.
+    async fn drive(
+        mut self,
+        build: Option<
+            impl std::future::Future<Output = (Result<ops::Template, RunError>, Option<Controller>)>,
+        >,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) -> Result<RunReport, RunError> {
+        let mut building = build.is_some();
+        let mut build = std::pin::pin!(async move {
+            match build {
+                Some(build) => build.await,
+                None => std::future::pending().await,
+            }
+        });
+        while !self.machine.finished() {
+            let deadline = self.machine.next_deadline();
+            tokio::select! {
+                (result, controller) = &mut build, if building => {
+                    building = false;
+                    let ready = match result {
+                        Ok(template) => self.template_ready(template, controller).await,
+                        Err(e) => {
+                            self.abandon(controller).await;
+                            return Err(e);
+                        }
+                    };
+                    if let Err(e) = ready {
+                        self.abandon(None).await;
+                        return Err(e);
+                    }
+                }
+                event = events.recv() => match event {
+                    Some(event) => self.handle(event),
+                    None => break,
+                },
+                _ = sleep_until(deadline) => self.input(Input::Deadline),
+            }
+        }
+        Ok(self.finish().await)
     }
 
     fn kill_all(&self) {
