@@ -699,10 +699,14 @@ impl Machine {
             self.fresh.dropped(&name);
             self.drop_clone(name);
         }
-        if !self.setup.fresh_transactional || self.stopping || !self.template_ready {
+        if !self.setup.fresh_transactional || !self.template_ready {
             return;
         }
-        self.fresh.set_target(self.slots.len());
+        // Winding down, none are made ahead; but a test that is running
+        // still gets the fresh clone it asks for (a worker runs out what it
+        // holds after `stop`).
+        let ahead = if self.stopping { 0 } else { self.slots.len() };
+        self.fresh.set_target(ahead);
         let run_id = self.setup.run_id.clone();
         for name in self.fresh.to_make(|n| names::fresh_clone_name(&run_id, n)) {
             self.clone_tasks += 1;
@@ -712,9 +716,6 @@ impl Machine {
 
     fn on_fresh_made(&mut self, name: &str, result: Result<(), CloneFailure>) {
         self.clone_tasks -= 1;
-        if self.stopping {
-            self.fresh.drain();
-        }
         for grant in self.fresh.made(name, result.is_ok()) {
             let (slot, generation) = grant.holder;
             self.grant_fresh(slot, generation, grant.name);
@@ -1588,12 +1589,22 @@ mod tests {
     const WANT_THRESHOLD: usize = 2;
 
     fn setup(slots: usize, restarts: usize, timeout: bool, maxfail: usize) -> Setup {
+        fresh_setup(slots, restarts, timeout, maxfail, false)
+    }
+
+    fn fresh_setup(
+        slots: usize,
+        restarts: usize,
+        timeout: bool,
+        maxfail: usize,
+        fresh: bool,
+    ) -> Setup {
         Setup {
             run_id: "r1".into(),
             slots,
             protocol: true,
             aliases: 0,
-            fresh_transactional: false,
+            fresh_transactional: fresh,
             dist: Dist::Test,
             max_worker_restarts: restarts,
             timeout: timeout.then_some(Duration::from_secs(10)),
@@ -1641,6 +1652,12 @@ mod tests {
         stopped: bool,
         said_bye: bool,
         dead: bool,
+        /// `--fresh-transactional`: every test asks for a fresh clone first.
+        fresh: bool,
+        /// Asked for a fresh clone, not granted yet.
+        awaiting_fresh: bool,
+        /// A fresh clone granted for the next test.
+        granted: bool,
     }
 
     /// What the world can do next.
@@ -1666,6 +1683,7 @@ mod tests {
         reports: Vec<usize>,
         signals: usize,
         outcome_of: fn(usize) -> &'static str,
+        fresh: bool,
     }
 
     impl World {
@@ -1676,7 +1694,9 @@ mod tests {
             outcome_of: fn(usize) -> &'static str,
         ) -> World {
             let now = Instant::now();
+            let fresh = setup.fresh_transactional;
             let mut world = World {
+                fresh,
                 machine: Machine::new(setup, Timings::default(), now),
                 now,
                 tests,
@@ -1731,6 +1751,7 @@ mod tests {
                     slot,
                     generation,
                     id,
+                    fresh: self.fresh,
                     ..SimWorker::default()
                 }),
                 Command::MakeClones {
@@ -1752,7 +1773,14 @@ mod tests {
                         w.receive(message);
                     }
                 }
-                Command::GrantFresh { .. } => panic!("fresh clones are off"),
+                Command::GrantFresh { conn, .. } => {
+                    // (A worker that died meanwhile never reads it.)
+                    if let Some(w) = self.worker_on(conn) {
+                        assert!(w.awaiting_fresh, "a fresh clone nobody asked for");
+                        w.awaiting_fresh = false;
+                        w.granted = true;
+                    }
+                }
                 Command::Signal {
                     slot,
                     generation,
@@ -1943,6 +1971,7 @@ mod tests {
 
         fn can_work(&self) -> bool {
             !self.said_bye
+                && !self.awaiting_fresh
                 && (self.running.is_some()
                     || !self.queue.is_empty()
                     || self.stopped
@@ -1952,7 +1981,13 @@ mod tests {
         /// One step of the worker's own loop: finish its test, start the
         /// next, ask for more, or say bye once stopped with nothing left.
         fn work(&mut self, outcome: Option<&str>) {
-            if let Some(index) = self.running.take() {
+            if self.running.is_some() && self.fresh && !self.granted {
+                // A transactional test asks for its fresh clone once started.
+                self.awaiting_fresh = true;
+                self.outbox.push_back(WorkerMessage::Fresh);
+                return;
+            } else if let Some(index) = self.running.take() {
+                self.granted = false;
                 self.outbox.push_back(result(index, outcome.unwrap()));
             } else if let Some(index) = self.queue.pop_front() {
                 self.running = Some(index);
@@ -1967,6 +2002,22 @@ mod tests {
                 self.outbox.push_back(WorkerMessage::Want);
             }
         }
+    }
+
+    /// Stopping after a failure, the tests still running ask for their
+    /// fresh clones and get them (once, the run hung waiting for them).
+    #[test]
+    fn after_maxfail_running_tests_still_get_fresh_clones() {
+        let setup = fresh_setup(2, 0, false, 1, true);
+        let mut world = World::new(setup, 6, false, every_third_fails);
+        world.run(&[]);
+        let (ending, _) = world.machine.end();
+        assert_eq!((ending.fatal, ending.interrupted), (None, false));
+        assert_eq!(world.reports[2], 1, "the failure is reported");
+        assert!(world
+            .workers
+            .iter()
+            .all(|w| w.said_bye && !w.awaiting_fresh));
     }
 
     fn passing(_: usize) -> &'static str {
@@ -1996,10 +2047,12 @@ mod tests {
             timeout in any::<bool>(),
             prestart in any::<bool>(),
             maxfail in prop_oneof![Just(0usize), 1usize..3],
+            fresh in any::<bool>(),
             choices in proptest::collection::vec(any::<u16>(), 0..300),
         ) {
             let outcome_of = if maxfail > 0 { every_third_fails } else { passing };
-            let mut world = World::new(setup(slots, restarts, timeout, maxfail), tests, prestart, outcome_of);
+            let setup = fresh_setup(slots, restarts, timeout, maxfail, fresh);
+            let mut world = World::new(setup, tests, prestart, outcome_of);
             world.run(&choices);
             let (ending, _) = world.machine.end();
             if ending.fatal.is_none() && !ending.interrupted && !ending.out_of_restarts && maxfail == 0 {
