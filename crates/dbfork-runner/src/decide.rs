@@ -1,9 +1,9 @@
-//! The dispatcher's decisions, as pure functions: what a worker's result
-//! says of its test, what a crash, a timeout or a protocol fault means for
-//! the test that was running, and what the run does next (go on with the
-//! others, replace the worker, or give the slot up). No I/O and no state of their own: the dispatcher
-//! gathers the facts, asks, and carries the answer out; the tests below state
-//! the rules.
+//! The dispatcher's rules, as pure functions: what a worker's result says
+//! of its test, what a crash, a timeout or a protocol fault means for the
+//! test that was running, and what the run does next (go on with the others,
+//! replace the worker, or give the slot up). No I/O and no state of their
+//! own: the state machine (`machine.rs`) gathers the facts, asks, and acts
+//! on the answer; the tests below state the rules.
 
 use std::time::Duration;
 

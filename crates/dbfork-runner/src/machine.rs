@@ -2200,6 +2200,81 @@ mod tests {
         assert!(!m.finished());
     }
 
+    /// Without an adapter each slot's command is one unit: its exit is its
+    /// result, and one killed for its timeout is reported once, as timed out.
+    #[test]
+    fn commands_without_an_adapter_are_one_unit_per_slot() {
+        let start = Instant::now();
+        let mut generic = setup(2, 0, true, 0);
+        generic.protocol = false;
+        let mut m = Machine::new(generic, Timings::default(), start);
+        let mut commands = m.handle(
+            Input::TemplateReady {
+                name: "tpl".into(),
+                controller: false,
+            },
+            start,
+        );
+        for slot in 0..2 {
+            let made = Input::CloneMade {
+                slot,
+                generation: 0,
+                result: Ok(vec![format!("c{slot}")]),
+            };
+            commands.extend(m.handle(made, start));
+        }
+        let started = commands
+            .iter()
+            .filter(|c| matches!(c, Command::StartWorker { .. }))
+            .count();
+        assert_eq!(started, 2);
+        let exit = |code: Option<i32>| Exit {
+            code,
+            success: code == Some(0),
+            how: format!("{code:?}"),
+            tail: "last words".into(),
+        };
+        let reports = |commands: Vec<Command>| -> Vec<(usize, Outcome)> {
+            commands
+                .into_iter()
+                .filter_map(|c| match c {
+                    Command::Report { record, .. } => Some((record.index, record.outcome)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let done = m.handle(
+            Input::Exited {
+                slot: 0,
+                generation: 0,
+                exit: exit(Some(0)),
+            },
+            start + Duration::from_secs(2),
+        );
+        assert_eq!(reports(done), vec![(0, Outcome::Passed)]);
+        assert_eq!(m.next_deadline(), Some(start + Duration::from_secs(10)));
+        let late = m.handle(Input::Deadline, start + Duration::from_secs(10));
+        assert!(late.iter().any(|c| matches!(
+            c,
+            Command::Signal {
+                slot: 1,
+                signal: Sig::Kill,
+                ..
+            }
+        )));
+        assert_eq!(reports(late), vec![(1, Outcome::TimedOut)]);
+        let killed = m.handle(
+            Input::Exited {
+                slot: 1,
+                generation: 0,
+                exit: exit(None),
+            },
+            start + Duration::from_secs(11),
+        );
+        assert_eq!(reports(killed), vec![]);
+        assert!(m.finished());
+    }
+
     #[test]
     fn ctrl_c_interrupts_then_kills_after_the_grace_period() {
         let mut world = World::new(setup(2, 0, false, 0), 4, true, passing);

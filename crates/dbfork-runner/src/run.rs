@@ -482,7 +482,7 @@ impl Signals {
 }
 
 /// The first Ctrl-C or SIGTERM cancels clone making and template builds and
-/// tells the dispatcher; the third exits at once (what is left is collected by
+/// tells the run; the third exits at once (what is left is collected by
 /// the next dbfork command, and the workers die with dbfork).
 async fn watch_signals(
     signals: Signals,

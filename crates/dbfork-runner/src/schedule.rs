@@ -1,5 +1,5 @@
 //! Which tests go to which worker, and when. Pure bookkeeping, no I/O: the
-//! dispatcher asks it for a batch when a worker wants work, tells it what
+//! machine asks it for a batch when a worker wants work, tells it what
 //! started, and asks it whom to steal from when the queue runs dry.
 //!
 //! Tests are grouped into units (`--dist`), the units ordered longest first by

@@ -1,8 +1,8 @@
 //! What happens in a run, as one stream of [`RunEvent`]s, and the sinks made
 //! from it: the terminal ([`Progress`]), the report files (JUnit, JSON) and
-//! the timings the next run schedules by. The dispatcher only emits; a new
+//! the timings the next run schedules by. The executor only emits; a new
 //! consumer (the pool service's live feed, a shard's uploader) is one more
-//! [`Sink`], not another call in the dispatcher.
+//! [`Sink`], not another call in the executor.
 
 use std::path::PathBuf;
 
