@@ -639,9 +639,18 @@ impl Executor {
 
     /// Tells the machine `input` and carries out what it says.
     fn input(&mut self, input: Input) {
+        // A connection that closed or sent junk is done with: its writer
+        // goes (closing dbfork's side of the socket).
+        let ended = match &input {
+            Input::Closed { conn } | Input::Unreadable { conn, .. } => Some(*conn),
+            _ => None,
+        };
         let commands = self.machine.handle(input, Instant::now());
         for command in commands {
             self.carry_out(command);
+        }
+        if let Some(conn) = ended {
+            self.conns.remove(&conn);
         }
     }
 
