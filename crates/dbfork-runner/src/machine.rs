@@ -1504,11 +1504,12 @@ impl Machine {
         if !self.controller || self.clone_tasks > 0 {
             return;
         }
-        let done = self.slots.iter().all(|s| {
-            s.retired
-                || s.worker
-                    .as_ref()
-                    .is_some_and(|w| w.said_bye() || w.exited || w.gone())
+        // A slot given up may still have a worker starting: the controller's
+        // cleanup (a temporary directory its configuration made, say) must
+        // wait for it too, or that worker fails to start.
+        let done = self.slots.iter().all(|s| match &s.worker {
+            Some(w) => w.said_bye() || w.exited || w.gone(),
+            None => s.retired,
         });
         if done {
             self.controller = false;
@@ -1684,6 +1685,7 @@ mod tests {
         signals: usize,
         outcome_of: fn(usize) -> &'static str,
         fresh: bool,
+        controller_stops: usize,
     }
 
     impl World {
@@ -1697,6 +1699,7 @@ mod tests {
             let fresh = setup.fresh_transactional;
             let mut world = World {
                 fresh,
+                controller_stops: 0,
                 machine: Machine::new(setup, Timings::default(), now),
                 now,
                 tests,
@@ -1808,8 +1811,8 @@ mod tests {
                         record.index, record.outcome
                     );
                 }
-                Command::StopController
-                | Command::Note(_)
+                Command::StopController => self.controller_stops += 1,
+                Command::Note(_)
                 | Command::Error { .. }
                 | Command::Collected(_)
                 | Command::Status { .. } => {}
@@ -2077,6 +2080,43 @@ mod tests {
         );
         assert_eq!(ending.slots.iter().map(|s| s.tests_run).sum::<usize>(), 9);
         assert!(world.workers.iter().all(|w| w.said_bye));
+    }
+
+    /// The controller ends once every worker is through, including one
+    /// still starting in a slot that turned out not to be needed (its
+    /// configuration's cleanup would pull the rug from under it).
+    #[test]
+    fn the_controller_waits_for_a_retired_slots_starting_worker() {
+        let mut world = World::new(setup(2, 0, false, 0), 1, true, passing);
+        world.act(Action::Pending(0)); // the template is ready
+        while let Some(k) = world
+            .pending
+            .iter()
+            .position(|i| matches!(i, Input::CloneMade { .. }))
+        {
+            world.act(Action::Pending(k));
+        }
+        // Worker 0 connects, collects (one test: slot 1 is given up), runs it and says bye.
+        world.act(Action::Connect(0));
+        for _ in 0..2 {
+            world.act(Action::Deliver(0));
+        }
+        let stops = |world: &World| world.controller_stops;
+        while world.workers[0].can_work() || !world.workers[0].outbox.is_empty() {
+            if world.workers[0].outbox.is_empty() {
+                world.act(Action::Work(0));
+            } else {
+                world.act(Action::Deliver(0));
+            }
+        }
+        assert!(world.workers[0].said_bye);
+        assert_eq!(stops(&world), 0, "worker 1 is still starting");
+        world.run(&[]);
+        assert_eq!(stops(&world), 1);
+        assert!(
+            world.workers[1].said_bye,
+            "worker 1 was told to stop at its hello"
+        );
     }
 
     /// Drives one worker by hand: hello, collected, a batch, a crash.
