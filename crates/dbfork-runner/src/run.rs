@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::controller::{Configured, Controller};
 use crate::decide::{self, truncate};
-use crate::machine::{indent, CloneFailure, Command, Exit, Input, Machine, Setup, Sig};
+use crate::machine::{indent, CloneFailure, Command, Ending, Exit, Input, Machine, Setup, Sig};
 use crate::model::{Outcome, RunReport, TestRecord};
 use crate::progress::{label, Progress};
 use crate::sinks::{ReportFiles, RunEvent, Sink, TimingsFile};
@@ -1091,10 +1091,8 @@ impl Executor {
             failed || not_run || !ending.collect_errors.is_empty(),
             tests.is_empty(),
         );
-        if ending.lost_all {
-            eprintln!(
-                "dbfork: every worker was lost; tests that did not run are reported as not run"
-            );
+        if let Some(why) = self.why_not_run(&ending, &tests) {
+            eprintln!("dbfork: {why}");
         }
         let report = RunReport {
             command: self.config.command.clone(),
@@ -1124,6 +1122,36 @@ impl Executor {
             let _ = stop.await;
         }
         report
+    }
+
+    /// Why tests were not run when workers were lost for good (the restarts
+    /// used up): otherwise the summary's "not run" would be all the user sees.
+    fn why_not_run(&self, ending: &Ending, tests: &[TestRecord]) -> Option<String> {
+        if !ending.out_of_restarts || ending.interrupted || ending.fatal.is_some() {
+            return None;
+        }
+        let max = self.config.max_worker_restarts;
+        let restarts = format!(
+            "the {max} worker restart{} (--max-worker-restarts) {} used up",
+            if max == 1 { "" } else { "s" },
+            if max == 1 { "is" } else { "are" }
+        );
+        let lost = if ending.lost_all {
+            "every worker was lost"
+        } else {
+            "a worker was lost with tests it held, no other was left to run them"
+        };
+        let n = tests
+            .iter()
+            .filter(|t| t.outcome == Outcome::NotRun)
+            .count();
+        if n == 0 {
+            return ending.lost_all.then(|| format!("{lost} and {restarts}"));
+        }
+        Some(format!(
+            "{n} test{} did not run (reported as not run): {lost}, and {restarts}. Fix what crashed (the crashed test's report shows the worker's last output), or allow more restarts",
+            if n == 1 { "" } else { "s" }
+        ))
     }
 
     /// Teardown: every clone of this run, then anything else this process registered.

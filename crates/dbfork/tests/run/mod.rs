@@ -449,6 +449,51 @@ fn crashes_and_hangs_are_reported_and_the_run_goes_on(kind: Kind) {
     assert_no_clones(&place);
 }
 
+/// `--max-worker-restarts`: within the limit a crashed worker is replaced
+/// and the rest of the suite runs; past it the slot is given up, the tests
+/// nobody can run are reported as not run, and dbfork says why.
+#[test]
+fn worker_restarts_are_limited() {
+    for (restarts, wanted) in [
+        ("1", ["passed", "crashed", "passed", "passed"]),
+        ("0", ["passed", "crashed", "not_run", "not_run"]),
+    ] {
+        // A place of its own each: no timings, the tests run in their order.
+        let place = Place::new(Kind::Sqlite, &format!("run_restarts_{restarts}"));
+        let dir = suite(&place);
+        let out = dbfork_run(
+            &place,
+            &dir,
+            &["-j", "1", "--max-worker-restarts", restarts],
+            &["crashy/test_exit.py"],
+            &[("DBFORK_FIXTURE_CRASH", "1")],
+        );
+        let context = format!("restarts {restarts}\n{}\n{}", out.stdout, out.stderr);
+        assert_eq!(out.code, 1, "{context}");
+        let outcomes: Vec<String> = test_ids(&out.report).into_iter().map(|(_, o)| o).collect();
+        assert_eq!(outcomes, wanted, "{context}");
+        if restarts == "0" {
+            assert!(
+                out.stderr.contains(
+                    "gw0 is gone and the 0 worker restarts (--max-worker-restarts) are used up"
+                ),
+                "{context}"
+            );
+            assert!(
+                out.stderr.contains("2 tests did not run (reported as not run): every worker was lost, and the 0 worker restarts (--max-worker-restarts) are used up"),
+                "{context}"
+            );
+        } else {
+            assert!(
+                out.stderr.contains("replacing it on a fresh clone"),
+                "{context}"
+            );
+            assert!(!out.stderr.contains("did not run"), "{context}");
+        }
+        assert_no_clones(&place);
+    }
+}
+
 /// Every wait is bounded, and one worker's fault is that worker's: a line
 /// that is not a message, or a 200 MiB one, stops that worker and reports its
 /// test while the others finish; a conftest.py that hangs (in the controller,
