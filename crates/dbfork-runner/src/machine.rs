@@ -1659,6 +1659,8 @@ mod tests {
         awaiting_fresh: bool,
         /// A fresh clone granted for the next test.
         granted: bool,
+        /// Got Ctrl-C and is ending its session.
+        interrupted: bool,
     }
 
     /// What the world can do next.
@@ -1686,6 +1688,8 @@ mod tests {
         outcome_of: fn(usize) -> &'static str,
         fresh: bool,
         controller_stops: usize,
+        /// Workers end gracefully on Ctrl-C (else they die at once).
+        graceful: bool,
     }
 
     impl World {
@@ -1700,6 +1704,7 @@ mod tests {
             let mut world = World {
                 fresh,
                 controller_stops: 0,
+                graceful: false,
                 machine: Machine::new(setup, Timings::default(), now),
                 now,
                 tests,
@@ -1778,7 +1783,8 @@ mod tests {
                 }
                 Command::GrantFresh { conn, .. } => {
                     // (A worker that died meanwhile never reads it.)
-                    if let Some(w) = self.worker_on(conn) {
+                    // (Nor does one that stopped waiting on Ctrl-C.)
+                    if let Some(w) = self.worker_on(conn).filter(|w| !w.interrupted) {
                         assert!(w.awaiting_fresh, "a fresh clone nobody asked for");
                         w.awaiting_fresh = false;
                         w.granted = true;
@@ -1789,12 +1795,23 @@ mod tests {
                     generation,
                     signal,
                 } => {
-                    let code = if signal == Sig::Kill { None } else { Some(2) };
-                    if let Some(i) = self
+                    let Some(i) = self
                         .workers
                         .iter()
                         .position(|w| w.slot == slot && w.generation == generation && !w.dead)
+                    else {
+                        return;
+                    };
+                    let w = &mut self.workers[i];
+                    if signal == Sig::Interrupt && self.graceful && w.conn.is_some() && !w.said_bye
                     {
+                        // As pytest on Ctrl-C: the running test ends (failed),
+                        // the rest is dropped, the session ends with bye.
+                        w.interrupted = true;
+                        w.stopped = true;
+                        w.queue.clear();
+                    } else {
+                        let code = if signal == Sig::Kill { None } else { Some(2) };
                         self.kill(i, code);
                     }
                 }
@@ -1878,7 +1895,8 @@ mod tests {
                     let bye = message == WorkerMessage::Bye;
                     self.tell(Input::Message { conn, message });
                     if bye && !self.workers[i].dead {
-                        self.kill(i, Some(0));
+                        let code = if self.workers[i].interrupted { 2 } else { 0 };
+                        self.kill(i, Some(code));
                     }
                 }
                 Action::Pending(k) => {
@@ -1974,7 +1992,7 @@ mod tests {
 
         fn can_work(&self) -> bool {
             !self.said_bye
-                && !self.awaiting_fresh
+                && (self.interrupted || !self.awaiting_fresh)
                 && (self.running.is_some()
                     || !self.queue.is_empty()
                     || self.stopped
@@ -1984,6 +2002,19 @@ mod tests {
         /// One step of the worker's own loop: finish its test, start the
         /// next, ask for more, or say bye once stopped with nothing left.
         fn work(&mut self, outcome: Option<&str>) {
+            if self.interrupted {
+                // KeyboardInterrupt: the running test fails (a wait for a
+                // fresh clone included), then the session ends.
+                self.awaiting_fresh = false;
+                match self.running.take() {
+                    Some(index) => self.outbox.push_back(result(index, "failed")),
+                    None => {
+                        self.said_bye = true;
+                        self.outbox.push_back(WorkerMessage::Bye);
+                    }
+                }
+                return;
+            }
             if self.running.is_some() && self.fresh && !self.granted {
                 // A transactional test asks for its fresh clone once started.
                 self.awaiting_fresh = true;
@@ -2051,11 +2082,13 @@ mod tests {
             prestart in any::<bool>(),
             maxfail in prop_oneof![Just(0usize), 1usize..3],
             fresh in any::<bool>(),
+            graceful in any::<bool>(),
             choices in proptest::collection::vec(any::<u16>(), 0..300),
         ) {
             let outcome_of = if maxfail > 0 { every_third_fails } else { passing };
             let setup = fresh_setup(slots, restarts, timeout, maxfail, fresh);
             let mut world = World::new(setup, tests, prestart, outcome_of);
+            world.graceful = graceful;
             world.run(&choices);
             let (ending, _) = world.machine.end();
             if ending.fatal.is_none() && !ending.interrupted && !ending.out_of_restarts && maxfail == 0 {
