@@ -392,7 +392,12 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
         },
     );
     match ready {
-        Some((template, controller)) => d.template_ready(template, controller).await?,
+        Some((template, controller)) => {
+            if let Err(e) = d.template_ready(template, controller).await {
+                d.abandon(None).await;
+                return Err(e);
+            }
+        }
         None => d.input(Input::Prestart),
     }
     let heartbeat = spawn_heartbeat(d.backend.clone(), d.run_id.clone());
@@ -748,10 +753,11 @@ impl Executor {
         template: ops::Template,
         controller: Option<Controller>,
     ) -> Result<(), RunError> {
+        // Kept first: on an error here `abandon` stops it.
+        self.controller = controller;
         let entry = ops::find_template(&self.backend, &template.fingerprint).await?;
         let name = entry.name.clone();
         self.template = Some(entry);
-        self.controller = controller;
         self.input(Input::TemplateReady {
             name,
             controller: self.controller.is_some(),
