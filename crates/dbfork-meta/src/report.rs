@@ -178,6 +178,68 @@ pub struct RunReport {
     pub collect_errors: Vec<(String, String)>,
     /// Modules skipped whole at collection: (id, reason).
     pub collect_skipped: Vec<(String, String)>,
+    /// The part of the suite this run was (`--shard K/N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardReport>,
+}
+
+/// A shard's place in its suite: which of how many, the fingerprint of the
+/// split it took its tests from, and how many tests the whole suite has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardReport {
+    /// 1-based.
+    pub index: usize,
+    pub total: usize,
+    pub split: String,
+    pub collected: usize,
+}
+
+/// Why `reports` are not the shards of one split of one suite, if they are
+/// not: reports of shards split differently (they saw different timings or
+/// collected different tests), a shard given twice or missing. Reports
+/// without a shard pass (runs of their own, merged as they are).
+pub fn check_shards(reports: &[RunReport]) -> Result<(), String> {
+    let shards: Vec<&ShardReport> = reports.iter().filter_map(|r| r.shard.as_ref()).collect();
+    let Some(first) = shards.first() else {
+        return Ok(());
+    };
+    if shards.len() != reports.len() {
+        return Err(
+            "some reports are shards (--shard) and some are not; merge the shards of one run"
+                .to_string(),
+        );
+    }
+    if let Some(other) = shards
+        .iter()
+        .find(|s| (s.total, &s.split, s.collected) != (first.total, &first.split, first.collected))
+    {
+        return Err(format!(
+            "shard {}/{} and shard {}/{} split the suite differently ({} tests, split {} against {} tests, split {}): every shard must collect the same tests and read the same timings (commit .dbfork/timings.json, or restore it from one cache key for every shard), or tests are run twice or not at all",
+            first.index, first.total, other.index, other.total, first.collected, first.split, other.collected, other.split
+        ));
+    }
+    let mut seen = vec![false; first.total];
+    for shard in &shards {
+        let slot = &mut seen[shard.index.clamp(1, first.total) - 1];
+        if *slot {
+            return Err(format!(
+                "shard {}/{} is given twice",
+                shard.index, shard.total
+            ));
+        }
+        *slot = true;
+    }
+    let missing: Vec<String> = (1..=first.total)
+        .filter(|k| !seen[k - 1])
+        .map(|k| format!("{k}/{}", first.total))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "the report of shard {} is missing: the merged report would leave its tests out",
+            missing.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 impl RunReport {
@@ -319,6 +381,7 @@ pub fn merge(reports: Vec<RunReport>) -> RunReport {
         tests: Vec::new(),
         collect_errors: Vec::new(),
         collect_skipped: Vec::new(),
+        shard: None,
     };
     for report in reports {
         let base = merged.slots.len();
@@ -481,7 +544,41 @@ mod tests {
                 .collect(),
             collect_errors: vec![("broken.py".into(), "SyntaxError".into())],
             collect_skipped: Vec::new(),
+            shard: None,
         }
+    }
+
+    #[test]
+    fn shards_of_different_splits_or_missing_ones_are_refused() {
+        let shard = |index, split: &str| {
+            let mut r = report("r", 0, &[("t.py::a", Outcome::Passed)]);
+            r.shard = Some(ShardReport {
+                index,
+                total: 3,
+                split: split.into(),
+                collected: 7,
+            });
+            r
+        };
+        assert_eq!(
+            check_shards(&[shard(1, "s"), shard(3, "s"), shard(2, "s")]),
+            Ok(())
+        );
+        assert_eq!(
+            check_shards(&[report("a", 0, &[]), report("b", 0, &[])]),
+            Ok(())
+        );
+        let why = check_shards(&[shard(1, "s"), shard(2, "x"), shard(3, "s")]).unwrap_err();
+        assert!(
+            why.contains("split the suite differently") && why.contains("timings.json"),
+            "{why}"
+        );
+        let why = check_shards(&[shard(1, "s"), shard(3, "s")]).unwrap_err();
+        assert!(why.contains("shard 2/3 is missing"), "{why}");
+        let why = check_shards(&[shard(1, "s"), shard(1, "s"), shard(3, "s")]).unwrap_err();
+        assert!(why.contains("shard 1/3 is given twice"), "{why}");
+        let why = check_shards(&[shard(1, "s"), report("b", 0, &[])]).unwrap_err();
+        assert!(why.contains("some reports are shards"), "{why}");
     }
 
     #[test]

@@ -125,6 +125,17 @@ pub const SETTINGS: &[Setting] = &[
         doc: "How tests are grouped when handed to workers: `test`, `class` (a class's tests on one worker, so class-scoped fixtures are set up once), `module` or `file`.",
     },
     Setting {
+        key: "shard",
+        flag: "shard",
+        short: None,
+        env: "DBFORK_SHARD",
+        value_name: "K/N",
+        shape: Shape::Value,
+        help: "Run only shard K of N of the suite (CI jobs in parallel; `dbfork report merge` joins their --json reports), split by the recorded test durations; `auto` reads the job's index from GitLab, CircleCI or Buildkite. [default: the whole suite]",
+        default: "the whole suite",
+        doc: "Run only shard K of N (`2/4`): every shard collects the whole suite and takes its part of a split by the recorded durations (units of work as `dist` groups them, longest first, each to the least loaded shard), so shards finish together; merge their `--json` reports with `dbfork report merge`. Every shard must see the same `.dbfork/timings.json` (commit it, or restore it from one cache key for all shards): each report carries the split's fingerprint and `merge` refuses reports split differently. `auto` takes K and N from `CI_NODE_INDEX`/`CI_NODE_TOTAL` (GitLab `parallel:`), `CIRCLE_NODE_INDEX`/`CIRCLE_NODE_TOTAL` (CircleCI) or `BUILDKITE_PARALLEL_JOB`/`BUILDKITE_PARALLEL_JOB_COUNT` (Buildkite). A shard with no tests passes.",
+    },
+    Setting {
         key: "adapter",
         flag: "adapter",
         short: None,

@@ -27,6 +27,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod shard;
 pub mod sinks;
 pub mod template;
 pub mod timings;
@@ -143,6 +144,8 @@ pub struct RunConfig {
     /// Number of worker slots (already resolved from `auto`).
     pub jobs: usize,
     pub dist: Dist,
+    /// `--shard K/N`: only this part of the suite.
+    pub shard: Option<shard::Shard>,
     pub adapter: Adapter,
     /// Per-test limit (per-worker for commands without an adapter).
     pub timeout: Option<Duration>,

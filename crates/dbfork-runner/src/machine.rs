@@ -17,10 +17,11 @@ use dbfork_engine::pool::Pool;
 use dbfork_protocol::{self as protocol, RunnerMessage, TestItem, TestResult, WorkerMessage};
 
 use crate::decide::{self, truncate, AfterLoss, LossCause, LossFacts, RunState};
-use crate::model::{Outcome, SlotReport, TestRecord};
+use crate::model::{Outcome, ShardReport, SlotReport, TestRecord};
 use crate::progress::label;
 use crate::run::exit;
 use crate::schedule::Scheduler;
+use crate::shard::Shard;
 use crate::timings::Timings;
 use crate::Dist;
 
@@ -172,8 +173,12 @@ pub enum Command {
         message: String,
         output_of: Option<(usize, usize)>,
     },
-    /// The tests are known: how many.
-    Collected(usize),
+    /// The tests are known: how many were collected, and how many of them
+    /// this run runs (fewer with `--shard`).
+    Collected {
+        all: usize,
+        mine: usize,
+    },
     Status {
         slot: usize,
         status: String,
@@ -197,6 +202,8 @@ pub struct Setup {
     pub aliases: usize,
     pub fresh_transactional: bool,
     pub dist: Dist,
+    /// `--shard K/N`: only this part of the suite runs.
+    pub shard: Option<Shard>,
     pub max_worker_restarts: usize,
     pub timeout: Option<Duration>,
     pub start_limit: Duration,
@@ -308,6 +315,8 @@ pub struct Ending {
     pub slots: Vec<SlotReport>,
     pub collect_errors: Vec<(String, String)>,
     pub collect_skipped: Vec<(String, String)>,
+    /// With `--shard`, once the tests are known: this part of the suite.
+    pub shard: Option<ShardReport>,
 }
 
 pub struct Machine {
@@ -327,6 +336,8 @@ pub struct Machine {
     tests: Option<Vec<TestItem>>,
     /// Per test (per slot without the protocol): its outcome once reported.
     outcomes: Vec<Option<Outcome>>,
+    /// With `--shard`: per test, whether it is this shard's; and the split.
+    selected: Option<(Vec<bool>, ShardReport)>,
     collect_errors: Vec<(String, String)>,
     collect_skipped: Vec<(String, String)>,
     scheduler: Option<Scheduler>,
@@ -368,6 +379,7 @@ impl Machine {
             fresh: Pool::new(0, 3 * slots + 1),
             conns: HashMap::new(),
             tests: None,
+            selected: None,
             collect_errors: Vec::new(),
             collect_skipped: Vec::new(),
             scheduler: None,
@@ -488,6 +500,20 @@ impl Machine {
         self.tests.as_deref()
     }
 
+    /// Whether test `index` is this run's to run (all are, but with `--shard`).
+    pub fn selected(&self, index: usize) -> bool {
+        self.selected
+            .as_ref()
+            .is_none_or(|(selected, _)| selected.get(index).copied().unwrap_or(false))
+    }
+
+    /// This run's tests without an outcome yet.
+    fn unfinished(&self) -> usize {
+        (0..self.outcomes.len())
+            .filter(|&i| self.outcomes[i].is_none() && self.selected(i))
+            .count()
+    }
+
     /// The slots' clones as they stand (dropped at the end of the run).
     pub fn databases(&self) -> Vec<String> {
         self.slots
@@ -518,6 +544,7 @@ impl Machine {
                 .collect(),
             collect_errors: std::mem::take(&mut self.collect_errors),
             collect_skipped: std::mem::take(&mut self.collect_skipped),
+            shard: self.selected.as_ref().map(|(_, shard)| shard.clone()),
         };
         (ending, std::mem::take(&mut self.timings))
     }
@@ -1059,13 +1086,26 @@ impl Machine {
             }
             return;
         }
-        self.out.push(Command::Collected(tests.len()));
         self.outcomes = vec![None; tests.len()];
         self.collect_errors = errors.into_iter().map(|e| (e.id, e.longrepr)).collect();
-        let timings = &self.timings;
-        let scheduler = Scheduler::new(&tests, self.setup.dist, self.slots.len(), |id| {
-            timings.estimate(id)
+        self.selected = self.setup.shard.map(|shard| self.select(&tests, shard));
+        let mine = match &self.selected {
+            Some((selected, _)) => selected.iter().filter(|s| **s).count(),
+            None => tests.len(),
+        };
+        self.out.push(Command::Collected {
+            all: tests.len(),
+            mine,
         });
+        let timings = &self.timings;
+        let selected = self.selected.as_ref().map(|(s, _)| s);
+        let scheduler = Scheduler::new_for(
+            &tests,
+            self.setup.dist,
+            self.slots.len(),
+            |id| timings.estimate(id),
+            |i| selected.is_none_or(|s| s[i]),
+        );
         let units = scheduler.units();
         self.tests = Some(tests);
         self.scheduler = Some(scheduler);
@@ -1094,6 +1134,34 @@ impl Machine {
             }
         }
         self.feed_all();
+    }
+
+    /// This shard's tests of the split every shard computes alike.
+    fn select(&mut self, tests: &[TestItem], shard: Shard) -> (Vec<bool>, ShardReport) {
+        let timings = &self.timings;
+        let shard_of = crate::shard::split(tests, self.setup.dist, shard.total, |id| {
+            timings.estimate(id)
+        });
+        let selected: Vec<bool> = shard_of.iter().map(|s| *s + 1 == shard.index).collect();
+        let mine = selected.iter().filter(|s| **s).count();
+        let report = ShardReport {
+            index: shard.index,
+            total: shard.total,
+            split: crate::shard::fingerprint(tests, &shard_of, shard.total),
+            collected: tests.len(),
+        };
+        self.note(format!(
+            "shard {}: {mine} of the {} tests (split {}, by {})",
+            shard.label(),
+            tests.len(),
+            report.split,
+            if self.timings.is_empty() {
+                "count: no recorded durations yet"
+            } else {
+                "the recorded durations"
+            }
+        ));
+        (selected, report)
     }
 
     /// Gives `slot` work if it asked: a batch, or a steal on its behalf, or `stop`.
@@ -1316,7 +1384,7 @@ impl Machine {
         let next = decide::after_loss(LossFacts {
             stopping: self.stopping,
             collected: self.tests.is_some(),
-            unfinished: self.outcomes.iter().filter(|r| r.is_none()).count(),
+            unfinished: self.unfinished(),
             running_elsewhere,
             restarts_used: self.restarts_used,
             max_restarts: max,
@@ -1607,6 +1675,7 @@ mod tests {
             aliases: 0,
             fresh_transactional: fresh,
             dist: Dist::Test,
+            shard: None,
             max_worker_restarts: restarts,
             timeout: timeout.then_some(Duration::from_secs(10)),
             start_limit: Duration::from_secs(600),
@@ -1818,6 +1887,10 @@ mod tests {
                 Command::After { input, .. } => self.pending.push(input),
                 Command::Report { record, .. } => {
                     assert!(
+                        self.machine.selected(record.index),
+                        "a report for another shard's test: {record:?}"
+                    );
+                    assert!(
                         record.index < self.tests,
                         "a report for no test: {record:?}"
                     );
@@ -1831,7 +1904,7 @@ mod tests {
                 Command::StopController => self.controller_stops += 1,
                 Command::Note(_)
                 | Command::Error { .. }
-                | Command::Collected(_)
+                | Command::Collected { .. }
                 | Command::Status { .. } => {}
             }
         }
@@ -2082,17 +2155,23 @@ mod tests {
             prestart in any::<bool>(),
             maxfail in prop_oneof![Just(0usize), 1usize..3],
             fresh in any::<bool>(),
+            shard in prop_oneof![
+                Just(None),
+                (1usize..4).prop_flat_map(|total| (1..=total).prop_map(move |index| Some(Shard { index, total }))),
+            ],
             graceful in any::<bool>(),
             choices in proptest::collection::vec(any::<u16>(), 0..300),
         ) {
             let outcome_of = if maxfail > 0 { every_third_fails } else { passing };
-            let setup = fresh_setup(slots, restarts, timeout, maxfail, fresh);
+            let mut setup = fresh_setup(slots, restarts, timeout, maxfail, fresh);
+            setup.shard = shard;
             let mut world = World::new(setup, tests, prestart, outcome_of);
             world.graceful = graceful;
             world.run(&choices);
             let (ending, _) = world.machine.end();
             if ending.fatal.is_none() && !ending.interrupted && !ending.out_of_restarts && maxfail == 0 {
-                prop_assert!(world.reports.iter().all(|&n| n == 1), "unreported tests: {:?}", world.reports);
+                let wanted: Vec<usize> = (0..tests).map(|i| usize::from(world.machine.selected(i))).collect();
+                prop_assert_eq!(&world.reports, &wanted, "tests reported (1) or not (0), against this shard's");
             }
             // Clones being made or dropped keep the run going (their names
             // must be known when it drops what is left).

@@ -451,6 +451,7 @@ mod tests {
             tests: vec![passed, failed, skipped, crashed, error, not_run],
             collect_errors: vec![],
             collect_skipped: vec![],
+            shard: None,
         }
     }
 

@@ -197,6 +197,11 @@ pub async fn prepare(
     if let Some(why) = tool.refuse(&config.command) {
         return Err(RunError::Usage(why));
     }
+    if config.shard.is_some() && !adapter.speaks_protocol() {
+        return Err(RunError::Usage(
+            "--shard needs a test tool dbfork hands the tests to (pytest, Django's manage.py test, or a command speaking the protocol: --adapter protocol); without an adapter each worker runs the whole command, so there is nothing to split. Split such a command's tests yourself".to_string(),
+        ));
+    }
     for option in tool.ignored(&config.command) {
         eprintln!(
             "dbfork: note: {option} does nothing under dbfork: every worker runs on its own clone of the template, which is rebuilt only when the setup or its inputs change"
@@ -585,6 +590,7 @@ impl Executor {
             aliases: config.aliases.len(),
             fresh_transactional: config.fresh_transactional,
             dist: config.dist,
+            shard: config.shard,
             max_worker_restarts: config.max_worker_restarts,
             timeout: config.timeout,
             start_limit: config.start_limit(),
@@ -713,9 +719,9 @@ impl Executor {
                 let output = self.output_of(output_of);
                 self.emit(RunEvent::Note(&format!("error: {message}{output}")));
             }
-            Command::Collected(total) => {
-                self.records = vec![None; total];
-                self.emit(RunEvent::Collected(total));
+            Command::Collected { all, mine } => {
+                self.records = vec![None; all];
+                self.emit(RunEvent::Collected(mine));
             }
             Command::Status { slot, status } => self.emit(RunEvent::Worker {
                 slot,
@@ -1091,11 +1097,14 @@ impl Executor {
         let (ending, timings) = self.machine.end();
         let failed = tests.iter().any(|t: &TestRecord| t.outcome.is_failure());
         let not_run = tests.iter().any(|t| t.outcome == Outcome::NotRun);
+        // A shard of a suite that has tests may be left none by the split:
+        // nothing to do is fine there.
+        let suite_has_tests = ending.shard.as_ref().is_some_and(|s| s.collected > 0);
         let exit_code = decide::run_exit_code(
             ending.fatal,
             ending.interrupted,
             failed || not_run || !ending.collect_errors.is_empty(),
-            tests.is_empty(),
+            tests.is_empty() && !suite_has_tests,
         );
         if let Some(why) = self.why_not_run(&ending, &tests) {
             eprintln!("dbfork: {why}");
@@ -1111,6 +1120,7 @@ impl Executor {
             tests,
             collect_errors: ending.collect_errors,
             collect_skipped: ending.collect_skipped,
+            shard: ending.shard,
         };
         // The files, the timings and the summary, while the controller may
         // still be ending. The timings the schedule was made from, with this
@@ -1194,6 +1204,7 @@ impl Executor {
             Some(items) if self.protocol() => items
                 .iter()
                 .enumerate()
+                .filter(|(index, _)| self.machine.selected(*index))
                 .map(|(index, item)| {
                     self.records
                         .get(index)

@@ -21,11 +21,11 @@ use crate::Dist;
 const MAX_BATCH: usize = 128;
 
 #[derive(Debug, Clone)]
-struct Unit {
-    tests: Vec<usize>,
-    seconds: f64,
+pub(crate) struct Unit {
+    pub(crate) tests: Vec<usize>,
+    pub(crate) seconds: f64,
     /// The tests' order group: a worker never runs a lower group after a higher one.
-    group: u32,
+    pub(crate) group: u32,
 }
 
 #[derive(Debug)]
@@ -47,6 +47,47 @@ pub struct Scheduler {
     slots: usize,
 }
 
+/// The units of work of `tests` (those `keep` picks) under `dist`, in
+/// collection order: one per test, or per class, module or file (within one
+/// order group), with their estimated seconds.
+pub(crate) fn group_units(
+    tests: &[TestItem],
+    dist: Dist,
+    estimates: &[f64],
+    keep: impl Fn(usize) -> bool,
+) -> Vec<Unit> {
+    let mut units: Vec<Unit> = Vec::new();
+    let mut unit_of_key: std::collections::HashMap<(u32, String), usize> = Default::default();
+    for (index, test) in tests.iter().enumerate().filter(|(i, _)| keep(*i)) {
+        let key = match dist {
+            Dist::Test => None,
+            Dist::Class => Some(match &test.class {
+                Some(class) => format!("{}::{class}", test.file),
+                None => test.id.clone(),
+            }),
+            Dist::Module | Dist::File => Some(test.file.clone()),
+        };
+        let key = key.map(|k| (test.group, k));
+        match key.as_ref().and_then(|k| unit_of_key.get(k)) {
+            Some(&u) => {
+                units[u].tests.push(index);
+                units[u].seconds += estimates[index];
+            }
+            None => {
+                if let Some(k) = key {
+                    unit_of_key.insert(k, units.len());
+                }
+                units.push(Unit {
+                    tests: vec![index],
+                    seconds: estimates[index],
+                    group: test.group,
+                });
+            }
+        }
+    }
+    units
+}
+
 impl Scheduler {
     /// `estimate` gives each test's expected seconds.
     pub fn new(
@@ -55,36 +96,20 @@ impl Scheduler {
         slots: usize,
         estimate: impl Fn(&str) -> f64,
     ) -> Self {
+        Scheduler::new_for(tests, dist, slots, estimate, |_| true)
+    }
+
+    /// A scheduler of the tests `keep` picks (this machine's shard); the
+    /// others are never handed out.
+    pub fn new_for(
+        tests: &[TestItem],
+        dist: Dist,
+        slots: usize,
+        estimate: impl Fn(&str) -> f64,
+        keep: impl Fn(usize) -> bool,
+    ) -> Self {
         let estimates: Vec<f64> = tests.iter().map(|t| estimate(&t.id).max(0.0)).collect();
-        let mut units: Vec<Unit> = Vec::new();
-        let mut unit_of_key: std::collections::HashMap<(u32, String), usize> = Default::default();
-        for (index, test) in tests.iter().enumerate() {
-            let key = match dist {
-                Dist::Test => None,
-                Dist::Class => Some(match &test.class {
-                    Some(class) => format!("{}::{class}", test.file),
-                    None => test.id.clone(),
-                }),
-                Dist::Module | Dist::File => Some(test.file.clone()),
-            };
-            let key = key.map(|k| (test.group, k));
-            match key.as_ref().and_then(|k| unit_of_key.get(k)) {
-                Some(&u) => {
-                    units[u].tests.push(index);
-                    units[u].seconds += estimates[index];
-                }
-                None => {
-                    if let Some(k) = key {
-                        unit_of_key.insert(k, units.len());
-                    }
-                    units.push(Unit {
-                        tests: vec![index],
-                        seconds: estimates[index],
-                        group: test.group,
-                    });
-                }
-            }
-        }
+        let mut units = group_units(tests, dist, &estimates, keep);
         // By order group, then longest first; ties keep collection order (the sort is stable).
         units.sort_by(|a, b| a.group.cmp(&b.group).then(b.seconds.total_cmp(&a.seconds)));
         Scheduler {

@@ -259,6 +259,7 @@ mod tests {
             tests,
             collect_errors: vec![],
             collect_skipped: vec![],
+            shard: None,
         }
     }
 

@@ -18,6 +18,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dbfork_runner::shard::Shard;
 use dbfork_runner::{Adapter, Dist, RunConfig};
 
 use dbfork_meta::settings::{Setting, SETTINGS};
@@ -64,6 +65,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
             .dist
             .or(from_file.dist)
             .unwrap_or_else(|| adapter.resolve(&args.command).default_dist()),
+        shard: from_flags.shard.or(from_file.shard),
         adapter,
         timeout: from_flags.timeout.or(from_file.timeout).flatten(),
         // Enough for every slot to lose a few workers to crashes or timeouts,
@@ -273,6 +275,7 @@ struct Layer {
     fresh_transactional: Option<bool>,
     jobs: Option<usize>,
     dist: Option<Dist>,
+    shard: Option<Shard>,
     adapter: Option<Adapter>,
     timeout: Option<Option<Duration>>,
     max_worker_restarts: Option<usize>,
@@ -363,6 +366,12 @@ impl Layer {
                     invalid(origin, format!("`{text}` is not one of {}", Dist::CHOICES))
                 })?;
                 self.dist = Some(dist);
+            }
+            "shard" => {
+                let text = string(raw, origin)?;
+                let shard = Shard::parse(&text, |name| std::env::var(name).ok())
+                    .map_err(|why| invalid(origin, why))?;
+                self.shard = Some(shard);
             }
             "adapter" => {
                 let text = string(raw, origin)?;

@@ -1,7 +1,7 @@
 //! `dbfork report merge`: one report of a suite run in shards.
 
 use anyhow::Result;
-use dbfork_runner::model::{merge as merge_reports, read_json};
+use dbfork_runner::model::{check_shards, merge as merge_reports, read_json};
 use dbfork_runner::report::{write_json, write_junit};
 
 use crate::cli::MergeArgs;
@@ -20,6 +20,8 @@ pub fn merge(args: MergeArgs) -> Result<i32> {
             .map_err(|e| UsageError(format!("cannot read the report {}: {e}", path.display())))?;
         reports.push(report);
     }
+    check_shards(&reports)
+        .map_err(|why| UsageError(format!("cannot merge these reports: {why}")))?;
     let count = reports.len();
     let merged = merge_reports(reports);
     if let Some(path) = &args.json {

@@ -316,37 +316,49 @@ fn exitfirst_stops_the_whole_run() {
     }
 }
 
-/// A suite run in two shards (two runs, each given some of the files), then
-/// `dbfork report merge`: the merged report counts what one run of the
-/// whole suite counts, exits as it does, and makes a JUnit file.
+/// A suite run in three shards (`--shard K/N`, one of them `auto` from
+/// GitLab's variables), each on the timings the whole run left (as CI
+/// shards restore one cache), then `dbfork report merge`: every test ran in
+/// exactly one shard, and the merged report counts what one run of the whole
+/// suite counts, exits as it does, and makes a JUnit file. A missing shard,
+/// or a run that is not a shard, cannot be merged with them.
 #[test]
 fn shards_merge_into_the_report_of_one_run() {
     let place = Place::new(Kind::Sqlite, "run_shards");
     let dir = suite(&place);
     let whole = dbfork_run(&place, &dir, &["-j", "2"], &["tests"], &[]);
-    let shards = [
-        &[
-            "tests/test_pass.py",
-            "tests/test_fail.py",
-            "tests/test_skip.py",
-        ][..],
-        &[
-            "tests/test_xfail.py",
-            "tests/test_output.py",
-            "tests/test_db.py",
-            "tests/test_errors.py",
-            "tests/test_scoped.py",
-            "tests/test_skip_module.py",
-            "tests/test_slow.py",
-        ][..],
-    ];
+    let timings = dir.join(".dbfork/timings.json");
+    let recorded = std::fs::read(&timings).unwrap();
     let mut files = Vec::new();
-    for (n, shard) in shards.iter().enumerate() {
-        let out = dbfork_run(&place, &dir, &["-j", "2"], shard, &[]);
-        let file = dir.join(format!("shard{n}.json"));
+    let mut ran = 0;
+    for k in 1..=3 {
+        std::fs::write(&timings, &recorded).unwrap();
+        let (shard, vars) = match k {
+            2 => (
+                "auto".to_string(),
+                vec![("CI_NODE_INDEX", "2"), ("CI_NODE_TOTAL", "3")],
+            ),
+            _ => (format!("{k}/3"), vec![]),
+        };
+        let out = dbfork_run(
+            &place,
+            &dir,
+            &["-j", "2", "--shard", &shard],
+            &["tests"],
+            &vars,
+        );
+        assert!(
+            out.stderr.contains(&format!("shard {k}/3: ")),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(out.report["shard"]["index"], k, "{}", out.report);
+        ran += test_ids(&out.report).len();
+        let file = dir.join(format!("shard{k}.json"));
         std::fs::write(&file, out.report.to_string()).unwrap();
         files.push(file);
     }
+    assert_eq!(ran, test_ids(&whole.report).len(), "each test in one shard");
     let out = dbfork()
         .current_dir(&dir)
         .args(["report", "merge"])
@@ -357,7 +369,7 @@ fn shards_merge_into_the_report_of_one_run() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(whole.code), "{stdout}");
     assert_eq!(
-        summary(&stdout.replace(" (2 reports merged)", "")),
+        summary(&stdout.replace(" (3 reports merged)", "")),
         summary(&whole.stdout),
         "{stdout}"
     );
@@ -368,12 +380,33 @@ fn shards_merge_into_the_report_of_one_run() {
     ids.sort();
     expected.sort();
     assert_eq!(ids, expected);
-    assert_eq!(merged["slots"].as_array().unwrap().len(), 4);
+    assert_eq!(merged["slots"].as_array().unwrap().len(), 6);
     let junit = std::fs::read_to_string(dir.join("merged.xml")).unwrap();
     assert!(
         junit.contains("<testsuites") && junit.contains("test_fail"),
         "{junit}"
     );
+
+    // Without shard 3, or with a run of the whole suite: refused.
+    let whole_file = dir.join("whole.json");
+    std::fs::write(&whole_file, whole.report.to_string()).unwrap();
+    for (others, wanted) in [
+        (&files[..2], "the report of shard 3/3 is missing"),
+        (
+            &[files[0].clone(), whole_file][..],
+            "some reports are shards",
+        ),
+    ] {
+        let out = dbfork()
+            .current_dir(&dir)
+            .args(["report", "merge"])
+            .args(others)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert!(err.contains(wanted), "{err}");
+    }
 
     // A file that is not a report: a usage error naming it.
     std::fs::write(dir.join("junk.json"), "{}").unwrap();
