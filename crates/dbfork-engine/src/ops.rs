@@ -911,6 +911,7 @@ async fn run_setup(
     name: &str,
 ) -> Result<()> {
     let env = DatabaseEnv::new(backend, name)?;
+    crate::reaper::arm();
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(&recipe.setup)

@@ -68,7 +68,27 @@ pub fn unregister(pgid: u32) {
     send(&format!("-{pgid}\n"));
 }
 
+/// Starts the reaper now, before a process is spawned (when this process may
+/// have one): the registration right after the spawn is then one write to
+/// a pipe, with no window (the reaper's own start) in which a SIGKILL of
+/// dbfork would leave the new group running.
+pub fn arm() {
+    with_reaper(|_| {});
+}
+
 fn send(line: &str) {
+    with_reaper(|stdin| {
+        if let Err(e) = stdin
+            .write_all(line.as_bytes())
+            .and_then(|()| stdin.flush())
+        {
+            tracing::warn!("the reaper process is gone: {e}");
+        }
+    });
+}
+
+/// Runs `f` on the pipe to the reaper, started on first use.
+fn with_reaper(f: impl FnOnce(&mut ChildStdin)) {
     if !ENABLED.load(Ordering::SeqCst) {
         return;
     }
@@ -86,12 +106,7 @@ fn send(line: &str) {
         }
     }
     if let Some((_, stdin)) = reaper.as_mut() {
-        if let Err(e) = stdin
-            .write_all(line.as_bytes())
-            .and_then(|()| stdin.flush())
-        {
-            tracing::warn!("the reaper process is gone: {e}");
-        }
+        f(stdin);
     }
 }
 

@@ -119,6 +119,7 @@ pub fn spawn(
             Ok(())
         });
     }
+    dbfork_engine::reaper::arm();
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or_default();
     // Whatever the worker starts (a test's subprocesses) dies with dbfork too.

@@ -336,6 +336,7 @@ pub(crate) async fn run_tool(
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    crate::reaper::arm();
     let child = command.spawn().map_err(|e| Error::Transfer {
         what: what.to_string(),
         cause: format!("{} could not be started: {e}", program.display()),
