@@ -346,7 +346,7 @@ pub struct Machine {
     clone_tasks: usize,
     /// Set once the run is winding down: no more work, no restarts.
     stopping: bool,
-    interrupted: bool,
+    /// Ctrl-C / SIGTERM received so far (one or more: the run is interrupted).
     signals: usize,
     grace_until: Option<Instant>,
     fatal: Option<i32>,
@@ -387,7 +387,6 @@ impl Machine {
             restarts_used: 0,
             clone_tasks: 0,
             stopping: false,
-            interrupted: false,
             signals: 0,
             grace_until: None,
             fatal: None,
@@ -527,7 +526,7 @@ impl Machine {
         let run_id = &self.setup.run_id;
         let ending = Ending {
             fatal: self.fatal,
-            interrupted: self.interrupted,
+            interrupted: self.interrupted(),
             lost_all: self.lost_all,
             out_of_restarts: self.out_of_restarts,
             slots: self
@@ -1325,7 +1324,7 @@ impl Machine {
         if self.outcomes.get(slot) == Some(&Some(Outcome::TimedOut)) {
             return;
         }
-        let outcome = match (exit.success, self.interrupted) {
+        let outcome = match (exit.success, self.interrupted()) {
             (true, _) => Outcome::Passed,
             (false, true) => Outcome::NotRun,
             (false, false) => Outcome::Failed,
@@ -1428,7 +1427,7 @@ impl Machine {
         since: Instant,
         cause: &LossCause,
     ) {
-        let run = if self.interrupted {
+        let run = if self.interrupted() {
             RunState::Interrupted
         } else if self.fatal.is_some() {
             RunState::Failed
@@ -1475,7 +1474,6 @@ impl Machine {
 
     fn on_signal(&mut self) {
         self.signals += 1;
-        self.interrupted = true;
         self.stopping = true;
         let signal = if self.signals == 1 {
             self.grace_until = Some(self.now + self.setup.grace);
@@ -1583,6 +1581,10 @@ impl Machine {
             self.controller = false;
             self.out.push(Command::StopController);
         }
+    }
+
+    fn interrupted(&self) -> bool {
+        self.signals > 0
     }
 
     fn note(&mut self, message: String) {

@@ -130,10 +130,6 @@ impl Scheduler {
         self.queue.len()
     }
 
-    pub fn queue_is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
     /// The next batch for `slot`, or `None` when the queue is empty.
     ///
     /// Longest first, as LPT scheduling does: the unit at the front goes to the
@@ -325,11 +321,6 @@ impl Scheduler {
                 },
             );
         }
-    }
-
-    /// Takes every queued test out (the run is ending early).
-    pub fn drain(&mut self) -> Vec<usize> {
-        self.queue.drain(..).flat_map(|u| u.tests).collect()
     }
 
     fn held_seconds(&self, slot: usize) -> f64 {
