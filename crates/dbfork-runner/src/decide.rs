@@ -5,6 +5,7 @@
 //! own: the state machine (`machine.rs`) gathers the facts, asks, and acts
 //! on the answer; the tests below state the rules.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dbfork_protocol::TestResult;
@@ -193,6 +194,50 @@ pub fn run_exit_code(
     }
 }
 
+/// Where a worker's Django facts differ from the controller's, in words: the
+/// names that differ, the first differing entry of the first of them whole on
+/// both sides (facts are lists of lines: the first line that only one side
+/// has), and the likely cause. None when they agree.
+pub fn facts_difference(
+    expected: &BTreeMap<String, String>,
+    found: &BTreeMap<String, String>,
+) -> Option<String> {
+    let differing: Vec<&str> = expected
+        .iter()
+        .filter(|(name, _)| name.as_str() != "template setup")
+        .filter(|(name, value)| found.get(*name) != Some(*value))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let first = *differing.first()?;
+    let ours = expected.get(first).map(String::as_str).unwrap_or_default();
+    let theirs = found.get(first).map(String::as_str);
+    let only_in = |a: &str, b: &str| -> Option<String> {
+        let others: std::collections::BTreeSet<&str> = b.lines().collect();
+        a.lines()
+            .find(|line| !others.contains(line))
+            .map(|line| truncate(line, 2000).to_string())
+    };
+    let detail = match theirs {
+        None => format!("the worker has no {first} at all"),
+        Some(theirs) => match (only_in(ours, theirs), only_in(theirs, ours)) {
+            (Some(a), Some(b)) => format!("the controller has `{a}` where the worker has `{b}`"),
+            (Some(a), None) => format!("only the controller has `{a}`"),
+            (None, Some(b)) => format!("only the worker has `{b}`"),
+            (None, None) => "the same entries in another order".to_string(),
+        },
+    };
+    let cause = match first {
+        "models without migrations" => "models that only some processes define or that differ between them: a test module that defines models (imported when tests are collected: do the worker and the controller collect the same files?), or a field argument made anew in each process",
+        "INSTALLED_APPS" | "migrations" => "apps installed at run time: a runtests.py that installs the apps of the labels it is given, a conftest.py that changes INSTALLED_APPS in pytest_configure, or a DJANGO_SETTINGS_MODULE that only some processes see",
+        _ => "settings that depend on something that differs between processes (the process id, a random value, a variable that only some processes set)",
+    };
+    Some(format!(
+        "{} differ{}; in {first}, {detail}. The workers must see the settings and models the template was made with; the likely cause: {cause}",
+        differing.join(", "),
+        if differing.len() == 1 { "s" } else { "" },
+    ))
+}
+
 /// The first `max` characters of `text`.
 pub fn truncate(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {
@@ -207,6 +252,57 @@ mod tests {
 
     fn result(json: &str) -> TestResult {
         serde_json::from_str(json).unwrap()
+    }
+
+    fn facts(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+        entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_facts_difference_names_the_whole_first_differing_entry_and_the_likely_cause() {
+        let long = format!(
+            "tests.Photo(file=('django.db.models.FileField', [], {{'max_length': {}}}))",
+            "9".repeat(150)
+        );
+        let controller = facts(&[
+            ("Django version", "5.2"),
+            ("template setup", "create_test_db"),
+            (
+                "models without migrations",
+                &format!("tests.Book(...)\n{long}"),
+            ),
+        ]);
+        let worker = facts(&[
+            ("Django version", "5.2"),
+            ("template setup", "create_test_db via x"),
+            ("models without migrations", "tests.Book(...)"),
+        ]);
+        let text = facts_difference(&controller, &worker).unwrap();
+        assert!(text.starts_with("models without migrations differs; in models without migrations, only the controller has `"), "{text}");
+        assert!(text.contains(&long), "{text}");
+        assert!(text.contains("a test module that defines models"), "{text}");
+        assert_eq!(facts_difference(&controller, &controller), None);
+        // The way the template is made may differ (a worker never makes it).
+        let mut same = controller.clone();
+        same.insert("template setup".into(), "other".into());
+        assert_eq!(facts_difference(&controller, &same), None);
+
+        let apps = facts_difference(
+            &facts(&[("INSTALLED_APPS", "auth=django.contrib.auth\nshop=shop")]),
+            &facts(&[("INSTALLED_APPS", "auth=django.contrib.auth\nextra=extra")]),
+        )
+        .unwrap();
+        assert!(
+            apps.contains("the controller has `shop=shop` where the worker has `extra=extra`"),
+            "{apps}"
+        );
+        assert!(
+            apps.contains("a runtests.py that installs the apps"),
+            "{apps}"
+        );
     }
 
     #[test]

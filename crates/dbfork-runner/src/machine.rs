@@ -1027,20 +1027,10 @@ impl Machine {
         facts: Option<&BTreeMap<String, String>>,
     ) -> Option<String> {
         let (expected, found) = (self.setup.django_facts.as_ref()?, facts?);
-        let differing: Vec<&str> = expected
-            .iter()
-            .filter(|(name, _)| name.as_str() != "template setup")
-            .filter(|(name, value)| found.get(*name) != Some(*value))
-            .map(|(name, _)| name.as_str())
-            .collect();
-        let first = differing.first()?;
         Some(format!(
-            "{} configured Django differently from the controller that made the template: {} differ{} ({first} is `{}` in the controller and `{}` in the worker). The workers must see the settings the template was made with; look for settings that depend on something that differs between processes (the process id, a random value, a variable that only some processes set)",
+            "{} configured Django differently from the controller that made the template: {}",
             label(slot),
-            differing.join(", "),
-            if differing.len() == 1 { "s" } else { "" },
-            truncate(expected.get(*first).map(String::as_str).unwrap_or(""), 120),
-            truncate(found.get(*first).map(String::as_str).unwrap_or("(missing)"), 120),
+            decide::facts_difference(expected, found)?
         ))
     }
 
