@@ -301,14 +301,33 @@ impl Controller {
     }
 }
 
+/// Variables that the test tool's own configuration sets in every process
+/// and reads before a project's `conftest.py` runs: a worker that inherited
+/// one would configure itself differently from the serial run (pytest-django
+/// sets Django up from an inherited `DJANGO_SETTINGS_MODULE` before the
+/// conftest that would have chosen or changed the settings), so each worker
+/// sets them again itself, as the serial run does.
+const SET_BY_THE_TOOL: &[&str] = &[
+    "DJANGO_SETTINGS_MODULE",
+    "DJANGO_CONFIGURATION",
+    "PYTEST_ADDOPTS",
+    "PYTEST_PLUGINS",
+    "PYTEST_CURRENT_TEST",
+    "PYTEST_VERSION",
+];
+
 /// The variables whose values the controller's configuration set or
 /// changed, and those it removed, compared with what it was given. dbfork's
-/// own (`DBFORK_*`) are not inherited: each worker gets its own.
+/// own (`DBFORK_*`) are not inherited: each worker gets its own; nor are the
+/// ones the tool sets for itself when the user did not ([`SET_BY_THE_TOOL`]).
 fn inherited(
     given: &BTreeMap<String, String>,
     reported: &BTreeMap<String, String>,
 ) -> (BTreeMap<String, String>, Vec<String>) {
-    let ours = |name: &str| name.starts_with("DBFORK_");
+    let ours = |name: &str| {
+        name.starts_with("DBFORK_")
+            || (SET_BY_THE_TOOL.contains(&name) && !given.contains_key(name))
+    };
     let set = reported
         .iter()
         .filter(|(k, v)| !ours(k) && given.get(*k) != Some(*v))
@@ -418,6 +437,8 @@ mod tests {
             ("KEEP", "2"),
             ("DATA_DIR", "/tmp/pytest-of-root/data"),
             ("DBFORK_ROLE", "controller"),
+            // A conftest's os.environ.setdefault: each worker's does it again.
+            ("DJANGO_SETTINGS_MODULE", "proj.settings"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
