@@ -209,9 +209,53 @@ def _stable(value):
         return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
 
 
+# Field arguments that never reach the database schema, and may hold what
+# differs between processes (a storage on a temporary directory, a callable's
+# address, a lazily translated text): left out of the facts.
+_NOT_SCHEMA = frozenset(
+    (
+        "blank",
+        "choices",
+        "default",
+        "editable",
+        "error_messages",
+        "help_text",
+        "limit_choices_to",
+        "related_name",
+        "related_query_name",
+        "serialize",
+        "storage",
+        "unique_for_date",
+        "unique_for_month",
+        "unique_for_year",
+        "upload_to",
+        "validators",
+        "verbose_name",
+        "auto_now",
+        "auto_now_add",
+        "width_field",
+        "height_field",
+        "path",  # FilePathField: a path on this machine, a varchar all the same
+        "match",
+        "recursive",
+        "allow_files",
+        "allow_folders",
+    )
+)
+
+
+def _field_fact(field):
+    """A field as makemigrations would write it, without what does not shape
+    the schema."""
+    _name, path, args, kwargs = field.deconstruct()
+    kwargs = {k: v for k, v in kwargs.items() if k not in _NOT_SCHEMA}
+    return _stable((path, args, kwargs))
+
+
 def _model_facts(app_configs):
     """The models of apps whose tables ``migrate --run-syncdb`` makes from
-    models.py (no migrations): each field as makemigrations would write it."""
+    models.py (no migrations): each field as makemigrations would write it,
+    without the arguments that do not shape the schema."""
     from django.db.migrations.state import ModelState
 
     lines = []
@@ -219,8 +263,7 @@ def _model_facts(app_configs):
         for model in app.get_models(include_auto_created=False):
             state = ModelState.from_model(model)
             fields = ", ".join(
-                "%s=%s" % (name, _stable(field.deconstruct()[1:]))
-                for name, field in state.fields.items()
+                "%s=%s" % (name, _field_fact(field)) for name, field in state.fields.items()
             )
             lines.append(
                 "%s.%s(%s) %s bases=%s"

@@ -46,6 +46,7 @@ Only the standard library is used; Python 3.9+, pytest 7 and later.
 
 import contextlib
 import os
+import types
 
 import pytest
 
@@ -68,6 +69,9 @@ def pytest_configure(config):
     if dbfork_worker.is_controller():
         controller = Controller(config, path)
         config.pluginmanager.register(controller, _PLUGIN_NAME)
+        # The controller collects as the serial run does, to the end: a
+        # collection error is the workers' to report (see the worker below).
+        config.option.maxfail = 0
         controller.connect()
         return
     worker = Worker(config, path)
@@ -84,7 +88,7 @@ def pytest_configure(config):
     if config.pluginmanager.has_plugin("django") and dbfork_django.template_is_djangos():
         # Registered now, after pytest-django: a later plugin's fixture of the
         # same name wins (a project's conftest still beats both).
-        config.pluginmanager.register(DjangoOnClone(), "dbfork-django")
+        config.pluginmanager.register(_django_on_clone(), "dbfork-django")
         worker.django = True
     worker.connect()
 
@@ -123,18 +127,21 @@ def _disable_migrations():
 class Controller:
     """The run's controller (``DBFORK_ROLE=controller``), as pytest-xdist's
     controller process: pytest configures itself once here (conftest files,
-    plugins, pytest-django's settings), reports the environment that the
-    workers then inherit and what the template depends on, builds the
-    template with pytest-django's own database setup when dbfork asks, and
-    collects and runs no test. It lives until the run ends, so whatever its
-    configuration made (a temporary directory in the environment) lasts as
-    long as the workers need it."""
+    plugins, pytest-django's settings) and collects the suite as the serial
+    run does (importing the test modules registers the models they define),
+    then reports the environment that the workers inherit and what the
+    template depends on, and builds the template when dbfork asks where the
+    serial run makes its test database: in the setup of the first test that
+    uses one (see :func:`_as_setup_of`). It runs no test. It lives until the
+    run ends, so whatever its configuration made (a temporary directory in the
+    environment) lasts as long as the workers need it."""
 
     SETUP = "create_test_db"
 
     def __init__(self, config, path):
         self.config = config
         self.wire = dbfork_worker.Worker(path, ADAPTER, __version__, lookahead=1)
+        self.first = None  # the first collected test that uses a database
 
     def connect(self):
         try:
@@ -143,14 +150,10 @@ class Controller:
             raise pytest.UsageError(self.wire.connect_error(e))
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_collection(self, session):
-        session.items = []
-        return True
-
-    @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session):
         report = {"adapter": ADAPTER, "django": None}
         if _uses_pytest_django(self.config):
+            self.first = _first_database_test(session.items)
             report["django"] = dbfork_django.controller_report(
                 self.SETUP, self._nomigrations(), self._config_files()
             )
@@ -203,12 +206,59 @@ class Controller:
             finally:
                 teardown_test_environment()
 
-        with _database_access(self.config):
+        with _database_access(self.config), _as_setup_of(self.config, self.first):
             return dbfork_django.build_template(target, setup)
 
     @pytest.hookimpl
     def pytest_unconfigure(self, config):
         self.wire.close()
+
+
+def _first_database_test(items):
+    """The test in whose setup the serial run makes its test database: the
+    first collected one (pytest-django puts database tests first) that uses
+    a database; None when none does."""
+    try:
+        from pytest_django.fixtures import _get_databases_for_test
+    except ImportError:
+        _get_databases_for_test = None
+    for item in items:
+        if _get_databases_for_test is not None:
+            try:
+                if _get_databases_for_test(item)[0]:
+                    return item
+                continue
+            except Exception:  # a marker pytest-django itself would refuse
+                pass
+        if django_order_group(item) != 2:
+            return item
+    return None
+
+
+@contextlib.contextmanager
+def _as_setup_of(config, item):
+    """The context pytest gives the setup of ``item``, where pytest-django's
+    ``django_db_setup`` runs in the serial run: ``PYTEST_CURRENT_TEST`` names
+    it, and the warning filters of the command line, the ini file and the
+    test's ``filterwarnings`` marks are in force (a warning that the serial
+    run ignores, or turns into an error, does the same to the template's
+    build). Nothing changes when ``item`` is None."""
+    if item is None:
+        yield
+        return
+    from _pytest.warnings import catch_warnings_for_item
+
+    name = "PYTEST_CURRENT_TEST"
+    before = os.environ.get(name)
+    os.environ[name] = ("%s (setup)" % item.nodeid).replace("\x00", "(null)")
+    try:
+        with catch_warnings_for_item(config, ihook=item.ihook, when="runtest", item=item):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def django_order_group(item):
@@ -264,7 +314,7 @@ def fresh_eligible(item):
     return not marker.kwargs.get("serialized_rollback", args[3])
 
 
-class DjangoOnClone:
+def _django_on_clone():
     """pytest-django under dbfork: the worker's database is already there.
 
     dbfork made this worker's clone of the migrated template before pytest
@@ -274,24 +324,33 @@ class DjangoOnClone:
     a thread still holds a connection) the worker points Django's connections
     at the clone and creates, migrates and drops nothing. ``--reuse-db`` and
     ``--create-db`` have nothing left to do and are ignored.
+
+    The plugin is a module of its own holding the fixture as a function: a
+    session fixture on an instance is deprecated in pytest 9 (a warning that
+    ``filterwarnings = error`` turns into an error in every database test).
     """
+    plugin = types.ModuleType("dbfork_pytest.django_on_clone", _django_on_clone.__doc__)
+    plugin.django_db_setup = pytest.fixture(scope="session", name="django_db_setup")(
+        _django_db_setup_on_clone
+    )
+    return plugin
 
-    @pytest.fixture(scope="session")
-    def django_db_setup(self, request, django_db_blocker):
-        dbfork_django.point_django_at_clones()
-        serialized = _serialized_aliases(request.session.items)
-        if serialized:
-            # What pytest-django's setup does for serialized_rollback tests
-            # after it migrated; here on the clone, as on each xdist worker.
-            from django.db import connections
 
-            with django_db_blocker.unblock():
-                for alias in sorted(serialized):
-                    connection = connections[alias]
-                    connection._test_serialized_contents = (
-                        connection.creation.serialize_db_to_string()
-                    )
-        yield
+def _django_db_setup_on_clone(request, django_db_blocker):
+    dbfork_django.point_django_at_clones()
+    serialized = _serialized_aliases(request.session.items)
+    if serialized:
+        # What pytest-django's setup does for serialized_rollback tests
+        # after it migrated; here on the clone, as on each xdist worker.
+        from django.db import connections
+
+        with django_db_blocker.unblock():
+            for alias in sorted(serialized):
+                connection = connections[alias]
+                connection._test_serialized_contents = (
+                    connection.creation.serialize_db_to_string()
+                )
+    yield
 
 
 def _serialized_aliases(items):

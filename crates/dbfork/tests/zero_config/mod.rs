@@ -515,7 +515,41 @@ fn drop_clones_of_parallel_runs(place: &Place) {
     drop_test_databases(place, &["_1", "_2"]);
 }
 
-per_backend!(shoplike, runnerlike, incremental_templates);
+/// What the serial run has when pytest-django makes its test database, in
+/// the setup of the first database test after collection
+/// (tests/fixtures/serialshapes): models defined in a test module, warnings
+/// that depend on being inside a test's setup and on the ini file's filters,
+/// a conftest that chooses the settings and adds an app in
+/// `pytest_configure`, and a field holding a per-process temporary storage.
+/// `dbfork run -j 2` gives serial pytest's outcomes (pytest -n 2 does not:
+/// its workers inherit DJANGO_SETTINGS_MODULE and lose the app), and the
+/// next run reuses the template.
+fn serialshapes(kind: Kind) {
+    let place = Place::new(kind, "serialshapes");
+    let project = fixture(&place, "serialshapes");
+    let env = settings_env(&place, "SHAPES", &place.maint);
+    let serial = pytest_outcomes(&project, &[], &env_refs(&env));
+    drop_reference_databases(&place);
+    assert_reference(&serial, 8, &[]);
+    let xdist = pytest_outcomes(&project, &["-n", "2"], &env_refs(&env));
+    drop_reference_databases(&place);
+    assert_ne!(xdist, serial, "pytest -n 2 was expected to lose the app");
+
+    let pytest = ["-m", "pytest", "-q", "-p", "no:cacheprovider"];
+    let run = dbfork_outcomes(&place, &project, true, &pytest, &env_refs(&env));
+    run.expect(0, &serial, "dbfork run, zero config");
+    assert!(run.stderr.contains("built template"), "{}", run.stderr);
+    let run = dbfork_outcomes(&place, &project, true, &pytest, &env_refs(&env));
+    run.expect(0, &serial, "the next run");
+    assert!(
+        run.stderr.contains("reusing template"),
+        "the per-process storage must not change the fingerprint:\n{}",
+        run.stderr
+    );
+    assert_no_clones(&place);
+}
+
+per_backend!(shoplike, runnerlike, serialshapes, incremental_templates);
 
 #[test]
 fn server_from_the_settings_postgres() {
