@@ -134,9 +134,11 @@ fn runner_outcomes(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcomes 
 /// `test_x (module.Class.test_x) ... ok` lines, counted as dbfork counts
 /// (an exception in a test is a failure, an expected failure is x_failed).
 pub(crate) fn unittest_outcomes(text: &str) -> Outcomes {
+    // A test id is dotted and has no spaces: a docstring's "(#9749)" is none.
     let id_of = |test: &str| {
         test.rsplit_once(" (")
             .and_then(|(_, rest)| rest.strip_suffix(')'))
+            .filter(|id| id.contains('.') && !id.contains(char::is_whitespace))
             .map(str::to_string)
     };
     let mut outcomes = Outcomes::new();
@@ -557,9 +559,12 @@ fn server_from_the_settings_postgres() {
 }
 
 /// Django's own test suite (the sdist of the installed Django, which
-/// `scripts/test` fetches): a few apps on PostgreSQL, zero config, the same
+/// `scripts/test` fetches): a dozen apps on PostgreSQL, zero config, the same
 /// outcomes as `runtests.py --parallel 2`, including the test Django skips on
-/// PostgreSQL (`mark_expected_failures_and_skips`) and the `other` alias.
+/// PostgreSQL (`mark_expected_failures_and_skips`), the `other` alias, and
+/// `admin_views`, whose apps runtests.py installs for its label and whose
+/// test models keep files on a storage in a per-process temporary directory
+/// (the next run reuses the template all the same).
 #[test]
 fn djangos_own_suite_on_postgres() {
     let tests = std::env::var("DBFORK_TEST_DJANGO_TESTS").expect(
@@ -585,6 +590,12 @@ fn djangos_own_suite_on_postgres() {
         "get_or_create",
         "select_for_update",
         "lookup",
+        "admin_views",
+        "model_forms",
+        "aggregation",
+        "fixtures",
+        "many_to_one",
+        "m2m_through",
     ];
     let mut env = settings_env(&place, "DJSUITE", &place.maint);
     env.push(("PYTHONPATH".into(), place.dir.path().display().to_string()));
@@ -612,6 +623,25 @@ fn djangos_own_suite_on_postgres() {
             .contains("the database alias other gets a clone of its own"),
         "{}",
         run.stderr
+    );
+    assert!(reference.keys().any(|id| id.starts_with("admin_views.")));
+    // Another process computes the same fingerprint: the next run would
+    // reuse the template (the storages' temporary directories are not in it).
+    let out = dbfork()
+        .current_dir(place.dir.path())
+        .env_remove("DJANGO_SETTINGS_MODULE")
+        .envs(env.iter().copied())
+        .args(["db", "fingerprint", "--db", &place.url, "--"])
+        .arg(python())
+        .args(&args)
+        .output()
+        .unwrap();
+    let fingerprint = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let template = template_named_in(&run.stderr);
+    assert!(
+        fingerprint.len() >= 16 && template.contains(&fingerprint[..16]),
+        "{template} is not the template of fingerprint {fingerprint}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     assert_no_clones(&place);
 }
