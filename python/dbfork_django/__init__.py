@@ -740,6 +740,7 @@ class DbforkRunnerMixin:
 
     def __init__(self, *args, **kwargs):
         self._dbfork_socket = dbfork_worker.take_socket_path()
+        self._dbfork_parallel = kwargs.get("parallel", 0)
         if self._dbfork_socket:
             # dbfork runs the processes: one worker is one Django process.
             kwargs["parallel"] = 0
@@ -753,6 +754,10 @@ class DbforkRunnerMixin:
 
     def run_tests(self, test_labels, **kwargs):
         if not self._dbfork_socket:
+            jobs = _handoff_jobs(self._dbfork_parallel)
+            if jobs is not None:
+                command = [sys.executable] + dbfork_worker.without_option(sys.argv, "--parallel")
+                dbfork_worker.hand_off(jobs, command, "manage.py test --parallel")
             return super().run_tests(test_labels, **kwargs)
         wire = dbfork_worker.Worker(self._dbfork_socket, ADAPTER, __version__, lookahead=2)
         wire.maxfail = 1 if self.failfast else 0
@@ -863,6 +868,22 @@ class DbforkRunnerMixin:
             return super().run_suite(DistributedSuite(cases, self._dbfork_wire), **kwargs)
         finally:
             self._dbfork_wire.bye()
+
+
+def _handoff_jobs(parallel):
+    """``--parallel`` as dbfork's ``-j`` when this runner (set as
+    ``TEST_RUNNER``, outside dbfork) hands the run to dbfork: ``"auto"`` (or
+    ``DJANGO_TEST_PROCESSES``) or the number; None to run as Django does
+    (``--parallel`` 0 or 1, or already under dbfork)."""
+    if dbfork_worker.handed_off():
+        return None
+    if parallel == "auto":
+        return os.environ.get("DJANGO_TEST_PROCESSES") or "auto"
+    try:
+        parallel = int(parallel or 0)
+    except (TypeError, ValueError):
+        return None
+    return str(parallel) if parallel > 1 else None
 
 
 def runner_class(base):

@@ -44,8 +44,10 @@ Protocol
 Only the standard library is used; Python 3.9+, pytest 7 and later.
 """
 
+import argparse
 import contextlib
 import os
+import sys
 import types
 
 import pytest
@@ -58,6 +60,75 @@ __version__ = dbfork_worker.__version__
 ADAPTER = "pytest"
 
 _PLUGIN_NAME = "dbfork-worker"
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("dbfork", "dbfork (parallel runs, each worker on a clone of one template database)")
+    group.addoption(
+        "--dbfork",
+        action="store",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="N",
+        help="run this same command under `dbfork run -j N`: N workers (a number or "
+        "auto), each on its own clone of the template database; without N, dbfork's "
+        "own setting (jobs in [tool.dbfork], DBFORK_JOBS), else auto",
+    )
+    if not _has_xdist():
+        # pytest -n N without pytest-xdist: say what to type instead of
+        # pytest's "unrecognized arguments".
+        group.addoption(
+            "-n", "--numprocesses", dest="dbfork_numprocesses", default=None, help=argparse.SUPPRESS
+        )
+
+
+def _has_xdist():
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("xdist") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """``pytest --dbfork[=N]`` hands the same command line to ``dbfork run``."""
+    if dbfork_worker.handed_off():
+        return None
+    jobs = config.getoption("dbfork", None)
+    processes = config.getoption("dbfork_numprocesses", None)
+    if jobs is None and processes is not None:
+        raise pytest.UsageError(
+            "-n %s is pytest-xdist's option, and pytest-xdist is not installed. To run in "
+            "parallel with dbfork (each worker on its own clone of the template "
+            "database): `pytest --dbfork=%s`, or `dbfork run -j %s -- pytest ...`"
+            % (processes, processes, processes)
+        )
+    if jobs is None:
+        return None
+    if not (jobs.isdigit() or jobs == "auto"):
+        # `--dbfork tests/`: argparse took the path for N; it stays an argument.
+        jobs = ""
+    args = dbfork_worker.without_option(list(config.invocation_params.args), "--dbfork")
+    command = [sys.executable, "-m", "pytest"] + _without_this_plugin(args)
+    try:
+        dbfork_worker.hand_off(jobs or None, command, "pytest --dbfork")
+    except (RuntimeError, OSError) as e:
+        raise pytest.UsageError(str(e))
+    return None
+
+
+def _without_this_plugin(args):
+    """``args`` without ``-p dbfork_pytest``: dbfork loads the plugin itself."""
+    kept = []
+    for arg in args:
+        if arg == "dbfork_pytest" and kept and kept[-1] == "-p":
+            kept.pop()
+        elif arg != "-pdbfork_pytest":
+            kept.append(arg)
+    return kept
 
 
 def pytest_configure(config):

@@ -51,6 +51,74 @@ EXIT_LOST_RUNNER = 70
 WANT_THRESHOLD = 2
 
 
+# Set in the environment of a command re-run under ``dbfork run`` by
+# :func:`hand_off`, so it is never handed off twice.
+ENV_HANDED_OFF = "DBFORK_HANDED_OFF"
+
+
+def dbfork_command():
+    """The ``dbfork`` command: the one installed beside this Python (the
+    wheel's), else the first on ``PATH``; None when there is none."""
+    import shutil
+
+    beside = os.path.join(os.path.dirname(sys.executable), "dbfork")
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("dbfork")
+
+
+def hand_off(jobs, command, asked_by):
+    """Replaces this process with ``dbfork run [-j jobs] -- command``: the
+    same test command, run in parallel by dbfork (``jobs`` None: dbfork's own
+    setting, ``jobs`` in ``[tool.dbfork]`` or ``DBFORK_JOBS``, else auto).
+    ``asked_by`` names the option that asked for it, for the note and the
+    error. Returns only when there is no dbfork to hand off to (raises
+    RuntimeError with what to do)."""
+    binary = dbfork_command()
+    if binary is None:
+        raise RuntimeError(
+            "%s runs the suite under dbfork, but the dbfork command is neither beside "
+            "this Python (%s) nor on PATH: install it (`pip install dbfork`) or put it on "
+            "PATH" % (asked_by, sys.executable)
+        )
+    argv = [binary, "run"]
+    if jobs:
+        argv += ["-j", str(jobs)]
+    argv += ["--"] + list(command)
+    sys.stderr.write(
+        "dbfork: %s: running `dbfork run%s -- ...` (each worker on its own clone of the "
+        "template database)\n" % (asked_by, " -j %s" % jobs if jobs else "")
+    )
+    sys.stderr.flush()
+    os.environ[ENV_HANDED_OFF] = "1"
+    os.execv(binary, argv)
+
+
+def without_option(args, name):
+    """``args`` without option ``name`` (``--name``, ``--name=N`` and
+    ``--name N`` where N is a number or auto): the command line handed to
+    dbfork, which runs the workers itself."""
+    kept = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            if arg.isdigit() or arg == "auto":
+                continue
+        if arg == name:
+            skip_value = True
+            continue
+        if arg.startswith(name + "="):
+            continue
+        kept.append(arg)
+    return kept
+
+
+def handed_off():
+    """Whether this process already runs under dbfork, or was handed to it."""
+    return bool(os.environ.get(ENV_SOCKET) or os.environ.get(ENV_HANDED_OFF))
+
+
 def take_socket_path():
     """The runner's socket when dbfork started this process, else None.
 

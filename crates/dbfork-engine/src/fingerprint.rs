@@ -75,7 +75,7 @@ impl Recipe {
             crate::TEMPLATE_FORMAT_VERSION.to_string(),
         );
         entries.insert("server version".to_string(), server_version.to_string());
-        entries.insert("setup".to_string(), self.setup.clone());
+        entries.insert("setup".to_string(), setup_identity(&self.setup));
         for (name, value) in &self.facts {
             entries.insert(format!("{FACT}{name}"), value.clone());
         }
@@ -106,7 +106,7 @@ impl Recipe {
 
     /// A key shared by every version of this setup (its templates age out together).
     pub fn setup_key(&self) -> String {
-        blake3::hash(self.setup.as_bytes()).to_hex()[..16].to_string()
+        blake3::hash(setup_identity(&self.setup).as_bytes()).to_hex()[..16].to_string()
     }
 
     /// How many input files the fingerprint covers.
@@ -249,6 +249,60 @@ fn file_hash(path: &Path) -> Result<String> {
     Ok(blake3::hash(&contents).to_hex().to_string())
 }
 
+/// The setup command as the fingerprint knows it: each word that names an
+/// existing file or directory by a path (`../../.venv/bin/python`,
+/// `/home/me/proj/.venv/bin/python`) is written relative to the working
+/// directory, normalized without following links (a venv's `python` is a
+/// link, and which venv it is matters), so the same command spelled two ways
+/// makes one template. Everything else is kept as written.
+pub fn setup_identity(setup: &str) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    setup
+        .split(' ')
+        .map(|word| {
+            if !word.contains('/') || word.starts_with('-') || !Path::new(word).exists() {
+                return word.to_string();
+            }
+            let relative = relative_to(&lexical(&cwd.join(word)), &cwd);
+            relative.to_string_lossy().into_owned()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `path` with `.` and `..` resolved by name alone.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `path` relative to `base` (both absolute and lexical), with `..` where
+/// it lies outside.
+fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    let (path, base): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
+    let common = path.iter().zip(&base).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..base.len() {
+        out.push("..");
+    }
+    for part in &path[common..] {
+        out.push(part);
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
 /// Length-prefixed, so that no two different field lists hash alike.
 fn field(h: &mut blake3::Hasher, bytes: &[u8]) {
     h.update(&(bytes.len() as u64).to_le_bytes());
@@ -258,6 +312,43 @@ fn field(h: &mut blake3::Hasher, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_setup_spelled_two_ways_is_one_setup() {
+        // cargo runs unit tests in the crate's directory: src/ exists.
+        let cwd = std::env::current_dir().unwrap();
+        let absolute = format!("{}/src/../src/lib.rs migrate --noinput", cwd.display());
+        assert_eq!(setup_identity(&absolute), "src/lib.rs migrate --noinput");
+        assert_eq!(
+            setup_identity("./src/lib.rs migrate --noinput"),
+            "src/lib.rs migrate --noinput"
+        );
+        let up = format!(
+            "../{}/src/lib.rs x",
+            cwd.file_name().unwrap().to_string_lossy()
+        );
+        assert_eq!(setup_identity(&up), "src/lib.rs x");
+        // Not paths of this machine, options, plain words: as written.
+        assert_eq!(
+            setup_identity("python manage.py  migrate --settings=a/b"),
+            "python manage.py  migrate --settings=a/b"
+        );
+        assert_eq!(setup_identity("/no/such/python x"), "/no/such/python x");
+        let recipe = |setup: &str| Recipe {
+            setup: setup.into(),
+            ..Recipe::default()
+        };
+        assert_eq!(
+            recipe(&absolute).setup_key(),
+            recipe("src/lib.rs migrate --noinput").setup_key()
+        );
+        assert_eq!(
+            recipe(&absolute).fingerprint("15").unwrap(),
+            recipe("./src/lib.rs migrate --noinput")
+                .fingerprint("15")
+                .unwrap()
+        );
+    }
 
     #[test]
     fn fingerprint_follows_inputs() {

@@ -27,6 +27,15 @@ impl Tool for Pytest {
     }
 
     fn refuse(&self, command: &[String]) -> Option<String> {
+        // pytest would register the module twice (as `dbfork_pytest` and as
+        // the entry point `dbfork` dbfork puts beside it) and stop.
+        let by_module = command
+            .windows(2)
+            .any(|w| w[0] == "-p" && w[1] == "dbfork_pytest")
+            || command.iter().any(|a| a == "-pdbfork_pytest");
+        if by_module {
+            return Some("the pytest command loads dbfork's plugin as `-p dbfork_pytest`, but dbfork loads it itself (as the plugin `dbfork`): remove the option, or write `-p dbfork` where plugins are not autoloaded".to_string());
+        }
         let option = command.iter().map(String::as_str).find(|a| {
             *a == "-n"
                 || a.starts_with("--numprocesses")
@@ -110,6 +119,11 @@ mod tests {
             .unwrap()
             .contains("`-n4`"));
         assert_eq!(Pytest.refuse(&v(&["pytest", "-nope"])), None);
+        assert!(Pytest
+            .refuse(&v(&["pytest", "-p", "dbfork_pytest"]))
+            .unwrap()
+            .contains("`-p dbfork`"));
+        assert_eq!(Pytest.refuse(&v(&["pytest", "-p", "dbfork"])), None);
         assert_eq!(Pytest.maxfail(&v(&["pytest", "-x"])), 1);
         assert_eq!(Pytest.maxfail(&v(&["pytest", "--maxfail=3"])), 3);
         assert_eq!(
