@@ -78,9 +78,10 @@ def pytest_addoption(parser):
     if not _has_xdist():
         # pytest -n N without pytest-xdist: say what to type instead of
         # pytest's "unrecognized arguments".
-        group.addoption(
-            "-n", "--numprocesses", dest="dbfork_numprocesses", default=None, help=argparse.SUPPRESS
-        )
+        # pytest reserves lowercase short options for itself: _addoption is
+        # how pytest-xdist declares its -n.
+        add = getattr(group, "_addoption", group.addoption)
+        add("-n", "--numprocesses", dest="dbfork_numprocesses", default=None, help=argparse.SUPPRESS)
 
 
 def _has_xdist():

@@ -210,3 +210,18 @@ def test_a_worker_without_lookahead_keeps_nothing_back():
         assert runner.receive() == {"v": 1, "type": "released", "tests": [1, 2]}
     finally:
         runner.close()
+
+
+def test_a_command_handed_to_dbfork_loses_only_the_option_that_asked():
+    strip = dbfork_worker.without_option
+    assert strip(["-q", "--dbfork", "2", "tests"], "--dbfork") == ["-q", "tests"]
+    assert strip(["--dbfork=auto", "-x"], "--dbfork") == ["-x"]
+    # Without N the next word is the suite's own argument.
+    assert strip(["--dbfork", "tests/", "-k", "2"], "--dbfork") == ["tests/", "-k", "2"]
+    assert strip(["manage.py", "test", "--parallel", "--noinput"], "--parallel") == [
+        "manage.py",
+        "test",
+        "--noinput",
+    ]
+    assert strip(["manage.py", "test", "--parallel=4", "shop"], "--parallel") == ["manage.py", "test", "shop"]
+
