@@ -127,6 +127,8 @@ def point_django_at_clones(used=None):
             )
     for alias, name in names.items():
         if alias in settings.DATABASES:
+            if backend == "sqlite" and _in_memory_when_serial(settings.DATABASES[alias]):
+                name = _load_into_memory(alias, name)
             _use_database(alias, name, server)
     for alias, mirror in mirrors.items():
         connections[alias].close()
@@ -141,6 +143,44 @@ def point_django_at_clones(used=None):
         for alias in names:
             if alias in settings.DATABASES and (used is None or alias in used):
                 connections[alias].creation.mark_expected_failures_and_skips()
+
+
+# "0": SQLite clones stay files even where the serial run tests in memory.
+ENV_SQLITE_MEMORY = "DBFORK_SQLITE_IN_MEMORY"
+
+# The connections that keep each in-memory copy alive (it lives as long as one
+# connection to it is open): one per alias, for the worker's life.
+_memory_keepers = []
+
+
+def _in_memory_when_serial(settings_dict):
+    """Whether Django's own test database for this SQLite alias would be in
+    memory: ``TEST['NAME']`` unset, ``:memory:`` or a ``mode=memory`` URI
+    (the alias's ``NAME`` does not matter to Django's test setup)."""
+    if os.environ.get(ENV_SQLITE_MEMORY) == "0":
+        return False
+    name = str((settings_dict.get("TEST") or {}).get("NAME") or "")
+    return name in ("", ":memory:") or "mode=memory" in name
+
+
+def _load_into_memory(alias, path):
+    """Copies this worker's clone file into a private in-memory database
+    (SQLite's backup API) and returns its URI, so the tests run in memory as
+    Django's own test database would: the same locking between threads and
+    connections (shared cache, which LiveServerTestCase relies on), and no
+    journal or file I/O for each transaction."""
+    import sqlite3
+    from urllib.parse import quote
+
+    uri = "file:dbfork_%s_%d?mode=memory&cache=shared" % (quote(alias, safe=""), os.getpid())
+    keeper = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    source = sqlite3.connect("file:%s?mode=ro" % quote(path), uri=True)
+    try:
+        source.backup(keeper)
+    finally:
+        source.close()
+    _memory_keepers.append(keeper)
+    return uri
 
 
 def _disposable_sqlite(sender, connection, **kwargs):
