@@ -532,7 +532,7 @@ fn serialshapes(kind: Kind) {
     let env = settings_env(&place, "SHAPES", &place.maint);
     let serial = pytest_outcomes(&project, &[], &env_refs(&env));
     drop_reference_databases(&place);
-    assert_reference(&serial, 8, &[]);
+    assert_reference(&serial, 9, &[]);
     let xdist = pytest_outcomes(&project, &["-n", "2"], &env_refs(&env));
     drop_reference_databases(&place);
     assert_ne!(xdist, serial, "pytest -n 2 was expected to lose the app");
