@@ -104,9 +104,17 @@ impl Recipe {
         Ok(self.manifest(server_version)?.fingerprint)
     }
 
-    /// A key shared by every version of this setup (its templates age out together).
+    /// A key shared by every version of this setup in this project (its
+    /// templates age out together): the setup command and the project's
+    /// directory (the working directory), so two projects with the same
+    /// command (`python manage.py migrate`) on one server are not versions
+    /// of each other.
     pub fn setup_key(&self) -> String {
-        blake3::hash(setup_identity(&self.setup).as_bytes()).to_hex()[..16].to_string()
+        let mut h = blake3::Hasher::new();
+        field(&mut h, setup_identity(&self.setup).as_bytes());
+        let project = std::env::current_dir().unwrap_or_default();
+        field(&mut h, project.as_os_str().as_encoded_bytes());
+        h.finalize().to_hex()[..16].to_string()
     }
 
     /// How many input files the fingerprint covers.
@@ -249,22 +257,33 @@ fn file_hash(path: &Path) -> Result<String> {
     Ok(blake3::hash(&contents).to_hex().to_string())
 }
 
-/// The setup command as the fingerprint knows it: each word that names an
-/// existing file or directory by a path (`../../.venv/bin/python`,
-/// `/home/me/proj/.venv/bin/python`) is written relative to the working
-/// directory, normalized without following links (a venv's `python` is a
-/// link, and which venv it is matters), so the same command spelled two ways
-/// makes one template. Everything else is kept as written.
+/// The setup command as the fingerprint knows it: each word that is a path
+/// (absolute, or starting with `./` or `../`) is resolved by name against the
+/// working directory, without following links (a venv's `python` is a link,
+/// and which venv it is matters) and without looking at the disk (a setup may
+/// create what it names), then written relative to the working directory
+/// when it lies inside it and absolute otherwise; so `../../.venv/bin/python`
+/// and the absolute path of the same venv make one template. Everything else
+/// is kept as written.
 pub fn setup_identity(setup: &str) -> String {
     let cwd = std::env::current_dir().unwrap_or_default();
     setup
         .split(' ')
         .map(|word| {
-            if !word.contains('/') || word.starts_with('-') || !Path::new(word).exists() {
+            let is_path = word.starts_with('/')
+                || word.starts_with("./")
+                || word.starts_with("../")
+                || word == "."
+                || word == "..";
+            if !is_path {
                 return word.to_string();
             }
-            let relative = relative_to(&lexical(&cwd.join(word)), &cwd);
-            relative.to_string_lossy().into_owned()
+            let path = lexical(&cwd.join(word));
+            match path.strip_prefix(&cwd) {
+                Ok(inside) if inside.as_os_str().is_empty() => ".".to_string(),
+                Ok(inside) => inside.to_string_lossy().into_owned(),
+                Err(_) => path.to_string_lossy().into_owned(),
+            }
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -285,24 +304,6 @@ fn lexical(path: &Path) -> PathBuf {
     out
 }
 
-/// `path` relative to `base` (both absolute and lexical), with `..` where
-/// it lies outside.
-fn relative_to(path: &Path, base: &Path) -> PathBuf {
-    let (path, base): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
-    let common = path.iter().zip(&base).take_while(|(a, b)| a == b).count();
-    let mut out = PathBuf::new();
-    for _ in common..base.len() {
-        out.push("..");
-    }
-    for part in &path[common..] {
-        out.push(part);
-    }
-    if out.as_os_str().is_empty() {
-        out.push(".");
-    }
-    out
-}
-
 /// Length-prefixed, so that no two different field lists hash alike.
 fn field(h: &mut blake3::Hasher, bytes: &[u8]) {
     h.update(&(bytes.len() as u64).to_le_bytes());
@@ -315,36 +316,39 @@ mod tests {
 
     #[test]
     fn one_setup_spelled_two_ways_is_one_setup() {
-        // cargo runs unit tests in the crate's directory: src/ exists.
         let cwd = std::env::current_dir().unwrap();
-        let absolute = format!("{}/src/../src/lib.rs migrate --noinput", cwd.display());
-        assert_eq!(setup_identity(&absolute), "src/lib.rs migrate --noinput");
+        let absolute = format!("{}/sub/../bin/python migrate --noinput", cwd.display());
+        assert_eq!(setup_identity(&absolute), "bin/python migrate --noinput");
         assert_eq!(
-            setup_identity("./src/lib.rs migrate --noinput"),
-            "src/lib.rs migrate --noinput"
+            setup_identity("./bin/python migrate --noinput"),
+            "bin/python migrate --noinput"
         );
-        let up = format!(
-            "../{}/src/lib.rs x",
-            cwd.file_name().unwrap().to_string_lossy()
-        );
-        assert_eq!(setup_identity(&up), "src/lib.rs x");
-        // Not paths of this machine, options, plain words: as written.
+        // Outside the project: absolute, however it was spelled.
+        let parent = cwd.parent().unwrap().join(".venv/bin/python");
         assert_eq!(
-            setup_identity("python manage.py  migrate --settings=a/b"),
-            "python manage.py  migrate --settings=a/b"
+            setup_identity("../.venv/bin/python x"),
+            format!("{} x", parent.display())
         );
-        assert_eq!(setup_identity("/no/such/python x"), "/no/such/python x");
+        assert_eq!(
+            setup_identity(&format!("{} x", parent.display())),
+            format!("{} x", parent.display())
+        );
+        // Options, URLs and plain words: as written.
+        assert_eq!(
+            setup_identity("python manage.py  migrate --settings=a/b postgres://h/db"),
+            "python manage.py  migrate --settings=a/b postgres://h/db"
+        );
         let recipe = |setup: &str| Recipe {
             setup: setup.into(),
             ..Recipe::default()
         };
         assert_eq!(
             recipe(&absolute).setup_key(),
-            recipe("src/lib.rs migrate --noinput").setup_key()
+            recipe("bin/python migrate --noinput").setup_key()
         );
         assert_eq!(
             recipe(&absolute).fingerprint("15").unwrap(),
-            recipe("./src/lib.rs migrate --noinput")
+            recipe("./bin/python migrate --noinput")
                 .fingerprint("15")
                 .unwrap()
         );

@@ -1492,36 +1492,80 @@ pub async fn gc(backend: &AnyBackend, options: &GcOptions) -> Result<Vec<Collect
             error: None,
         };
         if !options.dry_run {
-            // A template is only dropped under its build lock, never under a running build or clone.
-            let lock = if entry.kind == EntryKind::Template {
-                match backend
-                    .lock(
-                        &format!("dbfork-template-{}", entry.name),
-                        Duration::from_secs(2),
-                    )
-                    .await
-                {
-                    Ok(lock) => Some(lock),
-                    Err(e) => {
-                        collected.error = Some(e.to_string());
-                        out.push(collected);
-                        continue;
-                    }
-                }
+            let dropped = if entry.kind == EntryKind::Template {
+                drop_template(backend, &entry.name, options.drop_deadline).await
             } else {
-                None
+                drop_entry(backend, &entry.name, options.drop_deadline).await
             };
-            match drop_entry(backend, &entry.name, options.drop_deadline).await {
+            match dropped {
                 Ok(()) => collected.dropped = true,
                 Err(e) => collected.error = Some(e.to_string()),
-            }
-            if let Some(lock) = lock {
-                backend.unlock(lock).await?;
             }
         }
         out.push(collected);
     }
     Ok(out)
+}
+
+/// Drops a template under its build lock (waiting 2 s at most), so never
+/// under a running build or clone of it.
+async fn drop_template(backend: &AnyBackend, name: &str, deadline: Duration) -> Result<()> {
+    let lock = backend
+        .lock(&format!("dbfork-template-{name}"), Duration::from_secs(2))
+        .await?;
+    let dropped = drop_entry(backend, name, deadline).await;
+    backend.unlock(lock).await?;
+    dropped
+}
+
+/// After `current` was built: the ready templates of its setup beyond the
+/// `keep` most recently used (`current` among them) are dropped, oldest use
+/// first, except one that a clone of a live run was made from (that run may
+/// still need a replacement clone). Returns the names dropped; one that could
+/// not be dropped is logged and left to `db gc`. `keep` 0 keeps all.
+pub async fn prune_templates(
+    backend: &AnyBackend,
+    current: &str,
+    keep: usize,
+    heartbeat_ttl: Duration,
+    deadline: Duration,
+) -> Result<Vec<String>> {
+    let entries = backend.registry_list().await?;
+    let Some(current) = entries.iter().find(|e| e.name == current) else {
+        return Ok(Vec::new());
+    };
+    if keep == 0 {
+        return Ok(Vec::new());
+    }
+    let now = process::now();
+    let ttl = heartbeat_ttl.as_secs() as i64;
+    let in_use = |fingerprint: &str| {
+        entries.iter().any(|e| {
+            e.kind == EntryKind::Clone && e.fingerprint == fingerprint && !e.owner_gone(now, ttl)
+        })
+    };
+    let mut others: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| {
+            e.kind == EntryKind::Template
+                && e.state == State::Ready
+                && e.setup_key == current.setup_key
+                && e.name != current.name
+                && names::is_dbfork_shape(&e.name)
+        })
+        .collect();
+    others.sort_by_key(|e| std::cmp::Reverse((e.last_used_at, e.created_at)));
+    let mut dropped = Vec::new();
+    for old in others.into_iter().skip(keep - 1) {
+        if in_use(&old.fingerprint) {
+            continue;
+        }
+        match drop_template(backend, &old.name, deadline).await {
+            Ok(()) => dropped.push(old.name.clone()),
+            Err(e) => tracing::warn!("could not drop the older template {}: {e}", old.name),
+        }
+    }
+    Ok(dropped)
 }
 
 #[cfg(test)]

@@ -290,6 +290,17 @@ pub const SETTINGS: &[Setting] = &[
         doc: "The most the cache directory may hold; after a write, the least recently used files (a restore counts as a use) are removed until it fits. Bytes, or `500MB`, `2GiB`.",
     },
     Setting {
+        key: "keep_templates",
+        flag: "keep-templates",
+        short: None,
+        env: "DBFORK_KEEP_TEMPLATES",
+        value_name: "N",
+        shape: Shape::Value,
+        help: "After a build, keep the N most recently used templates of the same setup on the server and drop the older ones (not one a running run still clones from); 0 keeps all. [default: 3]",
+        default: "`3`",
+        doc: "After every build, the templates of the same setup (the project's Django setup, or the same `setup` command) beyond the N most recently used are dropped, so trying other label sets, branches or settings does not pile templates up on a server; one that a run still alive clones from is kept. `0` keeps every template (`dbfork db gc --older-than` still removes unused ones).",
+    },
+    Setting {
         key: "incremental",
         flag: "incremental",
         short: None,

@@ -82,7 +82,30 @@ pub async fn prepare(
     if config.setup.is_some() || configured.django.is_some() {
         report(config, &template, progress);
     }
+    if !template.reused {
+        prune(config, backend, &template.name, progress).await;
+    }
     Ok(template)
+}
+
+/// Drops the templates of this setup beyond the `keep_templates` most
+/// recently used, and says so; a failure only warns (`db gc` collects later).
+async fn prune(config: &RunConfig, backend: &AnyBackend, current: &str, progress: &Notes) {
+    let keep = config.keep_templates;
+    match ops::prune_templates(backend, current, keep, config.heartbeat_ttl, config.drop_timeout)
+        .await
+    {
+        Ok(dropped) if !dropped.is_empty() => progress.note(&format!(
+            "dropped {} older template{} of this setup ({}): the {keep} most recently used are kept (--keep-templates, keep_templates in the configuration; 0 keeps all)",
+            dropped.len(),
+            if dropped.len() == 1 { "" } else { "s" },
+            dropped.join(", ")
+        )),
+        Ok(_) => {}
+        Err(e) => progress.note(&format!(
+            "warning: the older templates of this setup were not pruned: {e}"
+        )),
+    }
 }
 
 /// What the run's template is built from: the `--setup` command, or the

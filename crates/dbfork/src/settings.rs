@@ -111,6 +111,10 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
             .or(from_file.template_cache_size)
             .unwrap_or(dbfork_engine::cache::DEFAULT_MAX_BYTES),
         incremental: from_flags.incremental.or(from_file.incremental),
+        keep_templates: from_flags
+            .keep_templates
+            .or(from_file.keep_templates)
+            .unwrap_or(3),
         lock_timeout: Duration::from_secs(30 * 60),
         verbose,
         // CI logs are not terminals, but some CI systems fake one; CI=... is
@@ -291,6 +295,7 @@ struct Layer {
     template_cache: Option<Option<PathBuf>>,
     template_cache_size: Option<u64>,
     incremental: Option<bool>,
+    keep_templates: Option<usize>,
 }
 
 impl Layer {
@@ -429,6 +434,7 @@ impl Layer {
                 self.template_cache_size = Some(bytes);
             }
             "incremental" => self.incremental = Some(boolean(raw, origin)?),
+            "keep_templates" => self.keep_templates = Some(count(raw, origin, 0)?),
             // SETTINGS and this match list the same keys; a key missing here is a bug
             // (a test sets every key).
             other => {

@@ -8,6 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use run_tests::assert_no_clones;
 use support::{dbfork, run, Kind, Place};
 
 macro_rules! per_backend {
@@ -45,6 +46,7 @@ per_backend!(
     concurrent_builds_of_one_fingerprint_build_once,
     sigint_during_setup_drops_the_half_built_template,
     a_template_build_can_span_two_calls,
+    older_templates_of_a_setup_are_pruned,
 );
 per_server!(
     drop_ends_open_sessions,
@@ -108,6 +110,77 @@ fn assert_nothing_left(place: &Place, names: &[String]) {
     for name in names {
         assert!(!place.exists(name), "{name} still exists");
     }
+}
+
+/// Templates of one setup do not pile up on a server: after each build of
+/// `dbfork run` the two most recently used stay (`--keep-templates 2`), the
+/// older one is dropped and said so; nothing of another setup is touched.
+fn older_templates_of_a_setup_are_pruned(kind: Kind) {
+    let place = Place::new(kind, "prune");
+    let schema = place.file("schema.sql", place.schema());
+    let setup = place.apply_cmd(&schema);
+    // Another setup's template, older than all of them: not this setup's to prune.
+    let other_runs = place.dir.path().join("other-runs");
+    let other = setup_for(&place, &other_runs);
+    let (code, _, err) = template(&place, &other, &[]);
+    assert_eq!(code, 0, "{err}");
+    let templates = |place: &Place| {
+        place
+            .registry()
+            .iter()
+            .filter(|e| e["kind"] == "template")
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut built = Vec::new();
+    for round in 0..3 {
+        // Each round changes an input: a new fingerprint of the same setup.
+        // The registry counts uses in seconds: one round a second.
+        std::thread::sleep(Duration::from_millis(1100));
+        place.file("input.txt", &format!("round {round}"));
+        let out = dbfork()
+            .current_dir(place.dir.path())
+            .env_remove("CI")
+            .args(["run", "-j", "1", "--db", &place.url, "--setup", &setup])
+            .args([
+                "--input",
+                "input.txt",
+                "--keep-templates",
+                "2",
+                "--",
+                "true",
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let name = stderr
+            .split("built template ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{stderr}"))
+            .to_string();
+        if round == 2 {
+            assert!(
+                stderr.contains(&format!(
+                    "dropped 1 older template of this setup ({})",
+                    built[0]
+                )) && stderr.contains("the 2 most recently used are kept"),
+                "{built:?}\n{stderr}"
+            );
+        } else {
+            assert!(!stderr.contains("older template"), "{stderr}");
+        }
+        built.push(name);
+    }
+    let left = templates(&place);
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(!left.contains(&built[0]), "{left:?}");
+    assert!(
+        left.contains(&built[1]) && left.contains(&built[2]),
+        "{left:?}"
+    );
+    assert_no_clones(&place);
 }
 
 fn template_build_reuse_rebuild_clone_drop(kind: Kind) {
