@@ -113,10 +113,20 @@ def point_django_at_clones(used=None):
     if extra:
         names.update(json.loads(extra))
     mirrors = {}
+    # Aliases whose settings name the same database share one test database
+    # in Django's setup (the same test_db_signature): they follow the alias
+    # that got the clone, as Django points them at the first one's.
+    cloned = {}
+    for alias in names:
+        if alias in settings.DATABASES:
+            cloned.setdefault(connections[alias].creation.test_db_signature(), alias)
     for alias, settings_dict in settings.DATABASES.items():
         mirror = (settings_dict.get("TEST") or {}).get("MIRROR")
-        if mirror:
-            mirrors[alias] = mirror
+        shares = None
+        if not mirror and alias not in names:
+            shares = cloned.get(connections[alias].creation.test_db_signature())
+        if mirror or shares:
+            mirrors[alias] = mirror or shares
         elif alias not in names and (used is None or alias in used):
             raise NoCloneError(
                 "dbfork: the database alias %r in DATABASES has no clone, and its "

@@ -255,35 +255,83 @@ class Controller:
         return files
 
     def _build(self, target):
-        """pytest-django's ``django_db_setup`` for ``default``, on the template."""
+        """pytest-django's ``django_db_setup`` for ``default``, on the
+        template, as the serial run gets to it: in the context of the first
+        database test's setup, after the session fixtures it depends on (the
+        project's overrides of ``django_test_environment``,
+        ``django_db_modify_db_settings`` and ``django_db_use_migrations``
+        included: a conftest that connects a ``pre_migrate`` handler there
+        creates a PostgreSQL extension before the migrations). The project's
+        own ``django_db_setup`` override runs in each worker, on its clone,
+        as it does in each xdist worker."""
         from django.test.utils import (
             setup_databases,
             setup_test_environment,
             teardown_test_environment,
         )
 
-        if self._nomigrations():
-            _disable_migrations()
-
-        def setup():
-            setup_test_environment()
-            try:
-                setup_databases(
-                    verbosity=0,
-                    interactive=False,
-                    aliases={"default"},
-                    serialized_aliases=set(),
-                    keepdb=True,
-                )
-            finally:
-                teardown_test_environment()
-
         with _database_access(self.config), _as_setup_of(self.config, self.first):
+            fixtures = _session_fixtures(self.first)
+            use_migrations = fixtures.get("django_db_use_migrations", not self._nomigrations())
+            if not use_migrations:
+                _disable_migrations()
+            own_environment = "django_test_environment" not in fixtures
+
+            def setup():
+                if own_environment:
+                    setup_test_environment()
+                try:
+                    setup_databases(
+                        verbosity=0,
+                        interactive=False,
+                        aliases={"default"},
+                        serialized_aliases=set(),
+                        keepdb=True,
+                    )
+                finally:
+                    if own_environment:
+                        teardown_test_environment()
+
             return dbfork_django.build_template(target, setup)
 
     @pytest.hookimpl
     def pytest_unconfigure(self, config):
         self.wire.close()
+
+
+# The session fixtures pytest-django's django_db_setup depends on that shape
+# how the database is made, in the order it requests them.
+_SETUP_FIXTURES = ("django_test_environment", "django_db_modify_db_settings", "django_db_use_migrations")
+
+
+def _session_fixtures(item):
+    """The values of :data:`_SETUP_FIXTURES` as ``item``'s setup would get
+    them (a conftest's override wins, as in the serial run); ``{}`` without
+    an item. They stay set up until the controller's session ends."""
+    if item is None:
+        return {}
+    session = item.session
+    state = session._setupstate
+    if session not in state.stack:
+        # Session-scoped fixtures attach their teardown to the session.
+        state.setup(session)
+    # The item's request may only compute fixtures while its nodes are set
+    # up; they are marked so for the while (their own setup, the test's
+    # module and class fixtures, does not run: only session fixtures do).
+    marked = [node for node in item.listchain() if node not in state.stack]
+    for node in marked:
+        state.stack[node] = ([], None)
+    values = {}
+    try:
+        for name in _SETUP_FIXTURES:
+            try:
+                values[name] = item._request.getfixturevalue(name)
+            except pytest.FixtureLookupError:
+                pass
+    finally:
+        for node in marked:
+            state.stack.pop(node, None)
+    return values
 
 
 def _first_database_test(items):
@@ -408,7 +456,11 @@ def _django_on_clone():
     return plugin
 
 
-def _django_db_setup_on_clone(request, django_db_blocker):
+def _django_db_setup_on_clone(request, django_db_blocker, django_db_use_migrations):
+    if not django_db_use_migrations:
+        # What pytest-django's setup does besides migrating (--nomigrations):
+        # the tests see no migrations, as in the serial run.
+        _disable_migrations()
     dbfork_django.point_django_at_clones()
     serialized = _serialized_aliases(request.session.items)
     if serialized:
@@ -544,6 +596,12 @@ class Worker:
         # for it) it is left set and ignored: the worker keeps running what it
         # is given until `stop` (pytest 8+ then tears all fixtures down after
         # each test, which is slower but correct).
+        if self.django and self.config.getvalue("nomigrations"):
+            # The serial run hides the migrations (pytest-django's
+            # django_db_setup) before its first database test, so every test
+            # after it sees none; a worker may get tests without a database
+            # first, or only those.
+            _disable_migrations()
         self._start_fresh_clones()
         while True:
             index, next_index = self.wire.next()

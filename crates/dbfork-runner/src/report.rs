@@ -82,9 +82,14 @@ fn junit(report: &RunReport) -> Report {
     let mut tests: Vec<&TestRecord> = report.tests.iter().collect();
     tests.sort_by_key(|t| t.index);
     let mut files = Suites::default();
-    for (id, longrepr) in &report.collect_errors {
+    let collected = report
+        .collect_errors
+        .iter()
+        .map(|e| (e, false))
+        .chain(report.collect_skipped.iter().map(|e| (e, true)));
+    for ((id, longrepr), skipped) in collected {
         let file = id.split("::").next().unwrap_or(id);
-        files.of(file).1.push(collect_error_case(id, longrepr));
+        files.of(file).1.push(collect_case(id, longrepr, skipped));
     }
     for test in tests {
         let suite = files.of(&test.file);
@@ -229,11 +234,22 @@ fn non_success(
     status
 }
 
-fn collect_error_case(id: &str, longrepr: &str) -> TestCase {
+/// A module that failed to collect (an error) or was skipped as a whole at
+/// collection (`allow_module_level`, an ignored import error), as pytest's
+/// own JUnit report has them.
+fn collect_case(id: &str, longrepr: &str, skipped: bool) -> TestCase {
     let (classname, name) = pytest_names(id);
-    let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+    let mut status = if skipped {
+        TestCaseStatus::skipped()
+    } else {
+        TestCaseStatus::non_success(NonSuccessKind::Error)
+    };
     // pytest's own wording for these in its JUnit report.
-    status.set_message("collection failure");
+    status.set_message(if skipped {
+        "collection skipped"
+    } else {
+        "collection failure"
+    });
     status.set_description(longrepr);
     let mut case = TestCase::new(name, status);
     if !classname.is_empty() {
@@ -556,6 +572,24 @@ mod tests {
         );
         assert!(
             xml.contains(r#"<error message="collection failure">ImportError: nope</error>"#),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn junit_collect_skips() {
+        let mut report = sample();
+        report.tests.clear();
+        report.collect_skipped = vec![(
+            "tests/test_e.py".into(),
+            "tests/test_e.py:3: no numpy".into(),
+        )];
+        let xml = junit(&report).to_string().unwrap();
+        assert!(xml.contains(r#"skipped="1""#), "{xml}");
+        assert!(
+            xml.contains(
+                r#"<skipped message="collection skipped">tests/test_e.py:3: no numpy</skipped>"#
+            ),
             "{xml}"
         );
     }

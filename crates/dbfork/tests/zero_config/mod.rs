@@ -532,7 +532,7 @@ fn serialshapes(kind: Kind) {
     let env = settings_env(&place, "SHAPES", &place.maint);
     let serial = pytest_outcomes(&project, &[], &env_refs(&env));
     drop_reference_databases(&place);
-    assert_reference(&serial, 9, &[]);
+    assert_reference(&serial, 11, &[]);
     let xdist = pytest_outcomes(&project, &["-n", "2"], &env_refs(&env));
     drop_reference_databases(&place);
     assert_ne!(xdist, serial, "pytest -n 2 was expected to lose the app");
@@ -548,6 +548,17 @@ fn serialshapes(kind: Kind) {
         "the per-process storage must not change the fingerprint:\n{}",
         run.stderr
     );
+
+    // pytest-django's --nomigrations: the tests see no migrations either.
+    let serial = pytest_outcomes(&project, &["--nomigrations"], &env_refs(&env));
+    drop_reference_databases(&place);
+    assert_eq!(
+        serial["tests/test_library.py::test_migrations_as_the_serial_run_sees_them"],
+        "passed"
+    );
+    let nomigrations = [&pytest[..], &["--nomigrations"]].concat();
+    let run = dbfork_outcomes(&place, &project, true, &nomigrations, &env_refs(&env));
+    run.expect(1, &serial, "dbfork run --nomigrations");
     assert_no_clones(&place);
 }
 
