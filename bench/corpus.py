@@ -88,7 +88,8 @@ DJANGO = "Django==5.2.19"
 PYTEST = "pytest==9.2.0"
 PYTEST_DJANGO = "pytest-django==4.14.0"
 PSYCOPG = "psycopg[binary]==3.3.9"
-PG_HOST = {"host": "127.0.0.1", "port": "5432", "user": "postgres"}
+# {pghost}, {pgport} and {pguser} in env values are --pg's server (a socket
+# directory for a host, as `dbfork db ephemeral` gives: HOST for Django).
 
 
 @dataclass
@@ -113,6 +114,33 @@ class Suite:
 
 def pg_name(suite):
     return f"corpus_{PID}_{suite}"
+
+
+def pg_server(url):
+    """host, port and user of a postgres:// URL (``?host=/socket/dir`` and
+    ``&port=`` as `dbfork db ephemeral` writes them)."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    return {
+        "pghost": (query.get("host") or [parts.hostname or "127.0.0.1"])[0],
+        "pgport": str((query.get("port") or [parts.port or 5432])[0]),
+        "pguser": unquote(parts.username or "postgres"),
+    }
+
+
+def pg_placeholders(url, db):
+    """The values of the placeholders of the suites' PostgreSQL variables."""
+    from urllib.parse import quote
+
+    server = pg_server(url)
+    host = server["pghost"]
+    # dj-database-url takes a socket directory percent-encoded as the host.
+    netloc_host = quote(host, safe="") if host.startswith("/") else host
+    server["pgurl"] = "postgres://%s@%s:%s/%s" % (server["pguser"], netloc_host, server["pgport"], db)
+    server["db"] = db
+    return server
 
 
 # {db} in env values is replaced by corpus_<pid>_<suite>.
@@ -209,8 +237,8 @@ SUITES = [
         # without the variable the serial run fails (AppRegistryNotReady)
         env={"DJANGO_SETTINGS_MODULE": "tests.settings"},
         sqlite={},
-        postgres={"DATABASE_ENGINE": "psql", "DATABASE_USER_POSTGRES": "postgres",
-                  "DATABASE_HOST": "127.0.0.1", "DATABASE_PORT_POSTGRES": "5432"},
+        postgres={"DATABASE_ENGINE": "psql", "DATABASE_USER_POSTGRES": "{pguser}",
+                  "DATABASE_HOST": "{pghost}", "DATABASE_PORT_POSTGRES": "{pgport}"},
         pg_test_dbs=["test_treebeard"],  # NAME "treebeard" is hard-coded
         tests="2436 / 3051 on PG", estimate="45 s / 94 s on PG",
     ),
@@ -225,8 +253,8 @@ SUITES = [
         "POSTGRES_* variables; test-only models in tests/models.py without migrations",
         requires=[PYTEST, PYTEST_DJANGO, "time-machine==2.19.0"],
         sqlite={"SQLITE": "1"},
-        postgres={"POSTGRES_DB": "{db}", "POSTGRES_HOST": PG_HOST["host"],
-                  "POSTGRES_USER": "postgres", "POSTGRES_PORT": "5432"},
+        postgres={"POSTGRES_DB": "{db}", "POSTGRES_HOST": "{pghost}",
+                  "POSTGRES_USER": "{pguser}", "POSTGRES_PORT": "{pgport}"},
         tests="350", estimate="2 s",
     ),
     Suite(
@@ -241,7 +269,7 @@ SUITES = [
         "--no-migrations in addopts; pytest 9's native [tool.pytest] table; big suite",
         requires=[PYTEST, PYTEST_DJANGO, "dj-database-url==3.1.0", "importlib-metadata==8.7.0"],
         sqlite={},
-        postgres={"DATABASE_URL": "postgres://postgres@127.0.0.1:5432/{db}"},
+        postgres={"DATABASE_URL": "{pgurl}"},
         tests="1664", estimate="10 s / 14 s on PG",
     ),
     Suite(
@@ -259,9 +287,9 @@ SUITES = [
         sqlite={},
         postgres={"DJANGO_EXTENSIONS_DATABASE_ENGINE": "django.db.backends.postgresql",
                   "DJANGO_EXTENSIONS_DATABASE_NAME": "{db}",
-                  "DJANGO_EXTENSIONS_DATABASE_USER": "postgres",
-                  "DJANGO_EXTENSIONS_DATABASE_HOST": "127.0.0.1",
-                  "DJANGO_EXTENSIONS_DATABASE_PORT": "5432"},
+                  "DJANGO_EXTENSIONS_DATABASE_USER": "{pguser}",
+                  "DJANGO_EXTENSIONS_DATABASE_HOST": "{pghost}",
+                  "DJANGO_EXTENSIONS_DATABASE_PORT": "{pgport}"},
         tests="529", estimate="17 s",
     ),
     Suite(
@@ -296,8 +324,9 @@ SUITES = [
                   "memory-profiler==0.61.0", "django-extensions==4.1"],
         env={"PYTHONPATH": "tests"},
         sqlite={},
-        postgres={"IMPORT_EXPORT_TEST_TYPE": "postgres", "IMPORT_EXPORT_POSTGRESQL_USER": "postgres",
-                  "IMPORT_EXPORT_POSTGRESQL_PASSWORD": ""},
+        postgres={"IMPORT_EXPORT_TEST_TYPE": "postgres", "IMPORT_EXPORT_POSTGRESQL_USER": "{pguser}",
+                  "IMPORT_EXPORT_POSTGRESQL_PASSWORD": "", "IMPORT_EXPORT_POSTGRESQL_HOST": "{pghost}",
+                  "IMPORT_EXPORT_POSTGRESQL_PORT": "{pgport}"},
         pg_test_dbs=["test_import_export"],  # NAME "import_export" hard-coded
         tests="723 / 728 on PG", estimate="5 s / 11 s on PG",
     ),
@@ -581,8 +610,11 @@ class Runner:
         e["CI"] = "1"  # dbfork: plain lines, no live bar
         extra = dict(self.s.env)
         extra.update((self.s.sqlite if self.backend == "sqlite" else self.s.postgres) or {})
+        values = pg_placeholders(self.env.pg, pg_name(self.s.name))
         for k, v in extra.items():
-            e[k] = v.replace("{db}", pg_name(self.s.name))
+            for name, value in values.items():
+                v = v.replace("{%s}" % name, value)
+            e[k] = v
         if serial_outcomes:
             e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOOK), e.get("PYTHONPATH")]))
             e["CORPUS_OUTCOMES"] = str(serial_outcomes)
