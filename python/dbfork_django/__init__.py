@@ -229,14 +229,27 @@ def _use_database(alias, name, server=None):
 # -- the template ----------------------------------------------------------
 
 
+# Connection options that only say where the database lives (a socket
+# directory from a URL's `?host=`, as dj-database-url puts it in OPTIONS):
+# not what shapes the schema, and they differ between the user's URL and the
+# one dbfork hands each worker.
+_WHERE_IT_LIVES = frozenset(
+    ("host", "port", "user", "password", "passwd", "dbname", "database", "db", "service",
+     "passfile", "unix_socket", "socket")
+)
+
+
 def _database_facts(settings_dict):
     """An alias's settings that shape its test database, without where it
-    lives (NAME, HOST, PORT, USER, PASSWORD)."""
+    lives (NAME, HOST, PORT, USER, PASSWORD, and the same in OPTIONS)."""
     test = dict(settings_dict.get("TEST") or {})
     test.pop("NAME", None)
+    options = {
+        k: v for k, v in (settings_dict.get("OPTIONS") or {}).items() if k not in _WHERE_IT_LIVES
+    }
     return "ENGINE=%s OPTIONS=%s TEST=%s TIME_ZONE=%s" % (
         settings_dict.get("ENGINE"),
-        _stable(settings_dict.get("OPTIONS") or {}),
+        _stable(options),
         _stable(test),
         settings_dict.get("TIME_ZONE"),
     )
