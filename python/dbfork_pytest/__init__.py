@@ -270,7 +270,9 @@ class Controller:
             teardown_test_environment,
         )
 
-        with _database_access(self.config), _as_setup_of(self.config, self.first):
+        with _as_setup_of(self.config, self.first):
+            # Before unblocking database access: a fixture may block it again
+            # (pytest-django 4.7 does), which would hold for the build.
             fixtures = _session_fixtures(self.first)
             use_migrations = fixtures.get("django_db_use_migrations", not self._nomigrations())
             if not use_migrations:
@@ -292,7 +294,8 @@ class Controller:
                     if own_environment:
                         teardown_test_environment()
 
-            return dbfork_django.build_template(target, setup)
+            with _database_access(self.config):
+                return dbfork_django.build_template(target, setup)
 
     @pytest.hookimpl
     def pytest_unconfigure(self, config):
