@@ -315,7 +315,17 @@ impl Drop for Place {
                 maint: String::new(),
                 dir: tempfile::tempdir().unwrap(),
             };
-            let _ = admin.sql(None, &format!("DROP DATABASE IF EXISTS {}", self.maint));
+            // A test's psql session may still be connected (a killed client's
+            // backend lives on in its pg_sleep): PostgreSQL ends it.
+            let force = if self.kind == Kind::Postgres {
+                " WITH (FORCE)"
+            } else {
+                ""
+            };
+            let _ = admin.sql(
+                None,
+                &format!("DROP DATABASE IF EXISTS {}{force}", self.maint),
+            );
         }
     }
 }
