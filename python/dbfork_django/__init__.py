@@ -816,6 +816,8 @@ class DbforkRunnerMixin:
         self._dbfork_wire = None
 
     def run_tests(self, test_labels, **kwargs):
+        if not self._dbfork_socket and _this_process["took_part"]:
+            return _run_again(test_labels)
         if not self._dbfork_socket:
             jobs = _handoff_jobs(self._dbfork_parallel)
             if jobs is not None:
@@ -835,6 +837,7 @@ class DbforkRunnerMixin:
                 self._dbfork_control()
             finally:
                 wire.close()
+                _this_process["took_part"] = "controller"
             return 0
         try:
             return super().run_tests(test_labels, **kwargs)
@@ -846,6 +849,7 @@ class DbforkRunnerMixin:
             return 1
         finally:
             wire.close()
+            _this_process["took_part"] = "worker"
 
     def _dbfork_control(self):
         """The run's controller (``DBFORK_ROLE=controller``), as the main
@@ -933,6 +937,32 @@ class DbforkRunnerMixin:
             self._dbfork_wire.bye()
 
 
+# Whether this process's test run under dbfork is over ("controller" or
+# "worker") or not yet (None): a script may call run_tests() again after it.
+_this_process = {"took_part": None}
+
+
+def _run_again(test_labels):
+    """A later ``run_tests()`` of a process whose dbfork run is over (a
+    ``runtests.py`` that runs two label sets one after the other). Run as
+    Django would, it would make its own test database on the project's
+    server; under dbfork it runs nothing. The controller ends quietly (it runs
+    no tests anyway); a worker says which tests were not run and exits with
+    ``EXIT_RUN_AGAIN``, which dbfork reports as the run's error."""
+    if _this_process["took_part"] == "controller":
+        return 0
+    sys.stdout.flush()
+    script = os.path.basename(sys.argv[0] or "") or "the script"
+    sys.stderr.write(
+        "dbfork: run_tests(%r) was not run: dbfork runs one test run per process. Give "
+        "each label set a dbfork run of its own (e.g. `dbfork run -- python %s <labels>` "
+        "where the script takes labels), or run that part serially.\n"
+        % (list(test_labels or []), script)
+    )
+    sys.stderr.flush()
+    sys.exit(dbfork_worker.EXIT_RUN_AGAIN)
+
+
 def _handoff_jobs(parallel):
     """``--parallel`` as dbfork's ``-j`` when this runner (set as
     ``TEST_RUNNER``, outside dbfork) hands the run to dbfork: ``"auto"`` (or
@@ -949,11 +979,19 @@ def _handoff_jobs(parallel):
     return str(parallel) if parallel > 1 else None
 
 
+_MIXED = {}
+
+
 def runner_class(base):
-    """``base`` (a test runner class) with :class:`DbforkRunnerMixin` in front."""
+    """``base`` (a test runner class) with :class:`DbforkRunnerMixin` in front,
+    one class per base."""
     if isinstance(base, type) and issubclass(base, DbforkRunnerMixin):
         return base
-    return type(base.__name__, (DbforkRunnerMixin, base), {"__module__": __name__})
+    mixed = _MIXED.get(base)
+    if mixed is None:
+        mixed = type(base.__name__, (DbforkRunnerMixin, base), {"__module__": __name__})
+        _MIXED[base] = mixed
+    return mixed
 
 
 def __getattr__(name):

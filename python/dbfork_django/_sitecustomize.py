@@ -1,13 +1,16 @@
 """dbfork's ``sitecustomize``: in a process dbfork starts (``DBFORK_SOCKET``
-is set), Django's ``django.test.utils.get_runner`` returns the test runner
-class with dbfork's mixin in front (``dbfork_django.runner_class``).
+is set), Django's test runners get dbfork's mixin in front
+(``dbfork_django.runner_class``): ``django.test.utils.get_runner`` returns the
+runner class with it, and a ``DiscoverRunner`` (or subclass) made directly is
+made as that class.
 
 So every command that runs Django's test runner the usual way becomes a dbfork
 worker with nothing added to its command line: ``manage.py test``,
-``django-admin test``, and scripts such as Django's own ``tests/runtests.py``
-that take their runner from ``get_runner(settings)``. Outside dbfork this
-module only hands over to the environment's own ``sitecustomize``, if there is
-one.
+``django-admin test``, scripts such as Django's own ``tests/runtests.py`` that
+take their runner from ``get_runner(settings)``, and ``runtests.py`` scripts
+that make ``DiscoverRunner(...)`` themselves (django-simple-history's). Outside
+dbfork this module only hands over to the environment's own
+``sitecustomize``, if there is one.
 
 dbfork writes this file as ``sitecustomize.py`` into the directory it puts
 first on the workers' ``PYTHONPATH``; it is not installed by the wheel.
@@ -19,6 +22,7 @@ import os
 import sys
 
 _UTILS = "django.test.utils"
+_RUNNER = "django.test.runner"
 
 
 def _wrap_get_runner(module):
@@ -34,12 +38,34 @@ def _wrap_get_runner(module):
     module.get_runner = get_runner
 
 
+def _mix_on_new(module):
+    """A ``DiscoverRunner`` made directly (``DiscoverRunner(...)``, not the
+    class ``get_runner`` returns) is made as the class with the mixin in
+    front; ``__init__`` then runs as usual with the caller's arguments."""
+    base = module.DiscoverRunner
+    original = base.__dict__.get("__new__")
+
+    def __new__(cls, *args, **kwargs):
+        import dbfork_django
+
+        mixed = dbfork_django.runner_class(cls)
+        if original is not None:
+            return original(mixed, *args, **kwargs)
+        return object.__new__(mixed)
+
+    base.__new__ = staticmethod(__new__)
+
+
+_PATCHES = {_UTILS: _wrap_get_runner, _RUNNER: _mix_on_new}
+
+
 class _AfterImport:
-    """Finds ``django.test.utils`` as usual and wraps ``get_runner`` right
-    after the module ran, before anyone can import the name from it."""
+    """Finds the modules in ``_PATCHES`` as usual and patches each right
+    after it ran, before anyone can import a name from it."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != _UTILS:
+        patch = _PATCHES.get(name)
+        if patch is None:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
@@ -48,16 +74,20 @@ class _AfterImport:
 
         def exec_module(module):
             run(module)
-            _wrap_get_runner(module)
+            patch(module)
 
         spec.loader.exec_module = exec_module
         return spec
 
 
 def _install():
-    if _UTILS in sys.modules:
-        _wrap_get_runner(sys.modules[_UTILS])
-    else:
+    waiting = False
+    for name, patch in _PATCHES.items():
+        if name in sys.modules:
+            patch(sys.modules[name])
+        else:
+            waiting = True
+    if waiting:
         sys.meta_path.insert(0, _AfterImport())
 
 

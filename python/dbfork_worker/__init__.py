@@ -45,6 +45,11 @@ ENV_ROLE = "DBFORK_ROLE"
 
 # The exit status when dbfork goes away or breaks the protocol (EX_SOFTWARE).
 EXIT_LOST_RUNNER = 70
+# The exit status, after ``bye``, of a worker whose tool started another test
+# run in the same process (a script that calls Django's run_tests() twice):
+# dbfork runs one test run per process, so that run's tests were not run; the
+# process's last output says which.
+EXIT_RUN_AGAIN = 71
 
 # Ask for more work while this many tests or fewer are waiting, so the next
 # batch arrives before the worker runs dry.

@@ -150,6 +150,47 @@ def test_the_django_worker_reports_failfast(pythonpath, monkeypatch, args, maxfa
     assert hello["maxfail"] == maxfail, hello
 
 
+MADE_DIRECTLY = """
+import django
+from django.conf import settings
+settings.configure()
+django.setup()
+from django.test.runner import DiscoverRunner
+import dbfork_django
+
+
+class Seeding(DiscoverRunner):
+    def setup_databases(self, **kwargs):
+        return "seeded"
+
+
+plain, seeding, again = DiscoverRunner(verbosity=0), Seeding(verbosity=0), DiscoverRunner(failfast=True)
+print(type(plain).__mro__[1].__name__, type(plain).__mro__[2] is DiscoverRunner)
+print(type(seeding).__mro__[1].__name__, type(seeding).__mro__[2] is Seeding)
+print(type(again) is type(plain), again.failfast, plain.verbosity)
+"""
+
+
+def test_a_runner_the_script_makes_itself_gets_the_mixin_in_front(pythonpath, tmp_path):
+    """A DiscoverRunner (or subclass) made directly, not through get_runner
+    (django-simple-history's runtests.py), is made as the class with dbfork's
+    mixin in front, its own overrides after it, one class per base."""
+    out = subprocess.run(
+        [sys.executable, "-c", MADE_DIRECTLY],
+        cwd=tmp_path,
+        env=adapter_env(pythonpath, DBFORK_SOCKET=str(tmp_path / "none.sock")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == [
+        "DbforkRunnerMixin True",
+        "DbforkRunnerMixin True",
+        "True True 0",
+    ], out.stdout
+
+
 class Runner:
     """dbfork's end of a socket pair with a dbfork_worker.Worker on the other."""
 

@@ -144,7 +144,7 @@ pub const SETTINGS: &[Setting] = &[
         shape: Shape::Value,
         help: "How dbfork drives the command: auto, pytest, django (`manage.py test`), protocol (the command speaks dbfork's worker protocol itself) or none (run it once per worker). [default: auto]",
         default: "`auto`",
-        doc: "How dbfork drives the command: `pytest` (dbfork collects once and hands out tests), `django` (the same for `manage.py test`, through `dbfork_django`), `protocol` (the same for a command that speaks dbfork's worker protocol itself, e.g. an adapter for another language: no controller, no Python packages; see [conformance/README.md](../conformance/README.md)), `none` (the command runs once per slot and splits its own work), `auto` (pytest when the command is pytest, django when it is `manage.py test`, `django-admin test`, `python -m django test` or a `runtests.py` script).",
+        doc: "How dbfork drives the command: `pytest` (dbfork collects once and hands out tests), `django` (the same for `manage.py test`, through `dbfork_django`), `protocol` (the same for a command that speaks dbfork's worker protocol itself, e.g. an adapter for another language: no controller, no Python packages; see [conformance/README.md](../conformance/README.md)), `none` (the command runs once per slot and splits its own work), `auto` (pytest when the command is pytest, django when it is `manage.py test`, `django-admin test`, `python -m django test` or a `runtests.py` or `run_tests.py` script).",
     },
     Setting {
         key: "timeout",

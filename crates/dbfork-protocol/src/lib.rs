@@ -48,6 +48,10 @@
 //!   bye                               ->   (then the process exits)
 //! ```
 //!
+//! A worker that exits with [`EXIT_RUN_AGAIN`] after `bye` started a second
+//! test run in its process, which dbfork does not run: the run fails once the
+//! other workers are through.
+//!
 //! # The controller
 //!
 //! Before any worker starts, dbfork starts the test command once more as the
@@ -86,6 +90,13 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version every message carries in `"v"`.
 pub const VERSION: u32 = 1;
+
+/// The exit status of a worker that, after `bye`, started a second test run
+/// in the same process (a script that runs Django's `run_tests()` once per
+/// label set): dbfork runs one test run per process, so that run's tests were
+/// not run; the worker's last output says which. dbfork fails the run with a
+/// usage error once the other workers are through.
+pub const EXIT_RUN_AGAIN: i32 = 71;
 
 /// Environment variables of a worker (see the module docs).
 pub mod env {

@@ -350,6 +350,9 @@ pub struct Machine {
     signals: usize,
     grace_until: Option<Instant>,
     fatal: Option<i32>,
+    /// A worker started a second test run after its own (`EXIT_RUN_AGAIN`):
+    /// the run fails as a usage error once it is over.
+    ran_again: bool,
     lost_all: bool,
     out_of_restarts: bool,
     maxfail: usize,
@@ -390,6 +393,7 @@ impl Machine {
             signals: 0,
             grace_until: None,
             fatal: None,
+            ran_again: false,
             lost_all: false,
             out_of_restarts: false,
             failures: 0,
@@ -525,7 +529,7 @@ impl Machine {
     pub fn end(&mut self) -> (Ending, Timings) {
         let run_id = &self.setup.run_id;
         let ending = Ending {
-            fatal: self.fatal,
+            fatal: self.fatal.or(self.ran_again.then_some(exit::USAGE)),
             interrupted: self.interrupted(),
             lost_all: self.lost_all,
             out_of_restarts: self.out_of_restarts,
@@ -1298,6 +1302,26 @@ impl Machine {
         if let Some(w) = self.worker_mut(slot, generation) {
             w.set_gone();
         }
+        if exit.code == Some(protocol::EXIT_RUN_AGAIN) && !self.ran_again {
+            // Its tests ran and are reported; the tests of the run it started
+            // after them were not run. The other workers finish theirs.
+            self.ran_again = true;
+            // The adapter says which tests those were, on its last line.
+            let said = exit
+                .tail
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("dbfork: "))
+                .map(indent)
+                .unwrap_or_else(|| indent(&exit.tail));
+            self.out.push(Command::Error {
+                message: format!(
+                    "{} started a second test run in its process after its tests (a script that runs its test runner twice, e.g. one label set after another), which dbfork does not run. It said:\n{said}",
+                    label(slot),
+                ),
+                output_of: None,
+            });
+        }
         self.status(slot, "finished");
     }
 
@@ -1751,6 +1775,11 @@ mod tests {
         controller_stops: usize,
         /// Workers end gracefully on Ctrl-C (else they die at once).
         graceful: bool,
+        /// This worker starts a second test run after its bye (exits with
+        /// `EXIT_RUN_AGAIN`).
+        runs_again: Option<usize>,
+        /// The errors the machine said, in order.
+        errors: Vec<String>,
     }
 
     impl World {
@@ -1766,6 +1795,8 @@ mod tests {
                 fresh,
                 controller_stops: 0,
                 graceful: false,
+                runs_again: None,
+                errors: Vec::new(),
                 machine: Machine::new(setup, Timings::default(), now),
                 now,
                 tests,
@@ -1877,6 +1908,7 @@ mod tests {
                     }
                 }
                 Command::After { input, .. } => self.pending.push(input),
+                Command::Error { message, .. } => self.errors.push(message),
                 Command::Report { record, .. } => {
                     assert!(
                         self.machine.selected(record.index),
@@ -1894,10 +1926,7 @@ mod tests {
                     );
                 }
                 Command::StopController => self.controller_stops += 1,
-                Command::Note(_)
-                | Command::Error { .. }
-                | Command::Collected { .. }
-                | Command::Status { .. } => {}
+                Command::Note(_) | Command::Collected { .. } | Command::Status { .. } => {}
             }
         }
 
@@ -1960,7 +1989,13 @@ mod tests {
                     let bye = message == WorkerMessage::Bye;
                     self.tell(Input::Message { conn, message });
                     if bye && !self.workers[i].dead {
-                        let code = if self.workers[i].interrupted { 2 } else { 0 };
+                        let code = if self.workers[i].interrupted {
+                            2
+                        } else if self.runs_again == Some(i) {
+                            protocol::EXIT_RUN_AGAIN
+                        } else {
+                            0
+                        };
                         self.kill(i, Some(code));
                     }
                 }
@@ -2184,6 +2219,26 @@ mod tests {
         );
         assert_eq!(ending.slots.iter().map(|s| s.tests_run).sum::<usize>(), 9);
         assert!(world.workers.iter().all(|w| w.said_bye));
+    }
+
+    /// A worker whose script starts a second test run after its bye: the
+    /// run says so and fails as a usage error, and the other worker still
+    /// runs its tests (every test reported once).
+    #[test]
+    fn a_second_test_run_in_a_worker_fails_the_run_without_stopping_the_others() {
+        let mut world = World::new(setup(2, 1, false, 0), 9, false, passing);
+        world.runs_again = Some(0);
+        world.run(&[]);
+        assert_eq!(world.reports, vec![1; 9]);
+        let (ending, _) = world.machine.end();
+        assert_eq!(
+            (ending.fatal, ending.interrupted),
+            (Some(exit::USAGE), false)
+        );
+        assert!(world.workers.iter().all(|w| w.said_bye));
+        let said = &world.errors;
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("second test run"), "{said:?}");
     }
 
     /// The controller ends once every worker is through, including one

@@ -12,14 +12,14 @@ pub struct Django;
 
 impl Tool for Django {
     /// `manage.py test`, `django-admin test`, `python -m django test`, or a
-    /// `runtests.py` script (Django's own, and many reusable apps', which
-    /// take the runner from `get_runner(settings)`).
+    /// `runtests.py` / `run_tests.py` script (Django's own, and many reusable
+    /// apps', which take the runner from `get_runner(settings)` or make a
+    /// `DiscoverRunner` themselves).
     fn recognises(&self, command: &[String]) -> bool {
+        let is_script = |word: &str| matches!(base(word).as_str(), "runtests.py" | "run_tests.py");
         let script = match command {
-            [first, ..] if base(first) == "runtests.py" => true,
-            [first, second, ..] => {
-                base(first).starts_with("python") && base(second) == "runtests.py"
-            }
+            [first, ..] if is_script(first) => true,
+            [first, second, ..] => base(first).starts_with("python") && is_script(second),
             _ => false,
         };
         script
@@ -78,6 +78,7 @@ mod tests {
         assert!(!Django.recognises(&v(&["pytest", "test"])));
         assert!(Django.recognises(&v(&["python3", "tests/runtests.py", "basic"])));
         assert!(Django.recognises(&v(&["./runtests.py"])));
+        assert!(Django.recognises(&v(&["python", "run_tests.py"])));
         assert!(!Django.recognises(&v(&["python", "tests/other.py"])));
         assert_eq!(Django.maxfail(&v(&["manage.py", "test", "--failfast"])), 1);
         assert_eq!(Django.maxfail(&v(&["manage.py", "test"])), 0);

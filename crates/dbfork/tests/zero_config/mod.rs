@@ -509,6 +509,30 @@ fn runnerlike(kind: Kind) {
     let run = dbfork_outcomes(&place, &dir, true, &["runtests.py"], &elsewhere);
     run.expect(1, &serial, "runtests.py under dbfork");
     assert_no_clones(&place);
+
+    // A script that makes DiscoverRunner itself (not the project's
+    // TEST_RUNNER: nothing seeds the row).
+    let direct = runner_outcomes(&dir, &["run_tests.py"], &reference_env);
+    drop_reference_databases(&place);
+    assert_eq!(direct.get(seeded).map(String::as_str), Some("failed"));
+    let run = dbfork_outcomes(&place, &dir, true, &["run_tests.py"], &elsewhere);
+    run.expect(
+        1,
+        &direct,
+        "DiscoverRunner made by the script, under dbfork",
+    );
+    assert_no_clones(&place);
+    // A second label set run after the first in the same process: dbfork
+    // runs the first and says the second was not run.
+    let twice = ["run_tests.py", "--then", "inventory.tests.PlainTests"];
+    let run = dbfork_outcomes(&place, &dir, true, &twice, &elsewhere);
+    run.expect(4, &direct, "a script that runs its runner twice");
+    assert!(
+        run.stderr.contains("second test run") && run.stderr.contains("inventory.tests.PlainTests"),
+        "{}",
+        run.stderr
+    );
+    assert_no_clones(&place);
 }
 
 /// Django's `--parallel` clones are `test_<name>_1`, `_2`; a failed
