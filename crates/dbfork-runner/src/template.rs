@@ -206,8 +206,18 @@ fn report(config: &RunConfig, template: &Template, progress: &Notes) {
     }
     if config.verbose >= 2 {
         for (name, value) in template.manifest.facts() {
-            let first = value.lines().next().unwrap_or_default();
-            progress.note(&format!("template input: setting {name} = {first}"));
+            // Whole: a fact of several entries (INSTALLED_APPS, models) is one per line.
+            let lines: Vec<&str> = value.lines().collect();
+            let text = match lines[..] {
+                [] => format!("template input: setting {name} = "),
+                [one] => format!("template input: setting {name} = {one}"),
+                _ => format!(
+                    "template input: setting {name} ({} entries):\n    {}",
+                    lines.len(),
+                    lines.join("\n    ")
+                ),
+            };
+            progress.note(&text);
         }
         for file in template.manifest.files() {
             progress.note(&format!("template input: {file}"));

@@ -1180,7 +1180,16 @@ fn pytest_django_runs_on_the_clones(kind: Kind) {
     // Not the template `manage.py test` built above: pytest's configuration
     // files (pytest.ini, conftest.py) are inputs of pytest's.
     expect(auto(), "built template");
-    expect(auto(), "reusing template");
+    // -vv lists what the template depends on, each fact whole.
+    let verbose = django_run(&place, &dir, &["-vv"], &pytest, &[]);
+    assert!(
+        verbose.2.contains(
+            "template input: setting INSTALLED_APPS (3 entries):\n    contenttypes=django.contrib.contenttypes\n    auth=django.contrib.auth\n    app=app\n"
+        ),
+        "{}",
+        verbose.2
+    );
+    expect(verbose, "reusing template");
     let extra = dir.join("app/migrations/0002_noop.py");
     std::fs::write(
         &extra,
