@@ -119,9 +119,17 @@ def without_option(args, name):
     return kept
 
 
+# Whether dbfork started this process (its socket was taken from the
+# environment).
+_started_by_dbfork = [False]
+
+
 def handed_off():
-    """Whether this process already runs under dbfork, or was handed to it."""
-    return bool(os.environ.get(ENV_SOCKET) or os.environ.get(ENV_HANDED_OFF))
+    """Whether this process already runs under dbfork, or was handed to it:
+    a runner or a pytest that a test makes in a worker never hands off."""
+    return bool(
+        _started_by_dbfork[0] or os.environ.get(ENV_SOCKET) or os.environ.get(ENV_HANDED_OFF)
+    )
 
 
 def take_socket_path():
@@ -130,7 +138,10 @@ def take_socket_path():
     It is removed from the environment, so a test tool that a test runs (in a
     subprocess, or in-process) does not become a second worker.
     """
-    return os.environ.pop(ENV_SOCKET, None) or None
+    path = os.environ.pop(ENV_SOCKET, None) or None
+    if path:
+        _started_by_dbfork[0] = True
+    return path
 
 
 class Worker:

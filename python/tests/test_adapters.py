@@ -168,6 +168,9 @@ plain, seeding, again = DiscoverRunner(verbosity=0), Seeding(verbosity=0), Disco
 print(type(plain).__mro__[1].__name__, type(plain).__mro__[2] is DiscoverRunner)
 print(type(seeding).__mro__[1].__name__, type(seeding).__mro__[2] is Seeding)
 print(type(again) is type(plain), again.failfast, plain.verbosity)
+# One a test makes in a worker (the socket already taken) never hands off.
+import dbfork_worker
+print(dbfork_worker.handed_off(), dbfork_django._handoff_jobs(4))
 """
 
 
@@ -184,10 +187,11 @@ def test_a_runner_the_script_makes_itself_gets_the_mixin_in_front(pythonpath, tm
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:3] == [
+    assert out.stdout.split("\n")[:4] == [
         "DbforkRunnerMixin True",
         "DbforkRunnerMixin True",
         "True True 0",
+        "True None",
     ], out.stdout
 
 
