@@ -185,6 +185,9 @@ class Worker:
         # PYTEST_ADDOPTS; Django's --failfast); None: not known. Set before
         # connect(): it goes in the hello, and dbfork then stops the run.
         self.maxfail = None
+        # Its own test failed and the tool stops at the first failure: it
+        # runs nothing more (see result()).
+        self.failed_out = False
 
     # -- transport ---------------------------------------------------------
 
@@ -356,6 +359,11 @@ class Worker:
         """
         with self.cond:
             while True:
+                if self.failed_out:
+                    # What it holds, the committed next test included, goes
+                    # back to dbfork with the bye and is not run.
+                    self.queue.clear()
+                    return None, None
                 self._want_if_low()
                 if len(self.queue) >= self.lookahead or (self.stopped and self.queue):
                     index = self.queue.popleft()
@@ -410,7 +418,16 @@ class Worker:
 
     def result(self, index, phases, stdout="", stderr=""):
         """Sends a finished test: phases are dicts with ``when``, ``outcome``,
-        ``category``, ``duration`` and ``longrepr`` (see the protocol's ``Phase``)."""
+        ``category``, ``duration`` and ``longrepr`` (see the protocol's ``Phase``).
+
+        A failure when the tool stops at the first one (``maxfail`` 1: pytest's
+        ``-x``, Django's ``--failfast``) is this worker's last test, as in a
+        serial run: it does not run the test already committed as pytest's
+        next one, so a parallel run stops after at most one failure per
+        worker, as pytest-xdist's does."""
+        if self.maxfail == 1 and any(p.get("outcome") == "failed" for p in phases):
+            with self.cond:
+                self.failed_out = True
         self.send(
             {
                 "type": "result",

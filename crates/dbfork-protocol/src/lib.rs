@@ -267,6 +267,9 @@ pub enum WorkerMessage {
         /// The tool's "stop after N failures" (pytest's `-x`/`--maxfail`
         /// wherever it was given, Django's `--failfast`) as the tool itself
         /// resolved it; 0: never. Absent: dbfork reads the command line.
+        /// With 1, a worker whose test failed may end after that test's
+        /// `result` without running what it holds (the committed next test
+        /// included): it says `bye`, and dbfork takes those tests back.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         maxfail: Option<usize>,
     },

@@ -314,6 +314,33 @@ fn exitfirst_stops_the_whole_run() {
         assert!(not_run > 0, "{case}: every test ran: {tests:?}");
         assert_no_clones(&place);
     }
+    // Every test fails: with -x each worker stops after its own failure and
+    // does not run the test it had committed to next (pytest-xdist stops
+    // after at most one failure per worker too).
+    let failing: String = (0..30)
+        .map(|i| format!("def test_fails_{i}():\n    time.sleep(0.2)\n    assert False\n\n\n"))
+        .collect();
+    std::fs::write(
+        dir.join("tests/test_all_fail.py"),
+        format!("import time\n\n\n{failing}"),
+    )
+    .unwrap();
+    let out = dbfork_run(
+        &place,
+        &dir,
+        &["-j", "2"],
+        &["-x", "tests/test_all_fail.py"],
+        &[],
+    );
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let tests = test_ids(&out.report);
+    let failed = tests.iter().filter(|(_, o)| o == "failed").count();
+    let not_run = tests.iter().filter(|(_, o)| o == "not_run").count();
+    assert!(
+        (1..=2).contains(&failed) && failed + not_run == 30,
+        "-x with 2 workers: {failed} failed, {not_run} not run: {tests:?}"
+    );
+    assert_no_clones(&place);
 }
 
 /// A suite run in three shards (`--shard K/N`, one of them `auto` from
