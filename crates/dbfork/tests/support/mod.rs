@@ -23,6 +23,8 @@ pub struct Place {
     pub kind: Kind,
     /// The URL whose database is this test's maintenance database.
     pub url: String,
+    /// Empty for an admin handle on the server's own maintenance database
+    /// (it creates and drops the tests' places, and sweeps no registry).
     pub maint: String,
     pub dir: tempfile::TempDir,
 }
@@ -288,6 +290,13 @@ impl Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
+        if self.maint.is_empty() {
+            // An admin handle on the server's own maintenance database (made
+            // to create or drop a test's): its registry is not this test's
+            // but the one runs without --db use there (a template another
+            // test is building), and is never swept from here.
+            return;
+        }
         // Whatever a failed test left in its registry goes too, so no run leaks into the next.
         if let Ok(out) = dbfork()
             .args(["db", "list", "--json", "--db", &self.url])
@@ -307,7 +316,7 @@ impl Drop for Place {
                     .output();
             }
         }
-        if self.kind != Kind::Sqlite && !self.maint.is_empty() {
+        if self.kind != Kind::Sqlite {
             let server = server_url(self.kind);
             let admin = Place {
                 kind: self.kind,
