@@ -47,6 +47,12 @@ Setup, all of it cached under --cache and reused while it matches:
   runs/<suite>/   the copies the runs work in, logs/ their output, reports/
                   the JUnit and JSON reports
 
+A suite whose settings hard-code HOST "localhost" (django-import-export) runs on
+PostgreSQL only when --pg is a server on localhost TCP; with another --pg (a
+socket directory, as scripts/test's throwaway server) that row is skipped and
+says why, so the suite never tests on, or leaves databases on, a server it was
+not given.
+
 PostgreSQL: the variables that make each project's test settings choose
 PostgreSQL are in the suite's `postgres` entry; where the settings read the
 database NAME from a variable it is set to corpus_<pid>_<suite>, so Django's
@@ -108,6 +114,10 @@ class Suite:
     postgres: dict = None  # extra env selecting PostgreSQL; None: not supported
     pg_cmd: list = None  # a different command on PostgreSQL (an option, not a variable)
     pg_test_dbs: list = field(default_factory=list)  # hard-coded test database names
+    # The settings hard-code HOST "localhost": only a --pg server on localhost
+    # TCP is the one the suite reaches (else it would test on whatever
+    # listens on localhost, and leave its databases there).
+    pg_localhost_only: bool = False
     tests: str = ""  # rough count, for the table
     estimate: str = ""  # rough serial wall time here
 
@@ -128,6 +138,13 @@ def pg_server(url):
         "pgport": str((query.get("port") or [parts.port or 5432])[0]),
         "pguser": unquote(parts.username or "postgres"),
     }
+
+
+def on_localhost_tcp(url):
+    """Whether a postgres:// URL is a server on localhost over TCP (not a
+    socket directory, not another host)."""
+    host = pg_server(url)["pghost"]
+    return host in ("localhost", "127.0.0.1", "::1")
 
 
 def pg_placeholders(url, db):
@@ -328,6 +345,7 @@ SUITES = [
                   "IMPORT_EXPORT_POSTGRESQL_PASSWORD": "", "IMPORT_EXPORT_POSTGRESQL_HOST": "{pghost}",
                   "IMPORT_EXPORT_POSTGRESQL_PORT": "{pgport}"},
         pg_test_dbs=["test_import_export"],  # NAME "import_export" hard-coded
+        pg_localhost_only=True,  # HOST "localhost" hard-coded
         tests="723 / 728 on PG", estimate="5 s / 11 s on PG",
     ),
 ]
@@ -894,6 +912,12 @@ def main():
         s = BY_NAME[n]
         for b in backends:
             if getattr(s, b) is None:
+                continue
+            if b == "postgres" and s.pg_localhost_only and not on_localhost_tcp(env.pg):
+                why = "its settings hard-code HOST localhost; --pg is not a server on localhost TCP"
+                log(f"[{n}/{b}] skipped: {why}")
+                rows.append({"suite": n, "version": s.version, "backend": b,
+                             "skipped_reason": why, "ok": True})
                 continue
             try:
                 rows.append(run_suite(env, s, b, 1 if args.check else args.reps, check=args.check))
