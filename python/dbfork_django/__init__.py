@@ -816,7 +816,8 @@ class DbforkRunnerMixin:
         self._dbfork_wire = None
 
     def run_tests(self, test_labels, **kwargs):
-        if not self._dbfork_socket and _this_process["took_part"]:
+        global _took_part
+        if not self._dbfork_socket and _took_part:
             return _run_again(test_labels)
         if not self._dbfork_socket:
             jobs = _handoff_jobs(self._dbfork_parallel)
@@ -837,7 +838,7 @@ class DbforkRunnerMixin:
                 self._dbfork_control()
             finally:
                 wire.close()
-                _this_process["took_part"] = "controller"
+                _took_part = "controller"
             return 0
         try:
             return super().run_tests(test_labels, **kwargs)
@@ -849,7 +850,7 @@ class DbforkRunnerMixin:
             return 1
         finally:
             wire.close()
-            _this_process["took_part"] = "worker"
+            _took_part = "worker"
 
     def _dbfork_control(self):
         """The run's controller (``DBFORK_ROLE=controller``), as the main
@@ -939,7 +940,7 @@ class DbforkRunnerMixin:
 
 # Whether this process's test run under dbfork is over ("controller" or
 # "worker") or not yet (None): a script may call run_tests() again after it.
-_this_process = {"took_part": None}
+_took_part = None
 
 
 def _run_again(test_labels):
@@ -949,7 +950,7 @@ def _run_again(test_labels):
     server; under dbfork it runs nothing. The controller ends quietly (it runs
     no tests anyway); a worker says which tests were not run and exits with
     ``EXIT_RUN_AGAIN``, which dbfork reports as the run's error."""
-    if _this_process["took_part"] == "controller":
+    if _took_part == "controller":
         return 0
     sys.stdout.flush()
     script = os.path.basename(sys.argv[0] or "") or "the script"

@@ -121,14 +121,14 @@ def without_option(args, name):
 
 # Whether dbfork started this process (its socket was taken from the
 # environment).
-_started_by_dbfork = [False]
+_started_by_dbfork = False
 
 
 def handed_off():
     """Whether this process already runs under dbfork, or was handed to it:
     a runner or a pytest that a test makes in a worker never hands off."""
     return bool(
-        _started_by_dbfork[0] or os.environ.get(ENV_SOCKET) or os.environ.get(ENV_HANDED_OFF)
+        _started_by_dbfork or os.environ.get(ENV_SOCKET) or os.environ.get(ENV_HANDED_OFF)
     )
 
 
@@ -138,9 +138,10 @@ def take_socket_path():
     It is removed from the environment, so a test tool that a test runs (in a
     subprocess, or in-process) does not become a second worker.
     """
+    global _started_by_dbfork
     path = os.environ.pop(ENV_SOCKET, None) or None
     if path:
-        _started_by_dbfork[0] = True
+        _started_by_dbfork = True
     return path
 
 
