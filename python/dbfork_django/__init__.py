@@ -517,6 +517,29 @@ def controller_report(setup, nomigrations=False, extra_files=()):
     }
 
 
+@contextlib.contextmanager
+def databases_kept():
+    """Django's database settings as they were before, after the block (a
+    build points ``default`` at the template): workers forked from the
+    controller start from the settings the serial run has."""
+    import copy
+
+    from django.conf import settings
+    from django.db import connections
+
+    dicts = {}
+    for alias in settings.DATABASES:
+        for settings_dict in (settings.DATABASES[alias], connections[alias].settings_dict):
+            dicts.setdefault(id(settings_dict), (settings_dict, copy.deepcopy(settings_dict)))
+    try:
+        yield
+    finally:
+        connections.close_all()
+        for settings_dict, saved in dicts.values():
+            settings_dict.clear()
+            settings_dict.update(saved)
+
+
 def build_template(target, setup_databases):
     """Builds the template dbfork made empty (``target``: its ``url`` and its
     ``name``, the file's path on SQLite) the way the tests' own setup makes a

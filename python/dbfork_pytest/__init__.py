@@ -61,6 +61,47 @@ ADAPTER = "pytest"
 
 _PLUGIN_NAME = "dbfork-worker"
 
+# "1" in the controller's environment when dbfork forks the workers from it.
+ENV_FORK = "DBFORK_FORKING"
+
+
+class _EnvironReads(type(os.environ)):
+    """``os.environ`` in a controller that workers are forked from, while the
+    session configures itself and collects: it notes the names the project
+    and its tools read (dbfork's own reads aside), so that a session whose
+    configuration read a variable that differs per worker
+    (``PYTEST_XDIST_WORKER`` in the settings, say) is not forked: each worker
+    is then started afresh and reads its own value, as in a serial run."""
+
+    read = set()
+    watching = True
+
+    def __getitem__(self, key):
+        if _EnvironReads.watching and _read_by_the_project():
+            _EnvironReads.read.add(key)
+        return super().__getitem__(key)
+
+
+def _read_by_the_project():
+    """Whether the code reading ``os.environ`` now is not dbfork's, and reads
+    one variable by its name (not a copy of the whole environment, such as
+    ``wsgiref`` takes when it is imported)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__") in _MAPPING_MODULES:
+        if frame.f_code.co_name not in _KEYED_READS:
+            return False
+        frame = frame.f_back
+    name = frame.f_globals.get("__name__", "") if frame is not None else ""
+    return not name.startswith(("dbfork_worker", "dbfork_pytest", "dbfork_django"))
+
+
+_MAPPING_MODULES = ("os", "collections.abc", "_collections_abc")
+_KEYED_READS = ("get", "getenv", "__contains__", "pop", "setdefault")
+
+
+if os.environ.get(ENV_FORK) == "1" and dbfork_worker.is_controller():
+    os.environ.__class__ = _EnvironReads
+
 
 def pytest_addoption(parser):
     group = parser.getgroup("dbfork", "dbfork (parallel runs, each worker on a clone of one template database)")
@@ -143,7 +184,14 @@ def pytest_configure(config):
         config.pluginmanager.register(controller, _PLUGIN_NAME)
         # The controller collects as the serial run does, to the end: a
         # collection error is the workers' to report (see the worker below).
+        controller.maxfail = int(getattr(config.option, "maxfail", 0) or 0)
         config.option.maxfail = 0
+        if controller.forking and config.pluginmanager.has_plugin("django"):
+            # Registered before collection, as in a worker (the tests' fixture
+            # closures are resolved then); in the controller itself the
+            # fixture is never asked for: it runs no test.
+            config.pluginmanager.register(_django_on_clone(), "dbfork-django")
+            controller.on_clone = True
         controller.connect()
         return
     worker = Worker(config, path)
@@ -196,6 +244,91 @@ def _disable_migrations():
     disable()
 
 
+def _names_a_database(name):
+    """Whether variable ``name`` is one of those dbfork sets to a worker's
+    clone (the URL, the name, the client libraries' variables)."""
+    return name in ("DATABASE_URL", dbfork_django.ENV_ALIASES) or name.startswith(
+        ("DBFORK_DATABASE", "DBFORK_SQLITE", "PG", "MYSQL", "MARIADB")
+    )
+
+
+def _restart_capture(config):
+    """pytest's global output capture, started afresh in a forked worker:
+    what the controller's capture saved as the original output now is the
+    worker's (its stdout and stderr, which dbfork made), and new capture
+    files replace the controller's, whose offsets every fork shares."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    old = getattr(capman, "_global_capturing", None)
+    if old is None:
+        return
+    parts = [getattr(old, name, None) for name in ("in_", "out", "err")]
+    for part in parts:
+        if part is not None and hasattr(part, "targetfd_save"):
+            os.dup2(part.targetfd, part.targetfd_save)
+    old.suspend_capturing(in_=True)
+    for part in parts:
+        if part is None:
+            continue
+        try:
+            if hasattr(part, "targetfd_save"):
+                os.close(part.targetfd_save)
+            part.tmpfile.close()
+        except (AttributeError, OSError):
+            pass
+    capman._global_capturing = None
+    capman.start_global_capturing()
+
+
+def _end_forked_worker(worker, session):
+    """The end of a worker forked from the controller, once it said bye: its
+    session fixtures are torn down (usually with its last test already), its
+    own exit handlers run, and the process ends. pytest's session-finish and
+    unconfigure hooks are not run here: they belong to the configuration,
+    which happened once, in the controller (as in the serial run), and a
+    conftest's ``pytest_unconfigure`` that removes what its
+    ``pytest_configure`` made (a per-run data directory) must not run in
+    every worker while others still use it. Django's own ``--parallel``
+    workers end so too."""
+    import atexit
+    import traceback
+
+    try:
+        session._setupstate.teardown_exact(None)
+    except BaseException:
+        traceback.print_exc()
+    worker.wire.close()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(1 if session.testsfailed else 0)
+
+
+class _CollectReports:
+    """The collection's errors and whole-module skips, as the worker reports
+    them to dbfork."""
+
+    def __init__(self):
+        self.errors = []
+        self.skips = []
+
+    def add(self, report):
+        if report.failed:
+            self.errors.append({"id": report.nodeid, "longrepr": report.longreprtext})
+        elif report.skipped:
+            # A whole module skipped at import (allow_module_level=True): pytest
+            # counts it as one skipped; so must dbfork.
+            longrepr = report.longrepr
+            if isinstance(longrepr, tuple) and len(longrepr) == 3:
+                path, lineno, reason = longrepr
+                text = "%s:%s: %s" % (path, lineno, reason)
+            else:
+                text = str(longrepr)
+            self.skips.append({"id": report.nodeid, "longrepr": text})
+
+
 class Controller:
     """The run's controller (``DBFORK_ROLE=controller``), as pytest-xdist's
     controller process: pytest configures itself once here (conftest files,
@@ -214,6 +347,10 @@ class Controller:
         self.config = config
         self.wire = dbfork_worker.Worker(path, ADAPTER, __version__, lookahead=1)
         self.first = None  # the first collected test that uses a database
+        self.forking = os.environ.get(ENV_FORK) == "1"
+        self.on_clone = False  # _django_on_clone is registered
+        self.maxfail = 0  # the tool's own, before the controller zeroed it
+        self.collected = _CollectReports()
 
     def connect(self):
         try:
@@ -221,8 +358,16 @@ class Controller:
         except OSError as e:
             raise pytest.UsageError(self.wire.connect_error(e))
 
+    @pytest.hookimpl
+    def pytest_collectreport(self, report):
+        self.collected.add(report)
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session):
+        # What configuring and collecting read is known now (the build's
+        # fixtures run in the controller alone, and their values are what
+        # the workers inherit).
+        _EnvironReads.watching = False
         report = {"adapter": ADAPTER, "django": None}
         if _uses_pytest_django(self.config):
             self.first = _first_database_test(session.items)
@@ -234,9 +379,84 @@ class Controller:
                 "pytest-django is installed, but no Django settings are configured "
                 "(DJANGO_SETTINGS_MODULE, --ds, the ini file or a conftest.py)"
             )
-        dbfork_worker.serve_as_controller(self.wire, report, self._build)
-        self.wire.bye()
-        return True
+        forks = dbfork_worker.Forks(self.wire, self._refuse_fork) if self.forking else None
+        order = dbfork_worker.serve_as_controller(self.wire, report, self._build, forks)
+        if order is None:
+            self.wire.bye()
+            return True
+        return self._run_as_worker(session)
+
+    # -- forked workers ----------------------------------------------------
+
+    def _refuse_fork(self, order):
+        """Why this session cannot be forked into the worker ``order`` asks
+        for (one sentence), or None. Run in the controller before the fork:
+        its Django connections are closed (a worker must not share the
+        controller's sockets; it connects to its clone)."""
+        env = order.get("env") or {}
+        django = _uses_pytest_django(self.config)
+        if django and env.get(dbfork_django.ENV_DJANGO) != "1":
+            return "the template is not the Django project's test database (--setup)"
+        if django and not self.on_clone:
+            return "pytest-django was not loaded when the controller was configured"
+        gone = set(order.get("unset") or ()) | set(dbfork_worker.CONTROLLER_ONLY)
+
+        def in_worker(name):
+            if name in env:
+                return env[name]
+            return None if name in gone else os.environ.get(name)
+
+        differ = sorted(
+            name
+            for name in _EnvironReads.read
+            if in_worker(name) != os.environ.get(name)
+            # The worker points Django at its clone whatever the settings read.
+            and not (django and _names_a_database(name))
+        )
+        if differ:
+            return "the configuration read %s, which differs per worker" % ", ".join(differ)
+        import threading
+
+        others = [
+            t.name
+            for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.name.startswith("dbfork-")
+        ]
+        if others:
+            return "the session has threads running (%s), which a fork would not take along" % (
+                ", ".join(sorted(others)[:3])
+            )
+        if django:
+            from django.db import connections
+
+            connections.close_all()
+        return None
+
+    def _run_as_worker(self, session):
+        """In a worker forked from this controller: the session as the
+        controller configured and collected it runs the tests dbfork hands
+        it, as a started worker's would. Its output capture starts afresh
+        (the controller's capture files are shared with every fork)."""
+        config = self.config
+        os.environ.__class__ = _EnvironReads.__bases__[0]
+        import faulthandler
+
+        if faulthandler.is_enabled():
+            # pytest's faulthandler writes a crash's traceback to a copy of
+            # the controller's stderr: now to the worker's own.
+            faulthandler.enable(file=os.dup(2), all_threads=True)
+        _restart_capture(config)
+        pluginmanager = config.pluginmanager
+        pluginmanager.unregister(self)
+        worker = Worker(config, dbfork_worker.take_socket_path())
+        worker.collected = self.collected
+        pluginmanager.register(worker, _PLUGIN_NAME)
+        worker.wire.maxfail = self.maxfail
+        worker.django = self.on_clone and dbfork_django.template_is_djangos()
+        worker.connect()
+        worker.pytest_runtestloop(session)
+        _end_forked_worker(worker, session)
+
 
     def _nomigrations(self):
         return bool(self.config.getvalue("nomigrations"))
@@ -294,7 +514,7 @@ class Controller:
                     if own_environment:
                         teardown_test_environment()
 
-            with _database_access(self.config):
+            with _database_access(self.config), dbfork_django.databases_kept():
                 return dbfork_django.build_template(target, setup)
 
     @pytest.hookimpl
@@ -515,8 +735,7 @@ class Worker:
         self.config = config
         self.wire = dbfork_worker.Worker(path, ADAPTER, __version__, lookahead=2)
         # Main thread only:
-        self.collect_errors = []
-        self.collect_skips = []
+        self.collected = _CollectReports()
         # Set when pytest-django is loaded: tests then carry its order groups.
         self.django = False
         self.fresh = None  # dbfork_django.FreshClones with --fresh-transactional
@@ -533,20 +752,7 @@ class Worker:
 
     @pytest.hookimpl
     def pytest_collectreport(self, report):
-        if report.failed:
-            self.collect_errors.append(
-                {"id": report.nodeid, "longrepr": report.longreprtext}
-            )
-        elif report.skipped:
-            # A whole module skipped at import (allow_module_level=True): pytest
-            # counts it as one skipped; so must dbfork.
-            longrepr = report.longrepr
-            if isinstance(longrepr, tuple) and len(longrepr) == 3:
-                path, lineno, reason = longrepr
-                text = "%s:%s: %s" % (path, lineno, reason)
-            else:
-                text = str(longrepr)
-            self.collect_skips.append({"id": report.nodeid, "longrepr": text})
+        self.collected.add(report)
 
     def _send_collected(self, session):
         self.items = list(session.items)
@@ -563,8 +769,8 @@ class Worker:
             tests.append(test)
         self.wire.collected(
             tests,
-            self.collect_errors,
-            self.collect_skips,
+            self.collected.errors,
+            self.collected.skips,
             self.config.option.continue_on_collection_errors,
             django_facts=self._django_facts(),
         )
@@ -586,7 +792,7 @@ class Worker:
             self.wire.bye()
             return None  # pytest's own loop returns at once for --collect-only
         continue_on_errors = self.config.option.continue_on_collection_errors
-        if (self.collect_errors and not continue_on_errors) or not self.items:
+        if (self.collected.errors and not continue_on_errors) or not self.items:
             # dbfork ends the run (and picks the exit status); wait for its word.
             self.wire.wait_for_stop()
             self.wire.bye()

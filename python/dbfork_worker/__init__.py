@@ -51,6 +51,9 @@ EXIT_LOST_RUNNER = 70
 # process's last output says which.
 EXIT_RUN_AGAIN = 71
 
+# The controller's own variables: a worker forked from it drops them.
+CONTROLLER_ONLY = (ENV_ROLE, "DBFORK_FORKING")
+
 # Ask for more work while this many tests or fewer are waiting, so the next
 # batch arrives before the worker runs dry.
 WANT_THRESHOLD = 2
@@ -179,7 +182,7 @@ class Worker:
         self.want_outstanding = False
         self.finished = False  # bye sent (or the socket closed by us): EOF is expected
         self.fresh_database = None  # the answer to `fresh`
-        self.build_target = None  # a controller's `build` request
+        self.orders = collections.deque()  # a controller's `build` and `fork` requests
         self.forked_child = False
         # The tool's own "stop after N failures" as the tool resolved it
         # (pytest's -x / --maxfail from the command line, addopts or
@@ -308,9 +311,9 @@ class Worker:
             with self.cond:
                 self.fresh_database = message.get("database")
                 self.cond.notify_all()
-        elif kind == "build":
+        elif kind in ("build", "fork"):
             with self.cond:
-                self.build_target = message.get("database") or {}
+                self.orders.append(message)
                 self.cond.notify_all()
         elif kind == "stop":
             with self.cond:
@@ -398,14 +401,13 @@ class Worker:
                 self.cond.wait(1.0)
             self.queue.clear()
 
-    def next_build(self):
-        """A controller's next order: the ``database`` of a ``build`` request
-        (a dict with ``url`` and ``name``), or None on ``stop``."""
+    def next_order(self):
+        """A controller's next order: a ``build`` or ``fork`` message, or
+        None on ``stop`` (orders that came before it are carried out first)."""
         with self.cond:
-            while self.build_target is None and not self.stopped:
+            while not self.orders and not self.stopped:
                 self.cond.wait(1.0)
-            target, self.build_target = self.build_target, None
-            return target
+            return self.orders.popleft() if self.orders else None
 
     def _want_if_low(self):
         # Called with cond held.
@@ -480,12 +482,18 @@ def is_controller():
     return os.environ.get(ENV_ROLE) == "controller"
 
 
-def serve_as_controller(wire, report, build):
+def serve_as_controller(wire, report, build, fork=None):
     """The controller's side of the conversation: sends ``configured`` (the
     ``report``, with this process's whole environment added, which dbfork
-    passes on to the workers as a pytest-xdist controller does), then builds
-    the template each time dbfork asks (``build(database)`` returns a dict of
-    facts about the result) and answers ``built``, until ``stop``.
+    passes on to the workers as a pytest-xdist controller does), then carries
+    out dbfork's orders until ``stop``: ``build`` (``build(database)`` builds
+    the template and returns a dict of facts about the result; answered by
+    ``built``) and ``fork`` (see :class:`Forks`; ``fork`` is the adapter's
+    ``Forks`` or None when it cannot fork).
+
+    Returns None in the controller once dbfork said ``stop`` and every
+    worker forked from it has exited; in a forked worker, at once, the
+    ``fork`` order it was made for.
 
     A failed build is answered with its traceback; the exception is not raised
     further, so the tool still ends normally.
@@ -495,17 +503,184 @@ def serve_as_controller(wire, report, build):
     message["env"] = dict(os.environ)
     wire.send(message)
     while True:
-        target = wire.next_build()
-        if target is None:
-            return
+        order = wire.next_order()
+        if order is None:
+            if fork is not None:
+                fork.wait_all()
+            return None
+        if order.get("type") == "fork":
+            if fork is None:
+                wire.send(forked(order, error="this adapter does not fork its workers"))
+            elif fork.fork(order) == 0:
+                return order
+            continue
         started = time.perf_counter()
         try:
-            answer = dict(build(target) or {})
+            answer = dict(build(order.get("database") or {}) or {})
         except BaseException as e:  # a SystemExit from a command counts too
             answer = {"error": _exception_first(e, traceback.format_exc())}
         answer["type"] = "built"
         answer["seconds"] = time.perf_counter() - started
         wire.send(answer)
+
+
+def forked(order, pid=None, error=None):
+    """The answer to a ``fork`` order: the worker's pid, or why there is none
+    (dbfork then starts that worker as a process of its own)."""
+    message = {"type": "forked", "slot": order.get("slot"), "generation": order.get("generation")}
+    if pid is not None:
+        message["pid"] = pid
+    if error is not None:
+        message["error"] = error
+    return message
+
+
+class ForkRefused(Exception):
+    """Why this session cannot be forked into a worker (one sentence)."""
+
+
+class Forks:
+    """Workers forked from the controller, after it configured and collected
+    the suite (and built the template): each is the controller's session as
+    it stands, turned into a worker by the adapter (``become_worker`` in the
+    adapter's child). Every worker then has exactly the controller's settings,
+    apps and collected tests, and N workers cost one import and one collection
+    instead of N. Linux only (dbfork asks for forks only there).
+
+    ``refuse()`` (the adapter's) returns why this session must not be forked,
+    or None; it runs before each fork, with the connections and threads the
+    session has at that moment.
+
+    In the child: its own process group (dbfork signals the worker's group),
+    killed by the kernel if the controller dies, its output on the FIFO dbfork
+    made for it (``output``), its environment the worker's (``env``,
+    ``unset``), and the controller's exit handlers dropped (a directory the
+    controller's configuration made and cleans up at exit is shared by every
+    worker, as with pytest-xdist, and must outlive each of them).
+
+    In the controller: a thread per worker waits for it to exit and tells
+    dbfork (``exited``, with the raw wait status).
+    """
+
+    def __init__(self, wire, refuse):
+        self.wire = wire
+        self.refuse = refuse
+        self.waiters = []
+        self._prctl = None
+        try:
+            import ctypes
+
+            self._prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            pass
+
+    def fork(self, order):
+        """Forks a worker for ``order``: its pid in the controller (after
+        answering ``forked``), 0 in the worker."""
+        why = None if hasattr(os, "fork") else "this platform cannot fork"
+        if why is None:
+            try:
+                why = self.refuse(order)
+            except Exception as e:
+                why = "checking whether the session can be forked failed (%s: %s)" % (
+                    type(e).__name__,
+                    e,
+                )
+        if why:
+            self.wire.send(forked(order, error=why))
+            return None
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        parent = os.getpid()
+        # The session's objects are the controller's, shared with every
+        # worker page by page until written: out of the garbage collector's
+        # reach, its collections in a worker do not write (copy) them all.
+        gc.freeze()
+        import warnings
+
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of a fork with threads running: the only ones
+            # here are dbfork's own (the reader, the exit waiters), which hold
+            # nothing the worker needs.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            self._in_child(order, parent)
+            return 0
+        try:
+            os.setpgid(pid, pid)  # as the child does: whichever runs first
+        except OSError:
+            pass
+        self.wire.send(forked(order, pid=pid))
+        waiter = threading.Thread(
+            target=self._wait, args=(order, pid), name="dbfork-exit-%d" % pid, daemon=True
+        )
+        waiter.start()
+        self.waiters.append(waiter)
+        return pid
+
+    def _wait(self, order, pid):
+        while True:
+            try:
+                _pid, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                status = None
+                break
+        message = {"type": "exited", "slot": order.get("slot"), "generation": order.get("generation")}
+        if status is not None:
+            message["status"] = status
+        self.wire.send(message)
+
+    def wait_all(self):
+        """Waits until every forked worker has exited (and dbfork was told)."""
+        for waiter in self.waiters:
+            waiter.join()
+
+    def _in_child(self, order, parent):
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+        if self._prctl is not None:
+            self._prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        if os.getppid() != parent:
+            os._exit(EXIT_LOST_RUNNER)  # the controller died before prctl
+        try:
+            fd = os.open(order["output"], os.O_WRONLY)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            if fd > 2:
+                os.close(fd)
+        except (KeyError, OSError) as e:
+            die("cannot open the output dbfork made for this worker (%s)" % e)
+        for name in tuple(order.get("unset") or ()) + CONTROLLER_ONLY:
+            os.environ.pop(name, None)
+        os.environ.update(order.get("env") or {})
+        _drop_inherited_exit_handlers()
+
+
+def _drop_inherited_exit_handlers():
+    """In a forked worker: the controller's exit handlers and ``atexit``
+    finalizers are the controller's (it runs them when the run ends); the
+    worker runs only its own, and logging's flush."""
+    import atexit
+    import weakref
+
+    atexit._clear()
+    if "logging" in sys.modules:
+        atexit.register(sys.modules["logging"].shutdown)
+    try:
+        for finalizer in list(weakref.finalize._registry):
+            finalizer.atexit = False
+        weakref.finalize._registered_with_atexit = False
+    except AttributeError:
+        pass
 
 
 def _exception_first(error, trace):

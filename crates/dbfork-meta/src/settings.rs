@@ -103,6 +103,17 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Transactional tests (`TransactionTestCase`, `transactional_db`, `live_server`) run on a fresh clone each, made ahead in the background, instead of emptying every table after each. See [django.md](django.md#fresh-clones-for-transactional-tests).",
     },
     Setting {
+        key: "fork",
+        flag: "fork",
+        short: None,
+        env: "DBFORK_FORK",
+        value_name: "BOOL",
+        shape: Shape::Switch,
+        help: "pytest on Linux: fork the workers from the controller once it has configured and collected the suite (false: start each worker as a process of its own, which imports and collects again). [default: true]",
+        default: "`true` (pytest on Linux)",
+        doc: "With pytest on Linux, the workers are forked from the controller after it configured itself, collected the suite and built the template, as Django's own `--parallel` forks its workers: every worker has exactly the controller's settings and collected tests, and starting one costs milliseconds instead of an import and a collection. When the session cannot be forked (its configuration read a variable that differs per worker, such as `PYTEST_XDIST_WORKER`; it runs threads; the template is a `setup` command's), the workers are started as processes of their own, and `-v` says why. `false` always starts them so.",
+    },
+    Setting {
         key: "jobs",
         flag: "jobs",
         short: Some('j'),

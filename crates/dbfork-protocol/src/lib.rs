@@ -27,6 +27,7 @@
 //! | `DBFORK_FRESH` | `1` with `--fresh-transactional`: transactional tests may ask for a fresh clone |
 //! | `DBFORK_ROLE` | `controller` in the run's controller process; absent in workers |
 //! | `DBFORK_DJANGO` | `1` when the template is the Django project's: workers point Django at their clones |
+//! | `DBFORK_FORKING` | `1` in the controller when dbfork forks the workers from it (see below) |
 //!
 //! # Conversation
 //!
@@ -71,9 +72,22 @@
 //!   configured {env, django, note}    ->   (fingerprint; the template exists?)
 //!                                     <-   build {database: {url, name}}   (only if not)
 //!   built {tables, seconds, error}    ->
+//!                                     <-   fork {slot, generation, env, unset, output}
+//!   forked {slot, generation, pid | error} ->
+//!   exited {slot, generation, status} ->   (when a forked worker ends)
 //!                                     <-   stop   (when the run ends)
-//!   bye                               ->
+//!   bye                               ->   (once every forked worker exited)
 //! ```
+//!
+//! With `DBFORK_FORKING=1` in its environment (pytest on Linux, unless `--fork=false`),
+//! the controller is where the workers come from: for each `fork` it forks its
+//! configured, collected session into a worker (its own process group, killed
+//! if the controller dies), which then says `hello` on its own connection like
+//! any worker. Every worker thus has exactly the controller's settings and
+//! collected tests, and N workers cost one start instead of N. A controller that
+//! cannot fork its session (its configuration read a variable that differs per
+//! worker, it runs threads, the template is not Django's) answers `forked` with
+//! the reason, and dbfork starts the workers as processes of their own.
 //!
 //! Indices refer to the `collected` list. A worker runs what it is given in
 //! the order given; it keeps the first test of its queue as the `nextitem` of
@@ -108,6 +122,7 @@ pub mod env {
     pub const FRESH: &str = "DBFORK_FRESH";
     pub const ROLE: &str = "DBFORK_ROLE";
     pub const DJANGO: &str = "DBFORK_DJANGO";
+    pub const FORKING: &str = "DBFORK_FORKING";
     pub const XDIST_WORKER: &str = "PYTEST_XDIST_WORKER";
     pub const XDIST_WORKER_COUNT: &str = "PYTEST_XDIST_WORKER_COUNT";
 }
@@ -327,6 +342,25 @@ pub enum WorkerMessage {
     /// clone. The worker's own clone stays as it is.
     Fresh,
     Bye,
+    /// The controller's answer to [`RunnerMessage::Fork`]: the worker's pid,
+    /// or why this session cannot be forked (dbfork then starts that worker,
+    /// and every later one, as a process of its own).
+    Forked {
+        slot: usize,
+        generation: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// From the controller: a worker forked from it exited, with this raw
+    /// wait status (as `waitpid` returns it; absent: unknown).
+    Exited {
+        slot: usize,
+        generation: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<i32>,
+    },
 }
 
 /// What dbfork sends.
@@ -347,6 +381,17 @@ pub enum RunnerMessage {
     /// To the controller: build the template into this empty database.
     Build {
         database: BuildTarget,
+    },
+    /// To the controller (with `DBFORK_FORKING=1`): fork worker `slot`.`generation`
+    /// from the configured, collected session. The child takes `env` (after
+    /// removing `unset`), writes its stdout and stderr to the FIFO `output`,
+    /// connects to `DBFORK_SOCKET` from `env` and is a worker from then on.
+    Fork {
+        slot: usize,
+        generation: usize,
+        env: BTreeMap<String, String>,
+        unset: Vec<String>,
+        output: String,
     },
     Stop,
 }

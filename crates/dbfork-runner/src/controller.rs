@@ -22,8 +22,8 @@ use dbfork_engine::ops::{self, Cancel};
 use dbfork_protocol::{
     self as protocol, env, BuildTarget, DjangoReport, RunnerMessage, WorkerMessage,
 };
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::BufReader;
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 
@@ -55,7 +55,16 @@ pub struct Controller {
     tail: Tail,
     exit: ExitWatch,
     messages: mpsc::UnboundedReceiver<Result<WorkerMessage, String>>,
-    write: OwnedWriteHalf,
+    /// Lines to the controller, written in order by a task of their own.
+    write: mpsc::UnboundedSender<String>,
+}
+
+/// The controller's connection once the workers are forked from it: orders
+/// go out through `orders` (encoded lines), its answers (`forked`, `exited`)
+/// come in on `messages` until it ends.
+pub struct ForkLine {
+    pub orders: mpsc::UnboundedSender<String>,
+    pub messages: mpsc::UnboundedReceiver<Result<WorkerMessage, String>>,
 }
 
 /// Why waiting on the controller ended without what was waited for.
@@ -130,6 +139,7 @@ impl Controller {
         let (read, write) = stream.into_split();
         let (messages_tx, messages) = mpsc::unbounded_channel();
         tokio::spawn(read_messages(read, messages_tx));
+        let write = worker::line_writer(write);
         let mut controller = Controller {
             pid,
             tail,
@@ -272,9 +282,19 @@ impl Controller {
     }
 
     async fn send(&mut self, message: &RunnerMessage) -> std::io::Result<()> {
-        let mut line = protocol::encode(message);
-        line.push('\n');
-        self.write.write_all(line.as_bytes()).await
+        self.write
+            .send(protocol::encode(message))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+
+    /// The connection for forking workers: from now on the controller's
+    /// messages go to the returned receiver (no more builds are asked).
+    pub fn fork_line(&mut self) -> ForkLine {
+        let (_, closed) = mpsc::unbounded_channel();
+        ForkLine {
+            orders: self.write.clone(),
+            messages: std::mem::replace(&mut self.messages, closed),
+        }
     }
 
     fn protocol_error(&self, what: &str) -> RunError {

@@ -141,6 +141,8 @@ pub struct RunConfig {
     /// `--fresh-transactional`: transactional tests get a fresh clone each,
     /// made ahead in the background, instead of a flush after them.
     pub fresh_transactional: bool,
+    /// `--fork`: pytest's workers are forked from the controller (Linux).
+    pub fork: bool,
     /// Number of worker slots (already resolved from `auto`).
     pub jobs: usize,
     pub dist: Dist,

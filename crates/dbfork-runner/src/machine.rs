@@ -903,7 +903,10 @@ impl Machine {
                 self.feed_all();
             }
             WorkerMessage::Fresh => self.on_fresh(slot, generation),
-            WorkerMessage::Configured { .. } | WorkerMessage::Built { .. } => self.fail(
+            WorkerMessage::Configured { .. }
+            | WorkerMessage::Built { .. }
+            | WorkerMessage::Forked { .. }
+            | WorkerMessage::Exited { .. } => self.fail(
                 exit::USAGE,
                 format!("{} sent a controller's message; install matching versions of dbfork and its adapter", label(slot)),
                 None,
@@ -2084,7 +2087,9 @@ mod tests {
                         .push_back(WorkerMessage::Released { tests: released });
                 }
                 RunnerMessage::Stop => self.stopped = true,
-                RunnerMessage::Fresh { .. } | RunnerMessage::Build { .. } => {
+                RunnerMessage::Fresh { .. }
+                | RunnerMessage::Build { .. }
+                | RunnerMessage::Fork { .. } => {
                     panic!("unexpected {message:?}")
                 }
             }

@@ -24,7 +24,7 @@ use dbfork_engine::process::Owner;
 use dbfork_engine::{AnyBackend, Backend, CloneMethod, DbUrl, Kind};
 use dbfork_protocol::{self as protocol, env, DjangoReport, RunnerMessage, WorkerMessage};
 use futures_util::stream::{self, StreamExt};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Semaphore};
@@ -98,13 +98,32 @@ enum Event {
         generation: usize,
         status: Option<ExitStatus>,
     },
+    /// From the controller that workers are forked from (`None`: it ended).
+    Controller(Option<Result<WorkerMessage, String>>),
 }
 
 /// A worker process as the executor knows it.
 struct Process {
+    /// 0 while a fork is asked for and not answered.
     pid: u32,
     tail: Tail,
     exited: bool,
+    /// A forked worker's output, read until it exits.
+    fifo: Option<worker::Fifo>,
+}
+
+/// Workers forked from the controller (pytest on Linux, `--fork`).
+struct Forks {
+    /// Lines to the controller.
+    orders: mpsc::UnboundedSender<String>,
+    /// Why the controller cannot fork: workers are started as processes of
+    /// their own from then on.
+    refused: Option<String>,
+    /// Forks asked for and not answered: each worker's id and clones, for
+    /// starting it the other way if the controller refuses.
+    asked: HashMap<(usize, usize), (String, Vec<String>)>,
+    /// `-v` said that the workers are forked.
+    noted: bool,
 }
 
 /// The executor of a run: owns the processes, sockets, clones, timers and
@@ -125,6 +144,8 @@ struct Executor {
     base_env: Environment,
     django: bool,
     controller: Option<Controller>,
+    /// `Some` once the template is ready, when the workers are forked.
+    forks: Option<Forks>,
     events: mpsc::UnboundedSender<Event>,
     clone_permits: Arc<Semaphore>,
     cancel: Cancel,
@@ -251,6 +272,9 @@ pub async fn prepare(
         ("PYTHONPATH".to_string(), path),
         (env::RUN_ID.to_string(), prepared.run_id.clone()),
     ];
+    if forks(&prepared.config, adapter) {
+        vars.push((env::FORKING.to_string(), "1".to_string()));
+    }
     if let Some(server) = server {
         // Settings that read DATABASE_URL see the server the run uses (on
         // SQLite a file of the run's own: the controller builds nothing there).
@@ -302,6 +326,12 @@ pub async fn fingerprint(prepared: Prepared, backend: &AnyBackend) -> Result<Man
     .await;
     prepared.abandon().await;
     result
+}
+
+/// Whether the run's workers are forked from its controller: pytest's, on
+/// Linux, unless `--fork=false`.
+fn forks(config: &RunConfig, adapter: Adapter) -> bool {
+    config.fork && adapter == Adapter::Pytest && cfg!(target_os = "linux")
 }
 
 pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, RunError> {
@@ -357,7 +387,8 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
             (result, controller)
         }
     };
-    let early = adapters::tool(adapter).starts_early();
+    // Forked workers start from the controller once the template is ready.
+    let early = adapters::tool(adapter).starts_early() && !forks(&config, adapter);
     let mut build = std::pin::pin!(build);
     let ready = if early {
         None
@@ -628,6 +659,7 @@ impl Executor {
             socket: parts.socket,
             pythonpath: parts.pythonpath,
             controller: None,
+            forks: None,
             events: parts.events,
             clone_permits: Arc::new(Semaphore::new(CLONE_CONCURRENCY)),
             cancel: parts.cancel,
@@ -761,6 +793,25 @@ impl Executor {
     ) -> Result<(), RunError> {
         // Kept first: on an error here `abandon` stops it.
         self.controller = controller;
+        if forks(&self.config, self.adapter) {
+            if let Some(controller) = self.controller.as_mut() {
+                let line = controller.fork_line();
+                let mut messages = line.messages;
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    while let Some(message) = messages.recv().await {
+                        let _ = events.send(Event::Controller(Some(message)));
+                    }
+                    let _ = events.send(Event::Controller(None));
+                });
+                self.forks = Some(Forks {
+                    orders: line.orders,
+                    refused: None,
+                    asked: HashMap::new(),
+                    noted: false,
+                });
+            }
+        }
         let entry = ops::find_template(&self.backend, &template.fingerprint).await?;
         let name = entry.name.clone();
         self.template = Some(entry);
@@ -888,6 +939,7 @@ impl Executor {
 
     fn handle(&mut self, event: Event) {
         match event {
+            Event::Controller(message) => self.controller_said(message),
             Event::Input(input) => self.input(input),
             Event::Accepted(stream) => self.accept(stream),
             Event::Line { conn, line } => match protocol::decode::<WorkerMessage>(&line) {
@@ -1000,6 +1052,45 @@ impl Executor {
             set: vars,
             unset: self.base_env.unset.clone(),
         };
+        self.envs.insert(slot, db_env);
+        if let Some(forks) = self.forks.as_mut().filter(|f| f.refused.is_none()) {
+            let output = self
+                .socket
+                .with_file_name(format!("output-{slot}.{generation}"));
+            let tail = Tail::default();
+            let fifo = match worker::Fifo::open(&output, tail.clone(), echo) {
+                Ok(fifo) => fifo,
+                Err(e) => {
+                    let why = format!(
+                        "cannot make the output FIFO {} of {}: {e}",
+                        output.display(),
+                        label(slot)
+                    );
+                    return self.input(failed(exit::SETUP_OR_DATABASE, why));
+                }
+            };
+            let order = RunnerMessage::Fork {
+                slot,
+                generation,
+                env: environment.set.into_iter().collect(),
+                unset: environment.unset,
+                output: output.display().to_string(),
+            };
+            let _ = forks.orders.send(protocol::encode(&order));
+            forks
+                .asked
+                .insert((slot, generation), (id.to_string(), clones.to_vec()));
+            self.processes.insert(
+                (slot, generation),
+                Process {
+                    pid: 0,
+                    tail,
+                    exited: false,
+                    fifo: Some(fifo),
+                },
+            );
+            return;
+        }
         let spawned = match worker::spawn(&command, &environment, &cwd, echo, Tail::default()) {
             Ok(s) => s,
             Err(e) => {
@@ -1020,30 +1111,120 @@ impl Executor {
                 status,
             });
         });
-        self.envs.insert(slot, db_env);
         self.processes.insert(
             (slot, generation),
             Process {
                 pid,
                 tail: spawned.tail,
                 exited: false,
+                fifo: None,
             },
         );
+    }
+
+    /// What the controller that the workers are forked from says.
+    fn controller_said(&mut self, message: Option<Result<WorkerMessage, String>>) {
+        let Some(forks) = self.forks.as_mut() else {
+            return;
+        };
+        match message {
+            Some(Ok(WorkerMessage::Forked {
+                slot,
+                generation,
+                pid,
+                error,
+            })) => {
+                let asked = forks.asked.remove(&(slot, generation));
+                match (pid, error) {
+                    (Some(pid), None) => {
+                        if self.config.verbose > 0 && !forks.noted {
+                            forks.noted = true;
+                            self.progress.note("the workers are forked from the controller: each has its configured, collected session (--fork=false starts each afresh)");
+                        }
+                        dbfork_engine::reaper::register(pid);
+                        if let Some(p) = self.processes.get_mut(&(slot, generation)) {
+                            p.pid = pid;
+                        }
+                    }
+                    (_, error) => {
+                        let why = error.unwrap_or_else(|| "it did not say why".to_string());
+                        if self.config.verbose > 0 {
+                            self.progress.note(&format!(
+                                "the workers are started as processes of their own, not forked from the controller: {why}"
+                            ));
+                        }
+                        forks.refused = Some(why);
+                        // Its output FIFO goes; the worker starts afresh.
+                        if let Some(p) = self.processes.remove(&(slot, generation)) {
+                            if let Some(fifo) = p.fifo {
+                                tokio::spawn(fifo.drain());
+                            }
+                        }
+                        if let Some((id, clones)) = asked {
+                            // Its environment is made again (its files go first).
+                            self.envs.remove(&slot);
+                            self.start_worker(slot, generation, &id, &clones);
+                        }
+                    }
+                }
+            }
+            Some(Ok(WorkerMessage::Exited {
+                slot,
+                generation,
+                status,
+            })) => {
+                use std::os::unix::process::ExitStatusExt;
+                self.forked_exited(slot, generation, status.map(ExitStatus::from_raw));
+            }
+            Some(Ok(WorkerMessage::Bye | WorkerMessage::Hello { .. })) => {}
+            Some(Ok(other)) => {
+                tracing::warn!("the controller sent {other:?} while forking workers; ignored");
+            }
+            Some(Err(why)) => {
+                tracing::warn!("the controller sent something dbfork cannot read: {why}");
+            }
+            None => {
+                // The controller is gone, and with it (killed by the kernel)
+                // every worker forked from it.
+                let forked: Vec<(usize, usize)> = self
+                    .processes
+                    .iter()
+                    .filter(|(_, p)| p.fifo.is_some() && !p.exited)
+                    .map(|(key, _)| *key)
+                    .collect();
+                for (slot, generation) in forked {
+                    self.forked_exited(slot, generation, None);
+                }
+            }
+        }
+    }
+
+    /// A forked worker ended: once its last output is read, the machine is
+    /// told as of a worker dbfork started.
+    fn forked_exited(&mut self, slot: usize, generation: usize, status: Option<ExitStatus>) {
+        let Some(p) = self.processes.get_mut(&(slot, generation)) else {
+            return;
+        };
+        let (pid, fifo) = (p.pid, p.fifo.take());
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            if let Some(fifo) = fifo {
+                fifo.drain().await;
+            }
+            worker::reap(pid);
+            let _ = events.send(Event::Exited {
+                slot,
+                generation,
+                status,
+            });
+        });
     }
 
     fn accept(&mut self, stream: UnixStream) {
         let conn = self.next_conn;
         self.next_conn += 1;
-        let (read, mut write) = stream.into_split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        tokio::spawn(async move {
-            while let Some(mut line) = rx.recv().await {
-                line.push('\n');
-                if write.write_all(line.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let (read, write) = stream.into_split();
+        let tx = worker::line_writer(write);
         let events = self.events.clone();
         tokio::spawn(async move {
             let mut reader = BufReader::new(read);

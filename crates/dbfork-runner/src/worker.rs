@@ -142,18 +142,125 @@ async fn pump(stream: impl AsyncRead + Unpin, tail: Tail, echo: Echo, is_stderr:
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let line = String::from_utf8_lossy(&buf)
-            .trim_end_matches(['\n', '\r'])
-            .to_string();
-        if let Echo::Prefixed(prefix) = &echo {
-            if is_stderr {
-                eprintln!("{prefix}{line}");
-            } else {
-                println!("{prefix}{line}");
+        take_line(&buf, &tail, &echo, is_stderr);
+    }
+}
+
+/// One line of a worker's output (with or without its newline) into its
+/// tail, and echoed.
+fn take_line(bytes: &[u8], tail: &Tail, echo: &Echo, is_stderr: bool) {
+    let line = String::from_utf8_lossy(bytes)
+        .trim_end_matches(['\n', '\r'])
+        .to_string();
+    if let Echo::Prefixed(prefix) = echo {
+        if is_stderr {
+            eprintln!("{prefix}{line}");
+        } else {
+            println!("{prefix}{line}");
+        }
+    }
+    tail.push(line);
+}
+
+/// The output of a worker that dbfork did not start itself (one forked
+/// from the controller): a FIFO in the run's private directory, which the
+/// worker opens for its stdout and stderr. dbfork holds it open for writing
+/// too (so it never reads an end before the worker opened it), which means
+/// no end comes when the worker exits: [`Fifo::drain`] then reads what is
+/// left and stops.
+pub struct Fifo {
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Fifo {
+    /// Makes the FIFO `path` (which must not exist) and reads it into
+    /// `tail` (and `echo`) from now on.
+    pub fn open(path: &Path, tail: Tail, echo: Echo) -> io::Result<Fifo> {
+        use std::os::unix::ffi::OsStrExt;
+
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: a valid C string; mkfifo(3) creates the node or fails.
+        if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let receiver = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(path)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let done = tokio::spawn(read_fifo(receiver, stopped, tail, echo));
+        Ok(Fifo { stop, done })
+    }
+
+    /// Reads what the worker, which has exited, left in the FIFO; then stops.
+    pub async fn drain(self) {
+        let _ = self.stop.send(());
+        let _ = self.done.await;
+    }
+}
+
+async fn read_fifo(
+    mut receiver: tokio::net::unix::pipe::Receiver,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+    tail: Tail,
+    echo: Echo,
+) {
+    use std::os::fd::AsRawFd;
+    use tokio::io::AsyncReadExt;
+
+    let mut pending = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let take = |pending: &mut Vec<u8>, bytes: &[u8]| {
+        pending.extend_from_slice(bytes);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            take_line(&line, &tail, &echo, false);
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            read = receiver.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => take(&mut pending, &chunk[..n]),
+            },
+            _ = &mut stopped => break,
+        }
+    }
+    // What is still in the pipe, read directly: the descriptor is
+    // non-blocking, and the writer is gone.
+    loop {
+        // SAFETY: reads into a buffer of the length given, from a descriptor
+        // `receiver` owns and keeps open for the call.
+        let n = unsafe { libc::read(receiver.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+        if n <= 0 {
+            break;
+        }
+        take(&mut pending, &chunk[..n as usize]);
+    }
+    if !pending.is_empty() {
+        take_line(&pending, &tail, &echo, false);
+    }
+}
+
+/// Writes the lines sent to the returned sender, each with its newline, in
+/// order, until the connection breaks or every sender is gone.
+pub fn line_writer(
+    mut write: impl tokio::io::AsyncWrite + Unpin + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedSender<String> {
+    use tokio::io::AsyncWriteExt;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Some(mut line) = rx.recv().await {
+            line.push('\n');
+            if write.write_all(line.as_bytes()).await.is_err() {
+                return;
             }
         }
-        tail.push(line);
-    }
+    });
+    tx
 }
 
 /// After the worker itself ended: ends what is left of its process group

@@ -60,6 +60,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
             .fresh_transactional
             .or(from_file.fresh_transactional)
             .unwrap_or(false),
+        fork: from_flags.fork.or(from_file.fork).unwrap_or(true),
         jobs,
         dist: from_flags
             .dist
@@ -277,6 +278,7 @@ struct Layer {
     inputs: Option<Vec<String>>,
     aliases: Option<Vec<String>>,
     fresh_transactional: Option<bool>,
+    fork: Option<bool>,
     jobs: Option<usize>,
     dist: Option<Dist>,
     shard: Option<Shard>,
@@ -364,6 +366,7 @@ impl Layer {
             "inputs" => self.inputs = Some(string_list(raw, origin)?),
             "aliases" => self.aliases = Some(aliases(string_list(raw, origin)?, origin)?),
             "fresh_transactional" => self.fresh_transactional = Some(boolean(raw, origin)?),
+            "fork" => self.fork = Some(boolean(raw, origin)?),
             "jobs" => self.jobs = Some(jobs(raw, origin)?),
             "dist" => {
                 let text = string(raw, origin)?;
@@ -784,7 +787,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("db, setup, inputs, aliases, fresh_transactional, jobs, dist"),
+            text.contains("db, setup, inputs, aliases, fresh_transactional, fork, jobs, dist"),
             "{text}"
         );
         assert!(text.contains("build_timeout"), "{text}");

@@ -268,6 +268,64 @@ fn run_matches_a_serial_pytest_run() {
     assert_no_clones(&place);
 }
 
+/// pytest's workers are forked from the controller once it configured and
+/// collected the suite: each has its own variables, clone and captured
+/// output, and the exit handlers the configuration registered run once, in
+/// the controller (a directory it cleans up at exit outlives every worker).
+/// A configuration that read a variable that differs per worker is not
+/// forked (`-v` says why): each worker then reads its own value, as in the
+/// serial run. `--fork=false` starts every worker afresh.
+#[test]
+fn workers_are_forked_from_the_controller_unless_the_configuration_reads_theirs() {
+    let place = Place::new(Kind::Sqlite, "run_fork");
+    let dir = suite(&place);
+    let exits = place.dir.path().join("exits.log");
+    let exit_log = exits.display().to_string();
+    let run = |extra: &[&str], envs: &[(&str, &str)]| {
+        let _ = std::fs::remove_file(&exits);
+        let mut envs = envs.to_vec();
+        envs.push(("DBFORK_FIXTURE_EXITLOG", &exit_log));
+        let mut extra = extra.to_vec();
+        extra.extend(["-j", "2", "-v"]);
+        let out = dbfork_run(&place, &dir, &extra, &["forking"], &envs);
+        let exited = std::fs::read_to_string(&exits).unwrap_or_default();
+        (out, exited.lines().count())
+    };
+    let forked_note = "the workers are forked from the controller";
+    let read_note = "not forked from the controller: the configuration read PYTEST_XDIST_WORKER, which differs per worker";
+
+    let (out, exit_handlers) = run(&[], &[]);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 1, "{all}");
+    assert_eq!(summary(&out.stdout), "1 failed, 6 passed", "{all}");
+    assert!(all.contains(forked_note), "{all}");
+    assert!(
+        all.contains("captured by this worker") && all.contains("and its stderr"),
+        "the failing test's own output is in its report: {all}"
+    );
+    assert_eq!(
+        exit_handlers, 1,
+        "the controller's exit handler ran once: {all}"
+    );
+    assert_no_clones(&place);
+
+    let (out, exit_handlers) = run(&[], &[("DBFORK_FIXTURE_READ_WORKER", "1")]);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(summary(&out.stdout), "1 failed, 6 passed", "{all}");
+    assert!(
+        all.contains(read_note) && !all.contains(forked_note),
+        "{all}"
+    );
+    assert_eq!(exit_handlers, 3, "each process runs its own: {all}");
+
+    let (out, exit_handlers) = run(&["--fork=false"], &[]);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(summary(&out.stdout), "1 failed, 6 passed", "{all}");
+    assert!(!all.contains("forked from the controller"), "{all}");
+    assert_eq!(exit_handlers, 3, "{all}");
+    assert_no_clones(&place);
+}
+
 #[test]
 fn exitfirst_stops_the_whole_run() {
     let place = Place::new(Kind::Sqlite, "run_x");
@@ -732,21 +790,34 @@ fn sigint_at_many_moments_and_sigterm_leave_nothing(kind: Kind) {
 
 /// dbfork's worker processes (not its controller: the test command
 /// started once more to configure itself, `DBFORK_ROLE=controller`).
+/// The worker processes of dbfork `pid`: its children but the controller,
+/// and the controller's children (workers forked from it).
 fn children_of(pid: u32) -> Vec<u32> {
-    let out = Command::new("pgrep")
-        .args(["-P", &pid.to_string()])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .filter(|child: &u32| {
-            let environ = std::fs::read(format!("/proc/{child}/environ")).unwrap_or_default();
-            !environ
-                .split(|b| *b == 0)
-                .any(|var| var == b"DBFORK_ROLE=controller")
-        })
-        .collect()
+    let direct = |pid: u32| -> Vec<u32> {
+        let out = Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let is_controller = |child: u32| {
+        let environ = std::fs::read(format!("/proc/{child}/environ")).unwrap_or_default();
+        environ
+            .split(|b| *b == 0)
+            .any(|var| var == b"DBFORK_ROLE=controller")
+    };
+    let mut workers = Vec::new();
+    for child in direct(pid) {
+        if is_controller(child) {
+            workers.extend(direct(child));
+        } else {
+            workers.push(child);
+        }
+    }
+    workers
 }
 
 fn wait_for_children(pid: u32, n: usize) -> Vec<u32> {
