@@ -19,14 +19,15 @@ warm dbfork run clones instead of migrating), and `end` the rest. The serial fig
 from a small pytest plugin loaded into the serial runs only (the time of the
 first test's start and the last test's end, and how long pytest-django's
 `django_db_setup` took). Every figure is a median over --reps rounds; in each
-round every command runs once, in turn (serial, dbfork -j 1, 2, 4 and 8), so
+round every command runs once, in turn (serial, dbfork -j 1, 2, 4 and 8 with
+the workers forked from the controller, then the same with --fork=false), so
 the machine's noise falls on all alike.
 
 Also measured, from the same runs:
   start CPU   user + system CPU of the whole process tree of a warm run at
               -j 8 against -j 1 (the same tests run either way: the
-              difference is starting 7 more workers, each importing and
-              collecting on its own)
+              difference is starting 7 more workers: forked, or each
+              importing and collecting on its own with --fork=false)
   build       a cold dbfork run's "built template ... in X s" against the
               serial run's `django_db_setup` (migrating the test database)
 
@@ -58,6 +59,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "shop"
 JOBS = (1, 2, 4, 8)
+# Each -j N is run twice: with the workers forked from the controller (the
+# default, "jN") and started afresh (--fork=false, "sN").
+RUNS = [(f"j{n}", n, True) for n in JOBS] + [(f"s{n}", n, False) for n in JOBS]
 
 PLUGIN = '''
 import json, os, time
@@ -182,19 +186,23 @@ def measure_backend(args, backend, work):
                 "tests": m["last"] - m["first"] - m["db_setup"],
                 "end": started + wall - m["last"],
             }
-            for jobs in JOBS:
+            for key, jobs, fork in RUNS:
                 _, wall, cpu, out = timed(
-                    [args.dbfork, "run", "-j", str(jobs), "--db", db, "--"] + pytest,
+                    [args.dbfork, "run", "-j", str(jobs), "-v", f"--fork={str(fork).lower()}",
+                     "--db", db, "--"] + pytest,
                     dbfork_env,
                     EXAMPLE,
                 )
-                check(out, f"dbfork run -j {jobs}")
+                check(out, f"dbfork run -j {jobs} --fork={fork}")
                 if "reusing template" not in out.stderr:
                     sys.exit(f"dbfork run -j {jobs} did not reuse the template:\n{out.stderr[-3000:]}")
-                row[f"j{jobs}"] = {"wall": wall, "cpu": cpu}
+                if fork != ("workers are forked from the controller" in out.stderr):
+                    sys.exit(f"dbfork run -j {jobs} --fork={fork} did not start its workers so:\n"
+                             + out.stderr[-3000:])
+                row[key] = {"wall": wall, "cpu": cpu}
             rounds.append(row)
             print(f"[{backend}] round {r + 1}/{args.reps}: serial {row['serial']['wall']:.2f} s, "
-                  + ", ".join(f"-j {j} {row[f'j{j}']['wall']:.2f} s" for j in JOBS), file=sys.stderr)
+                  + ", ".join(f"{k} {row[k]['wall']:.2f} s" for k, _, _ in RUNS), file=sys.stderr)
     finally:
         if template:
             subprocess.run([args.dbfork, "db", "drop", "--db", db, template], env=dbfork_env,
@@ -219,34 +227,42 @@ def table(results):
     cores = results["cores"]
     lines = [
         f"Medians of {results['reps']} rounds; seconds. examples/shop, {results['tests']}; "
-        f"{cores} CPUs; commit {results['commit']}.",
+        f"{cores} CPUs; commit {results['commit']}. Workers forked from the controller "
+        "(the default), and started afresh (`--fork=false`).",
         "",
-        "| backend | serial | first + tests + end | limit -j 2 | dbfork -j 2 | ratio | limit -j 4 | dbfork -j 4 | ratio |",
+        "| backend | serial | first + tests + end | -j | limit | forked | ratio | afresh | ratio |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for backend, res in results["backends"].items():
         rounds = res["rounds"]
         first, tests, end = (median(rounds, "serial", k) for k in ("first", "tests", "end"))
-        cells = [backend, f"{median(rounds, 'serial', 'wall'):.2f}",
-                 f"{first:.2f} + {tests:.2f} + {end:.2f}"]
         for jobs in (2, 4):
             limit = first + tests / min(jobs, cores) + end
-            wall = median(rounds, f"j{jobs}", "wall")
-            cells += [f"{limit:.2f}", f"{wall:.2f}", f"{wall / limit:.2f}x"]
-        lines.append("| " + " | ".join(cells) + " |")
+            cells = [backend, f"{median(rounds, 'serial', 'wall'):.2f}",
+                     f"{first:.2f} + {tests:.2f} + {end:.2f}", str(jobs), f"{limit:.2f}"]
+            for key in (f"j{jobs}", f"s{jobs}"):
+                if key in rounds[0]:
+                    wall = median(rounds, key, "wall")
+                    cells += [f"{wall:.2f}", f"{wall / limit:.2f}x"]
+                else:
+                    cells += ["-", "-"]
+            lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| backend | CPU -j 1 | CPU -j 8 | ratio | per extra worker | template build (dbfork, cold) | serial `django_db_setup` |",
-        "|---|---|---|---|---|---|---|",
+        "| backend | workers | CPU -j 1 | CPU -j 8 | ratio | per extra worker | template build (dbfork, cold) | serial `django_db_setup` |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for backend, res in results["backends"].items():
         rounds = res["rounds"]
-        one, eight = median(rounds, "j1", "cpu"), median(rounds, "j8", "cpu")
-        lines.append(
-            f"| {backend} | {one:.2f} | {eight:.2f} | {eight / one:.2f}x | {(eight - one) / 7:.2f} | "
-            f"{'-' if res['build'] is None else format(res['build'], '.2f')} | "
-            f"{median(rounds, 'serial', 'db_setup'):.2f} |"
-        )
+        for prefix, how in (("j", "forked"), ("s", "afresh")):
+            if f"{prefix}1" not in rounds[0]:
+                continue
+            one, eight = median(rounds, f"{prefix}1", "cpu"), median(rounds, f"{prefix}8", "cpu")
+            lines.append(
+                f"| {backend} | {how} | {one:.2f} | {eight:.2f} | {eight / one:.2f}x | {(eight - one) / 7:.2f} | "
+                f"{'-' if res['build'] is None else format(res['build'], '.2f')} | "
+                f"{median(rounds, 'serial', 'db_setup'):.2f} |"
+            )
     return "\n".join(lines)
 
 

@@ -279,7 +279,7 @@ def _restart_capture(config):
     capman.start_global_capturing()
 
 
-def _end_forked_worker(worker, session):
+def _end_forked_worker(worker, session, status=None):
     """The end of a worker forked from the controller, once it said bye: its
     session fixtures are torn down (usually with its last test already), its
     own exit handlers run, and the process ends. pytest's session-finish and
@@ -303,7 +303,9 @@ def _end_forked_worker(worker, session):
             stream.flush()
         except (AttributeError, OSError, ValueError):
             pass
-    os._exit(1 if session.testsfailed else 0)
+    if status is None:
+        status = 1 if session.testsfailed else 0
+    os._exit(status)
 
 
 class _CollectReports:
@@ -454,8 +456,17 @@ class Controller:
         worker.wire.maxfail = self.maxfail
         worker.django = self.on_clone and dbfork_django.template_is_djangos()
         worker.connect()
-        worker.pytest_runtestloop(session)
-        _end_forked_worker(worker, session)
+        status = None
+        try:
+            worker.pytest_runtestloop(session)
+        except KeyboardInterrupt:
+            status = 2  # pytest's "interrupted"
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            status = 3  # pytest's "internal error"
+        _end_forked_worker(worker, session, status)
 
 
     def _nomigrations(self):

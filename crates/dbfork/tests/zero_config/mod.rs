@@ -356,11 +356,17 @@ fn shoplike(kind: Kind) {
         run.stderr
     );
 
-    // Test ids that differ between processes (here the process id, which no
-    // controller can share): the error names the first differing ids and
-    // their likely cause, and no test is blamed for it.
+    // Test ids that differ between processes (here the process id): workers
+    // forked from the controller share its collection, so the run works;
+    // workers started afresh (--fork=false) each collect their own, and the
+    // error names the first differing ids and their likely cause, and no
+    // test is blamed for it.
     let mut per_process = elsewhere.clone();
     per_process.push(("SHOPLIKE_PID_IDS".into(), "1".into()));
+    let run = dbfork_outcomes(&place, &project, true, &pytest, &env_refs(&per_process));
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.outcomes.len(), serial.len(), "{}", run.stderr);
+    per_process.push(("DBFORK_FORK".into(), "false".into()));
     let run = dbfork_outcomes(&place, &project, true, &pytest, &env_refs(&per_process));
     assert_eq!(run.code, Some(2), "{}\n{}", run.stdout, run.stderr);
     for wanted in [
