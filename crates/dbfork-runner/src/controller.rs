@@ -44,6 +44,9 @@ pub struct Configured {
     pub django: Option<DjangoReport>,
     /// Why no Django project was found where one might be expected.
     pub note: Option<String>,
+    /// The `DATABASE_URL` the controller was started with (dbfork's, or the
+    /// user's own), if any.
+    pub database_url: Option<String>,
 }
 
 /// The exit status, once the process has ended (`Some(None)`: unknown).
@@ -184,6 +187,7 @@ impl Controller {
                         env_unset,
                         django,
                         note,
+                        database_url: given.get("DATABASE_URL").cloned(),
                     });
                 }
                 other => {

@@ -3,7 +3,7 @@
 //! tests' settings name, whether `--db` fits them, and which other aliases
 //! need clones of their own.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use dbfork_engine::fingerprint::Recipe;
 use dbfork_engine::{DbUrl, Kind};
@@ -88,6 +88,60 @@ pub fn server_url(django: &DjangoReport) -> Result<Option<DbUrl>, RunError> {
         database: (kind == Kind::Postgres).then(|| "postgres".to_string()),
         params: Vec::new(),
     }))
+}
+
+/// Why a `--setup` command cannot be what builds a Django project's
+/// template, before it runs: it runs Django (`manage.py`, `django-admin`,
+/// `migrate`) and the project's settings do not take their `default`
+/// database from `DATABASE_URL`, the variable through which dbfork points
+/// the setup at the template. Such a setup would migrate the database the
+/// settings name (the project's own) and leave the template empty. `url` is
+/// the `DATABASE_URL` the controller was configured with, if any.
+pub fn setup_misses_template(
+    setup: &str,
+    django: &DjangoReport,
+    url: Option<&str>,
+) -> Option<String> {
+    let runs_django = ["manage.py", "django-admin", "migrate"]
+        .iter()
+        .any(|word| setup.contains(word));
+    let default = django.databases.get("default")?;
+    if !runs_django || follows_url(default, url) {
+        return None;
+    }
+    let settings = match django.settings_module.as_str() {
+        "" => "settings configured in code".to_string(),
+        module => module.to_string(),
+    };
+    let named = if default.name.is_empty() {
+        format!("`{}`", default.engine)
+    } else {
+        format!("`{}` ({})", default.name, default.vendor)
+    };
+    let reads = if url.is_some() {
+        "do not take their `default` database from DATABASE_URL"
+    } else {
+        "may not take their `default` database from DATABASE_URL (without --db dbfork cannot check that they do)"
+    };
+    Some(format!(
+        "--setup `{setup}` may not build the template: this Django project's settings ({settings}) {reads}; they name {named}, so the command would run against that database, the project's own, and leave dbfork's template empty. Leave --setup out: for a Django project dbfork builds the template itself, with the tests' own database setup (the migrations as pytest-django or manage.py test run them). Nothing was run."
+    ))
+}
+
+/// Whether the `default` alias is the database `url` names (its settings
+/// read `DATABASE_URL`).
+fn follows_url(default: &AliasSettings, url: Option<&str>) -> bool {
+    let Some(named) = url.and_then(|u| DbUrl::parse(u).ok()) else {
+        return false;
+    };
+    let database = named.database.unwrap_or_default();
+    !database.is_empty()
+        && (default.name == database
+            || Path::new(&default.name)
+                .canonicalize()
+                .ok()
+                .zip(Path::new(&database).canonicalize().ok())
+                .is_some_and(|(a, b)| a == b))
 }
 
 fn unsupported(alias: &AliasSettings) -> RunError {

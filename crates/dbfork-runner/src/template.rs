@@ -67,6 +67,14 @@ pub async fn prepare(
             ops::ensure_template_with(backend, &recipe, &options, cancel, build).await?
         }
         _ => {
+            if let (Some(setup), Some(report)) = (&config.setup, &configured.django) {
+                if let Some(why) =
+                    django::setup_misses_template(setup, report, configured.database_url.as_deref())
+                {
+                    return Err(RunError::Usage(why));
+                }
+                progress.note("this is a Django project: --setup is not needed (without it dbfork builds the template with the tests' own database setup)");
+            }
             if config.setup.is_some() {
                 progress.note(
                     "preparing the template (the setup command runs only when its inputs changed)",

@@ -1220,6 +1220,67 @@ fn django_run(
     )
 }
 
+/// The README's old Django example in a project whose settings ignore
+/// DATABASE_URL (they always name the developer's own `dev.sqlite3`): a
+/// `--setup` that migrates would migrate that database and leave the
+/// template empty, so it is refused before it runs, with or without --db,
+/// and the error says to leave --setup out; without it the run works and the
+/// project's own database is still untouched.
+#[test]
+fn a_django_setup_that_would_miss_the_template_is_refused_before_it_runs() {
+    let place = Place::new(Kind::Sqlite, "run_own_db");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/django_suite");
+    let dir = place.dir.path().join("django_suite");
+    assert!(Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success());
+    let own = dir.join("dev.sqlite3");
+    let setup = format!("{} manage.py migrate -v 0", python());
+    let env = [("DJSUITE_OWN_DATABASE", "1")];
+    let pytest = ["-m", "pytest", "-p", "no:cacheprovider"];
+    let (code, stdout, stderr) = django_run(&place, &dir, &["--setup", &setup], &pytest, &env);
+    assert_eq!(code, Some(4), "a usage error: {stdout}\n{stderr}");
+    for wanted in [
+        "may not build the template",
+        "do not take their `default` database from DATABASE_URL",
+        "dev.sqlite3",
+        "Leave --setup out",
+        "Nothing was run",
+    ] {
+        assert!(stderr.contains(wanted), "{wanted}: {stderr}");
+    }
+    assert!(!own.exists(), "the project's own database was touched");
+    // Without --db (the README's shape), dbfork cannot check the settings:
+    // the same refusal.
+    let out = dbfork()
+        .current_dir(&dir)
+        .envs(env)
+        .env_remove("CI")
+        .env_remove("DJANGO_SETTINGS_MODULE")
+        .env_remove("DATABASE_URL")
+        .args(["run", "-j", "2", "--setup", &setup, "--"])
+        .arg(python())
+        .args(pytest)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("without --db dbfork cannot check") && stderr.contains("Leave --setup out"),
+        "{stderr}"
+    );
+    assert!(!own.exists(), "the project's own database was touched");
+    // Left out, the tests' own setup builds the template.
+    let (code, stdout, stderr) = django_run(&place, &dir, &[], &pytest, &env);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("13 passed"), "{stdout}");
+    assert!(!own.exists(), "the project's own database was touched");
+}
+
 /// pytest-django under dbfork: every test on the worker's clone (no test
 /// database created, no migrations in the workers), and a thread still holding a
 /// connection at the end does not break the teardown.
