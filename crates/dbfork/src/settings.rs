@@ -126,6 +126,33 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
     })
 }
 
+/// The known name nearest to `given` (at most two edits away, or one that
+/// contains it or is contained in it), if any.
+fn closest<'a>(given: &str, names: &[&'a str]) -> Option<&'a str> {
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut previous = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let substituted = previous + usize::from(ca != *cb);
+                previous = row[j + 1];
+                row[j + 1] = substituted.min(row[j] + 1).min(previous + 1);
+            }
+        }
+        row[b.len()]
+    };
+    names
+        .iter()
+        .map(|name| (distance(given, name), *name))
+        .filter(|(d, name)| {
+            *d <= 2 || (given.len() > 3 && (name.contains(given) || given.contains(name)))
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, name)| name)
+}
+
 /// The database of a run that names none and whose tests' settings name no
 /// server: the embedded SQLite in the project's state directory.
 pub fn default_db(config: &RunConfig) -> String {
@@ -323,8 +350,11 @@ impl Layer {
                 } else {
                     file.path.display().to_string()
                 };
+                let guess = closest(&normalized, &names)
+                    .map(|name| format!(" Did you mean `{name}`?"))
+                    .unwrap_or_default();
                 return Err(usage(format!(
-                    "unknown key `{spelled}` in {place}; check its spelling. The known keys are: {}.",
+                    "unknown key `{spelled}` in {place}; check its spelling.{guess} The known keys are: {}.",
                     names.join(", ")
                 )));
             };
@@ -782,6 +812,7 @@ mod tests {
         std::fs::write(root.join("dbfork.toml"), "dbb = \"postgres://x/y\"\n").unwrap();
         let text = error_text(resolve(&args(), 0, &root));
         assert!(text.contains("unknown key `dbb`"), "{text}");
+        assert!(text.contains("Did you mean `db`?"), "{text}");
         assert!(
             text.contains(&root.join("dbfork.toml").display().to_string()),
             "{text}"

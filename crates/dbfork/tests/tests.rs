@@ -727,6 +727,27 @@ fn kill_9_during_setup_leaves_no_process_and_no_secret(kind: Kind) {
 
 // ---- Bad input -------------------------------------------------------------
 
+/// pytest-xdist's `-n` given to dbfork itself says what to type instead
+/// (clap's own tip, "use '-- -n'", would be wrong).
+#[test]
+fn xdist_jobs_before_the_command_suggest_dbforks_own() {
+    for (args, jobs) in [
+        (&["run", "-n", "2", "--", "pytest"][..], "2"),
+        (&["run", "-n2", "--", "pytest"][..], "2"),
+        (&["run", "--numprocesses=auto", "--", "pytest"][..], "auto"),
+        (&["run", "-n", "--", "pytest"][..], "N"),
+    ] {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 4, "{args:?}: {err}");
+        assert!(
+            err.contains("pytest-xdist's option")
+                && err.contains(&format!("`dbfork run -j {jobs} -- <test command>`"))
+                && !err.contains("tip:"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn malformed_url_is_a_usage_error_with_the_password_masked() {
     let (code, _, err) = run(&["db", "list", "--db", "postgres://me:hunter2@db:99999/x"]);

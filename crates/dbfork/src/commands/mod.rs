@@ -10,6 +10,29 @@ pub mod db;
 pub mod report;
 pub mod run;
 
+/// pytest-xdist's `-n N` given to `dbfork run` itself (before `--`): what
+/// to type instead. clap's own tip (`use '-- -n'`) would be wrong.
+fn xdist_jobs(args: &[String]) -> Option<String> {
+    let run = args.iter().position(|a| a == "run")?;
+    let ours = &args[run + 1..];
+    let ours = &ours[..ours.iter().position(|a| a == "--").unwrap_or(ours.len())];
+    for (i, arg) in ours.iter().enumerate() {
+        let value = match arg.as_str() {
+            "-n" | "--numprocesses" => ours.get(i + 1).cloned(),
+            a if a.starts_with("--numprocesses=") => Some(a["--numprocesses=".len()..].to_string()),
+            a if a.starts_with("-n") && a.len() > 2 => Some(a[2..].to_string()),
+            _ => continue,
+        };
+        let jobs = value
+            .filter(|v| v == "auto" || v.parse::<usize>().is_ok())
+            .unwrap_or_else(|| "N".to_string());
+        return Some(format!(
+            "`{arg}` is pytest-xdist's option; dbfork's is -j (--jobs): `dbfork run -j {jobs} -- <test command>` runs {jobs} workers, each on its own clone of the template database"
+        ));
+    }
+    None
+}
+
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -17,6 +40,11 @@ pub fn main() -> i32 {
         // usage error, with dbfork's code for it rather than clap's 2
         // (which means "interrupted" here).
         Err(err) => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            if let Some(hint) = err.use_stderr().then(|| xdist_jobs(&args)).flatten() {
+                eprintln!("dbfork: error: {hint}");
+                return errors::USAGE;
+            }
             let _ = err.print();
             return if err.use_stderr() {
                 errors::USAGE
