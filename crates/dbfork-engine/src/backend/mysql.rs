@@ -230,7 +230,18 @@ fn ident(name: &str) -> String {
 
 fn q(context: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> Error {
     let context = context.into();
-    move |e| Error::query(NAME, context, e)
+    move |e| Error::query(NAME, context, cause(&e))
+}
+
+/// A driver error as a sentence: the driver wraps an I/O error twice, each
+/// time behind "Input/output error: ", before the system's own words.
+fn cause(e: &mysql_async::Error) -> String {
+    let text = e.to_string();
+    let mut rest = text.as_str();
+    while let Some(inner) = rest.strip_prefix("Input/output error: ") {
+        rest = inner;
+    }
+    rest.to_string()
 }
 
 fn server_code(e: &mysql_async::Error) -> Option<u16> {
@@ -356,7 +367,7 @@ impl Mysql {
         let pool = Pool::new(builder.db_name(Some(maintenance.clone())));
         let connect_error = |e: mysql_async::Error| Error::Connect {
             url: url.to_string(),
-            cause: e.to_string(),
+            cause: cause(&e),
         };
 
         let handshake = async {
@@ -426,7 +437,7 @@ impl Mysql {
     fn connect_error(&self, e: mysql_async::Error) -> Error {
         Error::Connect {
             url: self.url.to_string(),
-            cause: e.to_string(),
+            cause: cause(&e),
         }
     }
 
