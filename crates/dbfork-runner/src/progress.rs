@@ -190,6 +190,12 @@ fn rule(title: &str, fill: char) -> String {
 /// The end of the run on stdout, as pytest shows it: collection errors,
 /// failures with their output, the short summary, and the closing line.
 pub fn print_final(report: &RunReport) {
+    print!("{}", final_text(report));
+}
+
+/// What [`print_final`] prints: the errors, the failures, their short
+/// summary, and the closing line.
+fn final_text(report: &RunReport) -> String {
     let mut out = String::new();
     if !report.collect_errors.is_empty() {
         out.push_str(&rule("ERRORS", '='));
@@ -258,9 +264,19 @@ pub fn print_final(report: &RunReport) {
             out.push_str(&format!("{word} {} - {first}\n", test.id));
         }
     }
+    if report.interrupted {
+        // As pytest says it, before its closing line.
+        let not_run = match report.not_run() {
+            0 => String::new(),
+            1 => ": 1 test not run".to_string(),
+            n => format!(": {n} tests not run"),
+        };
+        out.push_str(&rule(&format!("Interrupted{not_run}"), '!'));
+        out.push('\n');
+    }
     out.push_str(&rule(&report.summary_line(), '='));
     out.push('\n');
-    print!("{out}");
+    out
 }
 
 fn error_phase(test: &TestRecord) -> &str {
@@ -269,4 +285,60 @@ fn error_phase(test: &TestRecord) -> &str {
         .find(|p| p.outcome == "failed")
         .map(|p| p.when.as_str())
         .unwrap_or("setup")
+}
+
+#[cfg(test)]
+mod tests {
+    use dbfork_meta::report::{Outcome, RunReport, TestRecord};
+
+    use super::final_text;
+
+    fn record(index: usize, outcome: Outcome) -> TestRecord {
+        TestRecord {
+            index,
+            id: format!("tests/test_a.py::test_{index}"),
+            file: "tests/test_a.py".to_string(),
+            class: None,
+            outcome,
+            duration: 0.1,
+            slot: Some(0),
+            worker_id: None,
+            phases: Vec::new(),
+            longrepr: None,
+            stdout: String::new(),
+            stderr: String::new(),
+        }
+    }
+
+    /// Ctrl-C's closing lines say the run was interrupted and how many tests
+    /// did not run, as the JSON report does.
+    #[test]
+    fn an_interrupted_run_says_so_and_counts_what_did_not_run() {
+        let mut tests: Vec<TestRecord> = (0..3).map(|i| record(i, Outcome::Passed)).collect();
+        tests.extend((3..26).map(|i| record(i, Outcome::NotRun)));
+        let mut report = RunReport {
+            command: vec!["pytest".to_string()],
+            run_id: "r".to_string(),
+            duration: 5.09,
+            started_at: 0.0,
+            exit_code: 2,
+            interrupted: true,
+            slots: Vec::new(),
+            tests,
+            collect_errors: Vec::new(),
+            collect_skipped: Vec::new(),
+            shard: None,
+        };
+        assert_eq!(
+            final_text(&report),
+            "!!!!!!!!!!!!!!!!!!!!!!!! Interrupted: 23 tests not run !!!!!!!!!!!!!!!!!!!!!!!!!\n\
+             ======================== 3 passed, 23 not run in 5.09s =========================\n"
+        );
+        report.interrupted = false;
+        report.tests.truncate(3);
+        assert_eq!(
+            final_text(&report),
+            "============================== 3 passed in 5.09s ===============================\n"
+        );
+    }
 }

@@ -788,10 +788,10 @@ fn sigint_at_many_moments_and_sigterm_leave_nothing(kind: Kind) {
     );
 }
 
-/// dbfork's worker processes (not its controller: the test command
-/// started once more to configure itself, `DBFORK_ROLE=controller`).
-/// The worker processes of dbfork `pid`: its children but the controller,
-/// and the controller's children (workers forked from it).
+/// The worker processes of dbfork `pid`: its children but the controller
+/// (the test command started once more to configure itself,
+/// `DBFORK_ROLE=controller`), and the controller's children (workers forked
+/// from it).
 fn children_of(pid: u32) -> Vec<u32> {
     let direct = |pid: u32| -> Vec<u32> {
         let out = Command::new("pgrep")
