@@ -52,11 +52,13 @@ impl Progress {
         let live = live.then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
             let bar = multi.add(ProgressBar::new(0));
+            // No bar before the tests are known (a bar of length 0 is drawn full).
             bar.set_style(
-                ProgressStyle::with_template("{elapsed:>4} [{bar:30.cyan/blue}] {pos}/{len} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                ProgressStyle::with_template("{elapsed:>4} {spinner} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
+            bar.set_message("preparing the template and starting the workers");
+            bar.enable_steady_tick(std::time::Duration::from_millis(250));
             let workers = (0..slots)
                 .map(|slot| {
                     let line = multi.add(ProgressBar::new_spinner());
@@ -102,6 +104,12 @@ impl Progress {
     pub fn collected(&mut self, total: usize) {
         self.total = total;
         if let Some(live) = &self.live {
+            live.bar.set_style(
+                ProgressStyle::with_template("{elapsed:>4} [{bar:30.cyan/blue}] {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            live.bar.set_message("");
             live.bar.set_length(total as u64);
         } else {
             eprintln!(
