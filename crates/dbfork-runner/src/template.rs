@@ -183,10 +183,15 @@ fn report(config: &RunConfig, template: &Template, progress: &Notes) {
             template.name, template.build_seconds
         ));
     } else {
+        // A build for another test tool (manage.py test after pytest) is
+        // not an earlier build of this one: its inputs differ by the tool's
+        // own files (pytest.ini, conftest.py), which did not change.
+        let pytest = uses_pytest_files(&template.manifest);
         let changes = history
             .iter()
             .filter(|m| m.fingerprint != template.manifest.fingerprint)
             .filter(|m| m.same_server_kind(&template.manifest))
+            .filter(|m| uses_pytest_files(m) == pytest)
             .map(|m| template.manifest.changes_since(m))
             .min_by_key(Vec::len)
             .unwrap_or_default();
@@ -240,6 +245,15 @@ fn report(config: &RunConfig, template: &Template, progress: &Notes) {
         }
         let _ = std::fs::write(&store, text);
     }
+}
+
+/// Whether a build's inputs include pytest's own files (its ini file or a
+/// `conftest.py`): a build for pytest, not for Django's runner.
+fn uses_pytest_files(manifest: &Manifest) -> bool {
+    manifest.files().any(|f| {
+        let name = f.rsplit('/').next().unwrap_or(f);
+        name == "conftest.py" || name == "pytest.ini"
+    })
 }
 
 fn human_bytes(bytes: u64) -> String {

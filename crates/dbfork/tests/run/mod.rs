@@ -1281,6 +1281,33 @@ fn a_django_setup_that_would_miss_the_template_is_refused_before_it_runs() {
     assert!(!own.exists(), "the project's own database was touched");
 }
 
+/// pytest, then `manage.py test`, in a new project: each builds a template
+/// of its own (pytest's has pytest.ini and conftest.py among its inputs), and
+/// the second says nothing changed: the first was a build for another tool.
+#[test]
+fn switching_test_tools_names_no_false_change() {
+    let place = Place::new(Kind::Sqlite, "run_switch");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/django_suite");
+    let dir = place.dir.path().join("django_suite");
+    assert!(Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success());
+    let pytest = ["-m", "pytest", "-p", "no:cacheprovider"];
+    let (code, stdout, stderr) = django_run(&place, &dir, &[], &pytest, &[]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("built template"), "{stderr}");
+    let (_, stdout, stderr) = django_run(&place, &dir, &[], &["manage.py", "test", "djtests"], &[]);
+    assert!(stderr.contains("built template"), "{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("changed since the last build"),
+        "no false change: {stderr}"
+    );
+}
+
 /// pytest-django under dbfork: every test on the worker's clone (no test
 /// database created, no migrations in the workers), and a thread still holding a
 /// connection at the end does not break the teardown.
