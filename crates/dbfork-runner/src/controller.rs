@@ -60,6 +60,8 @@ pub struct Controller {
     messages: mpsc::UnboundedReceiver<Result<WorkerMessage, String>>,
     /// Lines to the controller, written in order by a task of their own.
     write: mpsc::UnboundedSender<String>,
+    /// The test tool is pytest (for the hints of its errors).
+    pytest: bool,
 }
 
 /// The controller's connection once the workers are forked from it: orders
@@ -87,6 +89,7 @@ impl Controller {
         run_dir: &Path,
         deadline: Duration,
         cancel: &Cancel,
+        pytest: bool,
     ) -> Result<(Controller, Configured), RunError> {
         let socket = run_dir.join("controller.sock");
         let listener = UnixListener::bind(&socket).map_err(|source| RunError::RunDir {
@@ -136,7 +139,7 @@ impl Controller {
             }
             Err(why) => {
                 worker::signal_group(pid, libc::SIGKILL);
-                return Err(configure_error(why, &tail, deadline));
+                return Err(configure_error(why, &tail, deadline, pytest));
             }
         };
         let (read, write) = stream.into_split();
@@ -149,6 +152,7 @@ impl Controller {
             exit,
             messages,
             write,
+            pytest,
         };
         match controller.configured(given, until, cancel).await {
             Ok(configured) => Ok((controller, configured)),
@@ -310,7 +314,7 @@ impl Controller {
 
     fn configure_error(&self, why: Interruption, until: Instant) -> RunError {
         let deadline = until.saturating_duration_since(Instant::now());
-        configure_error(why, &self.tail, deadline)
+        configure_error(why, &self.tail, deadline, self.pytest)
     }
 
     /// Writes the controller's output to `log_dir` and says where, as a sentence.
@@ -410,7 +414,7 @@ async fn read_messages(
 }
 
 /// The error for a controller that did not get as far as `configured`.
-fn configure_error(why: Interruption, tail: &Tail, deadline: Duration) -> RunError {
+fn configure_error(why: Interruption, tail: &Tail, deadline: Duration, pytest: bool) -> RunError {
     let output = ops::failure_excerpt(&tail.lines());
     match why {
         Interruption::Cancelled => RunError::Engine(dbfork_engine::Error::Interrupted),
@@ -424,12 +428,22 @@ fn configure_error(why: Interruption, tail: &Tail, deadline: Duration) -> RunErr
                 .as_ref()
                 .map(worker::describe_exit)
                 .unwrap_or_else(|| "an unknown status".to_string());
-            let (code, why) = match code {
-                Some(4) => (exit::USAGE, "the test command refused its arguments (usage error)".to_string()),
-                Some(0..=2 | 5) => (
-                    exit::USAGE,
-                    "the test command ended before it connected to dbfork: it could not start (see its output), or it ran without dbfork's adapter (`-p no:dbfork` in PYTEST_ADDOPTS or the configuration; use `--adapter none` to run the command once per worker instead)".to_string(),
+            let lines = tail.lines();
+            let (code, why) = match (code, raised(&lines)) {
+                (Some(4), _) => (exit::USAGE, "the test command refused its arguments (usage error)".to_string()),
+                // What the serial run would have said, first, with its exit code.
+                (code, Some(exception)) => (
+                    code.filter(|c| *c > 0).unwrap_or(exit::SETUP_OR_DATABASE),
+                    format!("the test command failed while it configured itself, before any test ran: {exception}. The serial run (the same command without dbfork) fails the same way"),
                 ),
+                (Some(0..=2 | 5), None) => (exit::USAGE, format!(
+                    "the test command ended before it connected to dbfork: it could not start (see its output), or it ran without dbfork's adapter ({})",
+                    if pytest {
+                        "`-p no:dbfork` in PYTEST_ADDOPTS or the configuration; use `--adapter none` to run the command once per worker instead"
+                    } else {
+                        "a script that does not run Django's test runner, or a TEST_RUNNER that is not a DiscoverRunner; use `--adapter none` to run the command once per worker instead"
+                    }
+                )),
                 _ => (exit::SETUP_OR_DATABASE, format!("the test command ended ({how}) while it configured itself, before any test ran")),
             };
             RunError::Controller {
@@ -438,6 +452,18 @@ fn configure_error(why: Interruption, tail: &Tail, deadline: Duration) -> RunErr
             }
         }
     }
+}
+
+/// The exception a Python process's output ends with: the first line after
+/// its last traceback's frames (`ImportError: No module named 'x'`).
+fn raised(lines: &[String]) -> Option<String> {
+    let start = lines
+        .iter()
+        .rposition(|l| l.starts_with("Traceback (most recent call last):"))?;
+    lines[start + 1..]
+        .iter()
+        .find(|l| !l.starts_with(' ') && !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
 }
 
 #[cfg(test)]

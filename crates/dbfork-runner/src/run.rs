@@ -305,6 +305,7 @@ pub async fn prepare(
         &prepared.run_dir.0,
         configure_limit,
         &prepared.cancel,
+        adapter == Adapter::Pytest,
     )
     .await?;
     prepared.controller = Some(controller);

@@ -1281,6 +1281,55 @@ fn a_django_setup_that_would_miss_the_template_is_refused_before_it_runs() {
     assert!(!own.exists(), "the project's own database was touched");
 }
 
+/// A settings module that does not import: the error leads with the
+/// exception, dbfork exits as the serial run does (1), and the hints fit the
+/// tool (no pytest option for `manage.py test`).
+#[test]
+fn a_settings_module_that_does_not_import_fails_as_the_serial_run() {
+    let place = Place::new(Kind::Sqlite, "run_bad_settings");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/django_suite");
+    let dir = place.dir.path().join("django_suite");
+    assert!(Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::write(
+        dir.join("proj/bad_settings.py"),
+        "import no_such_module_here\n",
+    )
+    .unwrap();
+    for args in [
+        &[
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--ds",
+            "proj.bad_settings",
+        ][..],
+        &["manage.py", "test", "--settings", "proj.bad_settings"][..],
+    ] {
+        let serial = Command::new(python())
+            .args(args)
+            .current_dir(&dir)
+            .env_remove("DJANGO_SETTINGS_MODULE")
+            .output()
+            .unwrap();
+        let (code, stdout, stderr) = django_run(&place, &dir, &[], args, &[]);
+        assert_eq!(code, serial.status.code(), "{args:?}: {stdout}\n{stderr}");
+        let first = stderr.lines().next().unwrap_or("");
+        assert!(
+            first.starts_with("dbfork: error: the test command failed while it configured itself")
+                && first.contains("No module named 'no_such_module_here'"),
+            "{args:?}: the exception first: {stderr}"
+        );
+        assert!(!stderr.contains("-p no:dbfork"), "{args:?}: {stderr}");
+    }
+}
+
 /// pytest, then `manage.py test`, in a new project: each builds a template
 /// of its own (pytest's has pytest.ini and conftest.py among its inputs), and
 /// the second says nothing changed: the first was a build for another tool.
