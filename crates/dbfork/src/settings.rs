@@ -38,7 +38,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
     let file = find_config(args.config.as_deref(), cwd)?;
     let root = file
         .as_ref()
-        .map_or_else(|| cwd.to_path_buf(), |f| f.dir.clone());
+        .map_or_else(|| project_root(cwd), |f| f.dir.clone());
     let from_file = match &file {
         Some(file) => Layer::from_file(file)?,
         None => Layer::default(),
@@ -124,6 +124,30 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
             && !matches!(std::env::var_os(dbfork_meta::env::CI), Some(ci) if !ci.is_empty()),
         config_file: file.map(|f| f.path),
     })
+}
+
+/// The files that mark a project's root, as pytest finds its rootdir (its
+/// configuration files) and Django's `manage.py`.
+const ROOT_MARKERS: &[&str] = &[
+    "pytest.ini",
+    ".pytest.ini",
+    "pyproject.toml",
+    "tox.ini",
+    "setup.cfg",
+    "manage.py",
+];
+
+/// Where the project `cwd` is in keeps dbfork's state (`.dbfork/`), without a
+/// configuration file: the nearest directory, from `cwd` up, that already has
+/// a `.dbfork/` or one of [`ROOT_MARKERS`]; `cwd` when there is none. So a
+/// run from a subdirectory uses the project's one `.dbfork/`.
+fn project_root(cwd: &Path) -> PathBuf {
+    cwd.ancestors()
+        .find(|dir| {
+            dir.join(STATE_DIR).is_dir() || ROOT_MARKERS.iter().any(|m| dir.join(m).is_file())
+        })
+        .unwrap_or(cwd)
+        .to_path_buf()
 }
 
 /// The known name nearest to `given` (at most two edits away, or one that
@@ -762,6 +786,35 @@ mod tests {
         assert_eq!(config.verbose, 1);
         assert!(config.setup.is_none() && config.inputs.is_empty());
         assert!(config.junit.is_none() && config.config_file.is_none());
+    }
+
+    /// Without a configuration file, a run from a subdirectory keeps its
+    /// state in the project root's `.dbfork/` (the directory of pytest.ini,
+    /// pyproject.toml or manage.py, or one that has a `.dbfork/` already).
+    #[test]
+    fn the_state_lives_at_the_project_root() {
+        for marker in ["pytest.ini", "manage.py", "pyproject.toml"] {
+            let (_dir, root, sub) = project();
+            std::fs::write(root.join(marker), "").unwrap();
+            let config = resolve(&args(), 0, &sub).unwrap();
+            assert_eq!(config.state_dir, root.join(".dbfork"), "{marker}");
+            assert_eq!(
+                default_db(&config),
+                format!("sqlite://{}/.dbfork/sqlite/main.sqlite3", root.display())
+            );
+        }
+        let (_dir, root, sub) = project();
+        std::fs::create_dir_all(root.join(".dbfork")).unwrap();
+        assert_eq!(
+            resolve(&args(), 0, &sub).unwrap().state_dir,
+            root.join(".dbfork")
+        );
+        // Nothing marks a root: the directory it runs in.
+        let (_dir, _root, sub) = project();
+        assert_eq!(
+            resolve(&args(), 0, &sub).unwrap().state_dir,
+            sub.join(".dbfork")
+        );
     }
 
     #[test]
