@@ -1363,6 +1363,9 @@ pub struct GcOptions {
     /// its heartbeat is older than this.
     pub heartbeat_ttl: Duration,
     pub drop_deadline: Duration,
+    /// `dbfork clean`: every ready template goes too, except one a clone of
+    /// a live run was made from.
+    pub every_template: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -1402,6 +1405,13 @@ pub async fn gc_plan(backend: &AnyBackend, options: &GcOptions) -> Result<Vec<(E
             e.owner_gone(now, ttl).then(|| owner_gone_reason(e))
         } else if !existing.contains(&e.name) {
             Some("its database no longer exists".to_string())
+        } else if options.every_template {
+            let in_use = entries.iter().any(|c| {
+                c.kind == EntryKind::Clone
+                    && c.fingerprint == e.fingerprint
+                    && !c.owner_gone(now, ttl)
+            });
+            (!in_use).then(|| "dbfork clean removes every template".to_string())
         } else {
             match options.older_than {
                 Some(age) if now - e.last_used_at >= age.as_secs() as i64 => {

@@ -29,6 +29,27 @@ pub enum Command {
     /// The reports of finished runs.
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Remove everything dbfork made for this project: the templates and left clones in the
+    /// registry of the project's database (not those of a run still going; on a server that
+    /// other projects share through the same maintenance database, theirs too: see
+    /// --dry-run first), its state directory `.dbfork/` and its template cache.
+    Clean(CleanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// The database server (default: the project's, as `dbfork run` finds it without a Django
+    /// project: `db` in its configuration file or DBFORK_DB, else the embedded SQLite
+    /// database in `.dbfork/`).
+    #[arg(long, env = "DBFORK_DB", value_name = "URL")]
+    pub db: Option<String>,
+    /// Only say what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The configuration file (default: dbfork.toml or pyproject.toml's [tool.dbfork], found
+    /// from the working directory up).
+    #[arg(long, env = "DBFORK_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -96,6 +96,7 @@ async fn collect_leftovers(backend: &AnyBackend, args: &DbArgs) {
         older_than: None,
         heartbeat_ttl: args.heartbeat_ttl,
         drop_deadline: args.drop_timeout,
+        every_template: false,
     };
     match ops::gc(backend, &options).await {
         Ok(collected) => {

@@ -47,6 +47,7 @@ per_backend!(
     sigint_during_setup_drops_the_half_built_template,
     a_template_build_can_span_two_calls,
     older_templates_of_a_setup_are_pruned,
+    clean_removes_what_dbfork_made_for_the_project,
 );
 per_server!(
     drop_ends_open_sessions,
@@ -70,6 +71,67 @@ fn template(place: &Place, setup: &str, inputs: &[&str]) -> (i32, String, String
         args.push(i);
     }
     run(&args)
+}
+
+/// `dbfork clean --dry-run` names the project's templates and its `.dbfork/`
+/// and removes nothing; `dbfork clean` (from a subdirectory of the project)
+/// drops them and removes the directory, leaving the server's other
+/// databases alone; a second clean has nothing left to do.
+fn clean_removes_what_dbfork_made_for_the_project(kind: Kind) {
+    let place = Place::new(kind, "clean");
+    let project = place.dir.path().join("proj");
+    std::fs::create_dir_all(project.join("tests")).unwrap();
+    std::fs::write(project.join("pytest.ini"), "[pytest]\n").unwrap();
+    std::fs::create_dir_all(project.join(".dbfork")).unwrap();
+    std::fs::write(project.join(".dbfork/timings.json"), "{}").unwrap();
+    let runs_file = place.dir.path().join("runs");
+    let setup = setup_for(&place, &runs_file);
+    let (code, fp, err) = template(&place, &setup, &[]);
+    assert_eq!(code, 0, "{err}");
+    let fp = fp.trim().to_string();
+    let templates = || {
+        place
+            .registry()
+            .iter()
+            .filter(|e| e["kind"] == "template")
+            .count()
+    };
+    assert_eq!(templates(), 1);
+    let clean = |extra: &[&str]| {
+        let out = dbfork()
+            .current_dir(project.join("tests"))
+            .args(["clean", "--db", &place.url])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = clean(&["--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("would drop template dbfork_tpl_")
+            && err.contains(&format!(
+                "would remove {}",
+                project.join(".dbfork").display()
+            )),
+        "{err}"
+    );
+    assert_eq!(templates(), 1, "a dry run removes nothing");
+    assert!(project.join(".dbfork").is_dir());
+    let (code, err) = clean(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("dropped template dbfork_tpl_"), "{err}");
+    assert_eq!(templates(), 0, "{err}");
+    assert!(!project.join(".dbfork").exists(), "{err}");
+    let (code, list, err) = run(&["db", "list", "--db", &place.url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!list.contains(&fp[..12]), "{list}");
+    let (code, err) = clean(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("nothing to remove"), "{err}");
 }
 
 fn runs(path: &std::path::Path) -> usize {

@@ -6,6 +6,7 @@ use clap::Parser;
 use crate::cli::{Cli, Command, DbCommand, FingerprintArgs, ReportCommand};
 use crate::errors;
 
+pub mod clean;
 pub mod db;
 pub mod report;
 pub mod run;
@@ -77,6 +78,7 @@ pub fn main() -> i32 {
                 run::fingerprint(run, verbose, print_json).await
             }
             Command::Report(ReportCommand::Merge(args)) => report::merge(args),
+            Command::Clean(args) => clean::run(args).await,
             Command::Db(command) => {
                 let cancel = crate::signals::install();
                 db::run(command, cancel).await.map(|()| errors::OK)

@@ -13,6 +13,7 @@ pub async fn run(opened: &Opened, args: &GcArgs) -> Result<()> {
         older_than: args.older_than,
         heartbeat_ttl: args.db.heartbeat_ttl,
         drop_deadline: args.db.drop_timeout,
+        every_template: false,
     };
     let collected = ops::gc(&opened.backend, &options).await?;
     if let Some(warning) = ops::foreign_rows_warning(&opened.backend.registry_list().await?) {
