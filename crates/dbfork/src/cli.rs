@@ -78,8 +78,10 @@ pub struct DbArgs {
     /// The database server: postgres://user@host:5432/postgres, mysql://root@host:3306/mysql,
     /// sqlite:///abs/dir/main.db, or postgres:ephemeral / mariadb:ephemeral for a private throwaway server.
     /// The URL's database is the maintenance database dbfork uses for its admin work and registry.
+    /// Default: the project's, as `dbfork run` finds it without a Django project (`db` in the
+    /// configuration file, else the embedded SQLite database in the project's `.dbfork/`).
     #[arg(long, env = "DBFORK_DB", value_name = "URL")]
-    pub db: String,
+    pub db: Option<String>,
     /// How long connecting may take.
     #[arg(long, env = "DBFORK_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

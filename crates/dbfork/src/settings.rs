@@ -177,6 +177,15 @@ fn closest<'a>(given: &str, names: &[&'a str]) -> Option<&'a str> {
         .map(|(_, name)| name)
 }
 
+/// The project's database for the commands that take `--db` and were not
+/// given one: `db` of the project's configuration (or `DBFORK_DB`), else the
+/// embedded SQLite default in its `.dbfork/`, as `dbfork run` finds it
+/// without a Django project.
+pub fn project_db(cwd: &Path) -> anyhow::Result<String> {
+    let config = resolve(&RunArgs::default(), 0, cwd)?;
+    Ok(config.db.clone().unwrap_or_else(|| default_db(&config)))
+}
+
 /// The database of a run that names none and whose tests' settings name no
 /// server: the embedded SQLite in the project's state directory.
 pub fn default_db(config: &RunConfig) -> String {

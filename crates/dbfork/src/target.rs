@@ -48,7 +48,28 @@ impl Opened {
         let options = ConnectOptions {
             connect_timeout: args.connect_timeout,
         };
-        let (url, server) = match Target::parse(&args.db)? {
+        let db = match &args.db {
+            Some(db) => db.clone(),
+            None => {
+                let db = crate::settings::project_db(&std::env::current_dir()?)?;
+                // SQLite's databases and registry live in the URL's directory.
+                let dir = db
+                    .strip_prefix("sqlite://")
+                    .and_then(|f| std::path::Path::new(f).parent());
+                if collect == Collect::Nothing && dir.is_some_and(|d| !d.exists()) {
+                    // Reading never writes: opening it would make it.
+                    anyhow::bail!(
+                        "this project has no dbfork database yet ({db} does not exist; `dbfork run` makes it): nothing to show. Give --db to look at a server"
+                    );
+                }
+                eprintln!(
+                    "dbfork: the project's database: {} (give --db for another)",
+                    dbfork_engine::url::mask_raw(&db)
+                );
+                db
+            }
+        };
+        let (url, server) = match Target::parse(&db)? {
             Target::Url(url) => (url, None),
             Target::Ephemeral(kind) => {
                 let server = EphemeralServer::start(kind).await?;

@@ -73,6 +73,43 @@ fn template(place: &Place, setup: &str, inputs: &[&str]) -> (i32, String, String
     run(&args)
 }
 
+/// The `db` verbs without `--db` work on the project's database, as `dbfork
+/// run` finds it (here the embedded SQLite default in the project root's
+/// `.dbfork/`, from a subdirectory); a read before it exists makes nothing.
+#[test]
+fn db_verbs_default_to_the_projects_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    std::fs::write(root.join("pytest.ini"), "[pytest]\n").unwrap();
+    let sub = root.join("tests");
+    std::fs::create_dir_all(&sub).unwrap();
+    let db = |args: &[&str]| {
+        let out = dbfork().current_dir(&sub).args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, _, err) = db(&["db", "list"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("this project has no dbfork database yet"),
+        "{err}"
+    );
+    assert!(!root.join(".dbfork").exists(), "a read made the database");
+    let (code, fp, err) = db(&["db", "template", "--setup", "true"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("the project's database: sqlite://"), "{err}");
+    assert!(root.join(".dbfork/sqlite").is_dir(), "{err}");
+    let (code, list, err) = db(&["db", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(list.contains(&fp.trim()[..12]), "{list}\n{err}");
+    let (code, _, err) = db(&["clean"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!root.join(".dbfork").exists(), "{err}");
+}
+
 /// `dbfork clean --dry-run` names the project's templates and its `.dbfork/`
 /// and removes nothing; `dbfork clean` (from a subdirectory of the project)
 /// drops them and removes the directory, leaving the server's other

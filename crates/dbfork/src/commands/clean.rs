@@ -38,7 +38,7 @@ pub async fn run(args: CleanArgs) -> Result<i32> {
     let unmade = db == default_db && !config.state_dir.join("sqlite").exists();
     if !unmade {
         let db_args = DbArgs {
-            db: db.clone(),
+            db: Some(db.clone()),
             connect_timeout: config.connect_timeout,
             drop_timeout: config.drop_timeout,
             heartbeat_ttl: config.heartbeat_ttl,

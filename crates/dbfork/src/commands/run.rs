@@ -55,7 +55,7 @@ async fn start(args: &RunArgs, verbose: u8, collect: Collect) -> Result<(Prepare
         config.heartbeat_ttl,
     );
     let db_args = move |db: String| DbArgs {
-        db,
+        db: Some(db),
         connect_timeout,
         drop_timeout,
         heartbeat_ttl,
