@@ -595,10 +595,9 @@ class Forks:
             except (AttributeError, OSError, ValueError):
                 pass
         parent = os.getpid()
-        # The session's objects are the controller's, shared with every
-        # worker page by page until written: out of the garbage collector's
-        # reach, its collections in a worker do not write (copy) them all.
-        gc.freeze()
+        # No gc.freeze() here, though it would spare copying pages: frozen
+        # objects are hidden from gc.get_objects(), which tests use
+        # (django-extensions' list_signals finds the signals through it).
         import warnings
 
         with warnings.catch_warnings():

@@ -297,7 +297,7 @@ fn workers_are_forked_from_the_controller_unless_the_configuration_reads_theirs(
     let (out, exit_handlers) = run(&[], &[]);
     let all = format!("{}{}", out.stdout, out.stderr);
     assert_eq!(out.code, 1, "{all}");
-    assert_eq!(summary(&out.stdout), "1 failed, 6 passed", "{all}");
+    assert_eq!(summary(&out.stdout), "1 failed, 7 passed", "{all}");
     assert!(all.contains(forked_note), "{all}");
     assert!(
         all.contains("captured by this worker") && all.contains("and its stderr"),
@@ -311,7 +311,7 @@ fn workers_are_forked_from_the_controller_unless_the_configuration_reads_theirs(
 
     let (out, exit_handlers) = run(&[], &[("DBFORK_FIXTURE_READ_WORKER", "1")]);
     let all = format!("{}{}", out.stdout, out.stderr);
-    assert_eq!(summary(&out.stdout), "1 failed, 6 passed", "{all}");
+    assert_eq!(summary(&out.stdout), "1 failed, 7 passed", "{all}");
     assert!(
         all.contains(read_note) && !all.contains(forked_note),
         "{all}"
@@ -320,7 +320,7 @@ fn workers_are_forked_from_the_controller_unless_the_configuration_reads_theirs(
 
     let (out, exit_handlers) = run(&["--fork=false"], &[]);
     let all = format!("{}{}", out.stdout, out.stderr);
-    assert_eq!(summary(&out.stdout), "1 failed, 6 passed", "{all}");
+    assert_eq!(summary(&out.stdout), "1 failed, 7 passed", "{all}");
     assert!(!all.contains("forked from the controller"), "{all}");
     assert_eq!(exit_handlers, 3, "{all}");
     assert_no_clones(&place);
