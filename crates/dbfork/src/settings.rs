@@ -182,8 +182,21 @@ fn closest<'a>(given: &str, names: &[&'a str]) -> Option<&'a str> {
 /// embedded SQLite default in its `.dbfork/`, as `dbfork run` finds it
 /// without a Django project.
 pub fn project_db(cwd: &Path) -> anyhow::Result<String> {
-    let config = resolve(&RunArgs::default(), 0, cwd)?;
-    Ok(config.db.clone().unwrap_or_else(|| default_db(&config)))
+    Ok(database_of(&resolve(&RunArgs::default(), 0, cwd)?))
+}
+
+/// The database `config` names, else the embedded SQLite default.
+pub fn database_of(config: &RunConfig) -> String {
+    config.db.clone().unwrap_or_else(|| default_db(config))
+}
+
+/// Whether `db` is a SQLite database that was never made: its directory,
+/// where SQLite's databases and registry live, does not exist (opening it
+/// would make it).
+pub fn unmade_sqlite(db: &str) -> bool {
+    db.strip_prefix("sqlite://")
+        .and_then(|f| Path::new(f).parent())
+        .is_some_and(|dir| !dir.exists())
 }
 
 /// The database of a run that names none and whose tests' settings name no

@@ -52,11 +52,7 @@ impl Opened {
             Some(db) => db.clone(),
             None => {
                 let db = crate::settings::project_db(&std::env::current_dir()?)?;
-                // SQLite's databases and registry live in the URL's directory.
-                let dir = db
-                    .strip_prefix("sqlite://")
-                    .and_then(|f| std::path::Path::new(f).parent());
-                if collect == Collect::Nothing && dir.is_some_and(|d| !d.exists()) {
+                if collect == Collect::Nothing && crate::settings::unmade_sqlite(&db) {
                     // Reading never writes: opening it would make it.
                     anyhow::bail!(
                         "this project has no dbfork database yet ({db} does not exist; `dbfork run` makes it): nothing to show. Give --db to look at a server"

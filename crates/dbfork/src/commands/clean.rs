@@ -20,12 +20,10 @@ pub async fn run(args: CleanArgs) -> Result<i32> {
         ..RunArgs::default()
     };
     let config = settings::resolve(&project, 0, &cwd)?;
-    let default_db = settings::default_db(&config);
     let db = args
         .db
         .clone()
-        .or_else(|| config.db.clone())
-        .unwrap_or_else(|| default_db.clone());
+        .unwrap_or_else(|| settings::database_of(&config));
     let (would, did) = if args.dry_run {
         ("would remove", "would drop")
     } else {
@@ -33,10 +31,8 @@ pub async fn run(args: CleanArgs) -> Result<i32> {
     };
     let mut kept = 0;
     let mut said = false;
-    // The embedded default that was never made: nothing on it (opening it
-    // would create it).
-    let unmade = db == default_db && !config.state_dir.join("sqlite").exists();
-    if !unmade {
+    // A SQLite database that was never made has nothing on it.
+    if !settings::unmade_sqlite(&db) {
         let db_args = DbArgs {
             db: Some(db.clone()),
             connect_timeout: config.connect_timeout,

@@ -23,10 +23,19 @@ pub(crate) fn python() -> String {
     venv.display().to_string()
 }
 
-/// A copy of the fixture project in the place's directory (timings and caches stay there).
+/// A copy of the pytest fixture project in the place's directory (timings and caches stay there).
 fn suite(place: &Place) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pytest_suite");
-    let dst = place.dir.path().join("suite");
+    let dst = fixture_copy(place, "pytest_suite");
+    let _ = std::fs::remove_dir_all(dst.join(".pytest_cache"));
+    dst
+}
+
+/// A copy of fixture project `name` (tests/fixtures/NAME) in the place's directory.
+fn fixture_copy(place: &Place, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let dst = place.dir.path().join(name);
     let ok = Command::new("cp")
         .arg("-r")
         .arg(&src)
@@ -34,7 +43,6 @@ fn suite(place: &Place) -> PathBuf {
         .status()
         .unwrap();
     assert!(ok.success());
-    let _ = std::fs::remove_dir_all(dst.join(".pytest_cache"));
     dst
 }
 
@@ -1229,15 +1237,7 @@ fn django_run(
 #[test]
 fn a_django_setup_that_would_miss_the_template_is_refused_before_it_runs() {
     let place = Place::new(Kind::Sqlite, "run_own_db");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/django_suite");
-    let dir = place.dir.path().join("django_suite");
-    assert!(Command::new("cp")
-        .arg("-r")
-        .arg(&src)
-        .arg(&dir)
-        .status()
-        .unwrap()
-        .success());
+    let dir = fixture_copy(&place, "django_suite");
     let own = dir.join("dev.sqlite3");
     let setup = format!("{} manage.py migrate -v 0", python());
     let env = [("DJSUITE_OWN_DATABASE", "1")];
@@ -1287,15 +1287,7 @@ fn a_django_setup_that_would_miss_the_template_is_refused_before_it_runs() {
 #[test]
 fn a_settings_module_that_does_not_import_fails_as_the_serial_run() {
     let place = Place::new(Kind::Sqlite, "run_bad_settings");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/django_suite");
-    let dir = place.dir.path().join("django_suite");
-    assert!(Command::new("cp")
-        .arg("-r")
-        .arg(&src)
-        .arg(&dir)
-        .status()
-        .unwrap()
-        .success());
+    let dir = fixture_copy(&place, "django_suite");
     std::fs::write(
         dir.join("proj/bad_settings.py"),
         "import no_such_module_here\n",
@@ -1336,15 +1328,7 @@ fn a_settings_module_that_does_not_import_fails_as_the_serial_run() {
 #[test]
 fn switching_test_tools_names_no_false_change() {
     let place = Place::new(Kind::Sqlite, "run_switch");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/django_suite");
-    let dir = place.dir.path().join("django_suite");
-    assert!(Command::new("cp")
-        .arg("-r")
-        .arg(&src)
-        .arg(&dir)
-        .status()
-        .unwrap()
-        .success());
+    let dir = fixture_copy(&place, "django_suite");
     let pytest = ["-m", "pytest", "-p", "no:cacheprovider"];
     let (code, stdout, stderr) = django_run(&place, &dir, &[], &pytest, &[]);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
@@ -1362,15 +1346,7 @@ fn switching_test_tools_names_no_false_change() {
 /// connection at the end does not break the teardown.
 fn pytest_django_runs_on_the_clones(kind: Kind) {
     let place = Place::new(kind, "run_django");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/django_suite");
-    let dir = place.dir.path().join("django_suite");
-    assert!(Command::new("cp")
-        .arg("-r")
-        .arg(&src)
-        .arg(&dir)
-        .status()
-        .unwrap()
-        .success());
+    let dir = fixture_copy(&place, "django_suite");
     let py = python();
     // The second round with --fresh-transactional: the fixture's transactional
     // test checks that it runs on a clone of its own.
