@@ -34,6 +34,15 @@ pub enum Command {
     /// other projects share through the same maintenance database, theirs too: see
     /// --dry-run first), its state directory `.dbfork/` and its template cache.
     Clean(CleanArgs),
+    /// Print a completion script for a shell, to be sourced by it: for example
+    /// `dbfork completions bash > ~/.local/share/bash-completion/completions/dbfork`,
+    /// `dbfork completions zsh > "${fpath[1]}/_dbfork"`, or
+    /// `dbfork completions fish > ~/.config/fish/completions/dbfork.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -847,6 +847,38 @@ fn xdist_jobs_before_the_command_suggest_dbforks_own() {
     }
 }
 
+/// `dbfork completions bash` prints a script that bash really completes
+/// with: the verbs, and `run`'s flags, which come from the settings table.
+#[test]
+fn completions_complete_verbs_and_run_flags_in_bash() {
+    let (code, script, err) = run(&["completions", "bash"]);
+    assert_eq!(code, 0, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dbfork.bash");
+    std::fs::write(&path, script).unwrap();
+    let complete = |words: &str| {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                r#"source "$1"; COMP_WORDS=({words}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ));
+                _dbfork dbfork "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}";
+                echo "${{COMPREPLY[@]}}""#
+            ))
+            .arg("bash")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(complete("dbfork c"), "clean completions");
+    assert_eq!(complete("dbfork run --jo"), "--jobs");
+    assert_eq!(complete("dbfork run --for"), "--fork");
+    let (code, _, err) = run(&["completions", "tcsh"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("bash, elvish, fish, powershell, zsh"), "{err}");
+}
+
 #[test]
 fn malformed_url_is_a_usage_error_with_the_password_masked() {
     let (code, _, err) = run(&["db", "list", "--db", "postgres://me:hunter2@db:99999/x"]);

@@ -55,6 +55,12 @@ pub fn main() -> i32 {
         }
     };
     init_tracing(cli.verbose);
+    if let Command::Completions { shell } = cli.command {
+        restore_sigpipe();
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "dbfork", &mut std::io::stdout());
+        return errors::OK;
+    }
     if matches!(cli.command, Command::Db(_)) {
         restore_sigpipe();
     }
@@ -79,6 +85,7 @@ pub fn main() -> i32 {
             }
             Command::Report(ReportCommand::Merge(args)) => report::merge(args),
             Command::Clean(args) => clean::run(args).await,
+            Command::Completions { .. } => unreachable!("handled before the runtime starts"),
             Command::Db(command) => {
                 let cancel = crate::signals::install();
                 db::run(command, cancel).await.map(|()| errors::OK)
