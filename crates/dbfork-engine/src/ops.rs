@@ -259,10 +259,46 @@ pub async fn ensure_template(
     options: &TemplateOptions,
     cancel: &Cancel,
 ) -> Result<Template> {
-    ensure_template_with(backend, recipe, options, cancel, |name| async move {
-        run_setup(backend, recipe, options, cancel, &name).await
+    let empty = std::sync::atomic::AtomicBool::new(false);
+    let mut template = ensure_template_with(backend, recipe, options, cancel, |name| {
+        let empty = &empty;
+        async move {
+            run_setup(backend, recipe, options, cancel, &name).await?;
+            // A setup that wrote somewhere else (settings that ignore
+            // DATABASE_URL) succeeds and leaves the template as it was made.
+            match backend.table_count(&name).await {
+                Ok(0) => empty.store(true, std::sync::atomic::Ordering::Relaxed),
+                Ok(_) => {}
+                Err(e) => tracing::debug!("could not count the tables of {name}: {e}"),
+            }
+            Ok(())
+        }
     })
-    .await
+    .await?;
+    if empty.load(std::sync::atomic::Ordering::Relaxed) {
+        template
+            .warnings
+            .push(empty_template_warning(backend, recipe));
+    }
+    Ok(template)
+}
+
+/// What to say of a template the setup command left without a table.
+fn empty_template_warning(backend: &AnyBackend, recipe: &Recipe) -> String {
+    let variables = match backend.kind() {
+        crate::url::Kind::Postgres => "DATABASE_URL (or PGDATABASE with PGHOST and PGPORT)",
+        crate::url::Kind::Mysql => {
+            "DATABASE_URL (or DBFORK_DATABASE_NAME with the my.cnf in MYSQL_HOME)"
+        }
+        crate::url::Kind::Sqlite => "DATABASE_URL (or DBFORK_SQLITE_PATH)",
+    };
+    format!(
+        "the setup command `{}` succeeded but left the template without a single table: it \
+         probably wrote to another database (its own settings' rather than the one dbfork \
+         gives it). The setup must write to the database that {variables} names in its \
+         environment; if the tests make their own tables, ignore this.",
+        recipe.setup
+    )
 }
 
 /// [`ensure_template`] where `build` fills the new template (created empty

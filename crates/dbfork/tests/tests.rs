@@ -112,8 +112,9 @@ fn db_verbs_default_to_the_projects_database() {
 
 /// `dbfork clean --dry-run` names the project's templates and its `.dbfork/`
 /// and removes nothing; `dbfork clean` (from a subdirectory of the project)
-/// drops them and removes the directory, leaving the server's other
-/// databases alone; a second clean has nothing left to do.
+/// drops them, then the registry they leave empty, and removes the directory,
+/// leaving the server's other databases alone; a second clean has nothing
+/// left to do.
 fn clean_removes_what_dbfork_made_for_the_project(kind: Kind) {
     let place = Place::new(kind, "clean");
     let project = place.dir.path().join("proj");
@@ -125,7 +126,15 @@ fn clean_removes_what_dbfork_made_for_the_project(kind: Kind) {
     let setup = setup_for(&place, &runs_file);
     let (code, fp, err) = template(&place, &setup, &[]);
     assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("without a single table"), "{err}");
     let fp = fp.trim().to_string();
+    // A setup that wrote somewhere else (here: nowhere) is told so.
+    let (code, _, err) = template(&place, "echo migrated elsewhere", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("left the template without a single table") && err.contains("DATABASE_URL"),
+        "{err}"
+    );
     let templates = || {
         place
             .registry()
@@ -133,7 +142,7 @@ fn clean_removes_what_dbfork_made_for_the_project(kind: Kind) {
             .filter(|e| e["kind"] == "template")
             .count()
     };
-    assert_eq!(templates(), 1);
+    assert_eq!(templates(), 2);
     let clean = |extra: &[&str]| {
         let out = dbfork()
             .current_dir(project.join("tests"))
@@ -156,11 +165,34 @@ fn clean_removes_what_dbfork_made_for_the_project(kind: Kind) {
             )),
         "{err}"
     );
-    assert_eq!(templates(), 1, "a dry run removes nothing");
+    assert!(
+        err.contains("would remove dbfork's registry (empty)"),
+        "{err}"
+    );
+    assert_eq!(templates(), 2, "a dry run removes nothing");
     assert!(project.join(".dbfork").is_dir());
+    let registry_tables = || {
+        match kind {
+        Kind::Postgres => place.sql_ok(
+            None,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'dbfork'",
+        ),
+        Kind::Mysql => place.sql_ok(
+            None,
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'dbfork%'",
+        ),
+        Kind::Sqlite => Place::sqlite_file_ok(
+            &place.dir.path().join(".dbfork/registry.sqlite3"),
+            "SELECT COUNT(*) FROM sqlite_master WHERE name LIKE 'registry%'",
+        ),
+    }
+    };
+    assert_ne!(registry_tables(), "0");
     let (code, err) = clean(&[]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("dropped template dbfork_tpl_"), "{err}");
+    assert!(err.contains("removed dbfork's registry (empty)"), "{err}");
+    assert_eq!(registry_tables(), "0", "{err}");
     assert_eq!(templates(), 0, "{err}");
     assert!(!project.join(".dbfork").exists(), "{err}");
     let (code, list, err) = run(&["db", "list", "--db", &place.url]);

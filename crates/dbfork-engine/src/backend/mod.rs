@@ -121,6 +121,9 @@ pub trait Backend: Send + Sync {
     /// Inserts or replaces the rows of `entries`, all in one transaction.
     fn registry_put(&self, entries: &[Entry]) -> impl Future<Output = Result<()>> + Send;
     fn registry_remove(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Drops the registry's tables when they hold no row (`dbfork clean`):
+    /// whether it did. A writer that comes later makes them again.
+    fn registry_drop_if_empty(&self) -> impl Future<Output = Result<bool>> + Send;
 
     /// Takes the server-wide lock `key`, waiting at most `wait`.
     fn lock(&self, key: &str, wait: Duration) -> impl Future<Output = Result<Lock>> + Send;
@@ -165,6 +168,11 @@ pub trait Backend: Send + Sync {
     /// definition and every table's row count (`rows <table> <n>`), sorted.
     /// On PostgreSQL `name` must accept connections (a clone, not a sealed template).
     fn describe(&self, name: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// How many tables and views database `name` holds (outside the server's
+    /// own schemas): a setup that left none probably wrote somewhere else.
+    /// On PostgreSQL `name` must accept connections (not yet sealed).
+    fn table_count(&self, name: &str) -> impl Future<Output = Result<u64>> + Send;
 
     /// The backend's usual environment variables for a client of database `name`.
     fn client_env(&self, name: &str) -> Vec<(String, String)>;
@@ -252,6 +260,9 @@ impl Backend for AnyBackend {
     async fn registry_remove(&self, name: &str) -> Result<()> {
         each!(self, b => b.registry_remove(name).await)
     }
+    async fn registry_drop_if_empty(&self) -> Result<bool> {
+        each!(self, b => b.registry_drop_if_empty().await)
+    }
     async fn lock(&self, key: &str, wait: Duration) -> Result<Lock> {
         each!(self, b => b.lock(key, wait).await)
     }
@@ -288,6 +299,9 @@ impl Backend for AnyBackend {
     }
     async fn describe(&self, name: &str) -> Result<Vec<String>> {
         each!(self, b => b.describe(name).await)
+    }
+    async fn table_count(&self, name: &str) -> Result<u64> {
+        each!(self, b => b.table_count(name).await)
     }
     fn client_env(&self, name: &str) -> Vec<(String, String)> {
         each!(self, b => b.client_env(name))

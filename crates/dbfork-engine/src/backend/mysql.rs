@@ -1400,6 +1400,47 @@ impl Backend for Mysql {
         .map_err(q("removing a registry row"))
     }
 
+    async fn registry_drop_if_empty(&self) -> Result<bool> {
+        if !registry::open(self, false).await? {
+            return Ok(false);
+        }
+        // A connection of its own: LOCK TABLES must not outlive this.
+        let mut conn = self.open_dedicated().await?;
+        let meta = format!(
+            "{}.{}",
+            ident(&self.maintenance),
+            ident(REGISTRY_META_TABLE)
+        );
+        let dropped = async {
+            // The write lock keeps out a writer between the count and the drop.
+            conn.query_drop(format!(
+                "LOCK TABLES {} WRITE, {meta} WRITE",
+                self.registry()
+            ))
+            .await
+            .map_err(q("locking the registry"))?;
+            let rows: Option<u64> = conn
+                .query_first(format!("SELECT COUNT(*) FROM {}", self.registry()))
+                .await
+                .map_err(q("counting the registry's rows"))?;
+            if rows.unwrap_or(0) > 0 {
+                return Ok(false);
+            }
+            conn.query_drop(format!("DROP TABLE {}, {meta}", self.registry()))
+                .await
+                .map_err(q("dropping the empty registry"))?;
+            Ok::<_, Error>(true)
+        }
+        .await;
+        let _ = conn.query_drop("UNLOCK TABLES").await;
+        let _ = conn.disconnect().await;
+        if let Ok(true) = dropped {
+            self.registry_ready
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        dropped
+    }
+
     async fn lock(&self, key: &str, wait: Duration) -> Result<Lock> {
         // A connection of its own: the lock lives exactly as long as it.
         let mut conn = self.open_dedicated().await?;
@@ -1596,6 +1637,18 @@ impl Backend for Mysql {
 
     async fn import_database(&self, name: &str, dump: &std::path::Path) -> Result<()> {
         self.read_dump(name, dump).await
+    }
+
+    async fn table_count(&self, name: &str) -> Result<u64> {
+        let mut conn = self.take().await?;
+        let count: Option<u64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?",
+                (name,),
+            )
+            .await
+            .map_err(q(format!("counting the tables of {name}")))?;
+        Ok(count.unwrap_or(0))
     }
 
     async fn describe(&self, name: &str) -> Result<Vec<String>> {

@@ -150,7 +150,11 @@ impl Postgres {
     }
 
     async fn open(&self) -> Result<Client> {
-        let connect = self.config.connect(NoTls);
+        self.open_with(&self.config).await
+    }
+
+    async fn open_with(&self, config: &Config) -> Result<Client> {
+        let connect = config.connect(NoTls);
         let (client, connection) =
             match tokio::time::timeout(self.options.connect_timeout, connect).await {
                 Err(_) => {
@@ -433,6 +437,42 @@ impl Backend for Postgres {
             .await
             .map_err(q("removing a registry row"))?;
         Ok(())
+    }
+
+    async fn registry_drop_if_empty(&self) -> Result<bool> {
+        if !registry::open(self, false).await? {
+            return Ok(false);
+        }
+        let mut c = self.take().await?;
+        // The table lock keeps out a writer between the count and the drop.
+        let tx = c
+            .transaction()
+            .await
+            .map_err(q("dropping the empty registry"))?;
+        tx.batch_execute("LOCK TABLE dbfork.registry IN ACCESS EXCLUSIVE MODE")
+            .await
+            .map_err(q("locking the registry"))?;
+        let rows: i64 = tx
+            .query_one("SELECT count(*) FROM dbfork.registry", &[])
+            .await
+            .map_err(q("counting the registry's rows"))?
+            .get(0);
+        if rows > 0 {
+            return Ok(false);
+        }
+        tx.batch_execute("DROP TABLE dbfork.registry, dbfork.registry_meta")
+            .await
+            .map_err(q("dropping the empty registry"))?;
+        tx.commit()
+            .await
+            .map_err(q("dropping the empty registry"))?;
+        self.registry_ready
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        // The schema goes too when nothing else is in it (never CASCADE).
+        if let Err(e) = c.batch_execute("DROP SCHEMA IF EXISTS dbfork").await {
+            tracing::debug!("kept the schema dbfork: {}", pg_error(&e));
+        }
+        Ok(true)
     }
 
     async fn lock(&self, key: &str, wait: Duration) -> Result<Lock> {
@@ -736,6 +776,23 @@ impl Backend for Postgres {
         lines.extend(counts.into_iter().map(|(t, n)| format!("rows {t} {n}")));
         lines.sort();
         Ok(lines)
+    }
+
+    async fn table_count(&self, name: &str) -> Result<u64> {
+        let mut config = self.config.clone();
+        config.dbname(name);
+        let client = self.open_with(&config).await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+                 AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'",
+                &[],
+            )
+            .await
+            .map_err(q(&format!("counting the tables of {name}")))?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
     }
 
     async fn import_database(&self, name: &str, dump: &std::path::Path) -> Result<()> {

@@ -213,6 +213,29 @@ impl Backend for Sqlite {
         registry::decode_rows(rows, &self.location())
     }
 
+    async fn registry_drop_if_empty(&self) -> Result<bool> {
+        if !registry::open(self, false).await? {
+            return Ok(false);
+        }
+        let mut conn = self.registry()?;
+        // IMMEDIATE: no writer between the count and the drop.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sq("locking the registry"))?;
+        let rows: i64 = tx
+            .query_row("SELECT COUNT(*) FROM registry", [], |r| r.get(0))
+            .map_err(sq("counting the registry's rows"))?;
+        if rows > 0 {
+            return Ok(false);
+        }
+        tx.execute_batch("DROP TABLE registry; DROP TABLE IF EXISTS registry_meta;")
+            .map_err(sq("dropping the empty registry"))?;
+        tx.commit().map_err(sq("dropping the empty registry"))?;
+        self.registry_ready
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(true)
+    }
+
     async fn registry_put(&self, entries: &[Entry]) -> Result<()> {
         registry::open(self, true).await?;
         let mut conn = self.registry()?;
@@ -383,6 +406,24 @@ impl Backend for Sqlite {
         })
         .await
         .map_err(|e| Error::query(NAME, "exporting a template", e))?
+    }
+
+    async fn table_count(&self, name: &str) -> Result<u64> {
+        let path = self.path_of(name);
+        tokio::task::spawn_blocking(move || {
+            let ctx = format!("counting the tables of {}", path.display());
+            let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(sq(&ctx))?;
+            conn.query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(sq(&ctx))
+        })
+        .await
+        .map_err(|e| Error::query(NAME, "counting tables", e))?
     }
 
     async fn describe(&self, name: &str) -> Result<Vec<String>> {

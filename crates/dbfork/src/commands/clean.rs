@@ -53,12 +53,25 @@ pub async fn run(args: CleanArgs) -> Result<i32> {
             every_template: true,
         };
         let result = ops::gc(&opened.backend, &options).await;
-        let left = match opened.backend.registry_list().await {
-            Ok(entries) => entries.len() - ops::foreign_rows(&entries).len(),
-            Err(_) => 0,
+        let (left, rows) = match opened.backend.registry_list().await {
+            Ok(entries) => (
+                entries.len() - ops::foreign_rows(&entries).len(),
+                entries.len(),
+            ),
+            Err(_) => (0, 1),
+        };
+        // An empty registry goes too, unless it goes with `.dbfork/` below.
+        let in_state_dir = db
+            .strip_prefix("sqlite://")
+            .is_some_and(|path| Path::new(path).starts_with(&config.state_dir));
+        let registry = match (&result, args.dry_run, in_state_dir) {
+            (Ok(collected), true, false) => Ok(rows == collected.len() && rows > 0),
+            (Ok(_), false, false) if rows == 0 => opened.backend.registry_drop_if_empty().await,
+            _ => Ok(false),
         };
         let closed = opened.close().await;
         let collected = result?;
+        let registry = registry?;
         closed?;
         said |= !collected.is_empty();
         for c in &collected {
@@ -71,6 +84,13 @@ pub async fn run(args: CleanArgs) -> Result<i32> {
                     c.reason
                 ),
             }
+        }
+        if registry {
+            said = true;
+            eprintln!(
+                "dbfork: {would} dbfork's registry (empty) from {}",
+                dbfork_engine::url::mask_raw(&db)
+            );
         }
         let failed = collected.iter().filter(|c| c.error.is_some()).count();
         if failed > 0 {
