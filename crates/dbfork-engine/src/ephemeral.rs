@@ -1210,7 +1210,7 @@ mod tests {
         assert_eq!(psql(&server, "show listen_addresses").await, "");
         let began = Instant::now();
         server.stop().await.unwrap();
-        eprintln!("postgres: start {started:?}, stop {:?}", began.elapsed());
+        dbfork_meta::say!("postgres: start {started:?}, stop {:?}", began.elapsed());
         assert!(!dir.exists(), "{} is gone", dir.display());
     }
 
@@ -1245,7 +1245,7 @@ mod tests {
         );
         let began = Instant::now();
         server.stop().await.unwrap();
-        eprintln!("mariadb: start {started:?}, stop {:?}", began.elapsed());
+        dbfork_meta::say!("mariadb: start {started:?}, stop {:?}", began.elapsed());
         assert!(!dir.exists(), "{} is gone", dir.display());
     }
 

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod credentials;
 pub mod ephemeral;
 pub mod error;
+pub mod files;
 pub mod fingerprint;
 pub mod names;
 pub mod ops;

@@ -519,6 +519,7 @@ pub async fn export_template(
         exported_at: process::now(),
         payload_bytes: 0,
         dbfork_version: env!("CARGO_PKG_VERSION").to_string(),
+        keyed: false,
     };
     let path = staging.path.clone();
     let cache = cache.clone();
@@ -610,30 +611,33 @@ async fn describe_template(
     described
 }
 
-/// A temporary file beside the cache (same filesystem, private), removed when dropped.
+/// A dump file beside the cache (same filesystem), in a new private
+/// directory of its own (the dump tools open their output with a plain
+/// create: nothing can be planted there), removed when dropped.
 struct Staging {
+    dir: std::path::PathBuf,
     path: std::path::PathBuf,
 }
 
 impl Staging {
-    fn new(dir: &std::path::Path) -> Result<Staging> {
-        std::fs::create_dir_all(dir).map_err(Error::io(format!(
-            "creating the template cache directory {}",
-            dir.display()
+    fn new(cache: &std::path::Path) -> Result<Staging> {
+        let made = crate::files::ensure_own_dir(cache)
+            // `.tmp`: the cache's trim removes a killed writer's leftovers.
+            .and_then(|()| crate::files::create_temp_dir(cache, ".dump-", ".tmp"));
+        let dir = made.map_err(Error::io(format!(
+            "making a private directory in the template cache {}",
+            cache.display()
         )))?;
         Ok(Staging {
-            path: dir.join(format!(
-                ".dump-{}-{}.tmp",
-                process::private_dir_owner(),
-                names::new_run_id()
-            )),
+            path: dir.join("dump"),
+            dir,
         })
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -994,7 +998,7 @@ async fn run_setup(
                 };
                 let Ok(Some(line)) = line else { return };
                 if echo {
-                    eprintln!("  setup | {line}");
+                    dbfork_meta::say!("  setup | {line}");
                 }
                 if let Ok(mut output) = output.lock() {
                     if output.len() == KEPT_LINES {
@@ -1053,9 +1057,19 @@ async fn run_setup(
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => status.to_string(),
     };
+    // A setup that printed its database URL (or the password) must not
+    // leave it in a log file or on the screen.
+    let secret = backend.url().password.clone().filter(|p| !p.is_empty());
     let lines: Vec<String> = output
         .lock()
-        .map(|o| o.iter().cloned().collect())
+        .map(|o| {
+            o.iter()
+                .map(|line| match &secret {
+                    Some(secret) => line.replace(secret.as_str(), "***"),
+                    None => line.clone(),
+                })
+                .collect()
+        })
         .unwrap_or_default();
     let log = options
         .log_dir
@@ -1082,10 +1096,10 @@ const KEPT_LINES: usize = 100_000;
 /// Writes `lines` to `dir/file` and returns its path (`None` if it cannot).
 pub fn keep_log(dir: &std::path::Path, file: &str, lines: &[String]) -> Option<std::path::PathBuf> {
     let path = dir.join(file);
-    std::fs::create_dir_all(dir).ok()?;
+    crate::files::ensure_own_dir(dir).ok()?;
     let mut text = lines.join("\n");
     text.push('\n');
-    std::fs::write(&path, text).ok()?;
+    crate::files::write_replacing(&path, text.as_bytes()).ok()?;
     Some(path)
 }
 

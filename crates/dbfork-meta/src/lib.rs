@@ -24,6 +24,30 @@ pub mod env {
     pub const MARIADB_BINDIR: &str = "DBFORK_MARIADB_BINDIR";
     /// Non-empty: nobody watches a live display (plain lines instead).
     pub const CI: &str = "CI";
+    /// The secret the template cache's files are tagged with (read once at
+    /// start, then removed from the environment: no child sees it).
+    pub const CACHE_KEY: &str = "DBFORK_CACHE_KEY";
+}
+
+/// `eprintln!` that never panics: a closed or broken stderr (the terminal
+/// gone, `2>&1 | head`) must not stop dbfork mid-teardown. Use it for every
+/// message.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` that never panics: `dbfork run ... | head` closes stdout
+/// while the run goes on, and teardown must still happen.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stdout(), $($arg)*);
+    }};
 }
 
 /// The parts of the docs made from this crate's tables, each between an

@@ -214,11 +214,11 @@ pub fn prepare_state_dir(dir: &std::path::Path) {
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    let ignore = dir.join(".gitignore");
-    if !ignore.exists() {
-        let _ = std::fs::write(
-            ignore,
-            "# Created by dbfork: its state (timings, logs, the embedded SQLite databases).\n*\n",
+    // Made new or left as it is: never written through a link.
+    if let Ok(mut file) = dbfork_engine::files::create_new_private(&dir.join(".gitignore")) {
+        let _ = std::io::Write::write_all(
+            &mut file,
+            b"# Created by dbfork: its state (timings, logs, the embedded SQLite databases).\n*\n",
         );
     }
 }

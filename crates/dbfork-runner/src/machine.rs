@@ -1825,7 +1825,7 @@ mod tests {
 
         fn tell(&mut self, input: Input) {
             if std::env::var_os("DBFORK_SIM_TRACE").is_some() {
-                eprintln!("-> {input:?}");
+                dbfork_meta::say!("-> {input:?}");
             }
             self.now += Duration::from_millis(1);
             let commands = self.machine.handle(input, self.now);
@@ -1842,7 +1842,7 @@ mod tests {
 
         fn carry_out(&mut self, command: Command) {
             if std::env::var_os("DBFORK_SIM_TRACE").is_some() {
-                eprintln!("   <- {command:?}");
+                dbfork_meta::say!("   <- {command:?}");
             }
             match command {
                 Command::StartWorker {
@@ -2064,7 +2064,7 @@ mod tests {
                     None => actions[0],
                 };
                 if std::env::var_os("DBFORK_SIM_TRACE").is_some() {
-                    eprintln!("* {pick:?}");
+                    dbfork_meta::say!("* {pick:?}");
                 }
                 self.act(pick);
             }

@@ -38,7 +38,7 @@ impl Notes {
     pub fn note(&self, message: &str) {
         match &self.bar {
             Some(bar) => bar.println(format!("dbfork: {message}")),
-            None => eprintln!("dbfork: {message}"),
+            None => dbfork_meta::say!("dbfork: {message}"),
         }
     }
 }
@@ -112,7 +112,7 @@ impl Progress {
             live.bar.set_message("");
             live.bar.set_length(total as u64);
         } else {
-            eprintln!(
+            dbfork_meta::say!(
                 "dbfork: collected {total} test{}",
                 if total == 1 { "" } else { "s" }
             );
@@ -152,7 +152,7 @@ impl Progress {
             }
             None => {
                 if failed || self.verbose > 0 {
-                    eprintln!("{line}");
+                    dbfork_meta::say!("{line}");
                 }
                 let percent = (self.done * 100).checked_div(self.total).unwrap_or(0);
                 if self.verbose == 0
@@ -162,9 +162,11 @@ impl Progress {
                 {
                     self.last_percent = percent;
                     self.last_plain = Instant::now();
-                    eprintln!(
+                    dbfork_meta::say!(
                         "dbfork: [{percent:>3}%] {}/{} tests done, {} failed",
-                        self.done, self.total, self.failed
+                        self.done,
+                        self.total,
+                        self.failed
                     );
                 }
             }
@@ -198,7 +200,10 @@ fn rule(title: &str, fill: char) -> String {
 /// The end of the run on stdout, as pytest shows it: collection errors,
 /// failures with their output, the short summary, and the closing line.
 pub fn print_final(report: &RunReport) {
-    print!("{}", final_text(report));
+    // Never a panic on a closed stdout (`| head`): the run's exit code stands.
+    let mut stdout = std::io::stdout();
+    let _ = std::io::Write::write_all(&mut stdout, final_text(report).as_bytes());
+    let _ = std::io::Write::flush(&mut stdout);
 }
 
 /// What [`print_final`] prints: the errors, the failures, their short

@@ -224,7 +224,7 @@ pub async fn prepare(
         ));
     }
     for option in tool.ignored(&config.command) {
-        eprintln!(
+        dbfork_meta::say!(
             "dbfork: note: {option} does nothing under dbfork: every worker runs on its own clone of the template, which is rebuilt only when the setup or its inputs change"
         );
     }
@@ -360,7 +360,7 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
         }
     };
     if config.fresh_transactional && backend.kind() == dbfork_engine::url::Kind::Mysql {
-        eprintln!(
+        dbfork_meta::say!(
             "dbfork: note: --fresh-transactional on MySQL/MariaDB copies every table for each transactional test, which measured about 2x slower than Django's flush on the example project (docs/benchmarks.md); it pays off on PostgreSQL and SQLite"
         );
     }
@@ -496,12 +496,14 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Ctrl-C and SIGTERM, listened to from the start of `dbfork run` (before
-/// the database is opened and the run prepared): one that comes that early is
-/// kept until the run's watcher takes it, instead of killing dbfork.
+/// Ctrl-C, SIGTERM and SIGHUP (a closed terminal), listened to from the
+/// start of `dbfork run` (before the database is opened and the run
+/// prepared): one that comes that early is kept until the run's watcher
+/// takes it, instead of killing dbfork.
 pub struct Signals {
     int: Option<tokio::signal::unix::Signal>,
     term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
     /// Signals that came before even this listened (the program's own early handler).
     early: usize,
 }
@@ -512,6 +514,7 @@ impl Signals {
         Signals {
             int: signal(SignalKind::interrupt()).ok(),
             term: signal(SignalKind::terminate()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
             early: 0,
         }
     }
@@ -531,7 +534,8 @@ async fn watch_signals(
     canceller: Canceller,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let (Some(mut int), Some(mut term)) = (signals.int, signals.term) else {
+    let (Some(mut int), Some(mut term), Some(mut hup)) = (signals.int, signals.term, signals.hup)
+    else {
         return;
     };
     let mut seen = 0;
@@ -543,12 +547,15 @@ async fn watch_signals(
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
+                _ = hup.recv() => {}
             }
         }
         seen += 1;
         canceller.cancel();
         if seen >= 3 {
-            eprintln!("dbfork: exiting at once; the next dbfork command removes what is left");
+            dbfork_meta::say!(
+                "dbfork: exiting at once; the next dbfork command removes what is left"
+            );
             std::process::exit(exit::INTERRUPTED);
         }
         if events.send(Event::Input(Input::Signal)).is_err() {
@@ -1289,7 +1296,7 @@ impl Executor {
             tests.is_empty() && !suite_has_tests,
         );
         if let Some(why) = self.why_not_run(&ending, &tests) {
-            eprintln!("dbfork: {why}");
+            dbfork_meta::say!("dbfork: {why}");
         }
         let report = RunReport {
             command: self.config.command.clone(),
@@ -1375,7 +1382,9 @@ impl Executor {
             tracing::warn!("could not drop what is left of this run: {e}");
         }
         for failure in failures {
-            eprintln!("dbfork: warning: could not drop {failure}; `dbfork db gc` removes it later");
+            dbfork_meta::say!(
+                "dbfork: warning: could not drop {failure}; `dbfork db gc` removes it later"
+            );
         }
         self.envs.clear();
     }

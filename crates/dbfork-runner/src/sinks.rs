@@ -73,12 +73,12 @@ impl Sink for ReportFiles {
         };
         if let Some(path) = &self.junit {
             if let Err(e) = report::write_junit(report, path) {
-                eprintln!("dbfork: warning: {e}");
+                dbfork_meta::say!("dbfork: warning: {e}");
             }
         }
         if let Some(path) = &self.json {
             if let Err(e) = report::write_json(report, path) {
-                eprintln!("dbfork: warning: {e}");
+                dbfork_meta::say!("dbfork: warning: {e}");
             }
         }
     }
@@ -102,7 +102,7 @@ impl Sink for TimingsFile {
         };
         self.timings.record(report);
         if let Err(e) = self.timings.save(&self.state_dir) {
-            eprintln!(
+            dbfork_meta::say!(
                 "dbfork: warning: could not save the timings in {}: {e}",
                 self.state_dir.display()
             );

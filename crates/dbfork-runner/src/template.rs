@@ -243,7 +243,7 @@ fn report(config: &RunConfig, template: &Template, progress: &Notes) {
         if let Some(dir) = store.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let _ = std::fs::write(&store, text);
+        let _ = dbfork_engine::files::write_replacing(&store, text.as_bytes());
     }
 }
 

@@ -154,9 +154,9 @@ fn take_line(bytes: &[u8], tail: &Tail, echo: &Echo, is_stderr: bool) {
         .to_string();
     if let Echo::Prefixed(prefix) = echo {
         if is_stderr {
-            eprintln!("{prefix}{line}");
+            dbfork_meta::say!("{prefix}{line}");
         } else {
-            println!("{prefix}{line}");
+            dbfork_meta::out!("{prefix}{line}");
         }
     }
     tail.push(line);

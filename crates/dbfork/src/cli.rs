@@ -373,8 +373,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
+    // Beyond a year is a typo (and past what a deadline can be added to).
+    if !(0.0..=MAX_DURATION_SECS).contains(&seconds) {
+        return Err(format!(
+            "`{text}` is too long: a duration here is at most 365d"
+        ));
+    }
     Ok(Duration::from_secs_f64(seconds))
 }
+
+/// The longest duration any flag or key takes: a year.
+const MAX_DURATION_SECS: f64 = 365.0 * 86_400.0;
 
 /// A size: bytes, or with a unit (`500MB`, `2GiB`, `1g`).
 pub fn parse_size(text: &str) -> Result<u64, String> {

@@ -628,11 +628,19 @@ fn jobs(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<usize> {
     if text.eq_ignore_ascii_case("auto") {
         return Ok(auto_jobs());
     }
-    match text.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
+    match text.parse::<u64>() {
+        Ok(n) if n > MAX_JOBS as u64 => Err(invalid(
+            origin,
+            format!("`{text}` workers is more than dbfork runs ({MAX_JOBS} at most: each is a process with its own database and connections); give fewer, or `auto`"),
+        )),
+        Ok(n) if n >= 1 => Ok(n as usize),
         _ => Err(invalid(origin, format!("`{text}` is not {allowed}"))),
     }
 }
+
+/// The most workers a run takes: each is a process and a database with its
+/// own connections; past this a machine or server runs out of something.
+const MAX_JOBS: usize = 1024;
 
 /// A whole number of at least `min`.
 fn count(raw: Raw<'_>, origin: &Origin<'_>, min: usize) -> anyhow::Result<usize> {
@@ -687,6 +695,12 @@ fn duration(raw: Raw<'_>, origin: &Origin<'_>, zero_ok: bool) -> anyhow::Result<
             ))
         }
     };
+    if value > Duration::from_secs(365 * 86_400) {
+        return Err(invalid(
+            origin,
+            "it is too long: a duration here is at most 365d",
+        ));
+    }
     if value.is_zero() && !zero_ok {
         return Err(invalid(
             origin,

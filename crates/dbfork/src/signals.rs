@@ -1,5 +1,6 @@
-//! Ctrl-C and SIGTERM: the first asks the running command to stop and clean
-//! up what it made; a second one exits at once (garbage collection, which
+//! Ctrl-C, SIGTERM and SIGHUP (the terminal closed, an ssh session dropped,
+//! tmux killed): the first asks the running command to stop and clean up
+//! what it made; a second one exits at once (garbage collection, which
 //! every later dbfork command can run, removes what that leaves).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,6 +29,7 @@ pub fn catch_early() {
     unsafe {
         libc::signal(libc::SIGINT, handler);
         libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGHUP, handler);
     }
 }
 
@@ -44,9 +46,10 @@ pub fn install() -> Cancel {
 }
 
 async fn watch(canceller: Canceller) {
-    let (Ok(mut int), Ok(mut term)) = (
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
     ) else {
         return;
     };
@@ -55,13 +58,16 @@ async fn watch(canceller: Canceller) {
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}
+            _ = hup.recv() => {}
         }
         seen += 1;
         if seen == 1 {
-            eprintln!("dbfork: interrupted; cleaning up (press Ctrl-C again to exit at once)");
+            dbfork_meta::say!(
+                "dbfork: interrupted; cleaning up (press Ctrl-C again to exit at once)"
+            );
             canceller.cancel();
         } else {
-            eprintln!("dbfork: exiting at once; `dbfork db gc` removes what is left");
+            dbfork_meta::say!("dbfork: exiting at once; `dbfork db gc` removes what is left");
             std::process::exit(crate::errors::INTERRUPTED);
         }
     }

@@ -40,7 +40,7 @@ impl Opened {
             );
         }
         for dir in ops::collect_stale_client_dirs() {
-            eprintln!(
+            dbfork_meta::say!(
                 "dbfork: removed {}, a client option file left by a dbfork that is gone",
                 dir.display()
             );
@@ -58,7 +58,7 @@ impl Opened {
                         "this project has no dbfork database yet ({db} does not exist; `dbfork run` makes it): nothing to show. Give --db to look at a server"
                     );
                 }
-                eprintln!(
+                dbfork_meta::say!(
                     "dbfork: the project's database: {} (give --db for another)",
                     dbfork_engine::url::mask_raw(&db)
                 );
@@ -69,7 +69,7 @@ impl Opened {
             Target::Url(url) => (url, None),
             Target::Ephemeral(kind) => {
                 let server = EphemeralServer::start(kind).await?;
-                eprintln!(
+                dbfork_meta::say!(
                     "dbfork: started an ephemeral {} server at {}; it is removed when this command ends",
                     kind.name(),
                     server.url()
@@ -118,7 +118,7 @@ async fn collect_leftovers(backend: &AnyBackend, args: &DbArgs) {
     match ops::gc(backend, &options).await {
         Ok(collected) => {
             for c in collected.iter().filter(|c| c.dropped) {
-                eprintln!(
+                dbfork_meta::say!(
                     "dbfork: removed {} {}, left by a dbfork process that is gone: {}",
                     c.kind.as_str(),
                     c.name,

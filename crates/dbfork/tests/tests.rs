@@ -693,6 +693,8 @@ fn concurrent_builds_of_one_fingerprint_build_once(kind: Kind) {
     assert_nothing_left(&place, &names);
 }
 
+/// A drop ends the sessions on the clone (idle, in a transaction, reconnecting)
+/// and no other: a session elsewhere whose statement names the clone survives.
 fn drop_ends_open_sessions(kind: Kind) {
     use std::io::Write;
     let place = Place::new(kind, "sess");
@@ -715,6 +717,19 @@ fn drop_ends_open_sessions(kind: Kind) {
         .write_all(b"BEGIN;\nUPDATE orders SET total = total + 1 WHERE id < 10;\n")
         .unwrap();
     let mut looping = place.reconnect_loop(&clone);
+    // A bystander on another database whose statement names the clone.
+    let maintenance = place.db_url().database.unwrap();
+    let mut bystander = place.session(&maintenance);
+    let naming = match kind {
+        Kind::Postgres => format!("SELECT pg_sleep(30), 'DROP DATABASE \"{clone}\"';\n"),
+        _ => format!("SELECT SLEEP(30), 'CREATE DATABASE `{clone}`';\n"),
+    };
+    bystander
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(naming.as_bytes())
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
     let started = Instant::now();
@@ -732,6 +747,10 @@ fn drop_ends_open_sessions(kind: Kind) {
     let _ = idle.kill();
     let _ = in_tx.kill();
     let _ = (idle.wait(), in_tx.wait());
+    let survived = bystander.try_wait().unwrap().is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(survived, "the bystander's session was killed: {err}");
     assert_eq!(code, 0, "{err}");
     assert!(took < Duration::from_secs(5), "the drop took {took:?}");
     assert!(!place.exists(&clone));

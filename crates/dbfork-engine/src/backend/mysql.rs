@@ -228,6 +228,14 @@ fn ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
+/// Whether `statement` is dbfork's `CREATE DATABASE` of the database
+/// `quoted` (backquoted), and not merely a statement naming it.
+fn creates(statement: &[u8], quoted: &str) -> bool {
+    let head = format!("CREATE DATABASE {quoted}");
+    statement.starts_with(head.as_bytes())
+        && matches!(statement.get(head.len()), None | Some(b' ' | b';'))
+}
+
 fn q(context: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> Error {
     let context = context.into();
     move |e| Error::query(NAME, context, cause(&e))
@@ -1131,8 +1139,13 @@ impl Mysql {
             .map_err(q(ctx()))
     }
 
-    /// Kills every other session whose default database is `name`, and, with `statements`,
-    /// every statement that names it (a clone still being filled by a dbfork that was killed).
+    /// Kills every other session whose default database is `name`, and, with
+    /// `statements`, what a dbfork that was killed may have left running on
+    /// it: its `CREATE DATABASE` of exactly `name`, and a statement naming
+    /// `name` from a session whose default database is one of dbfork's (the
+    /// sessions filling a clone use the clone as theirs, and read the
+    /// template). A session on any other database whose statement merely
+    /// mentions the name is a bystander and is left alone.
     async fn kill_sessions(&self, conn: &mut Conn, name: &str, statements: bool) -> Result<usize> {
         let rows: Vec<Row> = conn
             .exec(
@@ -1149,8 +1162,14 @@ impl Mysql {
             let db: Option<String> = col(row, 1, "listing sessions")?;
             let info: Option<Vec<u8>> = col(row, 2, "listing sessions")?;
             let uses = db.as_deref() == Some(name);
+            let ours = db
+                .as_deref()
+                .is_some_and(|d| d.starts_with(crate::names::PREFIX));
             let names = statements
-                && info.is_some_and(|i| i.windows(quoted.len()).any(|w| w == quoted.as_bytes()));
+                && info.is_some_and(|i| {
+                    creates(&i, &quoted)
+                        || (ours && i.windows(quoted.len()).any(|w| w == quoted.as_bytes()))
+                });
             if !(uses || names) {
                 continue;
             }
@@ -1804,7 +1823,7 @@ mod tests {
         let outcome = AssertUnwindSafe(body).catch_unwind().await;
         for name in names {
             if let Err(e) = db.drop_database(name, Duration::from_secs(10)).await {
-                eprintln!("cleanup of {name} failed: {e}");
+                dbfork_meta::say!("cleanup of {name} failed: {e}");
             }
         }
         if let Err(panic) = outcome {
@@ -2029,7 +2048,8 @@ mod tests {
     async fn mysql_drop_ends_sessions_and_transactions() {
         let db = backend().await;
         let name = unique("drop");
-        with_cleanup(&db, &[&name], async {
+        let filling = unique("filling");
+        with_cleanup(&db, &[&name, &filling], async {
             db.create_empty(&name).await.unwrap();
             let mut setup = raw(&db, Some(&name)).await;
             run(
@@ -2071,9 +2091,10 @@ mod tests {
                 }
                 rounds
             });
-            // A statement from elsewhere that reads it without using it as default database,
-            // like an INSERT ... SELECT of a clone in flight.
-            let mut reader = raw(&db, None).await;
+            // A statement from another of dbfork's databases that reads it, like
+            // the INSERT ... SELECT of a clone in flight (its session uses the clone).
+            db.create_empty(&filling).await.unwrap();
+            let mut reader = raw(&db, Some(&filling)).await;
             let quoted = ident(&name);
             let reading = tokio::spawn(async move {
                 let r = reader
@@ -2405,7 +2426,7 @@ mod tests {
             let build = started.elapsed();
             let started = Instant::now();
             db.seal_template(&tpl).await.unwrap();
-            println!(
+            dbfork_meta::out!(
                 "template: {TABLES} tables, {} rows, built in {build:.2?}, read (seal) in {:.2?}",
                 TABLES * ROWS,
                 started.elapsed()
@@ -2482,7 +2503,7 @@ mod tests {
                 dumped.sort();
                 report.push(format!("mysqldump | mysql, one clone: median {:.2?}", dumped[dumped.len() / 2]));
             }
-            println!("\n{}", report.join("\n"));
+            dbfork_meta::out!("\n{}", report.join("\n"));
         })
         .await;
     }

@@ -717,11 +717,9 @@ impl Backend for Postgres {
     async fn describe(&self, name: &str) -> Result<Vec<String>> {
         // pg_dump's view of it: the schema as text, and the rows as one
         // INSERT each, counted per table.
-        let dir = std::env::temp_dir().join(format!(
-            "dbfork-describe-{}-{name}",
-            crate::process::private_dir_owner()
-        ));
-        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        // Private and new: it holds the rows.
+        let dir = crate::files::create_temp_dir(&std::env::temp_dir(), "dbfork-describe-", "")
+            .map_err(Error::io("making a private directory for pg_dump's output"))?;
         let program = self.tool("pg_dump")?;
         let env = self.client_env(name);
         let (schema, data) = (dir.join("schema.sql"), dir.join("data.sql"));

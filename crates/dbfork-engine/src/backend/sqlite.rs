@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -163,7 +164,7 @@ fn side_file(path: &Path, suffix: &str) -> PathBuf {
 /// blocks, else `std::fs::copy` (which uses `copy_file_range`).
 fn copy_file(src: &Path, dst: &Path) -> std::io::Result<()> {
     let from = File::open(src)?;
-    let to = File::create(dst)?;
+    let to = crate::files::create_new_private(dst)?;
     // SAFETY: both descriptors are open for the duration of the call.
     let rc = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) };
     if rc == 0 {
@@ -280,10 +281,17 @@ impl Backend for Sqlite {
             .join(".dbfork")
             .join("locks")
             .join(format!("{}.lock", &hash[..16]));
-        let file = File::create(&path).map_err(Error::io(format!(
-            "opening the lock file {}",
-            path.display()
-        )))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(Error::io(format!(
+                "opening the lock file {}",
+                path.display()
+            )))?;
         let got = poll_until(wait, || async {
             // SAFETY: the descriptor is open; flock is released when the file is closed.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };

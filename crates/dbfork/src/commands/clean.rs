@@ -76,8 +76,10 @@ pub async fn run(args: CleanArgs) -> Result<i32> {
         said |= !collected.is_empty();
         for c in &collected {
             match &c.error {
-                Some(e) => eprintln!("dbfork: could not drop {} {}: {e}", c.kind.as_str(), c.name),
-                None => eprintln!(
+                Some(e) => {
+                    dbfork_meta::say!("dbfork: could not drop {} {}: {e}", c.kind.as_str(), c.name)
+                }
+                None => dbfork_meta::say!(
                     "dbfork: {did} {} {} ({})",
                     c.kind.as_str(),
                     c.name,
@@ -87,7 +89,7 @@ pub async fn run(args: CleanArgs) -> Result<i32> {
         }
         if registry {
             said = true;
-            eprintln!(
+            dbfork_meta::say!(
                 "dbfork: {would} dbfork's registry (empty) from {}",
                 dbfork_engine::url::mask_raw(&db)
             );
@@ -98,7 +100,7 @@ pub async fn run(args: CleanArgs) -> Result<i32> {
         }
         kept = left.saturating_sub(if args.dry_run { collected.len() } else { 0 });
         if kept > 0 {
-            eprintln!(
+            dbfork_meta::say!(
                 "dbfork: kept {kept} database(s) of a run still going on {}; run `dbfork clean` again once it has ended",
                 dbfork_engine::url::mask_raw(&db)
             );
@@ -113,7 +115,7 @@ pub async fn run(args: CleanArgs) -> Result<i32> {
         said |= remove_dir(&dir, args.dry_run, would)?;
     }
     if !said {
-        eprintln!("dbfork: nothing to remove");
+        dbfork_meta::say!("dbfork: nothing to remove");
     }
     Ok(crate::errors::OK)
 }
@@ -133,6 +135,6 @@ fn remove_dir(dir: &Path, dry_run: bool, verb: &str) -> Result<bool> {
     if !dry_run {
         std::fs::remove_dir_all(dir)?;
     }
-    eprintln!("dbfork: {verb} {}", dir.display());
+    dbfork_meta::say!("dbfork: {verb} {}", dir.display());
     Ok(true)
 }

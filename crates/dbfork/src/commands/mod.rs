@@ -43,7 +43,7 @@ pub fn main() -> i32 {
         Err(err) => {
             let args: Vec<String> = std::env::args().skip(1).collect();
             if let Some(hint) = err.use_stderr().then(|| xdist_jobs(&args)).flatten() {
-                eprintln!("dbfork: error: {hint}");
+                dbfork_meta::say!("dbfork: error: {hint}");
                 return errors::USAGE;
             }
             let _ = err.print();
@@ -70,7 +70,7 @@ pub fn main() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("dbfork: error: cannot start the async runtime: {e}");
+            dbfork_meta::say!("dbfork: error: cannot start the async runtime: {e}");
             return errors::DATABASE_ERROR;
         }
     };
@@ -97,7 +97,7 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("dbfork: error: {err:#}");
+            dbfork_meta::say!("dbfork: error: {err:#}");
             errors::exit_code(&err)
         }
     }

@@ -30,7 +30,7 @@ pub fn merge(args: MergeArgs) -> Result<i32> {
     if let Some(path) = &args.junit {
         write_junit(&merged, path)?;
     }
-    println!(
+    dbfork_meta::out!(
         "{} ({count} report{} merged)",
         merged.summary_line(),
         if count == 1 { "" } else { "s" }

@@ -23,7 +23,7 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
     let result = runner::run(prepared, backend).await;
     if let Some(server) = server {
         if let Err(e) = server.stop().await {
-            eprintln!("dbfork: warning: could not stop the ephemeral server: {e}");
+            dbfork_meta::say!("dbfork: warning: could not stop the ephemeral server: {e}");
         }
     }
     match result {
@@ -39,13 +39,13 @@ async fn start(args: &RunArgs, verbose: u8, collect: Collect) -> Result<(Prepare
     // First of all: a Ctrl-C from now on is the run's to handle, not a kill.
     let signals = runner::Signals::listen().with_early(crate::signals::early_signals());
     let cwd = std::env::current_dir().map_err(|e| {
-        eprintln!("dbfork: error: the working directory: {e}");
+        dbfork_meta::say!("dbfork: error: the working directory: {e}");
         exit::USAGE
     })?;
     let config = match settings::resolve(args, verbose, &cwd) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("dbfork: error: {e:#}");
+            dbfork_meta::say!("dbfork: error: {e:#}");
             return Err(exit::USAGE);
         }
     };
@@ -118,11 +118,11 @@ pub async fn fingerprint(args: RunArgs, verbose: u8, json: bool) -> Result<i32> 
                 "fingerprint": manifest.fingerprint,
                 "inputs": manifest.entries,
             });
-            println!("{value}");
+            dbfork_meta::out!("{value}");
             Ok(exit::OK)
         }
         Ok(manifest) => {
-            println!("{}", manifest.fingerprint);
+            dbfork_meta::out!("{}", manifest.fingerprint);
             Ok(exit::OK)
         }
         Err(e) => Ok(failed(&e)),
@@ -138,7 +138,7 @@ fn found_server(prepared: &Prepared) -> Result<Option<String>, RunError> {
     let Some(url) = dbfork_runner::django::server_url(django)? else {
         return Ok(None);
     };
-    eprintln!(
+    dbfork_meta::say!(
         "dbfork: the tests' settings use {} at {url}: the template and the clones are made there (--db chooses another server)",
         url.kind.name()
     );
@@ -149,7 +149,7 @@ fn found_server(prepared: &Prepared) -> Result<Option<String>, RunError> {
 }
 
 fn open_failed(e: &anyhow::Error) -> i32 {
-    eprintln!("dbfork: error: {e:#}");
+    dbfork_meta::say!("dbfork: error: {e:#}");
     match crate::errors::exit_code(e) {
         crate::errors::USAGE => exit::USAGE,
         crate::errors::INTERRUPTED => exit::INTERRUPTED,
@@ -158,14 +158,14 @@ fn open_failed(e: &anyhow::Error) -> i32 {
 }
 
 fn failed(e: &RunError) -> i32 {
-    eprintln!("dbfork: error: {e}");
+    dbfork_meta::say!("dbfork: error: {e}");
     if matches!(
         e,
         RunError::Engine(
             dbfork_engine::Error::SetupFailed { .. } | dbfork_engine::Error::TemplateBuild { .. }
         )
     ) {
-        eprintln!(
+        dbfork_meta::say!(
             "dbfork: the suite did not run (exit code {})",
             exit::SETUP_OR_DATABASE
         );
@@ -175,6 +175,6 @@ fn failed(e: &RunError) -> i32 {
 
 async fn close(opened: Opened) {
     if let Err(e) = opened.close().await {
-        eprintln!("dbfork: warning: could not stop the ephemeral server: {e}");
+        dbfork_meta::say!("dbfork: warning: could not stop the ephemeral server: {e}");
     }
 }

@@ -764,10 +764,11 @@ fn sigint_at_many_moments_and_sigterm_leave_nothing(kind: Kind) {
         let err_file = dir.join(format!("stderr-{round}"));
         let mut child = spawn_run_to(&place, &dir, &["-j", "2", "--grace", "2s"], &err_file);
         std::thread::sleep(delay);
-        let sig = if round == rounds - 1 {
-            libc::SIGTERM
-        } else {
-            libc::SIGINT
+        // The last round SIGTERM, the one before SIGHUP (a closed terminal).
+        let sig = match rounds - round {
+            1 => libc::SIGTERM,
+            2 => libc::SIGHUP,
+            _ => libc::SIGINT,
         };
         signal(child.id(), sig);
         let code = wait_with_deadline(&mut child, Duration::from_secs(60));
@@ -794,6 +795,43 @@ fn sigint_at_many_moments_and_sigterm_leave_nothing(kind: Kind) {
         interrupted >= rounds / 2,
         "only {interrupted} of {rounds} runs were interrupted: the moments are too late"
     );
+}
+
+/// A closed standard output (`dbfork run ... | head -1`, a log collector
+/// that died) stops nothing: the run goes on, drops every clone, and exits
+/// with its own status (here: the suite's failure), not a panic's.
+#[test]
+fn a_closed_stdout_stops_no_teardown_and_keeps_the_exit_status() {
+    let place = Place::new(Kind::Sqlite, "run_closed_stdout");
+    let dir = suite(&place);
+    let command = pytest_command(&[
+        "-s",
+        "tests/test_output.py",
+        "tests/test_pass.py",
+        "tests/test_slow.py",
+    ]);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let err_file = dir.join("stderr");
+    // -vv echoes the workers' output (pytest -s: the tests' prints) to
+    // dbfork's standard output while the run goes on.
+    let mut child = run_args(&place, &dir, &["-j", "2", "-vv"], &command)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    // `head -1`: one line read, then the pipe closed.
+    let mut first = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let _ = std::io::BufRead::read_line(&mut stdout, &mut first);
+    drop(stdout);
+    let code = wait_with_deadline(&mut child, Duration::from_secs(120));
+    let err = std::fs::read_to_string(&err_file).unwrap_or_default();
+    assert_eq!(code, 1, "first line {first:?}\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["exit_code"], 1, "{report}");
+    assert_no_clones(&place);
 }
 
 /// The worker processes of dbfork `pid`: its children but the controller

@@ -27,14 +27,14 @@ pub async fn run(opened: &Opened, args: &CloneArgs, cancel: &Cancel) -> Result<(
     let started = Instant::now();
     let clones = ops::make_clones(backend, &template, args.count, &owner, &options, cancel).await?;
     let seconds = started.elapsed().as_secs_f64();
-    eprintln!(
+    dbfork_meta::say!(
         "dbfork: made {} clone{} of {} in {seconds:.3}s ({method:?})",
         clones.len(),
         if clones.len() == 1 { "" } else { "s" },
         template.name
     );
     if backend.url().password.is_some() {
-        eprintln!("dbfork: the URLs leave the password out; give it through PGPASSWORD / MYSQL_PWD or a password file");
+        dbfork_meta::say!("dbfork: the URLs leave the password out; give it through PGPASSWORD / MYSQL_PWD or a password file");
     }
     if args.json {
         let list: Vec<_> = clones
@@ -42,10 +42,10 @@ pub async fn run(opened: &Opened, args: &CloneArgs, cancel: &Cancel) -> Result<(
             .map(|c| serde_json::json!({"name": c.name, "url": c.url.to_url_without_password()}))
             .collect();
         let value = serde_json::json!({"template": template.name, "method": format!("{method:?}"), "seconds": seconds, "clones": list});
-        println!("{value}");
+        dbfork_meta::out!("{value}");
     } else {
         for c in &clones {
-            println!("{}", c.url.to_url_without_password());
+            dbfork_meta::out!("{}", c.url.to_url_without_password());
         }
     }
     Ok(())
@@ -56,7 +56,7 @@ fn parse_owner(text: &str) -> Result<Owner> {
         "parent" => {
             let (owner, wrappers) = Owner::lasting_parent();
             if !wrappers.is_empty() {
-                eprintln!(
+                dbfork_meta::say!(
                     "dbfork: the clones belong to process {}, not to {}, which exit{} with this command; they are garbage once {} exits (--owner PID or none to choose otherwise)",
                     owner.pid,
                     wrappers.join(" and "),

@@ -9,7 +9,7 @@ use crate::target::Opened;
 pub async fn run(opened: &Opened, args: &DropArgs) -> Result<()> {
     ops::drop_registered(&opened.backend, &args.names, args.db.drop_timeout).await?;
     for name in &args.names {
-        eprintln!("dbfork: dropped {name}");
+        dbfork_meta::say!("dbfork: dropped {name}");
     }
     Ok(())
 }

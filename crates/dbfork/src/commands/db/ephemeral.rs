@@ -21,13 +21,13 @@ pub async fn run(args: &EphemeralArgs, cancel: &Cancel) -> Result<()> {
     };
     ephemeral::collect_stale();
     let server = EphemeralServer::start(kind).await?;
-    println!("{}", server.url().to_url_without_password());
-    eprintln!(
+    dbfork_meta::out!("{}", server.url().to_url_without_password());
+    dbfork_meta::say!(
         "dbfork: ephemeral {} server running; Ctrl-C or SIGTERM stops it",
         kind.name()
     );
     cancel.cancelled().await;
     server.stop().await?;
-    eprintln!("dbfork: ephemeral server stopped and removed");
+    dbfork_meta::say!("dbfork: ephemeral server stopped and removed");
     Ok(())
 }

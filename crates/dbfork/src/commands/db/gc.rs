@@ -17,10 +17,10 @@ pub async fn run(opened: &Opened, args: &GcArgs) -> Result<()> {
     };
     let collected = ops::gc(&opened.backend, &options).await?;
     if let Some(warning) = ops::foreign_rows_warning(&opened.backend.registry_list().await?) {
-        eprintln!("dbfork: warning: {warning}");
+        dbfork_meta::say!("dbfork: warning: {warning}");
     }
     if args.json {
-        println!("{}", serde_json::to_value(&collected)?);
+        dbfork_meta::out!("{}", serde_json::to_value(&collected)?);
     } else {
         for c in &collected {
             let verb = match (&c.error, args.dry_run) {
@@ -28,18 +28,18 @@ pub async fn run(opened: &Opened, args: &GcArgs) -> Result<()> {
                 (None, true) => "would drop",
                 (None, false) => "dropped",
             };
-            eprintln!(
+            dbfork_meta::say!(
                 "dbfork: {verb} {} {}: {}",
                 c.kind.as_str(),
                 c.name,
                 c.reason
             );
             if let Some(e) = &c.error {
-                eprintln!("  {e}");
+                dbfork_meta::say!("  {e}");
             }
         }
         if collected.is_empty() {
-            eprintln!("dbfork: nothing to collect");
+            dbfork_meta::say!("dbfork: nothing to collect");
         }
     }
     let failed = collected.iter().filter(|c| c.error.is_some()).count();

@@ -24,17 +24,22 @@ pub async fn run(opened: &Opened, args: &ListArgs) -> Result<()> {
                 v
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        dbfork_meta::out!("{}", serde_json::Value::Array(list));
         return Ok(());
     }
     if entries.is_empty() {
-        eprintln!("dbfork: the registry on {} is empty", backend.url());
+        dbfork_meta::say!("dbfork: the registry on {} is empty", backend.url());
         return Ok(());
     }
     let now = process::now();
-    println!(
+    dbfork_meta::out!(
         "{:<36} {:<8} {:<8} {:<12} {:<18} {:>6}",
-        "NAME", "KIND", "STATE", "FINGERPRINT", "OWNER", "AGE"
+        "NAME",
+        "KIND",
+        "STATE",
+        "FINGERPRINT",
+        "OWNER",
+        "AGE"
     );
     for e in &entries {
         let state = if !names::is_dbfork_shape(&e.name) {
@@ -49,7 +54,7 @@ pub async fn run(opened: &Opened, args: &ListArgs) -> Result<()> {
         } else {
             format!("{}@{}", e.owner_pid, e.host)
         };
-        println!(
+        dbfork_meta::out!(
             "{:<36} {:<8} {:<8} {:<12} {:<18} {:>5}s",
             e.name,
             e.kind.as_str(),
@@ -60,7 +65,7 @@ pub async fn run(opened: &Opened, args: &ListArgs) -> Result<()> {
         );
     }
     if let Some(warning) = ops::foreign_rows_warning(&entries) {
-        eprintln!("dbfork: warning: {warning}");
+        dbfork_meta::say!("dbfork: warning: {warning}");
     }
     Ok(())
 }

@@ -34,15 +34,15 @@ pub async fn run(opened: &Opened, args: &TemplateArgs, cancel: &Cancel) -> Resul
     let template = ops::ensure_template(backend, &recipe, &options, cancel).await?;
     let url = backend.url().with_database(&template.name);
     for warning in &template.warnings {
-        eprintln!("dbfork: warning: {warning}");
+        dbfork_meta::say!("dbfork: warning: {warning}");
     }
     if template.reused {
-        eprintln!(
+        dbfork_meta::say!(
             "dbfork: reusing template {} (inputs unchanged; setup not run)",
             template.name
         );
     } else if let Some(from) = &template.grown_from {
-        eprintln!(
+        dbfork_meta::say!(
             "dbfork: built template {} in {:.2}s from {from} (incremental: {} new input file{})",
             template.name,
             template.build_seconds,
@@ -54,16 +54,17 @@ pub async fn run(opened: &Opened, args: &TemplateArgs, cancel: &Cancel) -> Resul
             }
         );
     } else if let Some(file) = &template.restored_from {
-        eprintln!(
+        dbfork_meta::say!(
             "dbfork: restored template {} from the cache in {:.2}s ({}; setup not run)",
             template.name,
             template.build_seconds,
             file.display()
         );
     } else {
-        eprintln!(
+        dbfork_meta::say!(
             "dbfork: built template {} in {:.2}s",
-            template.name, template.build_seconds
+            template.name,
+            template.build_seconds
         );
     }
     if args.verify {
@@ -80,26 +81,26 @@ pub async fn run(opened: &Opened, args: &TemplateArgs, cancel: &Cancel) -> Resul
                 if differences.len() > shown.len() { "\n..." } else { "" }
             )));
         }
-        eprintln!(
+        dbfork_meta::say!(
             "dbfork: verified: the template {} holds what a build from nothing holds (every object's definition and every table's row count)",
             template.name
         );
     }
     if let Some(file) = &template.exported_to {
-        eprintln!(
+        dbfork_meta::say!(
             "dbfork: wrote the template to the cache: {}",
             file.display()
         );
     }
     if opened.server.is_some() {
-        eprintln!("dbfork: note: this template lives on an ephemeral server and goes with it when this command ends");
+        dbfork_meta::say!("dbfork: note: this template lives on an ephemeral server and goes with it when this command ends");
     }
     if args.json {
         let mut value = serde_json::to_value(&template)?;
         value["url"] = url.to_url_without_password().into();
-        println!("{value}");
+        dbfork_meta::out!("{value}");
     } else {
-        println!("{}", template.fingerprint);
+        dbfork_meta::out!("{}", template.fingerprint);
     }
     Ok(())
 }

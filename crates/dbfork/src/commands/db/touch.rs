@@ -9,7 +9,7 @@ use crate::target::Opened;
 pub async fn run(opened: &Opened, args: &TouchArgs) -> Result<()> {
     ops::touch_registered(&opened.backend, &args.names).await?;
     for name in &args.names {
-        eprintln!("dbfork: renewed the heartbeat of {name}");
+        dbfork_meta::say!("dbfork: renewed the heartbeat of {name}");
     }
     Ok(())
 }
