@@ -59,6 +59,9 @@ pub enum Error {
     #[error("refusing to drop {name:?}: it is not a name dbfork makes (dbfork_tpl_<hex>_<hex>, dbfork_<run id>_<n>), so a registry row naming it was not written by dbfork. dbfork never acts on such a row; look at who wrote it, and remove it from the registry by hand.")]
     NotDbforkName { name: String },
 
+    #[error("refusing to drop {name:?}: it has the shape of a name dbfork makes and a registry row, but not the mark dbfork puts on every database it creates ({mark}), so dbfork did not make it: a registry row naming it was written by someone else. Look at who wrote it and remove the row by hand; if it is a leftover of a dbfork from before the mark (December 2026), drop it by hand.")]
+    NotMarked { name: String, mark: &'static str },
+
     #[error("`{name}` is not in dbfork's registry on this server (or names nothing dbfork makes), so there is nothing to renew; `dbfork db list` shows what is there.")]
     NotRegistered { name: String },
 

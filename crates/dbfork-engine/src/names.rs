@@ -6,6 +6,15 @@
 /// The prefix of every database dbfork creates.
 pub const PREFIX: &str = "dbfork_";
 
+/// The mark dbfork puts on every database it creates (PostgreSQL: the
+/// database's comment; MariaDB: the schema's comment), checked before any
+/// drop: a registry row can be forged, the mark only by whoever owns the
+/// database.
+pub const MARK: &str = "made by dbfork, dropped by dbfork";
+
+/// SQLite's mark: the file's application id ("dbfk").
+pub const SQLITE_APPLICATION_ID: i32 = 0x6462_666b;
+
 /// How many hex digits of the fingerprint a template's name carries.
 const FINGERPRINT_DIGITS: usize = 16;
 /// How many hex digits of the registry's hash a template's name carries.

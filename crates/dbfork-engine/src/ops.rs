@@ -1404,6 +1404,27 @@ pub async fn drop_run_clones(
     }
 }
 
+/// How often a run renews its clones' heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(120);
+
+/// The shortest heartbeat TTL a command takes: three renewals, so that a
+/// live run on another host or in another container, one renewal late on a
+/// loaded machine, never looks left behind.
+pub const MIN_HEARTBEAT_TTL: Duration = Duration::from_secs(3 * 120);
+
+/// `ttl` if it is a safe heartbeat TTL, else why not (to show as an error).
+pub fn check_heartbeat_ttl(ttl: Duration) -> std::result::Result<Duration, String> {
+    if ttl < MIN_HEARTBEAT_TTL {
+        return Err(format!(
+            "a heartbeat TTL of {}s is shorter than three heartbeats (a run renews its clones' every {}s): the clones of a live run on another host or in another container would be taken for left behind and dropped under it. Give {}m or more (the default is 1h)",
+            ttl.as_secs_f64(),
+            HEARTBEAT_EVERY.as_secs(),
+            MIN_HEARTBEAT_TTL.as_secs() / 60
+        ));
+    }
+    Ok(ttl)
+}
+
 #[derive(Debug, Clone)]
 pub struct GcOptions {
     pub dry_run: bool,

@@ -274,9 +274,9 @@ pub const SETTINGS: &[Setting] = &[
         env: "DBFORK_HEARTBEAT_TTL",
         value_name: "DURATION",
         shape: Shape::Value,
-        help: "A registry entry of another host, or with no owner process, counts as left behind (and the collection at the start drops it) once its heartbeat is this old. [default: 1h]",
+        help: "A registry entry of another host, or with no owner process, counts as left behind (and the collection at the start drops it) once its heartbeat is this old; at least 6m (three heartbeats). [default: 1h]",
         default: "`1h`",
-        doc: "A registry entry whose owner this dbfork cannot see (another host, container/PID namespace or boot) or without an owner process (`db clone --owner none`) counts as left behind once its heartbeat is this old; the collection at the start of every command that makes or drops something (not `db list`, not `db gc --dry-run`) then drops it and says so.",
+        doc: "A registry entry whose owner this dbfork cannot see (another host, container/PID namespace or boot) or without an owner process (`db clone --owner none`) counts as left behind once its heartbeat is this old; the collection at the start of every command that makes or drops something (not `db list`, not `db gc --dry-run`) then drops it and says so. At least `6m`: a run renews its clones' heartbeat every 2 minutes, and a shorter TTL would drop a live run's clones.",
     },
     Setting {
         key: "template_cache",

@@ -145,6 +145,9 @@ pub struct RunConfig {
     pub fork: bool,
     /// Number of worker slots (already resolved from `auto`).
     pub jobs: usize,
+    /// Whether `jobs` came from `auto` (the run may then take fewer, to fit
+    /// the server's free connections).
+    pub jobs_auto: bool,
     pub dist: Dist,
     /// `--shard K/N`: only this part of the suite.
     pub shard: Option<shard::Shard>,

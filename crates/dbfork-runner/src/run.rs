@@ -43,8 +43,8 @@ use crate::{adapters, template, Adapter, RunConfig};
 /// every command, in `dbfork_meta`).
 pub use dbfork_meta::exit;
 
-/// How often the run renews its clones' heartbeat (other hosts' gc waits an hour).
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(120);
+// How often the run renews its clones' heartbeat (other hosts' gc waits an hour).
+use dbfork_engine::ops::HEARTBEAT_EVERY;
 
 /// How many clones are made at the same time.
 const CLONE_CONCURRENCY: usize = 4;
@@ -364,7 +364,19 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
             "dbfork: note: --fresh-transactional on MySQL/MariaDB copies every table for each transactional test, which measured about 2x slower than Django's flush on the example project (docs/benchmarks.md); it pays off on PostgreSQL and SQLite"
         );
     }
+    let fitted = match fit_jobs(&backend, &mut config, configured.django.as_ref()).await {
+        Ok(fitted) => fitted,
+        Err(e) => {
+            if let Some(controller) = controller.take() {
+                controller.stop(config.grace).await;
+            }
+            return Err(e);
+        }
+    };
     let progress = Progress::new(config.live, config.verbose, config.jobs);
+    if let Some(note) = fitted {
+        progress.note(&note);
+    }
     note_inherited(&configured, &progress, config.verbose);
     template::add_aliases(&mut config, configured.django.as_ref(), &progress.notes());
     // The template is built, restored or reused by this future; pytest's
@@ -562,6 +574,58 @@ async fn watch_signals(
             return;
         }
     }
+}
+
+/// The connections a run holds besides one per worker and database alias:
+/// the clone makers' and dbfork's own.
+const CONNECTIONS_OF_DBFORK: u64 = CLONE_CONCURRENCY as u64 + 2;
+
+/// Fits the number of workers to the server's free connections (each
+/// worker holds one per database alias): `-j auto` takes fewer (and says
+/// so), a `-j` given that does not fit is an error naming both numbers. A
+/// server whose limit cannot be read is not held to it.
+async fn fit_jobs(
+    backend: &AnyBackend,
+    config: &mut RunConfig,
+    django: Option<&DjangoReport>,
+) -> Result<Option<String>, RunError> {
+    let Ok(Some(room)) = backend.connection_room().await else {
+        return Ok(None);
+    };
+    let aliases = config.aliases.len()
+        + django.map_or(0, |r| {
+            crate::django::other_aliases(r, &config.aliases).len()
+        });
+    let per_worker = 1 + aliases as u64;
+    let free = room.free();
+    let fits = free.saturating_sub(CONNECTIONS_OF_DBFORK) / per_worker;
+    let jobs = config.jobs as u64;
+    if jobs <= fits {
+        return Ok(None);
+    }
+    let why = format!(
+        "the server takes {free} more connections (max_connections {}, {} in use{}), and a run of N workers holds about {per_worker} per worker{} plus {CONNECTIONS_OF_DBFORK} of dbfork's own",
+        room.max,
+        room.used,
+        if room.reserved > 0 {
+            format!(", {} reserved for superusers", room.reserved)
+        } else {
+            String::new()
+        },
+        if aliases > 0 { " (one per database alias)" } else { "" },
+    );
+    if config.jobs_auto && fits >= 1 {
+        config.jobs = fits as usize;
+        return Ok(Some(format!("-j auto: {fits} workers, not {jobs}: {why}")));
+    }
+    let fix = if fits >= 1 {
+        format!("give -j {fits} or fewer, or raise max_connections on the server")
+    } else {
+        "end some of the server's other sessions, or raise its max_connections".to_string()
+    };
+    Err(RunError::Usage(format!(
+        "{jobs} workers do not fit on the database server: {why}. To run: {fix}."
+    )))
 }
 
 /// The prefix of a run's private directory in the temporary directory:

@@ -98,9 +98,9 @@ pub struct DbArgs {
     #[arg(long, env = "DBFORK_DROP_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub drop_timeout: Duration,
     /// A registry entry whose owner cannot be seen from here (another host, container or boot),
-    /// or with no owner process, is garbage once its heartbeat is this old
+    /// or with no owner process, is garbage once its heartbeat is this old (at least 6m: three heartbeats)
     /// (for `gc` and for the collection every command but `list` and `gc --dry-run` starts with).
-    #[arg(long, env = "DBFORK_HEARTBEAT_TTL", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "DBFORK_HEARTBEAT_TTL", value_name = "DURATION", default_value = "1h", value_parser = parse_heartbeat_ttl)]
     pub heartbeat_ttl: Duration,
 }
 
@@ -380,6 +380,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A heartbeat TTL: a duration of at least three heartbeats.
+pub fn parse_heartbeat_ttl(text: &str) -> Result<Duration, String> {
+    dbfork_engine::ops::check_heartbeat_ttl(parse_duration(text)?)
 }
 
 /// The longest duration any flag or key takes: a year.

@@ -20,6 +20,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             Error::BadUrl { .. }
             | Error::NotOurs { .. }
             | Error::NotDbforkName { .. }
+            | Error::NotMarked { .. }
             | Error::NotRegistered { .. }
             | Error::NoTemplate { .. }
             | Error::AmbiguousTemplate { .. }

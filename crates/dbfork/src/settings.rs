@@ -45,9 +45,9 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
     };
     let from_flags = Layer::from_args(args, cwd)?;
 
-    let jobs = match from_flags.jobs.or(from_file.jobs) {
-        Some(jobs) => jobs,
-        None => auto_jobs(),
+    let (jobs, jobs_auto) = match from_flags.jobs.or(from_file.jobs) {
+        Some(Some(jobs)) => (jobs, false),
+        _ => (auto_jobs(), true),
     };
     let adapter = from_flags.adapter.or(from_file.adapter).unwrap_or_default();
     Ok(RunConfig {
@@ -62,6 +62,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
             .unwrap_or(false),
         fork: from_flags.fork.or(from_file.fork).unwrap_or(true),
         jobs,
+        jobs_auto,
         dist: from_flags
             .dist
             .or(from_file.dist)
@@ -352,7 +353,8 @@ struct Layer {
     aliases: Option<Vec<String>>,
     fresh_transactional: Option<bool>,
     fork: Option<bool>,
-    jobs: Option<usize>,
+    /// `Some(None)`: `auto`.
+    jobs: Option<Option<usize>>,
     dist: Option<Dist>,
     shard: Option<Shard>,
     adapter: Option<Adapter>,
@@ -497,7 +499,11 @@ impl Layer {
             }
             "connect_timeout" => self.connect_timeout = Some(duration(raw, origin, false)?),
             "drop_timeout" => self.drop_timeout = Some(duration(raw, origin, false)?),
-            "heartbeat_ttl" => self.heartbeat_ttl = Some(duration(raw, origin, false)?),
+            "heartbeat_ttl" => {
+                let ttl = duration(raw, origin, false)?;
+                dbfork_engine::ops::check_heartbeat_ttl(ttl).map_err(|why| invalid(origin, why))?;
+                self.heartbeat_ttl = Some(ttl);
+            }
             "build_timeout" => self.build_timeout = Some(duration(raw, origin, false)?),
             "start_timeout" => self.start_timeout = Some(duration(raw, origin, false)?),
             "template_cache" => {
@@ -607,7 +613,8 @@ fn string_list(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<Vec<String>>
     }
 }
 
-fn jobs(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<usize> {
+/// A number of workers, or `None` for `auto`.
+fn jobs(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<Option<usize>> {
     let allowed = "a number of worker slots (1 or more) or \"auto\"";
     let number;
     let text = match raw {
@@ -626,14 +633,14 @@ fn jobs(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<usize> {
     };
     let text = text.trim();
     if text.eq_ignore_ascii_case("auto") {
-        return Ok(auto_jobs());
+        return Ok(None);
     }
     match text.parse::<u64>() {
         Ok(n) if n > MAX_JOBS as u64 => Err(invalid(
             origin,
             format!("`{text}` workers is more than dbfork runs ({MAX_JOBS} at most: each is a process with its own database and connections); give fewer, or `auto`"),
         )),
-        Ok(n) if n >= 1 => Ok(n as usize),
+        Ok(n) if n >= 1 => Ok(Some(n as usize)),
         _ => Err(invalid(origin, format!("`{text}` is not {allowed}"))),
     }
 }

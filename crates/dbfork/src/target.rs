@@ -117,13 +117,22 @@ async fn collect_leftovers(backend: &AnyBackend, args: &DbArgs) {
     };
     match ops::gc(backend, &options).await {
         Ok(collected) => {
-            for c in collected.iter().filter(|c| c.dropped) {
-                dbfork_meta::say!(
-                    "dbfork: removed {} {}, left by a dbfork process that is gone: {}",
-                    c.kind.as_str(),
-                    c.name,
-                    c.reason
-                );
+            for c in &collected {
+                match &c.error {
+                    None if c.dropped => dbfork_meta::say!(
+                        "dbfork: removed {} {}, left behind: {}",
+                        c.kind.as_str(),
+                        c.name,
+                        c.reason
+                    ),
+                    None => {}
+                    Some(e) => dbfork_meta::say!(
+                        "dbfork: warning: could not remove {} {} ({}): {e}",
+                        c.kind.as_str(),
+                        c.name,
+                        c.reason
+                    ),
+                }
             }
         }
         Err(e) => tracing::warn!("could not collect leftovers: {e}"),

@@ -54,6 +54,80 @@ per_server!(
     two_registries_on_one_server_do_not_collide
 );
 
+/// The backends that mark the databases dbfork creates (PostgreSQL cannot
+/// yet: no mark can be set in the statement that creates a database).
+mod marked {
+    #[test]
+    fn sqlite() {
+        super::a_forged_row_naming_a_user_database_of_dbforks_shape_drops_nothing(
+            super::Kind::Sqlite,
+        )
+    }
+    #[test]
+    fn mysql() {
+        super::a_forged_row_naming_a_user_database_of_dbforks_shape_drops_nothing(
+            super::Kind::Mysql,
+        )
+    }
+}
+
+/// A user's database whose name has exactly dbfork's shape, and a forged
+/// registry row naming it (a clone of a dead owner, collectable): neither
+/// `db gc`, nor `db drop`, nor the collection at a command's start drops
+/// it, because it lacks the mark dbfork puts on every database it creates.
+fn a_forged_row_naming_a_user_database_of_dbforks_shape_drops_nothing(kind: Kind) {
+    let place = Place::new(kind, "mark");
+    let runs = place.dir.path().join("runs");
+    let (code, _, err) = template(&place, &setup_for(&place, &runs), &[]);
+    assert_eq!(code, 0, "{err}");
+    let victim = "dbfork_0a1b2c3d4e_7".to_string();
+    let victim_file = place.dir.path().join(format!("{victim}.sqlite3"));
+    let rows = || match kind {
+        Kind::Sqlite => Place::sqlite_file_ok(&victim_file, "SELECT COUNT(*) FROM precious"),
+        _ => place.sql_ok(Some(&victim), "SELECT COUNT(*) FROM precious"),
+    };
+    match kind {
+        Kind::Sqlite => {
+            Place::sqlite_file_ok(&victim_file, "CREATE TABLE precious (x INT)");
+            Place::sqlite_file_ok(&victim_file, "INSERT INTO precious VALUES (1)");
+        }
+        _ => {
+            place.sql_ok(None, &format!("CREATE DATABASE {victim}"));
+            place.sql_ok(
+                Some(&victim),
+                "CREATE TABLE precious (x INT); INSERT INTO precious VALUES (1)",
+            );
+        }
+    }
+    insert_registry_rows(&place, std::slice::from_ref(&victim));
+    let (code, _, err) = run(&["db", "gc", "--db", &place.url]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("not the mark dbfork puts"), "{err}");
+    assert_eq!(rows(), "1", "{err}");
+    let (code, _, err) = run(&["db", "drop", "--db", &place.url, &victim]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("refusing to drop"), "{err}");
+    assert_eq!(rows(), "1", "{err}");
+    let (code, _, err) = template(&place, &setup_for(&place, &runs), &[]);
+    assert_eq!(
+        code, 0,
+        "the collection at the start reports and goes on: {err}"
+    );
+    assert_eq!(rows(), "1", "{err}");
+    // The user's database is the test's to remove.
+    let table = registry_tables(kind).0;
+    registry_sql(
+        &place,
+        &format!("DELETE FROM {table} WHERE name = '{victim}'"),
+    );
+    match kind {
+        Kind::Sqlite => std::fs::remove_file(&victim_file).unwrap(),
+        _ => {
+            place.sql_ok(None, &format!("DROP DATABASE {victim}"));
+        }
+    }
+}
+
 /// A template's setup for `place`: applies the schema and counts its runs in `runs`.
 fn setup_for(place: &Place, runs: &std::path::Path) -> String {
     let schema = place.file("schema.sql", place.schema());
@@ -534,6 +608,12 @@ fn kill_9_mid_clone_then_gc(kind: Kind) {
     let runs_file = place.dir.path().join("runs");
     let (code, fp, err) = template(&place, &setup_for(&place, &runs_file), &[]);
     assert_eq!(code, 0, "{err}");
+    // Until the last clone is made the clones are the command's own; then
+    // they pass to its parent (this test, alive), and are nobody's garbage.
+    // SQLite makes a clone in about a millisecond: 200 of them could all be
+    // made and handed over before this test, polling `db list` on a loaded
+    // machine, sees the second (found once in CI: "nothing to collect").
+    let count = if kind == Kind::Sqlite { "2000" } else { "200" };
     let mut child = dbfork()
         .args([
             "db",
@@ -543,7 +623,7 @@ fn kill_9_mid_clone_then_gc(kind: Kind) {
             "--template",
             fp.trim(),
             "-n",
-            "200",
+            count,
             "--concurrency",
             "1",
         ])
@@ -583,10 +663,7 @@ fn kill_9_mid_clone_then_gc(kind: Kind) {
     // killed one left, one line per database.
     let (code, _, err) = run(&["db", "gc", "--db", &place.url]);
     assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains("left by a dbfork process that is gone"),
-        "{err}"
-    );
+    assert!(err.contains("left behind: process"), "{err}");
     let left = place.registry_names();
     assert_eq!(left.len(), 1, "only the template stays: {left:?}");
     let (code, _, err) = run(&["db", "drop", "--db", &place.url, &left[0]]);
@@ -636,6 +713,7 @@ fn decoys_survive_every_command(kind: Kind) {
             "{err}"
         );
     }
+    age_heartbeats(&place, &[], 86_400);
     let (code, _, err) = run(&[
         "db",
         "gc",
@@ -644,9 +722,13 @@ fn decoys_survive_every_command(kind: Kind) {
         "--older-than",
         "0s",
         "--heartbeat-ttl",
-        "0s",
+        "6m",
     ]);
     assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("removed clone") || err.contains("dropped clone"),
+        "the ownerless clones go: {err}"
+    );
     for db in [&decoy, &user_db] {
         assert!(place.exists(db), "{db} was touched by dbfork");
     }
@@ -895,6 +977,41 @@ fn xdist_jobs_before_the_command_suggest_dbforks_own() {
                 && !err.contains("tip:"),
             "{args:?}: {err}"
         );
+    }
+}
+
+/// Absurd numbers are usage errors, not a panic or a full disk: more
+/// workers than dbfork runs, a duration past any deadline, in a flag, a
+/// variable or the configuration file.
+#[test]
+fn absurd_numbers_are_usage_errors() {
+    let (code, _, err) = run(&["run", "-j", "100000", "--", "true"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("1024 at most"), "{err}");
+    let (code, _, err) = run(&["db", "list", "--connect-timeout", "99999999d"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("at most 365d"), "{err}");
+    // A TTL shorter than three heartbeats would drop a live run's clones.
+    let (code, _, err) = run(&["db", "gc", "--heartbeat-ttl", "2s"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("shorter than three heartbeats"), "{err}");
+    for (toml, says) in [
+        ("jobs = 100000000000\n", "1024 at most"),
+        ("build_timeout = \"99999999d\"\n", "at most 365d"),
+        ("build_timeout = 1e300\n", "build_timeout"),
+        ("heartbeat_ttl = \"1s\"\n", "shorter than three heartbeats"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dbfork.toml"), toml).unwrap();
+        let out = dbfork()
+            .current_dir(dir.path())
+            .args(["run", "--", "true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{toml}: {err}");
+        assert!(err.contains(says), "{toml}: {err}");
+        assert!(!dir.path().join(".dbfork").exists(), "{toml}: {err}");
     }
 }
 
@@ -1168,6 +1285,7 @@ fn spoofed_registry_rows_touch_nothing(kind: Kind) {
     assert!(table.contains("FOREIGN"), "{table}");
     assert!(err.contains("not written by dbfork, left alone"), "{err}");
     intact();
+    age_heartbeats(&place, &[], 86_400);
     let (code, _, err) = run(&[
         "db",
         "gc",
@@ -1175,7 +1293,7 @@ fn spoofed_registry_rows_touch_nothing(kind: Kind) {
         "--db",
         &place.url,
         "--heartbeat-ttl",
-        "0s",
+        "6m",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("would drop"), "{err}");
@@ -1186,7 +1304,7 @@ fn spoofed_registry_rows_touch_nothing(kind: Kind) {
         "--db",
         &place.url,
         "--heartbeat-ttl",
-        "0s",
+        "6m",
         "--older-than",
         "0s",
     ]);
@@ -1223,14 +1341,14 @@ fn spoofed_registry_rows_touch_nothing(kind: Kind) {
             .count()
     };
     assert_eq!(clones(), 1);
-    std::thread::sleep(std::time::Duration::from_millis(2100));
-    let (code, _, err) = run(&["db", "list", "--db", &place.url, "--heartbeat-ttl", "1s"]);
+    age_heartbeats(&place, &[], 1800);
+    let (code, _, err) = run(&["db", "list", "--db", &place.url, "--heartbeat-ttl", "10m"]);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = template(&place, &setup_for(&place, &runs), &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(clones(), 1, "the default TTL (1h) keeps it: {err}");
     let out = support::dbfork()
-        .env("DBFORK_HEARTBEAT_TTL", "1s")
+        .env("DBFORK_HEARTBEAT_TTL", "10m")
         .args([
             "db",
             "template",
@@ -1272,6 +1390,23 @@ fn registry_tables(kind: Kind) -> (&'static str, &'static str) {
         Kind::Mysql => ("dbfork_registry", "dbfork_registry_meta"),
         Kind::Sqlite => ("registry", "registry_meta"),
     }
+}
+
+/// Makes the heartbeats of `place`'s registry rows (those of `names`, or
+/// all) `secs` older, as if their owners had been silent that long: the
+/// shortest TTL a command takes is minutes.
+fn age_heartbeats(place: &Place, names: &[&str], secs: u64) {
+    let table = registry_tables(place.kind).0;
+    let which = if names.is_empty() {
+        String::new()
+    } else {
+        let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+        format!(" WHERE name IN ({})", quoted.join(", "))
+    };
+    registry_sql(
+        place,
+        &format!("UPDATE {table} SET heartbeat_at = heartbeat_at - {secs}{which}"),
+    );
 }
 
 /// Runs SQL on `place`'s registry (for SQLite, its registry file); returns stdout.
@@ -1395,7 +1530,7 @@ fn registry_is_versioned_and_strict(kind: Kind) {
     let refused = |what: &str, needle: &str| {
         for args in [
             vec!["db", "list", "--db", &place.url],
-            vec!["db", "gc", "--db", &place.url, "--heartbeat-ttl", "1s"],
+            vec!["db", "gc", "--db", &place.url, "--heartbeat-ttl", "6m"],
         ] {
             let (code, _, err) = run(&args);
             assert_eq!(code, 3, "{what}: {args:?} {err}");
@@ -1490,13 +1625,13 @@ fn owners_are_judged_only_where_their_pids_mean_something(kind: Kind) {
     assert!(registered(&live) && place.exists(&live), "{err}");
 
     // Where the owner cannot be seen, the heartbeat decides; `db touch` renews it.
-    std::thread::sleep(Duration::from_millis(2100));
+    age_heartbeats(&place, &[&live], 7200);
     let (code, _, err) = run(&["db", "touch", "--db", &place.url, &live]);
     assert_eq!(code, 0, "{err}");
-    let err = elsewhere("1s");
+    let err = elsewhere("1h");
     assert!(registered(&live), "touched just now: {err}");
-    std::thread::sleep(Duration::from_millis(2100));
-    let err = elsewhere("1s");
+    age_heartbeats(&place, &[&live], 7200);
+    let err = elsewhere("1h");
     assert!(collected(&err, &live), "{err}");
     assert!(!place.exists(&live));
     let (code, _, err) = run(&["db", "touch", "--db", &place.url, &live]);

@@ -169,6 +169,18 @@ pub trait Backend: Send + Sync {
     /// On PostgreSQL `name` must accept connections (a clone, not a sealed template).
     fn describe(&self, name: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
 
+    /// Whether database `name` carries dbfork's mark ([`crate::names::MARK`]):
+    /// `None` when there is no such database, `Some(true)` also where the
+    /// server has no place for a mark (MySQL, which has no schema comments).
+    fn marked(&self, name: &str) -> impl Future<Output = Result<Option<bool>>> + Send;
+
+    /// Where this backend keeps the mark (for messages).
+    fn mark_place(&self) -> &'static str;
+
+    /// How many more client connections the server takes now (`None` where
+    /// there is no such limit: SQLite).
+    fn connection_room(&self) -> impl Future<Output = Result<Option<Room>>> + Send;
+
     /// How many tables and views database `name` holds (outside the server's
     /// own schemas): a setup that left none probably wrote somewhere else.
     /// On PostgreSQL `name` must accept connections (not yet sealed).
@@ -185,6 +197,24 @@ pub trait Backend: Send + Sync {
 }
 
 /// Whichever backend a URL names. One lives per command, so the size of its variants does not matter.
+/// A server's connection limit and what is in use of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// `max_connections`.
+    pub max: u64,
+    /// Held back for superusers (PostgreSQL's `superuser_reserved_connections`).
+    pub reserved: u64,
+    /// Client connections open now.
+    pub used: u64,
+}
+
+impl Room {
+    /// The connections still free for new clients.
+    pub fn free(&self) -> u64 {
+        self.max.saturating_sub(self.reserved + self.used)
+    }
+}
+
 #[allow(clippy::large_enum_variant)]
 pub enum AnyBackend {
     #[cfg(feature = "postgres")]
@@ -289,6 +319,14 @@ impl Backend for AnyBackend {
                 name: name.to_string(),
             });
         }
+        // And only a database dbfork itself made: a forged row naming a
+        // user's database of that shape is not enough.
+        if self.marked(name).await? == Some(false) {
+            return Err(Error::NotMarked {
+                name: name.to_string(),
+                mark: self.mark_place(),
+            });
+        }
         each!(self, b => b.drop_database(name, deadline).await)
     }
     async fn export_database(&self, name: &str, out: &std::path::Path) -> Result<()> {
@@ -299,6 +337,15 @@ impl Backend for AnyBackend {
     }
     async fn describe(&self, name: &str) -> Result<Vec<String>> {
         each!(self, b => b.describe(name).await)
+    }
+    async fn marked(&self, name: &str) -> Result<Option<bool>> {
+        each!(self, b => b.marked(name).await)
+    }
+    fn mark_place(&self) -> &'static str {
+        each!(self, b => b.mark_place())
+    }
+    async fn connection_room(&self) -> Result<Option<Room>> {
+        each!(self, b => b.connection_room().await)
     }
     async fn table_count(&self, name: &str) -> Result<u64> {
         each!(self, b => b.table_count(name).await)

@@ -65,6 +65,9 @@ pub struct Mysql {
     maintenance: String,
     pool: Pool,
     mariadb: bool,
+    /// Whether the server keeps schema comments (MariaDB 10.5 and later):
+    /// dbfork's mark ([`crate::names::MARK`]) goes there.
+    marks: bool,
     clone_connections: usize,
     /// The connections filling clones at once in this process, beyond each clone's first.
     filling: Semaphore,
@@ -226,6 +229,15 @@ enum Step {
 /// A quoted identifier.
 fn ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
+}
+
+/// Whether a MariaDB of `version` (`10.11.6-mariadb-...`) keeps schema
+/// comments (10.5 and later).
+fn schema_comments(version: &str) -> bool {
+    let mut parts = version.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (10, 5)
 }
 
 /// Whether `statement` is dbfork's `CREATE DATABASE` of the database
@@ -406,10 +418,9 @@ impl Mysql {
             .query_first("SELECT VERSION()")
             .await
             .map_err(q("reading the server version"))?;
-        let mariadb = version
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .contains("mariadb");
+        let version = version.unwrap_or_default().to_ascii_lowercase();
+        let mariadb = version.contains("mariadb");
+        let marks = mariadb && schema_comments(&version);
         drop(conn);
         let mysql = Mysql {
             url: url.clone(),
@@ -418,6 +429,7 @@ impl Mysql {
             maintenance,
             pool,
             mariadb,
+            marks,
             clone_connections: DEFAULT_CLONE_CONNECTIONS,
             filling: Semaphore::new(FILLING_BUDGET),
             templates: Mutex::new(HashMap::new()),
@@ -1214,6 +1226,16 @@ impl Mysql {
         }
     }
 
+    /// The clause that marks a database as dbfork's in the statement that
+    /// creates it (so that no moment exists when it is there unmarked).
+    fn mark_clause(&self) -> String {
+        if self.marks {
+            format!(" COMMENT '{}'", crate::names::MARK)
+        } else {
+            String::new()
+        }
+    }
+
     async fn schema_exists(&self, conn: &mut Conn, name: &str) -> Result<bool> {
         let found: Vec<String> = conn
             .exec(
@@ -1534,8 +1556,9 @@ impl Backend for Mysql {
         self.forget_template(name);
         let mut conn = self.take().await?;
         conn.query_drop(format!(
-            "CREATE DATABASE {} CHARACTER SET utf8mb4",
-            ident(name)
+            "CREATE DATABASE {} CHARACTER SET utf8mb4{}",
+            ident(name),
+            self.mark_clause()
         ))
         .await
         .map_err(q(format!("creating database {name}")))
@@ -1583,10 +1606,11 @@ impl Backend for Mysql {
         {
             let mut conn = self.take().await?;
             conn.query_drop(format!(
-                "CREATE DATABASE {} CHARACTER SET {} COLLATE {}",
+                "CREATE DATABASE {} CHARACTER SET {} COLLATE {}{}",
                 ident(name),
                 tpl.charset,
-                tpl.collation
+                tpl.collation,
+                self.mark_clause()
             ))
             .await
             .map_err(q(format!("creating database {name}")))?;
@@ -1656,6 +1680,41 @@ impl Backend for Mysql {
 
     async fn import_database(&self, name: &str, dump: &std::path::Path) -> Result<()> {
         self.read_dump(name, dump).await
+    }
+
+    async fn connection_room(&self) -> Result<Option<super::Room>> {
+        let mut conn = self.take().await?;
+        let row: Option<(u64, u64)> = conn
+            .query_first(
+                "SELECT @@max_connections, \
+                 (SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND <> 'Daemon')",
+            )
+            .await
+            .map_err(q("reading the server's connection limit"))?;
+        Ok(row.map(|(max, used)| super::Room {
+            max,
+            reserved: 0,
+            used,
+        }))
+    }
+
+    async fn marked(&self, name: &str) -> Result<Option<bool>> {
+        let mut conn = self.take().await?;
+        if !self.marks {
+            return Ok(self.schema_exists(&mut conn, name).await?.then_some(true));
+        }
+        let comment: Option<Option<String>> = conn
+            .exec_first(
+                "SELECT SCHEMA_COMMENT FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+                (name,),
+            )
+            .await
+            .map_err(q(format!("reading the mark of {name}")))?;
+        Ok(comment.map(|c| c.as_deref() == Some(crate::names::MARK)))
+    }
+
+    fn mark_place(&self) -> &'static str {
+        "MariaDB: the schema's comment"
     }
 
     async fn table_count(&self, name: &str) -> Result<u64> {
@@ -2332,6 +2391,7 @@ mod tests {
             maintenance: "mysql".into(),
             pool: Pool::new(OptsBuilder::default()),
             mariadb: true,
+            marks: true,
             clone_connections: 2,
             filling: Semaphore::new(FILLING_BUDGET),
             templates: Mutex::new(HashMap::new()),

@@ -776,6 +776,36 @@ impl Backend for Postgres {
         Ok(lines)
     }
 
+    async fn connection_room(&self) -> Result<Option<super::Room>> {
+        let c = self.take().await?;
+        let row = c
+            .query_one(
+                "SELECT current_setting('max_connections')::bigint, \
+                 current_setting('superuser_reserved_connections')::bigint, \
+                 (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+                &[],
+            )
+            .await
+            .map_err(q("reading the server's connection limit"))?;
+        let get = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+        Ok(Some(super::Room {
+            max: get(0),
+            reserved: get(1),
+            used: get(2),
+        }))
+    }
+
+    async fn marked(&self, _name: &str) -> Result<Option<bool>> {
+        // Not yet: a comment (or setting) cannot be set in the statement that
+        // creates the database, and a dbfork killed between the two would
+        // leave a clone nothing could collect. The name's shape guards.
+        Ok(Some(true))
+    }
+
+    fn mark_place(&self) -> &'static str {
+        "none on PostgreSQL"
+    }
+
     async fn table_count(&self, name: &str) -> Result<u64> {
         let mut config = self.config.clone();
         config.dbname(name);

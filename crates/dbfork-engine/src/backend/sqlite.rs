@@ -332,7 +332,12 @@ impl Backend for Sqlite {
     async fn create_empty(&self, name: &str) -> Result<()> {
         let path = self.path_of(name);
         Connection::open(&path)
-            .and_then(|c| c.execute_batch("PRAGMA user_version = 0"))
+            .and_then(|c| {
+                c.execute_batch(&format!(
+                    "PRAGMA user_version = 0; PRAGMA application_id = {};",
+                    crate::names::SQLITE_APPLICATION_ID
+                ))
+            })
             .map_err(sq(format!("creating {}", path.display())))
     }
 
@@ -341,6 +346,12 @@ impl Backend for Sqlite {
         let conn = Connection::open(&path).map_err(sq(format!("opening {}", path.display())))?;
         conn.busy_timeout(self.busy_timeout)
             .map_err(sq("setting a busy timeout"))?;
+        // dbfork's mark again: a setup (or Django) may have replaced the file.
+        conn.execute_batch(&format!(
+            "PRAGMA application_id = {}",
+            crate::names::SQLITE_APPLICATION_ID
+        ))
+        .map_err(sq(format!("marking {} as dbfork's", path.display())))?;
         // Everything in the main file, so that a plain file copy is a whole database.
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(sq(format!("checkpointing {}", path.display())))?;
@@ -414,6 +425,36 @@ impl Backend for Sqlite {
         })
         .await
         .map_err(|e| Error::query(NAME, "exporting a template", e))?
+    }
+
+    async fn connection_room(&self) -> Result<Option<super::Room>> {
+        Ok(None)
+    }
+
+    async fn marked(&self, name: &str) -> Result<Option<bool>> {
+        use std::io::Read;
+        let path = self.path_of(name);
+        let mut header = Vec::with_capacity(100);
+        match File::open(&path) {
+            Ok(file) => file
+                .take(100)
+                .read_to_end(&mut header)
+                .map_err(Error::io(format!("reading {}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
+        };
+        // An empty file (a create interrupted before its first page) holds nothing.
+        if header.is_empty() {
+            return Ok(Some(true));
+        }
+        let id = header
+            .get(68..72)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        Ok(Some(id == Some(crate::names::SQLITE_APPLICATION_ID)))
+    }
+
+    fn mark_place(&self) -> &'static str {
+        "SQLite: the file's application id"
     }
 
     async fn table_count(&self, name: &str) -> Result<u64> {

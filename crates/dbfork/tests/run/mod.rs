@@ -523,17 +523,38 @@ per_backend!(
     sigint_at_many_moments_and_sigterm_leave_nothing,
     sigkill_of_a_worker_then_of_dbfork,
 );
+per_server!(more_workers_than_the_server_takes_is_a_clear_error);
 
-/// Sixteen workers, so that the first crashes (at the first test) come while
-/// the other clones are still being made, and their replacements are made
-/// beside them.
+/// `-j` above what the server's `max_connections` leaves free is refused
+/// before anything is made, naming both numbers and the `-j` that fits.
+fn more_workers_than_the_server_takes_is_a_clear_error(kind: Kind) {
+    let place = Place::new(kind, "run_room");
+    let dir = suite(&place);
+    let out = dbfork_run(&place, &dir, &["-j", "1000"], &["tests/test_pass.py"], &[]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("1000 workers do not fit on the database server")
+            && out.stderr.contains("max_connections")
+            && out.stderr.contains("or fewer"),
+        "{}",
+        out.stderr
+    );
+    assert!(place.registry().is_empty(), "{}", out.stderr);
+}
+
+/// Sixteen workers, so that the first crashes come while the other clones
+/// are still being made, and their replacements are made beside them. By
+/// module, so that a replacement is always needed: the tests after the
+/// crashing one in its file wait for its worker (by test, on a loaded
+/// machine the crashes could come last, with nothing left to replace for).
 fn crashes_and_hangs_are_reported_and_the_run_goes_on(kind: Kind) {
     let place = Place::new(kind, "run_crash");
     let dir = suite(&place);
     let out = dbfork_run(
         &place,
         &dir,
-        &["-j", "16", "--timeout", "5"],
+        &["-j", "16", "--timeout", "5", "--dist", "module"],
         &["crashy"],
         &[("DBFORK_FIXTURE_CRASH", "1")],
     );
@@ -958,8 +979,7 @@ fn sigkill_of_a_worker_then_of_dbfork(kind: Kind) {
     let (code, _, err) = crate::support::run(&["db", "gc", "--db", &place.url]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("removed clone dbfork_")
-            && err.contains("left by a dbfork process that is gone"),
+        err.contains("removed clone dbfork_") && err.contains("left behind: process"),
         "the next command says what it collected: {err}"
     );
     assert_no_clones(&place);
