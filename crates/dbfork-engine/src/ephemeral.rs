@@ -269,6 +269,43 @@ impl EphemeralServer {
         self.flavor.kind()
     }
 
+    /// Waits until the server ends by itself (killed, crashed, or restarted
+    /// by someone: its first process then exits): the error that says so.
+    /// Never returns while it runs.
+    pub async fn ended_by_itself(&mut self) -> Error {
+        let name = self.flavor.label();
+        let Some(child) = self.child.as_mut() else {
+            return std::future::pending().await;
+        };
+        let status = child.wait().await;
+        self.child = None;
+        let cause = match status {
+            Ok(status) => format!(
+                "it exited ({status}); the last lines of its log:\n{}",
+                tail(&self.dir.join("server.log"))
+            ),
+            Err(e) => format!("waiting for it failed: {e}"),
+        };
+        Error::EphemeralEnded { kind: name, cause }
+    }
+
+    /// The server process named by the data directory's pid file, when one
+    /// runs that is not the one this started (a restarted server).
+    fn pidfile_server(&self) -> Option<u32> {
+        let file = match self.flavor {
+            Flavor::Postgres => self.dir.join("data").join("postmaster.pid"),
+            Flavor::MariaDb => self.dir.join("mysqld.pid"),
+        };
+        let text = std::fs::read_to_string(file).ok()?;
+        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let needle = self.dir.as_os_str().as_bytes();
+        cmdline
+            .windows(needle.len())
+            .any(|w| w == needle)
+            .then_some(pid)
+    }
+
     /// Stops the server (fast shutdown, bounded wait then SIGKILL) and removes its directory.
     pub async fn stop(mut self) -> Result<()> {
         let began = Instant::now();
@@ -297,6 +334,22 @@ impl EphemeralServer {
                         );
                     }
                 }
+            }
+        }
+        // A server someone restarted in this directory is not our child:
+        // the pid file names it.
+        if let Some(pid) = self.pidfile_server() {
+            tracing::warn!(
+                "the ephemeral {} server was restarted by someone else (pid {pid}); stopping that one too",
+                self.flavor.label()
+            );
+            signal(pid, self.flavor.stop_signal());
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while self.pidfile_server() == Some(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if self.pidfile_server() == Some(pid) {
+                kill_group(pid);
             }
         }
         let dir = self.dir.clone();

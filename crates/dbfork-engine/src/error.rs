@@ -105,6 +105,9 @@ pub enum Error {
     #[error("the ephemeral {kind} server did not start: {cause}")]
     Ephemeral { kind: &'static str, cause: String },
 
+    #[error("the ephemeral {kind} server ended by itself while in use (killed, crashed, or restarted by someone): {cause}. Its databases are gone with it, and it was stopped and removed; start a new one.")]
+    EphemeralEnded { kind: &'static str, cause: String },
+
     #[error("the template cache file {path} cannot be used: {problem}; it is ignored (delete it, or let the next build replace it)")]
     CacheFile { path: String, problem: String },
 

@@ -1345,7 +1345,7 @@ impl Executor {
         self.kill_all();
         self.emit(RunEvent::Ending);
         self.stop_controller();
-        self.drop_clones().await;
+        let server_gone = self.drop_clones().await;
         let tests = self.final_records();
         let (ending, timings) = self.machine.end();
         let failed = tests.iter().any(|t: &TestRecord| t.outcome.is_failure());
@@ -1353,12 +1353,21 @@ impl Executor {
         // A shard of a suite that has tests may be left none by the split:
         // nothing to do is fine there.
         let suite_has_tests = ending.shard.as_ref().is_some_and(|s| s.collected > 0);
-        let exit_code = decide::run_exit_code(
+        let mut exit_code = decide::run_exit_code(
             ending.fatal,
             ending.interrupted,
             failed || not_run || !ending.collect_errors.is_empty(),
             tests.is_empty() && !suite_has_tests,
         );
+        // The tests' failures are then most likely the server's doing.
+        if let Some(cause) = server_gone {
+            dbfork_meta::say!(
+                "dbfork: error: the database server went away during the run ({cause}); failures after that are its doing, not the tests'. Clones that could not be dropped are removed by the next dbfork command once the server is back."
+            );
+            if exit_code == exit::TESTS_FAILED || exit_code == exit::OK {
+                exit_code = exit::SETUP_OR_DATABASE;
+            }
+        }
         if let Some(why) = self.why_not_run(&ending, &tests) {
             dbfork_meta::say!("dbfork: {why}");
         }
@@ -1423,8 +1432,10 @@ impl Executor {
         ))
     }
 
-    /// Teardown: every clone of this run, then anything else this process registered.
-    async fn drop_clones(&mut self) {
+    /// Teardown: every clone of this run, then anything else this process
+    /// registered. When drops failed and the server does not answer any
+    /// more, why (the server went away during the run).
+    async fn drop_clones(&mut self) -> Option<String> {
         let names = self.machine.databases();
         let backend = self.backend.clone();
         let deadline = self.config.drop_timeout;
@@ -1445,12 +1456,16 @@ impl Executor {
         if let Err(e) = ops::drop_run_clones(&backend, &self.run_id, deadline).await {
             tracing::warn!("could not drop what is left of this run: {e}");
         }
-        for failure in failures {
+        for failure in &failures {
             dbfork_meta::say!(
                 "dbfork: warning: could not drop {failure}; `dbfork db gc` removes it later"
             );
         }
         self.envs.clear();
+        if failures.is_empty() {
+            return None;
+        }
+        backend.server_version().await.err().map(|e| e.to_string())
     }
 
     /// One record per collected test: its outcome, or "not run".

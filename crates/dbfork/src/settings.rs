@@ -579,9 +579,13 @@ fn aliases(names: Vec<String>, origin: &Origin<'_>) -> anyhow::Result<Vec<String
                 "`default` always gets the worker's clone; name only the other aliases",
             ));
         }
-        if !seen.iter().any(|s| s == name) {
-            seen.push(name.to_string());
+        if seen.iter().any(|s| s == name) {
+            return Err(invalid(
+                origin,
+                format!("`{name}` is named twice; name each alias once"),
+            ));
         }
+        seen.push(name.to_string());
     }
     Ok(seen)
 }
@@ -953,6 +957,7 @@ mod tests {
                 "`default` always gets the worker's clone",
             ),
             ("aliases = [\"a-b\"]", "`a-b` is not a database alias"),
+            ("aliases = [\"a\", \"a\"]", "`a` is named twice"),
             (
                 "fresh_transactional = \"maybe\"",
                 "`maybe` is not true or false",
@@ -976,7 +981,7 @@ mod tests {
         let (_dir, root, _) = project();
         std::fs::write(
             root.join("dbfork.toml"),
-            "aliases = [\"other\", \"other\", \"replica2\"]\nfresh-transactional = true\n",
+            "aliases = [\"other\", \"replica2\"]\nfresh-transactional = true\n",
         )
         .unwrap();
         let mut django = args();

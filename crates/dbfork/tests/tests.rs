@@ -1183,6 +1183,59 @@ fn ephemeral_postgres_serves_one_command_and_is_removed() {
     );
 }
 
+/// `dbfork db ephemeral` whose server is killed under it (SIGKILL of the
+/// postmaster) says so and exits 3 at once, its directory removed, instead
+/// of waiting for a signal as if the server ran.
+#[test]
+fn an_ephemeral_server_killed_under_its_command_is_an_error() {
+    let mut command = dbfork()
+        .args(["db", "ephemeral", "postgres"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(command.stdout.take().unwrap()),
+        &mut url,
+    )
+    .unwrap();
+    let dir = url
+        .split("host=")
+        .nth(1)
+        .and_then(|rest| rest.split('&').next())
+        .unwrap_or_else(|| panic!("no socket directory in {url:?}"))
+        .trim()
+        .to_string();
+    let pidfile = std::path::Path::new(&dir).join("data/postmaster.pid");
+    let postmaster: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signalling the server this test's command started.
+    unsafe { libc::kill(postmaster, libc::SIGKILL) };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = command.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "dbfork db ephemeral did not notice its server was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut command.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("ended by itself while in use"), "{err}");
+    assert!(!std::path::Path::new(&dir).exists(), "{dir} is left: {err}");
+}
+
 /// Registries are per maintenance database but database names are server-wide:
 /// the same setup recorded in two registries must give two templates, not a
 /// "database already exists" (found when two projects shared a server).

@@ -818,6 +818,89 @@ fn sigint_at_many_moments_and_sigterm_leave_nothing(kind: Kind) {
     );
 }
 
+/// A database server that goes away mid-run (here: the ephemeral MariaDB
+/// stopped under it, while a test waits to use its clone) is a server error
+/// (exit 3) that says so, not "tests failed" (exit 1): the failures that
+/// follow are the server's doing.
+#[test]
+fn a_server_that_goes_away_mid_run_is_a_server_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = dbfork()
+        .args(["db", "ephemeral", "mariadb"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut url,
+    )
+    .unwrap();
+    let url = url.trim().to_string();
+    assert!(url.starts_with("mysql://"), "{url:?}");
+    let project = dir.path().join("pytest_suite");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pytest_suite"))
+        .arg(&project)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let (started, go, err_file) = (
+        dir.path().join("started"),
+        dir.path().join("go"),
+        dir.path().join("stderr"),
+    );
+    let python = python();
+    let mut run = dbfork()
+        .current_dir(&project)
+        .env_remove("CI")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("DBFORK_FIXTURE_STARTED", &started)
+        .env("DBFORK_FIXTURE_GO", &go)
+        .args(["run", "--db", &url, "-j", "1"])
+        .args([
+            "--setup",
+            &format!("{python} setup_db.py"),
+            "--input",
+            "setup_db.py",
+        ])
+        .args([
+            "--",
+            &python,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "servergone",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !started.exists() && Instant::now() < deadline && run.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let err = || std::fs::read_to_string(&err_file).unwrap_or_default();
+    assert!(started.exists(), "the test never started: {}", err());
+    signal(server.id(), libc::SIGTERM);
+    assert_eq!(
+        wait_with_deadline(&mut server, Duration::from_secs(60)),
+        0,
+        "the ephemeral server did not stop"
+    );
+    std::fs::write(&go, "").unwrap();
+    let code = wait_with_deadline(&mut run, Duration::from_secs(120));
+    let err = err();
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("the database server went away during the run"),
+        "{err}"
+    );
+}
+
 /// A closed standard output (`dbfork run ... | head -1`, a log collector
 /// that died) stops nothing: the run goes on, drops every clone, and exits
 /// with its own status (here: the suite's failure), not a panic's.

@@ -20,14 +20,24 @@ pub async fn run(args: &EphemeralArgs, cancel: &Cancel) -> Result<()> {
         }
     };
     ephemeral::collect_stale();
-    let server = EphemeralServer::start(kind).await?;
+    let mut server = EphemeralServer::start(kind).await?;
     dbfork_meta::out!("{}", server.url().to_url_without_password());
     dbfork_meta::say!(
-        "dbfork: ephemeral {} server running; Ctrl-C or SIGTERM stops it",
+        "dbfork: ephemeral {} server running; Ctrl-C, SIGTERM or SIGHUP stops it",
         kind.name()
     );
-    cancel.cancelled().await;
+    // A server that ends by itself (killed, crashed, restarted by someone)
+    // is an error, not a quiet wait for a signal.
+    let ended = tokio::select! {
+        () = cancel.cancelled() => None,
+        e = server.ended_by_itself() => Some(e),
+    };
     server.stop().await?;
-    dbfork_meta::say!("dbfork: ephemeral server stopped and removed");
-    Ok(())
+    match ended {
+        None => {
+            dbfork_meta::say!("dbfork: ephemeral server stopped and removed");
+            Ok(())
+        }
+        Some(e) => Err(e.into()),
+    }
 }
