@@ -139,9 +139,9 @@ impl Flavor {
     }
 
     /// The Unix socket the server listens on, inside its directory.
-    fn socket(self, dir: &Path) -> PathBuf {
+    fn socket(self, dir: &Path, port: u16) -> PathBuf {
         match self {
-            Flavor::Postgres => dir.join(format!(".s.PGSQL.{PG_PORT}")),
+            Flavor::Postgres => dir.join(format!(".s.PGSQL.{port}")),
             Flavor::MariaDb => dir.join("mysqld.sock"),
         }
     }
@@ -154,14 +154,14 @@ impl Flavor {
         }
     }
 
-    fn url(self, dir: &Path) -> DbUrl {
+    fn url(self, dir: &Path, port: u16) -> DbUrl {
         match self {
             Flavor::Postgres => DbUrl {
                 kind: Kind::Postgres,
                 user: Some("postgres".to_string()),
                 password: None,
                 host: None,
-                port: Some(PG_PORT),
+                port: Some(port),
                 socket: Some(dir.to_path_buf()),
                 database: Some("postgres".to_string()),
                 params: Vec::new(),
@@ -172,7 +172,7 @@ impl Flavor {
                 password: None,
                 host: None,
                 port: None,
-                socket: Some(self.socket(dir)),
+                socket: Some(self.socket(dir, port)),
                 database: Some("mysql".to_string()),
                 params: Vec::new(),
             },
@@ -195,6 +195,16 @@ struct RunAs {
     gid: u32,
 }
 
+/// A PostgreSQL that takes TCP connections on 127.0.0.1 over TLS only
+/// (beside its Unix socket), for testing TLS: its certificate and key
+/// (PEM), and the port.
+#[derive(Debug, Clone)]
+pub struct TlsOnly {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub port: u16,
+}
+
 /// A private throwaway database server. Stop it with [`EphemeralServer::stop`];
 /// dropping it instead kills the server and removes its directory.
 #[derive(Debug)]
@@ -202,6 +212,9 @@ pub struct EphemeralServer {
     flavor: Flavor,
     dir: PathBuf,
     url: DbUrl,
+    /// PostgreSQL's port (its socket's name; on 127.0.0.1 too with `tls`).
+    port: u16,
+    tls: Option<TlsOnly>,
     /// The running init program or server.
     child: Option<Child>,
     /// Whether the directory is already gone.
@@ -211,11 +224,21 @@ pub struct EphemeralServer {
 impl EphemeralServer {
     /// Starts a private server of `kind` (Kind::Postgres or Kind::Mysql).
     pub async fn start(kind: Kind) -> Result<EphemeralServer> {
-        EphemeralServer::start_with(kind, None).await
+        EphemeralServer::start_with(kind, None, None).await
+    }
+
+    /// A private PostgreSQL that also listens on 127.0.0.1:`tls.port`, where
+    /// it takes TLS connections only (for testing dbfork's `sslmode`).
+    pub async fn start_postgres_tls_only(tls: TlsOnly) -> Result<EphemeralServer> {
+        EphemeralServer::start_with(Kind::Postgres, None, Some(tls)).await
     }
 
     /// [`EphemeralServer::start`], searching only `bindirs` for the programs when given.
-    async fn start_with(kind: Kind, bindirs: Option<Vec<PathBuf>>) -> Result<EphemeralServer> {
+    async fn start_with(
+        kind: Kind,
+        bindirs: Option<Vec<PathBuf>>,
+        tls: Option<TlsOnly>,
+    ) -> Result<EphemeralServer> {
         let flavor = Flavor::of(kind)?;
         let began = Instant::now();
         match tokio::task::spawn_blocking(collect_stale).await {
@@ -231,15 +254,19 @@ impl EphemeralServer {
         let programs = find_programs(flavor, bindirs).await?;
         let run_as = run_as(flavor);
         let dir = make_dir(flavor, run_as.as_ref())?;
+        let port = tls.as_ref().map_or(PG_PORT, |t| t.port);
         let mut server = EphemeralServer {
             flavor,
-            url: flavor.url(&dir),
+            url: flavor.url(&dir, port),
             dir,
+            port,
+            tls,
             child: None,
             removed: false,
         };
         write_owner(&server.dir.join("owner"), &Owner::this_process())?;
         let init_took = server.init(&programs, run_as.as_ref()).await?;
+        server.tls_only(run_as.as_ref())?;
         server.serve(&programs, run_as.as_ref()).await?;
         tracing::info!(
             "started an ephemeral {} server in {} ms (data directory {} ms{}): {}",
@@ -371,6 +398,38 @@ impl EphemeralServer {
         Ok(())
     }
 
+    /// With [`TlsOnly`]: the certificate and key in the server's directory,
+    /// the server's user's own (0600), and a `pg_hba.conf` that takes TCP
+    /// connections over TLS only.
+    fn tls_only(&self, run_as: Option<&RunAs>) -> Result<()> {
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        let data = self.dir.join("data");
+        let files = [
+            (self.dir.join("tls.crt"), std::fs::read(&tls.cert)),
+            (self.dir.join("tls.key"), std::fs::read(&tls.key)),
+            (
+                data.join("pg_hba.conf"),
+                Ok(b"local all all trust\nhostssl all all 127.0.0.1/32 trust\n".to_vec()),
+            ),
+        ];
+        for (path, bytes) in files {
+            let bytes = bytes.map_err(Error::io("reading the TLS certificate or key"))?;
+            let _ = std::fs::remove_file(&path);
+            let mut file = crate::files::create_new_private(&path)
+                .map_err(Error::io(format!("writing {}", path.display())))?;
+            std::io::Write::write_all(&mut file, &bytes)
+                .map_err(Error::io(format!("writing {}", path.display())))?;
+            if let Some(user) = run_as {
+                std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).map_err(
+                    Error::io(format!("handing {} to {}", path.display(), user.name)),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the data directory (`initdb` / `mariadb-install-db`); returns the time taken.
     async fn init(&mut self, programs: &Programs, run_as: Option<&RunAs>) -> Result<Duration> {
         let began = Instant::now();
@@ -440,9 +499,16 @@ impl EphemeralServer {
                     .arg(&data)
                     .arg("-k")
                     .arg(&self.dir)
-                    .args(["-p", &PG_PORT.to_string()]);
+                    .args(["-p", &self.port.to_string()]);
+                if self.tls.is_some() {
+                    let (cert, key) = (self.dir.join("tls.crt"), self.dir.join("tls.key"));
+                    cmd.args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"])
+                        .args(["-c", &format!("ssl_cert_file={}", cert.display())])
+                        .args(["-c", &format!("ssl_key_file={}", key.display())]);
+                } else {
+                    cmd.args(["-c", "listen_addresses="]);
+                }
                 for setting in [
-                    "listen_addresses=",
                     "fsync=off",
                     "synchronous_commit=off",
                     "full_page_writes=off",
@@ -466,7 +532,7 @@ impl EphemeralServer {
                     .arg(format!("--datadir={}", data.display()))
                     .arg(format!(
                         "--socket={}",
-                        self.flavor.socket(&self.dir).display()
+                        self.flavor.socket(&self.dir, self.port).display()
                     ))
                     .arg(format!("--pid-file={dir}/mysqld.pid"))
                     .arg(format!("--tmpdir={dir}"))
@@ -491,7 +557,7 @@ impl EphemeralServer {
             .map_err(Error::io(format!("starting {}", programs.server.display())))?;
         self.record_pid(&child)?;
         self.child = Some(child);
-        let socket = self.flavor.socket(&self.dir);
+        let socket = self.flavor.socket(&self.dir, self.port);
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = format!("its socket {} did not appear", socket.display());
         loop {
@@ -1450,7 +1516,7 @@ mod tests {
             (Kind::Postgres, "initdb", "postgresql"),
             (Kind::Mysql, "mariadb-install-db", "mariadb-server"),
         ] {
-            match EphemeralServer::start_with(kind, dirs.clone()).await {
+            match EphemeralServer::start_with(kind, dirs.clone(), None).await {
                 Err(Error::MissingBinary {
                     program: p,
                     package: pkg,
@@ -1494,7 +1560,7 @@ mod tests {
         script("initdb", "echo 'initdb: boom' >&2; exit 3");
         script("postgres", "echo 'FATAL: nope' >&2; exit 1");
         let dirs = Some(vec![bin.path().to_path_buf()]);
-        let err = EphemeralServer::start_with(Kind::Postgres, dirs.clone())
+        let err = EphemeralServer::start_with(Kind::Postgres, dirs.clone(), None)
             .await
             .unwrap_err();
         match &err {
@@ -1508,7 +1574,7 @@ mod tests {
             other => panic!("expected Ephemeral, got {other:?}"),
         }
         script("initdb", "exit 0");
-        let err = EphemeralServer::start_with(Kind::Postgres, dirs)
+        let err = EphemeralServer::start_with(Kind::Postgres, dirs, None)
             .await
             .unwrap_err();
         let text = err.to_string();

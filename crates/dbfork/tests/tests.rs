@@ -1183,6 +1183,104 @@ fn ephemeral_postgres_serves_one_command_and_is_removed() {
     );
 }
 
+/// Runs `script` with `sh -c` in `dir`; it must succeed.
+fn shell(dir: &std::path::Path, script: &str) {
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A PostgreSQL that takes TCP connections over TLS only (an ephemeral one
+/// with a certificate made here): `sslmode=require` works (dbfork's own
+/// connections and the setup's psql), `sslmode=disable` is refused with the
+/// server's reason; `verify-full` checks the certificate against
+/// `sslrootcert` and refuses one from another CA; MySQL URLs that ask for
+/// TLS, which dbfork cannot honour there, are refused before connecting.
+#[test]
+fn sslmode_is_honoured_for_a_tls_only_postgres() {
+    use dbfork_engine::ephemeral::{EphemeralServer, TlsOnly};
+    let dir = tempfile::tempdir().unwrap();
+    // A CA of the test's own and a server certificate it signed (for
+    // 127.0.0.1 and localhost); a second CA that signed nothing.
+    let make_ca = |name: &str| {
+        let script = format!(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN={name} -keyout {name}.key -out {name}.crt"
+        );
+        shell(dir.path(), &script);
+        dir.path().join(format!("{name}.crt"))
+    };
+    let ca = make_ca("ca");
+    let other_ca = make_ca("other");
+    shell(
+        dir.path(),
+        "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext &&
+         openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr &&
+         openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext -out server.crt",
+    );
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(EphemeralServer::start_postgres_tls_only(TlsOnly {
+            cert: cert.clone(),
+            key,
+            port,
+        }))
+        .unwrap();
+    let url = |params: &str| format!("postgres://postgres@127.0.0.1:{port}/postgres?{params}");
+    let template = |url: &str| {
+        run(&[
+            "db",
+            "template",
+            "--db",
+            url,
+            "--setup",
+            "psql -X -q -v ON_ERROR_STOP=1 -c 'create table t (x int)'",
+        ])
+    };
+    let (code, _, err) = template(&url("sslmode=require"));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("without a single table"), "{err}");
+    let (code, _, err) = template(&url("sslmode=disable"));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no encryption"), "{err}");
+    let verified = url(&format!("sslmode=verify-full&sslrootcert={}", ca.display()));
+    let (code, _, err) = run(&["db", "list", "--db", &verified]);
+    assert_eq!(code, 0, "{err}");
+    let forged = url(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        other_ca.display()
+    ));
+    let (code, _, err) = run(&["db", "list", "--db", &forged]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let (code, _, err) = run(&["db", "list", "--db", &url("sslmode=verify-ca")]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("give sslrootcert=PATH"), "{err}");
+    let (code, _, err) = run(&["clean", "--db", &url("sslmode=require")]);
+    assert_eq!(code, 0, "{err}");
+    rt.block_on(server.stop()).unwrap();
+    let (code, _, err) = run(&[
+        "db",
+        "list",
+        "--db",
+        "mysql://root@127.0.0.1:3306/mysql?ssl-mode=REQUIRED",
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("asks for TLS"), "{err}");
+}
+
 /// `dbfork db ephemeral` whose server is killed under it (SIGKILL of the
 /// postmaster) says so and exits 3 at once, its directory removed, instead
 /// of waiting for a signal as if the server ran.

@@ -358,8 +358,40 @@ fn lock_name(key: &str) -> String {
     }
 }
 
+/// Refuses a URL that asks for TLS (`ssl-mode=REQUIRED`, `VERIFY_CA`,
+/// `VERIFY_IDENTITY`, `require_ssl=true`, `ssl=true`): dbfork's own
+/// connections to MySQL and MariaDB do not speak it yet, and connecting
+/// without it would send the password in the clear where the user asked
+/// otherwise.
+fn refuse_tls(url: &DbUrl) -> Result<()> {
+    for (key, value) in &url.params {
+        let key = key.to_ascii_lowercase().replace('-', "_");
+        let value = value.to_ascii_lowercase();
+        let asks = match key.as_str() {
+            "ssl_mode" | "sslmode" => !matches!(
+                value.as_str(),
+                "disabled" | "disable" | "preferred" | "prefer"
+            ),
+            "require_ssl" | "ssl" | "verify_ca" | "verify_identity" => {
+                matches!(value.as_str(), "true" | "1" | "yes" | "on")
+            }
+            _ => false,
+        };
+        if asks {
+            return Err(Error::BadUrl {
+                url: url.to_string(),
+                reason: format!(
+                    "`{key}={value}` asks for TLS, which dbfork's own connections to MySQL and MariaDB do not use yet (PostgreSQL's do). Connect over the server's Unix socket (`?socket=PATH`) or a trusted network without it"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Mysql {
     pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<Mysql> {
+        refuse_tls(url)?;
         let user = url.user.clone().unwrap_or_else(|| "root".to_string());
         let mut builder = OptsBuilder::default()
             .user(Some(user))

@@ -21,6 +21,8 @@ const NAME: &str = "PostgreSQL";
 pub struct Postgres {
     url: DbUrl,
     config: Config,
+    /// The URL's `sslmode` (see [`super::pg_tls`]); `None`: plain connections.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     options: ConnectOptions,
     /// `server_version_num`, e.g. 150004.
     version_num: i32,
@@ -129,9 +131,20 @@ impl Postgres {
             config.host(host);
         }
         config.port(url.port.unwrap_or(5432));
+        let tls = match super::pg_tls::from_url(url)? {
+            Some((mode, connector)) => {
+                config.ssl_mode(mode);
+                Some(connector)
+            }
+            None => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+        };
         let mut pg = Postgres {
             url: url.clone(),
             config,
+            tls,
             options: options.clone(),
             version_num: 0,
             idle: Mutex::new(Vec::new()),
@@ -154,7 +167,26 @@ impl Postgres {
     }
 
     async fn open_with(&self, config: &Config) -> Result<Client> {
-        let connect = config.connect(NoTls);
+        match &self.tls {
+            Some(tls) => self.connect_through(config.connect(tls.clone())).await,
+            None => self.connect_through(config.connect(NoTls)).await,
+        }
+    }
+
+    /// Finishes `connect` (within the connect timeout) and drives its connection.
+    async fn connect_through<S, T>(
+        &self,
+        connect: impl std::future::Future<
+            Output = std::result::Result<
+                (Client, tokio_postgres::Connection<S, T>),
+                tokio_postgres::Error,
+            >,
+        >,
+    ) -> Result<Client>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (client, connection) =
             match tokio::time::timeout(self.options.connect_timeout, connect).await {
                 Err(_) => {
@@ -868,6 +900,7 @@ impl Backend for Postgres {
         if let Some(p) = &self.url.password {
             env.push(("PGPASSWORD".to_string(), p.clone()));
         }
+        env.extend(super::pg_tls::client_env(&self.url));
         env
     }
 }
