@@ -1286,18 +1286,7 @@ fn sslmode_is_honoured_for_a_tls_only_postgres() {
 /// of waiting for a signal as if the server ran.
 #[test]
 fn an_ephemeral_server_killed_under_its_command_is_an_error() {
-    let mut command = dbfork()
-        .args(["db", "ephemeral", "postgres"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut url = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(command.stdout.take().unwrap()),
-        &mut url,
-    )
-    .unwrap();
+    let (mut command, url) = support::ephemeral("postgres", std::process::Stdio::piped());
     let dir = url
         .split("host=")
         .nth(1)

@@ -47,9 +47,11 @@ pub(super) fn from_url(url: &DbUrl) -> Result<Option<(SslMode, MakeRustlsConnect
     let mode = match param("sslmode") {
         None | Some("disable") => return Ok(None),
         Some(m @ ("allow" | "prefer" | "require" | "verify-ca" | "verify-full")) => m,
-        Some(other) => return Err(bad(format!(
+        Some(other) => {
+            return Err(bad(format!(
             "sslmode={other} is not one of disable, allow, prefer, require, verify-ca, verify-full"
-        ))),
+        )))
+        }
     };
     // ring rather than aws-lc-rs: no C toolchain or cmake in the build, and
     // a test database's connection needs no post-quantum key exchange.
@@ -59,25 +61,27 @@ pub(super) fn from_url(url: &DbUrl) -> Result<Option<(SslMode, MakeRustlsConnect
         let default = PathBuf::from(std::env::var_os("HOME")?).join(".postgresql/root.crt");
         default.is_file().then_some(default)
     });
-    let verifier: Arc<dyn ServerCertVerifier> = match (mode, &root_file) {
+    let chain = match (mode, &root_file) {
         ("verify-ca" | "verify-full", None) => {
             return Err(bad(format!(
                 "sslmode={mode} checks the server's certificate against a CA: give sslrootcert=PATH (a PEM file) in the URL, or put the CA in ~/.postgresql/root.crt"
             )))
         }
-        ("allow" | "prefer", _) | (_, None) => Arc::new(Unchecked(provider.clone())),
+        ("allow" | "prefer", _) | (_, None) => None,
         (_, Some(file)) => {
             let roots = roots(file).map_err(bad)?;
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| bad(format!("sslrootcert {}: {e}", file.display())))?;
-            if mode == "verify-full" {
-                webpki
-            } else {
-                Arc::new(ChainOnly(webpki))
-            }
+            Some(
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| bad(format!("sslrootcert {}: {e}", file.display())))?,
+            )
         }
     };
+    let verifier = Arc::new(Verifier {
+        provider: provider.clone(),
+        chain,
+        names: mode == "verify-full",
+    });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad(e.to_string()))?
@@ -124,22 +128,36 @@ fn roots(file: &Path) -> std::result::Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// libpq's `require` without a root certificate (and `prefer`): the
-/// connection is encrypted, whoever's certificate it is. The handshake's
-/// signatures are still checked.
+/// How a server's certificate is checked. Without `chain` (libpq's
+/// `require` without a root certificate, and `prefer`): not at all, the
+/// connection is encrypted whoever's certificate it is. With `chain` and
+/// not `names` (`verify-ca`): it must chain to the root, whatever host it
+/// is for. The handshake's signatures are checked in every case.
 #[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
+struct Verifier {
+    provider: Arc<CryptoProvider>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    names: bool,
+}
 
-impl ServerCertVerifier for Unchecked {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.names => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
@@ -152,7 +170,7 @@ impl ServerCertVerifier for Unchecked {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -166,60 +184,14 @@ impl ServerCertVerifier for Unchecked {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// libpq's `verify-ca`: the certificate must chain to the root, whatever
-/// host name it is for.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -825,19 +825,7 @@ fn sigint_at_many_moments_and_sigterm_leave_nothing(kind: Kind) {
 #[test]
 fn a_server_that_goes_away_mid_run_is_a_server_error() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = dbfork()
-        .args(["db", "ephemeral", "mariadb"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut url = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut url,
-    )
-    .unwrap();
-    let url = url.trim().to_string();
+    let (mut server, url) = crate::support::ephemeral("mariadb", Stdio::null());
     assert!(url.starts_with("mysql://"), "{url:?}");
     let project = dir.path().join("pytest_suite");
     let copied = Command::new("cp")

@@ -403,6 +403,24 @@ pub fn dbfork() -> Command {
     c
 }
 
+/// `dbfork db ephemeral KIND` started, with its standard error to `stderr`:
+/// the running command and the server's URL (its first line of output).
+pub fn ephemeral(kind: &str, stderr: Stdio) -> (std::process::Child, String) {
+    let mut command = dbfork()
+        .args(["db", "ephemeral", kind])
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(command.stdout.take().unwrap()),
+        &mut url,
+    )
+    .unwrap();
+    (command, url.trim().to_string())
+}
+
 /// Runs dbfork and returns (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
     let out = dbfork().args(args).output().unwrap();
