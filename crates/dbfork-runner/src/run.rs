@@ -576,6 +576,15 @@ async fn watch_signals(
     }
 }
 
+/// How a run's teardown found the server.
+enum Teardown {
+    Clean,
+    /// It does not answer any more: why.
+    ServerGone(String),
+    /// These clones of the workers were gone before the teardown dropped them.
+    Vanished(Vec<String>),
+}
+
 /// The connections a run holds besides one per worker and database alias:
 /// the clone makers' and dbfork's own.
 const CONNECTIONS_OF_DBFORK: u64 = CLONE_CONCURRENCY as u64 + 2;
@@ -1345,7 +1354,7 @@ impl Executor {
         self.kill_all();
         self.emit(RunEvent::Ending);
         self.stop_controller();
-        let server_gone = self.drop_clones().await;
+        let teardown = self.drop_clones().await;
         let tests = self.final_records();
         let (ending, timings) = self.machine.end();
         let failed = tests.iter().any(|t: &TestRecord| t.outcome.is_failure());
@@ -1359,11 +1368,21 @@ impl Executor {
             failed || not_run || !ending.collect_errors.is_empty(),
             tests.is_empty() && !suite_has_tests,
         );
-        // The tests' failures are then most likely the server's doing.
-        if let Some(cause) = server_gone {
-            dbfork_meta::say!(
-                "dbfork: error: the database server went away during the run ({cause}); failures after that are its doing, not the tests'. Clones that could not be dropped are removed by the next dbfork command once the server is back."
-            );
+        // The tests' outcomes are then not (only) their own.
+        let database_error = match teardown {
+            Teardown::Clean => None,
+            Teardown::ServerGone(cause) => Some(format!(
+                "the database server went away during the run ({cause}); failures after that are its doing, not the tests'. Clones that could not be dropped are removed by the next dbfork command once the server is back."
+            )),
+            Teardown::Vanished(names) => Some(format!(
+                "{} vanished during the run: something other than this run dropped {} (a `dbfork db gc` or `dbfork clean` from another host or container, or a person). Tests that ran on {} after that failed for that reason, not their own.",
+                names.join(", "),
+                if names.len() == 1 { "it" } else { "them" },
+                if names.len() == 1 { "it" } else { "them" },
+            )),
+        };
+        if let Some(why) = database_error {
+            dbfork_meta::say!("dbfork: error: {why}");
             if exit_code == exit::TESTS_FAILED || exit_code == exit::OK {
                 exit_code = exit::SETUP_OR_DATABASE;
             }
@@ -1433,11 +1452,20 @@ impl Executor {
     }
 
     /// Teardown: every clone of this run, then anything else this process
-    /// registered. When drops failed and the server does not answer any
-    /// more, why (the server went away during the run).
-    async fn drop_clones(&mut self) -> Option<String> {
+    /// registered. Says whether the server went away during the run, or a
+    /// worker's clone was dropped under it by someone else.
+    async fn drop_clones(&mut self) -> Teardown {
         let names = self.machine.databases();
         let backend = self.backend.clone();
+        let ours = format!("{}{}_", names::PREFIX, self.run_id);
+        let vanished: Vec<String> = match backend.databases(&ours).await {
+            Ok(existing) => names
+                .iter()
+                .filter(|n| !existing.contains(n))
+                .cloned()
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         let deadline = self.config.drop_timeout;
         let failures: Vec<String> = stream::iter(names)
             .map(|name| {
@@ -1462,10 +1490,16 @@ impl Executor {
             );
         }
         self.envs.clear();
-        if failures.is_empty() {
-            return None;
+        if !failures.is_empty() {
+            if let Err(e) = backend.server_version().await {
+                return Teardown::ServerGone(e.to_string());
+            }
         }
-        backend.server_version().await.err().map(|e| e.to_string())
+        if vanished.is_empty() {
+            Teardown::Clean
+        } else {
+            Teardown::Vanished(vanished)
+        }
     }
 
     /// One record per collected test: its outcome, or "not run".

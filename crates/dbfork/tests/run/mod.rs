@@ -889,6 +889,48 @@ fn a_server_that_goes_away_mid_run_is_a_server_error() {
     );
 }
 
+/// A worker's clone dropped under the run by someone else (here: `DROP
+/// DATABASE ... WITH (FORCE)` while a test waits to use it) is named at the
+/// end, and the run is a database error (exit 3), not "tests failed": the
+/// test's failure is not its own.
+#[test]
+fn a_clone_dropped_under_the_run_is_named() {
+    let place = Place::new(Kind::Postgres, "run_vanished");
+    let dir = suite(&place);
+    let (started, go, err_file) = (dir.join("started"), dir.join("go"), dir.join("stderr"));
+    let command = pytest_command(&["servergone"]);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let mut child = run_args(&place, &dir, &["-j", "1"], &command)
+        .env("DBFORK_FIXTURE_STARTED", &started)
+        .env("DBFORK_FIXTURE_GO", &go)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !started.exists() && Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let err = || std::fs::read_to_string(&err_file).unwrap_or_default();
+    assert!(started.exists(), "the test never started: {}", err());
+    let clone = place
+        .registry()
+        .iter()
+        .find(|e| e["kind"] == "clone")
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .expect("the worker's clone is registered");
+    place.sql_ok(None, &format!("DROP DATABASE \"{clone}\" WITH (FORCE)"));
+    std::fs::write(&go, "").unwrap();
+    let code = wait_with_deadline(&mut child, Duration::from_secs(120));
+    let err = err();
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&format!("{clone} vanished during the run")),
+        "{err}"
+    );
+    assert_no_clones(&place);
+}
+
 /// A closed standard output (`dbfork run ... | head -1`, a log collector
 /// that died) stops nothing: the run goes on, drops every clone, and exits
 /// with its own status (here: the suite's failure), not a panic's.
