@@ -6,11 +6,17 @@
 /// The prefix of every database dbfork creates.
 pub const PREFIX: &str = "dbfork_";
 
-/// The mark dbfork puts on every database it creates (PostgreSQL: the
-/// database's comment; MariaDB: the schema's comment), checked before any
-/// drop: a registry row can be forged, the mark only by whoever owns the
+/// The mark dbfork puts on every MariaDB database it creates (the schema's
+/// comment; PostgreSQL's and SQLite's are below), checked before any drop:
+/// a registry row can be forged, the mark only by whoever owns the
 /// database.
 pub const MARK: &str = "made by dbfork, dropped by dbfork";
+
+/// PostgreSQL's mark: the database's connection limit, set in the `CREATE
+/// DATABASE` itself (a comment would take a second statement, and a dbfork
+/// killed between the two would leave a clone no command could collect).
+/// Effectively no limit; only the database's owner or a superuser can set it.
+pub const PG_CONNECTION_LIMIT_MARK: i32 = 6_578_790;
 
 /// SQLite's mark: the file's application id ("dbfk").
 pub const SQLITE_APPLICATION_ID: i32 = 0x6462_666b;

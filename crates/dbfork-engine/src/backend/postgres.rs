@@ -548,9 +548,13 @@ impl Backend for Postgres {
 
     async fn create_empty(&self, name: &str) -> Result<()> {
         let c = self.take().await?;
-        c.batch_execute(&format!("CREATE DATABASE {}", ident(name)))
-            .await
-            .map_err(q(&format!("creating database {name}")))
+        c.batch_execute(&format!(
+            "CREATE DATABASE {} CONNECTION LIMIT {}",
+            ident(name),
+            crate::names::PG_CONNECTION_LIMIT_MARK
+        ))
+        .await
+        .map_err(q(&format!("creating database {name}")))
     }
 
     async fn seal_template(&self, name: &str) -> Result<()> {
@@ -599,9 +603,10 @@ impl Backend for Postgres {
         };
         let c = self.take().await?;
         let sql = format!(
-            "CREATE DATABASE {} TEMPLATE {}{strategy}",
+            "CREATE DATABASE {} TEMPLATE {}{strategy} CONNECTION LIMIT {}",
             ident(name),
-            ident(template)
+            ident(template),
+            crate::names::PG_CONNECTION_LIMIT_MARK
         );
         // "source database is being accessed by other users" (55006) is transient: end them and retry.
         let mut last = None;
@@ -827,15 +832,23 @@ impl Backend for Postgres {
         }))
     }
 
-    async fn marked(&self, _name: &str) -> Result<Option<bool>> {
-        // Not yet: a comment (or setting) cannot be set in the statement that
-        // creates the database, and a dbfork killed between the two would
-        // leave a clone nothing could collect. The name's shape guards.
-        Ok(Some(true))
+    async fn marked(&self, name: &str) -> Result<Option<bool>> {
+        let c = self.take().await?;
+        let limit: Option<i32> = c
+            .query_opt(
+                "SELECT datconnlimit FROM pg_database WHERE datname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(q(&format!("reading the mark of {name}")))?
+            .map(|r| r.get(0));
+        // -2: an invalid database, a CREATE interrupted midway (nothing in it
+        // to lose; PostgreSQL itself only lets it be dropped).
+        Ok(limit.map(|l| l == crate::names::PG_CONNECTION_LIMIT_MARK || l == -2))
     }
 
     fn mark_place(&self) -> &'static str {
-        "none on PostgreSQL"
+        "PostgreSQL: its connection limit, 6578790"
     }
 
     async fn table_count(&self, name: &str) -> Result<u64> {
