@@ -10,9 +10,9 @@
 //! retrying until the deadline. Locks are `GET_LOCK` on a connection of their
 //! own; the registry is the table `dbfork_registry` in the maintenance database.
 //!
-//! Its parts: [`catalog`] (the template's description), [`clone`] (a clone
-//! rebuilt from it), [`dump`] (the template cache's payload), [`sessions`]
-//! (ending sessions, the drop), [`sql`] (quoting, rewriting, columns); here
+//! Its parts: `catalog` (the template's description), `clone` (a clone
+//! rebuilt from it), `dump` (the template cache's payload), `sessions`
+//! (ending sessions, the drop), `sql` (quoting, rewriting, columns); here
 //! the connection pool, the registry and the [`Backend`] itself.
 
 use std::collections::{HashMap, VecDeque};
