@@ -354,6 +354,28 @@ BY_NAME = {s.name: s for s in SUITES}
 
 # ---------------------------------------------------------------- utilities
 
+def extract_tar(t, dest):
+    """Unpacks sdist `t` into `dest`, refusing what could land outside it.
+
+    tarfile's `filter="data"` does exactly that, but only from Python 3.11.4
+    (Debian 12's python3 is 3.11.2): there, the same checks by hand.
+    """
+    if hasattr(tarfile, "data_filter"):
+        t.extractall(dest, filter="data")
+        return
+    root = Path(dest).resolve()
+    for member in t.getmembers():
+        target = (root / member.name).resolve()
+        if root not in target.parents and target != root:
+            raise SystemExit(f"refusing {member.name!r}: it would land outside {root}")
+        if member.issym() or member.islnk():
+            link = (target.parent / member.linkname).resolve()
+            if root not in link.parents:
+                raise SystemExit(f"refusing link {member.name!r} -> {member.linkname!r}")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise SystemExit(f"refusing {member.name!r}: not a file, directory or link")
+    t.extractall(dest)
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
@@ -407,7 +429,7 @@ class Env:
                 z.extractall(tmp)
         else:
             with tarfile.open(archive) as t:
-                t.extractall(tmp, filter="data")
+                extract_tar(t, tmp)
         (top,) = list(tmp.iterdir())
         shutil.rmtree(dest, ignore_errors=True)
         top.rename(dest)
