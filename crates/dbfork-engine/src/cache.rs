@@ -69,18 +69,14 @@ static KEY: std::sync::OnceLock<Option<CacheKey>> = std::sync::OnceLock::new();
 /// the test workers: the code under test) can read it. Call it first thing
 /// in `main`, before any thread starts.
 pub fn take_key_from_env() {
-    let key = std::env::var(KEY_ENV)
-        .ok()
-        .filter(|k| !k.is_empty())
-        .map(|k| CacheKey::from_secret(&k));
+    env_key();
     // SAFETY (for editions where this is unsafe): called before any other
     // thread exists, as documented.
     std::env::remove_var(KEY_ENV);
-    let _ = KEY.set(key);
 }
 
 /// The key taken by [`take_key_from_env`] (or, where it was not called,
-/// read from the environment).
+/// read from the environment), read once.
 fn env_key() -> Option<CacheKey> {
     *KEY.get_or_init(|| {
         std::env::var(KEY_ENV)
@@ -89,6 +85,7 @@ fn env_key() -> Option<CacheKey> {
             .map(|k| CacheKey::from_secret(&k))
     })
 }
+
 const SUFFIX: &str = ".dbfork-template";
 const HASH_LEN: u64 = 32;
 /// The largest header a reader accepts (a manifest of many thousand files fits).
