@@ -9,6 +9,9 @@ use crate::error::{Error, Result};
 use crate::registry::Entry;
 use crate::url::{DbUrl, Kind};
 
+// Every backend's cases at once: the suite opens sessions with each server's client library.
+#[cfg(all(test, feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod conformance;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]

@@ -1,14 +1,14 @@
 //! The MySQL backend's tests, against the server DBFORK_TEST_MYSQL_URL names
-//! (`scripts/test` starts an ephemeral MariaDB for them).
+//! (`scripts/test` starts an ephemeral MariaDB for them): what only MySQL has.
+//! The cases every backend shares (registry, locks, marks, drops) are in
+//! `backend/conformance.rs`.
 
-use crate::registry::{EntryKind, State};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
 
 use super::*;
-use crate::process::Owner;
 
 fn test_url() -> DbUrl {
     let text = std::env::var("DBFORK_TEST_MYSQL_URL")
@@ -369,106 +369,6 @@ async fn mysql_drop_ends_sessions_and_transactions() {
         assert!(started.elapsed() < Duration::from_secs(1));
     })
     .await;
-}
-
-#[tokio::test]
-async fn mysql_registry_roundtrip() {
-    let base = backend().await;
-    let schema = format!("dbfork_test_reg_{}", crate::names::new_run_id());
-    base.create_empty(&schema).await.unwrap();
-    with_cleanup(&base, &[&schema], async {
-        let db = Mysql::connect(
-            &test_url().with_database(&schema),
-            &ConnectOptions::default(),
-        )
-        .await
-        .unwrap();
-        assert!(db.registry_list().await.unwrap().is_empty());
-        let mut owner = Owner::this_process();
-        // Clock ticks since boot: large, never beyond a signed 64-bit column.
-        owner.start = i64::MAX as u64 - 7;
-        let mut a = Entry::new(
-            "dbfork_tpl_x".into(),
-            EntryKind::Template,
-            &"f".repeat(64),
-            "setupkey",
-            "",
-            &owner,
-        );
-        a.created_at -= 10;
-        let b = Entry::new(
-            "dbfork_run_0".into(),
-            EntryKind::Clone,
-            &"f".repeat(64),
-            "setupkey",
-            "run",
-            &Owner::nobody(),
-        );
-        db.registry_put(&[a.clone(), b.clone()]).await.unwrap();
-        assert_eq!(
-            db.registry_list().await.unwrap(),
-            vec![a.clone(), b.clone()]
-        );
-        a.state = State::Ready;
-        a.last_used_at += 5;
-        db.registry_put(std::slice::from_ref(&a)).await.unwrap();
-        assert_eq!(
-            db.registry_list().await.unwrap(),
-            vec![a.clone(), b.clone()]
-        );
-        db.registry_remove(&a.name).await.unwrap();
-        db.registry_remove("not_there").await.unwrap();
-        assert_eq!(db.registry_list().await.unwrap(), vec![b]);
-        // Connecting again finds the table that is there.
-        let again = Mysql::connect(
-            &test_url().with_database(&schema),
-            &ConnectOptions::default(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(again.registry_list().await.unwrap().len(), 1);
-        db.disconnect(Duration::from_secs(5)).await;
-        again.disconnect(Duration::from_secs(5)).await;
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn mysql_locks_exclude_and_time_out() {
-    let a = backend().await;
-    let b = backend().await;
-    for key in [
-        format!("dbfork-test-lock-{}", crate::names::new_run_id()),
-        format!("dbfork-test-{}", "k".repeat(100)),
-    ] {
-        let held = a.lock(&key, Duration::from_secs(1)).await.unwrap();
-        let started = Instant::now();
-        match b.lock(&key, Duration::from_millis(1500)).await {
-            Err(Error::LockTimeout { .. }) => {}
-            Err(e) => panic!("{e}"),
-            Ok(_) => panic!("the lock {key} was taken twice"),
-        }
-        let took = started.elapsed();
-        assert!(
-            took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
-            "{took:?}"
-        );
-        a.unlock(held).await.unwrap();
-        let second = b.lock(&key, Duration::from_secs(2)).await.unwrap();
-        // A lock whose holder goes away without unlocking is released by the server.
-        drop(second);
-        let third = a.lock(&key, Duration::from_secs(5)).await.unwrap();
-        a.unlock(third).await.unwrap();
-    }
-    let held = a
-        .lock("dbfork-test-zero-wait", Duration::ZERO)
-        .await
-        .unwrap();
-    assert!(b
-        .lock("dbfork-test-zero-wait", Duration::ZERO)
-        .await
-        .is_err());
-    a.unlock(held).await.unwrap();
 }
 
 #[tokio::test]
