@@ -84,8 +84,8 @@ pub enum Error {
     #[error("the input pattern `{pattern}` is not valid: {cause}")]
     BadInput { pattern: String, cause: String },
 
-    #[error("the input pattern `{pattern}` matches no file; check the path (patterns are relative to the directory dbfork runs in).")]
-    InputMatchesNothing { pattern: String },
+    #[error("the input pattern `{pattern}` matches no file; check the path (patterns are relative to {base}).")]
+    InputMatchesNothing { pattern: String, base: String },
 
     #[error("clone method `{method}` does not exist for {backend}; choose one of: {choices}.")]
     BadMethod {

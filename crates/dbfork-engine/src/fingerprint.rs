@@ -17,8 +17,13 @@ pub struct Recipe {
     /// The setup command, run by `sh -c`; for a template that a test
     /// framework builds itself, a description of how.
     pub setup: String,
-    /// Glob patterns of input files (migrations, fixtures), relative to the working directory.
+    /// Glob patterns of input files (migrations, fixtures), relative to `dir`.
     pub inputs: Vec<String>,
+    /// The directory the input patterns are relative to, input files are
+    /// named from (so a fingerprint does not depend on where the project is
+    /// checked out) and the setup command runs in; `None`: the working
+    /// directory.
+    pub dir: Option<PathBuf>,
     /// Input files known by name (a test framework's report): name and path.
     pub files: Vec<(String, PathBuf)>,
     /// Facts that decide the template besides files, by name (settings, versions).
@@ -42,7 +47,14 @@ impl Recipe {
     pub fn input_files(&self) -> Result<Vec<PathBuf>> {
         let mut files = Vec::new();
         for pattern in &self.inputs {
-            let paths = glob::glob(pattern).map_err(|e| Error::BadInput {
+            let full = match &self.dir {
+                Some(dir) if Path::new(pattern).is_relative() => {
+                    let dir = glob::Pattern::escape(&dir.to_string_lossy());
+                    format!("{}/{pattern}", dir.trim_end_matches('/'))
+                }
+                _ => pattern.clone(),
+            };
+            let paths = glob::glob(&full).map_err(|e| Error::BadInput {
                 pattern: pattern.clone(),
                 cause: e.to_string(),
             })?;
@@ -59,6 +71,10 @@ impl Recipe {
             if files.len() == before {
                 return Err(Error::InputMatchesNothing {
                     pattern: pattern.clone(),
+                    base: match &self.dir {
+                        Some(dir) => dir.display().to_string(),
+                        None => "the directory dbfork runs in".to_string(),
+                    },
                 });
             }
         }
@@ -82,7 +98,7 @@ impl Recipe {
         let named = self
             .input_files()?
             .into_iter()
-            .map(|p| (p.to_string_lossy().into_owned(), p))
+            .map(|p| (self.name_of(&p), p))
             .chain(self.files.iter().cloned());
         for (name, path) in named {
             entries.insert(format!("{FILE}{name}"), file_hash(&path)?);
@@ -112,9 +128,21 @@ impl Recipe {
     pub fn setup_key(&self) -> String {
         let mut h = blake3::Hasher::new();
         field(&mut h, setup_identity(&self.setup).as_bytes());
-        let project = std::env::current_dir().unwrap_or_default();
+        let project = self
+            .dir
+            .clone()
+            .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
         field(&mut h, project.as_os_str().as_encoded_bytes());
         h.finalize().to_hex()[..16].to_string()
+    }
+
+    /// How the manifest names an input file: from `dir`.
+    fn name_of(&self, path: &Path) -> String {
+        let name = match &self.dir {
+            Some(dir) => path.strip_prefix(dir).unwrap_or(path),
+            None => path,
+        };
+        name.to_string_lossy().into_owned()
     }
 
     /// How many input files the fingerprint covers.
@@ -495,6 +523,41 @@ mod tests {
         ] {
             assert_eq!(server_series(version), series, "{version}");
         }
+    }
+
+    /// Patterns relative to the recipe's directory name their files from
+    /// it: the same project checked out in two places (one of them with a
+    /// glob character in its path) has one fingerprint.
+    #[test]
+    fn inputs_are_named_from_the_recipes_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let checkout = |name: &str| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(dir.join("schema")).unwrap();
+            std::fs::write(dir.join("schema/a.sql"), "create table a (id int)").unwrap();
+            Recipe {
+                setup: "psql -f schema/a.sql".into(),
+                inputs: vec!["schema/*.sql".into()],
+                dir: Some(dir),
+                ..Recipe::default()
+            }
+        };
+        let (one, two) = (checkout("one"), checkout("two [copy]"));
+        let manifest = one.manifest("1").unwrap();
+        assert!(
+            manifest.entries.contains_key("file:schema/a.sql"),
+            "{manifest:?}"
+        );
+        assert_eq!(manifest.fingerprint, two.fingerprint("1").unwrap());
+        let elsewhere = Recipe {
+            dir: Some(tmp.path().join("three")),
+            ..one
+        };
+        let err = elsewhere.fingerprint("1").unwrap_err().to_string();
+        assert!(
+            err.contains("relative to") && err.contains("three"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,11 +1,118 @@
-//! The settings of `dbfork run`, one entry each. From this table come the
-//! command line's flags and their `DBFORK_*` variables (`dbfork`'s cli), the
-//! keys the configuration file accepts, and the settings table of
+//! The settings of every verb, one entry each. From this table come the
+//! command line's flags and their `DBFORK_*` variables for each verb that
+//! takes the setting (`dbfork`'s cli), the keys the configuration file
+//! accepts, how a value is checked (its [`Kind`]; `dbfork`'s settings parse
+//! each kind), the default, and the settings table of
 //! `docs/configuration.md` ([`markdown`]; a test checks the file is
-//! current). A new setting is one entry here, plus how its value is checked
-//! (`dbfork`'s settings) and used (`RunConfig`).
+//! current). A new setting is one entry here and its use.
 
-/// How a setting takes its value.
+/// The commands that take settings. `dbfork db fingerprint` takes those of
+/// `run` (it says what `run` with the same settings would build).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verb {
+    Run,
+    Template,
+    Clone,
+    Drop,
+    List,
+    Gc,
+    Touch,
+    Clean,
+}
+
+impl Verb {
+    pub const ALL: &'static [Verb] = &[
+        Verb::Run,
+        Verb::Template,
+        Verb::Clone,
+        Verb::Drop,
+        Verb::List,
+        Verb::Gc,
+        Verb::Touch,
+        Verb::Clean,
+    ];
+
+    /// The command lines that take this verb's settings.
+    pub fn commands(self) -> &'static [&'static str] {
+        match self {
+            Verb::Run => &["run", "db fingerprint"],
+            Verb::Template => &["db template"],
+            Verb::Clone => &["db clone"],
+            Verb::Drop => &["db drop"],
+            Verb::List => &["db list"],
+            Verb::Gc => &["db gc"],
+            Verb::Touch => &["db touch"],
+            Verb::Clean => &["clean"],
+        }
+    }
+}
+
+/// Every verb that talks to a server.
+const EVERY: &[Verb] = Verb::ALL;
+/// The verbs of a run.
+const RUN: &[Verb] = &[Verb::Run];
+/// The verbs that build a template.
+const BUILD: &[Verb] = &[Verb::Run, Verb::Template];
+/// The verbs that build a template or remove the template cache.
+const CACHE: &[Verb] = &[Verb::Run, Verb::Template, Verb::Clean];
+/// The verbs that clone.
+const CLONING: &[Verb] = &[Verb::Run, Verb::Clone];
+/// `dbfork db clone` alone.
+const CLONE: &[Verb] = &[Verb::Clone];
+
+/// What a duration may be besides positive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// More than zero (a zero connect timeout could never succeed).
+    Positive,
+    /// Zero allowed (`grace = 0`: kill at once).
+    OrZero,
+    /// Empty or `none` turns it off.
+    OrNone,
+}
+
+/// What kind of value a setting takes: how it is given and checked. Each
+/// kind has one parser (`dbfork`'s settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A database URL (a relative SQLite path is taken from where it was given).
+    Url,
+    /// A shell command; empty means none.
+    Command,
+    /// Glob patterns.
+    Globs,
+    /// Database aliases.
+    Aliases,
+    /// Yes or no.
+    Switch,
+    /// A number of workers or `auto`.
+    Jobs,
+    /// `test`, `class`, `module` or `file`.
+    Dist,
+    /// `K/N` or `auto`.
+    Shard,
+    /// `auto`, `pytest`, `django`, `protocol` or `none`.
+    Adapter,
+    Duration(Span),
+    /// A duration of at least three heartbeats.
+    HeartbeatTtl,
+    /// A whole number of at least `min`.
+    Count {
+        min: usize,
+    },
+    /// A path (from where it was given); empty means none.
+    Path,
+    /// Bytes, or with a unit.
+    Size,
+    /// A clone method's name (checked against the backend once connected).
+    Method,
+    /// A template's fingerprint, prefix or name.
+    Template,
+    /// `parent`, `none` or a process id.
+    Owner,
+}
+
+/// How a setting takes its value on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     /// One value.
@@ -17,6 +124,16 @@ pub enum Shape {
     Switch,
 }
 
+impl Kind {
+    pub fn shape(self) -> Shape {
+        match self {
+            Kind::Globs | Kind::Aliases => Shape::List,
+            Kind::Switch => Shape::Switch,
+            _ => Shape::Value,
+        }
+    }
+}
+
 /// One setting.
 #[derive(Debug)]
 pub struct Setting {
@@ -25,11 +142,18 @@ pub struct Setting {
     /// The long flag, without its dashes.
     pub flag: &'static str,
     pub short: Option<char>,
+    /// Another long flag that means the same (what `db clone` called it first).
+    pub alias: Option<&'static str>,
     /// The environment variable.
     pub env: &'static str,
     /// The value's placeholder in `--help`.
     pub value_name: &'static str,
-    pub shape: Shape,
+    pub kind: Kind,
+    /// The verbs that take it.
+    pub verbs: &'static [Verb],
+    /// The default, as a value of its kind; `None` when there is none or it
+    /// depends on other settings (the docs' `default` says how).
+    pub value: Option<&'static str>,
     /// `--help`'s text (plain text, with the default in brackets).
     pub help: &'static str,
     /// The default, in the docs (markdown).
@@ -43,6 +167,15 @@ impl Setting {
     pub fn flag_and_env(&self) -> String {
         format!("--{} / {}", self.flag, self.env)
     }
+
+    pub fn shape(&self) -> Shape {
+        self.kind.shape()
+    }
+
+    /// Whether `verb` takes it.
+    pub fn of(&self, verb: Verb) -> bool {
+        self.verbs.contains(&verb)
+    }
 }
 
 /// Every setting, in the order `--help` and the docs list them.
@@ -51,9 +184,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "db",
         flag: "db",
         short: None,
+        alias: None,
         env: "DBFORK_DB",
         value_name: "URL",
-        shape: Shape::Value,
+        kind: Kind::Url,
+        verbs: EVERY,
+        value: None,
         help: "The database server (see `dbfork db template --help`). [default: sqlite://.dbfork/sqlite/main.sqlite3]",
         default: "the server a Django project's test settings name for `default`; else `sqlite://.dbfork/sqlite/main.sqlite3` in the project root",
         doc: "The database server: `postgres://user@host:5432/postgres`, `mysql://root@host:3306/mysql`, `sqlite:///abs/dir/main.db` or `sqlite://rel/main.db`, `postgres:ephemeral` / `mariadb:ephemeral`. Its database is the maintenance database dbfork does its admin work in.",
@@ -62,9 +198,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "setup",
         flag: "setup",
         short: None,
+        alias: None,
         env: "DBFORK_SETUP",
         value_name: "CMD",
-        shape: Shape::Value,
+        kind: Kind::Command,
+        verbs: BUILD,
+        value: None,
         help: "The command that migrates the template, run by `sh -c` with DATABASE_URL set. [default: none, an empty database]",
         default: "for a Django project, its tests' own database setup, run by the controller (see [django.md](django.md#no-setup-to-write-the-tests-own-database-setup-makes-the-template)); else none (an empty template)",
         doc: "The command that migrates and loads the template, run by `sh -c` with `DATABASE_URL` pointing at it.",
@@ -73,9 +212,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "inputs",
         flag: "input",
         short: None,
+        alias: None,
         env: "DBFORK_INPUTS",
         value_name: "GLOB",
-        shape: Shape::List,
+        kind: Kind::Globs,
+        verbs: BUILD,
+        value: Some(""),
         help: "Files whose contents decide the template (migrations, fixtures): glob patterns, repeatable.",
         default: "`[]`",
         doc: "Glob patterns of the files whose contents decide the template (migrations, fixtures); when they change, the template is rebuilt. A list of strings in the file.",
@@ -84,9 +226,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "aliases",
         flag: "alias",
         short: None,
+        alias: None,
         env: "DBFORK_ALIASES",
         value_name: "NAME",
-        shape: Shape::List,
+        kind: Kind::Aliases,
+        verbs: RUN,
+        value: None,
         help: "Extra database aliases (Django's DATABASES keys besides `default`) that get their own clone per worker, repeatable.",
         default: "`[]`, plus every alias of a Django project's `DATABASES` that is a database of its own",
         doc: "Extra database aliases (Django's `DATABASES` keys besides `default`): every worker gets one more clone of the template per alias, named for it in `DBFORK_DATABASES` (JSON, alias to database name; SQLite: path). See [django.md](django.md#several-databases).",
@@ -95,9 +240,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "fresh_transactional",
         flag: "fresh-transactional",
         short: None,
+        alias: None,
         env: "DBFORK_FRESH_TRANSACTIONAL",
         value_name: "BOOL",
-        shape: Shape::Switch,
+        kind: Kind::Switch,
+        verbs: RUN,
+        value: Some("false"),
         help: "Give each transactional test (TransactionTestCase, transactional_db, live_server) a fresh clone made ahead in the background, instead of emptying every table after it.",
         default: "`false`",
         doc: "Transactional tests (`TransactionTestCase`, `transactional_db`, `live_server`) run on a fresh clone each, made ahead in the background, instead of emptying every table after each. See [django.md](django.md#fresh-clones-for-transactional-tests).",
@@ -106,9 +254,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "fork",
         flag: "fork",
         short: None,
+        alias: None,
         env: "DBFORK_FORK",
         value_name: "BOOL",
-        shape: Shape::Switch,
+        kind: Kind::Switch,
+        verbs: RUN,
+        value: Some("true"),
         help: "pytest on Linux: fork the workers from the controller once it has configured and collected the suite (false: start each worker as a process of its own, which imports and collects again). [default: true]",
         default: "`true` (pytest on Linux)",
         doc: "With pytest on Linux, the workers are forked from the controller after it configured itself, collected the suite and built the template, as Django's own `--parallel` forks its workers: every worker has exactly the controller's settings and collected tests, and starting one costs milliseconds instead of an import and a collection. When the session cannot be forked (its configuration read a variable that differs per worker, such as `PYTEST_XDIST_WORKER`; it runs threads; the template is a `setup` command's), the workers are started as processes of their own, and `-v` says why. `false` always starts them so.",
@@ -117,9 +268,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "jobs",
         flag: "jobs",
         short: Some('j'),
+        alias: None,
         env: "DBFORK_JOBS",
         value_name: "N|auto",
-        shape: Shape::Value,
+        kind: Kind::Jobs,
+        verbs: RUN,
+        value: Some("auto"),
         help: "Worker slots: a number, or `auto` (the usable cores). [default: auto]",
         default: "`auto`",
         doc: "Worker slots, each with its own clone: a whole number (1 or more) or `\"auto\"` (the usable cores).",
@@ -128,9 +282,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "dist",
         flag: "dist",
         short: None,
+        alias: None,
         env: "DBFORK_DIST",
         value_name: "UNIT",
-        shape: Shape::Value,
+        kind: Kind::Dist,
+        verbs: RUN,
+        value: None,
         help: "How tests are grouped when handed to workers: test, class, module or file. [default: test]",
         default: "`test`; `class` for `manage.py test`",
         doc: "How tests are grouped when handed to workers: `test`, `class` (a class's tests on one worker, so class-scoped fixtures are set up once), `module` or `file`.",
@@ -139,9 +296,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "shard",
         flag: "shard",
         short: None,
+        alias: None,
         env: "DBFORK_SHARD",
         value_name: "K/N",
-        shape: Shape::Value,
+        kind: Kind::Shard,
+        verbs: RUN,
+        value: None,
         help: "Run only shard K of N of the suite (CI jobs in parallel; `dbfork report merge` joins their --json reports), split by the recorded test durations; `auto` reads the job's index from GitLab, CircleCI or Buildkite. [default: the whole suite]",
         default: "the whole suite",
         doc: "Run only shard K of N (`2/4`): every shard collects the whole suite and takes its part of a split by the recorded durations (units of work as `dist` groups them, longest first, each to the least loaded shard), so shards finish together; merge their `--json` reports with `dbfork report merge`. Every shard must see the same `.dbfork/timings.json` (commit it, or restore it from one cache key for all shards): each report carries the split's fingerprint and `merge` refuses reports split differently. `auto` takes K and N from `CI_NODE_INDEX`/`CI_NODE_TOTAL` (GitLab `parallel:`), `CIRCLE_NODE_INDEX`/`CIRCLE_NODE_TOTAL` (CircleCI) or `BUILDKITE_PARALLEL_JOB`/`BUILDKITE_PARALLEL_JOB_COUNT` (Buildkite). A shard with no tests passes.",
@@ -150,9 +310,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "adapter",
         flag: "adapter",
         short: None,
+        alias: None,
         env: "DBFORK_ADAPTER",
         value_name: "ADAPTER",
-        shape: Shape::Value,
+        kind: Kind::Adapter,
+        verbs: RUN,
+        value: Some("auto"),
         help: "How dbfork drives the command: auto, pytest, django (`manage.py test`), protocol (the command speaks dbfork's worker protocol itself) or none (run it once per worker). [default: auto]",
         default: "`auto`",
         doc: "How dbfork drives the command: `pytest` (dbfork collects once and hands out tests), `django` (the same for `manage.py test`, through `dbfork_django`), `protocol` (the same for a command that speaks dbfork's worker protocol itself, e.g. an adapter for another language: no controller, no Python packages; see [conformance/README.md](../conformance/README.md)), `none` (the command runs once per slot and splits its own work), `auto` (pytest when the command is pytest, django when it is `manage.py test`, `django-admin test`, `python -m django test` or a `runtests.py` or `run_tests.py` script).",
@@ -161,9 +324,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "timeout",
         flag: "timeout",
         short: None,
+        alias: None,
         env: "DBFORK_TIMEOUT",
         value_name: "DURATION",
-        shape: Shape::Value,
+        kind: Kind::Duration(Span::OrNone),
+        verbs: RUN,
+        value: None,
         help: "Kill a worker whose test runs longer than this and report the test as timed out. [default: none]",
         default: "none",
         doc: "A test that runs longer is reported as timed out and its worker is killed and replaced (without an adapter: the limit for each worker's whole command).",
@@ -172,9 +338,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "max_worker_restarts",
         flag: "max-worker-restarts",
         short: None,
+        alias: None,
         env: "DBFORK_MAX_WORKER_RESTARTS",
         value_name: "N",
-        shape: Shape::Value,
+        kind: Kind::Count { min: 0 },
+        verbs: RUN,
+        value: None,
         help: "Replacement workers allowed after crashes and timeouts, in all. [default: 4 x N]",
         default: "4 × jobs",
         doc: "How many replacement workers may be started in all, after crashes and timeouts.",
@@ -183,9 +352,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "grace",
         flag: "grace",
         short: None,
+        alias: None,
         env: "DBFORK_GRACE",
         value_name: "DURATION",
-        shape: Shape::Value,
+        kind: Kind::Duration(Span::OrZero),
+        verbs: RUN,
+        value: Some("10s"),
         help: "How long workers get to stop after Ctrl-C or SIGTERM before they are killed. [default: 10s]",
         default: "`10s`",
         doc: "How long workers get to stop after Ctrl-C or SIGTERM before they are killed. `0` kills them at once.",
@@ -194,9 +366,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "junit",
         flag: "junit",
         short: None,
+        alias: None,
         env: "DBFORK_JUNIT",
         value_name: "FILE",
-        shape: Shape::Value,
+        kind: Kind::Path,
+        verbs: RUN,
+        value: None,
         help: "Write a JUnit XML report here.",
         default: "none",
         doc: "Write a JUnit XML report to this file.",
@@ -205,9 +380,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "json",
         flag: "json",
         short: None,
+        alias: None,
         env: "DBFORK_JSON",
         value_name: "FILE",
-        shape: Shape::Value,
+        kind: Kind::Path,
+        verbs: RUN,
+        value: None,
         help: "Write a JSON report here.",
         default: "none",
         doc: "Write a JSON report to this file.",
@@ -216,9 +394,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "clone_method",
         flag: "clone-method",
         short: None,
+        alias: Some("method"),
         env: "DBFORK_CLONE_METHOD",
         value_name: "METHOD",
-        shape: Shape::Value,
+        kind: Kind::Method,
+        verbs: CLONING,
+        value: Some("default"),
         help: "How to clone: PostgreSQL file-copy|wal-log, MySQL show-create|create-like, SQLite copy|backup. [default: the backend's fastest]",
         default: "`default` (the backend's fastest)",
         doc: "How clones are made: PostgreSQL `file-copy` or `wal-log`, MySQL `show-create` or `create-like`, SQLite `copy` or `backup`.",
@@ -227,9 +408,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "connect_timeout",
         flag: "connect-timeout",
         short: None,
+        alias: None,
         env: "DBFORK_CONNECT_TIMEOUT",
         value_name: "DURATION",
-        shape: Shape::Value,
+        kind: Kind::Duration(Span::Positive),
+        verbs: EVERY,
+        value: Some("10s"),
         help: "How long connecting may take. [default: 10s]",
         default: "`10s`",
         doc: "How long connecting to the server may take.",
@@ -238,9 +422,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "drop_timeout",
         flag: "drop-timeout",
         short: None,
+        alias: None,
         env: "DBFORK_DROP_TIMEOUT",
         value_name: "DURATION",
-        shape: Shape::Value,
+        kind: Kind::Duration(Span::Positive),
+        verbs: EVERY,
+        value: Some("30s"),
         help: "How long dropping one database may take. [default: 30s]",
         default: "`30s`",
         doc: "How long dropping one database may take (its sessions are ended and the drop retried within it).",
@@ -249,20 +436,40 @@ pub const SETTINGS: &[Setting] = &[
         key: "build_timeout",
         flag: "build-timeout",
         short: None,
+        alias: None,
         env: "DBFORK_BUILD_TIMEOUT",
         value_name: "DURATION",
-        shape: Shape::Value,
+        kind: Kind::Duration(Span::Positive),
+        verbs: BUILD,
+        value: Some("30m"),
         help: "How long the setup command may run. [default: 30m]",
         default: "`30m`",
         doc: "How long the setup command may run.",
     },
     Setting {
+        key: "lock_timeout",
+        flag: "lock-timeout",
+        short: None,
+        alias: None,
+        env: "DBFORK_LOCK_TIMEOUT",
+        value_name: "DURATION",
+        kind: Kind::Duration(Span::Positive),
+        verbs: BUILD,
+        value: Some("30m"),
+        help: "How long to wait for another dbfork building the same template. [default: 30m]",
+        default: "`30m`",
+        doc: "How long to wait for another dbfork (another run, CI job or `db template`) that is building the same template; it is then used, not built twice.",
+    },
+    Setting {
         key: "start_timeout",
         flag: "start-timeout",
         short: None,
+        alias: None,
         env: "DBFORK_START_TIMEOUT",
         value_name: "DURATION",
-        shape: Shape::Value,
+        kind: Kind::Duration(Span::Positive),
+        verbs: RUN,
+        value: None,
         help: "How long the test command may take to configure itself and each worker to connect and collect (a conftest.py or import that hangs). [default: the larger of --timeout and 2m; 10m without --timeout]",
         default: "the larger of `timeout` and `2m`; `10m` without `timeout`",
         doc: "How long the test command may take to configure itself (the controller) and each worker to connect and report its collection. A `conftest.py`, import or plugin that hangs ends the run with an error naming the worker and its last output. Separate from `timeout`, which is per test: a start on a loaded machine takes longer than a test may.",
@@ -271,9 +478,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "heartbeat_ttl",
         flag: "heartbeat-ttl",
         short: None,
+        alias: None,
         env: "DBFORK_HEARTBEAT_TTL",
         value_name: "DURATION",
-        shape: Shape::Value,
+        kind: Kind::HeartbeatTtl,
+        verbs: EVERY,
+        value: Some("1h"),
         help: "A registry entry of another host, or with no owner process, counts as left behind (and the collection at the start drops it) once its heartbeat is this old; at least 6m (three heartbeats). [default: 1h]",
         default: "`1h`",
         doc: "A registry entry whose owner this dbfork cannot see (another host, container/PID namespace or boot) or without an owner process (`db clone --owner none`) counts as left behind once its heartbeat is this old; the collection at the start of every command that makes or drops something (not `db list`, not `db gc --dry-run`) then drops it and says so. At least `6m`: a run renews its clones' heartbeat every 2 minutes, and a shorter TTL would drop a live run's clones.",
@@ -282,9 +492,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "template_cache",
         flag: "template-cache",
         short: None,
+        alias: None,
         env: "DBFORK_TEMPLATE_CACHE",
         value_name: "DIR",
-        shape: Shape::Value,
+        kind: Kind::Path,
+        verbs: CACHE,
+        value: None,
         help: "A directory of exported templates (a CI cache): restored instead of running the setup when the fingerprint matches, written after each build. Empty: off.",
         default: "none (off)",
         doc: "A directory of exported templates, one file per fingerprint and backend (`<fingerprint>.<backend>.dbfork-template`). When no template with the fingerprint is on the server, a sound file there is restored instead of running the setup; after every build the new template is written there. Meant for CI caches: see [ci.md](ci.md). An empty value turns it off.",
@@ -293,9 +506,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "template_cache_size",
         flag: "template-cache-size",
         short: None,
+        alias: None,
         env: "DBFORK_TEMPLATE_CACHE_SIZE",
         value_name: "SIZE",
-        shape: Shape::Value,
+        kind: Kind::Size,
+        verbs: BUILD,
+        value: Some("2GiB"),
         help: "The most the template cache directory may hold; least recently used files go first. [default: 2GiB]",
         default: "`2GiB`",
         doc: "The most the cache directory may hold; after a write, the least recently used files (a restore counts as a use) are removed until it fits. Bytes, or `500MB`, `2GiB`.",
@@ -304,9 +520,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "keep_templates",
         flag: "keep-templates",
         short: None,
+        alias: None,
         env: "DBFORK_KEEP_TEMPLATES",
         value_name: "N",
-        shape: Shape::Value,
+        kind: Kind::Count { min: 0 },
+        verbs: RUN,
+        value: Some("3"),
         help: "After a build, keep the N most recently used templates of the same setup on the server and drop the older ones (not one a running run still clones from); 0 keeps all. [default: 3]",
         default: "`3`",
         doc: "After every build, the templates of the same setup (the project's Django setup, or the same `setup` command) beyond the N most recently used are dropped, so trying other label sets, branches or settings does not pile templates up on a server; one that a run still alive clones from is kept. `0` keeps every template (`dbfork db gc --older-than` still removes unused ones).",
@@ -315,12 +534,57 @@ pub const SETTINGS: &[Setting] = &[
         key: "incremental",
         flag: "incremental",
         short: None,
+        alias: None,
         env: "DBFORK_INCREMENTAL",
         value_name: "BOOL",
-        shape: Shape::Switch,
+        kind: Kind::Switch,
+        verbs: BUILD,
+        value: None,
         help: "Grow a new template from the nearest earlier one when only input files were added (new migrations): clone it and run the setup again on the clone. [default: on for the Django setup dbfork runs itself, off for a --setup command (it must be safe to rerun)]",
         default: "on for the Django setup dbfork runs itself; off for `setup`",
         doc: "When no template matches but an earlier template of the same setup was built from a subset of today's inputs with the same contents (only new files, e.g. new migrations), clone it (or restore it from the cache) and run the setup on the clone: Django's `migrate` then applies only the new migrations. A changed or removed input, or a changed setup or setting, always means a full build. Turn it on for a `setup` command only if running it again on its own result is correct.",
+    },
+    Setting {
+        key: "template",
+        flag: "template",
+        short: None,
+        alias: None,
+        env: "DBFORK_TEMPLATE",
+        value_name: "FINGERPRINT",
+        kind: Kind::Template,
+        verbs: CLONE,
+        value: None,
+        help: "The template: its fingerprint (or a prefix of at least 6 characters) or its name.",
+        default: "none (required)",
+        doc: "For `db clone`: the template to clone, by fingerprint (or a prefix of at least 6 characters, as `db template` prints it) or name.",
+    },
+    Setting {
+        key: "clone_concurrency",
+        flag: "concurrency",
+        short: None,
+        alias: None,
+        env: "DBFORK_CLONE_CONCURRENCY",
+        value_name: "K",
+        kind: Kind::Count { min: 1 },
+        verbs: CLONE,
+        value: Some("4"),
+        help: "How many clones are made at the same time. [default: 4]",
+        default: "`4`",
+        doc: "For `db clone`: how many clones are made at the same time.",
+    },
+    Setting {
+        key: "owner",
+        flag: "owner",
+        short: None,
+        alias: None,
+        env: "DBFORK_OWNER",
+        value_name: "parent|PID|none",
+        kind: Kind::Owner,
+        verbs: CLONE,
+        value: Some("parent"),
+        help: "Who owns the clones once made: `parent` (the calling process, or the one behind a wrapper like `timeout` or a `$(...)` subshell; garbage once it exits), a PID, or `none` (kept until dropped, or until its heartbeat is older than --heartbeat-ttl; see `db touch`). [default: parent]",
+        default: "`parent`",
+        doc: "For `db clone`: who owns the clones. `parent`: the calling process (or the one behind a wrapper such as `timeout` or a `$(...)` subshell); they are garbage once it exits. A process id. `none`: kept until dropped, or until their heartbeat is older than `heartbeat_ttl` (renew it with `db touch`).",
     },
 ];
 
@@ -331,24 +595,42 @@ pub fn by_key(key: &str) -> Option<&'static Setting> {
 
 /// The settings table of `docs/configuration.md`.
 pub fn markdown() -> String {
-    let mut out =
-        String::from("| key | flag | variable | default | meaning |\n|---|---|---|---|---|\n");
+    let mut out = String::from(
+        "| key | flag | variable | default | commands | meaning |\n|---|---|---|---|---|---|\n",
+    );
     for s in SETTINGS {
         let mut flag = format!("`--{}`", s.flag);
         if let Some(short) = s.short {
             flag = format!("`-{short}`, {flag}");
         }
         let mut env = format!("`{}`", s.env);
-        if s.shape == Shape::List {
+        if s.shape() == Shape::List {
             flag.push_str(" (repeatable)");
             env.push_str(" (comma-separated)");
         }
         out.push_str(&format!(
-            "| `{}` | {flag} | {env} | {} | {} |\n",
-            s.key, s.default, s.doc
+            "| `{}` | {flag} | {env} | {} | {} | {} |\n",
+            s.key,
+            s.default,
+            commands(s),
+            s.doc
         ));
     }
     out
+}
+
+/// The commands that take `setting`, as the docs' table lists them.
+pub fn commands(setting: &Setting) -> String {
+    if setting.verbs == EVERY {
+        return "every command".to_string();
+    }
+    let names: Vec<String> = setting
+        .verbs
+        .iter()
+        .flat_map(|v| v.commands())
+        .map(|c| format!("`{c}`"))
+        .collect();
+    names.join(", ")
 }
 
 #[cfg(test)]
@@ -373,7 +655,15 @@ mod tests {
                 "{}",
                 s.key
             );
+            if let Some(value) = s.value {
+                assert!(
+                    s.help.contains("[default: ") || value.is_empty() || s.kind == Kind::Switch,
+                    "{}: --help does not give the default {value}",
+                    s.key
+                );
+            }
             assert!(!s.help.is_empty() && !s.doc.is_empty(), "{}", s.key);
+            assert!(!s.verbs.is_empty(), "{}", s.key);
             assert!(s.key.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
         }
     }

@@ -28,6 +28,7 @@ pub fn recipe(django: &DjangoReport, inputs: &[String]) -> Recipe {
             .map(|f| (f.name.clone(), PathBuf::from(&f.path)))
             .collect(),
         facts: django.facts.clone(),
+        dir: None,
     }
 }
 

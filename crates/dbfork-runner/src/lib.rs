@@ -135,6 +135,10 @@ pub struct RunConfig {
     pub setup: Option<String>,
     /// Glob patterns of the files that decide the template.
     pub inputs: Vec<String>,
+    /// The directory the setup command runs in and the input patterns are
+    /// relative to (the project root when the configuration file gives
+    /// them); `None`: the working directory.
+    pub recipe_dir: Option<std::path::PathBuf>,
     /// Extra database aliases (`--alias`): each worker gets one more clone of
     /// the template per alias, named for it in `DBFORK_DATABASES`.
     pub aliases: Vec<String>,

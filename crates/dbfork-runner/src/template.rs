@@ -120,10 +120,14 @@ async fn prune(config: &RunConfig, backend: &AnyBackend, current: &str, progress
 /// Django project's own setup the controller reported.
 pub fn recipe_of(config: &RunConfig, configured: &Configured) -> Recipe {
     match (&config.setup, &configured.django) {
-        (None, Some(report)) => django::recipe(report, &config.inputs),
+        (None, Some(report)) => Recipe {
+            dir: config.recipe_dir.clone(),
+            ..django::recipe(report, &config.inputs)
+        },
         _ => Recipe {
             setup: config.setup.clone().unwrap_or_else(|| "true".to_string()),
             inputs: config.inputs.clone(),
+            dir: config.recipe_dir.clone(),
             ..Recipe::default()
         },
     }
@@ -154,7 +158,10 @@ fn announce_django(
 /// Says whether the template was reused or built, and what changed since
 /// the nearest earlier build of the same setup; keeps this build's manifest.
 fn report(config: &RunConfig, template: &Template, progress: &Notes) {
-    let store = manifest_path(&config.state_dir, &setup_key(&template.manifest));
+    let store = manifest_path(
+        &config.state_dir,
+        &setup_key(&template.manifest, config.recipe_dir.clone()),
+    );
     let mut history = load_history(&store);
     for warning in &template.warnings {
         progress.note(&format!("warning: {warning}"));
@@ -277,7 +284,7 @@ fn load_history(store: &Path) -> Vec<Manifest> {
 }
 
 /// The key of the setup a manifest was built by.
-fn setup_key(manifest: &Manifest) -> String {
+fn setup_key(manifest: &Manifest, dir: Option<PathBuf>) -> String {
     let setup = manifest
         .entries
         .get("setup")
@@ -285,6 +292,7 @@ fn setup_key(manifest: &Manifest) -> String {
         .unwrap_or_default();
     Recipe {
         setup: setup.to_string(),
+        dir,
         ..Recipe::default()
     }
     .setup_key()

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
-use dbfork_meta::settings::{Setting, Shape, SETTINGS};
+use dbfork_meta::settings::{Setting, Shape, Verb, SETTINGS};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,18 +47,11 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct CleanArgs {
-    /// The database server (default: the project's, as `dbfork run` finds it without a Django
-    /// project: `db` in its configuration file or DBFORK_DB, else the embedded SQLite
-    /// database in `.dbfork/`).
-    #[arg(long, env = "DBFORK_DB", value_name = "URL")]
-    pub db: Option<String>,
+    #[command(flatten)]
+    pub settings: Given<OfClean>,
     /// Only say what would be removed.
     #[arg(long)]
     pub dry_run: bool,
-    /// The configuration file (default: dbfork.toml or pyproject.toml's [tool.dbfork], found
-    /// from the working directory up).
-    #[arg(long, env = "DBFORK_CONFIG", value_name = "FILE")]
-    pub config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,28 +73,6 @@ pub struct MergeArgs {
     /// Write the merged JUnit XML report here.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<std::path::PathBuf>,
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct DbArgs {
-    /// The database server: postgres://user@host:5432/postgres, mysql://root@host:3306/mysql,
-    /// sqlite:///abs/dir/main.db, or postgres:ephemeral / mariadb:ephemeral for a private throwaway server.
-    /// The URL's database is the maintenance database dbfork uses for its admin work and registry.
-    /// Default: the project's, as `dbfork run` finds it without a Django project (`db` in the
-    /// configuration file, else the embedded SQLite database in the project's `.dbfork/`).
-    #[arg(long, env = "DBFORK_DB", value_name = "URL")]
-    pub db: Option<String>,
-    /// How long connecting may take.
-    #[arg(long, env = "DBFORK_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-    /// How long dropping one database may take (sessions are ended and the drop retried within it).
-    #[arg(long, env = "DBFORK_DROP_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub drop_timeout: Duration,
-    /// A registry entry whose owner cannot be seen from here (another host, container or boot),
-    /// or with no owner process, is garbage once its heartbeat is this old (at least 6m: three heartbeats)
-    /// (for `gc` and for the collection every command but `list` and `gc --dry-run` starts with).
-    #[arg(long, env = "DBFORK_HEARTBEAT_TTL", value_name = "DURATION", default_value = "1h", value_parser = parse_heartbeat_ttl)]
-    pub heartbeat_ttl: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,18 +97,68 @@ pub enum DbCommand {
     Ephemeral(EphemeralArgs),
 }
 
-/// `dbfork run`. Every setting is a flag, a `DBFORK_*` variable and a key of
-/// `[tool.dbfork]` in pyproject.toml or of dbfork.toml (a flag beats the
-/// variable, which beats the file, which beats the default): the flags come
-/// from the table of settings in `dbfork_meta::settings`, and each keeps the
-/// text it was given, checked later by `settings::resolve`.
-#[derive(Debug, Clone, Default)]
-pub struct RunArgs {
+/// The verb a [`Given`] takes the settings of.
+pub trait VerbOf {
+    const VERB: Verb;
+}
+
+macro_rules! verbs {
+    ($($marker:ident => $verb:ident),* $(,)?) => {$(
+        #[derive(Debug, Clone, Default)]
+        pub struct $marker;
+        impl VerbOf for $marker {
+            const VERB: Verb = Verb::$verb;
+        }
+    )*};
+}
+
+verbs!(
+    OfRun => Run,
+    OfTemplate => Template,
+    OfClone => Clone,
+    OfDrop => Drop,
+    OfList => List,
+    OfGc => Gc,
+    OfTouch => Touch,
+    OfClean => Clean,
+);
+
+/// The settings of one verb as the command line gave them. Every setting is
+/// a flag, a `DBFORK_*` variable and a key of `[tool.dbfork]` in
+/// pyproject.toml or of dbfork.toml (a flag beats the variable, which beats
+/// the file, which beats the default): the flags come from the table of
+/// settings in `dbfork_meta::settings`, those of the verb `V`, and each
+/// keeps the text it was given, checked later by `settings::Settings::load`.
+#[derive(Debug, Clone)]
+pub struct Given<V> {
     /// The settings given by a flag or variable, in the table's order: the
     /// setting and its values (several for a list).
     pub given: Vec<(&'static Setting, Vec<String>)>,
     /// `--config FILE`: read settings from this file.
     pub config: Option<std::path::PathBuf>,
+    verb: std::marker::PhantomData<V>,
+}
+
+impl<V> Default for Given<V> {
+    fn default() -> Self {
+        Given {
+            given: Vec::new(),
+            config: None,
+            verb: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<V: VerbOf> Given<V> {
+    pub fn verb(&self) -> Verb {
+        V::VERB
+    }
+}
+
+/// `dbfork run`: its settings and the test command.
+#[derive(Debug, Clone, Default)]
+pub struct RunArgs {
+    pub settings: Given<OfRun>,
     /// The test command.
     pub command: Vec<String>,
 }
@@ -154,7 +175,10 @@ fn setting_arg(s: &'static Setting) -> Arg {
     if let Some(short) = s.short {
         arg = arg.short(short);
     }
-    match s.shape {
+    if let Some(alias) = s.alias {
+        arg = arg.alias(alias);
+    }
+    match s.shape() {
         Shape::Value => arg.action(ArgAction::Set),
         Shape::List => arg.action(ArgAction::Append).value_delimiter(','),
         Shape::Switch => arg
@@ -164,25 +188,58 @@ fn setting_arg(s: &'static Setting) -> Arg {
     }
 }
 
-impl Args for RunArgs {
+impl<V: VerbOf> Args for Given<V> {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        cmd.args(SETTINGS.iter().map(setting_arg))
+        cmd.args(SETTINGS.iter().filter(|s| s.of(V::VERB)).map(setting_arg))
             .arg(
                 Arg::new(CONFIG)
                     .long("config")
                     .env(dbfork_meta::env::CONFIG)
                     .value_name("FILE")
                     .value_parser(clap::value_parser!(std::path::PathBuf))
-                    .help("Read settings from this file instead of looking for dbfork.toml / pyproject.toml."),
+                    .help("Read settings from this file instead of looking for dbfork.toml / pyproject.toml's [tool.dbfork] from the working directory up."),
             )
-            .arg(
-                Arg::new(COMMAND)
-                    .value_name("COMMAND")
-                    .required(true)
-                    .num_args(1..)
-                    .trailing_var_arg(true)
-                    .help("The test command: after `--` (`-- pytest -q tests/`), or from the first word that is not an option of dbfork's (`dbfork run -j 4 pytest -q`). An unknown option before it is a usage error, not the start of the command."),
-            )
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+fn strings(matches: &ArgMatches, id: &str) -> Option<Vec<String>> {
+    matches
+        .get_many::<String>(id)
+        .map(|values| values.cloned().collect())
+}
+
+impl<V: VerbOf> FromArgMatches for Given<V> {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = Given::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.given = SETTINGS
+            .iter()
+            .filter(|s| s.of(V::VERB))
+            .filter_map(|s| strings(matches, s.key).map(|values| (s, values)))
+            .collect();
+        self.config = matches.get_one(CONFIG).cloned();
+        Ok(())
+    }
+}
+
+impl Args for RunArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        Given::<OfRun>::augment_args(cmd).arg(
+            Arg::new(COMMAND)
+                .value_name("COMMAND")
+                .required(true)
+                .num_args(1..)
+                .trailing_var_arg(true)
+                .help("The test command: after `--` (`-- pytest -q tests/`), or from the first word that is not an option of dbfork's (`dbfork run -j 4 pytest -q`). An unknown option before it is a usage error, not the start of the command."),
+        )
     }
 
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
@@ -198,17 +255,8 @@ impl FromArgMatches for RunArgs {
     }
 
     fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
-        let strings = |id: &str| -> Option<Vec<String>> {
-            matches
-                .get_many::<String>(id)
-                .map(|values| values.cloned().collect())
-        };
-        self.given = SETTINGS
-            .iter()
-            .filter_map(|s| strings(s.key).map(|values| (s, values)))
-            .collect();
-        self.config = matches.get_one(CONFIG).cloned();
-        self.command = strings(COMMAND).unwrap_or_default();
+        self.settings.update_from_arg_matches(matches)?;
+        self.command = strings(matches, COMMAND).unwrap_or_default();
         Ok(())
     }
 }
@@ -225,35 +273,7 @@ pub struct FingerprintArgs {
 #[derive(Debug, Args)]
 pub struct TemplateArgs {
     #[command(flatten)]
-    pub db: DbArgs,
-    /// The command that migrates and loads the template, run by `sh -c` with DATABASE_URL pointing at it.
-    #[arg(long, env = "DBFORK_SETUP", value_name = "CMD")]
-    pub setup: String,
-    /// Files whose contents decide the template (migrations, fixtures): glob patterns, repeatable.
-    #[arg(
-        long = "input",
-        env = "DBFORK_INPUTS",
-        value_name = "GLOB",
-        value_delimiter = ','
-    )]
-    pub inputs: Vec<String>,
-    /// How long the setup command may run.
-    #[arg(long, env = "DBFORK_BUILD_TIMEOUT", value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
-    pub build_timeout: Duration,
-    /// How long to wait for another dbfork building the same template.
-    #[arg(long, env = "DBFORK_LOCK_TIMEOUT", value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
-    pub lock_timeout: Duration,
-    /// A directory of exported templates: restored instead of running the setup when the
-    /// fingerprint matches, written after each build.
-    #[arg(long, env = "DBFORK_TEMPLATE_CACHE", value_name = "DIR")]
-    pub template_cache: Option<std::path::PathBuf>,
-    /// The most the template cache directory may hold; least recently used files go first.
-    #[arg(long, env = "DBFORK_TEMPLATE_CACHE_SIZE", value_name = "SIZE", default_value = "2GiB", value_parser = parse_size)]
-    pub template_cache_size: u64,
-    /// Grow the template from the nearest earlier one of the same setup when only input files
-    /// were added (the setup must be safe to run again on its own result).
-    #[arg(long, env = "DBFORK_INCREMENTAL")]
-    pub incremental: bool,
+    pub settings: Given<OfTemplate>,
     /// Then build it a second time from nothing into a scratch database and compare the two
     /// (every object's definition and every table's row count); exit 1 when they differ.
     #[arg(long)]
@@ -269,34 +289,10 @@ pub struct TemplateArgs {
 #[derive(Debug, Args)]
 pub struct CloneArgs {
     #[command(flatten)]
-    pub db: DbArgs,
-    /// The template: its fingerprint (or a prefix of at least 6 characters) or its name.
-    #[arg(long, env = "DBFORK_TEMPLATE", value_name = "FINGERPRINT")]
-    pub template: String,
+    pub settings: Given<OfClone>,
     /// How many clones.
     #[arg(short = 'n', long = "count", default_value_t = 1, value_name = "N")]
     pub count: usize,
-    /// How to clone: PostgreSQL file-copy|wal-log, MySQL show-create|create-like, SQLite copy|backup.
-    #[arg(
-        long,
-        env = "DBFORK_CLONE_METHOD",
-        value_name = "METHOD",
-        default_value = "default"
-    )]
-    pub method: String,
-    /// How many clones are made at the same time.
-    #[arg(
-        long,
-        env = "DBFORK_CLONE_CONCURRENCY",
-        value_name = "K",
-        default_value_t = 4
-    )]
-    pub concurrency: usize,
-    /// Who owns the clones once made: `parent` (the calling process, or the one behind a
-    /// wrapper like `timeout` or a `$(...)` subshell; garbage once it exits), a PID, or `none`
-    /// (kept until dropped, or until its heartbeat is older than `--heartbeat-ttl`; see `db touch`).
-    #[arg(long, env = "DBFORK_OWNER", default_value = "parent")]
-    pub owner: String,
     /// Print JSON instead of one URL per line.
     #[arg(long)]
     pub json: bool,
@@ -305,7 +301,7 @@ pub struct CloneArgs {
 #[derive(Debug, Args)]
 pub struct TouchArgs {
     #[command(flatten)]
-    pub db: DbArgs,
+    pub settings: Given<OfTouch>,
     /// The databases whose heartbeat to renew.
     #[arg(required = true, value_name = "NAME")]
     pub names: Vec<String>,
@@ -314,7 +310,7 @@ pub struct TouchArgs {
 #[derive(Debug, Args)]
 pub struct DropArgs {
     #[command(flatten)]
-    pub db: DbArgs,
+    pub settings: Given<OfDrop>,
     /// The databases to drop.
     #[arg(required = true, value_name = "NAME")]
     pub names: Vec<String>,
@@ -323,7 +319,7 @@ pub struct DropArgs {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[command(flatten)]
-    pub db: DbArgs,
+    pub settings: Given<OfList>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -332,7 +328,7 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 pub struct GcArgs {
     #[command(flatten)]
-    pub db: DbArgs,
+    pub settings: Given<OfGc>,
     /// Only say what would be dropped.
     #[arg(long)]
     pub dry_run: bool,
@@ -382,18 +378,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// A heartbeat TTL: a duration of at least three heartbeats.
-pub fn parse_heartbeat_ttl(text: &str) -> Result<Duration, String> {
-    dbfork_engine::ops::check_heartbeat_ttl(parse_duration(text)?)
-}
-
 /// The longest duration any flag or key takes: a year.
 const MAX_DURATION_SECS: f64 = 365.0 * 86_400.0;
-
-/// A size: bytes, or with a unit (`500MB`, `2GiB`, `1g`).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    dbfork_engine::cache::parse_size(text)
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,18 +1,24 @@
-//! The settings of `dbfork run`, resolved into one [`RunConfig`]. Each setting
-//! comes from the first of: its flag or `DBFORK_*` variable (clap has already
-//! chosen between those), the configuration file, the default.
+//! The settings of every verb, resolved into one [`Settings`] (and for
+//! `dbfork run`, one [`RunConfig`]). Each setting comes from the first of:
+//! its flag or `DBFORK_*` variable (clap has already chosen between those),
+//! the configuration file, the default of the table
+//! (`dbfork_meta::settings`). A value is parsed by its kind, in one place
+//! ([`parse`]).
 //!
 //! The configuration file is `--config FILE`, or else the first `dbfork.toml`
 //! (the whole file) or `pyproject.toml` with a `[tool.dbfork]` table found in
 //! the working directory or one of its parents. Its directory is the project
 //! root: relative paths in the file, and the default SQLite database and
-//! state directory, are taken from there, so `dbfork run` means the same from
-//! any subdirectory. Relative paths given by flags or variables are taken from
-//! the working directory, as a shell user expects.
+//! state directory, are taken from there, so every command means the same
+//! from any subdirectory. Relative paths given by flags or variables are
+//! taken from the working directory, as a shell user expects. The file is
+//! one for every verb: each takes the keys of its settings and passes over
+//! the others' (an unknown key is an error everywhere).
 //!
 //! Every value is checked here, before anything starts, and a mistake names
 //! where it came from (`--dist / DBFORK_DIST`, or the key and the file).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -21,9 +27,9 @@ use std::time::Duration;
 use dbfork_runner::shard::Shard;
 use dbfork_runner::{Adapter, Dist, RunConfig};
 
-use dbfork_meta::settings::{Setting, SETTINGS};
+use dbfork_meta::settings::{Kind, Setting, Span, Verb, SETTINGS};
 
-use crate::cli::{parse_duration, RunArgs};
+use crate::cli::{parse_duration, Given, RunArgs, VerbOf};
 use crate::errors::UsageError;
 
 const CONFIG_FILE: &str = "dbfork.toml";
@@ -32,98 +38,247 @@ const DEFAULT_DB: &str = "sqlite://.dbfork/sqlite/main.sqlite3";
 const STATE_DIR: &str = ".dbfork";
 const DURATION_EXAMPLES: &str = "a number of seconds or a duration such as 90s, 250ms or 10m";
 
-/// Resolves `dbfork run`'s settings: flag or variable, then configuration
-/// file, then default. `cwd` is the (absolute) directory dbfork was started in.
-pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunConfig> {
-    let file = find_config(args.config.as_deref(), cwd)?;
-    let root = file
-        .as_ref()
-        .map_or_else(|| project_root(cwd), |f| f.dir.clone());
-    let from_file = match &file {
-        Some(file) => Layer::from_file(file)?,
-        None => Layer::default(),
-    };
-    let from_flags = Layer::from_args(args, cwd)?;
+/// One checked value, of its setting's kind.
+#[derive(Debug, Clone)]
+enum Value {
+    /// Url, Command, Method, Template, Owner (empty: none).
+    Text(String),
+    /// Globs, Aliases.
+    List(Vec<String>),
+    Switch(bool),
+    /// `None`: `auto`.
+    Jobs(Option<usize>),
+    Dist(Dist),
+    Shard(Shard),
+    Adapter(Adapter),
+    /// `None`: turned off.
+    Duration(Option<Duration>),
+    Count(usize),
+    /// `None`: turned off.
+    Path(Option<PathBuf>),
+    Size(u64),
+}
 
-    let (jobs, jobs_auto) = match from_flags.jobs.or(from_file.jobs) {
-        Some(Some(jobs)) => (jobs, false),
-        _ => (auto_jobs(), true),
+/// The settings of one verb: every one it takes that a flag, a variable,
+/// the file or the table's default gives.
+#[derive(Debug)]
+pub struct Settings {
+    verb: Verb,
+    values: BTreeMap<&'static str, Value>,
+    /// The keys a flag or variable gave.
+    flagged: Vec<&'static str>,
+    /// The keys the configuration file gave (and no flag or variable).
+    filed: Vec<&'static str>,
+    /// The project root: the configuration file's directory, else the
+    /// nearest directory with a project's marks.
+    root: PathBuf,
+    config_file: Option<PathBuf>,
+}
+
+macro_rules! getters {
+    ($($(#[$doc:meta])* $name:ident: $variant:ident($value:ident) -> $ty:ty = $out:expr;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(&self, key: &str) -> anyhow::Result<Option<$ty>> {
+            match self.get(key)? {
+                None => Ok(None),
+                Some(Value::$variant($value)) => Ok($out),
+                Some(other) => Err(internal(format!("the setting `{key}` is {other:?}, read as {}", stringify!($variant)))),
+            }
+        }
+    )*};
+}
+
+impl Settings {
+    /// Resolves the settings of `given`'s verb. `cwd` is the (absolute)
+    /// directory dbfork was started in.
+    pub fn of<V: VerbOf>(given: &Given<V>, cwd: &Path) -> anyhow::Result<Settings> {
+        Settings::load(given.verb(), &given.given, given.config.as_deref(), cwd)
+    }
+
+    fn load(
+        verb: Verb,
+        given: &[(&'static Setting, Vec<String>)],
+        config: Option<&Path>,
+        cwd: &Path,
+    ) -> anyhow::Result<Settings> {
+        let file = find_config(config, cwd)?;
+        let root = file
+            .as_ref()
+            .map_or_else(|| project_root(cwd), |f| f.dir.clone());
+        let mut values = BTreeMap::new();
+        for setting in SETTINGS.iter().filter(|s| s.of(verb)) {
+            if let Some(default) = setting.value {
+                let value = parse(setting, Raw::Text(default), &Origin::Default(setting), cwd)?;
+                values.insert(setting.key, value);
+            }
+        }
+        let mut filed = Vec::new();
+        if let Some(file) = &file {
+            for (key, value) in file_values(file, verb)? {
+                filed.push(key);
+                values.insert(key, value);
+            }
+        }
+        // clap has split lists already; `parse` splits text at commas again.
+        for (setting, texts) in given {
+            let text = texts.join(",");
+            let value = parse(setting, Raw::Text(&text), &Origin::Flag(setting), cwd)?;
+            values.insert(setting.key, value);
+        }
+        Ok(Settings {
+            verb,
+            values,
+            flagged: given.iter().map(|(s, _)| s.key).collect(),
+            filed: filed
+                .into_iter()
+                .filter(|key| !given.iter().any(|(s, _)| s.key == *key))
+                .collect(),
+            root,
+            config_file: file.map(|f| f.path),
+        })
+    }
+
+    fn get(&self, key: &str) -> anyhow::Result<Option<&Value>> {
+        match dbfork_meta::settings::by_key(key) {
+            Some(setting) if setting.of(self.verb) => Ok(self.values.get(key)),
+            _ => Err(internal(format!(
+                "the verb {:?} reads the setting `{key}`, which is not one of its",
+                self.verb
+            ))),
+        }
+    }
+
+    getters! {
+        /// A text; an empty one is none.
+        text: Text(text) -> String = Some(text.clone()).filter(|t| !t.is_empty());
+        list: List(items) -> Vec<String> = Some(items.clone());
+        switch: Switch(on) -> bool = Some(*on);
+        /// `Some(None)`: `auto`.
+        jobs: Jobs(jobs) -> Option<usize> = Some(*jobs);
+        dist: Dist(dist) -> Dist = Some(*dist);
+        shard: Shard(shard) -> Shard = Some(*shard);
+        adapter: Adapter(adapter) -> Adapter = Some(*adapter);
+        duration: Duration(duration) -> Duration = *duration;
+        count: Count(n) -> usize = Some(*n);
+        path: Path(path) -> PathBuf = path.clone();
+        size: Size(bytes) -> u64 = Some(*bytes);
+    }
+
+    /// A setting the table gives a default for: its value.
+    fn required<T>(&self, key: &str, value: anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+        value?.ok_or_else(|| internal(format!("the setting `{key}` has no default")))
+    }
+
+    pub fn duration_or_default(&self, key: &str) -> anyhow::Result<Duration> {
+        self.required(key, self.duration(key))
+    }
+
+    pub fn count_or_default(&self, key: &str) -> anyhow::Result<usize> {
+        self.required(key, self.count(key))
+    }
+
+    /// The directory of the project's state (`.dbfork/`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(STATE_DIR)
+    }
+
+    /// The database `db` names, else the embedded SQLite default in the
+    /// project's state directory.
+    pub fn database(&self) -> anyhow::Result<String> {
+        Ok(self
+            .text("db")?
+            .unwrap_or_else(|| absolute_sqlite(DEFAULT_DB, &self.root)))
+    }
+
+    /// Whether a flag or variable gave the setting `key`.
+    pub fn flagged(&self, key: &str) -> bool {
+        self.flagged.contains(&key)
+    }
+
+    /// The input patterns and the directory they are relative to, which
+    /// the setup command runs in: the project root when the configuration
+    /// file gives `setup` or `inputs` (they mean the same from any
+    /// subdirectory), with patterns given by a flag made absolute from the
+    /// working directory; else `None`, the working directory.
+    pub fn recipe_inputs(&self, cwd: &Path) -> anyhow::Result<(Option<PathBuf>, Vec<String>)> {
+        let inputs = self.list("inputs")?.unwrap_or_default();
+        if !(self.filed.contains(&"setup") || self.filed.contains(&"inputs")) {
+            return Ok((None, inputs));
+        }
+        let inputs = if self.flagged("inputs") && cwd != self.root {
+            inputs
+                .into_iter()
+                .map(|p| cwd.join(p).to_string_lossy().into_owned())
+                .collect()
+        } else {
+            inputs
+        };
+        Ok((Some(self.root.clone()), inputs))
+    }
+
+    /// The connection settings every verb has.
+    pub fn connection(&self) -> anyhow::Result<crate::target::Connection> {
+        Ok(crate::target::Connection {
+            connect_timeout: self.duration_or_default("connect_timeout")?,
+            drop_timeout: self.duration_or_default("drop_timeout")?,
+            heartbeat_ttl: self.duration_or_default("heartbeat_ttl")?,
+        })
+    }
+}
+
+/// Resolves `dbfork run`'s settings into its configuration. `cwd` is the
+/// (absolute) directory dbfork was started in.
+pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunConfig> {
+    let s = Settings::of(&args.settings, cwd)?;
+    let (jobs, jobs_auto) = match s.jobs("jobs")?.flatten() {
+        Some(jobs) => (jobs, false),
+        None => (auto_jobs(), true),
     };
-    let adapter = from_flags.adapter.or(from_file.adapter).unwrap_or_default();
+    let adapter = s.adapter("adapter")?.unwrap_or_default();
+    let (recipe_dir, inputs) = s.recipe_inputs(cwd)?;
+    let dist = match s.dist("dist")? {
+        Some(dist) => dist,
+        None => adapter.resolve(&args.command).default_dist(),
+    };
     Ok(RunConfig {
         command: args.command.clone(),
-        db: from_flags.db.or(from_file.db),
-        setup: from_flags.setup.or(from_file.setup).flatten(),
-        inputs: from_flags.inputs.or(from_file.inputs).unwrap_or_default(),
-        aliases: from_flags.aliases.or(from_file.aliases).unwrap_or_default(),
-        fresh_transactional: from_flags
-            .fresh_transactional
-            .or(from_file.fresh_transactional)
-            .unwrap_or(false),
-        fork: from_flags.fork.or(from_file.fork).unwrap_or(true),
+        db: s.text("db")?,
+        setup: s.text("setup")?,
+        inputs,
+        recipe_dir,
+        aliases: s.list("aliases")?.unwrap_or_default(),
+        fresh_transactional: s.required("fresh_transactional", s.switch("fresh_transactional"))?,
+        fork: s.required("fork", s.switch("fork"))?,
         jobs,
         jobs_auto,
-        dist: from_flags
-            .dist
-            .or(from_file.dist)
-            .unwrap_or_else(|| adapter.resolve(&args.command).default_dist()),
-        shard: from_flags.shard.or(from_file.shard),
+        dist,
+        shard: s.shard("shard")?,
         adapter,
-        timeout: from_flags.timeout.or(from_file.timeout).flatten(),
+        timeout: s.duration("timeout")?,
         // Enough for every slot to lose a few workers to crashes or timeouts,
         // not so many that a suite that kills every worker loops for long.
-        max_worker_restarts: from_flags
-            .max_worker_restarts
-            .or(from_file.max_worker_restarts)
-            .unwrap_or(4 * jobs),
-        grace: from_flags
-            .grace
-            .or(from_file.grace)
-            .unwrap_or(Duration::from_secs(10)),
-        junit: from_flags.junit.or(from_file.junit).flatten(),
-        json: from_flags.json.or(from_file.json).flatten(),
-        state_dir: root.join(STATE_DIR),
-        clone_method: from_flags
-            .clone_method
-            .or(from_file.clone_method)
-            .unwrap_or_else(|| "default".to_string()),
-        connect_timeout: from_flags
-            .connect_timeout
-            .or(from_file.connect_timeout)
-            .unwrap_or(Duration::from_secs(10)),
-        drop_timeout: from_flags
-            .drop_timeout
-            .or(from_file.drop_timeout)
-            .unwrap_or(Duration::from_secs(30)),
-        build_timeout: from_flags
-            .build_timeout
-            .or(from_file.build_timeout)
-            .unwrap_or(Duration::from_secs(30 * 60)),
-        start_timeout: from_flags.start_timeout.or(from_file.start_timeout),
-        heartbeat_ttl: from_flags
-            .heartbeat_ttl
-            .or(from_file.heartbeat_ttl)
-            .unwrap_or(Duration::from_secs(3600)),
-        template_cache: from_flags
-            .template_cache
-            .or(from_file.template_cache)
-            .flatten(),
-        template_cache_size: from_flags
-            .template_cache_size
-            .or(from_file.template_cache_size)
-            .unwrap_or(dbfork_engine::cache::DEFAULT_MAX_BYTES),
-        incremental: from_flags.incremental.or(from_file.incremental),
-        keep_templates: from_flags
-            .keep_templates
-            .or(from_file.keep_templates)
-            .unwrap_or(3),
-        lock_timeout: Duration::from_secs(30 * 60),
+        max_worker_restarts: s.count("max_worker_restarts")?.unwrap_or(4 * jobs),
+        grace: s.duration_or_default("grace")?,
+        junit: s.path("junit")?,
+        json: s.path("json")?,
+        state_dir: s.state_dir(),
+        clone_method: s.required("clone_method", s.text("clone_method"))?,
+        connect_timeout: s.duration_or_default("connect_timeout")?,
+        drop_timeout: s.duration_or_default("drop_timeout")?,
+        build_timeout: s.duration_or_default("build_timeout")?,
+        start_timeout: s.duration("start_timeout")?,
+        heartbeat_ttl: s.duration_or_default("heartbeat_ttl")?,
+        template_cache: s.path("template_cache")?,
+        template_cache_size: s.required("template_cache_size", s.size("template_cache_size"))?,
+        incremental: s.switch("incremental")?,
+        keep_templates: s.count_or_default("keep_templates")?,
+        lock_timeout: s.duration_or_default("lock_timeout")?,
         verbose,
         // CI logs are not terminals, but some CI systems fake one; CI=... is
         // the common signal that nobody watches a live display.
         live: std::io::stderr().is_terminal()
             && !matches!(std::env::var_os(dbfork_meta::env::CI), Some(ci) if !ci.is_empty()),
-        config_file: file.map(|f| f.path),
+        config_file: s.config_file,
     })
 }
 
@@ -176,19 +331,6 @@ fn closest<'a>(given: &str, names: &[&'a str]) -> Option<&'a str> {
         })
         .min_by_key(|(d, _)| *d)
         .map(|(_, name)| name)
-}
-
-/// The project's database for the commands that take `--db` and were not
-/// given one: `db` of the project's configuration (or `DBFORK_DB`), else the
-/// embedded SQLite default in its `.dbfork/`, as `dbfork run` finds it
-/// without a Django project.
-pub fn project_db(cwd: &Path) -> anyhow::Result<String> {
-    Ok(database_of(&resolve(&RunArgs::default(), 0, cwd)?))
-}
-
-/// The database `config` names, else the embedded SQLite default.
-pub fn database_of(config: &RunConfig) -> String {
-    config.db.clone().unwrap_or_else(|| default_db(config))
 }
 
 /// Whether `db` is a SQLite database that was never made: its directory,
@@ -314,6 +456,8 @@ fn tool_dbfork(document: &toml::Table, path: &Path) -> anyhow::Result<Option<tom
 /// Where a value came from, as messages name it.
 enum Origin<'a> {
     Flag(&'a Setting),
+    /// The table's default (a bad one is a bug).
+    Default(&'a Setting),
     File {
         /// The key as the file spells it.
         spelled: &'a str,
@@ -325,6 +469,7 @@ impl fmt::Display for Origin<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Flag(setting) => f.write_str(&setting.flag_and_env()),
+            Origin::Default(setting) => write!(f, "default of {}", setting.flag_and_env()),
             Origin::File { spelled, file } if file.pyproject => {
                 write!(f, "`{spelled}` in [tool.dbfork] of {}", file.path.display())
             }
@@ -342,194 +487,152 @@ enum Raw<'a> {
     Toml(&'a toml::Value),
 }
 
-/// The settings one source gives (`None`: this source does not set it).
-/// Optional settings are `Some(None)` when the source explicitly turns them
-/// off, so a flag can switch off what the file sets.
-#[derive(Default)]
-struct Layer {
-    db: Option<String>,
-    setup: Option<Option<String>>,
-    inputs: Option<Vec<String>>,
-    aliases: Option<Vec<String>>,
-    fresh_transactional: Option<bool>,
-    fork: Option<bool>,
-    /// `Some(None)`: `auto`.
-    jobs: Option<Option<usize>>,
-    dist: Option<Dist>,
-    shard: Option<Shard>,
-    adapter: Option<Adapter>,
-    timeout: Option<Option<Duration>>,
-    max_worker_restarts: Option<usize>,
-    grace: Option<Duration>,
-    junit: Option<Option<PathBuf>>,
-    json: Option<Option<PathBuf>>,
-    clone_method: Option<String>,
-    connect_timeout: Option<Duration>,
-    drop_timeout: Option<Duration>,
-    build_timeout: Option<Duration>,
-    start_timeout: Option<Duration>,
-    heartbeat_ttl: Option<Duration>,
-    template_cache: Option<Option<PathBuf>>,
-    template_cache_size: Option<u64>,
-    incremental: Option<bool>,
-    keep_templates: Option<usize>,
+/// The values the file gives for `verb`'s settings. Every key must be one
+/// of the table's; those of other verbs are passed over.
+fn file_values(file: &ConfigFile, verb: Verb) -> anyhow::Result<Vec<(&'static str, Value)>> {
+    let mut values = Vec::new();
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for (spelled, value) in &file.table {
+        let normalized = spelled.replace('-', "_");
+        let Some(setting) = dbfork_meta::settings::by_key(&normalized) else {
+            return Err(unknown_key(file, spelled));
+        };
+        if let Some((_, first)) = seen.iter().find(|(name, _)| *name == setting.key) {
+            return Err(usage(format!(
+                "`{}` is set twice in {} (as `{first}` and as `{spelled}`); keep one.",
+                setting.key,
+                file.path.display()
+            )));
+        }
+        seen.push((setting.key, spelled));
+        if setting.of(verb) {
+            let origin = Origin::File { spelled, file };
+            values.push((
+                setting.key,
+                parse(setting, Raw::Toml(value), &origin, &file.dir)?,
+            ));
+        }
+    }
+    Ok(values)
 }
 
-impl Layer {
-    fn from_args(args: &RunArgs, cwd: &Path) -> anyhow::Result<Layer> {
-        let mut layer = Layer::default();
-        // clap has split lists already; `set` splits text at commas again.
-        for (setting, values) in &args.given {
-            let text = values.join(",");
-            layer.set(setting.key, Raw::Text(&text), &Origin::Flag(setting), cwd)?;
-        }
-        Ok(layer)
-    }
+/// A key of the file that no setting has.
+fn unknown_key(file: &ConfigFile, spelled: &str) -> anyhow::Error {
+    let names: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+    let place = if file.pyproject {
+        format!("[tool.dbfork] of {}", file.path.display())
+    } else {
+        file.path.display().to_string()
+    };
+    let guess = closest(&spelled.replace('-', "_"), &names)
+        .map(|name| format!(" Did you mean `{name}`?"))
+        .unwrap_or_default();
+    usage(format!(
+        "unknown key `{spelled}` in {place}; check its spelling.{guess} The known keys are: {}.",
+        names.join(", ")
+    ))
+}
 
-    fn from_file(file: &ConfigFile) -> anyhow::Result<Layer> {
-        let mut layer = Layer::default();
-        let mut seen: Vec<(&str, &str)> = Vec::new();
-        for (spelled, value) in &file.table {
-            let normalized = spelled.replace('-', "_");
-            let Some(key) = dbfork_meta::settings::by_key(&normalized) else {
-                let names: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
-                let place = if file.pyproject {
-                    format!("[tool.dbfork] of {}", file.path.display())
-                } else {
-                    file.path.display().to_string()
-                };
-                let guess = closest(&normalized, &names)
-                    .map(|name| format!(" Did you mean `{name}`?"))
-                    .unwrap_or_default();
-                return Err(usage(format!(
-                    "unknown key `{spelled}` in {place}; check its spelling.{guess} The known keys are: {}.",
-                    names.join(", ")
-                )));
-            };
-            if let Some((_, first)) = seen.iter().find(|(name, _)| *name == key.key) {
-                return Err(usage(format!(
-                    "`{}` is set twice in {} (as `{first}` and as `{spelled}`); keep one.",
-                    key.key,
-                    file.path.display()
-                )));
+/// Checks one value of `setting`, by its kind. `base` is the directory
+/// relative paths are taken from.
+fn parse(
+    setting: &Setting,
+    raw: Raw<'_>,
+    origin: &Origin<'_>,
+    base: &Path,
+) -> anyhow::Result<Value> {
+    Ok(match setting.kind {
+        Kind::Url => {
+            let url = string(raw, origin)?;
+            if url.trim().is_empty() {
+                return Err(invalid(origin, "it is empty; give a database URL such as postgres://user@host:5432/postgres or sqlite:///abs/path.db"));
             }
-            seen.push((key.key, spelled));
-            let origin = Origin::File { spelled, file };
-            layer.set(key.key, Raw::Toml(value), &origin, &file.dir)?;
+            Value::Text(absolute_sqlite(url.trim(), base))
         }
-        Ok(layer)
-    }
-
-    /// Checks one value and stores it. `base` is the directory relative
-    /// paths are taken from.
-    fn set(
-        &mut self,
-        name: &str,
-        raw: Raw<'_>,
-        origin: &Origin<'_>,
-        base: &Path,
-    ) -> anyhow::Result<()> {
-        match name {
-            "db" => {
-                let url = string(raw, origin)?;
-                if url.trim().is_empty() {
-                    return Err(invalid(origin, "it is empty; give a database URL such as postgres://user@host:5432/postgres or sqlite:///abs/path.db"));
-                }
-                self.db = Some(absolute_sqlite(url.trim(), base));
-            }
-            "setup" => {
-                let command = string(raw, origin)?;
-                self.setup = Some(Some(command).filter(|c| !c.trim().is_empty()));
-            }
-            "inputs" => self.inputs = Some(string_list(raw, origin)?),
-            "aliases" => self.aliases = Some(aliases(string_list(raw, origin)?, origin)?),
-            "fresh_transactional" => self.fresh_transactional = Some(boolean(raw, origin)?),
-            "fork" => self.fork = Some(boolean(raw, origin)?),
-            "jobs" => self.jobs = Some(jobs(raw, origin)?),
-            "dist" => {
-                let text = string(raw, origin)?;
-                let dist = Dist::parse(&text.trim().to_ascii_lowercase()).ok_or_else(|| {
+        Kind::Command => Value::Text(
+            Some(string(raw, origin)?)
+                .filter(|c| !c.trim().is_empty())
+                .unwrap_or_default(),
+        ),
+        Kind::Globs => Value::List(string_list(raw, origin)?),
+        Kind::Aliases => Value::List(aliases(string_list(raw, origin)?, origin)?),
+        Kind::Switch => Value::Switch(boolean(raw, origin)?),
+        Kind::Jobs => Value::Jobs(jobs(raw, origin)?),
+        Kind::Dist => {
+            let text = string(raw, origin)?;
+            Value::Dist(
+                Dist::parse(&text.trim().to_ascii_lowercase()).ok_or_else(|| {
                     invalid(origin, format!("`{text}` is not one of {}", Dist::CHOICES))
-                })?;
-                self.dist = Some(dist);
-            }
-            "shard" => {
-                let text = string(raw, origin)?;
-                let shard = Shard::parse(&text, |name| std::env::var(name).ok())
-                    .map_err(|why| invalid(origin, why))?;
-                self.shard = Some(shard);
-            }
-            "adapter" => {
-                let text = string(raw, origin)?;
-                let adapter =
-                    Adapter::parse(&text.trim().to_ascii_lowercase()).ok_or_else(|| {
-                        invalid(
-                            origin,
-                            format!("`{text}` is not one of {}", Adapter::CHOICES),
-                        )
-                    })?;
-                self.adapter = Some(adapter);
-            }
-            "timeout" => {
-                let off = match raw {
-                    Raw::Text(t) => Some(t),
-                    Raw::Toml(toml::Value::String(t)) => Some(t.as_str()),
-                    Raw::Toml(_) => None,
-                }
-                .is_some_and(|t| t.trim().is_empty() || t.trim().eq_ignore_ascii_case("none"));
-                self.timeout = Some(if off {
-                    None
-                } else {
-                    Some(duration(raw, origin, false)?)
-                });
-            }
-            "max_worker_restarts" => {
-                self.max_worker_restarts = Some(count(raw, origin, 0)?);
-            }
-            "grace" => self.grace = Some(duration(raw, origin, true)?),
-            "junit" => self.junit = Some(optional_path(Path::new(&string(raw, origin)?), base)),
-            "json" => self.json = Some(optional_path(Path::new(&string(raw, origin)?), base)),
-            "clone_method" => {
-                let method = string(raw, origin)?;
-                let method = method.trim();
-                if method.is_empty() {
-                    return Err(invalid(origin, "it is empty; give `default` or a method of the backend (PostgreSQL file-copy or wal-log, MySQL show-create or create-like, SQLite copy or backup)"));
-                }
-                self.clone_method = Some(method.to_string());
-            }
-            "connect_timeout" => self.connect_timeout = Some(duration(raw, origin, false)?),
-            "drop_timeout" => self.drop_timeout = Some(duration(raw, origin, false)?),
-            "heartbeat_ttl" => {
-                let ttl = duration(raw, origin, false)?;
-                dbfork_engine::ops::check_heartbeat_ttl(ttl).map_err(|why| invalid(origin, why))?;
-                self.heartbeat_ttl = Some(ttl);
-            }
-            "build_timeout" => self.build_timeout = Some(duration(raw, origin, false)?),
-            "start_timeout" => self.start_timeout = Some(duration(raw, origin, false)?),
-            "template_cache" => {
-                self.template_cache = Some(optional_path(Path::new(&string(raw, origin)?), base))
-            }
-            "template_cache_size" => {
-                let text = match raw {
-                    Raw::Toml(toml::Value::Integer(n)) => n.to_string(),
-                    _ => string(raw, origin)?,
-                };
-                let bytes =
-                    dbfork_engine::cache::parse_size(&text).map_err(|why| invalid(origin, why))?;
-                self.template_cache_size = Some(bytes);
-            }
-            "incremental" => self.incremental = Some(boolean(raw, origin)?),
-            "keep_templates" => self.keep_templates = Some(count(raw, origin, 0)?),
-            // SETTINGS and this match list the same keys; a key missing here is a bug
-            // (a test sets every key).
-            other => {
-                return Err(anyhow::anyhow!(
-                    "internal error: the setting `{other}` has no parser; please report this bug"
-                ))
-            }
+                })?,
+            )
         }
-        Ok(())
-    }
+        Kind::Shard => {
+            let text = string(raw, origin)?;
+            Value::Shard(
+                Shard::parse(&text, |name| std::env::var(name).ok())
+                    .map_err(|why| invalid(origin, why))?,
+            )
+        }
+        Kind::Adapter => {
+            let text = string(raw, origin)?;
+            Value::Adapter(
+                Adapter::parse(&text.trim().to_ascii_lowercase()).ok_or_else(|| {
+                    invalid(
+                        origin,
+                        format!("`{text}` is not one of {}", Adapter::CHOICES),
+                    )
+                })?,
+            )
+        }
+        Kind::Duration(Span::OrNone) => {
+            let off = match raw {
+                Raw::Text(t) => Some(t),
+                Raw::Toml(toml::Value::String(t)) => Some(t.as_str()),
+                Raw::Toml(_) => None,
+            }
+            .is_some_and(|t| t.trim().is_empty() || t.trim().eq_ignore_ascii_case("none"));
+            Value::Duration(if off {
+                None
+            } else {
+                Some(duration(raw, origin, false)?)
+            })
+        }
+        Kind::Duration(span) => Value::Duration(Some(duration(raw, origin, span == Span::OrZero)?)),
+        Kind::HeartbeatTtl => {
+            let ttl = duration(raw, origin, false)?;
+            dbfork_engine::ops::check_heartbeat_ttl(ttl).map_err(|why| invalid(origin, why))?;
+            Value::Duration(Some(ttl))
+        }
+        Kind::Count { min } => Value::Count(count(raw, origin, min)?),
+        Kind::Path => Value::Path(optional_path(Path::new(&string(raw, origin)?), base)),
+        Kind::Size => {
+            let text = match raw {
+                Raw::Toml(toml::Value::Integer(n)) => n.to_string(),
+                _ => string(raw, origin)?,
+            };
+            Value::Size(
+                dbfork_engine::cache::parse_size(&text).map_err(|why| invalid(origin, why))?,
+            )
+        }
+        Kind::Method | Kind::Template | Kind::Owner => {
+            Value::Text(word(setting.kind, raw, origin)?)
+        }
+    })
+}
+
+/// A one-word text setting: a clone method, a template, an owner.
+fn word(kind: Kind, raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<String> {
+    let text = string(raw, origin)?;
+    let text = text.trim();
+    let wrong = match kind {
+        Kind::Method if text.is_empty() => "it is empty; give `default` or a method of the backend (PostgreSQL file-copy or wal-log, MySQL show-create or create-like, SQLite copy or backup)".to_string(),
+        Kind::Template if text.is_empty() => "it is empty; give the fingerprint `dbfork db template` printed (or 6 or more of its first characters), or the template's name".to_string(),
+        Kind::Owner if !(text == "parent" || text == "none" || text.parse::<u32>().is_ok()) => {
+            format!("`{text}` is not `parent`, `none` or a process id")
+        }
+        _ => return Ok(text.to_string()),
+    };
+    Err(invalid(origin, wrong))
 }
 
 fn string(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<String> {
@@ -773,6 +876,11 @@ fn invalid(origin: &Origin<'_>, why: impl fmt::Display) -> anyhow::Error {
 
 fn usage(message: String) -> anyhow::Error {
     anyhow::Error::new(UsageError(message))
+}
+
+/// A mistake of dbfork's own (a table and its use disagree).
+fn internal(what: String) -> anyhow::Error {
+    anyhow::anyhow!("internal error: {what}; please report this bug")
 }
 
 #[cfg(test)]

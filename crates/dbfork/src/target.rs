@@ -7,7 +7,13 @@ use dbfork_engine::ephemeral::{self, EphemeralServer};
 use dbfork_engine::ops;
 use dbfork_engine::{AnyBackend, Target};
 
-use crate::cli::DbArgs;
+/// How a command talks to its server: the settings every verb has.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub connect_timeout: std::time::Duration,
+    pub drop_timeout: std::time::Duration,
+    pub heartbeat_ttl: std::time::Duration,
+}
 
 /// A connected backend, and the ephemeral server behind it if there is one.
 pub struct Opened {
@@ -25,7 +31,8 @@ pub enum Collect {
 }
 
 impl Opened {
-    pub async fn open(args: &DbArgs, collect: Collect) -> Result<Opened> {
+    /// Opens `db` (a URL, or an ephemeral server's name).
+    pub async fn open(db: &str, connection: &Connection, collect: Collect) -> Result<Opened> {
         let removed = ephemeral::collect_stale();
         for dir in removed {
             tracing::info!(
@@ -46,26 +53,9 @@ impl Opened {
             );
         }
         let options = ConnectOptions {
-            connect_timeout: args.connect_timeout,
+            connect_timeout: connection.connect_timeout,
         };
-        let db = match &args.db {
-            Some(db) => db.clone(),
-            None => {
-                let db = crate::settings::project_db(&std::env::current_dir()?)?;
-                if collect == Collect::Nothing && crate::settings::unmade_sqlite(&db) {
-                    // Reading never writes: opening it would make it.
-                    anyhow::bail!(
-                        "this project has no dbfork database yet ({db} does not exist; `dbfork run` makes it): nothing to show. Give --db to look at a server"
-                    );
-                }
-                dbfork_meta::say!(
-                    "dbfork: the project's database: {} (give --db for another)",
-                    dbfork_engine::url::mask_raw(&db)
-                );
-                db
-            }
-        };
-        let (url, server) = match Target::parse(&db)? {
+        let (url, server) = match Target::parse(db)? {
             Target::Url(url) => (url, None),
             Target::Ephemeral(kind) => {
                 let server = EphemeralServer::start(kind).await?;
@@ -80,7 +70,7 @@ impl Opened {
         match AnyBackend::connect(&url, &options).await {
             Ok(backend) => {
                 if collect == Collect::Leftovers {
-                    collect_leftovers(&backend, args).await;
+                    collect_leftovers(&backend, connection).await;
                 }
                 Ok(Opened { backend, server })
             }
@@ -107,12 +97,12 @@ impl Opened {
 /// processes left on this server (a `kill -9` leaves no chance to clean up):
 /// clones whose owner is gone and abandoned template builds, one line each.
 /// Templates are kept. A failure here is only a warning.
-async fn collect_leftovers(backend: &AnyBackend, args: &DbArgs) {
+async fn collect_leftovers(backend: &AnyBackend, connection: &Connection) {
     let options = ops::GcOptions {
         dry_run: false,
         older_than: None,
-        heartbeat_ttl: args.heartbeat_ttl,
-        drop_deadline: args.drop_timeout,
+        heartbeat_ttl: connection.heartbeat_ttl,
+        drop_deadline: connection.drop_timeout,
         every_template: false,
     };
     match ops::gc(backend, &options).await {

@@ -190,6 +190,95 @@ fn db_verbs_default_to_the_projects_database() {
     assert!(!root.join(".dbfork").exists(), "{err}");
 }
 
+/// The `db` verbs read the project's configuration file as `dbfork run`
+/// does: `db template` builds what `setup` and `inputs` of `[tool.dbfork]`
+/// say, on the file's `db` (relative to the file), passing over the keys of
+/// `run` alone; `db clone` takes its template from DBFORK_TEMPLATE; an
+/// unknown key stops every verb.
+#[test]
+fn db_verbs_read_the_projects_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let sub = root.join("tests");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::create_dir_all(root.join("schema")).unwrap();
+    std::fs::write(root.join("schema/a.sql"), "one").unwrap();
+    let pyproject = "[tool.dbfork]\ndb = \"sqlite://var/main.db\"\nsetup = \"true\"\ninputs = [\"schema/*.sql\"]\ndist = \"class\"\nclone-concurrency = 2\n";
+    std::fs::write(root.join("pyproject.toml"), pyproject).unwrap();
+    let db = |cwd: &std::path::Path, args: &[&str], env: &[(&str, &str)]| {
+        let out = dbfork()
+            .current_dir(cwd)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, fp, err) = db(&sub, &["db", "template"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let url = format!("sqlite://{}/var/main.db", root.display());
+    assert!(
+        err.contains(&format!("the project's database: {url}")),
+        "{err}"
+    );
+    let flags = [
+        "db",
+        "template",
+        "--db",
+        &url,
+        "--setup",
+        "true",
+        "--input",
+        "schema/*.sql",
+    ];
+    let (code, same, err) = db(&root, &flags, &[]);
+    assert_eq!((code, &same), (0, &fp), "{err}");
+    assert!(err.contains("reusing template"), "{err}");
+    std::fs::write(root.join("schema/a.sql"), "two").unwrap();
+    let (code, other, err) = db(&sub, &["db", "template"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(
+        other, fp,
+        "a changed input of the file's `inputs` must change the template"
+    );
+    let (code, clone, err) = db(
+        &sub,
+        &["db", "clone", "--owner", "none"],
+        &[("DBFORK_TEMPLATE", &other)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        clone.starts_with(&format!("sqlite://{}/var/", root.display())),
+        "{clone}"
+    );
+    std::fs::write(
+        root.join("pyproject.toml"),
+        format!("{pyproject}setpu = \"x\"\n"),
+    )
+    .unwrap();
+    let (code, _, err) = db(&sub, &["db", "list"], &[]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("unknown key `setpu`") && err.contains("Did you mean `setup`?"),
+        "{err}"
+    );
+    std::fs::write(root.join("pyproject.toml"), pyproject).unwrap();
+    let name = clone
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .trim_end_matches(".sqlite3");
+    let (code, _, err) = db(&sub, &["db", "drop", name], &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = db(&sub, &["clean"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("dropped template").count(), 2, "{err}");
+}
+
 /// `dbfork clean --dry-run` names the project's templates and its `.dbfork/`
 /// and removes nothing; `dbfork clean` (from a subdirectory of the project)
 /// drops them, then the registry they leave empty, and removes the directory,

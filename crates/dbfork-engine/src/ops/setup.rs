@@ -16,7 +16,11 @@ pub(super) async fn run_setup(
 ) -> Result<()> {
     let env = DatabaseEnv::new(backend, name)?;
     crate::reaper::arm();
-    let mut child = tokio::process::Command::new("sh")
+    let mut command = tokio::process::Command::new("sh");
+    if let Some(dir) = &recipe.dir {
+        command.current_dir(dir);
+    }
+    let mut child = command
         .arg("-c")
         .arg(&recipe.setup)
         .envs(env.vars.iter().cloned())

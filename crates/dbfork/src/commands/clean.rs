@@ -6,8 +6,8 @@ use anyhow::{bail, Result};
 use dbfork_engine::ops::{self, GcOptions};
 use dbfork_engine::Backend;
 
-use crate::cli::{CleanArgs, DbArgs, RunArgs};
-use crate::settings;
+use crate::cli::CleanArgs;
+use crate::settings::Settings;
 use crate::target::{Collect, Opened};
 
 /// Drops the project's templates and left clones (not a live run's), then
@@ -15,101 +15,25 @@ use crate::target::{Collect, Opened};
 /// says what it would remove.
 pub async fn run(args: CleanArgs) -> Result<i32> {
     let cwd = std::env::current_dir()?;
-    let project = RunArgs {
-        config: args.config.clone(),
-        ..RunArgs::default()
-    };
-    let config = settings::resolve(&project, 0, &cwd)?;
-    let db = args
-        .db
-        .clone()
-        .unwrap_or_else(|| settings::database_of(&config));
-    let (would, did) = if args.dry_run {
-        ("would remove", "would drop")
+    let settings = Settings::of(&args.settings, &cwd)?;
+    let db = settings.database()?;
+    let state_dir = settings.state_dir();
+    let would = if args.dry_run {
+        "would remove"
     } else {
-        ("removed", "dropped")
+        "removed"
     };
-    let mut kept = 0;
-    let mut said = false;
     // A SQLite database that was never made has nothing on it.
-    if !settings::unmade_sqlite(&db) {
-        let db_args = DbArgs {
-            db: Some(db.clone()),
-            connect_timeout: config.connect_timeout,
-            drop_timeout: config.drop_timeout,
-            heartbeat_ttl: config.heartbeat_ttl,
-        };
-        let collect = if args.dry_run {
-            Collect::Nothing
-        } else {
-            Collect::Leftovers
-        };
-        let opened = Opened::open(&db_args, collect).await?;
-        let options = GcOptions {
-            dry_run: args.dry_run,
-            older_than: None,
-            heartbeat_ttl: config.heartbeat_ttl,
-            drop_deadline: config.drop_timeout,
-            every_template: true,
-        };
-        let result = ops::gc(&opened.backend, &options).await;
-        let (left, rows) = match opened.backend.registry_list().await {
-            Ok(entries) => (
-                entries.len() - ops::foreign_rows(&entries).len(),
-                entries.len(),
-            ),
-            Err(_) => (0, 1),
-        };
-        // An empty registry goes too, unless it goes with `.dbfork/` below.
-        let in_state_dir = db
-            .strip_prefix("sqlite://")
-            .is_some_and(|path| Path::new(path).starts_with(&config.state_dir));
-        let registry = match (&result, args.dry_run, in_state_dir) {
-            (Ok(collected), true, false) => Ok(rows == collected.len() && rows > 0),
-            (Ok(_), false, false) if rows == 0 => opened.backend.registry_drop_if_empty().await,
-            _ => Ok(false),
-        };
-        let closed = opened.close().await;
-        let collected = result?;
-        let registry = registry?;
-        closed?;
-        said |= !collected.is_empty();
-        for c in &collected {
-            match &c.error {
-                Some(e) => {
-                    dbfork_meta::say!("dbfork: could not drop {} {}: {e}", c.kind.as_str(), c.name)
-                }
-                None => dbfork_meta::say!(
-                    "dbfork: {did} {} {} ({})",
-                    c.kind.as_str(),
-                    c.name,
-                    c.reason
-                ),
-            }
-        }
-        if registry {
-            said = true;
-            dbfork_meta::say!(
-                "dbfork: {would} dbfork's registry (empty) from {}",
-                dbfork_engine::url::mask_raw(&db)
-            );
-        }
-        let failed = collected.iter().filter(|c| c.error.is_some()).count();
-        if failed > 0 {
-            bail!("{failed} database(s) could not be dropped; see above");
-        }
-        kept = left.saturating_sub(if args.dry_run { collected.len() } else { 0 });
-        if kept > 0 {
-            dbfork_meta::say!(
-                "dbfork: kept {kept} database(s) of a run still going on {}; run `dbfork clean` again once it has ended",
-                dbfork_engine::url::mask_raw(&db)
-            );
-        }
-    }
-    let mut dirs = vec![config.state_dir.clone()];
-    dirs.extend(config.template_cache.clone());
+    let (said, kept) = if crate::settings::unmade_sqlite(&db) {
+        (false, 0)
+    } else {
+        clean_server(&db, &settings, &state_dir, args.dry_run).await?
+    };
+    let mut said = said;
+    let mut dirs = vec![state_dir.clone()];
+    dirs.extend(settings.path("template_cache")?);
     for dir in dirs {
-        if kept > 0 && dir == config.state_dir {
+        if kept > 0 && dir == state_dir {
             continue;
         }
         said |= remove_dir(&dir, args.dry_run, would)?;
@@ -118,6 +42,88 @@ pub async fn run(args: CleanArgs) -> Result<i32> {
         dbfork_meta::say!("dbfork: nothing to remove");
     }
     Ok(crate::errors::OK)
+}
+
+/// Drops what the registry of `db` holds (every template; clones and builds
+/// whose owner is gone) and the registry if that leaves it empty. Whether
+/// it said anything, and how many databases of a live run it kept.
+async fn clean_server(
+    db: &str,
+    settings: &Settings,
+    state_dir: &Path,
+    dry_run: bool,
+) -> Result<(bool, usize)> {
+    let (would, did) = if dry_run {
+        ("would remove", "would drop")
+    } else {
+        ("removed", "dropped")
+    };
+    let connection = settings.connection()?;
+    let collect = if dry_run {
+        Collect::Nothing
+    } else {
+        Collect::Leftovers
+    };
+    let opened = Opened::open(db, &connection, collect).await?;
+    let options = GcOptions {
+        dry_run,
+        older_than: None,
+        heartbeat_ttl: connection.heartbeat_ttl,
+        drop_deadline: connection.drop_timeout,
+        every_template: true,
+    };
+    let result = ops::gc(&opened.backend, &options).await;
+    let (left, rows) = match opened.backend.registry_list().await {
+        Ok(entries) => (
+            entries.len() - ops::foreign_rows(&entries).len(),
+            entries.len(),
+        ),
+        Err(_) => (0, 1),
+    };
+    // An empty registry goes too, unless it goes with `.dbfork/`.
+    let in_state_dir = db
+        .strip_prefix("sqlite://")
+        .is_some_and(|path| Path::new(path).starts_with(state_dir));
+    let registry = match (&result, dry_run, in_state_dir) {
+        (Ok(collected), true, false) => Ok(rows == collected.len() && rows > 0),
+        (Ok(_), false, false) if rows == 0 => opened.backend.registry_drop_if_empty().await,
+        _ => Ok(false),
+    };
+    let closed = opened.close().await;
+    let collected = result?;
+    let registry = registry?;
+    closed?;
+    for c in &collected {
+        match &c.error {
+            Some(e) => {
+                dbfork_meta::say!("dbfork: could not drop {} {}: {e}", c.kind.as_str(), c.name)
+            }
+            None => dbfork_meta::say!(
+                "dbfork: {did} {} {} ({})",
+                c.kind.as_str(),
+                c.name,
+                c.reason
+            ),
+        }
+    }
+    if registry {
+        dbfork_meta::say!(
+            "dbfork: {would} dbfork's registry (empty) from {}",
+            dbfork_engine::url::mask_raw(db)
+        );
+    }
+    let failed = collected.iter().filter(|c| c.error.is_some()).count();
+    if failed > 0 {
+        bail!("{failed} database(s) could not be dropped; see above");
+    }
+    let kept = left.saturating_sub(if dry_run { collected.len() } else { 0 });
+    if kept > 0 {
+        dbfork_meta::say!(
+            "dbfork: kept {kept} database(s) of a run still going on {}; run `dbfork clean` again once it has ended",
+            dbfork_engine::url::mask_raw(db)
+        );
+    }
+    Ok((!collected.is_empty() || registry, kept))
 }
 
 /// Removes dbfork's directory `dir` (never through a link: a link is only

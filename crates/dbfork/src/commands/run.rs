@@ -8,7 +8,7 @@ use anyhow::Result;
 use dbfork_engine::{Backend, Target};
 use dbfork_runner::run::{self as runner, exit, Prepared, RunError};
 
-use crate::cli::{DbArgs, RunArgs};
+use crate::cli::RunArgs;
 use crate::settings;
 use crate::target::{Collect, Opened};
 
@@ -49,21 +49,15 @@ async fn start(args: &RunArgs, verbose: u8, collect: Collect) -> Result<(Prepare
             return Err(exit::USAGE);
         }
     };
-    let (connect_timeout, drop_timeout, heartbeat_ttl) = (
-        config.connect_timeout,
-        config.drop_timeout,
-        config.heartbeat_ttl,
-    );
-    let db_args = move |db: String| DbArgs {
-        db: Some(db),
-        connect_timeout,
-        drop_timeout,
-        heartbeat_ttl,
+    let connection = crate::target::Connection {
+        connect_timeout: config.connect_timeout,
+        drop_timeout: config.drop_timeout,
+        heartbeat_ttl: config.heartbeat_ttl,
     };
     // A database named by the user is opened first: the test command's
     // controller then sees it in DATABASE_URL, as the workers do.
     let mut opened = match &config.db {
-        Some(db) => match Opened::open(&db_args(db.clone()), collect).await {
+        Some(db) => match Opened::open(db, &connection, collect).await {
             Ok(opened) => Some(opened),
             Err(e) => return Err(open_failed(&e)),
         },
@@ -91,7 +85,7 @@ async fn start(args: &RunArgs, verbose: u8, collect: Collect) -> Result<(Prepare
                     return Err(failed(&e));
                 }
             };
-            match Opened::open(&db_args(db), collect).await {
+            match Opened::open(&db, &connection, collect).await {
                 Ok(opened) => opened,
                 Err(e) => {
                     prepared.abandon().await;

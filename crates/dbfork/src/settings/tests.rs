@@ -232,21 +232,141 @@ fn django_settings() {
     assert_eq!(config.dist, Dist::Test);
 }
 
-/// Every setting of the table has its check here: none reaches the
-/// "no parser" fallback, whatever its value.
+/// Every setting's default parses, and every bad value's message names
+/// the flag and variable it came from.
 #[test]
 fn every_setting_of_the_table_is_checked() {
     let base = Path::new("/");
     for setting in SETTINGS {
+        if let Some(default) = setting.value {
+            parse(setting, Raw::Text(default), &Origin::Default(setting), base)
+                .unwrap_or_else(|e| panic!("{}: its default: {e:#}", setting.key));
+        }
         for text in ["", "1", "x"] {
-            let result =
-                Layer::default().set(setting.key, Raw::Text(text), &Origin::Flag(setting), base);
-            if let Err(err) = result {
+            if let Err(err) = parse(setting, Raw::Text(text), &Origin::Flag(setting), base) {
                 let text = format!("{err:#}");
-                assert!(!text.contains("internal error"), "{}: {text}", setting.key);
                 assert!(
                     text.contains(&setting.flag_and_env()),
                     "{}: {text}",
+                    setting.key
+                );
+            }
+        }
+    }
+}
+
+/// A good value of each kind, as a configuration file writes it.
+fn example(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Url => "\"sqlite:///tmp/dbfork-example/main.db\"",
+        Kind::Command => "\"true\"",
+        Kind::Globs => "[\"migrations/*\"]",
+        Kind::Aliases => "[\"other\"]",
+        Kind::Switch => "true",
+        Kind::Jobs => "2",
+        Kind::Dist => "\"class\"",
+        Kind::Shard => "\"1/2\"",
+        Kind::Adapter => "\"pytest\"",
+        Kind::Duration(_) => "\"7m\"",
+        Kind::HeartbeatTtl => "\"2h\"",
+        Kind::Count { .. } => "3",
+        Kind::Path => "\"out/file\"",
+        Kind::Size => "\"1GiB\"",
+        Kind::Method => "\"default\"",
+        Kind::Template => "\"abcdef12\"",
+        Kind::Owner => "\"none\"",
+    }
+}
+
+/// Reads `key` with the getter of its kind; whether it is set.
+fn read(settings: &Settings, setting: &Setting) -> anyhow::Result<bool> {
+    let key = setting.key;
+    Ok(match setting.kind {
+        Kind::Url | Kind::Command | Kind::Method | Kind::Template | Kind::Owner => {
+            settings.text(key)?.is_some()
+        }
+        Kind::Globs | Kind::Aliases => settings.list(key)?.is_some_and(|l| !l.is_empty()),
+        Kind::Switch => settings.switch(key)?.is_some(),
+        Kind::Jobs => settings.jobs(key)?.is_some(),
+        Kind::Dist => settings.dist(key)?.is_some(),
+        Kind::Shard => settings.shard(key)?.is_some(),
+        Kind::Adapter => settings.adapter(key)?.is_some(),
+        Kind::Duration(_) | Kind::HeartbeatTtl => settings.duration(key)?.is_some(),
+        Kind::Count { .. } => settings.count(key)?.is_some(),
+        Kind::Path => settings.path(key)?.is_some(),
+        Kind::Size => settings.size(key)?.is_some(),
+    })
+}
+
+/// Every verb takes each of its settings as a flag with its variable, as a
+/// key of the configuration file and with a row in the docs, and nothing
+/// else through a `DBFORK_*` variable; another verb's key in the file is
+/// passed over.
+#[test]
+fn every_verb_takes_its_settings_from_flag_variable_file_and_docs() {
+    use clap::CommandFactory;
+    let cli = crate::cli::Cli::command();
+    let docs = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .unwrap();
+    let (_dir, root, _) = project();
+    let file: String = SETTINGS
+        .iter()
+        .map(|s| format!("{} = {}\n", s.key, example(s.kind)))
+        .collect();
+    std::fs::write(root.join("dbfork.toml"), file).unwrap();
+    for &verb in Verb::ALL {
+        for line in verb.commands() {
+            let mut command = &cli;
+            for word in line.split(' ') {
+                command = command
+                    .find_subcommand(word)
+                    .unwrap_or_else(|| panic!("no `dbfork {line}`"));
+            }
+            for setting in SETTINGS {
+                let arg = command
+                    .get_arguments()
+                    .find(|a| a.get_long() == Some(setting.flag));
+                let takes =
+                    arg.is_some_and(|a| a.get_env() == Some(std::ffi::OsStr::new(setting.env)));
+                assert_eq!(
+                    takes,
+                    setting.of(verb),
+                    "`dbfork {line}` --{}",
+                    setting.flag
+                );
+            }
+            for arg in command.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    let ours = env == dbfork_meta::env::CONFIG
+                        || SETTINGS.iter().any(|s| s.of(verb) && env == s.env);
+                    assert!(
+                        ours,
+                        "`dbfork {line}` reads {env:?}, which is no setting of it"
+                    );
+                }
+            }
+        }
+        let settings = Settings::load(verb, &[], None, &root).unwrap();
+        for setting in SETTINGS {
+            if setting.of(verb) {
+                assert!(
+                    read(&settings, setting).unwrap(),
+                    "{verb:?}: `{}` from the file",
+                    setting.key
+                );
+                let row = format!("| `{}` | ", setting.key);
+                let line = docs.lines().find(|l| l.starts_with(&row));
+                let line = line.unwrap_or_else(|| panic!("no docs row for `{}`", setting.key));
+                assert!(
+                    line.contains(&dbfork_meta::settings::commands(setting)),
+                    "{line}"
+                );
+            } else {
+                assert!(
+                    read(&settings, setting).is_err(),
+                    "{verb:?} reads `{}`",
                     setting.key
                 );
             }
@@ -368,6 +488,31 @@ fn relative_paths_in_the_file_are_from_its_directory() {
     assert_eq!(
         resolve(&given, 0, &sub).unwrap().db.as_deref(),
         Some("postgres://u@h:5432/postgres")
+    );
+    assert_eq!(config.recipe_dir, None);
+}
+
+/// The file's `setup` and `inputs` mean the same from any subdirectory: the
+/// setup runs in the project root and the patterns are taken from there; a
+/// pattern given by a flag beside them is the working directory's.
+#[test]
+fn the_files_setup_and_inputs_are_the_project_roots() {
+    let (_dir, root, sub) = project();
+    std::fs::write(
+        root.join("dbfork.toml"),
+        "setup = \"./migrate.sh\"\ninputs = [\"schema/*.sql\"]\n",
+    )
+    .unwrap();
+    let config = resolve(&args(), 0, &sub).unwrap();
+    assert_eq!(config.recipe_dir.as_deref(), Some(root.as_path()));
+    assert_eq!(config.inputs, ["schema/*.sql"]);
+    let config = resolve(&flags(&["--input", "local/*.sql"]), 0, &sub).unwrap();
+    assert_eq!(config.recipe_dir.as_deref(), Some(root.as_path()));
+    assert_eq!(config.inputs, [format!("{}/local/*.sql", sub.display())]);
+    let config = resolve(&flags(&["--setup", "make db", "--input", "x"]), 0, &sub).unwrap();
+    assert_eq!(
+        (config.recipe_dir, config.inputs),
+        (None, vec!["x".to_string()])
     );
 }
 

@@ -9,20 +9,30 @@ use dbfork_engine::{Backend, CloneMethod};
 
 use crate::cli::CloneArgs;
 use crate::errors::UsageError;
+use crate::settings::Settings;
 use crate::target::Opened;
 
-pub async fn run(opened: &Opened, args: &CloneArgs, cancel: &Cancel) -> Result<()> {
+pub async fn run(
+    opened: &Opened,
+    args: &CloneArgs,
+    settings: &Settings,
+    cancel: &Cancel,
+) -> Result<()> {
     let backend = &opened.backend;
-    let method = CloneMethod::parse(backend.kind(), &args.method)?;
-    let owner = parse_owner(&args.owner)?;
+    let Some(template) = settings.text("template")? else {
+        return Err(UsageError("`db clone` needs the template to clone: give --template / DBFORK_TEMPLATE (the fingerprint `dbfork db template` printed, or 6 or more of its first characters)".into()).into());
+    };
+    let method = settings.text("clone_method")?.unwrap_or_default();
+    let method = CloneMethod::parse(backend.kind(), &method)?;
+    let owner = parse_owner(&settings.text("owner")?.unwrap_or_default())?;
     if args.count == 0 {
         return Err(UsageError("-n must be at least 1".into()).into());
     }
-    let template = ops::find_template(backend, &args.template).await?;
+    let template = ops::find_template(backend, &template).await?;
     let options = CloneOptions {
         method,
-        concurrency: args.concurrency,
-        drop_deadline: args.db.drop_timeout,
+        concurrency: settings.count_or_default("clone_concurrency")?,
+        drop_deadline: settings.connection()?.drop_timeout,
     };
     let started = Instant::now();
     let clones = ops::make_clones(backend, &template, args.count, &owner, &options, cancel).await?;

@@ -4,10 +4,16 @@ use anyhow::Result;
 use dbfork_engine::ops;
 
 use crate::cli::DropArgs;
+use crate::settings::Settings;
 use crate::target::Opened;
 
-pub async fn run(opened: &Opened, args: &DropArgs) -> Result<()> {
-    ops::drop_registered(&opened.backend, &args.names, args.db.drop_timeout).await?;
+pub async fn run(opened: &Opened, args: &DropArgs, settings: &Settings) -> Result<()> {
+    ops::drop_registered(
+        &opened.backend,
+        &args.names,
+        settings.connection()?.drop_timeout,
+    )
+    .await?;
     for name in &args.names {
         dbfork_meta::say!("dbfork: dropped {name}");
     }

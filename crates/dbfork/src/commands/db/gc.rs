@@ -5,14 +5,16 @@ use dbfork_engine::ops::{self, GcOptions};
 use dbfork_engine::Backend;
 
 use crate::cli::GcArgs;
+use crate::settings::Settings;
 use crate::target::Opened;
 
-pub async fn run(opened: &Opened, args: &GcArgs) -> Result<()> {
+pub async fn run(opened: &Opened, args: &GcArgs, settings: &Settings) -> Result<()> {
+    let connection = settings.connection()?;
     let options = GcOptions {
         dry_run: args.dry_run,
         older_than: args.older_than,
-        heartbeat_ttl: args.db.heartbeat_ttl,
-        drop_deadline: args.db.drop_timeout,
+        heartbeat_ttl: connection.heartbeat_ttl,
+        drop_deadline: connection.drop_timeout,
         every_template: false,
     };
     let collected = ops::gc(&opened.backend, &options).await?;
