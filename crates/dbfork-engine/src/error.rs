@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub use dbfork_meta::exit::Failure;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,41 @@ pub enum Error {
 }
 
 impl Error {
+    /// What kind of failure this is, which decides the exit code (through
+    /// `dbfork_meta::exit::Failure::code`, the one table of codes). Every
+    /// variant is named: a new one must be classified.
+    pub fn kind(&self) -> Failure {
+        match self {
+            Error::SetupFailed { .. }
+            | Error::SetupSpawn { .. }
+            | Error::SetupTimeout { .. }
+            | Error::TemplateBuild { .. } => Failure::SetupFailed,
+            Error::Interrupted => Failure::Interrupted,
+            Error::BadUrl { .. }
+            | Error::NotOurs { .. }
+            | Error::NotDbforkName { .. }
+            | Error::NotMarked { .. }
+            | Error::NotRegistered { .. }
+            | Error::NoTemplate { .. }
+            | Error::AmbiguousTemplate { .. }
+            | Error::BadInput { .. }
+            | Error::InputMatchesNothing { .. }
+            | Error::BadMethod { .. }
+            | Error::MissingBinary { .. } => Failure::Usage,
+            Error::Connect { .. }
+            | Error::ConnectTimeout { .. }
+            | Error::Query { .. }
+            | Error::LockTimeout { .. }
+            | Error::Registry { .. }
+            | Error::DropTimeout { .. }
+            | Error::Ephemeral { .. }
+            | Error::EphemeralEnded { .. }
+            | Error::CacheFile { .. }
+            | Error::Transfer { .. }
+            | Error::Io { .. } => Failure::Database,
+        }
+    }
+
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }

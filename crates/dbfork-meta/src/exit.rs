@@ -16,6 +16,46 @@ pub const USAGE: i32 = 4;
 /// `dbfork run`: no tests were collected.
 pub const NO_TESTS: i32 = 5;
 
+/// What went wrong, as far as the exit code is concerned: every error type
+/// of dbfork says which of these it is (`kind()`), and [`Failure::code`]
+/// alone turns that into a number, per command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A mistake in how dbfork was called: a flag, a URL, a file, a name.
+    Usage,
+    /// Ctrl-C, SIGTERM or SIGHUP.
+    Interrupted,
+    /// The setup command failed, could not start or ran too long.
+    SetupFailed,
+    /// A database or server error, or anything else that is not the
+    /// caller's mistake.
+    Database,
+}
+
+/// The two families of commands whose codes differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `dbfork run` (and `db fingerprint`): pytest's codes.
+    Run,
+    /// `dbfork db ...`, `clean`, `report`.
+    Db,
+}
+
+impl Failure {
+    /// The exit code of this failure for a command of `family`.
+    pub fn code(self, family: Family) -> i32 {
+        match (self, family) {
+            (Failure::Usage, _) => USAGE,
+            (Failure::Interrupted, _) => INTERRUPTED,
+            // A run whose setup failed did not run its suite: that is 3,
+            // never pytest's 1 ("tests failed").
+            (Failure::SetupFailed, Family::Run) => SETUP_OR_DATABASE,
+            (Failure::SetupFailed, Family::Db) => SETUP_FAILED,
+            (Failure::Database, _) => SETUP_OR_DATABASE,
+        }
+    }
+}
+
 /// One exit code and what it means for each command.
 pub struct ExitCode {
     pub code: i32,
@@ -81,5 +121,27 @@ mod tests {
         assert_eq!(codes, [0, 1, 2, 3, 4, 5]);
         assert!(markdown("db").contains("| 4 | a usage error: a bad URL"));
         assert!(!markdown("db").contains("| 5 |"));
+    }
+
+    /// Every failure's code is in the table, with a meaning for its family.
+    #[test]
+    fn every_failure_has_a_documented_code() {
+        for failure in [
+            Failure::Usage,
+            Failure::Interrupted,
+            Failure::SetupFailed,
+            Failure::Database,
+        ] {
+            for family in [Family::Run, Family::Db] {
+                let code = failure.code(family);
+                let row = EXIT_CODES.iter().find(|c| c.code == code).unwrap();
+                let meaning = if family == Family::Run {
+                    row.run
+                } else {
+                    row.db
+                };
+                assert!(!meaning.is_empty(), "{failure:?} {family:?}");
+            }
+        }
     }
 }

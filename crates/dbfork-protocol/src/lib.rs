@@ -123,6 +123,17 @@ pub mod env {
     pub const ROLE: &str = "DBFORK_ROLE";
     pub const DJANGO: &str = "DBFORK_DJANGO";
     pub const FORKING: &str = "DBFORK_FORKING";
+    /// The database a process is given, also as `DATABASE_URL`.
+    pub const DATABASE_URL: &str = "DBFORK_DATABASE_URL";
+    /// Its name on the server (SQLite: the clone's name; its path is
+    /// [`SQLITE_PATH`]).
+    pub const DATABASE_NAME: &str = "DBFORK_DATABASE_NAME";
+    /// `postgres`, `mysql` or `sqlite`.
+    pub const BACKEND: &str = "DBFORK_BACKEND";
+    /// JSON: each extra database alias to its clone's name (SQLite: path).
+    pub const DATABASES: &str = "DBFORK_DATABASES";
+    /// SQLite: the database file's path.
+    pub const SQLITE_PATH: &str = "DBFORK_SQLITE_PATH";
     pub const XDIST_WORKER: &str = "PYTEST_XDIST_WORKER";
     pub const XDIST_WORKER_COUNT: &str = "PYTEST_XDIST_WORKER_COUNT";
 }

@@ -27,7 +27,7 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::run::{exit, RunError};
+use crate::error::{exit, RunError};
 use crate::worker::{self, Echo, Environment, Tail};
 
 /// How many lines of the controller's output are kept (for its log file).

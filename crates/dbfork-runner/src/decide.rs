@@ -184,7 +184,7 @@ pub fn run_exit_code(
     tests_failed: bool,
     no_tests: bool,
 ) -> i32 {
-    use crate::run::exit;
+    use crate::error::exit;
     match fatal {
         Some(code) => code,
         None if interrupted => exit::INTERRUPTED,

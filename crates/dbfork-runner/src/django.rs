@@ -9,7 +9,7 @@ use dbfork_engine::fingerprint::Recipe;
 use dbfork_engine::{DbUrl, Kind};
 use dbfork_protocol::{AliasSettings, DjangoReport};
 
-use crate::run::RunError;
+use crate::error::RunError;
 
 /// The template's recipe: built by the test process with Django's own test
 /// database setup; user `--input` patterns still count.

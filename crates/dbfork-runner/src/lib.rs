@@ -20,6 +20,7 @@ pub mod adapters;
 pub mod controller;
 pub mod decide;
 pub mod django;
+pub mod error;
 pub mod machine;
 pub mod model;
 pub mod plugin;

@@ -22,9 +22,9 @@ use dbfork_engine::pool::Pool;
 use dbfork_protocol::{self as protocol, RunnerMessage, TestItem, TestResult, WorkerMessage};
 
 use crate::decide::{self, truncate, AfterLoss, LossCause, LossFacts, RunState};
+use crate::error::exit;
 use crate::model::{Outcome, ShardReport, SlotReport, TestRecord};
 use crate::progress::label;
-use crate::run::exit;
 use crate::schedule::Scheduler;
 use crate::shard::Shard;
 use crate::timings::Timings;

@@ -6,10 +6,10 @@
 
 use std::path::PathBuf;
 
+use crate::error::exit;
 use crate::model::{RunReport, TestRecord};
 use crate::progress::Progress;
 use crate::report;
-use crate::run::exit;
 use crate::timings::Timings;
 
 /// One thing that happened in a run.

@@ -14,8 +14,8 @@ use dbfork_engine::{AnyBackend, Backend};
 use dbfork_protocol::{BuildTarget, DjangoReport};
 
 use crate::controller::{Configured, Controller};
+use crate::error::RunError;
 use crate::progress::Notes;
-use crate::run::RunError;
 use crate::{django, RunConfig};
 
 /// Builds or reuses the run's template and says which.

@@ -1,39 +1,36 @@
-//! Exit codes, following pytest's where they overlap (documented in the README):
-//! 0 success, 1 the setup command failed (or `--verify` found a difference), 2 interrupted, 3 a database or
-//! server error, 4 a usage error. The numbers are `dbfork_meta::exit`'s, the
-//! one table of every command's codes.
+//! The errors of the command line itself, and how any error that reaches
+//! the top becomes an exit code: by its kind (`dbfork_meta::exit::Failure`),
+//! through the one table of codes in `dbfork_meta::exit`.
 
 use dbfork_engine::Error;
+use dbfork_meta::exit::{Failure, Family};
 
-pub use dbfork_meta::exit::{
-    INTERRUPTED, OK, SETUP_FAILED, SETUP_OR_DATABASE as DATABASE_ERROR, USAGE,
-};
+pub use dbfork_meta::exit::{OK, USAGE};
 
-/// The exit code of an error that reached the top.
-pub fn exit_code(err: &anyhow::Error) -> i32 {
-    match err.downcast_ref::<Error>() {
-        Some(Error::SetupFailed { .. } | Error::SetupSpawn { .. } | Error::SetupTimeout { .. }) => {
-            SETUP_FAILED
-        }
-        Some(Error::Interrupted) => INTERRUPTED,
-        Some(
-            Error::BadUrl { .. }
-            | Error::NotOurs { .. }
-            | Error::NotDbforkName { .. }
-            | Error::NotMarked { .. }
-            | Error::NotRegistered { .. }
-            | Error::NoTemplate { .. }
-            | Error::AmbiguousTemplate { .. }
-            | Error::BadInput { .. }
-            | Error::InputMatchesNothing { .. }
-            | Error::BadMethod { .. }
-            | Error::MissingBinary { .. },
-        ) => USAGE,
-        Some(_) => DATABASE_ERROR,
-        None if err.downcast_ref::<UsageError>().is_some() => USAGE,
-        None if err.downcast_ref::<VerifyFailed>().is_some() => SETUP_FAILED,
-        None => DATABASE_ERROR,
+/// What kind of failure an error that reached the top is: the engine's and
+/// the runner's errors say it themselves; a usage mistake found here is
+/// [`UsageError`], a failed `--verify` is [`VerifyFailed`]; anything else is
+/// counted as a database or server error.
+pub fn kind_of(err: &anyhow::Error) -> Failure {
+    if let Some(e) = err.downcast_ref::<Error>() {
+        e.kind()
+    } else if let Some(kind) = err
+        .downcast_ref::<dbfork_runner::error::RunError>()
+        .and_then(|e| e.kind())
+    {
+        kind
+    } else if err.downcast_ref::<UsageError>().is_some() {
+        Failure::Usage
+    } else if err.downcast_ref::<VerifyFailed>().is_some() {
+        Failure::SetupFailed
+    } else {
+        Failure::Database
     }
+}
+
+/// The exit code of a `dbfork db`, `clean` or `report` error.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    kind_of(err).code(Family::Db)
 }
 
 /// A mistake in how dbfork was called.

@@ -68,7 +68,7 @@ async fn watch(canceller: Canceller) {
             canceller.cancel();
         } else {
             dbfork_meta::say!("dbfork: exiting at once; `dbfork db gc` removes what is left");
-            std::process::exit(crate::errors::INTERRUPTED);
+            std::process::exit(dbfork_meta::exit::INTERRUPTED);
         }
     }
 }

@@ -532,7 +532,7 @@ impl Backend for Sqlite {
 
     fn client_env(&self, name: &str) -> Vec<(String, String)> {
         vec![(
-            "DBFORK_SQLITE_PATH".to_string(),
+            dbfork_protocol::env::SQLITE_PATH.to_string(),
             self.path_of(name).display().to_string(),
         )]
     }

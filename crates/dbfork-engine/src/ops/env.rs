@@ -19,7 +19,7 @@ pub fn database_reference(backend: &AnyBackend, name: &str) -> String {
     match backend
         .client_env(name)
         .into_iter()
-        .find(|(k, _)| k == "DBFORK_SQLITE_PATH")
+        .find(|(k, _)| k == dbfork_protocol::env::SQLITE_PATH)
     {
         Some((_, path)) => path,
         None => name.to_string(),
@@ -32,10 +32,13 @@ impl DatabaseEnv {
         let url = backend.url().with_database(name).to_url_with_password();
         let mut vars = vec![
             ("DATABASE_URL".to_string(), url.clone()),
-            ("DBFORK_DATABASE_URL".to_string(), url),
-            ("DBFORK_DATABASE_NAME".to_string(), name.to_string()),
+            (dbfork_protocol::env::DATABASE_URL.to_string(), url),
             (
-                "DBFORK_BACKEND".to_string(),
+                dbfork_protocol::env::DATABASE_NAME.to_string(),
+                name.to_string(),
+            ),
+            (
+                dbfork_protocol::env::BACKEND.to_string(),
                 backend.kind().id().to_string(),
             ),
         ];
@@ -82,7 +85,7 @@ impl DatabaseEnv {
             map.insert(alias.clone(), serde_json::Value::String(name));
         }
         env.vars.push((
-            "DBFORK_DATABASES".to_string(),
+            dbfork_protocol::env::DATABASES.to_string(),
             serde_json::Value::Object(map).to_string(),
         ));
         Ok(env)

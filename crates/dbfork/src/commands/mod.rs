@@ -71,7 +71,7 @@ pub fn main() -> i32 {
         Ok(rt) => rt,
         Err(e) => {
             dbfork_meta::say!("dbfork: error: cannot start the async runtime: {e}");
-            return errors::DATABASE_ERROR;
+            return dbfork_meta::exit::SETUP_OR_DATABASE;
         }
     };
     let verbose = cli.verbose;

@@ -6,7 +6,9 @@
 
 use anyhow::Result;
 use dbfork_engine::{Backend, Target};
-use dbfork_runner::run::{self as runner, exit, Prepared, RunError};
+use dbfork_meta::exit::{Failure, Family};
+use dbfork_runner::error::{exit, RunError};
+use dbfork_runner::run::{self as runner, Prepared};
 
 use crate::cli::RunArgs;
 use crate::settings;
@@ -144,21 +146,12 @@ fn found_server(prepared: &Prepared) -> Result<Option<String>, RunError> {
 
 fn open_failed(e: &anyhow::Error) -> i32 {
     dbfork_meta::say!("dbfork: error: {e:#}");
-    match crate::errors::exit_code(e) {
-        crate::errors::USAGE => exit::USAGE,
-        crate::errors::INTERRUPTED => exit::INTERRUPTED,
-        _ => exit::SETUP_OR_DATABASE,
-    }
+    crate::errors::kind_of(e).code(Family::Run)
 }
 
 fn failed(e: &RunError) -> i32 {
     dbfork_meta::say!("dbfork: error: {e}");
-    if matches!(
-        e,
-        RunError::Engine(
-            dbfork_engine::Error::SetupFailed { .. } | dbfork_engine::Error::TemplateBuild { .. }
-        )
-    ) {
+    if e.kind() == Some(Failure::SetupFailed) {
         dbfork_meta::say!(
             "dbfork: the suite did not run (exit code {})",
             exit::SETUP_OR_DATABASE
