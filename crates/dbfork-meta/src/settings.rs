@@ -190,7 +190,7 @@ pub const SETTINGS: &[Setting] = &[
         kind: Kind::Url,
         verbs: EVERY,
         value: None,
-        help: "The database server (see `dbfork db template --help`). [default: sqlite://.dbfork/sqlite/main.sqlite3]",
+        help: "The database server: postgres://user@host:5432/postgres, mysql://root@host:3306/mysql, sqlite:///abs/dir/main.db, or postgres:ephemeral / mariadb:ephemeral for a private throwaway server. Its database is the maintenance database dbfork does its admin work in. [default: `db` of the configuration file; for `run`, else the server a Django project's test settings name; else sqlite://.dbfork/sqlite/main.sqlite3 in the project root]",
         default: "the server a Django project's test settings name for `default`; else `sqlite://.dbfork/sqlite/main.sqlite3` in the project root",
         doc: "The database server: `postgres://user@host:5432/postgres`, `mysql://root@host:3306/mysql`, `sqlite:///abs/dir/main.db` or `sqlite://rel/main.db`, `postgres:ephemeral` / `mariadb:ephemeral`. Its database is the maintenance database dbfork does its admin work in.",
     },

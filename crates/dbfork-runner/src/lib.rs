@@ -30,6 +30,8 @@ pub mod run;
 pub mod schedule;
 pub mod shard;
 pub mod sinks;
+#[cfg(test)]
+mod snapshots;
 pub mod template;
 pub mod timings;
 pub mod worker;

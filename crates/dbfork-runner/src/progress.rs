@@ -126,18 +126,7 @@ impl Progress {
     }
 
     pub fn finished(&mut self, record: &TestRecord) {
-        self.done += 1;
-        let failed = record.outcome.is_failure();
-        if failed {
-            self.failed += 1;
-        }
-        let worker = record.slot.map(label).unwrap_or_default();
-        let line = format!(
-            "{} {} [{worker}] {:.2}s",
-            record.outcome.as_str().to_uppercase(),
-            record.id,
-            record.duration
-        );
+        let (line, failed) = self.count(record);
         match &self.live {
             Some(live) => {
                 if failed || self.verbose > 0 {
@@ -151,26 +140,52 @@ impl Progress {
                 });
             }
             None => {
-                if failed || self.verbose > 0 {
+                for line in self.plain_lines(line, failed) {
                     dbfork_meta::say!("{line}");
-                }
-                let percent = (self.done * 100).checked_div(self.total).unwrap_or(0);
-                if self.verbose == 0
-                    && (percent / 25 > self.last_percent / 25
-                        || self.last_plain.elapsed() >= PLAIN_EVERY)
-                    && self.done < self.total
-                {
-                    self.last_percent = percent;
-                    self.last_plain = Instant::now();
-                    dbfork_meta::say!(
-                        "dbfork: [{percent:>3}%] {}/{} tests done, {} failed",
-                        self.done,
-                        self.total,
-                        self.failed
-                    );
                 }
             }
         }
+    }
+
+    /// Counts a finished test; its line (`FAILED id [gw1] 0.12s`) and
+    /// whether it failed.
+    pub(crate) fn count(&mut self, record: &TestRecord) -> (String, bool) {
+        self.done += 1;
+        let failed = record.outcome.is_failure();
+        if failed {
+            self.failed += 1;
+        }
+        let worker = record.slot.map(label).unwrap_or_default();
+        let line = format!(
+            "{} {} [{worker}] {:.2}s",
+            record.outcome.as_str().to_uppercase(),
+            record.id,
+            record.duration
+        );
+        (line, failed)
+    }
+
+    /// What plain mode prints for a finished test: its line (a failure, or
+    /// every test with -v), and a progress line at every quarter of the
+    /// suite or after [`PLAIN_EVERY`] without one.
+    pub(crate) fn plain_lines(&mut self, line: String, failed: bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        if failed || self.verbose > 0 {
+            lines.push(line);
+        }
+        let percent = (self.done * 100).checked_div(self.total).unwrap_or(0);
+        if self.verbose == 0
+            && (percent / 25 > self.last_percent / 25 || self.last_plain.elapsed() >= PLAIN_EVERY)
+            && self.done < self.total
+        {
+            self.last_percent = percent;
+            self.last_plain = Instant::now();
+            lines.push(format!(
+                "dbfork: [{percent:>3}%] {}/{} tests done, {} failed",
+                self.done, self.total, self.failed
+            ));
+        }
+        lines
     }
 
     /// Clears the live lines before the final report.
@@ -208,7 +223,7 @@ pub fn print_final(report: &RunReport) {
 
 /// What [`print_final`] prints: the errors, the failures, their short
 /// summary, and the closing line.
-fn final_text(report: &RunReport) -> String {
+pub(crate) fn final_text(report: &RunReport) -> String {
     let mut out = String::new();
     if !report.collect_errors.is_empty() {
         out.push_str(&rule("ERRORS", '='));

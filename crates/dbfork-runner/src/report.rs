@@ -77,7 +77,7 @@ pub fn write_json(report: &RunReport, path: &Path) -> Result<(), ReportError> {
 }
 
 /// The JUnit document of a run.
-fn junit(report: &RunReport) -> Report {
+pub(crate) fn junit(report: &RunReport) -> Report {
     // Suites in the order their files were collected, tests in collection order.
     let mut tests: Vec<&TestRecord> = report.tests.iter().collect();
     tests.sort_by_key(|t| t.index);

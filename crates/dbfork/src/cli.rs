@@ -167,9 +167,11 @@ const COMMAND: &str = "command";
 const CONFIG: &str = "config";
 
 fn setting_arg(s: &'static Setting) -> Arg {
+    // A variable's value is not shown in --help: it may hold a password.
     let mut arg = Arg::new(s.key)
         .long(s.flag)
         .env(s.env)
+        .hide_env_values(true)
         .value_name(s.value_name)
         .help(s.help);
     if let Some(short) = s.short {
@@ -195,6 +197,7 @@ impl<V: VerbOf> Args for Given<V> {
                 Arg::new(CONFIG)
                     .long("config")
                     .env(dbfork_meta::env::CONFIG)
+                    .hide_env_values(true)
                     .value_name("FILE")
                     .value_parser(clap::value_parser!(std::path::PathBuf))
                     .help("Read settings from this file instead of looking for dbfork.toml / pyproject.toml's [tool.dbfork] from the working directory up."),
@@ -395,6 +398,29 @@ mod tests {
         );
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    /// `--help` of every command, as users read it (insta snapshots in
+    /// `src/snapshots/`; review a change with `cargo insta review`).
+    #[test]
+    fn help_of_every_command() {
+        use clap::CommandFactory;
+        fn walk(command: &clap::Command, path: &str, out: &mut Vec<(String, String)>) {
+            let help = command.clone().render_long_help().to_string();
+            out.push((path.to_string(), help));
+            // clap's own `help` subcommands say nothing of dbfork's.
+            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(sub, &format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        let mut helps = Vec::new();
+        walk(&cli, "dbfork", &mut helps);
+        assert!(helps.len() > 12, "{}", helps.len());
+        for (path, help) in helps {
+            insta::assert_snapshot!(path.replace(' ', "_"), help, &path);
+        }
     }
 
     #[test]

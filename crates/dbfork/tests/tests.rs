@@ -29,6 +29,8 @@ macro_rules! per_server {
 // After the macros, which they use too.
 #[path = "cache/mod.rs"]
 mod cache_tests;
+#[path = "messages/mod.rs"]
+mod messages;
 #[path = "run/mod.rs"]
 mod run_tests;
 #[path = "zero_config/mod.rs"]
