@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = ROOT / "bench" / "schema" / "project"
+PROJECT = ROOT / "examples" / "shop"  # its migrations are the schema (bench/schema/README.md)
 PYTHON = ROOT / ".venv" / "bin" / "python"
 DBFORK = ROOT / "target" / "release" / "dbfork"
 INPUTS = str(PROJECT / "*" / "migrations" / "*.py")

@@ -24,7 +24,11 @@ What Django 5.2 does per backend (django/db/backends/*/creation.py):
                 mysqldump --routines --events <name> | mysql <name>_<i>
                 (the mysqldump and mysql client programs must be on PATH).
 
-Usage (venv from bench/setup-venv.sh, database migrated with manage.py migrate):
+The Django project is examples/shop (settings shop.settings, DATABASE_URL read by
+shop/dburl.py).
+
+Usage (venv from bench/setup-venv.sh, database migrated with examples/shop's
+manage.py migrate):
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/benchtmp_x \\
         .venv/bin/python bench/schema/django_clone_loop.py -n 4
@@ -39,7 +43,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROJECT = HERE / "project"
+PROJECT = HERE.parent.parent / "examples" / "shop"
 
 
 def fail(msg: str) -> None:
@@ -74,7 +78,7 @@ def main() -> None:
         fail("set DATABASE_URL to the already-migrated database to clone")
 
     sys.path.insert(0, str(PROJECT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchproj.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
     import django
 
     django.setup()

@@ -1,2 +1,0 @@
-"""URLconf of the dbfork benchmark project (no views: only the schema matters)."""
-urlpatterns = []
