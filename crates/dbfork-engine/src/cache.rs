@@ -297,7 +297,7 @@ impl TemplateCache {
         let ctx = || format!("unpacking {}", entry.path.display());
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(crate::sys::O_NOFOLLOW)
             .open(&entry.path)
             .map_err(Error::io(ctx()))?;
         let bytes = file.metadata().map_err(Error::io(ctx()))?.len();
@@ -468,10 +468,10 @@ impl<W: Write> Write for Hashing<W> {
 fn read_header(path: &Path) -> Result<(Header, u64)> {
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(crate::sys::O_NOFOLLOW)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => damaged(path, "it is a symbolic link"),
+            Some(crate::sys::ELOOP) => damaged(path, "it is a symbolic link"),
             _ => Error::Io {
                 context: format!("reading the cache file {}", path.display()),
                 source: e,
@@ -513,8 +513,7 @@ fn parse_header(file: &mut impl Read, path: &Path) -> Result<(Header, u64)> {
 /// it. `Ok` when only this user (and root) can.
 fn untrusted(path: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     let dir = path.parent().unwrap_or(Path::new("."));
     let problem = |what: String| {
         damaged(

@@ -17,7 +17,6 @@
 //! Its parts: `places` (the directory, the user, the programs), `stale`
 //! (what a killed dbfork left) and `tests`; here the server's life.
 
-use std::ffi::CString;
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -158,10 +157,10 @@ impl Flavor {
     }
 
     /// The signal that asks the server for a fast, clean shutdown.
-    fn stop_signal(self) -> libc::c_int {
+    fn stop_signal(self) -> crate::sys::Signal {
         match self {
-            Flavor::Postgres => libc::SIGINT,
-            Flavor::MariaDb => libc::SIGTERM,
+            Flavor::Postgres => crate::sys::SIGINT,
+            Flavor::MariaDb => crate::sys::SIGTERM,
         }
     }
 
@@ -530,7 +529,7 @@ impl EphemeralServer {
                 ] {
                     cmd.args(["-c", setting]);
                 }
-                if is_tmpfs(&self.dir) {
+                if crate::sys::is_tmpfs(&self.dir) {
                     // Dynamic shared memory as files in the data directory
                     // rather than in /dev/shm, so a killed server leaves none
                     // behind: its directory goes, and them with it.

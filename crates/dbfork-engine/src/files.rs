@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 /// 16 hex digits from the kernel's random source.
 pub fn random_hex() -> String {
     let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
-    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if got != bytes.len() as isize {
+    if !crate::sys::random_bytes(&mut bytes) {
         // No getrandom (very old kernels): a hash of what differs between calls.
         let mut h = blake3::Hasher::new();
         h.update(&std::process::id().to_le_bytes());
@@ -33,7 +31,7 @@ pub fn create_new_private(path: &Path) -> std::io::Result<File> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(crate::sys::O_NOFOLLOW | crate::sys::O_CLOEXEC)
         .open(path)
 }
 
@@ -97,8 +95,7 @@ pub fn ensure_own_dir(dir: &Path) -> std::io::Result<()> {
                     dir.display()
                 )));
             }
-            // SAFETY: geteuid has no preconditions.
-            let me = unsafe { libc::geteuid() };
+            let me = crate::sys::euid();
             if meta.uid() != me {
                 return Err(std::io::Error::other(format!(
                     "{} belongs to another user (uid {}) and dbfork does not write its files into it",

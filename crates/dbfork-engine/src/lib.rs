@@ -6,7 +6,8 @@
 //! server itself, records every database dbfork created, and nothing outside it
 //! is ever dropped. The backends share one trait ([`backend::Backend`]); the
 //! operations users see (build a template, make clones, drop, list, collect
-//! garbage) are written once over it in [`ops`].
+//! garbage) are written once over it in [`ops`]. Every call into the
+//! operating system beyond `std` is in [`sys`].
 
 pub mod backend;
 pub mod cache;
@@ -21,6 +22,7 @@ pub mod pool;
 pub mod process;
 pub mod reaper;
 pub mod registry;
+pub mod sys;
 pub mod url;
 
 pub use backend::{AnyBackend, Backend, CloneMethod};

@@ -192,14 +192,7 @@ fn start_ticks(pid: u32) -> Option<u64> {
 }
 
 pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".to_string();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    crate::sys::host_name().unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Seconds since the Unix epoch.
@@ -235,8 +228,7 @@ pub fn collect_stale_dirs(prefix: &str) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return Vec::new();
     };
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -245,7 +237,7 @@ pub fn collect_stale_dirs(prefix: &str) -> Vec<std::path::PathBuf> {
         };
         let mut fields = rest.split('-');
         let (Some(Ok(pid)), Some(namespace)) =
-            (fields.next().map(str::parse::<i32>), fields.next())
+            (fields.next().map(str::parse::<u32>), fields.next())
         else {
             continue;
         };
@@ -256,9 +248,7 @@ pub fn collect_stale_dirs(prefix: &str) -> Vec<std::path::PathBuf> {
         let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
             continue;
         };
-        // SAFETY: signal 0 only probes whether the process exists.
-        let dead = unsafe { libc::kill(pid, 0) } != 0
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let dead = crate::sys::is_gone(pid);
         if meta.is_dir()
             && meta.uid() == me
             && dead

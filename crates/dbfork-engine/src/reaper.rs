@@ -33,11 +33,11 @@ pub fn main_if_reaper() {
     if std::env::var_os(ENV).is_none() {
         return;
     }
-    let mut groups: Vec<i32> = Vec::new();
+    let mut groups: Vec<u32> = Vec::new();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let (sign, pgid) = line.split_at(line.len().min(1));
-        let Ok(pgid) = pgid.parse::<i32>() else {
+        let Ok(pgid) = pgid.parse::<u32>() else {
             continue;
         };
         match sign {
@@ -47,10 +47,7 @@ pub fn main_if_reaper() {
         }
     }
     for pgid in groups {
-        // SAFETY: kill(2) with a negative pid signals the group; no memory involved.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
+        crate::sys::signal_group(pgid, crate::sys::SIGKILL);
     }
     std::process::exit(0);
 }

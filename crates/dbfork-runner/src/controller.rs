@@ -138,7 +138,7 @@ impl Controller {
                 })
             }
             Err(why) => {
-                worker::signal_group(pid, libc::SIGKILL);
+                worker::signal_group(pid, dbfork_engine::sys::SIGKILL);
                 return Err(configure_error(why, &tail, deadline, pytest));
             }
         };
@@ -286,7 +286,7 @@ impl Controller {
 
     /// Ends the controller's whole process group at once.
     pub fn kill(&self) {
-        worker::signal_group(self.pid, libc::SIGKILL);
+        worker::signal_group(self.pid, dbfork_engine::sys::SIGKILL);
     }
 
     async fn send(&mut self, message: &RunnerMessage) -> std::io::Result<()> {

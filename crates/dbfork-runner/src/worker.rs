@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 
+use dbfork_engine::sys;
+
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
@@ -106,16 +108,13 @@ pub fn spawn(
         .process_group(0)
         .kill_on_drop(false);
     let parent = std::process::id();
-    // SAFETY: between fork and exec only async-signal-safe calls (prctl,
-    // getppid, _exit).
+    // SAFETY: between fork and exec only async-signal-safe calls
+    // (die_with_parent's prctl, getppid, _exit).
     unsafe {
         cmd.pre_exec(move || {
-            // If dbfork dies (even by SIGKILL), the kernel kills the worker.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            // dbfork may already have died between fork and prctl.
-            if libc::getppid() as u32 != parent {
-                libc::_exit(1);
-            }
+            // If dbfork dies (even by SIGKILL), the kernel kills the worker;
+            // if it died already, the worker exits.
+            sys::die_with_parent(parent);
             Ok(())
         });
     }
@@ -177,14 +176,7 @@ impl Fifo {
     /// Makes the FIFO `path` (which must not exist) and reads it into
     /// `tail` (and `echo`) from now on.
     pub fn open(path: &Path, tail: Tail, echo: Echo) -> io::Result<Fifo> {
-        use std::os::unix::ffi::OsStrExt;
-
-        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: a valid C string; mkfifo(3) creates the node or fails.
-        if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sys::make_fifo(path)?;
         let receiver = tokio::net::unix::pipe::OpenOptions::new()
             .read_write(true)
             .open_receiver(path)?;
@@ -206,7 +198,6 @@ async fn read_fifo(
     tail: Tail,
     echo: Echo,
 ) {
-    use std::os::fd::AsRawFd;
     use tokio::io::AsyncReadExt;
 
     let mut pending = Vec::new();
@@ -231,13 +222,11 @@ async fn read_fifo(
     // What is still in the pipe, read directly: the descriptor is
     // non-blocking, and the writer is gone.
     loop {
-        // SAFETY: reads into a buffer of the length given, from a descriptor
-        // `receiver` owns and keeps open for the call.
-        let n = unsafe { libc::read(receiver.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
-        if n <= 0 {
+        let n = sys::read_now(&receiver, &mut chunk);
+        if n == 0 {
             break;
         }
-        take(&mut pending, &chunk[..n as usize]);
+        take(&mut pending, &chunk[..n]);
     }
     if !pending.is_empty() {
         take_line(&pending, &tail, &echo, false);
@@ -266,7 +255,7 @@ pub fn line_writer(
 /// After the worker itself ended: ends what is left of its process group
 /// (a test's stray subprocess) and forgets the group.
 pub fn reap(pid: u32) {
-    signal_group(pid, libc::SIGKILL);
+    signal_group(pid, sys::SIGKILL);
     dbfork_engine::reaper::unregister(pid);
 }
 
@@ -314,13 +303,8 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Option
 }
 
 /// Sends `signal` to the worker's whole process group.
-pub fn signal_group(pid: u32, signal: i32) {
-    if pid > 1 {
-        // SAFETY: kill(2) with a negative pid addresses the group; no memory involved.
-        unsafe {
-            libc::kill(-(pid as i32), signal);
-        }
-    }
+pub fn signal_group(pid: u32, signal: sys::Signal) {
+    sys::signal_group(pid, signal);
 }
 
 /// How a worker process ended, in words: `exit code 3`, `signal 11 (SIGSEGV)`.
@@ -328,21 +312,7 @@ pub fn describe_exit(status: &ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit code {code}"),
-        (None, Some(sig)) => format!("signal {sig} ({})", signal_name(sig)),
+        (None, Some(sig)) => format!("signal {sig} ({})", sys::signal_name(sig)),
         _ => "an unknown status".to_string(),
-    }
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGINT => "SIGINT",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGILL => "SIGILL",
-        _ => "signal",
     }
 }

@@ -13,7 +13,7 @@ static EARLY: AtomicUsize = AtomicUsize::new(0);
 /// Set once the run listens itself: the early handler then counts nothing.
 static LISTENING: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn count_early(_: libc::c_int) {
+extern "C" fn count_early(_: dbfork_engine::sys::Signal) {
     // Only atomics: async-signal-safe.
     if !LISTENING.load(Ordering::SeqCst) {
         EARLY.fetch_add(1, Ordering::SeqCst);
@@ -24,13 +24,8 @@ extern "C" fn count_early(_: libc::c_int) {
 /// counted, not a kill, until the run listens and takes the count
 /// ([`early_signals`]).
 pub fn catch_early() {
-    let handler = count_early as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only touches atomics.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-        libc::signal(libc::SIGHUP, handler);
-    }
+    // The handler only touches atomics.
+    dbfork_engine::sys::on_stop_signals(count_early);
 }
 
 /// How many signals came before the run listened (call after it listens).

@@ -5,7 +5,6 @@
 //! online backup API.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -165,9 +164,7 @@ fn side_file(path: &Path, suffix: &str) -> PathBuf {
 fn copy_file(src: &Path, dst: &Path) -> std::io::Result<()> {
     let from = File::open(src)?;
     let to = crate::files::create_new_private(dst)?;
-    // SAFETY: both descriptors are open for the duration of the call.
-    let rc = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) };
-    if rc == 0 {
+    if crate::sys::reflink(&from, &to) {
         return Ok(());
     }
     drop(to);
@@ -286,16 +283,14 @@ impl Backend for Sqlite {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(crate::sys::O_NOFOLLOW)
             .open(&path)
             .map_err(Error::io(format!(
                 "opening the lock file {}",
                 path.display()
             )))?;
         let got = poll_until(wait, || async {
-            // SAFETY: the descriptor is open; flock is released when the file is closed.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            Ok((rc == 0).then_some(()))
+            Ok(crate::sys::try_lock_exclusive(&file).then_some(()))
         })
         .await?;
         match got {

@@ -24,7 +24,7 @@ pub(super) fn pick_root(other_user: bool) -> PathBuf {
         root.as_os_str().len() + 1 + name_len + "/.s.PGSQL.5432".len() <= MAX_SOCKET_PATH
     };
     let shm = Path::new("/dev/shm");
-    if is_tmpfs(shm) && usable(shm, other_user) && fits(shm) {
+    if crate::sys::is_tmpfs(shm) && usable(shm, other_user) && fits(shm) {
         return shm.to_path_buf();
     }
     // XDG_RUNTIME_DIR is private to its user: useless for a server run as another one.
@@ -47,33 +47,8 @@ pub(super) fn usable(dir: &Path, other_user: bool) -> bool {
     let Ok(meta) = std::fs::metadata(dir) else {
         return false;
     };
-    let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `path` is a valid NUL-terminated string.
-    let writable = unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } == 0;
+    let writable = crate::sys::can_write_in(dir);
     meta.is_dir() && writable && (!other_user || meta.mode() & 0o001 != 0)
-}
-
-#[cfg(target_os = "linux")]
-#[allow(clippy::unnecessary_cast)]
-pub(super) fn is_tmpfs(dir: &Path) -> bool {
-    let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: `path` is NUL-terminated and `buf` is valid for one statfs.
-    if unsafe { libc::statfs(path.as_ptr(), buf.as_mut_ptr()) } != 0 {
-        return false;
-    }
-    // SAFETY: statfs succeeded, so it filled `buf`.
-    let buf = unsafe { buf.assume_init() };
-    buf.f_type as i64 == libc::TMPFS_MAGIC as i64
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(super) fn is_tmpfs(_dir: &Path) -> bool {
-    false
 }
 
 /// Creates `dbfork-ephemeral-<kind>-<pid>-<random>` (mode 0700), owned by
@@ -131,8 +106,7 @@ pub(super) fn random_suffix() -> String {
 /// The user to run the server as: None unless dbfork runs as root; then the
 /// flavor's system user if it exists, else `nobody`.
 pub(super) fn run_as(flavor: Flavor) -> Option<RunAs> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if crate::sys::euid() != 0 {
         return None;
     }
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();

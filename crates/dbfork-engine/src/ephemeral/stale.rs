@@ -94,29 +94,15 @@ pub(super) fn kill_stale_server(server: &Owner, dir: &Path) {
 /// SIGKILLs the process group led by `pid` (every server is a group leader),
 /// or the process alone if it leads no group.
 pub(super) fn kill_group(pid: u32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    if pid <= 0 {
-        return;
-    }
-    // SAFETY: getpgid and kill have no memory-safety preconditions.
-    unsafe {
-        if libc::getpgid(pid) == pid {
-            libc::kill(-pid, libc::SIGKILL);
-        } else {
-            libc::kill(pid, libc::SIGKILL);
-        }
+    if crate::sys::leads_group(pid) {
+        crate::sys::signal_group(pid, crate::sys::SIGKILL);
+    } else {
+        crate::sys::signal(pid, crate::sys::SIGKILL);
     }
 }
 
-pub(super) fn signal(pid: u32, sig: libc::c_int) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        if pid > 0 {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid, sig) };
-        }
-    }
+pub(super) fn signal(pid: u32, sig: crate::sys::Signal) {
+    crate::sys::signal(pid, sig);
 }
 
 /// Removes a server's directory, and the System V shared memory segment a
@@ -129,34 +115,28 @@ pub(super) fn remove_server_dir(dir: &Path) -> std::io::Result<()> {
 /// PostgreSQL keeps a small System V shared memory segment, whose key and id
 /// are on line 7 of `postmaster.pid`; a postmaster killed with SIGKILL cannot
 /// remove it. Removes it when it is that segment and nothing uses it any more.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub(super) fn release_pg_segment(dir: &Path) {
     let Ok(text) = std::fs::read_to_string(dir.join("data").join("postmaster.pid")) else {
         return;
     };
     let mut fields = text.lines().nth(6).unwrap_or_default().split_whitespace();
     let (Some(Ok(key)), Some(Ok(id))) = (
-        fields.next().map(str::parse::<libc::key_t>),
-        fields.next().map(str::parse::<libc::c_int>),
+        fields.next().map(str::parse::<i64>),
+        fields.next().map(str::parse::<i32>),
     ) else {
         return;
     };
     // The server's processes detach as they die: give the last ones a moment.
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
-        let mut stat = std::mem::MaybeUninit::<libc::shmid_ds>::zeroed();
-        // SAFETY: `stat` is valid for one shmid_ds, which IPC_STAT fills.
-        if unsafe { libc::shmctl(id, libc::IPC_STAT, stat.as_mut_ptr()) } != 0 {
+        let Some(segment) = crate::sys::shm_segment(id) else {
+            return;
+        };
+        if segment.key != key {
             return;
         }
-        // SAFETY: shmctl succeeded, so it filled `stat`.
-        let stat = unsafe { stat.assume_init() };
-        if stat.shm_perm.__key != key {
-            return;
-        }
-        if stat.shm_nattch == 0 {
-            // SAFETY: IPC_RMID takes no buffer.
-            unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+        if segment.attached == 0 {
+            crate::sys::remove_shm(id);
             return;
         }
         if Instant::now() >= deadline {
@@ -165,9 +145,6 @@ pub(super) fn release_pg_segment(dir: &Path) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub(super) fn release_pg_segment(_dir: &Path) {}
 
 /// Removes a directory tree, retrying briefly: a process killed a moment ago
 /// may still be finishing a write in it.

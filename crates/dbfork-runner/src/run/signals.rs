@@ -75,7 +75,7 @@ pub(super) async fn watch_signals(
 /// The Unix signal of the machine's [`Sig`].
 pub(super) fn signal_number(signal: Sig) -> i32 {
     match signal {
-        Sig::Interrupt => libc::SIGINT,
-        Sig::Kill => libc::SIGKILL,
+        Sig::Interrupt => dbfork_engine::sys::SIGINT,
+        Sig::Kill => dbfork_engine::sys::SIGKILL,
     }
 }

@@ -107,10 +107,8 @@ pub fn main() -> i32 {
 /// on a closed stdout. (Rust ignores SIGPIPE; the db verbs print only after
 /// their work is recorded, so the default action loses nothing.)
 fn restore_sigpipe() {
-    // SAFETY: called before any thread is started; SIG_DFL is always valid.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // Called before any thread is started.
+    dbfork_engine::sys::default_sigpipe();
 }
 
 fn init_tracing(verbose: u8) {
