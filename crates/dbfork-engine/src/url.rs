@@ -77,6 +77,28 @@ impl fmt::Debug for DbUrl {
     }
 }
 
+/// A URL's query (`sslmode=require&connect_timeout=5`), decoded.
+fn query_params(query: &str) -> std::result::Result<Vec<(String, String)>, String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+/// `user:password` (or `user`), decoded.
+fn user_and_password(
+    userinfo: &str,
+) -> std::result::Result<(Option<String>, Option<String>), String> {
+    Ok(match userinfo.split_once(':') {
+        Some((u, p)) => (Some(percent_decode(u)?), Some(percent_decode(p)?)),
+        None => (Some(percent_decode(userinfo)?), None),
+    })
+}
+
 impl DbUrl {
     pub fn parse(text: &str) -> Result<DbUrl> {
         let bad = |reason: &str| Error::BadUrl {
@@ -109,14 +131,7 @@ impl DbUrl {
             Some((r, q)) => (r, Some(q)),
             None => (rest, None),
         };
-        let mut params = Vec::new();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            params.push((
-                percent_decode(k).map_err(|e| bad(&e))?,
-                percent_decode(v).map_err(|e| bad(&e))?,
-            ));
-        }
+        let params = query_params(query.unwrap_or("")).map_err(|e| bad(&e))?;
         if kind == Kind::Sqlite {
             if rest.is_empty() {
                 return Err(bad(
@@ -144,64 +159,64 @@ impl DbUrl {
             (None, Some((u, h))) => (Some(u), h),
             (None, None) => (None, authority),
         };
-        let (user, mut password) = match userinfo {
+        let (user, password) = match userinfo {
             None => (None, None),
-            Some(u) => match u.split_once(':') {
-                Some((u, p)) => (
-                    Some(percent_decode(u).map_err(|e| bad(&e))?),
-                    Some(percent_decode(p).map_err(|e| bad(&e))?),
-                ),
-                None => (Some(percent_decode(u).map_err(|e| bad(&e))?), None),
-            },
+            Some(u) => user_and_password(u).map_err(|e| bad(&e))?,
         };
         let (host, port) = split_host_port(hostport).map_err(|e| bad(&e))?;
-        let mut host = match host {
+        let host = match host {
             Some(h) => Some(percent_decode(&h).map_err(|e| bad(&e))?),
             None => None,
         };
-        let mut port = port;
-        let mut socket = None;
-        let mut kept = Vec::new();
-        for (k, v) in params {
-            match (kind, k.as_str()) {
-                (Kind::Postgres, "host") if v.starts_with('/') => socket = Some(PathBuf::from(v)),
-                (Kind::Postgres, "host") => host = Some(v),
-                (Kind::Mysql, "socket") => socket = Some(PathBuf::from(v)),
-                // libpq's `?password=`: a password like any other (masked when shown).
-                (_, "password") => password = Some(v),
-                (_, "port") => {
-                    port =
-                        Some(v.parse().map_err(|_| {
-                            bad(&format!("port `{v}` is not a number from 1 to 65535"))
-                        })?)
-                }
-                _ => kept.push((k, v)),
-            }
-        }
-        if let Some(h) = host.clone() {
-            if h.starts_with('/') {
-                socket = Some(PathBuf::from(h));
-                host = None;
-            }
-        }
-        if host.is_none() && socket.is_none() {
-            return Err(bad("it names no host: add one (e.g. 127.0.0.1) or a socket (`?host=/run/postgresql` on PostgreSQL, `?socket=/run/mysqld/mysqld.sock` on MySQL)"));
-        }
         let database = match percent_decode(path).map_err(|e| bad(&e))? {
             p if p.is_empty() => None,
             p if p.contains('/') => return Err(bad("the database name contains `/`")),
             p => Some(p),
         };
-        Ok(DbUrl {
+        let mut url = DbUrl {
             kind,
             user,
             password,
             host,
             port,
-            socket,
+            socket: None,
             database,
-            params: kept,
-        })
+            params: Vec::new(),
+        };
+        for (k, v) in params {
+            url.apply_param(k, v).map_err(|e| bad(&e))?;
+        }
+        if let Some(h) = url.host.take() {
+            if h.starts_with('/') {
+                url.socket = Some(PathBuf::from(h));
+            } else {
+                url.host = Some(h);
+            }
+        }
+        if url.host.is_none() && url.socket.is_none() {
+            return Err(bad("it names no host: add one (e.g. 127.0.0.1) or a socket (`?host=/run/postgresql` on PostgreSQL, `?socket=/run/mysqld/mysqld.sock` on MySQL)"));
+        }
+        Ok(url)
+    }
+
+    /// A parameter of the URL's query: where the server is (a socket, a
+    /// host, a port), the password, or one kept for the connection.
+    fn apply_param(&mut self, k: String, v: String) -> std::result::Result<(), String> {
+        match (self.kind, k.as_str()) {
+            (Kind::Postgres, "host") if v.starts_with('/') => self.socket = Some(PathBuf::from(v)),
+            (Kind::Postgres, "host") => self.host = Some(v),
+            (Kind::Mysql, "socket") => self.socket = Some(PathBuf::from(v)),
+            // libpq's `?password=`: a password like any other (masked when shown).
+            (_, "password") => self.password = Some(v),
+            (_, "port") => {
+                self.port = Some(
+                    v.parse()
+                        .map_err(|_| format!("port `{v}` is not a number from 1 to 65535"))?,
+                )
+            }
+            _ => self.params.push((k, v)),
+        }
+        Ok(())
     }
 
     /// The same server with another database.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dbfork_protocol::TestResult;
 
-use crate::model::Outcome;
+use dbfork_meta::report::Outcome;
 
 /// What a result says of its test.
 #[derive(Debug, Clone, PartialEq)]

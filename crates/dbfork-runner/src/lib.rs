@@ -9,9 +9,14 @@
 //!   their environment, and for a Django project the template's build.
 //! - [`template`], [`django`]: the run's template, and what dbfork knows of Django.
 //! - [`machine`]: the dispatcher's decisions, a state machine (events in, commands out, no I/O).
-//! - [`run`]: the executor, one `select!` loop that carries the machine's commands out.
-//! - [`worker`]: starting and killing worker processes.
-//! - [`report`], [`timings`], [`progress`]: what the run leaves for people and the next run.
+//! - [`run`]: the executor, one `select!` loop that carries the machine's
+//!   commands out (its parts in `run/`: prepare, workers, signals, teardown, rundir).
+//! - [`error`]: why a run fails, and its exit code (one classification).
+//! - [`worker`]: starting and killing worker processes; [`packages`]: the
+//!   Python packages written for them.
+//! - [`sinks`], [`report`], [`timings`], [`progress`]: the run's event stream and
+//!   what it leaves for people and the next run (the report types are
+//!   `dbfork_meta::report`'s).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,8 +27,7 @@ pub mod decide;
 pub mod django;
 pub mod error;
 pub mod machine;
-pub mod model;
-pub mod plugin;
+pub mod packages;
 pub mod progress;
 pub mod report;
 pub mod run;

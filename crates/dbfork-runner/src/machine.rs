@@ -23,12 +23,12 @@ use dbfork_protocol::{self as protocol, RunnerMessage, TestItem, TestResult, Wor
 
 use crate::decide::{self, truncate, AfterLoss, LossCause, LossFacts, RunState};
 use crate::error::exit;
-use crate::model::{Outcome, ShardReport, SlotReport, TestRecord};
 use crate::progress::label;
 use crate::schedule::Scheduler;
 use crate::shard::Shard;
 use crate::timings::Timings;
 use crate::Dist;
+use dbfork_meta::report::{Outcome, ShardReport, SlotReport, TestRecord};
 
 mod clones;
 mod conversation;
@@ -204,7 +204,7 @@ pub enum Command {
 
 /// What the machine needs to know of the run, fixed at its start.
 #[derive(Debug, Clone)]
-pub struct Setup {
+pub struct Params {
     pub run_id: String,
     pub slots: usize,
     /// The workers speak the protocol (else each slot's command is one unit).
@@ -242,8 +242,10 @@ enum Life {
     Gone { said_hello: bool, said_bye: bool },
 }
 
+/// The worker process in a slot, as the machine knows it: who it is, its
+/// connection, how far its conversation got, what it runs.
 #[derive(Debug)]
-struct Worker {
+struct SlotWorker {
     id: String,
     generation: usize,
     conn: Option<usize>,
@@ -260,7 +262,7 @@ struct Worker {
     started: Instant,
 }
 
-impl Worker {
+impl SlotWorker {
     fn gone(&self) -> bool {
         matches!(self.life, Life::Gone { .. })
     }
@@ -302,7 +304,7 @@ struct Slot {
     extra: Vec<String>,
     /// The fresh clone its worker's current transactional test runs on.
     fresh: Option<String>,
-    worker: Option<Worker>,
+    worker: Option<SlotWorker>,
     /// A clone is being made or dropped for this slot.
     busy_with_clone: bool,
     /// Not needed: fewer units of work than slots, or out of restarts.
@@ -310,6 +312,18 @@ struct Slot {
     workers_started: usize,
     tests_run: usize,
     busy: f64,
+}
+
+/// Where the run's template is, as the machine knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TemplatePhase {
+    /// Not ready, and no worker was started before it.
+    Awaited,
+    /// Being built, with the workers started beside it (they wait for their
+    /// clones): the run cannot be over.
+    Building,
+    /// Ready: clones are made from it.
+    Ready,
 }
 
 /// How a run ended, for its report.
@@ -331,11 +345,9 @@ pub struct Ending {
 }
 
 pub struct Machine {
-    setup: Setup,
+    params: Params,
     now: Instant,
-    template_ready: bool,
-    /// Workers were started before the template: it is being built.
-    building: bool,
+    template: TemplatePhase,
     /// A controller is running and has not been told to end.
     controller: bool,
     slots: Vec<Slot>,
@@ -373,20 +385,19 @@ pub struct Machine {
 
 impl Machine {
     /// `timings` are what the schedule estimates test durations by.
-    pub fn new(setup: Setup, timings: Timings, now: Instant) -> Machine {
-        let slots = setup.slots.max(1);
+    pub fn new(params: Params, timings: Timings, now: Instant) -> Machine {
+        let slots = params.slots.max(1);
         Machine {
             // Without an adapter each slot's command is one unit of the report.
-            outcomes: if setup.protocol {
+            outcomes: if params.protocol {
                 Vec::new()
             } else {
                 vec![None; slots]
             },
-            maxfail: setup.maxfail,
-            setup,
+            maxfail: params.maxfail,
+            params,
             now,
-            template_ready: false,
-            building: false,
+            template: TemplatePhase::Awaited,
             controller: false,
             slots: (0..slots).map(|_| Slot::default()).collect(),
             // Per slot: one leased, one ready, one for a worker waiting.
@@ -468,8 +479,8 @@ impl Machine {
     /// The next time something is due (a test's or a start's limit, the end
     /// of the grace period): the executor sends [`Input::Deadline`] then.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let protocol = self.setup.protocol;
-        let timeouts = self.setup.timeout.into_iter().flat_map(|limit| {
+        let protocol = self.params.protocol;
+        let timeouts = self.params.timeout.into_iter().flat_map(|limit| {
             self.slots.iter().filter_map(move |s| {
                 let w = s.worker.as_ref().filter(|w| !w.gone())?;
                 if protocol {
@@ -481,7 +492,7 @@ impl Machine {
         });
         let startups = self.slots.iter().filter_map(|s| {
             let w = s.worker.as_ref().filter(|w| w.starting())?;
-            protocol.then(|| w.started + self.setup.start_limit)
+            protocol.then(|| w.started + self.params.start_limit)
         });
         timeouts.chain(startups).chain(self.grace_until).min()
     }
@@ -489,7 +500,7 @@ impl Machine {
     /// The run is over: no worker is alive, no clone is being made and the
     /// template is not being built.
     pub fn finished(&self) -> bool {
-        if self.clone_tasks > 0 || self.building {
+        if self.clone_tasks > 0 || self.template == TemplatePhase::Building {
             return false;
         }
         let alive = self
@@ -506,7 +517,7 @@ impl Machine {
                 .slots
                 .iter()
                 .all(|s| s.retired || s.worker.as_ref().is_some_and(|w| w.gone()))
-            || !self.setup.protocol && self.slots.iter().all(|s| s.worker.is_some())
+            || !self.params.protocol && self.slots.iter().all(|s| s.worker.is_some())
     }
 
     /// The tests the workers collected, once known.
@@ -538,7 +549,7 @@ impl Machine {
 
     /// The run's end, for its report; and the timings the schedule was made from.
     pub fn end(&mut self) -> (Ending, Timings) {
-        let run_id = &self.setup.run_id;
+        let run_id = &self.params.run_id;
         let ending = Ending {
             fatal: self.fatal.or(self.ran_again.then_some(exit::USAGE)),
             interrupted: self.interrupted(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::model::{Outcome, RunReport, TestRecord};
+use dbfork_meta::report::{Outcome, RunReport, TestRecord};
 
 /// How often plain mode prints a progress line at most.
 const PLAIN_EVERY: Duration = Duration::from_secs(10);

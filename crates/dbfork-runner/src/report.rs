@@ -16,7 +16,7 @@ use quick_junit::{
     NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite, XmlString,
 };
 
-use crate::model::{Outcome, ReportFile, RunReport, TestRecord};
+use dbfork_meta::report::{Outcome, ReportFile, RunReport, TestRecord};
 
 /// A report could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -333,7 +333,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SlotReport;
+    use dbfork_meta::report::SlotReport;
     use dbfork_protocol::Phase;
 
     fn phase(when: &str, outcome: &str, category: &str, longrepr: Option<&str>) -> Phase {

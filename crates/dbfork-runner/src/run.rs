@@ -32,13 +32,13 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::controller::{Configured, Controller};
 use crate::decide::{self, truncate};
 use crate::error::{exit, RunError};
-use crate::machine::{indent, CloneFailure, Command, Ending, Exit, Input, Machine, Setup, Sig};
-use crate::model::{Outcome, RunReport, TestRecord};
+use crate::machine::{indent, CloneFailure, Command, Ending, Exit, Input, Machine, Params, Sig};
 use crate::progress::{label, Progress};
 use crate::sinks::{ReportFiles, RunEvent, Sink, TimingsFile};
 use crate::timings::Timings;
 use crate::worker::{self, Echo, Environment, Tail};
 use crate::{adapters, template, Adapter, RunConfig};
+use dbfork_meta::report::{Outcome, RunReport, TestRecord};
 
 // How often the run renews its clones' heartbeat (other hosts' gc waits an hour).
 use dbfork_engine::ops::HEARTBEAT_EVERY;
@@ -211,7 +211,7 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
         config,
         backend,
         &configured,
-        Parts {
+        Launch {
             run_id,
             method,
             adapter,
@@ -333,8 +333,8 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// What an [`Executor`] starts from besides its configuration and backend.
-struct Parts {
+/// What an [`Executor`] is launched with besides its configuration and backend.
+struct Launch {
     run_id: String,
     method: CloneMethod,
     adapter: Adapter,
@@ -353,11 +353,11 @@ impl Executor {
         config: RunConfig,
         backend: Arc<AnyBackend>,
         configured: &Configured,
-        parts: Parts,
+        parts: Launch,
     ) -> Executor {
         let slots = config.jobs.max(1);
         let protocol = parts.adapter.speaks_protocol();
-        let setup = Setup {
+        let params = Params {
             run_id: parts.run_id.clone(),
             slots,
             protocol,
@@ -381,7 +381,7 @@ impl Executor {
             json: config.json.clone(),
         })];
         Executor {
-            machine: Machine::new(setup, parts.timings, parts.started),
+            machine: Machine::new(params, parts.timings, parts.started),
             // Without an adapter each slot's command is one unit of the report.
             records: if protocol {
                 Vec::new()
@@ -622,7 +622,7 @@ impl Executor {
 
     fn kill_all(&self) {
         for p in self.processes.values().filter(|p| !p.exited) {
-            worker::signal_group(p.pid, libc::SIGKILL);
+            worker::signal_group(p.pid, dbfork_engine::sys::SIGKILL);
         }
     }
 

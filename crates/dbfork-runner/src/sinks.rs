@@ -7,10 +7,10 @@
 use std::path::PathBuf;
 
 use crate::error::exit;
-use crate::model::{RunReport, TestRecord};
 use crate::progress::Progress;
 use crate::report;
 use crate::timings::Timings;
+use dbfork_meta::report::{RunReport, TestRecord};
 
 /// One thing that happened in a run.
 #[derive(Debug)]

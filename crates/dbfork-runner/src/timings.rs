@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Outcome, RunReport};
+use dbfork_meta::report::{Outcome, RunReport};
 
 /// The store's file name inside the state directory.
 pub const FILE_NAME: &str = "timings.json";
@@ -228,7 +228,7 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::TestRecord;
+    use dbfork_meta::report::TestRecord;
 
     fn test(id: &str, outcome: Outcome, duration: f64) -> TestRecord {
         TestRecord {

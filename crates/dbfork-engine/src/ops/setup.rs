@@ -15,25 +15,7 @@ pub(super) async fn run_setup(
     name: &str,
 ) -> Result<()> {
     let env = DatabaseEnv::new(backend, name)?;
-    crate::reaper::arm();
-    let mut command = tokio::process::Command::new("sh");
-    if let Some(dir) = &recipe.dir {
-        command.current_dir(dir);
-    }
-    let mut child = command
-        .arg("-c")
-        .arg(&recipe.setup)
-        .envs(env.vars.iter().cloned())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Error::SetupSpawn {
-            command: recipe.setup.clone(),
-            cause: e.to_string(),
-        })?;
+    let mut child = spawn_setup(recipe, &env)?;
     let pid = child.id();
     if let Some(pid) = pid {
         // Its group dies with dbfork, even when dbfork is killed with SIGKILL.
@@ -96,8 +78,7 @@ pub(super) async fn run_setup(
     };
     let kill_group = || {
         if let Some(pid) = pid {
-            // SAFETY: signalling a process group we created; no memory is touched.
-            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            crate::sys::signal_group(pid, crate::sys::SIGKILL);
             crate::reaper::unregister(pid);
         }
     };
@@ -117,6 +98,23 @@ pub(super) async fn run_setup(
     if status.success() {
         return Ok(());
     }
+    let lines = output
+        .lock()
+        .map(|o| o.iter().cloned().collect())
+        .unwrap_or_default();
+    Err(setup_failed(backend, recipe, options, name, status, lines))
+}
+
+/// The error of a setup that exited with `status`, its last `lines` shown
+/// (the password masked) and kept in a log file.
+fn setup_failed(
+    backend: &AnyBackend,
+    recipe: &Recipe,
+    options: &TemplateOptions,
+    name: &str,
+    status: std::process::ExitStatus,
+    lines: Vec<String>,
+) -> Error {
     let status = match (
         status.code(),
         std::os::unix::process::ExitStatusExt::signal(&status),
@@ -128,22 +126,18 @@ pub(super) async fn run_setup(
     // A setup that printed its database URL (or the password) must not
     // leave it in a log file or on the screen.
     let secret = backend.url().password.clone().filter(|p| !p.is_empty());
-    let lines: Vec<String> = output
-        .lock()
-        .map(|o| {
-            o.iter()
-                .map(|line| match &secret {
-                    Some(secret) => line.replace(secret.as_str(), "***"),
-                    None => line.clone(),
-                })
-                .collect()
+    let lines: Vec<String> = lines
+        .into_iter()
+        .map(|line| match &secret {
+            Some(secret) => line.replace(secret.as_str(), "***"),
+            None => line,
         })
-        .unwrap_or_default();
+        .collect();
     let log = options
         .log_dir
         .as_deref()
         .and_then(|dir| keep_log(dir, &format!("setup-{name}.log"), &lines));
-    Err(Error::SetupFailed {
+    Error::SetupFailed {
         command: recipe.setup.clone(),
         status,
         template: name.to_string(),
@@ -151,7 +145,31 @@ pub(super) async fn run_setup(
         log: log
             .map(|p| format!("\nThe whole output is in {}.", p.display()))
             .unwrap_or_default(),
-    })
+    }
+}
+
+/// Starts the setup command (`sh -c`) in its own process group, in the
+/// recipe's directory, with the database's environment and its output piped.
+fn spawn_setup(recipe: &Recipe, env: &DatabaseEnv) -> Result<tokio::process::Child> {
+    crate::reaper::arm();
+    let mut command = tokio::process::Command::new("sh");
+    if let Some(dir) = &recipe.dir {
+        command.current_dir(dir);
+    }
+    command
+        .arg("-c")
+        .arg(&recipe.setup)
+        .envs(env.vars.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::SetupSpawn {
+            command: recipe.setup.clone(),
+            cause: e.to_string(),
+        })
 }
 
 /// How long a setup's output is still read after the setup exited (what a

@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{base, given, Tool};
-use crate::{plugin, Dist};
+use crate::{packages, Dist};
 
 pub struct Django;
 
@@ -59,7 +59,7 @@ impl Tool for Django {
     }
 
     fn support_files(&self, dir: &Path) -> io::Result<Option<PathBuf>> {
-        plugin::install(dir).map(Some)
+        packages::install(dir).map(Some)
     }
 }
 

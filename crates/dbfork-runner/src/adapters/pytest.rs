@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{base, given, Tool};
-use crate::plugin;
+use crate::packages;
 
 pub struct Pytest;
 
@@ -93,7 +93,7 @@ impl Tool for Pytest {
     }
 
     fn support_files(&self, dir: &Path) -> io::Result<Option<PathBuf>> {
-        plugin::install(dir).map(Some)
+        packages::install(dir).map(Some)
     }
 }
 

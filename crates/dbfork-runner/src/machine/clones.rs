@@ -5,13 +5,13 @@ use super::*;
 
 impl Machine {
     pub(super) fn clone_names(&self, slot: usize) -> Vec<String> {
-        let name = names::slot_clone_name(&self.setup.run_id, slot, self.slots[slot].generation);
-        let extra = (0..self.setup.aliases).map(|i| names::alias_clone_name(&name, i));
+        let name = names::slot_clone_name(&self.params.run_id, slot, self.slots[slot].generation);
+        let extra = (0..self.params.aliases).map(|i| names::alias_clone_name(&name, i));
         std::iter::once(name.clone()).chain(extra).collect()
     }
 
     pub(super) fn prestart_all(&mut self) {
-        self.building = true;
+        self.template = TemplatePhase::Building;
         let slots = self.slots.len();
         self.note(format!(
             "starting {slots} worker{} while the template is prepared; each waits for its clone",
@@ -28,13 +28,12 @@ impl Machine {
     /// already started get theirs, the others start on theirs).
     pub(super) fn template_ready(&mut self, name: &str, controller: bool) {
         self.controller = controller;
-        self.building = false;
         let slots = self.slots.len();
         self.note(format!(
             "{slots} worker{} on clones of {name}",
             if slots == 1 { "" } else { "s" },
         ));
-        self.template_ready = true;
+        self.template = TemplatePhase::Ready;
         if self.stopping {
             return;
         }
@@ -48,7 +47,7 @@ impl Machine {
     }
 
     pub(super) fn make_clone(&mut self, slot: usize) {
-        if !self.template_ready {
+        if self.template != TemplatePhase::Ready {
             // Made when the template is ready (see `template_ready`).
             return;
         }
@@ -115,7 +114,7 @@ impl Machine {
         });
         let s = &mut self.slots[slot];
         s.workers_started += 1;
-        s.worker = Some(Worker {
+        s.worker = Some(SlotWorker {
             id,
             generation,
             conn: None,
@@ -127,7 +126,7 @@ impl Machine {
             stopped: false,
             started: self.now,
         });
-        let status = if self.setup.protocol {
+        let status = if self.params.protocol {
             "starting"
         } else {
             "running"
@@ -138,7 +137,7 @@ impl Machine {
     /// A worker's `fresh`: its previous fresh clone goes, the next is handed
     /// out as soon as one is ready.
     pub(super) fn on_fresh(&mut self, slot: usize, generation: usize) {
-        if !self.setup.fresh_transactional {
+        if !self.params.fresh_transactional {
             return self.fail(
                 exit::USAGE,
                 format!("{} asked for a fresh clone, but this run does not make them (DBFORK_FRESH is not set by dbfork without --fresh-transactional): the adapter and dbfork disagree; install matching versions", label(slot)),
@@ -181,7 +180,7 @@ impl Machine {
             self.fresh.dropped(&name);
             self.drop_clone(name);
         }
-        if !self.setup.fresh_transactional || !self.template_ready {
+        if !self.params.fresh_transactional || self.template != TemplatePhase::Ready {
             return;
         }
         // Winding down, none are made ahead; but a test that is running
@@ -189,7 +188,7 @@ impl Machine {
         // holds after `stop`).
         let ahead = if self.stopping { 0 } else { self.slots.len() };
         self.fresh.set_target(ahead);
-        let run_id = self.setup.run_id.clone();
+        let run_id = self.params.run_id.clone();
         for name in self.fresh.to_make(|n| names::fresh_clone_name(&run_id, n)) {
             self.clone_tasks += 1;
             self.out.push(Command::MakeFresh { name });

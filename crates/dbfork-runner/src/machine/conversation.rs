@@ -49,14 +49,14 @@ impl Machine {
         }
     }
 
-    pub(super) fn worker(&self, slot: usize, generation: usize) -> Option<&Worker> {
+    pub(super) fn worker(&self, slot: usize, generation: usize) -> Option<&SlotWorker> {
         self.slots[slot]
             .worker
             .as_ref()
             .filter(|w| w.generation == generation)
     }
 
-    pub(super) fn worker_mut(&mut self, slot: usize, generation: usize) -> Option<&mut Worker> {
+    pub(super) fn worker_mut(&mut self, slot: usize, generation: usize) -> Option<&mut SlotWorker> {
         self.slots[slot]
             .worker
             .as_mut()
@@ -262,7 +262,7 @@ impl Machine {
         slot: usize,
         facts: Option<&BTreeMap<String, String>>,
     ) -> Option<String> {
-        let (expected, found) = (self.setup.django_facts.as_ref()?, facts?);
+        let (expected, found) = (self.params.django_facts.as_ref()?, facts?);
         Some(format!(
             "{} configured Django differently from the controller that made the template: {}",
             label(slot),
@@ -313,7 +313,7 @@ impl Machine {
         }
         self.outcomes = vec![None; tests.len()];
         self.collect_errors = errors.into_iter().map(|e| (e.id, e.longrepr)).collect();
-        self.selected = self.setup.shard.map(|shard| self.select(&tests, shard));
+        self.selected = self.params.shard.map(|shard| self.select(&tests, shard));
         let mine = match &self.selected {
             Some((selected, _)) => selected.iter().filter(|s| **s).count(),
             None => tests.len(),
@@ -326,7 +326,7 @@ impl Machine {
         let selected = self.selected.as_ref().map(|(s, _)| s);
         let scheduler = Scheduler::new_for(
             &tests,
-            self.setup.dist,
+            self.params.dist,
             self.slots.len(),
             |id| timings.estimate(id),
             |i| selected.is_none_or(|s| s[i]),
@@ -364,7 +364,7 @@ impl Machine {
     /// This shard's tests of the split every shard computes alike.
     pub(super) fn select(&mut self, tests: &[TestItem], shard: Shard) -> (Vec<bool>, ShardReport) {
         let timings = &self.timings;
-        let shard_of = crate::shard::split(tests, self.setup.dist, shard.total, |id| {
+        let shard_of = crate::shard::split(tests, self.params.dist, shard.total, |id| {
             timings.estimate(id)
         });
         let selected: Vec<bool> = shard_of.iter().map(|s| *s + 1 == shard.index).collect();

@@ -96,7 +96,7 @@ impl Machine {
         if gone {
             return;
         }
-        if !self.setup.protocol {
+        if !self.params.protocol {
             return self.generic_exit(slot, generation, exit);
         }
         if !hello && !self.stopping {
@@ -214,7 +214,7 @@ impl Machine {
             .iter()
             .enumerate()
             .all(|(i, s)| i == slot || s.retired || s.worker.as_ref().is_none_or(|w| w.gone()));
-        let max = self.setup.max_worker_restarts;
+        let max = self.params.max_worker_restarts;
         let next = decide::after_loss(LossFacts {
             stopping: self.stopping,
             collected: self.tests.is_some(),
@@ -296,10 +296,10 @@ impl Machine {
         self.signals += 1;
         self.stopping = true;
         let signal = if self.signals == 1 {
-            self.grace_until = Some(self.now + self.setup.grace);
+            self.grace_until = Some(self.now + self.params.grace);
             self.note(format!(
                 "interrupted: stopping the workers (they get {:.0?}; press Ctrl-C again to kill them at once), then dropping the clones",
-                self.setup.grace
+                self.params.grace
             ));
             Sig::Interrupt
         } else {
@@ -312,7 +312,7 @@ impl Machine {
     /// Ends the run when a worker did not finish starting in time: the same
     /// code runs in every worker, so a replacement would hang the same way.
     pub(super) fn check_startups(&mut self) {
-        let limit = self.setup.start_limit;
+        let limit = self.params.start_limit;
         let now = self.now;
         let late = self.slots.iter().enumerate().find_map(|(slot, s)| {
             let w = s.worker.as_ref().filter(|w| w.starting())?;
@@ -338,21 +338,21 @@ impl Machine {
 
     pub(super) fn on_deadline(&mut self) {
         let now = self.now;
-        if self.setup.protocol && self.fatal.is_none() {
+        if self.params.protocol && self.fatal.is_none() {
             self.check_startups();
         }
         if self.grace_until.is_some_and(|g| g <= now) {
             self.grace_until = None;
             self.signal_all(Sig::Kill);
         }
-        let Some(limit) = self.setup.timeout else {
+        let Some(limit) = self.params.timeout else {
             return;
         };
         for slot in 0..self.slots.len() {
             let Some(w) = self.slots[slot].worker.as_ref().filter(|w| !w.gone()) else {
                 continue;
             };
-            let since = if self.setup.protocol {
+            let since = if self.params.protocol {
                 w.running.map(|(_, s)| s)
             } else {
                 Some(w.started)
@@ -361,7 +361,7 @@ impl Machine {
                 continue;
             }
             let generation = w.generation;
-            if self.setup.protocol {
+            if self.params.protocol {
                 self.lose(slot, generation, LossCause::Timeout(limit));
                 continue;
             }

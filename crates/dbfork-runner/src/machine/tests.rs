@@ -15,12 +15,18 @@ use super::*;
 
 const WANT_THRESHOLD: usize = 2;
 
-fn setup(slots: usize, restarts: usize, timeout: bool, maxfail: usize) -> Setup {
-    fresh_setup(slots, restarts, timeout, maxfail, false)
+fn params(slots: usize, restarts: usize, timeout: bool, maxfail: usize) -> Params {
+    fresh_params(slots, restarts, timeout, maxfail, false)
 }
 
-fn fresh_setup(slots: usize, restarts: usize, timeout: bool, maxfail: usize, fresh: bool) -> Setup {
-    Setup {
+fn fresh_params(
+    slots: usize,
+    restarts: usize,
+    timeout: bool,
+    maxfail: usize,
+    fresh: bool,
+) -> Params {
+    Params {
         run_id: "r1".into(),
         slots,
         protocol: true,
@@ -120,20 +126,20 @@ struct World {
 
 impl World {
     fn new(
-        setup: Setup,
+        params: Params,
         tests: usize,
         prestart: bool,
         outcome_of: fn(usize) -> &'static str,
     ) -> World {
         let now = Instant::now();
-        let fresh = setup.fresh_transactional;
+        let fresh = params.fresh_transactional;
         let mut world = World {
             fresh,
             controller_stops: 0,
             graceful: false,
             runs_again: None,
             errors: Vec::new(),
-            machine: Machine::new(setup, Timings::default(), now),
+            machine: Machine::new(params, Timings::default(), now),
             now,
             tests,
             workers: Vec::new(),
@@ -479,8 +485,8 @@ impl SimWorker {
 /// fresh clones and get them (once, the run hung waiting for them).
 #[test]
 fn after_maxfail_running_tests_still_get_fresh_clones() {
-    let setup = fresh_setup(2, 0, false, 1, true);
-    let mut world = World::new(setup, 6, false, every_third_fails);
+    let params = fresh_params(2, 0, false, 1, true);
+    let mut world = World::new(params, 6, false, every_third_fails);
     world.run(&[]);
     let (ending, _) = world.machine.end();
     assert_eq!((ending.fatal, ending.interrupted), (None, false));
@@ -527,9 +533,9 @@ proptest! {
         choices in proptest::collection::vec(any::<u16>(), 0..300),
     ) {
         let outcome_of = if maxfail > 0 { every_third_fails } else { passing };
-        let mut setup = fresh_setup(slots, restarts, timeout, maxfail, fresh);
-        setup.shard = shard;
-        let mut world = World::new(setup, tests, prestart, outcome_of);
+        let mut params = fresh_params(slots, restarts, timeout, maxfail, fresh);
+        params.shard = shard;
+        let mut world = World::new(params, tests, prestart, outcome_of);
         world.graceful = graceful;
         world.run(&choices);
         let (ending, _) = world.machine.end();
@@ -546,7 +552,7 @@ proptest! {
 
 #[test]
 fn a_quiet_run_reports_every_test_once_and_stops_each_worker() {
-    let mut world = World::new(setup(2, 1, false, 0), 9, false, passing);
+    let mut world = World::new(params(2, 1, false, 0), 9, false, passing);
     world.run(&[]);
     assert_eq!(world.reports, vec![1; 9]);
     let (ending, _) = world.machine.end();
@@ -563,7 +569,7 @@ fn a_quiet_run_reports_every_test_once_and_stops_each_worker() {
 /// runs its tests (every test reported once).
 #[test]
 fn a_second_test_run_in_a_worker_fails_the_run_without_stopping_the_others() {
-    let mut world = World::new(setup(2, 1, false, 0), 9, false, passing);
+    let mut world = World::new(params(2, 1, false, 0), 9, false, passing);
     world.runs_again = Some(0);
     world.run(&[]);
     assert_eq!(world.reports, vec![1; 9]);
@@ -583,7 +589,7 @@ fn a_second_test_run_in_a_worker_fails_the_run_without_stopping_the_others() {
 /// configuration's cleanup would pull the rug from under it).
 #[test]
 fn the_controller_waits_for_a_retired_slots_starting_worker() {
-    let mut world = World::new(setup(2, 0, false, 0), 1, true, passing);
+    let mut world = World::new(params(2, 0, false, 0), 1, true, passing);
     world.act(Action::Pending(0)); // the template is ready
     while let Some(k) = world
         .pending
@@ -619,7 +625,7 @@ fn the_controller_waits_for_a_retired_slots_starting_worker() {
 #[test]
 fn a_crash_reports_the_running_test_as_crashed_and_replaces_the_worker() {
     let now = Instant::now();
-    let mut m = Machine::new(setup(1, 1, false, 0), Timings::default(), now);
+    let mut m = Machine::new(params(1, 1, false, 0), Timings::default(), now);
     let made = m.handle(
         Input::TemplateReady {
             name: "tpl".into(),
@@ -741,7 +747,7 @@ fn a_crash_reports_the_running_test_as_crashed_and_replaces_the_worker() {
 #[test]
 fn commands_without_an_adapter_are_one_unit_per_slot() {
     let start = Instant::now();
-    let mut generic = setup(2, 0, true, 0);
+    let mut generic = params(2, 0, true, 0);
     generic.protocol = false;
     let mut m = Machine::new(generic, Timings::default(), start);
     let mut commands = m.handle(
@@ -813,7 +819,7 @@ fn commands_without_an_adapter_are_one_unit_per_slot() {
 
 #[test]
 fn ctrl_c_interrupts_then_kills_after_the_grace_period() {
-    let mut world = World::new(setup(2, 0, false, 0), 4, true, passing);
+    let mut world = World::new(params(2, 0, false, 0), 4, true, passing);
     world.tell(Input::Signal);
     let deadline = world
         .machine

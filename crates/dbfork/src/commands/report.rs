@@ -1,7 +1,7 @@
 //! `dbfork report merge`: one report of a suite run in shards.
 
 use anyhow::Result;
-use dbfork_runner::model::{check_shards, merge as merge_reports, read_json};
+use dbfork_meta::report::{check_shards, merge as merge_reports, read_json};
 use dbfork_runner::report::{write_json, write_junit};
 
 use crate::cli::MergeArgs;

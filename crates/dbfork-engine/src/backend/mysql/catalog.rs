@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// The routines, triggers and events of a schema, in a stable order.
+const ROUTINES: &str = "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES \
+     WHERE ROUTINE_SCHEMA = ? AND ROUTINE_TYPE IN ('PROCEDURE', 'FUNCTION') ORDER BY ROUTINE_TYPE, ROUTINE_NAME";
+const TRIGGERS: &str =
+    "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = ? \
+     ORDER BY EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_ORDER";
+const EVENTS: &str =
+    "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = ? ORDER BY EVENT_NAME";
+
 /// What a clone is rebuilt from: the template's catalog, read once (and,
 /// in a template cache file, the head of the dump).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -102,6 +111,43 @@ impl Mysql {
         let charset: String = col(&schema, 0, &ctx)?;
         let collation: String = col(&schema, 1, &ctx)?;
 
+        let (tables, view_names) = self.read_tables(conn, name, &ctx).await?;
+        let mut views = Vec::new();
+        for view in view_names {
+            views.push(
+                self.show_create(conn, name, "VIEW", view, None, None, 1)
+                    .await?,
+            );
+        }
+
+        let routines = self
+            .read_objects(conn, name, &ctx, ROUTINES, None, None, 2)
+            .await?;
+        let triggers = self
+            .read_objects(conn, name, &ctx, TRIGGERS, Some("TRIGGER"), None, 2)
+            .await?;
+        let events = self
+            .read_objects(conn, name, &ctx, EVENTS, Some("EVENT"), Some(2), 3)
+            .await?;
+        Ok(Template {
+            charset,
+            collation,
+            tables,
+            routines,
+            views,
+            triggers,
+            events,
+        })
+    }
+
+    /// The template's tables (with their definition, copyable columns,
+    /// AUTO_INCREMENT and size; largest first) and the names of its views.
+    async fn read_tables(
+        &self,
+        conn: &mut Conn,
+        name: &str,
+        ctx: &str,
+    ) -> Result<(Vec<Table>, Vec<String>)> {
         let rows: Vec<Row> = conn
             .exec(
                 "SELECT TABLE_NAME, TABLE_TYPE, AUTO_INCREMENT, COALESCE(DATA_LENGTH, 0) + COALESCE(INDEX_LENGTH, 0) \
@@ -109,18 +155,18 @@ impl Mysql {
                 (name,),
             )
             .await
-            .map_err(q(&ctx))?;
+            .map_err(q(ctx))?;
         let mut table_rows = Vec::new();
         let mut view_names = Vec::new();
         for row in &rows {
-            let table: String = col(row, 0, &ctx)?;
-            let kind: String = col(row, 1, &ctx)?;
+            let table: String = col(row, 0, ctx)?;
+            let kind: String = col(row, 1, ctx)?;
             match kind.as_str() {
                 "VIEW" => view_names.push(table),
                 "BASE TABLE" | "SEQUENCE" | "SYSTEM VERSIONED" => table_rows.push((
                     table,
-                    col::<Option<u64>>(row, 2, &ctx)?,
-                    col::<Option<u64>>(row, 3, &ctx)?,
+                    col::<Option<u64>>(row, 2, ctx)?,
+                    col::<Option<u64>>(row, 3, ctx)?,
                 )),
                 _ => {}
             }
@@ -133,13 +179,13 @@ impl Mysql {
                 (name,),
             )
             .await
-            .map_err(q(&ctx))?;
+            .map_err(q(ctx))?;
         let mut columns: HashMap<String, Vec<String>> = HashMap::new();
         for row in &rows {
-            let extra: String = col(row, 2, &ctx)?;
-            let list = columns.entry(col(row, 0, &ctx)?).or_default();
+            let extra: String = col(row, 2, ctx)?;
+            let list = columns.entry(col(row, 0, ctx)?).or_default();
             if !is_generated(&extra) {
-                list.push(ident(&col::<String>(row, 1, &ctx)?));
+                list.push(ident(&col::<String>(row, 1, ctx)?));
             }
         }
 
@@ -154,11 +200,11 @@ impl Mysql {
                 .await
                 .map_err(q(format!("{ctx}: SHOW CREATE TABLE {table}")))?;
             let create = match row {
-                Some(row) => text_col(&row, 1, &ctx)?,
+                Some(row) => text_col(&row, 1, ctx)?,
                 None => {
                     return Err(Error::query(
                         NAME,
-                        ctx,
+                        ctx.to_string(),
                         format!("SHOW CREATE TABLE {table} returned nothing"),
                     ))
                 }
@@ -174,75 +220,45 @@ impl Mysql {
         }
         tables.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.name.cmp(&b.name)));
 
-        let mut views = Vec::new();
-        for view in view_names {
-            views.push(
-                self.show_create(conn, name, "VIEW", view, None, None, 1)
-                    .await?,
-            );
-        }
+        Ok((tables, view_names))
+    }
 
-        let rows: Vec<Row> = conn
-            .exec(
-                "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES \
-                 WHERE ROUTINE_SCHEMA = ? AND ROUTINE_TYPE IN ('PROCEDURE', 'FUNCTION') ORDER BY ROUTINE_TYPE, ROUTINE_NAME",
-                (name,),
-            )
-            .await
-            .map_err(q(&ctx))?;
-        let mut routines = Vec::new();
+    /// The definitions of the objects the query `list` names (its first
+    /// column; for routines, `what` is `None` and the second column says
+    /// FUNCTION or PROCEDURE), with the columns of `show_create`.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_objects(
+        &self,
+        conn: &mut Conn,
+        name: &str,
+        ctx: &str,
+        list: &str,
+        what: Option<&'static str>,
+        time_zone: Option<usize>,
+        create: usize,
+    ) -> Result<Vec<Object>> {
+        let rows: Vec<Row> = conn.exec(list, (name,)).await.map_err(q(ctx))?;
+        let mut objects = Vec::new();
         for row in &rows {
-            let what = if col::<String>(row, 1, &ctx)? == "FUNCTION" {
-                "FUNCTION"
-            } else {
-                "PROCEDURE"
+            let what = match what {
+                Some(what) => what,
+                None if col::<String>(row, 1, ctx)? == "FUNCTION" => "FUNCTION",
+                None => "PROCEDURE",
             };
-            routines.push(
-                self.show_create(conn, name, what, col(row, 0, &ctx)?, Some(1), None, 2)
-                    .await?,
+            objects.push(
+                self.show_create(
+                    conn,
+                    name,
+                    what,
+                    col(row, 0, ctx)?,
+                    Some(1),
+                    time_zone,
+                    create,
+                )
+                .await?,
             );
         }
-
-        let rows: Vec<Row> = conn
-            .exec(
-                "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = ? \
-                 ORDER BY EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_ORDER",
-                (name,),
-            )
-            .await
-            .map_err(q(&ctx))?;
-        let mut triggers = Vec::new();
-        for row in &rows {
-            triggers.push(
-                self.show_create(conn, name, "TRIGGER", col(row, 0, &ctx)?, Some(1), None, 2)
-                    .await?,
-            );
-        }
-
-        let rows: Vec<Row> = conn
-            .exec(
-                "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = ? ORDER BY EVENT_NAME",
-                (name,),
-            )
-            .await
-            .map_err(q(&ctx))?;
-        let mut events = Vec::new();
-        for row in &rows {
-            events.push(
-                self.show_create(conn, name, "EVENT", col(row, 0, &ctx)?, Some(1), Some(2), 3)
-                    .await?,
-            );
-        }
-
-        Ok(Template {
-            charset,
-            collation,
-            tables,
-            routines,
-            views,
-            triggers,
-            events,
-        })
+        Ok(objects)
     }
 
     /// `SHOW CREATE <what> schema.name`, keeping the columns at the given positions.
