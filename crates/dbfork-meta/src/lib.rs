@@ -1,11 +1,12 @@
 //! What other programs (CI scripts, wrappers, a future client or service)
-//! read of dbfork, in one place: the exit codes ([`exit`]), the names of the
-//! environment variables dbfork reads ([`env`]), the run report ([`report`]:
-//! written as JSON, read back, merged across shards), and the table of
-//! `dbfork run`'s settings ([`settings::SETTINGS`]), from which the command
-//! line's flags and variables, the configuration file's keys and the
-//! settings table of `docs/configuration.md` are all produced. It depends on
-//! serde and the protocol's types only.
+//! read of dbfork, in one place: the exit codes and the one classification
+//! of failures that chooses them ([`exit`]), the names of the environment
+//! variables dbfork reads ([`env`]), the run report ([`report`]: written as
+//! JSON, read back, merged across shards), and the table of every verb's
+//! settings ([`settings::SETTINGS`]), from which the command line's flags and
+//! variables, the configuration file's keys, each value's parser and default,
+//! and the settings table of `docs/configuration.md` are all produced. It
+//! depends on serde and the protocol's types only.
 
 pub mod exit;
 pub mod report;
