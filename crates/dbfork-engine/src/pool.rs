@@ -13,8 +13,9 @@
 //!                 +--> (gone)        +--------------------------------------------->  +--> (gone)
 //! ```
 //!
-//! A clone is used once: a released lease is dropped (recycled), never handed
-//! out again. The pool keeps `target` clones ready or in the making, plus one
+//! A clone is used once unless its holder says it is clean: a released
+//! lease is dropped (recycled); one given back clean ([`Pool::give_back`],
+//! IntegreSQL's "unlock") is `Ready` again for the next holder. The pool keeps `target` clones ready or in the making, plus one
 //! for each holder waiting, and never has more than `max` clones on the
 //! server in all (recycling ones included: they still exist until dropped).
 //! Holders wait first come, first served. A lease older than its expiry is
@@ -193,6 +194,19 @@ impl<H: Clone + PartialEq> Pool<H> {
         }
     }
 
+    /// The holder is done with its clone and says it is clean (unchanged,
+    /// or restored by itself): it is ready for the next holder as it is.
+    /// Returns the grants to waiting holders it allows; `None` when the name
+    /// was not leased.
+    pub fn give_back(&mut self, name: &str, now: Instant) -> Option<Vec<Grant<H>>> {
+        match self.clones.get_mut(name) {
+            Some(state @ State::Leased { .. }) if !self.drained => *state = State::Ready,
+            Some(state @ State::Leased { .. }) => *state = State::Recycling,
+            _ => return None,
+        }
+        Some(self.hand_out(now))
+    }
+
     /// The holder is gone (a worker that crashed): it waits no more, and
     /// its leases are to be dropped. Returns those clones' names.
     pub fn forget(&mut self, holder: &H) -> Vec<String> {
@@ -241,6 +255,17 @@ impl<H: Clone + PartialEq> Pool<H> {
     pub fn dropped(&mut self, name: &str) {
         if matches!(self.clones.get(name), Some(State::Recycling)) {
             self.clones.remove(name);
+        }
+    }
+
+    /// [`Pool::drain`], and the leases end too: every clone is to be dropped
+    /// (a template discarded, a service shutting down).
+    pub fn drain_all(&mut self) {
+        self.drain();
+        for state in self.clones.values_mut() {
+            if matches!(state, State::Leased { .. }) {
+                *state = State::Recycling;
+            }
         }
     }
 
@@ -299,6 +324,38 @@ mod tests {
     }
 
     #[test]
+    fn a_clone_given_back_clean_is_handed_out_again() {
+        let now = Instant::now();
+        let mut pool: Pool<u32> = Pool::new(1, 1);
+        pool.to_make(name);
+        pool.made("fresh_0", true);
+        assert_eq!(pool.acquire(1, now).as_deref(), Some("fresh_0"));
+        assert_eq!(pool.acquire(2, now), None, "the only clone is out");
+        let grants = pool.give_back("fresh_0", now).unwrap();
+        assert_eq!(
+            grants,
+            [Grant {
+                holder: 2,
+                name: "fresh_0".into()
+            }]
+        );
+        assert_eq!(pool.give_back("fresh_1", now), None, "never leased");
+        pool.drain();
+        assert_eq!(pool.give_back("fresh_0", now), Some(Vec::new()));
+        assert_eq!(
+            pool.to_drop(),
+            ["fresh_0"],
+            "given back after the drain: dropped"
+        );
+        let mut pool: Pool<u32> = Pool::new(1, 2);
+        pool.to_make(name);
+        pool.made("fresh_0", true);
+        pool.acquire(1, now);
+        pool.drain_all();
+        assert_eq!(pool.to_drop(), ["fresh_0"], "a leased clone goes too");
+    }
+
+    #[test]
     fn forgotten_holders_and_expired_leases_give_their_clones_back() {
         let start = Instant::now();
         let mut pool: Pool<&str> = Pool::new(1, 4).with_lease_expiry(Duration::from_secs(60));
@@ -338,6 +395,7 @@ mod tests {
         Made(usize, bool),
         Acquire(u8),
         Release(usize),
+        GiveBack(usize),
         Forget(u8),
         Expire(u64),
         Drop(usize),
@@ -350,6 +408,7 @@ mod tests {
             (0..12usize, any::<bool>()).prop_map(|(i, ok)| Step::Made(i, ok)),
             (0..4u8).prop_map(Step::Acquire),
             (0..12usize).prop_map(Step::Release),
+            (0..12usize).prop_map(Step::GiveBack),
             (0..4u8).prop_map(Step::Forget),
             (0..120u64).prop_map(Step::Expire),
             (0..12usize).prop_map(Step::Drop),
@@ -359,13 +418,16 @@ mod tests {
 
     proptest! {
         /// Whatever happens in whatever order: never more than `max` clones,
-        /// a clone is leased to at most one holder and only once in its
-        /// life, and a grant always names a clone that was made.
+        /// a clone is leased to one holder at a time and again only after it
+        /// was given back clean (never after a release, a forget or an
+        /// expiry), and a grant always names a clone that was made.
         #[test]
         fn the_pool_keeps_its_promises(target in 0..4usize, max in 1..5usize, steps in proptest::collection::vec(step(), 1..80)) {
             let start = Instant::now();
             let mut pool: Pool<u8> = Pool::new(target, max).with_lease_expiry(Duration::from_secs(60));
-            let mut ever_leased = std::collections::BTreeSet::new();
+            // Clones leased now, and clones that may never be leased again.
+            let mut held = std::collections::BTreeSet::new();
+            let mut spent = std::collections::BTreeSet::new();
             let mut made_ok = std::collections::BTreeSet::new();
             let mut grants = Vec::new();
             for step in steps {
@@ -381,9 +443,30 @@ mod tests {
                             grants.push(Grant { holder: h, name: n });
                         }
                     }
-                    Step::Release(i) => { pool.release(&name(i)); }
-                    Step::Forget(h) => { pool.forget(&h); }
-                    Step::Expire(s) => { pool.expire(start + Duration::from_secs(s)); }
+                    Step::Release(i) => {
+                        if pool.release(&name(i)) {
+                            held.remove(&name(i));
+                            spent.insert(name(i));
+                        }
+                    }
+                    Step::GiveBack(i) => {
+                        if let Some(given) = pool.give_back(&name(i), start) {
+                            held.remove(&name(i));
+                            grants.extend(given);
+                        }
+                    }
+                    Step::Forget(h) => {
+                        for n in pool.forget(&h) {
+                            held.remove(&n);
+                            spent.insert(n);
+                        }
+                    }
+                    Step::Expire(s) => {
+                        for g in pool.expire(start + Duration::from_secs(s)) {
+                            held.remove(&g.name);
+                            spent.insert(g.name);
+                        }
+                    }
                     Step::Drop(i) => { pool.dropped(&name(i)); }
                     Step::Drain => pool.drain(),
                 }
@@ -391,7 +474,8 @@ mod tests {
                 prop_assert!(making + ready + leased + recycling <= max);
                 for grant in grants.drain(..) {
                     prop_assert!(made_ok.contains(&grant.name), "{} granted, never made", grant.name);
-                    prop_assert!(ever_leased.insert(grant.name.clone()), "{} leased twice", grant.name);
+                    prop_assert!(held.insert(grant.name.clone()), "{} leased to two holders", grant.name);
+                    prop_assert!(!spent.contains(&grant.name), "{} leased after it was released", grant.name);
                     let leased_to_holder = matches!(pool.state(&grant.name), Some(State::Leased { holder, .. }) if *holder == grant.holder);
                     prop_assert!(leased_to_holder);
                 }

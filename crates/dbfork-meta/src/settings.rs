@@ -18,6 +18,7 @@ pub enum Verb {
     Gc,
     Touch,
     Clean,
+    Serve,
 }
 
 impl Verb {
@@ -30,6 +31,7 @@ impl Verb {
         Verb::Gc,
         Verb::Touch,
         Verb::Clean,
+        Verb::Serve,
     ];
 
     /// The command lines that take this verb's settings.
@@ -43,6 +45,7 @@ impl Verb {
             Verb::Gc => &["db gc"],
             Verb::Touch => &["db touch"],
             Verb::Clean => &["clean"],
+            Verb::Serve => &["serve"],
         }
     }
 }
@@ -57,8 +60,12 @@ const BUILD: &[Verb] = &[Verb::Run, Verb::Template];
 const CACHE: &[Verb] = &[Verb::Run, Verb::Template, Verb::Clean];
 /// The verbs that clone.
 const CLONING: &[Verb] = &[Verb::Run, Verb::Clone];
+/// The verbs that build templates or wait for another's build.
+const LOCKING: &[Verb] = &[Verb::Run, Verb::Template, Verb::Serve];
 /// `dbfork db clone` alone.
 const CLONE: &[Verb] = &[Verb::Clone];
+/// `dbfork serve` alone.
+const SERVE: &[Verb] = &[Verb::Serve];
 
 /// What a duration may be besides positive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +117,8 @@ pub enum Kind {
     Template,
     /// `parent`, `none` or a process id.
     Owner,
+    /// Where a service listens: `tcp:HOST:PORT` (loopback) or `unix:PATH`.
+    Addresses,
 }
 
 /// How a setting takes its value on the command line.
@@ -127,7 +136,7 @@ pub enum Shape {
 impl Kind {
     pub fn shape(self) -> Shape {
         match self {
-            Kind::Globs | Kind::Aliases => Shape::List,
+            Kind::Globs | Kind::Aliases | Kind::Addresses => Shape::List,
             Kind::Switch => Shape::Switch,
             _ => Shape::Value,
         }
@@ -454,7 +463,7 @@ pub const SETTINGS: &[Setting] = &[
         env: "DBFORK_LOCK_TIMEOUT",
         value_name: "DURATION",
         kind: Kind::Duration(Span::Positive),
-        verbs: BUILD,
+        verbs: LOCKING,
         value: Some("30m"),
         help: "How long to wait for another dbfork building the same template. [default: 30m]",
         default: "`30m`",
@@ -586,7 +595,54 @@ pub const SETTINGS: &[Setting] = &[
         default: "`parent`",
         doc: "For `db clone`: who owns the clones. `parent`: the calling process (or the one behind a wrapper such as `timeout` or a `$(...)` subshell); they are garbage once it exits. A process id. `none`: kept until dropped, or until their heartbeat is older than `heartbeat_ttl` (renew it with `db touch`).",
     },
+    Setting {
+        key: "listen",
+        flag: "listen",
+        short: None,
+        alias: None,
+        env: "DBFORK_LISTEN",
+        value_name: "ADDRESS",
+        kind: Kind::Addresses,
+        verbs: SERVE,
+        value: Some("tcp:127.0.0.1:5000"),
+        help: "Where the service listens, repeatable: tcp:127.0.0.1:PORT (loopback only) or unix:PATH. [default: tcp:127.0.0.1:5000, IntegreSQL's port]",
+        default: "`tcp:127.0.0.1:5000`",
+        doc: "For `serve`: where the service listens: `tcp:HOST:PORT` on a loopback address, or `unix:PATH` (the socket is made 0600 in a directory only this user can enter). A list in the file. Port 5000 is IntegreSQL's, so its clients find the service where they look.",
+    },
+    Setting {
+        key: "pool_size",
+        flag: "pool-size",
+        short: None,
+        alias: None,
+        env: "DBFORK_POOL_SIZE",
+        value_name: "N",
+        kind: Kind::Count { min: 0 },
+        verbs: SERVE,
+        value: Some("4"),
+        help: "Clones of each template kept ready ahead of the requests. [default: 4]",
+        default: "`4`",
+        doc: "For `serve`: how many clones of each template are kept ready (made in the background) so that a request never waits for one while the pool is below its maximum.",
+    },
+    Setting {
+        key: "pool_max",
+        flag: "pool-max",
+        short: None,
+        alias: None,
+        env: "DBFORK_POOL_MAX",
+        value_name: "N",
+        kind: Kind::Count { min: 1 },
+        verbs: SERVE,
+        value: Some("32"),
+        help: "The most clones of one template on the server at once (ready, leased and being dropped); a request beyond it waits. [default: 32]",
+        default: "`32`",
+        doc: "For `serve`: the most clones of one template that exist at once, ready, leased or being dropped; a request for one more waits until one is returned.",
+    },
 ];
+
+/// The table of the configuration file that holds settings for `dbfork
+/// serve` alone (`[tool.dbfork.serve]`, or `[serve]` of dbfork.toml); they
+/// override the same keys at the top for the service.
+pub const SERVE_TABLE: &str = "serve";
 
 /// The setting with this configuration key.
 pub fn by_key(key: &str) -> Option<&'static Setting> {

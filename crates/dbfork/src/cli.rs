@@ -34,6 +34,10 @@ pub enum Command {
     /// other projects share through the same maintenance database, theirs too: see
     /// --dry-run first), its state directory `.dbfork/` and its template cache.
     Clean(CleanArgs),
+    /// Serve clones of templates to tests over HTTP, IntegreSQL's API: each test gets its own
+    /// database from a pool made ahead; runs until Ctrl-C, SIGTERM or SIGHUP, then drops every
+    /// clone it made.
+    Serve(ServeArgs),
     /// Print a completion script for a shell, to be sourced by it: for example
     /// `dbfork completions bash > ~/.local/share/bash-completion/completions/dbfork`,
     /// `dbfork completions zsh > "${fpath[1]}/_dbfork"`, or
@@ -43,6 +47,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub settings: Given<OfServe>,
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +131,7 @@ verbs!(
     OfGc => Gc,
     OfTouch => Touch,
     OfClean => Clean,
+    OfServe => Serve,
 );
 
 /// The settings of one verb as the command line gave them. Every setting is

@@ -27,7 +27,7 @@ use std::time::Duration;
 use dbfork_runner::shard::Shard;
 use dbfork_runner::{Adapter, Dist, RunConfig};
 
-use dbfork_meta::settings::{Kind, Setting, Span, Verb, SETTINGS};
+use dbfork_meta::settings::{Kind, Setting, Span, Verb, SERVE_TABLE, SETTINGS};
 
 use crate::cli::{parse_duration, Given, RunArgs, VerbOf};
 use crate::errors::UsageError;
@@ -492,8 +492,13 @@ enum Raw<'a> {
 fn file_values(file: &ConfigFile, verb: Verb) -> anyhow::Result<Vec<(&'static str, Value)>> {
     let mut values = Vec::new();
     let mut seen: Vec<(&str, &str)> = Vec::new();
+    let mut serve = Vec::new();
     for (spelled, value) in &file.table {
         let normalized = spelled.replace('-', "_");
+        if normalized == SERVE_TABLE {
+            serve = serve_values(file, value, verb)?;
+            continue;
+        }
         let Some(setting) = dbfork_meta::settings::by_key(&normalized) else {
             return Err(unknown_key(file, spelled));
         };
@@ -513,7 +518,75 @@ fn file_values(file: &ConfigFile, verb: Verb) -> anyhow::Result<Vec<(&'static st
             ));
         }
     }
+    // The service's own table overrides the top for the service.
+    values.extend(serve);
     Ok(values)
+}
+
+/// The values of the file's `serve` table, for `dbfork serve` (checked for
+/// unknown keys by every verb, parsed by the service only).
+fn serve_values(
+    file: &ConfigFile,
+    table: &toml::Value,
+    verb: Verb,
+) -> anyhow::Result<Vec<(&'static str, Value)>> {
+    let toml::Value::Table(table) = table else {
+        return Err(usage(format!(
+            "`{SERVE_TABLE}` in {} is {}; it must be a table of the service's settings ([tool.dbfork.serve] in pyproject.toml, [serve] in dbfork.toml).",
+            file.path.display(),
+            type_name(table)
+        )));
+    };
+    let mut values = Vec::new();
+    for (spelled, value) in table {
+        let Some(setting) = dbfork_meta::settings::by_key(&spelled.replace('-', "_")) else {
+            return Err(unknown_key(file, &format!("{SERVE_TABLE}.{spelled}")));
+        };
+        if verb == Verb::Serve && setting.of(verb) {
+            let spelled = format!("{SERVE_TABLE}.{spelled}");
+            let origin = Origin::File {
+                spelled: &spelled,
+                file,
+            };
+            values.push((
+                setting.key,
+                parse(setting, Raw::Toml(value), &origin, &file.dir)?,
+            ));
+        }
+    }
+    Ok(values)
+}
+
+/// Where a service listens: `tcp:HOST:PORT` on a loopback address, or
+/// `unix:PATH` (an absolute path, or one taken from the working directory).
+fn addresses(given: Vec<String>, origin: &Origin<'_>) -> anyhow::Result<Vec<String>> {
+    if given.is_empty() {
+        return Err(invalid(
+            origin,
+            "it names no address; give tcp:127.0.0.1:PORT or unix:PATH",
+        ));
+    }
+    given
+        .into_iter()
+        .map(|address| {
+            if let Some(path) = address.strip_prefix("unix:") {
+                if path.is_empty() {
+                    return Err(invalid(origin, "`unix:` names no path"));
+                }
+                return Ok(address);
+            }
+            let Some(tcp) = address.strip_prefix("tcp:") else {
+                return Err(invalid(origin, format!("`{address}` is neither tcp:HOST:PORT nor unix:PATH")));
+            };
+            let socket: std::net::SocketAddr = tcp.parse().map_err(|_| {
+                invalid(origin, format!("`{tcp}` is not an IP address and port, e.g. 127.0.0.1:5000 or [::1]:5000"))
+            })?;
+            if !socket.ip().is_loopback() {
+                return Err(invalid(origin, format!("`{tcp}` is not a loopback address: the service hands out database URLs with passwords and has no authentication yet, so it listens on 127.0.0.1 or ::1 only (or a unix: socket)")));
+            }
+            Ok(address)
+        })
+        .collect()
 }
 
 /// A key of the file that no setting has.
@@ -524,7 +597,8 @@ fn unknown_key(file: &ConfigFile, spelled: &str) -> anyhow::Error {
     } else {
         file.path.display().to_string()
     };
-    let guess = closest(&spelled.replace('-', "_"), &names)
+    let bare = spelled.rsplit('.').next().unwrap_or(spelled);
+    let guess = closest(&bare.replace('-', "_"), &names)
         .map(|name| format!(" Did you mean `{name}`?"))
         .unwrap_or_default();
     usage(format!(
@@ -555,6 +629,7 @@ fn parse(
                 .unwrap_or_default(),
         ),
         Kind::Globs => Value::List(string_list(raw, origin)?),
+        Kind::Addresses => Value::List(addresses(string_list(raw, origin)?, origin)?),
         Kind::Aliases => Value::List(aliases(string_list(raw, origin)?, origin)?),
         Kind::Switch => Value::Switch(boolean(raw, origin)?),
         Kind::Jobs => Value::Jobs(jobs(raw, origin)?),

@@ -10,6 +10,7 @@ pub mod clean;
 pub mod db;
 pub mod report;
 pub mod run;
+pub mod serve;
 
 /// pytest-xdist's `-n N` given to `dbfork run` itself (before `--`): what
 /// to type instead. clap's own tip (`use '-- -n'`) would be wrong.
@@ -85,6 +86,10 @@ pub fn main() -> i32 {
             }
             Command::Report(ReportCommand::Merge(args)) => report::merge(args),
             Command::Clean(args) => clean::run(args).await,
+            Command::Serve(args) => {
+                let cancel = crate::signals::install();
+                serve::run(args, cancel).await.map(|()| errors::OK)
+            }
             Command::Completions { .. } => unreachable!("handled before the runtime starts"),
             Command::Db(command) => {
                 let cancel = crate::signals::install();

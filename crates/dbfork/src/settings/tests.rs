@@ -275,6 +275,7 @@ fn example(kind: Kind) -> &'static str {
         Kind::Method => "\"default\"",
         Kind::Template => "\"abcdef12\"",
         Kind::Owner => "\"none\"",
+        Kind::Addresses => "[\"tcp:127.0.0.1:5999\"]",
     }
 }
 
@@ -285,7 +286,9 @@ fn read(settings: &Settings, setting: &Setting) -> anyhow::Result<bool> {
         Kind::Url | Kind::Command | Kind::Method | Kind::Template | Kind::Owner => {
             settings.text(key)?.is_some()
         }
-        Kind::Globs | Kind::Aliases => settings.list(key)?.is_some_and(|l| !l.is_empty()),
+        Kind::Globs | Kind::Aliases | Kind::Addresses => {
+            settings.list(key)?.is_some_and(|l| !l.is_empty())
+        }
         Kind::Switch => settings.switch(key)?.is_some(),
         Kind::Jobs => settings.jobs(key)?.is_some(),
         Kind::Dist => settings.dist(key)?.is_some(),
@@ -563,4 +566,57 @@ fn sqlite_urls() {
         absolute_sqlite("postgres:ephemeral", base),
         "postgres:ephemeral"
     );
+}
+
+/// The service's own table (`[serve]` of dbfork.toml, `[tool.dbfork.serve]`
+/// of pyproject.toml) overrides the top for `dbfork serve` alone; its keys
+/// are checked by every verb; the service listens on loopback or a socket.
+#[test]
+fn the_serve_table_is_the_services() {
+    let (_dir, root, _) = project();
+    std::fs::write(
+        root.join("pyproject.toml"),
+        "[tool.dbfork]\npool_size = 2\ndb = \"sqlite://x.db\"\n[tool.dbfork.serve]\npool-size = 7\nlisten = [\"unix:/tmp/dbfork-test.sock\", \"tcp:[::1]:6000\"]\n",
+    )
+    .unwrap();
+    let serve = Settings::load(Verb::Serve, &[], None, &root).unwrap();
+    assert_eq!(serve.count("pool_size").unwrap(), Some(7));
+    assert_eq!(
+        serve.list("listen").unwrap().unwrap(),
+        ["unix:/tmp/dbfork-test.sock", "tcp:[::1]:6000"]
+    );
+    assert!(serve.database().unwrap().ends_with("/x.db"));
+    assert!(Settings::load(Verb::List, &[], None, &root).is_ok());
+    std::fs::write(
+        root.join("pyproject.toml"),
+        "[tool.dbfork.serve]\npool_sise = 7\n",
+    )
+    .unwrap();
+    let err = format!(
+        "{:#}",
+        Settings::load(Verb::List, &[], None, &root).unwrap_err()
+    );
+    assert!(
+        err.contains("unknown key `serve.pool_sise`") && err.contains("`pool_size`"),
+        "{err}"
+    );
+    for (address, why) in [
+        ("tcp:0.0.0.0:5000", "not a loopback address"),
+        ("tcp:localhost:5000", "not an IP address"),
+        (
+            "http://127.0.0.1:5000",
+            "neither tcp:HOST:PORT nor unix:PATH",
+        ),
+    ] {
+        std::fs::write(
+            root.join("pyproject.toml"),
+            format!("[tool.dbfork.serve]\nlisten = [\"{address}\"]\n"),
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            Settings::load(Verb::Serve, &[], None, &root).unwrap_err()
+        );
+        assert!(err.contains(why) && err.contains("`serve.listen`"), "{err}");
+    }
 }

@@ -1,0 +1,272 @@
+//! The HTTP API: IntegreSQL's routes with IntegreSQL's semantics as its code
+//! implements them (v1.1.0), so its published clients work unchanged:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /api/v1/templates` `{"hash": ...}` (JSON, or a form) | 200 + the template's connection config; 423 when the hash is being filled or is ready |
+//! | `PUT /api/v1/templates/{hash}` | 204 (finalized; again: 204); 404 |
+//! | `DELETE /api/v1/templates/{hash}` | 204; 404 |
+//! | `GET /api/v1/templates/{hash}/tests` | 200 + a clone's config and `id`, waiting for the template and a ready clone; 404, 410 after a discard, 503 after the wait |
+//! | `POST /api/v1/templates/{hash}/tests/{id}/unlock` (and `DELETE .../tests/{id}`) | 204: the clone is clean, handed out again as it is |
+//! | `POST /api/v1/templates/{hash}/tests/{id}/recreate` | 204: dropped and made afresh |
+//! | `DELETE /api/v1/admin/templates` | 204: every clone dropped, every hash forgotten |
+//! | `GET /healthz` | 200 + the pools' counts |
+//!
+//! Errors are `{"message": "..."}` with a message that says what to do; a
+//! trailing slash is ignored, as IntegreSQL ignores it. The connection
+//! config is the server's host, port, user and password with the clone's
+//! database: on MySQL/MariaDB the database name, on SQLite the file's path
+//! (host empty, port 0).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use dbfork_engine::Backend;
+
+use crate::service::{Handed, Init, Refusal, Service};
+
+/// The largest request body read (a hash is tens of bytes).
+const MAX_BODY: usize = 64 * 1024;
+
+/// Answers one request.
+pub async fn handle(
+    service: Arc<Service>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = request.method().clone();
+    let path = request.uri().path().trim_end_matches('/').to_string();
+    let form = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return Ok(error(Refusal {
+                status: 413,
+                message: format!(
+                    "the request body is over {MAX_BODY} bytes; send {{\"hash\": \"...\"}}"
+                ),
+            }))
+        }
+    };
+    let parts: Vec<&str> = path.split('/').skip(1).collect();
+    let answer = match (&method, parts.as_slice()) {
+        (&Method::POST, ["api", "v1", "templates"]) => match hash_of(&body, form) {
+            Ok(hash) => service.init(&hash).await.map(|init| match init {
+                Init::Fill(handed) => config(&service, &hash, &handed, false),
+                Init::Known => error(Refusal {
+                    status: 423,
+                    message: format!("template is already initialized: `{hash}` is being filled or is ready; get test databases with GET /api/v1/templates/{hash}/tests"),
+                }),
+            }),
+            Err(refusal) => Err(refusal),
+        },
+        (&Method::PUT, ["api", "v1", "templates", hash]) => {
+            service.finalize(hash).await.map(|()| no_content())
+        }
+        (&Method::DELETE, ["api", "v1", "templates", hash]) => {
+            service.discard(hash).await.map(|()| no_content())
+        }
+        (&Method::GET, ["api", "v1", "templates", hash, "tests"]) => service
+            .lease(hash)
+            .await
+            .map(|handed| config(&service, hash, &handed, true)),
+        (&Method::POST, ["api", "v1", "templates", hash, "tests", id, "unlock"])
+        | (&Method::DELETE, ["api", "v1", "templates", hash, "tests", id]) => {
+            id_of(id).and_then(|id| service.unlock(hash, id).map(|()| no_content()))
+        }
+        (&Method::POST, ["api", "v1", "templates", hash, "tests", id, "recreate"]) => {
+            id_of(id).and_then(|id| service.recreate(hash, id).map(|()| no_content()))
+        }
+        (&Method::DELETE, ["api", "v1", "admin", "templates"]) => {
+            service.reset().await.map(|()| no_content())
+        }
+        (&Method::GET, ["healthz"]) => Ok(health(&service)),
+        (_, ["api", "v1", "templates", ..] | ["api", "v1", "admin", ..] | ["healthz"]) => {
+            Err(Refusal {
+                status: 405,
+                message: format!("{method} is not a method of {path}; see the routes in dbfork serve --help"),
+            })
+        }
+        _ => Err(Refusal {
+            status: 404,
+            message: format!("no route {path}: the API is IntegreSQL's, under /api/v1/templates"),
+        }),
+    };
+    Ok(answer.unwrap_or_else(error))
+}
+
+/// The `hash` of an init request: `{"hash": "..."}`, or a form `hash=...`
+/// (what older IntegreSQL clients send).
+fn hash_of(body: &[u8], form: bool) -> Result<String, Refusal> {
+    let bad = |why: String| Refusal {
+        status: 400,
+        message: format!("{why}; send {{\"hash\": \"<the hash of your migrations>\"}}"),
+    };
+    let hash = if form {
+        String::from_utf8_lossy(body)
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("hash="))
+            .map(form_decode)
+            .unwrap_or_default()
+    } else {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON ({e})")))?;
+        match value.get("hash") {
+            Some(serde_json::Value::String(hash)) => hash.clone(),
+            Some(other) => return Err(bad(format!("`hash` is {other}, not a string"))),
+            None => String::new(),
+        }
+    };
+    let hash = hash.trim().to_string();
+    if hash.is_empty() {
+        return Err(bad("hash is required".to_string()));
+    }
+    if hash.len() > 128
+        || !hash
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(bad(format!(
+            "the hash `{}` is not 1 to 128 letters, digits, `-`, `_` or `.`",
+            hash.chars().take(140).collect::<String>()
+        )));
+    }
+    Ok(hash)
+}
+
+/// `a+b%2Fc` -> `a b/c`.
+fn form_decode(text: &str) -> String {
+    let bytes = text.replace('+', " ").into_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn id_of(text: &str) -> Result<usize, Refusal> {
+    text.parse().map_err(|_| Refusal {
+        status: 400,
+        message: format!("invalid test database ID `{text}`: use the `id` GET /api/v1/templates/<hash>/tests returned"),
+    })
+}
+
+/// IntegreSQL's database JSON: `{"database": {"templateHash", "config":
+/// {host, port, username, password, database}}}`, with `"id"` for a clone.
+fn config(service: &Service, hash: &str, handed: &Handed, with_id: bool) -> Response<Full<Bytes>> {
+    let url = service.backend().url();
+    let (host, port) = match url.kind {
+        dbfork_engine::Kind::Sqlite => (String::new(), 0),
+        kind => (
+            url.host
+                .clone()
+                .or_else(|| url.socket.as_ref().map(|s| s.display().to_string()))
+                .unwrap_or_default(),
+            url.port.unwrap_or(match kind {
+                dbfork_engine::Kind::Postgres => 5432,
+                _ => 3306,
+            }),
+        ),
+    };
+    let mut value = json!({
+        "database": {
+            "templateHash": hash,
+            "config": {
+                "host": host,
+                "port": port,
+                "username": url.user.clone().unwrap_or_default(),
+                "password": url.password.clone().unwrap_or_default(),
+                "database": handed.database,
+            }
+        }
+    });
+    if with_id {
+        value["id"] = json!(handed.id.unwrap_or_default());
+    }
+    json_response(StatusCode::OK, &value)
+}
+
+fn health(service: &Service) -> Response<Full<Bytes>> {
+    let templates: Vec<serde_json::Value> = service
+        .counts()
+        .into_iter()
+        .map(|(hash, (making, ready, leased, dropping))| {
+            json!({"hash": hash, "making": making, "ready": ready, "leased": leased, "dropping": dropping})
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"status": "ok", "templates": templates}),
+    )
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = value.to_string();
+    body.push('\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    response
+}
+
+fn no_content() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
+fn error(refusal: Refusal) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, &json!({"message": refusal.message}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_comes_as_json_or_as_a_form() {
+        assert_eq!(hash_of(br#"{"hash": "abc123"}"#, false).unwrap(), "abc123");
+        assert_eq!(hash_of(b"hash=abc%2D1+", true).unwrap(), "abc-1");
+        for (body, form) in [
+            (&br#"{"hash": ""}"#[..], false),
+            (&b"{}"[..], false),
+            (&b"not json"[..], false),
+            (&br#"{"hash": 3}"#[..], false),
+            (&b"other=1"[..], true),
+            (&br#"{"hash": "a/b"}"#[..], false),
+        ] {
+            let refusal = hash_of(body, form).unwrap_err();
+            assert_eq!(refusal.status, 400, "{body:?}");
+            assert!(refusal.message.contains("hash"), "{}", refusal.message);
+        }
+    }
+}

@@ -1,0 +1,719 @@
+//! The service's state and what each request does to it: templates by the
+//! client's hash, each with its phase and, once ready, a pool of clones made
+//! ahead ([`dbfork_engine::pool::Pool`]); leases of clones; the background
+//! task that makes and drops the pools' clones. The state sits behind one
+//! mutex that is never held across an await: every database operation runs
+//! outside it and reports back.
+//!
+//! A template's phases:
+//!
+//! ```text
+//!  init ──> Starting ──> Building (the client fills it) ──finalize──> Ready (pool)
+//!              │ the registry has it ready ─────────────────────────────^
+//!  discard ──> Discarded (from any phase; init starts it again)
+//! ```
+//!
+//! A clone's IntegreSQL id is its number in its template's pool: the clone
+//! is `dbfork_<pool run id>_<id>`, registered, owned by the service.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use dbfork_engine::fingerprint::Recipe;
+use dbfork_engine::ops::{self, Begun, Building, Cancel, CloneOptions, TemplateOptions};
+use dbfork_engine::pool::{Grant, Pool, State as CloneState};
+use dbfork_engine::process::Owner;
+use dbfork_engine::registry::Entry;
+use dbfork_engine::{names, AnyBackend, Backend, CloneMethod};
+use tokio::sync::{Notify, Semaphore};
+
+/// How the service runs, from the settings of `dbfork serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Clones of each template kept ready ahead.
+    pub pool_size: usize,
+    /// The most clones of one template at once.
+    pub pool_max: usize,
+    /// How long a request waits for a template to be finalized or for a
+    /// clone (IntegreSQL's 60 s).
+    pub wait: Duration,
+    pub drop_timeout: Duration,
+    pub lock_timeout: Duration,
+    /// Clones made at the same time, over all templates.
+    pub clone_concurrency: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            pool_size: 4,
+            pool_max: 32,
+            wait: Duration::from_secs(60),
+            drop_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(30 * 60),
+            clone_concurrency: 4,
+        }
+    }
+}
+
+/// Why a request was refused: its HTTP status and a message that says what
+/// to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn engine(e: dbfork_engine::Error) -> Refusal {
+        Refusal::new(500, e.to_string())
+    }
+
+    fn unknown(hash: &str) -> Refusal {
+        Refusal::new(
+            404,
+            format!("template not found: no template with the hash `{hash}` was initialized (POST /api/v1/templates first)"),
+        )
+    }
+}
+
+/// A database handed to a client: its name as the client names it (SQLite:
+/// the file's path) and, for a clone, its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handed {
+    pub database: String,
+    pub id: Option<usize>,
+}
+
+/// What `init` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Init {
+    /// A new template for the client to fill, then finalize.
+    Fill(Handed),
+    /// The hash is known already (being filled, or ready): IntegreSQL's 423.
+    Known,
+}
+
+enum Phase {
+    /// `init` is registering it.
+    Starting,
+    /// The client fills it; `None` while `finalize` seals it.
+    Building {
+        name: String,
+        building: Option<Box<Building>>,
+    },
+    Ready {
+        template: Entry,
+    },
+    Discarded,
+}
+
+struct Slot {
+    phase: Phase,
+    pool: Pool<u64>,
+    /// Names the pool's clones: `dbfork_<run_id>_<n>`, `n` the id.
+    run_id: String,
+    /// Clones granted to leases whose request waits for them.
+    granted: HashMap<u64, String>,
+    /// Clones the filler is making or dropping now.
+    busy: HashSet<String>,
+}
+
+impl Slot {
+    fn new(phase: Phase, config: &ServeConfig) -> Slot {
+        Slot {
+            phase,
+            pool: Pool::new(config.pool_size, config.pool_max),
+            run_id: names::new_run_id(),
+            granted: HashMap::new(),
+            busy: HashSet::new(),
+        }
+    }
+
+    fn clone_name(&self, id: usize) -> String {
+        names::clone_name(&self.run_id, id)
+    }
+
+    fn grant(&mut self, grants: Vec<Grant<u64>>) {
+        for g in grants {
+            self.granted.insert(g.holder, g.name);
+        }
+    }
+
+    /// The id of one of the pool's clones: `n` of `dbfork_<run_id>_<n>`.
+    fn id_of(&self, name: &str) -> Option<usize> {
+        let stem = names::clone_name(&self.run_id, 0);
+        let stem = stem.strip_suffix('0')?;
+        name.strip_prefix(stem)?.parse().ok()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    templates: HashMap<String, Slot>,
+    next_lease: u64,
+    draining: bool,
+}
+
+/// The running service: its backend, its state, and the signals between the
+/// requests and the filler.
+pub struct Service {
+    backend: Arc<AnyBackend>,
+    config: ServeConfig,
+    state: Mutex<State>,
+    /// Something a waiting request may care about changed.
+    changed: Notify,
+    /// The filler has something to make or drop.
+    work: Notify,
+    cancel: Cancel,
+    clone_options: CloneOptions,
+}
+
+impl Service {
+    pub fn new(backend: AnyBackend, config: ServeConfig, cancel: Cancel) -> Arc<Service> {
+        let clone_options = CloneOptions {
+            method: CloneMethod::default_for(backend.kind()),
+            concurrency: 1,
+            drop_deadline: config.drop_timeout,
+        };
+        Arc::new(Service {
+            backend: Arc::new(backend),
+            config,
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            work: Notify::new(),
+            cancel,
+            clone_options,
+        })
+    }
+
+    pub fn backend(&self) -> &AnyBackend {
+        &self.backend
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding it leaves consistent bookkeeping (every
+        // change is one assignment); go on with it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn template_options(&self) -> TemplateOptions {
+        TemplateOptions {
+            echo_setup: false,
+            lock_wait: self.config.lock_timeout,
+            drop_deadline: self.config.drop_timeout,
+            ..TemplateOptions::default()
+        }
+    }
+
+    /// How a client names database `name`.
+    fn handed(&self, name: &str, id: Option<usize>) -> Handed {
+        Handed {
+            database: ops::database_reference(&self.backend, name),
+            id,
+        }
+    }
+
+    /// IntegreSQL's `POST /templates`: a new template for the client to fill
+    /// (`Fill`), or `Known` when the hash is being filled or is ready (on
+    /// this server: also after a restart of the service).
+    pub async fn init(&self, hash: &str) -> Result<Init, Refusal> {
+        {
+            let mut state = self.state();
+            if state.draining {
+                return Err(draining());
+            }
+            match state.templates.get(hash).map(|s| &s.phase) {
+                Some(Phase::Discarded) | None => {}
+                Some(_) => return Ok(Init::Known),
+            }
+            state
+                .templates
+                .insert(hash.to_string(), Slot::new(Phase::Starting, &self.config));
+        }
+        let begun = ops::begin_template(
+            &self.backend,
+            &recipe(hash),
+            &self.template_options(),
+            &self.cancel,
+        )
+        .await;
+        let phase = match begun {
+            Ok(Begun::Build(building)) => Phase::Building {
+                name: building.name.clone(),
+                building: Some(Box::new(building)),
+            },
+            Ok(Begun::Ready(template)) => {
+                match ops::find_template(&self.backend, &template.name).await {
+                    Ok(entry) => Phase::Ready { template: entry },
+                    Err(e) => return Err(self.forget_start(hash, Refusal::engine(e))),
+                }
+            }
+            Err(e) => return Err(self.forget_start(hash, Refusal::engine(e))),
+        };
+        let reply = match &phase {
+            Phase::Building { name, .. } => Init::Fill(self.handed(name, None)),
+            _ => Init::Known,
+        };
+        let ready = matches!(phase, Phase::Ready { .. });
+        if let Some(slot) = self.state().templates.get_mut(hash) {
+            slot.phase = phase;
+        }
+        if ready {
+            self.work.notify_one();
+        }
+        self.changed.notify_waiters();
+        Ok(reply)
+    }
+
+    fn forget_start(&self, hash: &str, refusal: Refusal) -> Refusal {
+        self.state().templates.remove(hash);
+        self.changed.notify_waiters();
+        refusal
+    }
+
+    /// IntegreSQL's `PUT /templates/{hash}`: the client filled it; seal it
+    /// and start its pool. A ready one stays ready.
+    pub async fn finalize(&self, hash: &str) -> Result<(), Refusal> {
+        let building = loop {
+            let notified = self.changed.notified();
+            {
+                let mut state = self.state();
+                let Some(slot) = state.templates.get_mut(hash) else {
+                    return Err(Refusal::unknown(hash));
+                };
+                match &mut slot.phase {
+                    Phase::Ready { .. } => return Ok(()),
+                    Phase::Discarded => return Err(discarded(hash)),
+                    Phase::Building { building, .. } if building.is_some() => {
+                        break building.take();
+                    }
+                    // Another finalize seals it, or init is still registering it.
+                    Phase::Building { .. } | Phase::Starting => {}
+                }
+            }
+            self.wait(notified).await?;
+        };
+        let Some(building) = building else {
+            return Err(Refusal::unknown(hash));
+        };
+        let finalized = async {
+            let template = ops::finalize_template(
+                &self.backend,
+                *building,
+                &self.template_options(),
+                &self.cancel,
+            )
+            .await?;
+            ops::find_template(&self.backend, &template.name).await
+        }
+        .await;
+        let mut state = self.state();
+        let result = match (finalized, state.templates.get_mut(hash)) {
+            (Ok(entry), Some(slot)) => {
+                slot.phase = Phase::Ready { template: entry };
+                Ok(())
+            }
+            (Ok(_), None) => Err(Refusal::unknown(hash)),
+            (Err(e), slot) => {
+                if let Some(slot) = slot {
+                    slot.phase = Phase::Discarded;
+                }
+                Err(Refusal::engine(e))
+            }
+        };
+        drop(state);
+        self.work.notify_one();
+        self.changed.notify_waiters();
+        result
+    }
+
+    /// IntegreSQL's `DELETE /templates/{hash}`: a template being filled is
+    /// dropped; a ready one's clones are dropped and so is the template.
+    pub async fn discard(&self, hash: &str) -> Result<(), Refusal> {
+        let (building, template) = {
+            let mut state = self.state();
+            let Some(slot) = state.templates.get_mut(hash) else {
+                return Err(Refusal::unknown(hash));
+            };
+            let phase = std::mem::replace(&mut slot.phase, Phase::Discarded);
+            slot.pool.drain_all();
+            slot.granted.clear();
+            match phase {
+                Phase::Building { building, .. } => (building, None),
+                Phase::Ready { template } => (None, Some(template)),
+                Phase::Starting | Phase::Discarded => (None, None),
+            }
+        };
+        self.work.notify_one();
+        self.changed.notify_waiters();
+        if let Some(building) = building {
+            ops::discard_template(&self.backend, *building, &self.template_options()).await;
+        }
+        if let Some(template) = template {
+            self.until_pool_empty(hash).await;
+            ops::drop_entry(&self.backend, &template.name, self.config.drop_timeout)
+                .await
+                .map_err(Refusal::engine)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the filler has dropped every clone of `hash`'s pool.
+    async fn until_pool_empty(&self, hash: &str) {
+        loop {
+            let notified = self.changed.notified();
+            {
+                let state = self.state();
+                let empty = state.templates.get(hash).is_none_or(|slot| {
+                    let (making, ready, leased, recycling) = slot.pool.counts();
+                    making + ready + leased + recycling == 0
+                });
+                if empty {
+                    return;
+                }
+            }
+            self.work.notify_one();
+            if tokio::time::timeout(self.config.drop_timeout, notified)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// IntegreSQL's `GET /templates/{hash}/tests`: a clone for one test.
+    /// Waits (up to the configured wait) for the template to be finalized
+    /// and for a clone to be ready.
+    pub async fn lease(&self, hash: &str) -> Result<Handed, Refusal> {
+        let deadline = tokio::time::Instant::now() + self.config.wait;
+        let lease = {
+            let mut state = self.state();
+            state.next_lease += 1;
+            state.next_lease
+        };
+        let mut asked = false;
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut state = self.state();
+                if state.draining {
+                    return Err(draining());
+                }
+                let Some(slot) = state.templates.get_mut(hash) else {
+                    return Err(Refusal::unknown(hash));
+                };
+                match &slot.phase {
+                    Phase::Discarded => return Err(discarded(hash)),
+                    Phase::Starting | Phase::Building { .. } => {}
+                    Phase::Ready { .. } => {
+                        let got = if asked {
+                            slot.granted.remove(&lease)
+                        } else {
+                            asked = true;
+                            self.work.notify_one();
+                            slot.pool.acquire(lease, Instant::now())
+                        };
+                        if let Some(name) = got {
+                            return Ok(self.handed(&name, slot.id_of(&name)));
+                        }
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                if asked {
+                    self.give_up(hash, lease);
+                }
+                return Err(Refusal::new(
+                    503,
+                    format!("no clone of `{hash}` became ready within {:?}: the template is not finalized, or every clone is leased and the pool is at its maximum (--pool-max); return clones (unlock) or raise the maximum", self.config.wait),
+                ));
+            }
+        }
+    }
+
+    /// A lease whose request stopped waiting: it waits no more, and a clone
+    /// granted to it meanwhile goes back clean.
+    fn give_up(&self, hash: &str, lease: u64) {
+        let mut state = self.state();
+        if let Some(slot) = state.templates.get_mut(hash) {
+            slot.pool.forget(&lease);
+            if let Some(name) = slot.granted.remove(&lease) {
+                let grants = slot
+                    .pool
+                    .give_back(&name, Instant::now())
+                    .unwrap_or_default();
+                slot.grant(grants);
+            }
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// IntegreSQL's `POST .../tests/{id}/unlock`: the client is done and the
+    /// clone is clean: it is handed out again as it is.
+    pub fn unlock(&self, hash: &str, id: usize) -> Result<(), Refusal> {
+        self.with_clone(hash, id, |slot, name| {
+            if let Some(grants) = slot.pool.give_back(name, Instant::now()) {
+                slot.grant(grants);
+            }
+        })
+    }
+
+    /// IntegreSQL's `POST .../tests/{id}/recreate`: the client is done and
+    /// the clone is dirty: it is dropped and a fresh one made.
+    pub fn recreate(&self, hash: &str, id: usize) -> Result<(), Refusal> {
+        self.with_clone(hash, id, |slot, name| {
+            slot.pool.release(name);
+        })
+    }
+
+    fn with_clone(
+        &self,
+        hash: &str,
+        id: usize,
+        change: impl FnOnce(&mut Slot, &str),
+    ) -> Result<(), Refusal> {
+        let mut state = self.state();
+        let Some(slot) = state.templates.get_mut(hash) else {
+            return Err(Refusal::unknown(hash));
+        };
+        let name = slot.clone_name(id);
+        if slot.pool.state(&name).is_none() {
+            return Err(Refusal::new(
+                404,
+                format!("template `{hash}` has no test database {id}: use the id GET /api/v1/templates/{hash}/tests returned"),
+            ));
+        }
+        change(slot, &name);
+        drop(state);
+        self.work.notify_one();
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// IntegreSQL's `DELETE /admin/templates`: every template is forgotten
+    /// and every clone dropped (the templates stay on the server: an init
+    /// of the same hash finds them ready).
+    pub async fn reset(&self) -> Result<(), Refusal> {
+        let hashes: Vec<String> = self.state().templates.keys().cloned().collect();
+        for hash in &hashes {
+            let building = {
+                let mut state = self.state();
+                let Some(slot) = state.templates.get_mut(hash) else {
+                    continue;
+                };
+                slot.pool.drain_all();
+                slot.granted.clear();
+                match std::mem::replace(&mut slot.phase, Phase::Discarded) {
+                    Phase::Building { building, .. } => building,
+                    _ => None,
+                }
+            };
+            if let Some(building) = building {
+                ops::discard_template(&self.backend, *building, &self.template_options()).await;
+            }
+        }
+        self.work.notify_one();
+        for hash in &hashes {
+            self.until_pool_empty(hash).await;
+        }
+        let mut state = self.state();
+        state
+            .templates
+            .retain(|_, slot| slot.pool.counts() != (0, 0, 0, 0));
+        Ok(())
+    }
+
+    /// The end (SIGTERM, SIGINT, SIGHUP): no new leases, every clone
+    /// dropped, templates being filled dropped, ready templates kept.
+    pub async fn drain(&self) {
+        self.state().draining = true;
+        self.changed.notify_waiters();
+        let _ = self.reset().await;
+    }
+
+    /// How many clones each template has, by state: (making, ready, leased,
+    /// dropping), for `/healthz` and the tests.
+    pub fn counts(&self) -> Vec<(String, (usize, usize, usize, usize))> {
+        let state = self.state();
+        let mut counts: Vec<_> = state
+            .templates
+            .iter()
+            .map(|(hash, slot)| (hash.clone(), slot.pool.counts()))
+            .collect();
+        counts.sort();
+        counts
+    }
+
+    async fn wait(&self, notified: tokio::sync::futures::Notified<'_>) -> Result<(), Refusal> {
+        tokio::time::timeout(self.config.wait, notified)
+            .await
+            .map_err(|_| {
+                Refusal::new(
+                    503,
+                    format!("the template was not ready within {:?}", self.config.wait),
+                )
+            })
+    }
+
+    /// The filler: makes what the pools want and drops what they give up,
+    /// at most `clone_concurrency` at a time, until the service ends.
+    pub async fn fill(self: Arc<Self>) {
+        let permits = Arc::new(Semaphore::new(self.config.clone_concurrency.max(1)));
+        loop {
+            let notified = self.work.notified();
+            for job in self.jobs() {
+                let service = self.clone();
+                let permits = permits.clone();
+                tokio::spawn(async move {
+                    let Ok(_permit) = permits.acquire_owned().await else {
+                        return;
+                    };
+                    service.run(job).await;
+                });
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// What the pools want done now; each name is marked busy until done.
+    fn jobs(&self) -> Vec<Job> {
+        let mut state = self.state();
+        let mut jobs = Vec::new();
+        for slot in state.templates.values_mut() {
+            if let Phase::Ready { template } = &slot.phase {
+                let run_id = slot.run_id.clone();
+                for name in slot.pool.to_make(|n| names::clone_name(&run_id, n)) {
+                    slot.busy.insert(name.clone());
+                    jobs.push(Job::Make {
+                        template: template.clone(),
+                        run_id: run_id.clone(),
+                        name,
+                    });
+                }
+            }
+            for name in slot.pool.to_drop() {
+                if slot.busy.insert(name.clone()) {
+                    jobs.push(Job::Drop {
+                        run_id: slot.run_id.clone(),
+                        name,
+                    });
+                }
+            }
+        }
+        jobs
+    }
+
+    async fn run(&self, job: Job) {
+        match job {
+            Job::Make {
+                template,
+                run_id,
+                name,
+            } => {
+                let made = ops::make_named_clones(
+                    &self.backend,
+                    &template,
+                    &run_id,
+                    vec![name.clone()],
+                    &Owner::this_process(),
+                    &self.clone_options,
+                    &self.cancel,
+                )
+                .await;
+                if let Err(e) = &made {
+                    tracing::warn!("could not make the clone {name}: {e}");
+                }
+                self.done(&run_id, &name, |slot| {
+                    let grants = slot.pool.made(&name, made.is_ok());
+                    slot.grant(grants);
+                });
+            }
+            Job::Drop { run_id, name } => {
+                let dropped = ops::drop_entry(&self.backend, &name, self.config.drop_timeout).await;
+                if let Err(e) = &dropped {
+                    tracing::warn!("could not drop the clone {name}: {e}");
+                }
+                self.done(&run_id, &name, |slot| {
+                    if dropped.is_ok() {
+                        slot.pool.dropped(&name);
+                    }
+                });
+            }
+        }
+        self.work.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    fn done(&self, run_id: &str, name: &str, change: impl FnOnce(&mut Slot)) {
+        let mut state = self.state();
+        if let Some(slot) = state.templates.values_mut().find(|s| s.run_id == run_id) {
+            slot.busy.remove(name);
+            change(slot);
+        }
+    }
+
+    /// Whether `name` is a clone the service holds out to a client now.
+    pub fn is_leased(&self, hash: &str, id: usize) -> bool {
+        let state = self.state();
+        state.templates.get(hash).is_some_and(|slot| {
+            matches!(
+                slot.pool.state(&slot.clone_name(id)),
+                Some(CloneState::Leased { .. })
+            )
+        })
+    }
+}
+
+enum Job {
+    Make {
+        template: Entry,
+        run_id: String,
+        name: String,
+    },
+    Drop {
+        run_id: String,
+        name: String,
+    },
+}
+
+/// The recipe of a client's template: its hash says what it holds.
+fn recipe(hash: &str) -> Recipe {
+    Recipe {
+        setup: format!("integresql template {hash}"),
+        facts: [("template hash".to_string(), hash.to_string())].into(),
+        ..Recipe::default()
+    }
+}
+
+fn draining() -> Refusal {
+    Refusal::new(
+        503,
+        "the service is shutting down: it hands out no more databases",
+    )
+}
+
+fn discarded(hash: &str) -> Refusal {
+    Refusal::new(
+        410,
+        format!(
+            "the template `{hash}` was discarded; initialize it again (POST /api/v1/templates)"
+        ),
+    )
+}

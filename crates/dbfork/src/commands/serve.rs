@@ -1,0 +1,52 @@
+//! `dbfork serve`: the pool service on the project's database server, until
+//! Ctrl-C, SIGTERM or SIGHUP; then every clone it made is dropped (its
+//! templates stay).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use dbfork_engine::ops::Cancel;
+use dbfork_serve::{Listen, ServeConfig};
+
+use crate::cli::ServeArgs;
+use crate::settings::Settings;
+use crate::target::{Collect, Opened};
+
+pub async fn run(args: ServeArgs, cancel: Cancel) -> Result<()> {
+    let settings = Settings::of(&args.settings, &std::env::current_dir()?)?;
+    let listen: Vec<Listen> = settings
+        .list("listen")?
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|address| Listen::parse(address))
+        .collect();
+    let connection = settings.connection()?;
+    let config = ServeConfig {
+        pool_size: settings.count_or_default("pool_size")?,
+        pool_max: settings.count_or_default("pool_max")?,
+        wait: Duration::from_secs(60),
+        drop_timeout: connection.drop_timeout,
+        lock_timeout: settings.duration_or_default("lock_timeout")?,
+        clone_concurrency: 4,
+    };
+    let db = settings.database()?;
+    let bound = dbfork_serve::bind(&listen).await?;
+    let opened = Opened::open(&db, &connection, Collect::Leftovers).await?;
+    let addresses: Vec<String> = listen.iter().map(ToString::to_string).collect();
+    dbfork_meta::say!(
+        "dbfork: serving clones of templates on {} at {} (IntegreSQL's API under /api/v1; {} ready per template, at most {}); Ctrl-C, SIGTERM or SIGHUP drains it",
+        dbfork_engine::url::mask_raw(&db),
+        addresses.join(" and "),
+        config.pool_size,
+        config.pool_max
+    );
+    let Opened { backend, server } = opened;
+    dbfork_serve::serve(backend, config, bound, cancel).await;
+    dbfork_meta::say!(
+        "dbfork: drained: every clone the service made is dropped; its templates stay"
+    );
+    if let Some(server) = server {
+        server.stop().await?;
+    }
+    Ok(())
+}
