@@ -70,6 +70,20 @@ pub enum Bound {
     Unix(UnixListener, PathBuf),
 }
 
+impl Bound {
+    /// Where clients reach it: `http://IP:PORT` (the port the system chose
+    /// for port 0), or `unix:PATH`.
+    pub fn address(&self) -> String {
+        match self {
+            Bound::Tcp(listener) => match listener.local_addr() {
+                Ok(address) => format!("http://{address}"),
+                Err(_) => "http://?".to_string(),
+            },
+            Bound::Unix(_, path) => format!("unix:{}", path.display()),
+        }
+    }
+}
+
 /// Binds every address: TCP as given; a Unix socket in its directory
 /// (made 0700 when it does not exist), mode 0600.
 pub async fn bind(addresses: &[Listen]) -> Result<Vec<Bound>, ServeError> {

@@ -637,8 +637,10 @@ impl Service {
                     &self.cancel,
                 )
                 .await;
-                if let Err(e) = &made {
-                    tracing::warn!("could not make the clone {name}: {e}");
+                match &made {
+                    // The service is shutting down: the clone was dropped.
+                    Err(dbfork_engine::Error::Interrupted) | Ok(_) => {}
+                    Err(e) => tracing::warn!("could not make the clone {name}: {e}"),
                 }
                 self.done(&run_id, &name, |slot| {
                     let grants = slot.pool.made(&name, made.is_ok());

@@ -32,7 +32,11 @@ pub async fn run(args: ServeArgs, cancel: Cancel) -> Result<()> {
     let db = settings.database()?;
     let bound = dbfork_serve::bind(&listen).await?;
     let opened = Opened::open(&db, &connection, Collect::Leftovers).await?;
-    let addresses: Vec<String> = listen.iter().map(ToString::to_string).collect();
+    let addresses: Vec<String> = bound.iter().map(|b| b.address()).collect();
+    // Where to reach it, for scripts: one address per line on stdout.
+    for address in &addresses {
+        dbfork_meta::out!("{address}");
+    }
     dbfork_meta::say!(
         "dbfork: serving clones of templates on {} at {} (IntegreSQL's API under /api/v1; {} ready per template, at most {}); Ctrl-C, SIGTERM or SIGHUP drains it",
         dbfork_engine::url::mask_raw(&db),

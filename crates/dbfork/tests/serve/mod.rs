@@ -1,0 +1,205 @@
+//! `dbfork serve`: IntegreSQL's flow over HTTP against a real service on a
+//! real server (all three backends), what it refuses, SIGTERM's drain, and
+//! a restart that finds its templates.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use crate::support::{dbfork, Kind, Place};
+
+per_backend!(serves_integresqls_flow);
+
+/// A running `dbfork serve` and where it listens.
+struct Service {
+    child: Child,
+    base: String,
+}
+
+impl Service {
+    /// Starts the service on `place`'s server on a port the system picks;
+    /// returns once it listens (its first line of stdout is its address).
+    fn start(place: &Place) -> Service {
+        let mut child = dbfork()
+            .args(["serve", "--db", &place.url, "--listen", "tcp:127.0.0.1:0", "--pool-size", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line.trim().strip_prefix("http://").unwrap_or_else(|| panic!("no address: {line:?}")).to_string();
+        Service { child, base }
+    }
+
+    /// One request; (status, body).
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        call(&self.base, method, path, body)
+    }
+
+    /// SIGTERM; the exit code.
+    fn stop(mut self) -> i32 {
+        // SAFETY: signalling the child this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 request, the connection closed after it.
+fn call(base: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(base).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {base}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// The database a config names, as `Place::sql` names it (SQLite: the file's stem).
+fn database(value: &serde_json::Value) -> String {
+    let name = value["database"]["config"]["database"].as_str().unwrap();
+    match name.rsplit_once('/') {
+        Some((_, file)) => file.trim_end_matches(".sqlite3").to_string(),
+        None => name.to_string(),
+    }
+}
+
+/// IntegreSQL's flow as its clients drive it, with the answers its code
+/// gives: init (200, then 423), a test database asked for before the
+/// template is finalized waits for it, finalize (204, again 204), test
+/// databases that hold what the template holds and never go to two holders
+/// at once, unlock and recreate, the refusals, discard (then 410), SIGTERM
+/// (every clone dropped, the template kept), and a restarted service that
+/// finds the template ready.
+fn serves_integresqls_flow(kind: Kind) {
+    let place = Place::new(kind, "serve");
+    let service = Service::start(&place);
+    let hash = "0cc175b9c0f1b6a831c399e269772661";
+    let init = format!(r#"{{"hash": "{hash}"}}"#);
+    let (status, body) = service.call("POST", "/api/v1/templates", Some(&init));
+    assert_eq!(status, 200, "{body}");
+    let template = json(&body);
+    assert_eq!(template["database"]["templateHash"], hash);
+    let template_db = database(&template);
+    assert!(template_db.starts_with("dbfork_tpl_"), "{body}");
+    let (status, body) = service.call("POST", "/api/v1/templates/", Some(&init));
+    assert_eq!(status, 423, "{body}");
+    assert!(json(&body)["message"].as_str().unwrap().contains("already initialized"));
+
+    // A test database asked for now waits for the finalize.
+    let base = service.base.clone();
+    let path = format!("/api/v1/templates/{hash}/tests");
+    let early = std::thread::spawn(move || call(&base, "GET", &path, None));
+    place.sql_ok(Some(&template_db), "CREATE TABLE item (id INT PRIMARY KEY)");
+    place.sql_ok(Some(&template_db), "INSERT INTO item VALUES (1), (2)");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!early.is_finished(), "the test database came before the template was finalized");
+    let finalize = format!("/api/v1/templates/{hash}");
+    assert_eq!(service.call("PUT", &finalize, None).0, 204);
+    assert_eq!(service.call("PUT", &finalize, None).0, 204, "finalized again");
+    let (status, body) = early.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let first = json(&body);
+    let (status, body) = service.call("GET", &format!("/api/v1/templates/{hash}/tests"), None);
+    assert_eq!(status, 200, "{body}");
+    let second = json(&body);
+    assert_ne!(first["id"], second["id"]);
+    assert_ne!(database(&first), database(&second));
+    for clone in [&first, &second] {
+        assert_eq!(place.sql_ok(Some(&database(clone)), "SELECT COUNT(*) FROM item"), "2");
+    }
+    // A clean one given back is handed out again as it is; a dirty one is remade.
+    let tests = format!("/api/v1/templates/{hash}/tests");
+    let id = first["id"].as_u64().unwrap();
+    assert_eq!(service.call("POST", &format!("{tests}/{id}/unlock"), None).0, 204);
+    let id = second["id"].as_u64().unwrap();
+    place.sql_ok(Some(&database(&second)), "DELETE FROM item");
+    assert_eq!(service.call("POST", &format!("{tests}/{id}/recreate"), None).0, 204);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = service.call("GET", &tests, None);
+        assert_eq!(status, 200, "{body}");
+        let clone = json(&body);
+        assert_eq!(place.sql_ok(Some(&database(&clone)), "SELECT COUNT(*) FROM item"), "2", "a dirty clone was handed out again");
+        assert!(!seen.contains(&clone["id"]), "one clone to two holders: {body}");
+        seen.push(clone["id"].clone());
+    }
+
+    // Refusals change nothing.
+    for (method, path, body, status) in [
+        ("POST", "/api/v1/templates".to_string(), Some("{"), 400),
+        ("POST", "/api/v1/templates".to_string(), Some(r#"{"hash": ""}"#), 400),
+        ("GET", "/api/v1/templates/unknown/tests".to_string(), None, 404),
+        ("POST", format!("{tests}/x/unlock"), None, 400),
+        ("POST", format!("{tests}/999/unlock"), None, 404),
+        ("PATCH", finalize.clone(), None, 405),
+        ("GET", "/nothing".to_string(), None, 404),
+    ] {
+        let (got, answer) = service.call(method, &path, body);
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        assert!(json(&answer)["message"].is_string(), "{answer}");
+    }
+    let (status, body) = service.call("GET", "/healthz", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["templates"][0]["leased"], 3, "{body}");
+
+    // Discard: the clones and the template go; asking again is 410.
+    assert_eq!(service.call("DELETE", &finalize, None).0, 204);
+    assert_eq!(service.call("GET", &tests, None).0, 410);
+    assert!(!place.exists(&template_db));
+    assert!(place.registry().is_empty(), "{:?}", place.registry());
+
+    // Again, then SIGTERM with a lease out: every clone goes, the template stays.
+    let (status, body) = service.call("POST", "/api/v1/templates", Some(&init));
+    assert_eq!(status, 200, "{body}");
+    let again = database(&json(&body));
+    place.sql_ok(Some(&again), "CREATE TABLE item (id INT PRIMARY KEY)");
+    place.sql_ok(Some(&again), "INSERT INTO item VALUES (3)");
+    assert_eq!(service.call("PUT", &finalize, None).0, 204);
+    let (status, body) = service.call("GET", &tests, None);
+    assert_eq!(status, 200, "{body}");
+    let held = database(&json(&body));
+    assert_eq!(service.stop(), 0);
+    assert!(!place.exists(&held));
+    let left: Vec<String> = place
+        .registry()
+        .iter()
+        .map(|e| format!("{} {}", e["kind"], e["state"]))
+        .collect();
+    assert_eq!(left, [r#""template" "ready""#], "after the drain");
+
+    // A restarted service finds the template: init is 423, tests are served.
+    let service = Service::start(&place);
+    assert_eq!(service.call("POST", "/api/v1/templates", Some(&init)).0, 423);
+    let (status, body) = service.call("GET", &tests, None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(place.sql_ok(Some(&database(&json(&body))), "SELECT id FROM item"), "3");
+    assert_eq!(service.stop(), 0);
+}
