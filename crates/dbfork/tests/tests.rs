@@ -31,10 +31,10 @@ macro_rules! per_server {
 mod cache_tests;
 #[path = "messages/mod.rs"]
 mod messages;
-#[path = "serve/mod.rs"]
-mod serve;
 #[path = "run/mod.rs"]
 mod run_tests;
+#[path = "serve/mod.rs"]
+mod serve;
 #[path = "zero_config/mod.rs"]
 mod zero_config;
 

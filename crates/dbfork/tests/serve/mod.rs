@@ -22,7 +22,15 @@ impl Service {
     /// returns once it listens (its first line of stdout is its address).
     fn start(place: &Place) -> Service {
         let mut child = dbfork()
-            .args(["serve", "--db", &place.url, "--listen", "tcp:127.0.0.1:0", "--pool-size", "2"])
+            .args([
+                "serve",
+                "--db",
+                &place.url,
+                "--listen",
+                "tcp:127.0.0.1:0",
+                "--pool-size",
+                "2",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -31,7 +39,11 @@ impl Service {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let base = line.trim().strip_prefix("http://").unwrap_or_else(|| panic!("no address: {line:?}")).to_string();
+        let base = line
+            .trim()
+            .strip_prefix("http://")
+            .unwrap_or_else(|| panic!("no address: {line:?}"))
+            .to_string();
         Service { child, base }
     }
 
@@ -59,7 +71,9 @@ impl Drop for Service {
 /// A plain HTTP/1.1 request, the connection closed after it.
 fn call(base: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(base).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(90)))
+        .unwrap();
     let body = body.unwrap_or("");
     write!(
         stream,
@@ -74,7 +88,10 @@ fn call(base: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Strin
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not HTTP: {answer:?}"));
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -111,7 +128,10 @@ fn serves_integresqls_flow(kind: Kind) {
     assert!(template_db.starts_with("dbfork_tpl_"), "{body}");
     let (status, body) = service.call("POST", "/api/v1/templates/", Some(&init));
     assert_eq!(status, 423, "{body}");
-    assert!(json(&body)["message"].as_str().unwrap().contains("already initialized"));
+    assert!(json(&body)["message"]
+        .as_str()
+        .unwrap()
+        .contains("already initialized"));
 
     // A test database asked for now waits for the finalize.
     let base = service.base.clone();
@@ -120,10 +140,17 @@ fn serves_integresqls_flow(kind: Kind) {
     place.sql_ok(Some(&template_db), "CREATE TABLE item (id INT PRIMARY KEY)");
     place.sql_ok(Some(&template_db), "INSERT INTO item VALUES (1), (2)");
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!early.is_finished(), "the test database came before the template was finalized");
+    assert!(
+        !early.is_finished(),
+        "the test database came before the template was finalized"
+    );
     let finalize = format!("/api/v1/templates/{hash}");
     assert_eq!(service.call("PUT", &finalize, None).0, 204);
-    assert_eq!(service.call("PUT", &finalize, None).0, 204, "finalized again");
+    assert_eq!(
+        service.call("PUT", &finalize, None).0,
+        204,
+        "finalized again"
+    );
     let (status, body) = early.join().unwrap();
     assert_eq!(status, 200, "{body}");
     let first = json(&body);
@@ -133,30 +160,60 @@ fn serves_integresqls_flow(kind: Kind) {
     assert_ne!(first["id"], second["id"]);
     assert_ne!(database(&first), database(&second));
     for clone in [&first, &second] {
-        assert_eq!(place.sql_ok(Some(&database(clone)), "SELECT COUNT(*) FROM item"), "2");
+        assert_eq!(
+            place.sql_ok(Some(&database(clone)), "SELECT COUNT(*) FROM item"),
+            "2"
+        );
     }
     // A clean one given back is handed out again as it is; a dirty one is remade.
     let tests = format!("/api/v1/templates/{hash}/tests");
     let id = first["id"].as_u64().unwrap();
-    assert_eq!(service.call("POST", &format!("{tests}/{id}/unlock"), None).0, 204);
+    assert_eq!(
+        service
+            .call("POST", &format!("{tests}/{id}/unlock"), None)
+            .0,
+        204
+    );
     let id = second["id"].as_u64().unwrap();
     place.sql_ok(Some(&database(&second)), "DELETE FROM item");
-    assert_eq!(service.call("POST", &format!("{tests}/{id}/recreate"), None).0, 204);
+    assert_eq!(
+        service
+            .call("POST", &format!("{tests}/{id}/recreate"), None)
+            .0,
+        204
+    );
     let mut seen = Vec::new();
     for _ in 0..3 {
         let (status, body) = service.call("GET", &tests, None);
         assert_eq!(status, 200, "{body}");
         let clone = json(&body);
-        assert_eq!(place.sql_ok(Some(&database(&clone)), "SELECT COUNT(*) FROM item"), "2", "a dirty clone was handed out again");
-        assert!(!seen.contains(&clone["id"]), "one clone to two holders: {body}");
+        assert_eq!(
+            place.sql_ok(Some(&database(&clone)), "SELECT COUNT(*) FROM item"),
+            "2",
+            "a dirty clone was handed out again"
+        );
+        assert!(
+            !seen.contains(&clone["id"]),
+            "one clone to two holders: {body}"
+        );
         seen.push(clone["id"].clone());
     }
 
     // Refusals change nothing.
     for (method, path, body, status) in [
         ("POST", "/api/v1/templates".to_string(), Some("{"), 400),
-        ("POST", "/api/v1/templates".to_string(), Some(r#"{"hash": ""}"#), 400),
-        ("GET", "/api/v1/templates/unknown/tests".to_string(), None, 404),
+        (
+            "POST",
+            "/api/v1/templates".to_string(),
+            Some(r#"{"hash": ""}"#),
+            400,
+        ),
+        (
+            "GET",
+            "/api/v1/templates/unknown/tests".to_string(),
+            None,
+            404,
+        ),
         ("POST", format!("{tests}/x/unlock"), None, 400),
         ("POST", format!("{tests}/999/unlock"), None, 404),
         ("PATCH", finalize.clone(), None, 405),
@@ -197,9 +254,115 @@ fn serves_integresqls_flow(kind: Kind) {
 
     // A restarted service finds the template: init is 423, tests are served.
     let service = Service::start(&place);
-    assert_eq!(service.call("POST", "/api/v1/templates", Some(&init)).0, 423);
+    assert_eq!(
+        service.call("POST", "/api/v1/templates", Some(&init)).0,
+        423
+    );
     let (status, body) = service.call("GET", &tests, None);
     assert_eq!(status, 200, "{body}");
-    assert_eq!(place.sql_ok(Some(&database(&json(&body))), "SELECT id FROM item"), "3");
+    assert_eq!(
+        place.sql_ok(Some(&database(&json(&body))), "SELECT id FROM item"),
+        "3"
+    );
     assert_eq!(service.stop(), 0);
+}
+
+/// The published IntegreSQL clients, unchanged, drive the service on
+/// PostgreSQL: the npm package `@devoxa/integresql-client` (its whole flow:
+/// init and fill, init again answered 423, test databases, reuse,
+/// recreate, discard) and the PyPI package `integresql-client-python` (its
+/// flow: init and fill with a form-encoded hash, init again, test
+/// databases, mark unmodified, discard then 410).
+#[test]
+fn published_integresql_clients_work_unchanged() {
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/integresql");
+    let node_modules = node_client().join("node_modules");
+    let clients: [(&str, std::process::Command); 2] = [
+        ("npm @devoxa/integresql-client", {
+            let mut c = std::process::Command::new("node");
+            c.arg(fixtures.join("devoxa.js"))
+                .current_dir(&fixtures)
+                .env("NODE_PATH", &node_modules);
+            c
+        }),
+        ("PyPI integresql-client-python", {
+            let mut c = std::process::Command::new(crate::run_tests::python());
+            c.arg(fixtures.join("client.py"));
+            c
+        }),
+    ];
+    for (name, mut command) in clients {
+        let place = Place::new(Kind::Postgres, "iclient");
+        let service = Service::start(&place);
+        let mut client = command
+            .arg(format!("http://{}", service.base))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut out = BufReader::new(client.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let template = json(&line)["fill"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: {line}"))
+            .to_string();
+        place.sql_ok(
+            Some(&template),
+            "CREATE TABLE item (id INT PRIMARY KEY); INSERT INTO item VALUES (1), (2)",
+        );
+        writeln!(client.stdin.as_mut().unwrap()).unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        let got = json(&line);
+        let tests = got["tests"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: {line}"));
+        for test in tests {
+            let db = test.get("database").unwrap_or(test).as_str().unwrap();
+            assert_eq!(
+                place.sql_ok(Some(db), "SELECT COUNT(*) FROM item"),
+                "2",
+                "{name}: {db}"
+            );
+        }
+        assert!(
+            got["url"].as_str().unwrap().starts_with("postgresql://"),
+            "{name}: {line}"
+        );
+        writeln!(client.stdin.as_mut().unwrap()).unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(json(&line)["gone"], 410, "{name}: {line}");
+        assert!(client.wait().unwrap().success(), "{name} failed");
+        assert!(
+            place.registry().is_empty(),
+            "{name}: {:?}",
+            place.registry()
+        );
+        assert_eq!(service.stop(), 0);
+    }
+}
+
+/// The npm client, installed once under target/ (npm's registry).
+fn node_client() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("integresql-node");
+    if !dir
+        .join("node_modules/@devoxa/integresql-client/package.json")
+        .exists()
+    {
+        let out = std::process::Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&dir)
+            .arg("@devoxa/integresql-client@2.1.1")
+            .output()
+            .expect("npm (Node.js) is needed for this test");
+        assert!(
+            out.status.success(),
+            "npm install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
 }
