@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use crate::support::{dbfork, Kind, Place};
 
-per_backend!(serves_integresqls_flow);
+per_backend!(
+    serves_integresqls_flow,
+    a_service_killed_with_leases_out_recovers
+);
 
 /// A running `dbfork serve` and where it listens.
 struct Service {
@@ -50,6 +53,12 @@ impl Service {
     /// One request; (status, body).
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         call(&self.base, method, path, body)
+    }
+
+    /// SIGKILL: no drain.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM; the exit code.
@@ -365,4 +374,62 @@ fn node_client() -> std::path::PathBuf {
         );
     }
     dir
+}
+
+/// A service killed with SIGKILL while clones are leased and ready: the
+/// next one collects them (their owner is gone) as it starts, finds the
+/// template, and serves again; nothing is left after its drain.
+fn a_service_killed_with_leases_out_recovers(kind: Kind) {
+    let place = Place::new(kind, "servekill");
+    let service = Service::start(&place);
+    let init = r#"{"hash": "killed"}"#;
+    let (status, body) = service.call("POST", "/api/v1/templates", Some(init));
+    assert_eq!(status, 200, "{body}");
+    let template = database(&json(&body));
+    place.sql_ok(Some(&template), "CREATE TABLE item (id INT PRIMARY KEY)");
+    assert_eq!(service.call("PUT", "/api/v1/templates/killed", None).0, 204);
+    let (status, body) = service.call("GET", "/api/v1/templates/killed/tests", None);
+    assert_eq!(status, 200, "{body}");
+    let leased = database(&json(&body));
+    // The pool fills in the background: wait until clones are ready too.
+    for _ in 0..100 {
+        let (_, health) = service.call("GET", "/healthz", None);
+        if json(&health)["templates"][0]["ready"].as_u64() >= Some(2) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    service.kill();
+    let clones = place
+        .registry()
+        .iter()
+        .filter(|e| e["kind"] == "clone")
+        .count();
+    assert!(clones >= 3, "{:?}", place.registry());
+    assert!(place.exists(&leased));
+
+    let service = Service::start(&place);
+    assert!(
+        !place.exists(&leased),
+        "the killed service's clones were not collected"
+    );
+    let kinds: Vec<String> = place
+        .registry()
+        .iter()
+        .map(|e| e["kind"].to_string())
+        .collect();
+    assert!(kinds
+        .iter()
+        .all(|k| k == r#""template""# || k == r#""clone""#));
+    assert_eq!(service.call("POST", "/api/v1/templates", Some(init)).0, 423);
+    let (status, body) = service.call("GET", "/api/v1/templates/killed/tests", None);
+    assert_eq!(status, 200, "{body}");
+    place.sql_ok(Some(&database(&json(&body))), "SELECT COUNT(*) FROM item");
+    assert_eq!(service.stop(), 0);
+    let left: Vec<String> = place
+        .registry()
+        .iter()
+        .map(|e| e["kind"].to_string())
+        .collect();
+    assert_eq!(left, [r#""template""#]);
 }
