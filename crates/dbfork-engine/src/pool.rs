@@ -111,12 +111,18 @@ impl<H: Clone + PartialEq> Pool<H> {
     /// n-th clone the pool ever asked for); each becomes `Making` until
     /// [`Pool::made`].
     pub fn to_make(&mut self, name: impl Fn(usize) -> String) -> Vec<String> {
+        self.to_make_within(usize::MAX, name)
+    }
+
+    /// [`Pool::to_make`], at most `room` of them (what a budget shared with
+    /// other pools leaves).
+    pub fn to_make_within(&mut self, room: usize, name: impl Fn(usize) -> String) -> Vec<String> {
         if self.drained {
             return Vec::new();
         }
         let (making, ready, _, _) = self.counts();
         let wanted = (self.target + self.waiting.len()).saturating_sub(making + ready);
-        let room = self.max.saturating_sub(self.clones.len());
+        let room = self.max.saturating_sub(self.clones.len()).min(room);
         let mut names = Vec::new();
         for _ in 0..wanted.min(room) {
             let next = name(self.made_names);
@@ -205,6 +211,44 @@ impl<H: Clone + PartialEq> Pool<H> {
             _ => return None,
         }
         Some(self.hand_out(now))
+    }
+
+    /// The ready clones are to be dropped (room for another pool); how many.
+    pub fn shed_ready(&mut self) -> usize {
+        let mut shed = 0;
+        for state in self.clones.values_mut() {
+            if matches!(state, State::Ready) {
+                *state = State::Recycling;
+                shed += 1;
+            }
+        }
+        shed
+    }
+
+    /// The holder of `name` is still at it: its lease starts again now (it
+    /// expires one expiry from now). False when the name is not leased.
+    pub fn renew(&mut self, name: &str, now: Instant) -> bool {
+        match self.clones.get_mut(name) {
+            Some(State::Leased { since, .. }) => {
+                *since = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many clones exist or are being made, whatever their state.
+    pub fn len(&self) -> usize {
+        self.clones.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clones.is_empty()
+    }
+
+    /// The target (clones kept ready ahead).
+    pub fn target(&self) -> usize {
+        self.target
     }
 
     /// The holder is gone (a worker that crashed): it waits no more, and
@@ -353,6 +397,30 @@ mod tests {
         pool.acquire(1, now);
         pool.drain_all();
         assert_eq!(pool.to_drop(), ["fresh_0"], "a leased clone goes too");
+    }
+
+    #[test]
+    fn a_shared_budget_sheds_and_renews() {
+        let start = Instant::now();
+        let mut pool: Pool<u32> = Pool::new(3, 8).with_lease_expiry(Duration::from_secs(10));
+        assert_eq!(pool.to_make_within(2, name), ["fresh_0", "fresh_1"]);
+        assert!(pool.to_make_within(0, name).is_empty());
+        pool.made("fresh_0", true);
+        pool.made("fresh_1", true);
+        assert_eq!(pool.acquire(1, start).as_deref(), Some("fresh_0"));
+        assert_eq!(pool.shed_ready(), 1);
+        assert_eq!(pool.to_drop(), ["fresh_1"]);
+        assert!(pool.renew("fresh_0", start + Duration::from_secs(8)));
+        assert!(!pool.renew("fresh_1", start), "not leased");
+        assert!(
+            pool.expire(start + Duration::from_secs(12)).is_empty(),
+            "renewed at 8s"
+        );
+        assert_eq!(
+            pool.expire(start + Duration::from_secs(18))[0].name,
+            "fresh_0"
+        );
+        assert_eq!(pool.len(), 2);
     }
 
     #[test]

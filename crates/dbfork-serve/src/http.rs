@@ -9,6 +9,7 @@
 //! | `GET /api/v1/templates/{hash}/tests` | 200 + a clone's config and `id`, waiting for the template and a ready clone; 404, 410 after a discard, 503 after the wait |
 //! | `POST /api/v1/templates/{hash}/tests/{id}/unlock` (and `DELETE .../tests/{id}`) | 204: the clone is clean, handed out again as it is |
 //! | `POST /api/v1/templates/{hash}/tests/{id}/recreate` | 204: dropped and made afresh |
+//! | `POST /api/v1/templates/{hash}/tests/{id}/renew` (dbfork's) | 204: the lease starts again (`--lease-ttl`); 409 when it is not leased |
 //! | `DELETE /api/v1/admin/templates` | 204: every clone dropped, every hash forgotten |
 //! | `GET /healthz` | 200 + the pools' counts |
 //!
@@ -83,6 +84,9 @@ pub async fn handle(
         (&Method::POST, ["api", "v1", "templates", hash, "tests", id, "unlock"])
         | (&Method::DELETE, ["api", "v1", "templates", hash, "tests", id]) => {
             id_of(id).and_then(|id| service.unlock(hash, id).map(|()| no_content()))
+        }
+        (&Method::POST, ["api", "v1", "templates", hash, "tests", id, "renew"]) => {
+            id_of(id).and_then(|id| service.renew(hash, id).map(|()| no_content()))
         }
         (&Method::POST, ["api", "v1", "templates", hash, "tests", id, "recreate"]) => {
             id_of(id).and_then(|id| service.recreate(hash, id).map(|()| no_content()))

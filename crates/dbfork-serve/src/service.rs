@@ -35,6 +35,12 @@ pub struct ServeConfig {
     pub pool_size: usize,
     /// The most clones of one template at once.
     pub pool_max: usize,
+    /// The most clones of all templates at once: past it, the least recently
+    /// used templates' ready clones are dropped for the one asked for.
+    pub max_databases: usize,
+    /// A lease not returned nor renewed within this is taken back (its
+    /// clone dropped); `None`: a lease lasts until returned (IntegreSQL's way).
+    pub lease_ttl: Option<Duration>,
     /// How long a request waits for a template to be finalized or for a
     /// clone (IntegreSQL's 60 s).
     pub wait: Duration,
@@ -49,6 +55,8 @@ impl Default for ServeConfig {
         ServeConfig {
             pool_size: 4,
             pool_max: 32,
+            max_databases: 256,
+            lease_ttl: None,
             wait: Duration::from_secs(60),
             drop_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(30 * 60),
@@ -126,16 +134,27 @@ struct Slot {
     granted: HashMap<u64, String>,
     /// Clones the filler is making or dropping now.
     busy: HashSet<String>,
+    /// When a test last asked for one of its clones.
+    last_used: Instant,
+    /// Its ready clones were dropped for another template's: it makes none
+    /// ahead until a test asks again.
+    evicted: bool,
 }
 
 impl Slot {
     fn new(phase: Phase, config: &ServeConfig) -> Slot {
+        let pool = Pool::new(config.pool_size, config.pool_max);
         Slot {
             phase,
-            pool: Pool::new(config.pool_size, config.pool_max),
+            pool: match config.lease_ttl {
+                Some(ttl) => pool.with_lease_expiry(ttl),
+                None => pool,
+            },
             run_id: names::new_run_id(),
             granted: HashMap::new(),
             busy: HashSet::new(),
+            last_used: Instant::now(),
+            evicted: false,
         }
     }
 
@@ -419,6 +438,11 @@ impl Service {
                     Phase::Discarded => return Err(discarded(hash)),
                     Phase::Starting | Phase::Building { .. } => {}
                     Phase::Ready { .. } => {
+                        slot.last_used = Instant::now();
+                        if slot.evicted {
+                            slot.evicted = false;
+                            slot.pool.set_target(self.config.pool_size);
+                        }
                         let got = if asked {
                             slot.granted.remove(&lease)
                         } else {
@@ -470,6 +494,23 @@ impl Service {
                 slot.grant(grants);
             }
         })
+    }
+
+    /// `POST .../tests/{id}/renew` (dbfork's): the test still uses its
+    /// clone; with `--lease-ttl` its lease starts again now.
+    pub fn renew(&self, hash: &str, id: usize) -> Result<(), Refusal> {
+        let mut renewed = true;
+        self.with_clone(hash, id, |slot, name| {
+            renewed = slot.pool.renew(name, Instant::now());
+        })?;
+        if renewed {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                409,
+                format!("test database {id} of `{hash}` is not leased (returned, or taken back after --lease-ttl): ask for another"),
+            ))
+        }
     }
 
     /// IntegreSQL's `POST .../tests/{id}/recreate`: the client is done and
@@ -593,13 +634,52 @@ impl Service {
     }
 
     /// What the pools want done now; each name is marked busy until done.
+    /// Leases past `--lease-ttl` are taken back; the clones of all pools
+    /// stay within `--max-databases`, pools with a test waiting served
+    /// first, and when a test waits with no room left the least recently
+    /// used other template's ready clones make room.
     fn jobs(&self) -> Vec<Job> {
         let mut state = self.state();
-        let mut jobs = Vec::new();
+        let now = Instant::now();
         for slot in state.templates.values_mut() {
+            for taken in slot.pool.expire(now) {
+                tracing::info!(
+                    "took back {} (leased longer than --lease-ttl without a renewal)",
+                    taken.name
+                );
+            }
+        }
+        let total: usize = state.templates.values().map(|s| s.pool.len()).sum();
+        let mut room = self.config.max_databases.saturating_sub(total);
+        let starving = state
+            .templates
+            .iter()
+            .find(|(_, s)| s.pool.waiting() > 0 && s.pool.counts().1 == 0)
+            .map(|(hash, _)| hash.clone());
+        if let (0, Some(starving)) = (room, starving) {
+            let victim = state
+                .templates
+                .iter_mut()
+                .filter(|(hash, s)| **hash != starving && s.pool.counts().1 > 0)
+                .min_by_key(|(_, s)| s.last_used);
+            if let Some((hash, slot)) = victim {
+                slot.pool.set_target(0);
+                slot.evicted = true;
+                let shed = slot.pool.shed_ready();
+                tracing::info!("dropping {shed} ready clone(s) of the least recently used template `{hash}` to make room (--max-databases)");
+            }
+        }
+        let mut order: Vec<&mut Slot> = state.templates.values_mut().collect();
+        order.sort_by_key(|s| std::cmp::Reverse(s.pool.waiting()));
+        let mut jobs = Vec::new();
+        for slot in order {
             if let Phase::Ready { template } = &slot.phase {
                 let run_id = slot.run_id.clone();
-                for name in slot.pool.to_make(|n| names::clone_name(&run_id, n)) {
+                let names = slot
+                    .pool
+                    .to_make_within(room, |n| names::clone_name(&run_id, n));
+                room -= names.len();
+                for name in names {
                     slot.busy.insert(name.clone());
                     jobs.push(Job::Make {
                         template: template.clone(),

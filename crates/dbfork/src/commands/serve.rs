@@ -24,6 +24,8 @@ pub async fn run(args: ServeArgs, cancel: Cancel) -> Result<()> {
     let config = ServeConfig {
         pool_size: settings.count_or_default("pool_size")?,
         pool_max: settings.count_or_default("pool_max")?,
+        max_databases: settings.count_or_default("max_databases")?,
+        lease_ttl: settings.duration("lease_ttl")?,
         wait: Duration::from_secs(60),
         drop_timeout: connection.drop_timeout,
         lock_timeout: settings.duration_or_default("lock_timeout")?,
@@ -38,11 +40,12 @@ pub async fn run(args: ServeArgs, cancel: Cancel) -> Result<()> {
         dbfork_meta::out!("{address}");
     }
     dbfork_meta::say!(
-        "dbfork: serving clones of templates on {} at {} (IntegreSQL's API under /api/v1; {} ready per template, at most {}); Ctrl-C, SIGTERM or SIGHUP drains it",
+        "dbfork: serving clones of templates on {} at {} (IntegreSQL's API under /api/v1; {} ready per template, at most {}, {} in all); Ctrl-C, SIGTERM or SIGHUP drains it",
         dbfork_engine::url::mask_raw(&db),
         addresses.join(" and "),
         config.pool_size,
-        config.pool_max
+        config.pool_max,
+        config.max_databases
     );
     let Opened { backend, server } = opened;
     dbfork_serve::serve(backend, config, bound, cancel).await;

@@ -11,7 +11,8 @@ use crate::support::{dbfork, Kind, Place};
 
 per_backend!(
     serves_integresqls_flow,
-    a_service_killed_with_leases_out_recovers
+    a_service_killed_with_leases_out_recovers,
+    the_cap_evicts_the_least_recently_used_and_leases_expire
 );
 
 /// A running `dbfork serve` and where it listens.
@@ -24,16 +25,13 @@ impl Service {
     /// Starts the service on `place`'s server on a port the system picks;
     /// returns once it listens (its first line of stdout is its address).
     fn start(place: &Place) -> Service {
+        Service::start_with(place, &["--pool-size", "2"])
+    }
+
+    fn start_with(place: &Place, settings: &[&str]) -> Service {
         let mut child = dbfork()
-            .args([
-                "serve",
-                "--db",
-                &place.url,
-                "--listen",
-                "tcp:127.0.0.1:0",
-                "--pool-size",
-                "2",
-            ])
+            .args(["serve", "--db", &place.url, "--listen", "tcp:127.0.0.1:0"])
+            .args(settings)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -432,4 +430,115 @@ fn a_service_killed_with_leases_out_recovers(kind: Kind) {
         .map(|e| e["kind"].to_string())
         .collect();
     assert_eq!(left, [r#""template""#]);
+}
+
+/// A template filled with one table and finalized; its name.
+fn ready_template(place: &Place, service: &Service, hash: &str) -> String {
+    let init = format!(r#"{{"hash": "{hash}"}}"#);
+    let (status, body) = service.call("POST", "/api/v1/templates", Some(&init));
+    assert_eq!(status, 200, "{body}");
+    let template = database(&json(&body));
+    place.sql_ok(Some(&template), "CREATE TABLE item (id INT PRIMARY KEY)");
+    let finalize = format!("/api/v1/templates/{hash}");
+    assert_eq!(service.call("PUT", &finalize, None).0, 204);
+    template
+}
+
+/// The pools of every template as /healthz says: hash -> its clones by state.
+fn health(service: &Service) -> Vec<serde_json::Value> {
+    let (status, body) = service.call("GET", "/healthz", None);
+    assert_eq!(status, 200, "{body}");
+    json(&body)["templates"].as_array().unwrap().clone()
+}
+
+fn pool_of(service: &Service, hash: &str) -> serde_json::Value {
+    health(service)
+        .into_iter()
+        .find(|t| t["hash"] == hash)
+        .unwrap_or_default()
+}
+
+/// Every clone the service has, in any state.
+fn clones(service: &Service) -> u64 {
+    health(service)
+        .iter()
+        .flat_map(|t| ["making", "ready", "leased", "dropping"].map(|k| t[k].as_u64().unwrap()))
+        .sum()
+}
+
+/// Polls `done` for up to 10 s.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not happen within 10 s");
+}
+
+/// `--max-databases 3`: the clones of all templates stay within it, and a
+/// test waiting for one of a template with no room gets one made from the
+/// room the least recently used template's ready clones leave. `--lease-ttl
+/// 2s`: a lease renewed every 0.3 s stays, one left alone is taken back and
+/// dropped, and renewing it then is refused.
+fn the_cap_evicts_the_least_recently_used_and_leases_expire(kind: Kind) {
+    let place = Place::new(kind, "servecap");
+    let service = Service::start_with(
+        &place,
+        &[
+            "--pool-size",
+            "2",
+            "--max-databases",
+            "3",
+            "--lease-ttl",
+            "2s",
+        ],
+    );
+    ready_template(&place, &service, "first");
+    eventually("two ready clones of the first", || {
+        pool_of(&service, "first")["ready"] == 2
+    });
+    ready_template(&place, &service, "second");
+    eventually("one ready clone of the second", || {
+        pool_of(&service, "second")["ready"] == 1
+    });
+    assert!(clones(&service) <= 3);
+    let lease = |hash: &str| {
+        let path = format!("/api/v1/templates/{hash}/tests");
+        let (status, body) = service.call("GET", &path, None);
+        assert_eq!(status, 200, "{body}");
+        json(&body)
+    };
+    let kept = lease("second");
+    let dropped = lease("second");
+    assert!(clones(&service) <= 3, "{:?}", health(&service));
+    let first = pool_of(&service, "first");
+    assert!(
+        first["ready"].as_u64().unwrap() < 2,
+        "the first kept its clones: {first}"
+    );
+
+    let renew = |clone: &serde_json::Value| {
+        let path = format!("/api/v1/templates/second/tests/{}/renew", clone["id"]);
+        service.call("POST", &path, None)
+    };
+    for _ in 0..12 {
+        assert_eq!(renew(&kept).0, 204);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        place.exists(&database(&kept)),
+        "a renewed lease was taken back"
+    );
+    eventually("the lease left alone taken back", || {
+        !place.exists(&database(&dropped))
+    });
+    // Left alone now (asking would renew it): taken back, then refused.
+    eventually("the renewed lease taken back once left alone", || {
+        !place.exists(&database(&kept))
+    });
+    let (status, body) = renew(&kept);
+    assert!(status == 409 || status == 404, "{status} {body}");
+    assert_eq!(service.stop(), 0);
 }
