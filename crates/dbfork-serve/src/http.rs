@@ -116,6 +116,9 @@ fn hash_of(body: &[u8], form: bool) -> Result<String, Refusal> {
         status: 400,
         message: format!("{why}; send {{\"hash\": \"<the hash of your migrations>\"}}"),
     };
+    // `curl -d '{"hash": ...}'` says it sends a form: a body that looks like
+    // JSON is read as JSON whatever its content type.
+    let form = form && !body.trim_ascii_start().starts_with(b"{");
     let hash = if form {
         String::from_utf8_lossy(body)
             .split('&')
@@ -260,6 +263,7 @@ mod tests {
     fn the_hash_comes_as_json_or_as_a_form() {
         assert_eq!(hash_of(br#"{"hash": "abc123"}"#, false).unwrap(), "abc123");
         assert_eq!(hash_of(b"hash=abc%2D1+", true).unwrap(), "abc-1");
+        assert_eq!(hash_of(br#" {"hash": "j"}"#, true).unwrap(), "j", "curl -d");
         for (body, form) in [
             (&br#"{"hash": ""}"#[..], false),
             (&b"{}"[..], false),

@@ -309,10 +309,12 @@ impl Drop for Place {
                 .iter()
                 .filter_map(|e| e["name"].as_str().map(str::to_string))
                 .collect();
-            if !names.is_empty() {
+            // One by one: the collection each command starts with may have
+            // dropped some already (a killed service's clones), and a name
+            // no longer registered fails its whole command.
+            for name in &names {
                 let _ = dbfork()
-                    .args(["db", "drop", "--db", &self.url])
-                    .args(&names)
+                    .args(["db", "drop", "--db", &self.url, name])
                     .output();
             }
         }
