@@ -12,6 +12,7 @@
 //! | `POST /api/v1/templates/{hash}/tests/{id}/renew` (dbfork's) | 204: the lease starts again (`--lease-ttl`); 409 when it is not leased |
 //! | `DELETE /api/v1/admin/templates` | 204: every clone dropped, every hash forgotten |
 //! | `GET /healthz` | 200 + the pools' counts |
+//! | `GET /metrics` | 200 + the service's metrics, OpenMetrics text ([`crate::metrics`]) |
 //!
 //! Errors are `{"message": "..."}` with a message that says what to do; a
 //! trailing slash is ignored, as IntegreSQL ignores it. The connection
@@ -95,7 +96,8 @@ pub async fn handle(
             service.reset().await.map(|()| no_content())
         }
         (&Method::GET, ["healthz"]) => Ok(health(&service)),
-        (_, ["api", "v1", "templates", ..] | ["api", "v1", "admin", ..] | ["healthz"]) => {
+        (&Method::GET, ["metrics"]) => Ok(metrics(&service)),
+        (_, ["api", "v1", "templates", ..] | ["api", "v1", "admin", ..] | ["healthz" | "metrics"]) => {
             Err(Refusal {
                 status: 405,
                 message: format!("{method} is not a method of {path}; see the routes in dbfork serve --help"),
@@ -230,6 +232,15 @@ fn health(service: &Service) -> Response<Full<Bytes>> {
         StatusCode::OK,
         &json!({"status": "ok", "templates": templates}),
     )
+}
+
+fn metrics(service: &Service) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(service.metrics_text())));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {

@@ -11,8 +11,10 @@
 //!
 //! - [`service`]: the state (templates, pools, leases) and the filler.
 //! - [`http`]: the routes.
+//! - [`metrics`]: what `/metrics` says.
 
 pub mod http;
+pub mod metrics;
 pub mod service;
 
 use std::path::{Path, PathBuf};

@@ -195,6 +195,7 @@ pub struct Service {
     work: Notify,
     cancel: Cancel,
     clone_options: CloneOptions,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Service {
@@ -212,6 +213,7 @@ impl Service {
             work: Notify::new(),
             cancel,
             clone_options,
+            metrics: crate::metrics::Metrics::default(),
         })
     }
 
@@ -367,6 +369,7 @@ impl Service {
                 return Err(Refusal::unknown(hash));
             };
             let phase = std::mem::replace(&mut slot.phase, Phase::Discarded);
+            self.reclaim_for_discard(&slot.pool);
             slot.pool.drain_all();
             slot.granted.clear();
             match phase {
@@ -387,6 +390,22 @@ impl Service {
                 .map_err(Refusal::engine)?;
         }
         Ok(())
+    }
+
+    /// Counts the leases a discard (or reset, or drain) ends.
+    fn reclaim_for_discard(&self, pool: &Pool<u64>) {
+        let leased = pool.counts().2 as u64;
+        if leased > 0 {
+            self.metrics
+                .reclaimed
+                .get_or_create(&crate::metrics::Reason { reason: "discard" })
+                .inc_by(leased);
+        }
+    }
+
+    /// The text of `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode(&self.counts())
     }
 
     /// Waits until the filler has dropped every clone of `hash`'s pool.
@@ -417,6 +436,7 @@ impl Service {
     /// Waits (up to the configured wait) for the template to be finalized
     /// and for a clone to be ready.
     pub async fn lease(&self, hash: &str) -> Result<Handed, Refusal> {
+        let asked_at = Instant::now();
         let deadline = tokio::time::Instant::now() + self.config.wait;
         let lease = {
             let mut state = self.state();
@@ -451,6 +471,10 @@ impl Service {
                             slot.pool.acquire(lease, Instant::now())
                         };
                         if let Some(name) = got {
+                            self.metrics.leases.inc();
+                            self.metrics
+                                .lease_wait
+                                .observe(asked_at.elapsed().as_secs_f64());
                             return Ok(self.handed(&name, slot.id_of(&name)));
                         }
                     }
@@ -556,6 +580,7 @@ impl Service {
                 let Some(slot) = state.templates.get_mut(hash) else {
                     continue;
                 };
+                self.reclaim_for_discard(&slot.pool);
                 slot.pool.drain_all();
                 slot.granted.clear();
                 match std::mem::replace(&mut slot.phase, Phase::Discarded) {
@@ -588,7 +613,7 @@ impl Service {
 
     /// How many clones each template has, by state: (making, ready, leased,
     /// dropping), for `/healthz` and the tests.
-    pub fn counts(&self) -> Vec<(String, (usize, usize, usize, usize))> {
+    pub fn counts(&self) -> Vec<crate::metrics::TemplateCounts> {
         let state = self.state();
         let mut counts: Vec<_> = state
             .templates
@@ -643,6 +668,10 @@ impl Service {
         let now = Instant::now();
         for slot in state.templates.values_mut() {
             for taken in slot.pool.expire(now) {
+                self.metrics
+                    .reclaimed
+                    .get_or_create(&crate::metrics::Reason { reason: "expiry" })
+                    .inc();
                 tracing::info!(
                     "took back {} (leased longer than --lease-ttl without a renewal)",
                     taken.name
@@ -666,6 +695,7 @@ impl Service {
                 slot.pool.set_target(0);
                 slot.evicted = true;
                 let shed = slot.pool.shed_ready();
+                self.metrics.evictions.inc();
                 tracing::info!("dropping {shed} ready clone(s) of the least recently used template `{hash}` to make room (--max-databases)");
             }
         }
@@ -707,6 +737,7 @@ impl Service {
                 run_id,
                 name,
             } => {
+                let started = Instant::now();
                 let made = ops::make_named_clones(
                     &self.backend,
                     &template,
@@ -718,8 +749,12 @@ impl Service {
                 )
                 .await;
                 match &made {
+                    Ok(_) => self
+                        .metrics
+                        .clone_seconds
+                        .observe(started.elapsed().as_secs_f64()),
                     // The service is shutting down: the clone was dropped.
-                    Err(dbfork_engine::Error::Interrupted) | Ok(_) => {}
+                    Err(dbfork_engine::Error::Interrupted) => {}
                     Err(e) => tracing::warn!("could not make the clone {name}: {e}"),
                 }
                 self.done(&run_id, &name, |slot| {

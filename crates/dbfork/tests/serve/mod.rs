@@ -540,5 +540,20 @@ fn the_cap_evicts_the_least_recently_used_and_leases_expire(kind: Kind) {
     });
     let (status, body) = renew(&kept);
     assert!(status == 409 || status == 404, "{status} {body}");
+    // What happened is in /metrics (OpenMetrics text).
+    let (status, metrics) = service.call("GET", "/metrics", None);
+    assert_eq!(status, 200, "{metrics}");
+    for line in [
+        "dbfork_serve_evictions_total 1",
+        "dbfork_serve_leases_total 2",
+        r#"dbfork_serve_leases_reclaimed_total{reason="expiry"} 2"#,
+        r#"dbfork_serve_clones{template="second",state="leased"} 0"#,
+        "# EOF",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
+    }
     assert_eq!(service.stop(), 0);
 }
