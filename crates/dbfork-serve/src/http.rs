@@ -18,7 +18,10 @@
 //! trailing slash is ignored, as IntegreSQL ignores it. The connection
 //! config is the server's host, port, user and password with the clone's
 //! database: on MySQL/MariaDB the database name, on SQLite the file's path
-//! (host empty, port 0).
+//! (host empty, port 0). Beside IntegreSQL's fields, `database.url` is the
+//! database's URL as the backend's drivers take it (password included) and
+//! `database.backend` is `postgres`, `mysql` or `sqlite`; IntegreSQL's
+//! clients read only the fields they know.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -205,6 +208,8 @@ fn config(service: &Service, hash: &str, handed: &Handed, with_id: bool) -> Resp
     let mut value = json!({
         "database": {
             "templateHash": hash,
+            "url": handed.url,
+            "backend": url.kind.id(),
             "config": {
                 "host": host,
                 "port": port,

@@ -99,6 +99,8 @@ impl Refusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handed {
     pub database: String,
+    /// Its URL, password included (dbfork's addition to IntegreSQL's config).
+    pub url: String,
     pub id: Option<usize>,
 }
 
@@ -242,6 +244,11 @@ impl Service {
     fn handed(&self, name: &str, id: Option<usize>) -> Handed {
         Handed {
             database: ops::database_reference(&self.backend, name),
+            url: self
+                .backend
+                .url()
+                .with_database(name)
+                .to_url_with_password(),
             id,
         }
     }

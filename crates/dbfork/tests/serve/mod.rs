@@ -12,7 +12,8 @@ use crate::support::{dbfork, Kind, Place};
 per_backend!(
     serves_integresqls_flow,
     a_service_killed_with_leases_out_recovers,
-    the_cap_evicts_the_least_recently_used_and_leases_expire
+    the_cap_evicts_the_least_recently_used_and_leases_expire,
+    the_rust_client_leases_a_database_per_test
 );
 
 /// A running `dbfork serve` and where it listens.
@@ -556,4 +557,80 @@ fn the_cap_evicts_the_least_recently_used_and_leases_expire(kind: Kind) {
         );
     }
     assert_eq!(service.stop(), 0);
+}
+
+/// The name `Place::sql` takes for a database the client got (SQLite: the file's stem).
+fn place_name(database: &dbfork_client::Database) -> String {
+    let name = database.name.rsplit('/').next().unwrap_or(&database.name);
+    name.trim_end_matches(".sqlite3").to_string()
+}
+
+/// The Rust client (`dbfork-client`): the template filled once (a second
+/// fill is not asked for), a lease per test with a URL of the backend, a
+/// dropped lease's changes never reach another lease, a clean one comes
+/// back as it is, a failed fill discards the template, and a service that
+/// is not there is an error naming what to do.
+fn the_rust_client_leases_a_database_per_test(kind: Kind) {
+    let place = Place::new(kind, "client");
+    let service = Service::start(&place);
+    let client = dbfork_client::Client::new(&format!("http://{}", service.base)).unwrap();
+    let mut fills = 0;
+    client
+        .template("rust", |template| {
+            fills += 1;
+            let name = place_name(template);
+            place.sql_ok(Some(&name), "CREATE TABLE item (id INT PRIMARY KEY)");
+            Ok::<(), String>(())
+        })
+        .unwrap();
+    client.template("rust", |_| Err("filled twice")).unwrap();
+    assert_eq!(fills, 1);
+    let scheme = match kind {
+        Kind::Postgres => "postgres://",
+        Kind::Mysql => "mysql://",
+        Kind::Sqlite => "sqlite://",
+    };
+    let dirty = client.lease("rust").unwrap();
+    assert!(dirty.url().starts_with(scheme), "{}", dirty.url());
+    dbfork_engine::DbUrl::parse(dirty.url()).unwrap();
+    let dirty_name = place_name(dirty.database());
+    place.sql_ok(Some(&dirty_name), "INSERT INTO item VALUES (1)");
+    drop(dirty);
+    let clean = client.lease("rust").unwrap();
+    let clean_name = place_name(clean.database());
+    clean.give_back_clean().unwrap();
+    let mut names = Vec::new();
+    let leases: Vec<_> = (0..3).map(|_| client.lease("rust").unwrap()).collect();
+    for lease in &leases {
+        let name = place_name(lease.database());
+        assert_eq!(
+            place.sql_ok(Some(&name), "SELECT COUNT(*) FROM item"),
+            "0",
+            "a dropped lease's row reached {name}"
+        );
+        names.push(name);
+    }
+    assert!(
+        names.contains(&clean_name),
+        "the clean clone was not handed out again: {names:?}"
+    );
+    drop(leases);
+    // Dropped in the background.
+    eventually("the dirty clone dropped", || !place.exists(&dirty_name));
+
+    let failed = client.template("broken", |_| Err("the migration failed"));
+    assert!(
+        matches!(&failed, Err(dbfork_client::Error::Fill(why)) if why.contains("the migration failed")),
+        "{failed:?}"
+    );
+    let gone = client.lease("broken").unwrap_err().to_string();
+    assert!(gone.contains("410") && gone.contains("discarded"), "{gone}");
+    assert_eq!(service.stop(), 0);
+
+    let nowhere = dbfork_client::Client::new("http://127.0.0.1:1").unwrap();
+    let err = nowhere.lease("rust").unwrap_err().to_string();
+    assert!(
+        err.contains("cannot reach dbfork serve") && err.contains("DBFORK_SERVE_URL"),
+        "{err}"
+    );
 }
