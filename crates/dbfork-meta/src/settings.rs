@@ -665,6 +665,20 @@ pub const SETTINGS: &[Setting] = &[
         default: "none",
         doc: "For `serve`: a clone leased and neither returned nor renewed (`POST /api/v1/templates/HASH/tests/ID/renew`) for this long is taken back and dropped, so a test process that died does not hold it for ever. Off by default: IntegreSQL's clients never renew.",
     },
+    Setting {
+        key: "lease_wait",
+        flag: "lease-wait",
+        short: None,
+        alias: None,
+        env: "DBFORK_LEASE_WAIT",
+        value_name: "DURATION",
+        kind: Kind::Duration(Span::Positive),
+        verbs: SERVE,
+        value: Some("60s"),
+        help: "How long a request for a test database waits for its template to be finalized and for a ready clone before it is answered 503. [default: 60s, IntegreSQL's]",
+        default: "`60s`",
+        doc: "For `serve`: how long a request for a test database waits for its template to be finalized and for a clone to be ready (the pool at its maximum) before the answer is 503.",
+    },
 ];
 
 /// The table of the configuration file that holds settings for `dbfork

@@ -13,6 +13,7 @@
 //! | `DELETE /api/v1/admin/templates` | 204: every clone dropped, every hash forgotten |
 //! | `GET /healthz` | 200 + the pools' counts |
 //! | `GET /metrics` | 200 + the service's metrics, OpenMetrics text ([`crate::metrics`]) |
+//! | `GET /openapi.json` | 200 + this API's OpenAPI 3.0 document ([`OPENAPI`]) |
 //!
 //! Errors are `{"message": "..."}` with a message that says what to do; a
 //! trailing slash is ignored, as IntegreSQL ignores it. The connection
@@ -100,7 +101,8 @@ pub async fn handle(
         }
         (&Method::GET, ["healthz"]) => Ok(health(&service)),
         (&Method::GET, ["metrics"]) => Ok(metrics(&service)),
-        (_, ["api", "v1", "templates", ..] | ["api", "v1", "admin", ..] | ["healthz" | "metrics"]) => {
+        (&Method::GET, ["openapi.json"]) => Ok(openapi()),
+        (_, ["api", "v1", "templates", ..] | ["api", "v1", "admin", ..] | ["healthz" | "metrics" | "openapi.json"]) => {
             Err(Refusal {
                 status: 405,
                 message: format!("{method} is not a method of {path}; see the routes in dbfork serve --help"),
@@ -237,6 +239,17 @@ fn health(service: &Service) -> Response<Full<Bytes>> {
         StatusCode::OK,
         &json!({"status": "ok", "templates": templates}),
     )
+}
+
+/// The API's description, OpenAPI 3.0 (the file beside this crate's sources).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+fn openapi() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn metrics(service: &Service) -> Response<Full<Bytes>> {

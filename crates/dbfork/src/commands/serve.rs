@@ -2,8 +2,6 @@
 //! Ctrl-C, SIGTERM or SIGHUP; then every clone it made is dropped (its
 //! templates stay).
 
-use std::time::Duration;
-
 use anyhow::Result;
 use dbfork_engine::ops::Cancel;
 use dbfork_serve::{Listen, ServeConfig};
@@ -26,7 +24,7 @@ pub async fn run(args: ServeArgs, cancel: Cancel) -> Result<()> {
         pool_max: settings.count_or_default("pool_max")?,
         max_databases: settings.count_or_default("max_databases")?,
         lease_ttl: settings.duration("lease_ttl")?,
-        wait: Duration::from_secs(60),
+        wait: settings.duration_or_default("lease_wait")?,
         drop_timeout: connection.drop_timeout,
         lock_timeout: settings.duration_or_default("lock_timeout")?,
         clone_concurrency: 4,

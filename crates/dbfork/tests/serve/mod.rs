@@ -634,3 +634,42 @@ fn the_rust_client_leases_a_database_per_test(kind: Kind) {
         "{err}"
     );
 }
+
+/// The OpenAPI document the service serves holds for the service:
+/// schemathesis (PyPI) sends requests made from the document, valid and not,
+/// to every operation, and checks that each answer's status, content type
+/// and body are the document's and that no answer is a server error but
+/// the documented wait timeout. Its wait is cut to 1 s so that a template
+/// it initialized and never finalized answers 503 at once.
+#[test]
+fn the_openapi_document_holds_for_the_running_service() {
+    let place = Place::new(Kind::Sqlite, "openapi");
+    let service = Service::start_with(&place, &["--pool-size", "1", "--lease-wait", "1s"]);
+    let (status, body) = service.call("GET", "/openapi.json", None);
+    assert_eq!(status, 200, "{body}");
+    let document = json(&body);
+    assert_eq!(document["openapi"], "3.0.3");
+    let out = std::process::Command::new(crate::run_tests::python())
+        .args(["-m", "schemathesis.cli", "run"])
+        .arg(format!("http://{}/openapi.json", service.base))
+        .args([
+            "--checks",
+            "status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance",
+            "--max-examples",
+            "25",
+            "--request-timeout",
+            "20",
+            "--seed",
+            "1",
+            "--no-color",
+        ])
+        .output()
+        .expect("schemathesis (python/requirements-test.txt)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    assert_eq!(service.stop(), 0);
+}
