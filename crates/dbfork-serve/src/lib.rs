@@ -118,9 +118,29 @@ fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
                 .create(dir)?;
         }
     }
+    remove_stale_socket(path)?;
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// A socket left at `path` by a service killed with SIGKILL is removed: a
+/// socket of this user that nobody listens on. Anything else there (a file,
+/// a link, a live service's socket) stays, and the bind fails on it.
+fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let ours = meta.file_type().is_socket() && meta.uid() == dbfork_engine::sys::euid();
+    let dead = matches!(
+        std::os::unix::net::UnixStream::connect(path),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    );
+    if ours && dead {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
 }
 
 /// Serves on `bound` until `cancel`, then drains: every clone dropped.

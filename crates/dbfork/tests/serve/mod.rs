@@ -794,3 +794,66 @@ fn a_storm_of_clients_never_shares_a_clone(kind: Kind) {
         .collect();
     assert_eq!(left, [r#""template""#]);
 }
+
+/// `--listen unix:PATH`: the socket is this user's only (0600 in a 0700
+/// directory), answers HTTP, is removed by the drain; one left by a service
+/// killed with SIGKILL is replaced by the next service; a file that is not
+/// a socket is never removed, and the service says why it cannot listen.
+#[test]
+fn the_unix_socket_is_private_and_outlives_no_service() {
+    use std::os::unix::fs::PermissionsExt;
+    let place = Place::new(Kind::Sqlite, "unix");
+    let socket = place.dir.path().join("run/dbfork.sock");
+    let listen = format!("unix:{}", socket.display());
+    let start = || {
+        dbfork()
+            .args(["serve", "--db", &place.url, "--listen", &listen])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let ask = || {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let first_line = |child: &mut Child| {
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line
+    };
+    let mut service = start();
+    assert_eq!(first_line(&mut service).trim(), listen);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(mode(socket.parent().unwrap()), 0o700);
+    assert!(ask().starts_with("HTTP/1.1 200"));
+    service.kill().unwrap();
+    service.wait().unwrap();
+    assert!(socket.exists(), "SIGKILL leaves the socket");
+    let mut service = start();
+    assert_eq!(first_line(&mut service).trim(), listen);
+    assert!(ask().starts_with("HTTP/1.1 200"));
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(service.id() as i32, libc::SIGTERM) };
+    assert!(service.wait().unwrap().success());
+    assert!(!socket.exists(), "the drain leaves the socket");
+    std::fs::write(&socket, "not a socket").unwrap();
+    let out = dbfork()
+        .args(["serve", "--db", &place.url, "--listen", &listen])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot listen on unix:"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "not a socket");
+}
