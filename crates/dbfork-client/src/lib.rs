@@ -14,11 +14,16 @@
 //! # Ok::<(), dbfork_client::Error>(())
 //! ```
 //!
-//! The service is found at `DBFORK_SERVE_URL` (default
-//! `http://127.0.0.1:5000`, where `dbfork serve` listens by default). A
-//! lease dropped sends the clone to be recreated (a test's changes never
-//! reach the next test); [`Lease::give_back_clean`] returns it to be handed
-//! out again as it is, for a test that changed nothing.
+//! The service is the one `DBFORK_SERVE_URL` names; without it,
+//! [`Client::from_env`] starts `dbfork serve` for this process (the `dbfork`
+//! on PATH, or `DBFORK_BIN`), on the database the project names
+//! (`DBFORK_DB`, or `db` of its dbfork.toml / `[tool.dbfork]`), on a port
+//! of its own, shared by every test of the process and ended with it
+//! however it ends (the service drains when its standard input closes), so
+//! `cargo test` needs nothing set up. A lease dropped sends the clone to be
+//! recreated (a test's changes never reach the next test);
+//! [`Lease::give_back_clean`] returns it to be handed out again as it is,
+//! for a test that changed nothing.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -27,7 +32,13 @@ use std::time::Duration;
 
 /// Where the service is, unless given.
 pub const ENV_URL: &str = "DBFORK_SERVE_URL";
-const DEFAULT_URL: &str = "http://127.0.0.1:5000";
+/// The dbfork binary to start a service with (default: `dbfork` on PATH).
+pub const ENV_BIN: &str = "DBFORK_BIN";
+
+/// The service this process started, if it did: its address and the
+/// process, whose standard input (held open here) ends it when it closes.
+static SPAWNED: std::sync::Mutex<Option<(String, std::process::Child)>> =
+    std::sync::Mutex::new(None);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -48,6 +59,8 @@ pub enum Error {
     Fill(String),
     #[error("{ENV_URL} is `{0}`: expected http://HOST:PORT")]
     BadUrl(String),
+    #[error("cannot start `{bin} serve` ({ENV_URL} is not set, so a service is started for this process): {why}. Install dbfork (or set {ENV_BIN} to its path), or start `dbfork serve` yourself and set {ENV_URL}")]
+    Spawn { bin: String, why: String },
     #[error("reading {path}: {source}")]
     Read {
         path: String,
@@ -91,9 +104,13 @@ impl Client {
         })
     }
 
-    /// The service at `DBFORK_SERVE_URL`, else at dbfork serve's default address.
+    /// The service `DBFORK_SERVE_URL` names, else one started for this
+    /// process (once; every client of the process shares it).
     pub fn from_env() -> Result<Client, Error> {
-        Client::new(&std::env::var(ENV_URL).unwrap_or_else(|_| DEFAULT_URL.to_string()))
+        match std::env::var(ENV_URL) {
+            Ok(url) if !url.is_empty() => Client::new(&url),
+            _ => Client::new(&spawned()?),
+        }
     }
 
     /// Makes sure the template of `hash` exists: when the service has none,
@@ -191,6 +208,53 @@ impl Client {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| protocol("no status"))?;
         Ok((status, body.to_string()))
+    }
+}
+
+/// The address of the service this process started, starting it the first
+/// time: `dbfork serve --listen tcp:127.0.0.1:0 --exit-with-stdin`.
+fn spawned() -> Result<String, Error> {
+    let mut spawned = SPAWNED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((address, _)) = spawned.as_ref() {
+        return Ok(address.clone());
+    }
+    let bin = std::env::var(ENV_BIN).unwrap_or_else(|_| "dbfork".to_string());
+    let failed = |why: String| Error::Spawn {
+        bin: bin.clone(),
+        why,
+    };
+    let mut child = std::process::Command::new(&bin)
+        .args(["serve", "--listen", "tcp:127.0.0.1:0", "--exit-with-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    let mut line = String::new();
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| failed("no stdout".into()))?;
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+        .map_err(|e| failed(e.to_string()))?;
+    let address = line.trim().to_string();
+    if !address.starts_with("http://") {
+        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        return Err(failed(format!(
+            "it ended ({status}) without listening; its error is above"
+        )));
+    }
+    *spawned = Some((address.clone(), child));
+    Ok(address)
+}
+
+/// Ends the service this process started (it drains: every clone dropped,
+/// the templates kept) and waits for it; nothing when it started none. It
+/// ends with the process anyway; this is for a harness that wants it done.
+pub fn stop_spawned() {
+    let taken = SPAWNED.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some((_, mut child)) = taken {
+        drop(child.stdin.take());
+        let _ = child.wait();
     }
 }
 

@@ -679,6 +679,20 @@ pub const SETTINGS: &[Setting] = &[
         default: "`60s`",
         doc: "For `serve`: how long a request for a test database waits for its template to be finalized and for a clone to be ready (the pool at its maximum) before the answer is 503.",
     },
+    Setting {
+        key: "exit_with_stdin",
+        flag: "exit-with-stdin",
+        short: None,
+        alias: None,
+        env: "DBFORK_EXIT_WITH_STDIN",
+        value_name: "BOOL",
+        kind: Kind::Switch,
+        verbs: SERVE,
+        value: Some("false"),
+        help: "Drain and exit when standard input closes: for a service a test binary starts for itself (dbfork-client does), which ends with it however it ends.",
+        default: "`false`",
+        doc: "For `serve`: drain and exit when standard input closes, as when the process that started the service with a pipe on its input ends, however it ends (`dbfork-client` starts a service so when none is named).",
+    },
 ];
 
 /// The table of the configuration file that holds settings for `dbfork

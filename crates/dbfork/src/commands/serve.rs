@@ -46,6 +46,11 @@ pub async fn run(args: ServeArgs, cancel: Cancel) -> Result<()> {
         config.max_databases
     );
     let Opened { backend, server } = opened;
+    let cancel = if settings.switch("exit_with_stdin")?.unwrap_or(false) {
+        until_stdin_closes(cancel)
+    } else {
+        cancel
+    };
     dbfork_serve::serve(backend, config, bound, cancel).await;
     dbfork_meta::say!(
         "dbfork: drained: every clone the service made is dropped; its templates stay"
@@ -54,4 +59,28 @@ pub async fn run(args: ServeArgs, cancel: Cancel) -> Result<()> {
         server.stop().await?;
     }
     Ok(())
+}
+
+/// A cancel that comes with `signals` or when standard input closes (the
+/// process that started the service with a pipe on it has ended).
+fn until_stdin_closes(signals: Cancel) -> Cancel {
+    let (canceller, cancel) = Cancel::new();
+    tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 256];
+        let closed = async {
+            loop {
+                match tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::select! {
+            () = closed => dbfork_meta::say!("dbfork: standard input closed: draining"),
+            () = signals.cancelled() => {}
+        }
+        canceller.cancel();
+    });
+    cancel
 }

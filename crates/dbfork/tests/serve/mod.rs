@@ -857,3 +857,44 @@ fn the_unix_socket_is_private_and_outlives_no_service() {
     );
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "not a socket");
 }
+
+/// Without DBFORK_SERVE_URL, `Client::from_env` starts `dbfork serve` for
+/// the process (DBFORK_BIN; the database of DBFORK_DB), shared by every
+/// client of the process; `stop_spawned` drains it (as the end of the
+/// process does, by closing its standard input).
+#[test]
+fn the_rust_client_starts_a_service_when_none_is_named() {
+    let place = Place::new(Kind::Sqlite, "spawn");
+    // nextest runs each test in a process of its own.
+    std::env::set_var("DBFORK_BIN", assert_cmd::cargo::cargo_bin("dbfork"));
+    std::env::set_var("DBFORK_DB", &place.url);
+    std::env::remove_var(dbfork_client::ENV_URL);
+    let client = dbfork_client::Client::from_env().unwrap();
+    client
+        .template("spawned", |template| {
+            place.sql_ok(
+                Some(&place_name(template)),
+                "CREATE TABLE item (id INT PRIMARY KEY)",
+            );
+            Ok::<(), String>(())
+        })
+        .unwrap();
+    let lease = dbfork_client::Client::from_env()
+        .unwrap()
+        .lease("spawned")
+        .unwrap();
+    let name = place_name(lease.database());
+    assert_eq!(place.sql_ok(Some(&name), "SELECT COUNT(*) FROM item"), "0");
+    drop(lease);
+    dbfork_client::stop_spawned();
+    let left: Vec<String> = place
+        .registry()
+        .iter()
+        .map(|e| e["kind"].to_string())
+        .collect();
+    assert_eq!(
+        left,
+        [r#""template""#],
+        "the drain of the service the client started"
+    );
+}
