@@ -898,3 +898,50 @@ fn the_rust_client_starts_a_service_when_none_is_named() {
         "the drain of the service the client started"
     );
 }
+
+/// `--exit-with-stdin`: the service drains and exits when the process that
+/// started it is gone (its pipe closed), dropping the clones it made.
+#[test]
+fn a_service_tied_to_its_stdin_drains_when_it_closes() {
+    let place = Place::new(Kind::Sqlite, "stdin");
+    let mut child = dbfork()
+        .args([
+            "serve",
+            "--db",
+            &place.url,
+            "--listen",
+            "tcp:127.0.0.1:0",
+            "--exit-with-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line.trim().strip_prefix("http://").unwrap().to_string();
+    let (status, body) = call(
+        &base,
+        "POST",
+        "/api/v1/templates",
+        Some(r#"{"hash": "stdin"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(call(&base, "PUT", "/api/v1/templates/stdin", None).0, 204);
+    let (status, body) = call(&base, "GET", "/api/v1/templates/stdin/tests", None);
+    assert_eq!(status, 200, "{body}");
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("standard input closed: draining"), "{err}");
+    let left: Vec<String> = place
+        .registry()
+        .iter()
+        .map(|e| e["kind"].to_string())
+        .collect();
+    assert_eq!(left, [r#""template""#]);
+}
