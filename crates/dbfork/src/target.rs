@@ -19,6 +19,8 @@ pub struct Connection {
 pub struct Opened {
     pub backend: AnyBackend,
     pub server: Option<EphemeralServer>,
+    /// What the collection at the start dropped (left by dead processes).
+    pub collected: Vec<String>,
 }
 
 /// Whether opening a server first collects what dead dbfork processes left.
@@ -69,10 +71,16 @@ impl Opened {
         };
         match AnyBackend::connect(&url, &options).await {
             Ok(backend) => {
-                if collect == Collect::Leftovers {
-                    collect_leftovers(&backend, connection).await;
-                }
-                Ok(Opened { backend, server })
+                let collected = if collect == Collect::Leftovers {
+                    collect_leftovers(&backend, connection).await
+                } else {
+                    Vec::new()
+                };
+                Ok(Opened {
+                    backend,
+                    server,
+                    collected,
+                })
             }
             Err(e) => {
                 if let Some(server) = server {
@@ -97,7 +105,7 @@ impl Opened {
 /// processes left on this server (a `kill -9` leaves no chance to clean up):
 /// clones whose owner is gone and abandoned template builds, one line each.
 /// Templates are kept. A failure here is only a warning.
-async fn collect_leftovers(backend: &AnyBackend, connection: &Connection) {
+async fn collect_leftovers(backend: &AnyBackend, connection: &Connection) -> Vec<String> {
     let options = ops::GcOptions {
         dry_run: false,
         older_than: None,
@@ -105,8 +113,15 @@ async fn collect_leftovers(backend: &AnyBackend, connection: &Connection) {
         drop_deadline: connection.drop_timeout,
         every_template: false,
     };
+    let mut dropped = Vec::new();
     match ops::gc(backend, &options).await {
         Ok(collected) => {
+            dropped.extend(
+                collected
+                    .iter()
+                    .filter(|c| c.dropped && c.error.is_none())
+                    .map(|c| c.name.clone()),
+            );
             for c in &collected {
                 match &c.error {
                     None if c.dropped => dbfork_meta::say!(
@@ -127,4 +142,5 @@ async fn collect_leftovers(backend: &AnyBackend, connection: &Connection) {
         }
         Err(e) => tracing::warn!("could not collect leftovers: {e}"),
     }
+    dropped
 }

@@ -21,7 +21,9 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
         Ok(started) => started,
         Err(code) => return Ok(code),
     };
-    let Opened { backend, server } = opened;
+    let Opened {
+        backend, server, ..
+    } = opened;
     let result = runner::run(prepared, backend).await;
     if let Some(server) = server {
         if let Err(e) = server.stop().await {

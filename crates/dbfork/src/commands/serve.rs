@@ -45,7 +45,9 @@ pub async fn run(args: ServeArgs, cancel: Cancel) -> Result<()> {
         config.pool_max,
         config.max_databases
     );
-    let Opened { backend, server } = opened;
+    let Opened {
+        backend, server, ..
+    } = opened;
     let cancel = if settings.switch("exit_with_stdin")?.unwrap_or(false) {
         until_stdin_closes(cancel)
     } else {

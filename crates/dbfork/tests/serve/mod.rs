@@ -945,3 +945,29 @@ fn a_service_tied_to_its_stdin_drains_when_it_closes() {
         .collect();
     assert_eq!(left, [r#""template""#]);
 }
+
+/// `dbfork db drop` of a killed service's clone and template: the clone,
+/// already removed by the collection the command starts with, is said so
+/// (not refused), and the template is dropped too.
+#[test]
+fn dropping_what_the_collection_removed_is_not_refused() {
+    let place = Place::new(Kind::Sqlite, "dropkilled");
+    let service = Service::start(&place);
+    let template = ready_template(&place, &service, "dropkilled");
+    let (status, body) = service.call("GET", "/api/v1/templates/dropkilled/tests", None);
+    assert_eq!(status, 200, "{body}");
+    let clone = database(&json(&body));
+    service.kill();
+    let out = dbfork()
+        .args(["db", "drop", "--db", &place.url, &clone, &template])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{clone} was already removed")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("dropped {template}")), "{err}");
+    assert!(place.registry().is_empty(), "{:?}", place.registry());
+}
