@@ -228,11 +228,13 @@ fn config(service: &Service, hash: &str, handed: &Handed, with_id: bool) -> Resp
 }
 
 fn health(service: &Service) -> Response<Full<Bytes>> {
+    let phases = service.phases();
     let templates: Vec<serde_json::Value> = service
         .counts()
         .into_iter()
         .map(|(hash, (making, ready, leased, dropping))| {
-            json!({"hash": hash, "making": making, "ready": ready, "leased": leased, "dropping": dropping})
+            let phase = phases.get(&hash).copied().unwrap_or("discarded");
+            json!({"hash": hash, "phase": phase, "making": making, "ready": ready, "leased": leased, "dropping": dropping})
         })
         .collect();
     json_response(

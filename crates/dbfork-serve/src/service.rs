@@ -631,6 +631,26 @@ impl Service {
         counts
     }
 
+    /// Each template's phase: `starting`, `building` (the client fills it;
+    /// `finalizing` while it is sealed), `ready`, `discarded`.
+    pub fn phases(&self) -> std::collections::BTreeMap<String, &'static str> {
+        let state = self.state();
+        state
+            .templates
+            .iter()
+            .map(|(hash, slot)| {
+                let phase = match &slot.phase {
+                    Phase::Starting => "starting",
+                    Phase::Building { building: None, .. } => "finalizing",
+                    Phase::Building { .. } => "building",
+                    Phase::Ready { .. } => "ready",
+                    Phase::Discarded => "discarded",
+                };
+                (hash.clone(), phase)
+            })
+            .collect()
+    }
+
     async fn wait(&self, notified: tokio::sync::futures::Notified<'_>) -> Result<(), Refusal> {
         tokio::time::timeout(self.config.wait, notified)
             .await

@@ -243,6 +243,7 @@ fn serves_integresqls_flow(kind: Kind) {
     let (status, body) = service.call("GET", "/healthz", None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["templates"][0]["leased"], 3, "{body}");
+    assert_eq!(json(&body)["templates"][0]["phase"], "ready", "{body}");
 
     // Discard: the clones and the template go; asking again is 410.
     assert_eq!(service.call("DELETE", &finalize, None).0, 204);
