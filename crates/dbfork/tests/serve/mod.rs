@@ -46,15 +46,7 @@ impl Service {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("http://")
-            .unwrap_or_else(|| panic!("no address: {line:?}"))
-            .to_string();
+        let base = address(&mut child);
         Service { child, base }
     }
 
@@ -83,6 +75,23 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The first line a service prints on stdout: where it listens.
+fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_string()
+}
+
+/// The `host:port` of a service listening on TCP.
+fn address(child: &mut Child) -> String {
+    let line = first_line(child);
+    line.strip_prefix("http://")
+        .unwrap_or_else(|| panic!("no address: {line:?}"))
+        .to_string()
 }
 
 /// A plain HTTP/1.1 request, the connection closed after it.
@@ -263,12 +272,7 @@ fn serves_integresqls_flow(kind: Kind) {
     let held = database(&json(&body));
     assert_eq!(service.stop(), 0);
     assert!(!place.exists(&held));
-    let left: Vec<String> = place
-        .registry()
-        .iter()
-        .map(|e| format!("{} {}", e["kind"], e["state"]))
-        .collect();
-    assert_eq!(left, [r#""template" "ready""#], "after the drain");
+    only_the_template_left(&place);
 
     // A restarted service finds the template: init is 423, tests are served.
     let service = Service::start(&place);
@@ -435,12 +439,7 @@ fn a_service_killed_with_leases_out_recovers(kind: Kind) {
     assert_eq!(status, 200, "{body}");
     place.sql_ok(Some(&database(&json(&body))), "SELECT COUNT(*) FROM item");
     assert_eq!(service.stop(), 0);
-    let left: Vec<String> = place
-        .registry()
-        .iter()
-        .map(|e| e["kind"].to_string())
-        .collect();
-    assert_eq!(left, [r#""template""#]);
+    only_the_template_left(&place);
 }
 
 /// A template filled with one table and finalized; its name.
@@ -788,12 +787,7 @@ fn a_storm_of_clients_never_shares_a_clone(kind: Kind) {
         }
     }
     assert_eq!(service.stop(), 0);
-    let left: Vec<String> = place
-        .registry()
-        .iter()
-        .map(|e| e["kind"].to_string())
-        .collect();
-    assert_eq!(left, [r#""template""#]);
+    only_the_template_left(&place);
 }
 
 /// `--listen unix:PATH`: the socket is this user's only (0600 in a 0700
@@ -823,15 +817,8 @@ fn the_unix_socket_is_private_and_outlives_no_service() {
         stream.read_to_string(&mut answer).unwrap();
         answer
     };
-    let first_line = |child: &mut Child| {
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        line
-    };
     let mut service = start();
-    assert_eq!(first_line(&mut service).trim(), listen);
+    assert_eq!(first_line(&mut service), listen);
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&socket), 0o600);
     assert_eq!(mode(socket.parent().unwrap()), 0o700);
@@ -840,7 +827,7 @@ fn the_unix_socket_is_private_and_outlives_no_service() {
     service.wait().unwrap();
     assert!(socket.exists(), "SIGKILL leaves the socket");
     let mut service = start();
-    assert_eq!(first_line(&mut service).trim(), listen);
+    assert_eq!(first_line(&mut service), listen);
     assert!(ask().starts_with("HTTP/1.1 200"));
     // SAFETY: signalling the child this test started.
     unsafe { libc::kill(service.id() as i32, libc::SIGTERM) };
@@ -888,16 +875,7 @@ fn the_rust_client_starts_a_service_when_none_is_named() {
     assert_eq!(place.sql_ok(Some(&name), "SELECT COUNT(*) FROM item"), "0");
     drop(lease);
     dbfork_client::stop_spawned();
-    let left: Vec<String> = place
-        .registry()
-        .iter()
-        .map(|e| e["kind"].to_string())
-        .collect();
-    assert_eq!(
-        left,
-        [r#""template""#],
-        "the drain of the service the client started"
-    );
+    only_the_template_left(&place);
 }
 
 /// `--exit-with-stdin`: the service drains and exits when the process that
@@ -919,11 +897,7 @@ fn a_service_tied_to_its_stdin_drains_when_it_closes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line.trim().strip_prefix("http://").unwrap().to_string();
+    let base = address(&mut child);
     let (status, body) = call(
         &base,
         "POST",
@@ -939,12 +913,7 @@ fn a_service_tied_to_its_stdin_drains_when_it_closes() {
     assert!(out.status.success(), "{:?}", out.status);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("standard input closed: draining"), "{err}");
-    let left: Vec<String> = place
-        .registry()
-        .iter()
-        .map(|e| e["kind"].to_string())
-        .collect();
-    assert_eq!(left, [r#""template""#]);
+    only_the_template_left(&place);
 }
 
 /// `dbfork db drop` of a killed service's clone and template: the clone,
@@ -971,4 +940,14 @@ fn dropping_what_the_collection_removed_is_not_refused() {
     );
     assert!(err.contains(&format!("dropped {template}")), "{err}");
     assert!(place.registry().is_empty(), "{:?}", place.registry());
+}
+
+/// After a drain: the registry holds the ready template alone.
+fn only_the_template_left(place: &Place) {
+    let left: Vec<String> = place
+        .registry()
+        .iter()
+        .map(|e| format!("{} {}", e["kind"], e["state"]))
+        .collect();
+    assert_eq!(left, [r#""template" "ready""#], "after the drain");
 }
