@@ -276,6 +276,36 @@ impl AnyBackend {
     }
 }
 
+impl AnyBackend {
+    /// Runs a registry operation; when the registry was dropped under this
+    /// connection after it had seen it (another dbfork's `clean` while a
+    /// `dbfork serve` lives on), forgets having seen it and runs it once
+    /// more: a read then finds no registry, a write makes it again.
+    async fn registry_again<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        match op().await {
+            Err(e) if registry_gone(&e) => {
+                each!(self, b => crate::registry::Store::ready(b)
+                    .store(false, std::sync::atomic::Ordering::Release));
+                op().await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Whether a query failed because the registry's table is not there.
+fn registry_gone(e: &Error) -> bool {
+    matches!(e, Error::Query { cause, .. }
+        if cause.contains("registry")
+            && ["does not exist", "doesn't exist", "no such table"]
+                .iter()
+                .any(|m| cause.contains(m)))
+}
+
 impl Backend for AnyBackend {
     fn kind(&self) -> Kind {
         each!(self, b => b.kind())
@@ -287,13 +317,16 @@ impl Backend for AnyBackend {
         each!(self, b => b.server_version().await)
     }
     async fn registry_list(&self) -> Result<Vec<Entry>> {
-        each!(self, b => b.registry_list().await)
+        self.registry_again(|| async { each!(self, b => b.registry_list().await) })
+            .await
     }
     async fn registry_put(&self, entries: &[Entry]) -> Result<()> {
-        each!(self, b => b.registry_put(entries).await)
+        self.registry_again(|| async { each!(self, b => b.registry_put(entries).await) })
+            .await
     }
     async fn registry_remove(&self, name: &str) -> Result<()> {
-        each!(self, b => b.registry_remove(name).await)
+        self.registry_again(|| async { each!(self, b => b.registry_remove(name).await) })
+            .await
     }
     async fn registry_drop_if_empty(&self) -> Result<bool> {
         each!(self, b => b.registry_drop_if_empty().await)
