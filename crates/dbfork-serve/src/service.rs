@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use dbfork_engine::fingerprint::Recipe;
 use dbfork_engine::ops::{self, Begun, Building, Cancel, CloneOptions, TemplateOptions};
-use dbfork_engine::pool::{Grant, Pool, State as CloneState};
+use dbfork_engine::pool::{Grant, Pool};
 use dbfork_engine::process::Owner;
 use dbfork_engine::registry::Entry;
 use dbfork_engine::{names, AnyBackend, Backend, CloneMethod};
@@ -811,17 +811,6 @@ impl Service {
             slot.busy.remove(name);
             change(slot);
         }
-    }
-
-    /// Whether `name` is a clone the service holds out to a client now.
-    pub fn is_leased(&self, hash: &str, id: usize) -> bool {
-        let state = self.state();
-        state.templates.get(hash).is_some_and(|slot| {
-            matches!(
-                slot.pool.state(&slot.clone_name(id)),
-                Some(CloneState::Leased { .. })
-            )
-        })
     }
 }
 
