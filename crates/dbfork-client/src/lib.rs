@@ -123,25 +123,42 @@ impl Client {
         hash: &str,
         fill: impl FnOnce(&Database) -> Result<(), E>,
     ) -> Result<(), Error> {
+        let Some(template) = self.init(hash)? else {
+            return Ok(());
+        };
+        if let Err(e) = fill(&template) {
+            self.discard(hash);
+            return Err(Error::Fill(e.to_string()));
+        }
+        self.finalize(hash)
+    }
+
+    /// The template to fill, or `None` when the service has it or another
+    /// process fills it.
+    fn init(&self, hash: &str) -> Result<Option<Database>, Error> {
         let what = format!("initializing the template {hash}");
         let body = serde_json::json!({ "hash": hash }).to_string();
         let (status, answer) = self.call("POST", "/api/v1/templates", Some(&body), &what)?;
         match status {
-            423 => return Ok(()),
-            200 => {}
-            _ => return Err(refused(what, status, &answer)),
+            423 => Ok(None),
+            200 => database(&answer, &what).map(Some),
+            _ => Err(refused(what, status, &answer)),
         }
-        let template = database(&answer, &what)?;
-        let path = format!("/api/v1/templates/{hash}");
-        if let Err(e) = fill(&template) {
-            let _ = self.call("DELETE", &path, None, "discarding the template");
-            return Err(Error::Fill(e.to_string()));
-        }
+    }
+
+    fn finalize(&self, hash: &str) -> Result<(), Error> {
         let what = format!("finalizing the template {hash}");
-        match self.call("PUT", &path, None, &what)? {
+        match self.call("PUT", &format!("/api/v1/templates/{hash}"), None, &what)? {
             (204, _) => Ok(()),
             (status, answer) => Err(refused(what, status, &answer)),
         }
+    }
+
+    /// Gives a template up (a failed fill); an error here leaves it to the
+    /// service's drain.
+    fn discard(&self, hash: &str) {
+        let path = format!("/api/v1/templates/{hash}");
+        let _ = self.call("DELETE", &path, None, "discarding the template");
     }
 
     /// A clone of the template of `hash` for one test; it goes back when
@@ -208,6 +225,56 @@ impl Client {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| protocol("no status"))?;
         Ok((status, body.to_string()))
+    }
+}
+
+/// For async tests (`features = ["async"]`): the same calls, run off the
+/// async runtime's threads; the fill is async.
+#[cfg(feature = "async")]
+impl Client {
+    /// [`Client::template`] with an async fill.
+    pub async fn template_async<E, F, Fut>(&self, hash: &str, fill: F) -> Result<(), Error>
+    where
+        E: std::fmt::Display,
+        F: FnOnce(Database) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
+        let template = self
+            .blocking(hash, |client, hash| client.init(hash))
+            .await?;
+        let Some(template) = template else {
+            return Ok(());
+        };
+        if let Err(e) = fill(template).await {
+            self.blocking(hash, |client, hash| {
+                client.discard(hash);
+                Ok(())
+            })
+            .await?;
+            return Err(Error::Fill(e.to_string()));
+        }
+        self.blocking(hash, |client, hash| client.finalize(hash))
+            .await
+    }
+
+    /// [`Client::lease`], waiting without blocking the runtime. (The lease
+    /// goes back on drop with a short blocking call.)
+    pub async fn lease_async(&self, hash: &str) -> Result<Lease, Error> {
+        self.blocking(hash, |client, hash| client.lease(hash)).await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        hash: &str,
+        call: impl FnOnce(&Client, &str) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (client, hash) = (self.clone(), hash.to_string());
+        tokio::task::spawn_blocking(move || call(&client, &hash))
+            .await
+            .map_err(|e| Error::Protocol {
+                what: "a call to dbfork serve".to_string(),
+                why: e.to_string(),
+            })?
     }
 }
 

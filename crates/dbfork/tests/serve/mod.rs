@@ -951,3 +951,57 @@ fn only_the_template_left(place: &Place) {
         .collect();
     assert_eq!(left, [r#""template" "ready""#], "after the drain");
 }
+
+/// `dbfork-client`'s async calls (`features = ["async"]`) in a tokio
+/// runtime: the template filled by an async fill, a failing async fill
+/// discards, clones leased without blocking the runtime.
+#[test]
+fn the_rust_client_works_from_async_tests() {
+    let place = Place::new(Kind::Sqlite, "async");
+    let service = Service::start(&place);
+    let client = dbfork_client::Client::new(&format!("http://{}", service.base)).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let place = &place;
+    runtime.block_on(async {
+        client
+            .template_async("async", |template| async move {
+                place.sql_ok(
+                    Some(&place_name(&template)),
+                    "CREATE TABLE item (id INT PRIMARY KEY)",
+                );
+                Ok::<(), String>(())
+            })
+            .await
+            .unwrap();
+        let failed = client
+            .template_async("async-broken", |_| async { Err("no migrations") })
+            .await;
+        assert!(
+            matches!(failed, Err(dbfork_client::Error::Fill(_))),
+            "{failed:?}"
+        );
+        let leases = futures_join(&client).await;
+        assert_ne!(leases.0.database().name, leases.1.database().name);
+        for lease in [&leases.0, &leases.1] {
+            assert_eq!(
+                place.sql_ok(
+                    Some(&place_name(lease.database())),
+                    "SELECT COUNT(*) FROM item"
+                ),
+                "0"
+            );
+        }
+    });
+    assert_eq!(service.stop(), 0);
+}
+
+/// Two leases at once, as two async tests ask.
+async fn futures_join(
+    client: &dbfork_client::Client,
+) -> (dbfork_client::Lease, dbfork_client::Lease) {
+    let (a, b) = tokio::join!(client.lease_async("async"), client.lease_async("async"));
+    (a.unwrap(), b.unwrap())
+}
