@@ -294,6 +294,9 @@ fn spawned() -> Result<String, Error> {
         .args(["serve", "--listen", "tcp:127.0.0.1:0", "--exit-with-stdin"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        // Read only when it fails to start: a test harness must not see the
+        // service's output (nor wait for it, holding its pipes).
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| failed(e.to_string()))?;
     let mut line = String::new();
@@ -304,10 +307,16 @@ fn spawned() -> Result<String, Error> {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
         .map_err(|e| failed(e.to_string()))?;
     let address = line.trim().to_string();
+    let stderr = child.stderr.take();
     if !address.starts_with("http://") {
         let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        let mut said = String::new();
+        if let Some(mut stderr) = stderr {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
+        }
         return Err(failed(format!(
-            "it ended ({status}) without listening; its error is above"
+            "it ended ({status}) without listening: {}",
+            said.trim()
         )));
     }
     *spawned = Some((address.clone(), child));

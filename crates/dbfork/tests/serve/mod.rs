@@ -855,8 +855,15 @@ fn the_rust_client_starts_a_service_when_none_is_named() {
     let place = Place::new(Kind::Sqlite, "spawn");
     // nextest runs each test in a process of its own.
     std::env::set_var("DBFORK_BIN", assert_cmd::cargo::cargo_bin("dbfork"));
-    std::env::set_var("DBFORK_DB", &place.url);
     std::env::remove_var(dbfork_client::ENV_URL);
+    // A service that cannot start: its own words in the error.
+    std::env::set_var("DBFORK_DB", "oracle://scott@db/orcl");
+    let err = dbfork_client::Client::from_env().unwrap_err().to_string();
+    assert!(
+        err.contains("cannot start") && err.contains("the scheme `oracle` is not supported"),
+        "{err}"
+    );
+    std::env::set_var("DBFORK_DB", &place.url);
     let client = dbfork_client::Client::from_env().unwrap();
     client
         .template("spawned", |template| {
