@@ -520,7 +520,7 @@ impl Backend for Postgres {
         })
         .await?;
         match got {
-            Some(()) => Ok(Lock::new(client)),
+            Some(()) => Ok(Lock::new((client, id))),
             None => Err(Error::LockTimeout {
                 key: key.to_string(),
                 waited: wait,
@@ -529,8 +529,18 @@ impl Backend for Postgres {
     }
 
     async fn unlock(&self, lock: Lock) -> Result<()> {
-        // Closing the session releases its advisory locks.
-        drop(lock.into_inner::<Client>());
+        // Released before this returns: the next taker must find it free (a
+        // closed session releases its locks too, but only once the server
+        // has noticed the close).
+        if let Some((client, id)) = lock.into_inner::<(Client, i64)>() {
+            // A session that failed is gone, and its lock with it.
+            if let Err(e) = client
+                .query_one("SELECT pg_advisory_unlock($1)", &[&id])
+                .await
+            {
+                tracing::debug!("releasing an advisory lock: {e}; the session's end releases it");
+            }
+        }
         Ok(())
     }
 
