@@ -246,11 +246,6 @@ impl<H: Clone + PartialEq> Pool<H> {
         self.clones.is_empty()
     }
 
-    /// The target (clones kept ready ahead).
-    pub fn target(&self) -> usize {
-        self.target
-    }
-
     /// The holder is gone (a worker that crashed): it waits no more, and
     /// its leases are to be dropped. Returns those clones' names.
     pub fn forget(&mut self, holder: &H) -> Vec<String> {

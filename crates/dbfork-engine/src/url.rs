@@ -354,7 +354,8 @@ fn split_host_port(hostport: &str) -> Result<(Option<String>, Option<u16>), Stri
     Ok(((!host.is_empty()).then_some(host), port))
 }
 
-fn percent_decode(text: &str) -> Result<String, String> {
+/// `%2F` -> `/`; an error names a bad escape or text that is not UTF-8.
+pub fn percent_decode(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -127,11 +127,13 @@ fn hash_of(body: &[u8], form: bool) -> Result<String, Refusal> {
     // JSON is read as JSON whatever its content type.
     let form = form && !body.trim_ascii_start().starts_with(b"{");
     let hash = if form {
-        String::from_utf8_lossy(body)
+        // A form value: `+` is a space, then percent escapes.
+        let value = String::from_utf8_lossy(body)
             .split('&')
             .find_map(|pair| pair.strip_prefix("hash="))
-            .map(form_decode)
-            .unwrap_or_default()
+            .map(|v| v.replace('+', " "))
+            .unwrap_or_default();
+        dbfork_engine::url::percent_decode(&value).map_err(bad)?
     } else {
         let value: serde_json::Value =
             serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON ({e})")))?;
@@ -156,31 +158,6 @@ fn hash_of(body: &[u8], form: bool) -> Result<String, Refusal> {
         )));
     }
     Ok(hash)
-}
-
-/// `a+b%2Fc` -> `a b/c`.
-fn form_decode(text: &str) -> String {
-    let bytes = text.replace('+', " ").into_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn id_of(text: &str) -> Result<usize, Refusal> {
@@ -228,12 +205,10 @@ fn config(service: &Service, hash: &str, handed: &Handed, with_id: bool) -> Resp
 }
 
 fn health(service: &Service) -> Response<Full<Bytes>> {
-    let phases = service.phases();
     let templates: Vec<serde_json::Value> = service
-        .counts()
+        .overview()
         .into_iter()
-        .map(|(hash, (making, ready, leased, dropping))| {
-            let phase = phases.get(&hash).copied().unwrap_or("discarded");
+        .map(|(hash, phase, (making, ready, leased, dropping))| {
             json!({"hash": hash, "phase": phase, "making": making, "ready": ready, "leased": leased, "dropping": dropping})
         })
         .collect();

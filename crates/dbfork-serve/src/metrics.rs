@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// A template's hash and its clones: (making, ready, leased, dropping).
-pub type TemplateCounts = (String, (usize, usize, usize, usize));
+pub type TemplateCounts = (String, crate::service::Counts);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {

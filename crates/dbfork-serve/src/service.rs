@@ -28,6 +28,9 @@ use dbfork_engine::registry::Entry;
 use dbfork_engine::{names, AnyBackend, Backend, CloneMethod};
 use tokio::sync::{Notify, Semaphore};
 
+/// A pool's clones: (making, ready, leased, dropping).
+pub type Counts = (usize, usize, usize, usize);
+
 /// How the service runs, from the settings of `dbfork serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -618,24 +621,12 @@ impl Service {
         let _ = self.reset().await;
     }
 
-    /// How many clones each template has, by state: (making, ready, leased,
-    /// dropping), for `/healthz` and the tests.
-    pub fn counts(&self) -> Vec<crate::metrics::TemplateCounts> {
+    /// Each template's hash, its phase (`starting`, `building`, `finalizing`
+    /// while it is sealed, `ready`, `discarded`) and its clones by state
+    /// (making, ready, leased, dropping), in hash order: `/healthz`.
+    pub fn overview(&self) -> Vec<(String, &'static str, Counts)> {
         let state = self.state();
-        let mut counts: Vec<_> = state
-            .templates
-            .iter()
-            .map(|(hash, slot)| (hash.clone(), slot.pool.counts()))
-            .collect();
-        counts.sort();
-        counts
-    }
-
-    /// Each template's phase: `starting`, `building` (the client fills it;
-    /// `finalizing` while it is sealed), `ready`, `discarded`.
-    pub fn phases(&self) -> std::collections::BTreeMap<String, &'static str> {
-        let state = self.state();
-        state
+        let mut overview: Vec<_> = state
             .templates
             .iter()
             .map(|(hash, slot)| {
@@ -646,8 +637,18 @@ impl Service {
                     Phase::Ready { .. } => "ready",
                     Phase::Discarded => "discarded",
                 };
-                (hash.clone(), phase)
+                (hash.clone(), phase, slot.pool.counts())
             })
+            .collect();
+        overview.sort();
+        overview
+    }
+
+    /// Each template's clones by state, for `/metrics`.
+    pub fn counts(&self) -> Vec<crate::metrics::TemplateCounts> {
+        self.overview()
+            .into_iter()
+            .map(|(hash, _, counts)| (hash, counts))
             .collect()
     }
 
@@ -830,7 +831,6 @@ enum Job {
 fn recipe(hash: &str) -> Recipe {
     Recipe {
         setup: format!("integresql template {hash}"),
-        facts: [("template hash".to_string(), hash.to_string())].into(),
         ..Recipe::default()
     }
 }
