@@ -27,8 +27,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// dbfork's own API.
+const API: &str = "/api/dbfork/v1";
 
 /// Where the service is, unless given.
 pub const ENV_URL: &str = "DBFORK_SERVE_URL";
@@ -42,7 +46,7 @@ static SPAWNED: std::sync::Mutex<Option<(String, std::process::Child)>> =
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot reach dbfork serve at {address}: {source}. Start it (`dbfork serve --db URL`) or point {ENV_URL} at it")]
+    #[error("cannot reach dbfork serve at {address}: {source}. Start it (`dbfork serve --db URL`) or point {ENV_URL} at it (http://HOST:PORT or unix:PATH)")]
     Unreachable {
         address: String,
         source: std::io::Error,
@@ -57,7 +61,7 @@ pub enum Error {
     Protocol { what: String, why: String },
     #[error("filling the template failed (it was discarded): {0}")]
     Fill(String),
-    #[error("{ENV_URL} is `{0}`: expected http://HOST:PORT")]
+    #[error("{ENV_URL} is `{0}`: expected http://HOST:PORT or unix:PATH")]
     BadUrl(String),
     #[error("cannot start `{bin} serve` ({ENV_URL} is not set, so a service is started for this process): {why}. Install dbfork (or set {ENV_BIN} to its path), or start `dbfork serve` yourself and set {ENV_URL}")]
     Spawn { bin: String, why: String },
@@ -81,24 +85,78 @@ pub struct Database {
     pub id: Option<u64>,
 }
 
-/// A connection to `dbfork serve`.
+/// Where the service listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Address {
+    /// `host:port`.
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+/// A connection to the service: TCP or the Unix socket.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stream::Tcp(_) => "tcp",
+            Stream::Unix(_) => "unix",
+        })
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+/// A client of `dbfork serve`.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// `host:port`.
-    address: String,
+    address: Address,
     timeout: Duration,
 }
 
 impl Client {
-    /// The service at `url` (`http://HOST:PORT`).
+    /// The service at `url`: `http://HOST:PORT`, or `unix:PATH` for its Unix
+    /// socket (where a lease lives as long as the process holding it: one
+    /// that crashes gives its clones back at once).
     pub fn new(url: &str) -> Result<Client, Error> {
-        let address = url
-            .trim_end_matches('/')
-            .strip_prefix("http://")
-            .filter(|a| !a.is_empty() && !a.contains('/'))
-            .ok_or_else(|| Error::BadUrl(url.to_string()))?;
+        let address = if let Some(path) = url.strip_prefix("unix:") {
+            Address::Unix(PathBuf::from(path))
+        } else {
+            let address = url
+                .trim_end_matches('/')
+                .strip_prefix("http://")
+                .filter(|a| !a.is_empty() && !a.contains('/'))
+                .ok_or_else(|| Error::BadUrl(url.to_string()))?;
+            Address::Tcp(address.to_string())
+        };
         Ok(Client {
-            address: address.to_string(),
+            address,
             // The service waits up to 60 s for a template or a clone.
             timeout: Duration::from_secs(90),
         })
@@ -123,7 +181,7 @@ impl Client {
         hash: &str,
         fill: impl FnOnce(&Database) -> Result<(), E>,
     ) -> Result<(), Error> {
-        let Some(template) = self.init(hash)? else {
+        let Some(template) = self.begin(hash)? else {
             return Ok(());
         };
         if let Err(e) = fill(&template) {
@@ -135,21 +193,21 @@ impl Client {
 
     /// The template to fill, or `None` when the service has it or another
     /// process fills it.
-    fn init(&self, hash: &str) -> Result<Option<Database>, Error> {
-        let what = format!("initializing the template {hash}");
-        let body = serde_json::json!({ "hash": hash }).to_string();
-        let (status, answer) = self.call("POST", "/api/v1/templates", Some(&body), &what)?;
-        match status {
-            423 => Ok(None),
-            200 => database(&answer, &what).map(Some),
-            _ => Err(refused(what, status, &answer)),
+    fn begin(&self, hash: &str) -> Result<Option<Database>, Error> {
+        let what = format!("beginning the template {hash}");
+        let path = format!("{API}/templates/{hash}/begin");
+        match self.call("POST", &path, &what)? {
+            (200, _) => Ok(None),
+            (201, answer) => database(&answer, &what).map(Some),
+            (status, answer) => Err(refused(what, status, &answer)),
         }
     }
 
     fn finalize(&self, hash: &str) -> Result<(), Error> {
         let what = format!("finalizing the template {hash}");
-        match self.call("PUT", &format!("/api/v1/templates/{hash}"), None, &what)? {
-            (204, _) => Ok(()),
+        let path = format!("{API}/templates/{hash}/finalize");
+        match self.call("POST", &path, &what)? {
+            (200, _) => Ok(()),
             (status, answer) => Err(refused(what, status, &answer)),
         }
     }
@@ -157,74 +215,131 @@ impl Client {
     /// Gives a template up (a failed fill); an error here leaves it to the
     /// service's drain.
     fn discard(&self, hash: &str) {
-        let path = format!("/api/v1/templates/{hash}");
-        let _ = self.call("DELETE", &path, None, "discarding the template");
+        let path = format!("{API}/templates/{hash}");
+        let _ = self.call("DELETE", &path, "discarding the template");
     }
 
     /// A clone of the template of `hash` for one test; it goes back when
-    /// the lease is dropped.
+    /// the lease is dropped. The lease holds its connection to the service
+    /// open: over the Unix socket, the service takes the clone back when it
+    /// closes (the test process ended without returning it).
     pub fn lease(&self, hash: &str) -> Result<Lease, Error> {
         let what = format!("a test database of {hash}");
-        let path = format!("/api/v1/templates/{hash}/tests");
-        let (status, answer) = self.call("GET", &path, None, &what)?;
-        if status != 200 {
+        let path = format!("{API}/templates/{hash}/leases");
+        let mut stream = self.connect()?;
+        let (status, answer) = self.exchange(&mut stream, "POST", &path, true, &what)?;
+        if status != 201 {
             return Err(refused(what, status, &answer));
         }
         let database = database(&answer, &what)?;
-        if database.id.is_none() {
-            return Err(Error::Protocol {
+        let number = serde_json::from_str::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|v| v["lease"].as_u64())
+            .ok_or_else(|| Error::Protocol {
                 what,
-                why: "no `id`".to_string(),
-            });
-        }
+                why: "no `lease`".to_string(),
+            })?;
         Ok(Lease {
             client: self.clone(),
-            hash: hash.to_string(),
+            number,
             database,
+            stream: Some(stream),
             returned: false,
         })
     }
 
-    /// One HTTP/1.1 request, the connection closed after it: (status, body).
-    fn call(
+    fn connect(&self) -> Result<Stream, Error> {
+        let unreachable = |source| Error::Unreachable {
+            address: self.to_string(),
+            source,
+        };
+        let stream = match &self.address {
+            Address::Tcp(address) => {
+                let stream = TcpStream::connect(address).map_err(unreachable)?;
+                stream
+                    .set_read_timeout(Some(self.timeout))
+                    .map_err(unreachable)?;
+                Stream::Tcp(stream)
+            }
+            Address::Unix(path) => {
+                let stream = UnixStream::connect(path).map_err(unreachable)?;
+                stream
+                    .set_read_timeout(Some(self.timeout))
+                    .map_err(unreachable)?;
+                Stream::Unix(stream)
+            }
+        };
+        Ok(stream)
+    }
+
+    /// One request on a connection of its own, closed after it: (status, body).
+    fn call(&self, method: &str, path: &str, what: &str) -> Result<(u16, String), Error> {
+        let mut stream = self.connect()?;
+        self.exchange(&mut stream, method, path, false, what)
+    }
+
+    /// One HTTP/1.1 request on `stream`, kept open after it when `keep`:
+    /// (status, body).
+    fn exchange(
         &self,
+        stream: &mut Stream,
         method: &str,
         path: &str,
-        body: Option<&str>,
+        keep: bool,
         what: &str,
     ) -> Result<(u16, String), Error> {
         let unreachable = |source| Error::Unreachable {
-            address: self.address.clone(),
+            address: self.to_string(),
             source,
         };
-        let mut stream = TcpStream::connect(&self.address).map_err(unreachable)?;
-        stream
-            .set_read_timeout(Some(self.timeout))
-            .map_err(unreachable)?;
-        let body = body.unwrap_or("");
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.address,
-            body.len()
-        )
-        .map_err(unreachable)?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).map_err(unreachable)?;
-        let answer = String::from_utf8_lossy(&answer);
         let protocol = |why: &str| Error::Protocol {
             what: what.to_string(),
             why: why.to_string(),
         };
-        let (head, body) = answer
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| protocol("not an HTTP answer"))?;
+        let connection = if keep { "keep-alive" } else { "close" };
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: dbfork\r\nConnection: {connection}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .map_err(unreachable)?;
+        // The head, byte by byte (the body's length is in it), then the body.
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).map_err(unreachable)? {
+                0 => return Err(protocol("the connection closed before the answer")),
+                _ => head.push(byte[0]),
+            }
+            if head.len() > 64 * 1024 {
+                return Err(protocol("an answer's head over 64 KiB"));
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
         let status = head
             .split(' ')
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| protocol("no status"))?;
-        Ok((status, body.to_string()))
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).map_err(unreachable)?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.address {
+            Address::Tcp(address) => write!(f, "http://{address}"),
+            Address::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
     }
 }
 
@@ -240,7 +355,7 @@ impl Client {
         Fut: std::future::Future<Output = Result<(), E>>,
     {
         let template = self
-            .blocking(hash, |client, hash| client.init(hash))
+            .blocking(hash, |client, hash| client.begin(hash))
             .await?;
         let Some(template) = template else {
             return Ok(());
@@ -338,8 +453,10 @@ pub fn stop_spawned() {
 #[derive(Debug)]
 pub struct Lease {
     client: Client,
-    hash: String,
+    number: u64,
     database: Database,
+    /// The connection it was leased on, kept open while it is held.
+    stream: Option<Stream>,
     returned: bool,
 }
 
@@ -356,14 +473,23 @@ impl Lease {
     /// The test changed nothing: the clone is handed out again as it is.
     pub fn give_back_clean(mut self) -> Result<(), Error> {
         self.returned = true;
-        self.end("unlock")
+        self.end(true)
     }
 
-    fn end(&self, how: &str) -> Result<(), Error> {
-        let id = self.database.id.unwrap_or_default();
-        let path = format!("/api/v1/templates/{}/tests/{id}/{how}", self.hash);
-        let what = format!("returning test database {id} ({how})");
-        match self.client.call("POST", &path, None, &what)? {
+    /// Returns the clone on the lease's connection (on a new one when that
+    /// one broke), and closes it.
+    fn end(&mut self, clean: bool) -> Result<(), Error> {
+        let number = self.number;
+        let path = format!("{API}/leases/{number}?clean={clean}");
+        let what = format!("returning lease {number}");
+        let answer = match self.stream.take() {
+            Some(mut stream) => self
+                .client
+                .exchange(&mut stream, "DELETE", &path, false, &what)
+                .or_else(|_| self.client.call("DELETE", &path, &what)),
+            None => self.client.call("DELETE", &path, &what),
+        };
+        match answer? {
             (204, _) => Ok(()),
             (status, answer) => Err(refused(what, status, &answer)),
         }
@@ -374,8 +500,9 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if !self.returned {
             // Nothing to do with an error here: the service takes it back
-            // at its drain, or after --lease-ttl.
-            let _ = self.end("recreate");
+            // when the connection closes (Unix socket), at its drain, or
+            // after --lease-ttl.
+            let _ = self.end(false);
         }
     }
 }
@@ -431,7 +558,7 @@ fn refused(what: String, status: u16, answer: &str) -> Error {
     }
 }
 
-/// The database of an answer: dbfork's `url` beside IntegreSQL's config.
+/// The database of an answer of dbfork's API: `{"database": {"name", "url"}}`.
 fn database(answer: &str, what: &str) -> Result<Database, Error> {
     let protocol = |why: String| Error::Protocol {
         what: what.to_string(),
@@ -447,10 +574,7 @@ fn database(answer: &str, what: &str) -> Result<Database, Error> {
     };
     Ok(Database {
         url: field("url")?,
-        name: value["database"]["config"]["database"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| protocol("no database.config.database".to_string()))?,
+        name: field("name")?,
         id: value["id"].as_u64(),
     })
 }
@@ -470,6 +594,12 @@ mod tests {
             Client::new("http://h:1/api"),
             Err(Error::BadUrl(_))
         ));
+        assert_eq!(
+            Client::new("unix:/run/dbfork/serve.sock")
+                .unwrap()
+                .to_string(),
+            "unix:/run/dbfork/serve.sock"
+        );
         let dir = std::env::temp_dir().join(format!("dbfork-client-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join("a.sql"), "one").unwrap();

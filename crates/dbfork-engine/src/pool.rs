@@ -237,6 +237,21 @@ impl<H: Clone + PartialEq> Pool<H> {
         }
     }
 
+    /// The leased clones: (name, holder, leased or last renewed at).
+    pub fn leases(&self) -> impl Iterator<Item = (&str, &H, Instant)> {
+        self.clones.iter().filter_map(|(name, state)| match state {
+            State::Leased { holder, since } => Some((name.as_str(), holder, *since)),
+            _ => None,
+        })
+    }
+
+    /// The clone `holder` holds, if it holds one.
+    pub fn held_by(&self, holder: &H) -> Option<&str> {
+        self.leases()
+            .find(|(_, h, _)| *h == holder)
+            .map(|(n, _, _)| n)
+    }
+
     /// How many clones exist or are being made, whatever their state.
     pub fn len(&self) -> usize {
         self.clones.len()

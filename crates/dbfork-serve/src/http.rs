@@ -1,5 +1,6 @@
-//! The HTTP API: IntegreSQL's routes with IntegreSQL's semantics as its code
-//! implements them (v1.1.0), so its published clients work unchanged:
+//! The HTTP API: dbfork's own under `/api/dbfork/v1` ([`crate::api`]), and
+//! IntegreSQL's routes with IntegreSQL's semantics as its code implements
+//! them (v1.1.0), so its published clients work unchanged:
 //!
 //! | route | answer |
 //! |---|---|
@@ -41,13 +42,23 @@ use crate::service::{Handed, Init, Refusal, Service};
 /// The largest request body read (a hash is tens of bytes).
 const MAX_BODY: usize = 64 * 1024;
 
+/// Who asks: the connection (numbered by the service) and whether it came
+/// over the Unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub connection: u64,
+    pub unix: bool,
+}
+
 /// Answers one request.
 pub async fn handle(
     service: Arc<Service>,
+    peer: Peer,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = request.method().clone();
     let path = request.uri().path().trim_end_matches('/').to_string();
+    let query = request.uri().query().unwrap_or_default().to_string();
     let form = request
         .headers()
         .get(CONTENT_TYPE)
@@ -65,6 +76,11 @@ pub async fn handle(
         }
     };
     let parts: Vec<&str> = path.split('/').skip(1).collect();
+    if let ["api", "dbfork", "v1", rest @ ..] = parts.as_slice() {
+        if let Some(answer) = crate::api::route(&service, peer, &method, rest, &query).await {
+            return Ok(answer.unwrap_or_else(error));
+        }
+    }
     let answer = match (&method, parts.as_slice()) {
         (&Method::POST, ["api", "v1", "templates"]) => match hash_of(&body, form) {
             Ok(hash) => service.init(&hash).await.map(|init| match init {
@@ -110,7 +126,7 @@ pub async fn handle(
         }
         _ => Err(Refusal {
             status: 404,
-            message: format!("no route {path}: the API is IntegreSQL's, under /api/v1/templates"),
+            message: format!("no route {path}: the APIs are dbfork's, under /api/dbfork/v1, and IntegreSQL's, under /api/v1/templates (see /openapi.json)"),
         }),
     };
     Ok(answer.unwrap_or_else(error))
@@ -143,7 +159,15 @@ fn hash_of(body: &[u8], form: bool) -> Result<String, Refusal> {
             None => String::new(),
         }
     };
-    let hash = hash.trim().to_string();
+    check_hash(hash.trim())
+}
+
+/// A template's hash: 1 to 128 letters, digits, `-`, `_` or `.`.
+pub(crate) fn check_hash(hash: &str) -> Result<String, Refusal> {
+    let bad = |why: String| Refusal {
+        status: 400,
+        message: format!("{why}; send {{\"hash\": \"<the hash of your migrations>\"}}"),
+    };
     if hash.is_empty() {
         return Err(bad("hash is required".to_string()));
     }
@@ -157,7 +181,7 @@ fn hash_of(body: &[u8], form: bool) -> Result<String, Refusal> {
             hash.chars().take(140).collect::<String>()
         )));
     }
-    Ok(hash)
+    Ok(hash.to_string())
 }
 
 fn id_of(text: &str) -> Result<usize, Refusal> {
@@ -238,7 +262,10 @@ fn metrics(service: &Service) -> Response<Full<Bytes>> {
     response
 }
 
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+pub(crate) fn json_response(
+    status: StatusCode,
+    value: &serde_json::Value,
+) -> Response<Full<Bytes>> {
     let mut body = value.to_string();
     body.push('\n');
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -250,7 +277,7 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full
     response
 }
 
-fn no_content() -> Response<Full<Bytes>> {
+pub(crate) fn no_content() -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;
     response

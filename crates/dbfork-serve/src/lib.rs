@@ -13,6 +13,7 @@
 //! - [`http`]: the routes.
 //! - [`metrics`]: what `/metrics` says.
 
+pub mod api;
 pub mod http;
 pub mod metrics;
 pub mod service;
@@ -154,14 +155,14 @@ pub async fn serve(backend: AnyBackend, config: ServeConfig, bound: Vec<Bound>, 
         accepting.push(match listener {
             Bound::Tcp(listener) => tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
-                    connection(service.clone(), stream);
+                    connection(service.clone(), stream, false);
                 }
             }),
             Bound::Unix(listener, path) => {
                 sockets.push(path);
                 tokio::spawn(async move {
                     while let Ok((stream, _)) = listener.accept().await {
-                        connection(service.clone(), stream);
+                        connection(service.clone(), stream, true);
                     }
                 })
             }
@@ -178,18 +179,26 @@ pub async fn serve(backend: AnyBackend, config: ServeConfig, bound: Vec<Bound>, 
     filler.abort();
 }
 
-/// Serves one connection's requests.
-fn connection<S>(service: Arc<Service>, stream: S)
+/// Serves one connection's requests; when it closes, the leases bound to
+/// it are taken back.
+fn connection<S>(service: Arc<Service>, stream: S, unix: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let peer = http::Peer {
+        connection: CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        unix,
+    };
     tokio::spawn(async move {
-        let answer = service_fn(move |request| http::handle(service.clone(), request));
+        let serving = service.clone();
+        let answer = service_fn(move |request| http::handle(serving.clone(), peer, request));
         if let Err(e) = http1::Builder::new()
             .serve_connection(TokioIo::new(stream), answer)
             .await
         {
             tracing::debug!("a connection ended: {e}");
         }
+        service.disconnected(peer.connection);
     });
 }

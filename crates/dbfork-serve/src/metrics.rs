@@ -7,7 +7,8 @@
 //! - `dbfork_serve_lease_wait_seconds`: how long a request for one waited;
 //! - `dbfork_serve_clone_seconds`: how long making one took;
 //! - `dbfork_serve_leases_reclaimed_total{reason}`: leases ended by the
-//!   service, not the client (`expiry`: `--lease-ttl`; `discard`: the
+//!   service, not the client (`expiry`: `--lease-ttl`; `disconnect`: the
+//!   Unix-socket connection it was asked on closed; `discard`: the
 //!   template discarded or every template reset);
 //! - `dbfork_serve_evictions_total`: templates whose ready clones were
 //!   dropped to make room (`--max-databases`).

@@ -28,6 +28,9 @@ use dbfork_engine::registry::Entry;
 use dbfork_engine::{names, AnyBackend, Backend, CloneMethod};
 use tokio::sync::{Notify, Semaphore};
 
+mod leases;
+pub use leases::LeaseView;
+
 /// A pool's clones: (making, ready, leased, dropping).
 pub type Counts = (usize, usize, usize, usize);
 
@@ -105,6 +108,8 @@ pub struct Handed {
     /// Its URL, password included (dbfork's addition to IntegreSQL's config).
     pub url: String,
     pub id: Option<usize>,
+    /// The lease's number (unique in the service), for a clone.
+    pub lease: Option<u64>,
 }
 
 /// What `init` did.
@@ -186,6 +191,9 @@ struct State {
     templates: HashMap<String, Slot>,
     next_lease: u64,
     draining: bool,
+    /// Leases bound to a connection (by the connection's number): taken
+    /// back when it closes.
+    bound: HashMap<u64, Vec<(String, u64)>>,
 }
 
 /// The running service: its backend, its state, and the signals between the
@@ -226,6 +234,11 @@ impl Service {
         &self.backend
     }
 
+    /// How long a lease lasts without a renewal (`--lease-ttl`), if it ends so.
+    pub fn lease_ttl(&self) -> Option<Duration> {
+        self.config.lease_ttl
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding it leaves consistent bookkeeping (every
         // change is one assignment); go on with it.
@@ -244,7 +257,7 @@ impl Service {
     }
 
     /// How a client names database `name`.
-    fn handed(&self, name: &str, id: Option<usize>) -> Handed {
+    fn handed(&self, name: &str, id: Option<usize>, lease: Option<u64>) -> Handed {
         Handed {
             database: ops::database_reference(&self.backend, name),
             url: self
@@ -253,6 +266,7 @@ impl Service {
                 .with_database(name)
                 .to_url_with_password(),
             id,
+            lease,
         }
     }
 
@@ -294,7 +308,7 @@ impl Service {
             Err(e) => return Err(self.forget_start(hash, Refusal::engine(e))),
         };
         let reply = match &phase {
-            Phase::Building { name, .. } => Init::Fill(self.handed(name, None)),
+            Phase::Building { name, .. } => Init::Fill(self.handed(name, None, None)),
             _ => Init::Known,
         };
         let ready = matches!(phase, Phase::Ready { .. });
@@ -453,7 +467,14 @@ impl Service {
             state.next_lease += 1;
             state.next_lease
         };
-        let mut asked = false;
+        // A request dropped while it waits (its client went away) waits no
+        // more, and a clone granted to it meanwhile goes back.
+        let mut waiting = Waiting {
+            service: self,
+            hash,
+            lease,
+            asked: false,
+        };
         loop {
             let notified = self.changed.notified();
             {
@@ -473,27 +494,26 @@ impl Service {
                             slot.evicted = false;
                             slot.pool.set_target(self.config.pool_size);
                         }
-                        let got = if asked {
+                        let got = if waiting.asked {
                             slot.granted.remove(&lease)
                         } else {
-                            asked = true;
+                            waiting.asked = true;
                             self.work.notify_one();
                             slot.pool.acquire(lease, Instant::now())
                         };
                         if let Some(name) = got {
+                            waiting.asked = false;
                             self.metrics.leases.inc();
                             self.metrics
                                 .lease_wait
                                 .observe(asked_at.elapsed().as_secs_f64());
-                            return Ok(self.handed(&name, slot.id_of(&name)));
+                            return Ok(self.handed(&name, slot.id_of(&name), Some(lease)));
                         }
                     }
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                if asked {
-                    self.give_up(hash, lease);
-                }
+                drop(waiting);
                 return Err(Refusal::new(
                     503,
                     format!("no clone of `{hash}` became ready within {:?}: the template is not finalized, or every clone is leased and the pool is at its maximum (--pool-max); return clones (unlock) or raise the maximum", self.config.wait),
@@ -811,6 +831,24 @@ impl Service {
         if let Some(slot) = state.templates.values_mut().find(|s| s.run_id == run_id) {
             slot.busy.remove(name);
             change(slot);
+        }
+    }
+}
+
+/// A lease request between asking the pool and getting a clone: dropped
+/// then (a timeout, or the client gone and the request with it), it gives
+/// up its place.
+struct Waiting<'a> {
+    service: &'a Service,
+    hash: &'a str,
+    lease: u64,
+    asked: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.asked {
+            self.service.give_up(self.hash, self.lease);
         }
     }
 }

@@ -38,7 +38,7 @@ pub async fn run(args: ServeArgs, cancel: Cancel) -> Result<()> {
         dbfork_meta::out!("{address}");
     }
     dbfork_meta::say!(
-        "dbfork: serving clones of templates on {} at {} (IntegreSQL's API under /api/v1; {} ready per template, at most {}, {} in all); Ctrl-C, SIGTERM or SIGHUP drains it",
+        "dbfork: serving clones of templates on {} at {} (dbfork's API under /api/dbfork/v1, IntegreSQL's under /api/v1; {} ready per template, at most {}, {} in all); Ctrl-C, SIGTERM or SIGHUP drains it",
         dbfork_engine::url::mask_raw(&db),
         addresses.join(" and "),
         config.pool_size,

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use crate::support::{dbfork, Kind, Place};
 
+mod own;
+
 per_backend!(
     serves_integresqls_flow,
     a_service_killed_with_leases_out_recovers,
@@ -578,11 +580,13 @@ fn place_name(database: &dbfork_client::Database) -> String {
 /// fill is not asked for), a lease per test with a URL of the backend, a
 /// dropped lease's changes never reach another lease, a clean one comes
 /// back as it is, a failed fill discards the template, and a service that
-/// is not there is an error naming what to do.
+/// is not there is an error naming what to do. Over the Unix socket (a
+/// lease held on its connection); TCP is the spawned service's.
 fn the_rust_client_leases_a_database_per_test(kind: Kind) {
     let place = Place::new(kind, "client");
-    let service = Service::start(&place);
-    let client = dbfork_client::Client::new(&format!("http://{}", service.base)).unwrap();
+    let socket = format!("unix:{}", place.dir.path().join("run/serve.sock").display());
+    let service = Service::start_with(&place, &["--pool-size", "2", "--listen", &socket]);
+    let client = dbfork_client::Client::new(&socket).unwrap();
     let mut fills = 0;
     client
         .template("rust", |template| {

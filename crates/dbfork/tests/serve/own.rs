@@ -1,0 +1,215 @@
+//! dbfork's own API (`/api/dbfork/v1`) on all three backends: templates by
+//! hash built in three steps, leases by number returned dirty or clean,
+//! renewed, listed, bound to their Unix-socket connection, and what it
+//! refuses.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+
+use super::{eventually, json, Service};
+use crate::support::{Kind, Place};
+
+per_backend!(serves_its_own_flow);
+
+/// One request on a connection kept open (HTTP/1.1 keep-alive): (status, body).
+pub(super) fn exchange(stream: &mut UnixStream, method: &str, path: &str) -> (u16, String) {
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: dbfork\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status = 0;
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(code) = line.strip_prefix("HTTP/1.1 ") {
+            status = code[..3].parse().unwrap();
+        } else if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// A database of the API's answers as `Place::sql` names it (SQLite: the
+/// file's stem).
+fn name(database: &serde_json::Value) -> String {
+    let name = database["name"].as_str().unwrap();
+    match name.rsplit_once('/') {
+        Some((_, file)) => file.trim_end_matches(".sqlite3").to_string(),
+        None => name.to_string(),
+    }
+}
+
+fn serves_its_own_flow(kind: Kind) {
+    let place = Place::new(kind, "own");
+    let socket = place.dir.path().join("run/serve.sock");
+    let service = Service::start_with(
+        &place,
+        &[
+            "--pool-size",
+            "2",
+            "--listen",
+            &format!("unix:{}", socket.display()),
+        ],
+    );
+    let hash = "own-flow.1";
+    let template = format!("/api/dbfork/v1/templates/{hash}");
+    let (status, body) = service.call("POST", &format!("{template}/begin"), None);
+    assert_eq!(status, 201, "{body}");
+    let begun = json(&body);
+    assert_eq!(begun["phase"], "building");
+    let backend = match kind {
+        Kind::Postgres => "postgres",
+        Kind::Mysql => "mysql",
+        Kind::Sqlite => "sqlite",
+    };
+    assert_eq!(begun["database"]["backend"], backend);
+    let filled = name(&begun["database"]);
+    let (status, body) = service.call("POST", &format!("{template}/begin"), None);
+    assert_eq!(
+        (status, json(&body)["phase"].clone()),
+        (200, "building".into()),
+        "{body}"
+    );
+    place.sql_ok(Some(&filled), "CREATE TABLE item (id INT PRIMARY KEY)");
+    place.sql_ok(Some(&filled), "INSERT INTO item VALUES (1), (2)");
+    let (status, body) = service.call("POST", &format!("{template}/finalize"), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["phase"], "ready");
+
+    // Over TCP a lease ends when it is returned (no --lease-ttl).
+    let leases = format!("{template}/leases");
+    let (status, body) = service.call("POST", &leases, None);
+    assert_eq!(status, 201, "{body}");
+    let lease = json(&body);
+    assert_eq!(lease["ends"], "return", "{body}");
+    let number = lease["lease"].as_u64().unwrap();
+    let dirty = name(&lease["database"]);
+    assert_eq!(place.sql_ok(Some(&dirty), "SELECT COUNT(*) FROM item"), "2");
+    let (_, body) = service.call("GET", "/api/dbfork/v1/leases", None);
+    let listed = json(&body)["leases"].clone();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(listed[0]["lease"], number);
+    assert_eq!(listed[0]["hash"], hash);
+    place.sql_ok(Some(&dirty), "DELETE FROM item");
+    let returned = format!("/api/dbfork/v1/leases/{number}");
+    assert_eq!(service.call("DELETE", &returned, None).0, 204);
+    let (status, body) = service.call("DELETE", &returned, None);
+    assert_eq!(status, 409, "returned twice: {body}");
+    assert!(json(&body)["message"].as_str().unwrap().contains("not out"));
+    assert_eq!(
+        service.call("POST", &format!("{returned}/renew"), None).0,
+        409
+    );
+    eventually("the dirty clone is dropped", || !place.exists(&dirty));
+    // Clean: handed out again as it is; every clone handed out holds the rows.
+    let (_, body) = service.call("POST", &leases, None);
+    let clean = json(&body);
+    let number = clean["lease"].as_u64().unwrap();
+    assert_eq!(
+        service
+            .call(
+                "POST",
+                &format!("/api/dbfork/v1/leases/{number}/renew"),
+                None
+            )
+            .0,
+        204
+    );
+    assert_eq!(
+        service
+            .call(
+                "DELETE",
+                &format!("/api/dbfork/v1/leases/{number}?clean=true"),
+                None
+            )
+            .0,
+        204
+    );
+    assert!(
+        place.exists(&name(&clean["database"])),
+        "a clean clone is kept"
+    );
+
+    // Over the Unix socket a lease lives as long as its connection.
+    let mut held = UnixStream::connect(&socket).unwrap();
+    let (status, body) = exchange(&mut held, "POST", &leases);
+    assert_eq!(status, 201, "{body}");
+    let bound = json(&body);
+    assert_eq!(bound["ends"], "connection", "{body}");
+    let bound_db = name(&bound["database"]);
+    assert_eq!(
+        place.sql_ok(Some(&bound_db), "SELECT COUNT(*) FROM item"),
+        "2"
+    );
+    let (status, body) = exchange(&mut held, "GET", "/api/dbfork/v1/leases");
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["leases"][0]["lease"], bound["lease"], "{body}");
+    drop(held);
+    eventually("the closed connection's lease is taken back", || {
+        let (_, body) = service.call("GET", "/api/dbfork/v1/leases", None);
+        json(&body)["leases"].as_array().unwrap().is_empty()
+    });
+    eventually("its clone is dropped", || !place.exists(&bound_db));
+    let (_, metrics) = service.call("GET", "/metrics", None);
+    assert!(
+        metrics.contains("dbfork_serve_leases_reclaimed_total{reason=\"disconnect\"} 1"),
+        "{metrics}"
+    );
+    // A lease returned on its connection before it closes is not taken back.
+    let mut held = UnixStream::connect(&socket).unwrap();
+    let (_, body) = exchange(&mut held, "POST", &leases);
+    let number = json(&body)["lease"].as_u64().unwrap();
+    let path = format!("/api/dbfork/v1/leases/{number}?clean=true");
+    assert_eq!(exchange(&mut held, "DELETE", &path).0, 204);
+    drop(held);
+
+    // Refusals change nothing.
+    for (method, path, status) in [
+        (
+            "POST",
+            "/api/dbfork/v1/templates/bad%20hash/begin".to_string(),
+            400,
+        ),
+        ("GET", "/api/dbfork/v1/templates/unknown".to_string(), 404),
+        (
+            "POST",
+            "/api/dbfork/v1/templates/unknown/leases".to_string(),
+            404,
+        ),
+        ("DELETE", "/api/dbfork/v1/leases/x".to_string(), 400),
+        (
+            "POST",
+            "/api/dbfork/v1/leases/999999/renew".to_string(),
+            409,
+        ),
+        ("PATCH", template.clone(), 405),
+        ("GET", "/api/dbfork/v2".to_string(), 404),
+    ] {
+        let (got, answer) = service.call(method, &path, None);
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        assert!(json(&answer)["message"].is_string(), "{answer}");
+    }
+    let (_, body) = service.call("GET", "/api/dbfork/v1/templates", None);
+    let templates = json(&body)["templates"].clone();
+    assert_eq!(templates[0]["hash"], hash, "{body}");
+    assert_eq!(templates[0]["clones"]["leased"], 0, "{body}");
+
+    // Discard: the clones and the template go; a lease is then 410.
+    assert_eq!(service.call("DELETE", &template, None).0, 204);
+    assert_eq!(service.call("POST", &leases, None).0, 410);
+    assert!(!place.exists(&filled));
+    assert!(place.registry().is_empty(), "{:?}", place.registry());
+    assert_eq!(service.stop(), 0);
+}
