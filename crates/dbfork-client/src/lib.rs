@@ -36,6 +36,8 @@ const API: &str = "/api/dbfork/v1";
 
 /// Where the service is, unless given.
 pub const ENV_URL: &str = "DBFORK_SERVE_URL";
+/// The token the service asks for, if it asks for one (`dbfork serve --token`).
+pub const ENV_TOKEN: &str = "DBFORK_TOKEN";
 /// The dbfork binary to start a service with (default: `dbfork` on PATH).
 pub const ENV_BIN: &str = "DBFORK_BIN";
 
@@ -134,10 +136,11 @@ impl Write for Stream {
 }
 
 /// A client of `dbfork serve`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     address: Address,
     timeout: Duration,
+    token: Option<String>,
 }
 
 impl Client {
@@ -159,16 +162,28 @@ impl Client {
             address,
             // The service waits up to 60 s for a template or a clone.
             timeout: Duration::from_secs(90),
+            token: None,
         })
     }
 
+    /// Sends `token` with every request (a service started with `--token`).
+    pub fn with_token(mut self, token: &str) -> Client {
+        self.token = Some(token.to_string());
+        self
+    }
+
     /// The service `DBFORK_SERVE_URL` names, else one started for this
-    /// process (once; every client of the process shares it).
+    /// process (once; every client of the process shares it); with the
+    /// token `DBFORK_TOKEN` holds, if any.
     pub fn from_env() -> Result<Client, Error> {
-        match std::env::var(ENV_URL) {
-            Ok(url) if !url.is_empty() => Client::new(&url),
-            _ => Client::new(&spawned()?),
-        }
+        let client = match std::env::var(ENV_URL) {
+            Ok(url) if !url.is_empty() => Client::new(&url)?,
+            _ => Client::new(&spawned()?)?,
+        };
+        Ok(match std::env::var(ENV_TOKEN) {
+            Ok(token) if !token.trim().is_empty() => client.with_token(token.trim()),
+            _ => client,
+        })
     }
 
     /// Makes sure the template of `hash` exists: when the service has none,
@@ -297,9 +312,13 @@ impl Client {
             why: why.to_string(),
         };
         let connection = if keep { "keep-alive" } else { "close" };
+        let authorization = match &self.token {
+            Some(token) => format!("Authorization: Bearer {token}\r\n"),
+            None => String::new(),
+        };
         write!(
             stream,
-            "{method} {path} HTTP/1.1\r\nHost: dbfork\r\nConnection: {connection}\r\nContent-Length: 0\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: dbfork\r\nConnection: {connection}\r\n{authorization}Content-Length: 0\r\n\r\n"
         )
         .map_err(unreachable)?;
         // The head, byte by byte (the body's length is in it), then the body.
@@ -331,6 +350,13 @@ impl Client {
         let mut body = vec![0; length];
         stream.read_exact(&mut body).map_err(unreachable)?;
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// The address, never the token.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Client({self})")
     }
 }
 

@@ -119,6 +119,8 @@ pub enum Kind {
     Owner,
     /// Where a service listens: `tcp:HOST:PORT` (loopback) or `unix:PATH`.
     Addresses,
+    /// A secret text (at least 16 characters), never shown; empty means none.
+    Secret,
 }
 
 /// How a setting takes its value on the command line.
@@ -605,9 +607,37 @@ pub const SETTINGS: &[Setting] = &[
         kind: Kind::Addresses,
         verbs: SERVE,
         value: Some("tcp:127.0.0.1:5000"),
-        help: "Where the service listens, repeatable: tcp:127.0.0.1:PORT (loopback only) or unix:PATH. [default: tcp:127.0.0.1:5000, IntegreSQL's port]",
+        help: "Where the service listens, repeatable: tcp:HOST:PORT (a loopback address unless --token is set) or unix:PATH. [default: tcp:127.0.0.1:5000, IntegreSQL's port]",
         default: "`tcp:127.0.0.1:5000`",
-        doc: "For `serve`: where the service listens: `tcp:HOST:PORT` on a loopback address, or `unix:PATH` (the socket is made 0600 in a directory only this user can enter). A list in the file. Port 5000 is IntegreSQL's, so its clients find the service where they look.",
+        doc: "For `serve`: where the service listens: `tcp:HOST:PORT` (on a loopback address unless a `token` is set), or `unix:PATH` (the socket is made 0600 in a directory only this user can enter). A list in the file. Port 5000 is IntegreSQL's, so its clients find the service where they look.",
+    },
+    Setting {
+        key: "token",
+        flag: "token",
+        short: None,
+        alias: None,
+        env: "DBFORK_TOKEN",
+        value_name: "TOKEN",
+        kind: Kind::Secret,
+        verbs: SERVE,
+        value: None,
+        help: "A secret every request must carry (Authorization: Bearer TOKEN), at least 16 characters; needed to listen on an address that is not loopback. A flag shows in `ps`: prefer DBFORK_TOKEN or --token-file. [default: none]",
+        default: "none",
+        doc: "For `serve`: a secret of at least 16 characters that every request must carry as `Authorization: Bearer TOKEN` (401 without it); required to listen on a TCP address that is not loopback, since the answers hold database URLs with passwords. `dbfork-client` sends `DBFORK_TOKEN`. A flag shows in `ps`: prefer the variable or `token_file`.",
+    },
+    Setting {
+        key: "token_file",
+        flag: "token-file",
+        short: None,
+        alias: None,
+        env: "DBFORK_TOKEN_FILE",
+        value_name: "PATH",
+        kind: Kind::Path,
+        verbs: SERVE,
+        value: None,
+        help: "A file holding the token (--token); it must be yours and readable by you alone (chmod 600). [default: none]",
+        default: "none",
+        doc: "For `serve`: a file holding the token (see `token`), its surrounding whitespace ignored; it must belong to the user running the service and be readable by no one else (`chmod 600`).",
     },
     Setting {
         key: "pool_size",

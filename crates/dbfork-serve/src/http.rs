@@ -31,7 +31,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
@@ -59,6 +59,17 @@ pub async fn handle(
     let method = request.method().clone();
     let path = request.uri().path().trim_end_matches('/').to_string();
     let query = request.uri().query().unwrap_or_default().to_string();
+    let authorization = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    if !service.authorized(authorization) {
+        let mut response = error(Refusal {
+            status: 401,
+            message: "this service asks for a token: send `Authorization: Bearer <token>` (dbfork-client sends DBFORK_TOKEN)".to_string(),
+        });
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Ok(response);
+    }
     let form = request
         .headers()
         .get(CONTENT_TYPE)

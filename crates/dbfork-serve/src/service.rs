@@ -54,6 +54,8 @@ pub struct ServeConfig {
     pub lock_timeout: Duration,
     /// Clones made at the same time, over all templates.
     pub clone_concurrency: usize,
+    /// A secret every request must carry (`Authorization: Bearer ...`).
+    pub token: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -67,6 +69,7 @@ impl Default for ServeConfig {
             drop_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(30 * 60),
             clone_concurrency: 4,
+            token: None,
         }
     }
 }
@@ -232,6 +235,22 @@ impl Service {
 
     pub fn backend(&self) -> &AnyBackend {
         &self.backend
+    }
+
+    /// Whether a request's `Authorization` header is the one asked for: any
+    /// without a token; else `Bearer TOKEN`, compared in constant time.
+    pub fn authorized(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(token) = &self.config.token else {
+            return true;
+        };
+        let expected = format!("Bearer {token}");
+        let given = authorization.unwrap_or_default();
+        given.len() == expected.len()
+            && given
+                .iter()
+                .zip(expected.as_bytes())
+                .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+                == 0
     }
 
     /// How long a lease lasts without a renewal (`--lease-ttl`), if it ends so.

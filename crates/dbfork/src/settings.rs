@@ -57,6 +57,17 @@ enum Value {
     /// `None`: turned off.
     Path(Option<PathBuf>),
     Size(u64),
+    Secret(Secret),
+}
+
+/// A secret's text: never in a Debug.
+#[derive(Clone, PartialEq, Eq)]
+struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// The settings of one verb: every one it takes that a flag, a variable,
@@ -162,6 +173,8 @@ impl Settings {
         count: Count(n) -> usize = Some(*n);
         path: Path(path) -> PathBuf = path.clone();
         size: Size(bytes) -> u64 = Some(*bytes);
+        /// A secret; an empty one is none.
+        secret: Secret(secret) -> String = Some(secret.0.clone()).filter(|t| !t.is_empty());
     }
 
     /// A setting the table gives a default for: its value.
@@ -188,6 +201,27 @@ impl Settings {
         Ok(self
             .text("db")?
             .unwrap_or_else(|| absolute_sqlite(DEFAULT_DB, &self.root)))
+    }
+
+    /// The token of `dbfork serve` (`token`, else the file `token_file`
+    /// names: the user's, readable by no one else), and whether the
+    /// addresses it listens on are allowed: one that is not loopback needs it.
+    pub fn service_token(&self, listen: &[String]) -> anyhow::Result<Option<String>> {
+        let token = match (self.secret("token")?, self.path("token_file")?) {
+            (Some(token), _) => Some(token),
+            (None, Some(path)) => Some(read_token(&path)?),
+            (None, None) => None,
+        };
+        let open = listen.iter().find(|address| {
+            address
+                .strip_prefix("tcp:")
+                .and_then(|tcp| tcp.parse::<std::net::SocketAddr>().ok())
+                .is_some_and(|socket| !socket.ip().is_loopback())
+        });
+        if let (Some(open), None) = (open, &token) {
+            return Err(usage(format!("--listen {open} is not a loopback address, and the service answers with database URLs that hold the server's password: set a token every request must carry (DBFORK_TOKEN, or --token-file PATH, a file readable by you alone), or listen on 127.0.0.1, ::1 or a unix: socket.")));
+        }
+        Ok(token)
     }
 
     /// Whether a flag or variable gave the setting `key`.
@@ -576,17 +610,49 @@ fn addresses(given: Vec<String>, origin: &Origin<'_>) -> anyhow::Result<Vec<Stri
                 return Ok(address);
             }
             let Some(tcp) = address.strip_prefix("tcp:") else {
-                return Err(invalid(origin, format!("`{address}` is neither tcp:HOST:PORT nor unix:PATH")));
+                return Err(invalid(
+                    origin,
+                    format!("`{address}` is neither tcp:HOST:PORT nor unix:PATH"),
+                ));
             };
-            let socket: std::net::SocketAddr = tcp.parse().map_err(|_| {
-                invalid(origin, format!("`{tcp}` is not an IP address and port, e.g. 127.0.0.1:5000 or [::1]:5000"))
+            // Not loopback: allowed with a token (`Settings::service_token`).
+            tcp.parse::<std::net::SocketAddr>().map_err(|_| {
+                invalid(
+                    origin,
+                    format!(
+                        "`{tcp}` is not an IP address and port, e.g. 127.0.0.1:5000 or [::1]:5000"
+                    ),
+                )
             })?;
-            if !socket.ip().is_loopback() {
-                return Err(invalid(origin, format!("`{tcp}` is not a loopback address: the service hands out database URLs with passwords and has no authentication yet, so it listens on 127.0.0.1 or ::1 only (or a unix: socket)")));
-            }
             Ok(address)
         })
         .collect()
+}
+
+/// The token in the file at `path`: it must be a regular file of this
+/// user that no one else can read.
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let refused = |why: String| usage(format!("the token file {}: {why}.", path.display()));
+    let meta = std::fs::symlink_metadata(path).map_err(|e| refused(e.to_string()))?;
+    if !meta.file_type().is_file() {
+        return Err(refused(
+            "is not a regular file (a link is not followed)".to_string(),
+        ));
+    }
+    if meta.uid() != dbfork_engine::sys::euid() || meta.mode() & 0o077 != 0 {
+        return Err(refused(format!(
+            "others can read or change it (mode {:o}, owner {}); it must be yours and private: chmod 600",
+            meta.mode() & 0o777,
+            meta.uid()
+        )));
+    }
+    let token = std::fs::read_to_string(path).map_err(|e| refused(e.to_string()))?;
+    let token = token.trim().to_string();
+    if token.chars().count() < 16 {
+        return Err(refused("holds fewer than 16 characters, which is guessable; write a long random one (e.g. `openssl rand -hex 32`)".to_string()));
+    }
+    Ok(token)
 }
 
 /// A key of the file that no setting has.
@@ -688,6 +754,16 @@ fn parse(
             Value::Size(
                 dbfork_engine::cache::parse_size(&text).map_err(|why| invalid(origin, why))?,
             )
+        }
+        Kind::Secret => {
+            let secret = string(raw, origin)?.trim().to_string();
+            if !secret.is_empty() && secret.chars().count() < 16 {
+                return Err(invalid(
+                    origin,
+                    "it is shorter than 16 characters, which is guessable; use a long random one (e.g. `openssl rand -hex 32`)",
+                ));
+            }
+            Value::Secret(Secret(secret))
         }
         Kind::Method | Kind::Template | Kind::Owner => {
             Value::Text(word(setting.kind, raw, origin)?)

@@ -12,9 +12,9 @@ use crate::target::{Collect, Opened};
 
 pub async fn run(args: ServeArgs, cancel: Cancel) -> Result<()> {
     let settings = Settings::of(&args.settings, &std::env::current_dir()?)?;
-    let listen: Vec<Listen> = settings
-        .list("listen")?
-        .unwrap_or_default()
+    let addresses = settings.list("listen")?.unwrap_or_default();
+    let token = settings.service_token(&addresses)?;
+    let listen: Vec<Listen> = addresses
         .iter()
         .filter_map(|address| Listen::parse(address))
         .collect();
@@ -28,6 +28,7 @@ pub async fn run(args: ServeArgs, cancel: Cancel) -> Result<()> {
         drop_timeout: connection.drop_timeout,
         lock_timeout: settings.duration_or_default("lock_timeout")?,
         clone_concurrency: 4,
+        token,
     };
     let db = settings.database()?;
     let bound = dbfork_serve::bind(&listen).await?;

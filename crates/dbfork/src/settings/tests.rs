@@ -276,6 +276,7 @@ fn example(kind: Kind) -> &'static str {
         Kind::Template => "\"abcdef12\"",
         Kind::Owner => "\"none\"",
         Kind::Addresses => "[\"tcp:127.0.0.1:5999\"]",
+        Kind::Secret => "\"0123456789abcdef0123\"",
     }
 }
 
@@ -289,6 +290,7 @@ fn read(settings: &Settings, setting: &Setting) -> anyhow::Result<bool> {
         Kind::Globs | Kind::Aliases | Kind::Addresses => {
             settings.list(key)?.is_some_and(|l| !l.is_empty())
         }
+        Kind::Secret => settings.secret(key)?.is_some(),
         Kind::Switch => settings.switch(key)?.is_some(),
         Kind::Jobs => settings.jobs(key)?.is_some(),
         Kind::Dist => settings.dist(key)?.is_some(),
@@ -601,7 +603,6 @@ fn the_serve_table_is_the_services() {
         "{err}"
     );
     for (address, why) in [
-        ("tcp:0.0.0.0:5000", "not a loopback address"),
         ("tcp:localhost:5000", "not an IP address"),
         (
             "http://127.0.0.1:5000",

@@ -213,3 +213,90 @@ fn serves_its_own_flow(kind: Kind) {
     assert!(place.registry().is_empty(), "{:?}", place.registry());
     assert_eq!(service.stop(), 0);
 }
+
+/// A service on an address that is not loopback needs a token (a file of
+/// the user's that no one else reads, or DBFORK_TOKEN, 16 characters at
+/// least); then every request without it is 401 and changes nothing, and
+/// the Rust client sends it.
+#[test]
+fn a_token_guards_a_service_on_an_open_address() {
+    use std::os::unix::fs::PermissionsExt;
+    let place = Place::new(Kind::Sqlite, "token");
+    let serve = |extra: &[&str]| {
+        let mut command = crate::support::dbfork();
+        command
+            .args(["serve", "--db", &place.url, "--listen", "tcp:0.0.0.0:0"])
+            .args(extra)
+            .env_remove("DBFORK_TOKEN");
+        command
+    };
+    let refused = |mut command: std::process::Command, says: &[&str]| {
+        let out = command.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "a usage error: {err}");
+        for words in says {
+            assert!(err.contains(words), "{words:?} not in {err}");
+        }
+    };
+    refused(
+        serve(&[]),
+        &["not a loopback address", "DBFORK_TOKEN", "--token-file"],
+    );
+    let file = place.dir.path().join("token");
+    let token = "5f1c0e8a2b7d4c3e9a6f0b1d2c3e4f5a";
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let with_file = ["--token-file", file.to_str().unwrap()];
+    refused(serve(&with_file), &["chmod 600", "token file"]);
+    let mut short = serve(&[]);
+    short.env("DBFORK_TOKEN", "short");
+    refused(short, &["DBFORK_TOKEN", "16 characters"]);
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut child = serve(&with_file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = super::first_line(&mut child);
+    let port = line.rsplit(':').next().unwrap().to_string();
+    let base = format!("127.0.0.1:{port}");
+    let ask = |method: &str, path: &str, authorization: Option<&str>| {
+        let mut stream = std::net::TcpStream::connect(&base).unwrap();
+        let header = authorization
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{header}Content-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    for authorization in [None, Some("Bearer wrong"), Some(token)] {
+        let answer = ask("POST", "/api/dbfork/v1/templates/t/begin", authorization);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(answer.contains("www-authenticate: Bearer"), "{answer}");
+        assert!(answer.contains("Authorization: Bearer"), "{answer}");
+    }
+    let bearer = format!("Bearer {token}");
+    let answer = ask("GET", "/api/dbfork/v1/templates", Some(&bearer));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(r#"{"templates":[]}"#),
+        "a refused request changed something: {answer}"
+    );
+
+    let url = format!("http://{base}");
+    let without = dbfork_client::Client::new(&url).unwrap();
+    let err = without.lease("t").unwrap_err().to_string();
+    assert!(err.contains("401") && err.contains("token"), "{err}");
+    let client = dbfork_client::Client::new(&url).unwrap().with_token(token);
+    assert!(!format!("{client:?}").contains(token), "the token in Debug");
+    client.template("t", |_| Ok::<(), String>(())).unwrap();
+    drop(client.lease("t").unwrap());
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
