@@ -234,6 +234,22 @@ impl Client {
         let _ = self.call("DELETE", &path, "discarding the template");
     }
 
+    /// Has the service serve clones of `template`, a ready template another
+    /// dbfork registered on the service's server (`dbfork run --serve-url`
+    /// does this with its own), keeping `ready` of them made ahead (`None`:
+    /// the service's pool size); then `lease(template)` leases them. Returns
+    /// the template's database, to check that the service's server is the
+    /// caller's.
+    pub fn adopt(&self, template: &str, ready: Option<usize>) -> Result<Database, Error> {
+        let what = format!("serving the template {template}");
+        let query = ready.map(|n| format!("?ready={n}")).unwrap_or_default();
+        let path = format!("{API}/templates/{template}/adopt{query}");
+        match self.call("POST", &path, &what)? {
+            (200, answer) => database(&answer, &what),
+            (status, answer) => Err(refused(what, status, &answer)),
+        }
+    }
+
     /// A clone of the template of `hash` for one test; it goes back when
     /// the lease is dropped. The lease holds its connection to the service
     /// open: over the Unix socket, the service takes the clone back when it

@@ -121,6 +121,9 @@ pub enum Kind {
     Addresses,
     /// A secret text (at least 16 characters), never shown; empty means none.
     Secret,
+    /// A running `dbfork serve`: `http://HOST:PORT` or `unix:PATH`; empty
+    /// means none.
+    Service,
 }
 
 /// How a setting takes its value on the command line.
@@ -526,6 +529,34 @@ pub const SETTINGS: &[Setting] = &[
         help: "The most the template cache directory may hold; least recently used files go first. [default: 2GiB]",
         default: "`2GiB`",
         doc: "The most the cache directory may hold; after a write, the least recently used files (a restore counts as a use) are removed until it fits. Bytes, or `500MB`, `2GiB`.",
+    },
+    Setting {
+        key: "serve_url",
+        flag: "serve-url",
+        short: None,
+        alias: None,
+        env: "DBFORK_SERVE_URL",
+        value_name: "URL",
+        kind: Kind::Service,
+        verbs: RUN,
+        value: None,
+        help: "A running `dbfork serve` on the same server (http://HOST:PORT or unix:PATH) to lease the workers' clones and fresh clones from: a warm run starts on clones made ahead. [default: none: the run makes its clones]",
+        default: "none",
+        doc: "A running `dbfork serve` on the run's server (`http://HOST:PORT`, or `unix:PATH` for its socket, where a run that dies gives its clones back at once). The run builds or reuses its template as always, has the service serve it, and leases its workers' clones and its fresh clones from the service's pool instead of making them; at the end it returns them (the service makes fresh ones in the background) and leaves `keep_ready` made for the next run. `dbfork-client` reads the same variable.",
+    },
+    Setting {
+        key: "keep_ready",
+        flag: "keep-ready",
+        short: None,
+        alias: None,
+        env: "DBFORK_KEEP_READY",
+        value_name: "N",
+        kind: Kind::Count { min: 0 },
+        verbs: RUN,
+        value: None,
+        help: "With --serve-url: how many clones of the run's template the service keeps made for the next run. [default: as many as this run used]",
+        default: "as many clones as the run used",
+        doc: "With `serve_url`: how many clones of the run's template the service keeps made ahead once the run ends, for the next run to start on (0: none). By default as many as the run used (its workers' clones).",
     },
     Setting {
         key: "keep_templates",

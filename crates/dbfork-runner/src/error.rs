@@ -21,6 +21,9 @@ pub enum RunError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The `dbfork serve` the run leases its clones from (`--serve-url`).
+    #[error("{0}")]
+    Service(String),
     /// The controller (the test command configuring itself) failed.
     #[error("{message}")]
     Controller { code: i32, message: String },
@@ -33,7 +36,7 @@ impl RunError {
         match self {
             RunError::Engine(e) => Some(e.kind()),
             RunError::Usage(_) => Some(Failure::Usage),
-            RunError::RunDir { .. } => Some(Failure::Database),
+            RunError::RunDir { .. } | RunError::Service(_) => Some(Failure::Database),
             RunError::Controller { .. } => None,
         }
     }

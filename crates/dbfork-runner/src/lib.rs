@@ -152,6 +152,11 @@ pub struct RunConfig {
     /// `--fresh-transactional`: transactional tests get a fresh clone each,
     /// made ahead in the background, instead of a flush after them.
     pub fresh_transactional: bool,
+    /// `--serve-url`: a running `dbfork serve` to lease the clones from.
+    pub serve_url: Option<String>,
+    /// `--keep-ready`: clones the service keeps made for the next run
+    /// (`None`: as many as this run used).
+    pub keep_ready: Option<usize>,
     /// `--fork`: pytest's workers are forked from the controller (Linux).
     pub fork: bool,
     /// Number of worker slots (already resolved from `auto`).

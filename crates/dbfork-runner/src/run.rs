@@ -46,6 +46,7 @@ use dbfork_engine::ops::HEARTBEAT_EVERY;
 /// How many clones are made at the same time.
 const CLONE_CONCURRENCY: usize = 4;
 
+mod leasing;
 mod prepare;
 mod rundir;
 mod signals;
@@ -137,6 +138,8 @@ struct Executor {
     sinks: Vec<Box<dyn Sink>>,
     /// The controller's end, under way once every worker is done with its tests.
     controller_stop: Option<tokio::task::JoinHandle<()>>,
+    /// `--serve-url`: the clones come from a running `dbfork serve`.
+    leasing: Option<leasing::Leasing>,
     started: Instant,
     started_at: f64,
 }
@@ -158,7 +161,7 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
         started_at,
     } = prepared;
     let backend = Arc::new(backend);
-    let (method, fitted) = match admit(&backend, &mut config, &configured).await {
+    let (method, fitted, leasing) = match admit(&backend, &mut config, &configured).await {
         Ok(admitted) => admitted,
         Err(e) => {
             if let Some(controller) = controller.take() {
@@ -221,6 +224,7 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
             cancel,
             timings,
             progress,
+            leasing,
             started,
             started_at,
         },
@@ -242,12 +246,12 @@ pub async fn run(prepared: Prepared, backend: AnyBackend) -> Result<RunReport, R
 
 /// What the run checks on the server before anything is made: the clone
 /// method exists there, and the workers fit its free connections (with a
-/// note when `-j auto` was fitted).
+/// note when `-j auto` was fitted); and the service it leases from, if any.
 async fn admit(
     backend: &AnyBackend,
     config: &mut RunConfig,
     configured: &Configured,
-) -> Result<(CloneMethod, Option<String>), RunError> {
+) -> Result<(CloneMethod, Option<String>, Option<leasing::Leasing>), RunError> {
     let method = CloneMethod::parse(backend.kind(), &config.clone_method)?;
     if config.fresh_transactional && backend.kind() == dbfork_engine::url::Kind::Mysql {
         dbfork_meta::say!(
@@ -255,7 +259,11 @@ async fn admit(
         );
     }
     let fitted = fit_jobs(backend, config, configured.django.as_ref()).await?;
-    Ok((method, fitted))
+    let leasing = match config.serve_url.as_deref() {
+        Some(url) => Some(leasing::Leasing::new(url)?),
+        None => None,
+    };
+    Ok((method, fitted, leasing))
 }
 
 /// Builds, restores or reuses the run's template; gives the controller back
@@ -344,6 +352,7 @@ struct Launch {
     cancel: Cancel,
     timings: Timings,
     progress: Progress,
+    leasing: Option<leasing::Leasing>,
     started: Instant,
     started_at: f64,
 }
@@ -413,6 +422,7 @@ impl Executor {
             sinks,
             progress: parts.progress,
             controller_stop: None,
+            leasing: parts.leasing,
             started: parts.started,
             started_at: parts.started_at,
         }
@@ -467,6 +477,7 @@ impl Executor {
             Command::DropClone { name } => self.drop_in_background(name),
             Command::Send { conn, message } => self.send(conn, &message),
             Command::GrantFresh { conn, name } => {
+                let name = self.database_of(&name);
                 let database = ops::database_reference(&self.backend, &name);
                 self.send(conn, &RunnerMessage::Fresh { database });
             }
@@ -520,6 +531,15 @@ impl Executor {
         }
     }
 
+    /// The database behind the machine's clone `name`: a leased one's
+    /// (`--serve-url`), else the name itself.
+    fn database_of(&self, name: &str) -> String {
+        match &self.leasing {
+            Some(leasing) => leasing.database(name),
+            None => name.to_string(),
+        }
+    }
+
     /// The last output of a worker, indented.
     fn output_of(&self, worker: Option<(usize, usize)>) -> String {
         worker
@@ -556,6 +576,9 @@ impl Executor {
             }
         }
         let entry = ops::find_template(&self.backend, &template.fingerprint).await?;
+        if let Some(leasing) = &self.leasing {
+            leasing.adopt(&self.backend, &entry.name).await?;
+        }
         let name = entry.name.clone();
         self.template = Some(entry);
         self.input(Input::TemplateReady {
@@ -648,6 +671,14 @@ impl Executor {
             concurrency: 1,
             drop_deadline: self.config.drop_timeout,
         };
+        if let Some(leasing) = self.leasing.clone() {
+            let backend = self.backend.clone();
+            tokio::spawn(async move {
+                let result = leasing.lease(&backend, wanted).await;
+                let _ = events.send(Event::Input(done(result)));
+            });
+            return;
+        }
         tokio::spawn(async move {
             let _permit = permits.acquire().await;
             let owner = Owner::this_process();
@@ -663,8 +694,17 @@ impl Executor {
         });
     }
 
-    /// Drops clone `name` in the background (what is left is dropped at the end).
+    /// Drops clone `name` in the background (what is left is dropped at the
+    /// end); a leased one is returned, to be recreated by the service.
     fn drop_in_background(&mut self, name: String) {
+        if let Some(leasing) = self.leasing.clone().filter(|l| l.holds(&name)) {
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                leasing.give_back(&name).await;
+                let _ = events.send(Event::Input(Input::CloneDropped));
+            });
+            return;
+        }
         let (backend, events, deadline) = (
             self.backend.clone(),
             self.events.clone(),

@@ -8,6 +8,7 @@
 //! | `GET /api/dbfork/v1/templates` | 200 + every template: hash, phase, clones by state |
 //! | `GET /api/dbfork/v1/templates/{hash}` | 200 + one; 404 |
 //! | `POST /api/dbfork/v1/templates/{hash}/begin` | 201 + the empty database to fill (the caller builds it); 200 + the template when it is known (built, or being built by another caller: leases wait for it) |
+//! | `POST /api/dbfork/v1/templates/{name}/adopt` (`?ready=N`) | 200 + the template: the service serves clones of a template `dbfork run` made on its server, `N` kept ready (default: the pool size); 404 when the server has no such template |
 //! | `POST /api/dbfork/v1/templates/{hash}/finalize` | 200 + the template, ready |
 //! | `DELETE /api/dbfork/v1/templates/{hash}` | 204: discarded (its clones dropped) |
 //! | `POST /api/dbfork/v1/templates/{hash}/leases` | 201 + a lease: a clone for one test (waits for the template and a ready clone; 503 after the wait) |
@@ -55,6 +56,17 @@ pub async fn route(
         }
         (&Method::POST, ["templates", hash, "begin"]) => match check_hash(hash) {
             Ok(hash) => begin(service, &hash).await,
+            Err(refusal) => Err(refusal),
+        },
+        (&Method::POST, ["templates", name, "adopt"]) => match ready_of(query) {
+            Ok(ready) => match service.adopt(name, ready).await {
+                Ok(()) => known(service, name).map(|mut view| {
+                    let handed = service.handed(name, None, None);
+                    view["database"] = database(service, &handed);
+                    json_response(StatusCode::OK, &view)
+                }),
+                Err(refusal) => Err(refusal),
+            },
             Err(refusal) => Err(refusal),
         },
         (&Method::POST, ["templates", hash, "finalize"]) => match service.finalize(hash).await {
@@ -163,6 +175,20 @@ fn lease(service: &Service, peer: Peer, hash: &str, handed: &Handed) -> Response
             "ttl_seconds": service.lease_ttl().map(|ttl| ttl.as_secs_f64()),
         }),
     )
+}
+
+/// `ready=N` of a query, if given.
+fn ready_of(query: &str) -> Result<Option<usize>, Refusal> {
+    match query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ready="))
+    {
+        None => Ok(None),
+        Some(n) => n.parse().map(Some).map_err(|_| Refusal {
+            status: 400,
+            message: format!("ready=`{n}` is not a number of clones: give ready=N"),
+        }),
+    }
 }
 
 fn lease_number(text: &str) -> Result<u64, Refusal> {

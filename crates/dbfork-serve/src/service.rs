@@ -152,6 +152,9 @@ struct Slot {
     /// Its ready clones were dropped for another template's: it makes none
     /// ahead until a test asks again.
     evicted: bool,
+    /// A template another dbfork made (`dbfork run`'s): a discard drops its
+    /// clones and forgets it, and leaves it to its maker.
+    adopted: bool,
 }
 
 impl Slot {
@@ -168,6 +171,7 @@ impl Slot {
             busy: HashSet::new(),
             last_used: Instant::now(),
             evicted: false,
+            adopted: false,
         }
     }
 
@@ -276,7 +280,7 @@ impl Service {
     }
 
     /// How a client names database `name`.
-    fn handed(&self, name: &str, id: Option<usize>, lease: Option<u64>) -> Handed {
+    pub fn handed(&self, name: &str, id: Option<usize>, lease: Option<u64>) -> Handed {
         Handed {
             database: ops::database_reference(&self.backend, name),
             url: self
@@ -345,6 +349,75 @@ impl Service {
         self.state().templates.remove(hash);
         self.changed.notify_waiters();
         refusal
+    }
+
+    /// dbfork's `adopt`: serves clones of the template `name` that another
+    /// dbfork (`dbfork run`) made and registered on this server, keeping
+    /// `ready` of them made ahead (the pool size when `None`). Again: only
+    /// the number changes.
+    pub async fn adopt(&self, name: &str, ready: Option<usize>) -> Result<(), Refusal> {
+        if self.retarget(name, ready)? {
+            return Ok(());
+        }
+        let entry = ops::find_template(&self.backend, name)
+            .await
+            .ok()
+            .filter(|entry| entry.name == name)
+            .ok_or_else(|| {
+                Refusal::new(
+                    404,
+                    format!("no ready template named `{name}` is registered on this service's server ({}): dbfork run and dbfork serve must use the same server (--db)", dbfork_engine::url::mask_raw(&self.backend.url().to_url_with_password())),
+                )
+            })?;
+        {
+            let mut state = self.state();
+            if state.draining {
+                return Err(draining());
+            }
+            // Another adopt of the same name while this one looked.
+            if !state.templates.contains_key(name) {
+                let mut slot = Slot::new(Phase::Ready { template: entry }, &self.config);
+                slot.adopted = true;
+                state.templates.insert(name.to_string(), slot);
+            }
+        }
+        self.retarget(name, ready)?;
+        Ok(())
+    }
+
+    /// Sets the number of ready clones of the known, ready template `name`:
+    /// whether it is known.
+    fn retarget(&self, name: &str, ready: Option<usize>) -> Result<bool, Refusal> {
+        let mut state = self.state();
+        if state.draining {
+            return Err(draining());
+        }
+        let Some(slot) = state.templates.get_mut(name) else {
+            return Ok(false);
+        };
+        match slot.phase {
+            Phase::Ready { .. } => {}
+            Phase::Discarded => {
+                state.templates.remove(name);
+                return Ok(false);
+            }
+            Phase::Starting | Phase::Building { .. } => {
+                return Err(Refusal::new(
+                    409,
+                    format!("`{name}` is a template a client is building through the service: wait for its finalize"),
+                ))
+            }
+        }
+        slot.pool.set_target(
+            ready
+                .unwrap_or(self.config.pool_size)
+                .min(self.config.pool_max),
+        );
+        slot.evicted = false;
+        slot.last_used = Instant::now();
+        drop(state);
+        self.work.notify_one();
+        Ok(true)
     }
 
     /// IntegreSQL's `PUT /templates/{hash}`: the client filled it; seal it
@@ -417,8 +490,8 @@ impl Service {
             slot.granted.clear();
             match phase {
                 Phase::Building { building, .. } => (building, None),
-                Phase::Ready { template } => (None, Some(template)),
-                Phase::Starting | Phase::Discarded => (None, None),
+                Phase::Ready { template } if !slot.adopted => (None, Some(template)),
+                Phase::Ready { .. } | Phase::Starting | Phase::Discarded => (None, None),
             }
         };
         self.work.notify_one();
@@ -426,8 +499,8 @@ impl Service {
         if let Some(building) = building {
             ops::discard_template(&self.backend, *building, &self.template_options()).await;
         }
+        self.until_pool_empty(hash).await;
         if let Some(template) = template {
-            self.until_pool_empty(hash).await;
             ops::drop_entry(&self.backend, &template.name, self.config.drop_timeout)
                 .await
                 .map_err(Refusal::engine)?;

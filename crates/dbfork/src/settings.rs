@@ -203,27 +203,6 @@ impl Settings {
             .unwrap_or_else(|| absolute_sqlite(DEFAULT_DB, &self.root)))
     }
 
-    /// The token of `dbfork serve` (`token`, else the file `token_file`
-    /// names: the user's, readable by no one else), and whether the
-    /// addresses it listens on are allowed: one that is not loopback needs it.
-    pub fn service_token(&self, listen: &[String]) -> anyhow::Result<Option<String>> {
-        let token = match (self.secret("token")?, self.path("token_file")?) {
-            (Some(token), _) => Some(token),
-            (None, Some(path)) => Some(read_token(&path)?),
-            (None, None) => None,
-        };
-        let open = listen.iter().find(|address| {
-            address
-                .strip_prefix("tcp:")
-                .and_then(|tcp| tcp.parse::<std::net::SocketAddr>().ok())
-                .is_some_and(|socket| !socket.ip().is_loopback())
-        });
-        if let (Some(open), None) = (open, &token) {
-            return Err(usage(format!("--listen {open} is not a loopback address, and the service answers with database URLs that hold the server's password: set a token every request must carry (DBFORK_TOKEN, or --token-file PATH, a file readable by you alone), or listen on 127.0.0.1, ::1 or a unix: socket.")));
-        }
-        Ok(token)
-    }
-
     /// Whether a flag or variable gave the setting `key`.
     pub fn flagged(&self, key: &str) -> bool {
         self.flagged.contains(&key)
@@ -282,6 +261,8 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
         recipe_dir,
         aliases: s.list("aliases")?.unwrap_or_default(),
         fresh_transactional: s.required("fresh_transactional", s.switch("fresh_transactional"))?,
+        serve_url: s.text("serve_url")?,
+        keep_ready: s.count("keep_ready")?,
         fork: s.required("fork", s.switch("fork"))?,
         jobs,
         jobs_auto,
@@ -591,70 +572,6 @@ fn serve_values(
     Ok(values)
 }
 
-/// Where a service listens: `tcp:HOST:PORT` on a loopback address, or
-/// `unix:PATH` (an absolute path, or one taken from the working directory).
-fn addresses(given: Vec<String>, origin: &Origin<'_>) -> anyhow::Result<Vec<String>> {
-    if given.is_empty() {
-        return Err(invalid(
-            origin,
-            "it names no address; give tcp:127.0.0.1:PORT or unix:PATH",
-        ));
-    }
-    given
-        .into_iter()
-        .map(|address| {
-            if let Some(path) = address.strip_prefix("unix:") {
-                if path.is_empty() {
-                    return Err(invalid(origin, "`unix:` names no path"));
-                }
-                return Ok(address);
-            }
-            let Some(tcp) = address.strip_prefix("tcp:") else {
-                return Err(invalid(
-                    origin,
-                    format!("`{address}` is neither tcp:HOST:PORT nor unix:PATH"),
-                ));
-            };
-            // Not loopback: allowed with a token (`Settings::service_token`).
-            tcp.parse::<std::net::SocketAddr>().map_err(|_| {
-                invalid(
-                    origin,
-                    format!(
-                        "`{tcp}` is not an IP address and port, e.g. 127.0.0.1:5000 or [::1]:5000"
-                    ),
-                )
-            })?;
-            Ok(address)
-        })
-        .collect()
-}
-
-/// The token in the file at `path`: it must be a regular file of this
-/// user that no one else can read.
-fn read_token(path: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let refused = |why: String| usage(format!("the token file {}: {why}.", path.display()));
-    let meta = std::fs::symlink_metadata(path).map_err(|e| refused(e.to_string()))?;
-    if !meta.file_type().is_file() {
-        return Err(refused(
-            "is not a regular file (a link is not followed)".to_string(),
-        ));
-    }
-    if meta.uid() != dbfork_engine::sys::euid() || meta.mode() & 0o077 != 0 {
-        return Err(refused(format!(
-            "others can read or change it (mode {:o}, owner {}); it must be yours and private: chmod 600",
-            meta.mode() & 0o777,
-            meta.uid()
-        )));
-    }
-    let token = std::fs::read_to_string(path).map_err(|e| refused(e.to_string()))?;
-    let token = token.trim().to_string();
-    if token.chars().count() < 16 {
-        return Err(refused("holds fewer than 16 characters, which is guessable; write a long random one (e.g. `openssl rand -hex 32`)".to_string()));
-    }
-    Ok(token)
-}
-
 /// A key of the file that no setting has.
 fn unknown_key(file: &ConfigFile, spelled: &str) -> anyhow::Error {
     let names: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
@@ -695,7 +612,7 @@ fn parse(
                 .unwrap_or_default(),
         ),
         Kind::Globs => Value::List(string_list(raw, origin)?),
-        Kind::Addresses => Value::List(addresses(string_list(raw, origin)?, origin)?),
+        Kind::Addresses => Value::List(service::addresses(string_list(raw, origin)?, origin)?),
         Kind::Aliases => Value::List(aliases(string_list(raw, origin)?, origin)?),
         Kind::Switch => Value::Switch(boolean(raw, origin)?),
         Kind::Jobs => Value::Jobs(jobs(raw, origin)?),
@@ -755,16 +672,8 @@ fn parse(
                 dbfork_engine::cache::parse_size(&text).map_err(|why| invalid(origin, why))?,
             )
         }
-        Kind::Secret => {
-            let secret = string(raw, origin)?.trim().to_string();
-            if !secret.is_empty() && secret.chars().count() < 16 {
-                return Err(invalid(
-                    origin,
-                    "it is shorter than 16 characters, which is guessable; use a long random one (e.g. `openssl rand -hex 32`)",
-                ));
-            }
-            Value::Secret(Secret(secret))
-        }
+        Kind::Service => Value::Text(service::url(&string(raw, origin)?, origin)?),
+        Kind::Secret => Value::Secret(Secret(service::secret(&string(raw, origin)?, origin)?)),
         Kind::Method | Kind::Template | Kind::Owner => {
             Value::Text(word(setting.kind, raw, origin)?)
         }
@@ -1034,5 +943,6 @@ fn internal(what: String) -> anyhow::Error {
     anyhow::anyhow!("internal error: {what}; please report this bug")
 }
 
+mod service;
 #[cfg(test)]
 mod tests;

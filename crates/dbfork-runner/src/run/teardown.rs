@@ -19,7 +19,10 @@ impl Executor {
         self.stop_controller();
         let teardown = self.drop_clones().await;
         let tests = self.final_records();
-        let (ending, timings) = self.machine.end();
+        let (mut ending, timings) = self.machine.end();
+        for slot in &mut ending.slots {
+            slot.database = self.database_of(&slot.database);
+        }
         let failed = tests.iter().any(|t: &TestRecord| t.outcome.is_failure());
         let not_run = tests.iter().any(|t| t.outcome == Outcome::NotRun);
         // A shard of a suite that has tests may be left none by the split:
@@ -118,7 +121,16 @@ impl Executor {
     /// registered. Says whether the server went away during the run, or a
     /// worker's clone was dropped under it by someone else.
     pub(super) async fn drop_clones(&mut self) -> Teardown {
-        let names = self.machine.databases();
+        let mut names = self.machine.databases();
+        if let Some(leasing) = &self.leasing {
+            // Leased ones go back to the service, which recreates them.
+            names.retain(|name| !leasing.leased(name));
+            let keep = self
+                .config
+                .keep_ready
+                .unwrap_or(self.config.jobs.max(1) * (1 + self.config.aliases.len()));
+            leasing.end(keep).await;
+        }
         let backend = self.backend.clone();
         let ours = format!("{}{}_", names::PREFIX, self.run_id);
         let vanished: Vec<String> = match backend.databases(&ours).await {

@@ -52,6 +52,8 @@ impl Executor {
         id: &str,
         clones: &[String],
     ) {
+        let clones: Vec<String> = clones.iter().map(|n| self.database_of(n)).collect();
+        let clones = clones.as_slice();
         let made: Vec<MadeClone> = clones
             .iter()
             .map(|name| MadeClone {

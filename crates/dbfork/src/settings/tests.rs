@@ -277,6 +277,7 @@ fn example(kind: Kind) -> &'static str {
         Kind::Owner => "\"none\"",
         Kind::Addresses => "[\"tcp:127.0.0.1:5999\"]",
         Kind::Secret => "\"0123456789abcdef0123\"",
+        Kind::Service => "\"unix:/tmp/dbfork-example.sock\"",
     }
 }
 
@@ -284,7 +285,7 @@ fn example(kind: Kind) -> &'static str {
 fn read(settings: &Settings, setting: &Setting) -> anyhow::Result<bool> {
     let key = setting.key;
     Ok(match setting.kind {
-        Kind::Url | Kind::Command | Kind::Method | Kind::Template | Kind::Owner => {
+        Kind::Url | Kind::Command | Kind::Method | Kind::Template | Kind::Owner | Kind::Service => {
             settings.text(key)?.is_some()
         }
         Kind::Globs | Kind::Aliases | Kind::Addresses => {

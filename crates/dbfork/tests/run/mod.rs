@@ -24,7 +24,7 @@ pub(crate) fn python() -> String {
 }
 
 /// A copy of the pytest fixture project in the place's directory (timings and caches stay there).
-fn suite(place: &Place) -> PathBuf {
+pub(crate) fn suite(place: &Place) -> PathBuf {
     let dst = fixture_copy(place, "pytest_suite");
     let _ = std::fs::remove_dir_all(dst.join(".pytest_cache"));
     dst
@@ -46,11 +46,11 @@ fn fixture_copy(place: &Place, name: &str) -> PathBuf {
     dst
 }
 
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    report: serde_json::Value,
+pub(crate) struct Outcome {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) report: serde_json::Value,
 }
 
 fn run_args(place: &Place, dir: &Path, extra: &[&str], command: &[&str]) -> Command {
@@ -84,7 +84,19 @@ fn pytest_command(args: &[&str]) -> Vec<String> {
     v
 }
 
-fn dbfork_run(
+/// The `dbfork run` command of [`dbfork_run`], to start by hand.
+pub(crate) fn run_command(
+    place: &Place,
+    dir: &Path,
+    extra: &[&str],
+    pytest_args: &[&str],
+) -> Command {
+    let command = pytest_command(pytest_args);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    run_args(place, dir, extra, &command)
+}
+
+pub(crate) fn dbfork_run(
     place: &Place,
     dir: &Path,
     extra: &[&str],

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::support::{dbfork, Kind, Place};
 
+mod leasing;
 mod own;
 
 per_backend!(

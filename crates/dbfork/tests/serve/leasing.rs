@@ -1,0 +1,122 @@
+//! `dbfork run --serve-url`: a run leases its workers' clones from a running
+//! `dbfork serve` on its server, returns them at the end, and leaves
+//! `--keep-ready` made for the next run; a run killed with SIGKILL gives
+//! them back at once (its leases lived on its Unix-socket connections).
+
+use super::{eventually, json, Service};
+use crate::run_tests::{assert_no_clones, dbfork_run, suite, summary};
+use crate::support::{Kind, Place};
+
+per_backend!(a_run_leases_its_clones_from_a_running_service);
+
+fn templates(service: &Service) -> serde_json::Value {
+    let (status, body) = service.call("GET", "/api/dbfork/v1/templates", None);
+    assert_eq!(status, 200, "{body}");
+    json(&body)["templates"].clone()
+}
+
+fn a_run_leases_its_clones_from_a_running_service(kind: Kind) {
+    let place = Place::new(kind, "runlease");
+    let dir = suite(&place);
+    let socket = format!("unix:{}", place.dir.path().join("run/serve.sock").display());
+    let service = Service::start_with(&place, &["--pool-size", "1", "--listen", &socket]);
+    let tests = ["tests/test_db.py", "tests/test_pass.py"];
+    let leased = ["-j", "2", "--serve-url", &socket, "--keep-ready", "3"];
+    let first = dbfork_run(&place, &dir, &leased, &tests, &[]);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    assert!(
+        first
+            .stderr
+            .contains(&format!("the clones come from dbfork serve at {socket}")),
+        "{}",
+        first.stderr
+    );
+    assert_eq!(summary(&first.stdout), "56 passed", "{}", first.stdout);
+    // The workers ran on the service's clones, not clones of the run's own.
+    let run_id = first.report["run_id"].as_str().unwrap().to_string();
+    for slot in first.report["slots"].as_array().unwrap() {
+        let database = slot["database"].as_str().unwrap();
+        assert!(
+            database.starts_with("dbfork_") && !database.contains(&run_id),
+            "{slot}"
+        );
+    }
+    // Returned, recreated, and three kept made for the next run.
+    eventually("three clones kept ready", || {
+        let t = templates(&service);
+        t.as_array().unwrap().len() == 1
+            && t[0]["clones"]["ready"] == 3
+            && t[0]["clones"]["leased"] == 0
+            && t[0]["clones"]["making"] == 0
+    });
+    let template = templates(&service)[0]["hash"].as_str().unwrap().to_string();
+    assert!(template.starts_with("dbfork_tpl_"), "{template}");
+    let ready: Vec<String> = place
+        .registry()
+        .iter()
+        .filter(|e| e["kind"] == "clone")
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ready.len(), 3, "{:?}", place.registry());
+
+    // The next run starts on those.
+    let second = dbfork_run(&place, &dir, &leased, &tests, &[]);
+    assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
+    let used: Vec<String> = second.report["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["database"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        used.iter().all(|name| ready.contains(name)),
+        "the run did not start on the ready clones {ready:?}: {used:?}"
+    );
+
+    // Killed with SIGKILL mid-run: its leases end with its connections.
+    let mut command = crate::run_tests::run_command(
+        &place,
+        &dir,
+        &["-j", "2", "--serve-url", &socket],
+        &["tests/test_slow.py"],
+    );
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the killed run's leases are out", || {
+        templates(&service)[0]["clones"]["leased"] == 2
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eventually("the killed run's leases are taken back", || {
+        templates(&service)[0]["clones"]["leased"] == 0
+    });
+
+    // A service of another server is refused before anything is leased.
+    let other = Place::new(kind, "runlease_other");
+    let elsewhere = Service::start(&other);
+    let wrong = format!("http://{}", elsewhere.base);
+    let refused = dbfork_run(
+        &place,
+        &dir,
+        &["-j", "2", "--serve-url", &wrong],
+        &tests,
+        &[],
+    );
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("not the run's server")
+            || refused
+                .stderr
+                .contains("dbfork run and dbfork serve must use the same server"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(elsewhere.stop(), 0);
+    assert_no_clones(&other);
+
+    assert_eq!(service.stop(), 0);
+    assert_no_clones(&place);
+}
