@@ -14,9 +14,19 @@
 //! # Ok::<(), dbfork_client::Error>(())
 //! ```
 //!
-//! The service is the one `DBFORK_SERVE_URL` names; without it,
-//! [`Client::from_env`] starts `dbfork serve` for this process (the `dbfork`
-//! on PATH, or `DBFORK_BIN`), on the database the project names
+//! or, per test, with the attribute:
+//!
+//! ```ignore
+//! #[dbfork_client::test(inputs = "migrations", fill = migrate)]
+//! fn an_item_is_added(db: dbfork_client::Lease) {
+//!     // db.url(): this test's own database
+//! }
+//! ```
+//!
+//! The service is the one `DBFORK_SERVE_URL` names (`http://HOST:PORT` or
+//! `unix:PATH`); without it, [`Client::from_env`] starts `dbfork serve` for
+//! this process (`DBFORK_BIN`, else the `dbfork` on PATH, else the one built
+//! beside the test binary), on the database the project names
 //! (`DBFORK_DB`, or `db` of its dbfork.toml / `[tool.dbfork]`), on a port
 //! of its own, shared by every test of the process and ended with it
 //! however it ends (the service drains when its standard input closes), so
@@ -30,6 +40,11 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// `#[dbfork_client::test(inputs = ..., fill = ...)]`: a test that takes a
+/// [`Lease`] gets its own database ([`test_database`]; an `async fn`, a
+/// `#[tokio::test]`, [`test_database_async`]).
+pub use dbfork_client_macros::test;
 
 /// dbfork's own API.
 const API: &str = "/api/dbfork/v1";
@@ -442,7 +457,7 @@ fn spawned() -> Result<String, Error> {
     if let Some((address, _)) = spawned.as_ref() {
         return Ok(address.clone());
     }
-    let bin = std::env::var(ENV_BIN).unwrap_or_else(|_| "dbfork".to_string());
+    let bin = std::env::var(ENV_BIN).unwrap_or_else(|_| default_bin());
     let failed = |why: String| Error::Spawn {
         bin: bin.clone(),
         why,
@@ -478,6 +493,22 @@ fn spawned() -> Result<String, Error> {
     }
     *spawned = Some((address.clone(), child));
     Ok(address)
+}
+
+/// `dbfork` on PATH; else the one built beside this test binary (a
+/// workspace that builds dbfork: `target/<profile>/dbfork` for
+/// `target/<profile>/deps/<test>`); else `dbfork` (the error says to install it).
+fn default_bin() -> String {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("dbfork").is_file()));
+    let beside = std::env::current_exe().ok().and_then(|exe| {
+        let bin = exe.parent()?.parent()?.join("dbfork");
+        bin.is_file().then_some(bin)
+    });
+    match (on_path, beside) {
+        (false, Some(bin)) => bin.display().to_string(),
+        _ => "dbfork".to_string(),
+    }
 }
 
 /// Ends the service this process started (it drains: every clone dropped,
@@ -547,6 +578,87 @@ impl Drop for Lease {
             let _ = self.end(false);
         }
     }
+}
+
+/// The files a template is made from: a path, or several.
+pub trait Inputs {
+    fn paths(&self) -> Vec<&str>;
+}
+
+impl Inputs for &str {
+    fn paths(&self) -> Vec<&str> {
+        vec![self]
+    }
+}
+
+impl<const N: usize> Inputs for [&str; N] {
+    fn paths(&self) -> Vec<&str> {
+        self.to_vec()
+    }
+}
+
+impl Inputs for &[&str] {
+    fn paths(&self) -> Vec<&str> {
+        self.to_vec()
+    }
+}
+
+/// The hashes whose template this process made sure of already.
+static TEMPLATES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// For a test: a clone of the template made from the files at `inputs`
+/// (paths from the package's directory, where `cargo test` runs tests),
+/// `fill` migrating it the first time. The service is [`Client::from_env`]'s.
+/// Panics, with what to do, when there is no clone to give: a test cannot go
+/// on without its database. What `#[dbfork_client::test]` calls.
+pub fn test_database<E: std::fmt::Display>(
+    inputs: impl Inputs,
+    fill: impl FnOnce(&Database) -> Result<(), E>,
+) -> Lease {
+    let (client, hash, made) = test_start(&inputs);
+    if !made {
+        checked(client.template(&hash, fill), &hash);
+    }
+    client
+        .lease(&hash)
+        .unwrap_or_else(|e| panic!("dbfork-client: no test database: {e}"))
+}
+
+/// [`test_database`] for async tests (`features = ["async"]`), the fill async.
+#[cfg(feature = "async")]
+pub async fn test_database_async<E, F, Fut>(inputs: impl Inputs, fill: F) -> Lease
+where
+    E: std::fmt::Display,
+    F: FnOnce(Database) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    let (client, hash, made) = test_start(&inputs);
+    if !made {
+        checked(client.template_async(&hash, fill).await, &hash);
+    }
+    client
+        .lease_async(&hash)
+        .await
+        .unwrap_or_else(|e| panic!("dbfork-client: no test database: {e}"))
+}
+
+/// The process's client, the hash of `inputs`, and whether this process
+/// made sure of its template already.
+fn test_start(inputs: &impl Inputs) -> (Client, String, bool) {
+    let client = Client::from_env().unwrap_or_else(|e| panic!("dbfork-client: {e}"));
+    let hash = hash_files(&inputs.paths()).unwrap_or_else(|e| panic!("dbfork-client: {e}"));
+    let made = lock_templates().contains(&hash);
+    (client, hash, made)
+}
+
+/// The template of `hash` is there (else the test cannot go on).
+fn checked(made: Result<(), Error>, hash: &str) {
+    made.unwrap_or_else(|e| panic!("dbfork-client: the template: {e}"));
+    lock_templates().push(hash.to_string());
+}
+
+fn lock_templates() -> std::sync::MutexGuard<'static, Vec<String>> {
+    TEMPLATES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A hash of the files at `paths` (directories walked), for a template's
@@ -623,7 +735,7 @@ fn database(answer: &str, what: &str) -> Result<Database, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{hash_files, Client, Error};
 
     #[test]
     fn urls_and_hashes() {

@@ -2,48 +2,58 @@
 //! `dbfork serve` (`dbfork-client` starts one for this test binary when
 //! `DBFORK_SERVE_URL` names none; `DBFORK_DB` chooses the server: SQLite in
 //! the project's `.dbfork/` by default). No test sees another's changes.
+//! The attribute `#[dbfork_client::test]` gives a test its database; a test
+//! can also ask for one with `dbfork_client::test_database` or a `Client`.
 
 use std::path::Path;
 
-use dbfork_example_rust_client::{add, migrate, names, Db};
+use dbfork_client::{Database, Lease};
+use dbfork_example_rust_client::{add, migrate, names, Db, Error};
 
-/// A clone of the template the migrations make, for one test.
-fn database() -> dbfork_client::Lease {
-    // The dbfork this repository builds, when none is on PATH.
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/dbfork");
-    if std::env::var_os(dbfork_client::ENV_BIN).is_none() && built.exists() {
-        std::env::set_var(dbfork_client::ENV_BIN, built);
-    }
-    let client = dbfork_client::Client::from_env().unwrap();
-    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-    let hash = dbfork_client::hash_files(&[&migrations]).unwrap();
-    client
-        .template(&hash, |template| migrate(&template.url, &migrations))
-        .unwrap();
-    client.lease(&hash).unwrap()
+/// What makes the template: the migrations, applied once per test binary
+/// (and once per server, while they do not change).
+fn fill(template: &Database) -> Result<(), Error> {
+    migrate(&template.url, Path::new("migrations"))
 }
 
-#[test]
-fn the_seed_is_there() {
-    let lease = database();
-    let mut db = Db::connect(lease.url()).unwrap();
+#[dbfork_client::test(inputs = "migrations", fill = fill)]
+fn the_seed_is_there(db: Lease) {
+    let mut db = Db::connect(db.url()).unwrap();
     assert_eq!(names(&mut db).unwrap(), ["hammer", "saw"]);
 }
 
-#[test]
-fn an_item_added_is_listed() {
-    let lease = database();
-    let mut db = Db::connect(lease.url()).unwrap();
-    add(&mut db, 3, "drill").unwrap();
-    assert_eq!(names(&mut db).unwrap(), ["hammer", "saw", "drill"]);
+#[dbfork_client::test(inputs = "migrations", fill = fill)]
+fn an_item_added_is_listed(lease: Lease) -> Result<(), Error> {
+    let mut db = Db::connect(lease.url())?;
+    add(&mut db, 3, "drill")?;
+    assert_eq!(names(&mut db)?, ["hammer", "saw", "drill"]);
+    Ok(())
 }
 
 #[test]
 fn another_tests_item_is_not_here() {
-    let lease = database();
+    let lease = dbfork_client::test_database("migrations", fill);
     let mut db = Db::connect(lease.url()).unwrap();
     add(&mut db, 3, "level").unwrap();
     // Whatever order the tests ran in, this database holds the seed and this
     // test's item only.
     assert_eq!(names(&mut db).unwrap(), ["hammer", "saw", "level"]);
+}
+
+/// An async test: the attribute makes it a `#[tokio::test]`; the fill is
+/// async too (this crate's driver blocks, so it runs off the runtime).
+#[dbfork_client::test(inputs = ["migrations"], fill = |t: Database| async move {
+    tokio::task::spawn_blocking(move || fill(&t)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+})]
+async fn an_async_test_has_its_own_database(db: Lease) {
+    let url = db.url().to_string();
+    let listed = tokio::task::spawn_blocking(move || {
+        let mut db = Db::connect(&url)?;
+        add(&mut db, 4, "chisel")?;
+        names(&mut db)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(listed, ["hammer", "saw", "chisel"]);
 }

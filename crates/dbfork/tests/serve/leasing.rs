@@ -3,11 +3,16 @@
 //! `--keep-ready` made for the next run; a run killed with SIGKILL gives
 //! them back at once (its leases lived on its Unix-socket connections).
 
+use std::path::Path;
+
 use super::{eventually, json, Service};
 use crate::run_tests::{assert_no_clones, dbfork_run, suite, summary};
 use crate::support::{Kind, Place};
 
-per_backend!(a_run_leases_its_clones_from_a_running_service);
+per_backend!(
+    a_run_leases_its_clones_from_a_running_service,
+    the_rust_example_passes_with_and_without_a_running_service
+);
 
 fn templates(service: &Service) -> serde_json::Value {
     let (status, body) = service.call("GET", "/api/dbfork/v1/templates", None);
@@ -118,5 +123,68 @@ fn a_run_leases_its_clones_from_a_running_service(kind: Kind) {
     assert_no_clones(&other);
 
     assert_eq!(service.stop(), 0);
+    assert_no_clones(&place);
+}
+
+
+/// The test binary of `examples/rust-client` (built with the workspace's
+/// tests, beside this one): the newest `inventory-<hash>`.
+fn rust_example() -> std::path::PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    std::fs::read_dir(&deps)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("inventory-") && !name.contains('.')
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+        .unwrap_or_else(|| panic!("no inventory-* test binary in {}: build the workspace's tests (cargo nextest run builds them)", deps.display()))
+}
+
+/// `examples/rust-client`'s tests (the attribute, the helper, an async test)
+/// pass against a service that runs (DBFORK_SERVE_URL, its Unix socket),
+/// and with none (the client starts one for the binary, on DBFORK_DB); both
+/// leave no clone.
+fn the_rust_example_passes_with_and_without_a_running_service(kind: Kind) {
+    let place = Place::new(kind, "rustex");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/rust-client");
+    let run = |envs: &[(&str, &str)]| {
+        let out = std::process::Command::new(rust_example())
+            .current_dir(&example)
+            .env_remove("DBFORK_SERVE_URL")
+            .env("DBFORK_BIN", assert_cmd::cargo::cargo_bin("dbfork"))
+            .env("DBFORK_DB", &place.url)
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("test result: ok. 4 passed"), "{text}");
+    };
+    let socket = format!("unix:{}", place.dir.path().join("run/serve.sock").display());
+    let service = Service::start_with(&place, &["--pool-size", "2", "--listen", &socket]);
+    run(&[("DBFORK_SERVE_URL", &socket)]);
+    let served = templates(&service);
+    assert_eq!(served.as_array().unwrap().len(), 1, "{served}");
+    eventually("every lease returned", || {
+        templates(&service)[0]["clones"]["leased"] == 0
+    });
+    assert_eq!(service.stop(), 0);
+    assert_no_clones(&place);
+    run(&[]);
+    // The service the binary started drains once the binary has exited.
+    eventually("the binary's own service drained", || {
+        place.registry().iter().all(|e| e["kind"] == "template")
+    });
     assert_no_clones(&place);
 }
