@@ -6,20 +6,22 @@ already on the server, side by side in one run:
     bash bench/setup-venv.sh && cargo build --release --bin dbfork
     .venv/bin/python bench/serve_run.py                        # MariaDB, 5 rounds
     .venv/bin/python bench/serve_run.py --backends mariadb,postgres,sqlite --reps 3
+    .venv/bin/python bench/serve_run.py --mysql mysql://root@127.0.0.1:3306/mysql --jobs 4
 
-Per backend, one server for the whole benchmark (`dbfork db ephemeral KIND`;
-SQLite: a new directory), and `dbfork serve --db URL --listen unix:<work>/serve.sock`
+Per backend, one server for the whole benchmark (`dbfork db ephemeral KIND`, on
+tmpfs with durability off; or the server --mysql / --pg names, whose templates made
+by the benchmark are dropped at the end; SQLite: a new directory), and `dbfork serve --db URL --listen unix:<work>/serve.sock`
 on it. Unmeasured warm-up: one `dbfork run` without the service (builds the
 template), one with it (the service adopts the template and keeps 2 clones made).
 
-Variants, once per round each, the order alternating:
+Variants, once per round each, the order alternating (-j 2 unless --jobs):
   own      dbfork run -j 2 --db URL -- python -m pytest -q -p no:cacheprovider
            (the run makes its 2 clones, and drops them at the end)
-  leased   the same with --serve-url unix:<socket> --keep-ready 2 (the run leases
-           the 2 clones the service keeps made; at the end it returns them and the
-           service makes 2 fresh ones in the background)
+  leased   the same with --serve-url unix:<socket> (the run leases the clones the
+           service keeps made, one per worker; at the end it returns them and the
+           service makes fresh ones in the background)
 Before every measured run the benchmark waits until the service has made its
-clones (none in the making, 2 ready), so no run shares the CPU with the
+clones (none in the making, one per worker ready), so no run shares the CPU with the
 service's background work.
 
 Measured per run: wall time; time to the first test (the first call phase of
@@ -49,7 +51,7 @@ _spec.loader.exec_module(bc)
 bd = bc.bd
 
 ROOT, PYTHON, SHOP, PYTEST, JOBS = bd.ROOT, bd.PYTHON, bd.SHOP, bd.PYTEST, bd.JOBS
-KEEP = 2
+KEEP = JOBS  # set from --jobs
 TARGET_SOONER = {"mariadb": 1.0}
 
 
@@ -95,7 +97,9 @@ def measure(cmd: list[str], work: Path, tag: str, plugdir: Path) -> dict:
     return r
 
 
-def backend_url(kind: str, work: Path) -> tuple[str, object]:
+def backend_url(kind: str, work: Path, given: dict) -> tuple[str, object]:
+    if given.get(kind):
+        return given[kind], None
     if kind == "sqlite":
         d = work / "sqlite"
         d.mkdir()
@@ -104,8 +108,18 @@ def backend_url(kind: str, work: Path) -> tuple[str, object]:
     return server.url, server
 
 
-def bench(kind: str, reps: int, work: Path, plugdir: Path) -> dict:
-    url, server = backend_url(kind, work)
+def templates_on(url: str) -> set[str]:
+    out = subprocess.run([str(bc.DBFORK), "db", "list", "--json", "--db", url], capture_output=True,
+                         text=True, env=bd.base_env(), cwd="/tmp")
+    try:
+        return {e["name"] for e in json.loads(out.stdout) if e.get("kind") == "template"}
+    except ValueError:
+        return set()
+
+
+def bench(kind: str, reps: int, work: Path, plugdir: Path, given: dict) -> dict:
+    url, server = backend_url(kind, work, given)
+    before = templates_on(url) if given.get(kind) else set()
     socket = work / f"serve-{kind}" / "serve.sock"
     serve_log = open(work / f"serve-{kind}.log", "wb")
     service = subprocess.Popen([str(bc.DBFORK), "serve", "--db", url, "--listen", f"unix:{socket}"],
@@ -113,7 +127,7 @@ def bench(kind: str, reps: int, work: Path, plugdir: Path) -> dict:
                                env=bd.base_env(), preexec_fn=bc._die_with_parent)
     try:
         service.stdout.readline()
-        base = [str(bc.DBFORK), "run", "-j", str(JOBS), "--db", url]
+        base = [str(bc.DBFORK), "run", "-j", str(KEEP), "--db", url]
         leased = ["--serve-url", f"unix:{socket}", "--keep-ready", str(KEEP)]
         variants = {"own": base + ["--", *PYTEST, "-p", "benchserve_trace"],
                     "leased": base + leased + ["--", *PYTEST, "-p", "benchserve_trace"]}
@@ -142,6 +156,10 @@ def bench(kind: str, reps: int, work: Path, plugdir: Path) -> dict:
         serve_log.close()
         if server is not None:
             server.stop()
+        if given.get(kind):
+            for name in sorted(templates_on(url) - before):
+                subprocess.run([str(bc.DBFORK), "db", "drop", name, "--db", url], env=bd.base_env(),
+                               cwd="/tmp", capture_output=True)
 
 
 def med(runs: list[dict], key: str) -> float | None:
@@ -150,16 +168,16 @@ def med(runs: list[dict], key: str) -> float | None:
 
 
 def report(results: dict) -> str:
-    lines = ["| backend | variant | runs ok | first test (median) | wall (median) |",
+    lines = ["| backend (workers) | variant | runs ok | first test (median) | wall (median) |",
              "|---|---|---|---|---|"]
     verdicts = []
     for kind, res in results.items():
         for name in ("own", "leased"):
             runs = res["runs"][name]
             ft, wall = med(runs, "first_test"), med(runs, "wall")
-            lines.append(f"| {kind} | {name} | {sum(r['ok'] for r in runs)}/{len(runs)} | "
+            lines.append(f"| {kind} ({res.get('jobs')}) | {name} | {sum(r['ok'] for r in runs)}/{len(runs)} | "
                          f"{ft:.2f} s | {wall:.2f} s |" if ft is not None and wall is not None else
-                         f"| {kind} | {name} | {sum(r['ok'] for r in runs)}/{len(runs)} | - | - |")
+                         f"| {kind} ({res.get('jobs')}) | {name} | {sum(r['ok'] for r in runs)}/{len(runs)} | - | - |")
         own, leased = med(res["runs"]["own"], "first_test"), med(res["runs"]["leased"], "first_test")
         if own is not None and leased is not None:
             sooner = own - leased
@@ -175,7 +193,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", default="mariadb")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--jobs", type=int, default=JOBS)
+    ap.add_argument("--mysql", help="a MariaDB/MySQL server to use instead of an ephemeral one")
+    ap.add_argument("--pg", help="a PostgreSQL server to use instead of an ephemeral one")
     args = ap.parse_args()
+    global KEEP
+    KEEP = args.jobs
+    given = {"mariadb": args.mysql, "postgres": args.pg}
     if not bc.DBFORK.exists() or not PYTHON.exists():
         log("build dbfork (cargo build --release --bin dbfork) and the venv (bash bench/setup-venv.sh) first")
         return 2
@@ -187,7 +211,8 @@ def main() -> int:
     results = {}
     try:
         for kind in args.backends.split(","):
-            results[kind] = bench(kind, args.reps, work, plugdir)
+            results[kind] = bench(kind, args.reps, work, plugdir, given)
+            results[kind]["jobs"] = KEEP
     finally:
         for server in list(bc.SERVERS):
             server.stop()

@@ -688,14 +688,16 @@ fn the_openapi_document_holds_for_the_running_service() {
     assert_eq!(service.stop(), 0);
 }
 
-/// A storm: 12 client processes lease, check, hold and give back (clean or
-/// to be recreated) for 8 s, three of them killed with SIGKILL on the way
-/// (their leases taken back after `--lease-ttl 2s`). No clone is ever held
+/// A storm: 32 client processes lease, check, hold and give back (clean or
+/// to be recreated) for 30 s, half over the Unix socket and half over TCP,
+/// six of them killed with SIGKILL on the way (their leases taken back when
+/// their connection closes, or after `--lease-ttl 2s`). No clone is ever held
 /// by two clients at once or handed out dirty; the caps hold throughout;
 /// every lease ends; the registry and the server agree; the drain leaves
 /// only the template.
 fn a_storm_of_clients_never_shares_a_clone(kind: Kind) {
     let place = Place::new(kind, "storm");
+    let socket = format!("unix:{}", place.dir.path().join("run/serve.sock").display());
     let service = Service::start_with(
         &place,
         &[
@@ -707,6 +709,8 @@ fn a_storm_of_clients_never_shares_a_clone(kind: Kind) {
             "8",
             "--lease-ttl",
             "2s",
+            "--listen",
+            &socket,
         ],
     );
     let (status, body) = service.call("POST", "/api/v1/templates", Some(r#"{"hash": "storm"}"#));
@@ -717,11 +721,22 @@ fn a_storm_of_clients_never_shares_a_clone(kind: Kind) {
 
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/integresql/storm.py");
-    let mut clients: Vec<Child> = (0..12)
-        .map(|_| {
+    // 32 clients for 30 s, every other one over the Unix socket (dbfork's
+    // API, a lease held on its connection), the rest over TCP (IntegreSQL's
+    // routes, --lease-ttl); the first 6 (3 of each) killed with SIGKILL.
+    const CLIENTS: usize = 32;
+    const KILLED: usize = 6;
+    const SECONDS: u64 = 30;
+    let tcp = format!("http://{}", service.base);
+    let mut clients: Vec<Child> = (0..CLIENTS)
+        .map(|i| {
             std::process::Command::new(crate::run_tests::python())
                 .arg(&script)
-                .args([&format!("http://{}", service.base), "storm", "8"])
+                .args([
+                    if i % 2 == 0 { &socket } else { &tcp },
+                    "storm",
+                    &SECONDS.to_string(),
+                ])
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -730,10 +745,10 @@ fn a_storm_of_clients_never_shares_a_clone(kind: Kind) {
     let started = std::time::Instant::now();
     let mut most = 0;
     let mut killed = false;
-    while started.elapsed() < Duration::from_secs(8) {
+    while started.elapsed() < Duration::from_secs(SECONDS) {
         most = most.max(clones(&service));
-        if !killed && started.elapsed() > Duration::from_secs(3) {
-            for client in &mut clients[..3] {
+        if !killed && started.elapsed() > Duration::from_secs(SECONDS / 3) {
+            for client in &mut clients[..KILLED] {
                 let _ = client.kill();
             }
             killed = true;
@@ -751,13 +766,13 @@ fn a_storm_of_clients_never_shares_a_clone(kind: Kind) {
             .unwrap()
             .read_to_string(&mut out)
             .unwrap();
-        if i < 3 {
+        if i < KILLED {
             continue;
         }
         assert!(status.success(), "client {i}: {status:?} {out}");
         leases += json(out.trim())["leases"].as_u64().unwrap();
     }
-    assert!(leases > 20, "only {leases} leases in the storm");
+    assert!(leases > 100, "only {leases} leases in the storm");
     // Every lease ends, and the pool settles (nothing being made or dropped:
     // a clone is registered before it is made and unregistered after it is
     // dropped).
