@@ -170,6 +170,10 @@ fn take_line(bytes: &[u8], tail: &Tail, echo: &Echo, is_stderr: bool) {
 pub struct Fifo {
     stop: tokio::sync::oneshot::Sender<()>,
     done: tokio::task::JoinHandle<()>,
+    /// dbfork's own write end, where a FIFO cannot be opened for both (not
+    /// Linux).
+    #[cfg(not(target_os = "linux"))]
+    _writer: tokio::net::unix::pipe::Sender,
 }
 
 impl Fifo {
@@ -177,12 +181,22 @@ impl Fifo {
     /// `tail` (and `echo`) from now on.
     pub fn open(path: &Path, tail: Tail, echo: Echo) -> io::Result<Fifo> {
         sys::make_fifo(path)?;
+        #[cfg(target_os = "linux")]
         let receiver = tokio::net::unix::pipe::OpenOptions::new()
             .read_write(true)
             .open_receiver(path)?;
+        #[cfg(not(target_os = "linux"))]
+        let receiver = tokio::net::unix::pipe::OpenOptions::new().open_receiver(path)?;
+        #[cfg(not(target_os = "linux"))]
+        let writer = tokio::net::unix::pipe::OpenOptions::new().open_sender(path)?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let done = tokio::spawn(read_fifo(receiver, stopped, tail, echo));
-        Ok(Fifo { stop, done })
+        Ok(Fifo {
+            stop,
+            done,
+            #[cfg(not(target_os = "linux"))]
+            _writer: writer,
+        })
     }
 
     /// Reads what the worker, which has exited, left in the FIFO; then stops.
