@@ -265,6 +265,32 @@ impl Client {
         }
     }
 
+    /// The state of every clone of the service's pools, by registry name:
+    /// `making`, `ready`, `leased` or `dropping`.
+    pub fn states(&self) -> Result<std::collections::BTreeMap<String, String>, Error> {
+        let what = "the service's databases";
+        let (status, answer) = self.call("GET", &format!("{API}/databases"), what)?;
+        if status != 200 {
+            return Err(refused(what.to_string(), status, &answer));
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(&answer).map_err(|e| Error::Protocol {
+                what: what.to_string(),
+                why: e.to_string(),
+            })?;
+        Ok(value["databases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| {
+                Some((
+                    d["name"].as_str()?.to_string(),
+                    d["state"].as_str()?.to_string(),
+                ))
+            })
+            .collect())
+    }
+
     /// A clone of the template of `hash` for one test; it goes back when
     /// the lease is dropped. The lease holds its connection to the service
     /// open: over the Unix socket, the service takes the clone back when it

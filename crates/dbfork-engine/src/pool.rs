@@ -237,6 +237,13 @@ impl<H: Clone + PartialEq> Pool<H> {
         }
     }
 
+    /// Every clone and its state, by name.
+    pub fn clones(&self) -> impl Iterator<Item = (&str, &State<H>)> {
+        self.clones
+            .iter()
+            .map(|(name, state)| (name.as_str(), state))
+    }
+
     /// The leased clones: (name, holder, leased or last renewed at).
     pub fn leases(&self) -> impl Iterator<Item = (&str, &H, Instant)> {
         self.clones.iter().filter_map(|(name, state)| match state {

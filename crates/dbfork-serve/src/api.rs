@@ -13,6 +13,7 @@
 //! | `DELETE /api/dbfork/v1/templates/{hash}` | 204: discarded (its clones dropped) |
 //! | `POST /api/dbfork/v1/templates/{hash}/leases` | 201 + a lease: a clone for one test (waits for the template and a ready clone; 503 after the wait) |
 //! | `GET /api/dbfork/v1/leases` | 200 + every lease out |
+//! | `GET /api/dbfork/v1/databases` | 200 + every clone of every pool: its registry name, template hash, state (`making`, `ready`, `leased`, `dropping`) and lease (what `dbfork db list --serve-url` shows) |
 //! | `DELETE /api/dbfork/v1/leases/{lease}` (`?clean=true`) | 204: the clone is recreated (clean: handed out again as it is); 409 when the lease is not out |
 //! | `POST /api/dbfork/v1/leases/{lease}/renew` | 204: with `--lease-ttl`, the lease starts again; 409 |
 //!
@@ -90,6 +91,19 @@ pub async fn route(
                 .collect();
             Ok(json_response(StatusCode::OK, &json!({"leases": leases})))
         }
+        (&Method::GET, ["databases"]) => {
+            let databases: Vec<Value> = service
+                .databases()
+                .into_iter()
+                .map(|(name, hash, state, lease)| {
+                    json!({"name": name, "hash": hash, "state": state, "lease": lease})
+                })
+                .collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"databases": databases}),
+            ))
+        }
         (&Method::DELETE, ["leases", number]) => lease_number(number).and_then(|number| {
             let clean = query.split('&').any(|pair| pair == "clean=true");
             service.end_lease(number, clean).map(|()| no_content())
@@ -97,7 +111,7 @@ pub async fn route(
         (&Method::POST, ["leases", number, "renew"]) => {
             lease_number(number).and_then(|n| service.renew_lease(n).map(|()| no_content()))
         }
-        (_, ["templates" | "leases", ..]) => Err(Refusal {
+        (_, ["templates" | "leases" | "databases", ..]) => Err(Refusal {
             status: 405,
             message: format!(
                 "{method} is not a method of /api/dbfork/v1/{}; see /openapi.json",

@@ -102,6 +102,31 @@ impl Service {
         Ok(())
     }
 
+    /// Every clone of every pool: (its registry name, its template's hash,
+    /// its state: `making`, `ready`, `leased` or `dropping`, its lease), by
+    /// name.
+    pub fn databases(&self) -> Vec<(String, String, &'static str, Option<u64>)> {
+        use dbfork_engine::pool::State;
+        let state = self.state();
+        let mut all: Vec<_> = state
+            .templates
+            .iter()
+            .flat_map(|(hash, slot)| {
+                slot.pool.clones().map(move |(name, clone)| {
+                    let (word, lease) = match clone {
+                        State::Making => ("making", None),
+                        State::Ready => ("ready", None),
+                        State::Leased { holder, .. } => ("leased", Some(*holder)),
+                        State::Recycling => ("dropping", None),
+                    };
+                    (name.to_string(), hash.clone(), word, lease)
+                })
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
     /// Every lease out, by template hash and lease number.
     pub fn leases(&self) -> Vec<LeaseView> {
         let state = self.state();

@@ -93,6 +93,31 @@ fn a_run_leases_its_clones_from_a_running_service(kind: Kind) {
     eventually("the killed run's leases are out", || {
         templates(&service)[0]["clones"]["leased"] == 2
     });
+    // `db list --serve-url` shows the service's clones' states.
+    let listed = crate::support::dbfork()
+        .args([
+            "db",
+            "list",
+            "--json",
+            "--db",
+            &place.url,
+            "--serve-url",
+            &socket,
+        ])
+        .output()
+        .unwrap();
+    let listed = json(&String::from_utf8_lossy(&listed.stdout));
+    let served: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["served"].as_str())
+        .collect();
+    assert_eq!(
+        served.iter().filter(|s| **s == "leased").count(),
+        2,
+        "{listed}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     eventually("the killed run's leases are taken back", || {
@@ -125,7 +150,6 @@ fn a_run_leases_its_clones_from_a_running_service(kind: Kind) {
     assert_eq!(service.stop(), 0);
     assert_no_clones(&place);
 }
-
 
 /// The test binary of `examples/rust-client` (built with the workspace's
 /// tests, beside this one): the newest `inventory-<hash>`.

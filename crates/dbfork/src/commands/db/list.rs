@@ -9,18 +9,23 @@ use dbfork_engine::process;
 use dbfork_engine::Backend;
 
 use crate::cli::ListArgs;
+use crate::settings::Settings;
 use crate::target::Opened;
 
-pub async fn run(opened: &Opened, args: &ListArgs) -> Result<()> {
+pub async fn run(opened: &Opened, args: &ListArgs, settings: &Settings) -> Result<()> {
     let backend = &opened.backend;
     let entries = backend.registry_list().await?;
     let existing = backend.databases(PREFIX).await?;
+    let served = served(settings.text("serve_url")?).await;
     if args.json {
         let list: Vec<_> = entries
             .iter()
             .map(|e| {
                 let mut v = serde_json::to_value(e).unwrap_or_default();
                 v["exists"] = existing.contains(&e.name).into();
+                if let Some(state) = served.get(&e.name) {
+                    v["served"] = state.clone().into();
+                }
                 v
             })
             .collect();
@@ -44,10 +49,12 @@ pub async fn run(opened: &Opened, args: &ListArgs) -> Result<()> {
     for e in &entries {
         let state = if !names::is_dbfork_shape(&e.name) {
             "FOREIGN"
-        } else if existing.contains(&e.name) {
-            e.state.as_str()
-        } else {
+        } else if !existing.contains(&e.name) {
             "missing"
+        } else if let Some(state) = served.get(&e.name) {
+            state.as_str()
+        } else {
+            e.state.as_str()
         };
         let owner = if e.owner_pid == 0 {
             "-".to_string()
@@ -68,4 +75,29 @@ pub async fn run(opened: &Opened, args: &ListArgs) -> Result<()> {
         dbfork_meta::say!("dbfork: warning: {warning}");
     }
     Ok(())
+}
+
+/// The states of the clones of the service at `url` (`--serve-url`), by
+/// name; none (with a warning) when it does not answer.
+async fn served(url: Option<String>) -> std::collections::BTreeMap<String, String> {
+    let Some(url) = url else {
+        return Default::default();
+    };
+    let asked = tokio::task::spawn_blocking(move || {
+        let client = dbfork_client::Client::new(&url)?;
+        let client = match std::env::var(dbfork_client::ENV_TOKEN) {
+            Ok(token) if !token.trim().is_empty() => client.with_token(token.trim()),
+            _ => client,
+        };
+        client.states()
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|asked| asked.map_err(|e| e.to_string()));
+    asked.unwrap_or_else(|e| {
+        dbfork_meta::say!(
+            "dbfork: warning: the clones' states from dbfork serve are not shown: {e}"
+        );
+        Default::default()
+    })
 }

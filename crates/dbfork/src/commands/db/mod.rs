@@ -41,7 +41,7 @@ pub async fn run(command: DbCommand, cancel: Cancel) -> Result<()> {
         // Reading never writes: no collection before a list or a dry run.
         DbCommand::List(a) => {
             let s = Settings::of(&a.settings, &cwd)?;
-            with_db(&s, Collect::Nothing, async |o| list::run(o, &a).await).await
+            with_db(&s, Collect::Nothing, async |o| list::run(o, &a, &s).await).await
         }
         DbCommand::Gc(a) => {
             let s = Settings::of(&a.settings, &cwd)?;
