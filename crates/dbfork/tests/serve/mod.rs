@@ -663,7 +663,9 @@ fn the_openapi_document_holds_for_the_running_service() {
     assert_eq!(status, 200, "{body}");
     let document = json(&body);
     assert_eq!(document["openapi"], "3.0.3");
+    // Its caches (.schemathesis/, .hypothesis/) go to the place, not the tree.
     let out = std::process::Command::new(crate::run_tests::python())
+        .current_dir(place.dir.path())
         .args(["-m", "schemathesis.cli", "run"])
         .arg(format!("http://{}/openapi.json", service.base))
         .args([
