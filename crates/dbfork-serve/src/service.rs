@@ -56,6 +56,9 @@ pub struct ServeConfig {
     pub clone_concurrency: usize,
     /// A secret every request must carry (`Authorization: Bearer ...`).
     pub token: Option<String>,
+    /// The most bytes all clones may take (each counted as its template's
+    /// size, as the server tells it); `None`: no such cap.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for ServeConfig {
@@ -70,6 +73,7 @@ impl Default for ServeConfig {
             lock_timeout: Duration::from_secs(30 * 60),
             clone_concurrency: 4,
             token: None,
+            max_bytes: None,
         }
     }
 }
@@ -155,6 +159,8 @@ struct Slot {
     /// A template another dbfork made (`dbfork run`'s): a discard drops its
     /// clones and forgets it, and leaves it to its maker.
     adopted: bool,
+    /// What one of its clones takes: its template's size (0: not known).
+    clone_bytes: u64,
 }
 
 impl Slot {
@@ -172,6 +178,7 @@ impl Slot {
             last_used: Instant::now(),
             evicted: false,
             adopted: false,
+            clone_bytes: 0,
         }
     }
 
@@ -324,7 +331,13 @@ impl Service {
             },
             Ok(Begun::Ready(template)) => {
                 match ops::find_template(&self.backend, &template.name).await {
-                    Ok(entry) => Phase::Ready { template: entry },
+                    Ok(entry) => {
+                        let bytes = self.measure(&entry.name).await;
+                        if let Some(slot) = self.state().templates.get_mut(hash) {
+                            slot.clone_bytes = bytes;
+                        }
+                        Phase::Ready { template: entry }
+                    }
                     Err(e) => return Err(self.forget_start(hash, Refusal::engine(e))),
                 }
             }
@@ -369,6 +382,7 @@ impl Service {
                     format!("no ready template named `{name}` is registered on this service's server ({}): dbfork run and dbfork serve must use the same server (--db)", dbfork_engine::url::mask_raw(&self.backend.url().to_url_with_password())),
                 )
             })?;
+        let bytes = self.measure(name).await;
         {
             let mut state = self.state();
             if state.draining {
@@ -378,6 +392,7 @@ impl Service {
             if !state.templates.contains_key(name) {
                 let mut slot = Slot::new(Phase::Ready { template: entry }, &self.config);
                 slot.adopted = true;
+                slot.clone_bytes = bytes;
                 state.templates.insert(name.to_string(), slot);
             }
         }
@@ -420,6 +435,21 @@ impl Service {
         Ok(true)
     }
 
+    /// The size of template `name`, which each of its clones takes too
+    /// (0 when the server does not tell: no bytes cap for it then).
+    async fn measure(&self, name: &str) -> u64 {
+        if self.config.max_bytes.is_none() {
+            return 0;
+        }
+        match self.backend.database_size(name).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!("cannot measure {name} for --max-bytes: {e}");
+                0
+            }
+        }
+    }
+
     /// IntegreSQL's `PUT /templates/{hash}`: the client filled it; seal it
     /// and start its pool. A ready one stays ready.
     pub async fn finalize(&self, hash: &str) -> Result<(), Refusal> {
@@ -453,13 +483,15 @@ impl Service {
                 &self.cancel,
             )
             .await?;
-            ops::find_template(&self.backend, &template.name).await
+            let entry = ops::find_template(&self.backend, &template.name).await?;
+            Ok::<_, dbfork_engine::Error>((self.measure(&entry.name).await, entry))
         }
         .await;
         let mut state = self.state();
         let result = match (finalized, state.templates.get_mut(hash)) {
-            (Ok(entry), Some(slot)) => {
+            (Ok((bytes, entry)), Some(slot)) => {
                 slot.phase = Phase::Ready { template: entry };
+                slot.clone_bytes = bytes;
                 Ok(())
             }
             (Ok(_), None) => Err(Refusal::unknown(hash)),
@@ -581,6 +613,14 @@ impl Service {
                     Phase::Discarded => return Err(discarded(hash)),
                     Phase::Starting | Phase::Building { .. } => {}
                     Phase::Ready { .. } => {
+                        if let Some(max) =
+                            self.config.max_bytes.filter(|max| slot.clone_bytes > *max)
+                        {
+                            return Err(Refusal::new(
+                                507,
+                                format!("one clone of `{hash}` takes {} bytes, more than --max-bytes ({max}): raise it", slot.clone_bytes),
+                            ));
+                        }
                         slot.last_used = Instant::now();
                         if slot.evicted {
                             slot.evicted = false;
@@ -820,12 +860,19 @@ impl Service {
         }
         let total: usize = state.templates.values().map(|s| s.pool.len()).sum();
         let mut room = self.config.max_databases.saturating_sub(total);
+        let used: u64 = state
+            .templates
+            .values()
+            .map(|s| s.pool.len() as u64 * s.clone_bytes)
+            .sum();
+        let mut bytes_left = self.config.max_bytes.map(|max| max.saturating_sub(used));
         let starving = state
             .templates
             .iter()
             .find(|(_, s)| s.pool.waiting() > 0 && s.pool.counts().1 == 0)
+            .filter(|(_, s)| fits(room, bytes_left, s.clone_bytes) == 0)
             .map(|(hash, _)| hash.clone());
-        if let (0, Some(starving)) = (room, starving) {
+        if let Some(starving) = starving {
             let victim = state
                 .templates
                 .iter_mut()
@@ -836,7 +883,7 @@ impl Service {
                 slot.evicted = true;
                 let shed = slot.pool.shed_ready();
                 self.metrics.evictions.inc();
-                tracing::info!("dropping {shed} ready clone(s) of the least recently used template `{hash}` to make room (--max-databases)");
+                tracing::info!("dropping {shed} ready clone(s) of the least recently used template `{hash}` to make room (--max-databases, --max-bytes)");
             }
         }
         let mut order: Vec<&mut Slot> = state.templates.values_mut().collect();
@@ -847,8 +894,13 @@ impl Service {
                 let run_id = slot.run_id.clone();
                 let names = slot
                     .pool
-                    .to_make_within(room, |n| names::clone_name(&run_id, n));
+                    .to_make_within(fits(room, bytes_left, slot.clone_bytes), |n| {
+                        names::clone_name(&run_id, n)
+                    });
                 room -= names.len();
+                if let Some(left) = bytes_left.as_mut() {
+                    *left = left.saturating_sub(names.len() as u64 * slot.clone_bytes);
+                }
                 for name in names {
                     slot.busy.insert(name.clone());
                     jobs.push(Job::Make {
@@ -955,6 +1007,15 @@ enum Job {
         run_id: String,
         name: String,
     },
+}
+
+/// How many clones of `bytes` each fit in `room` databases and `bytes_left`
+/// bytes (`None`: no bytes cap).
+fn fits(room: usize, bytes_left: Option<u64>, bytes: u64) -> usize {
+    match bytes_left {
+        Some(left) if bytes > 0 => room.min((left / bytes).try_into().unwrap_or(usize::MAX)),
+        _ => room,
+    }
 }
 
 /// The recipe of a client's template: its hash says what it holds.

@@ -279,7 +279,7 @@ async fn build_template(server: &Server, name: &str) -> Vec<String> {
     described
 }
 
-async fn create_empty_is_listed_marked_and_counted(kind: Kind) {
+async fn create_empty_is_listed_marked_counted_and_measured(kind: Kind) {
     let server = Server::new(kind).await;
     let names = unique_names(2);
     let (name, absent) = (&names[0], &names[1]);
@@ -299,6 +299,11 @@ async fn create_empty_is_listed_marked_and_counted(kind: Kind) {
         server.run_sql(name, TABLE_SQL).await;
         assert_eq!(server.db.table_count(name).await.unwrap(), 1);
         assert_eq!(server.count(name, "SELECT COUNT(*) FROM items").await, 3);
+        let bytes = server.db.database_size(name).await.unwrap();
+        assert!(bytes > 0, "{name} with a table measures {bytes} bytes");
+        if kind == Kind::Sqlite {
+            assert!(server.db.database_size(absent).await.is_err());
+        }
     })
     .await;
     assert!(!server.exists(name).await, "{name} was left behind");
@@ -639,7 +644,7 @@ macro_rules! backend_cases {
 
                 cases!(
                     Kind::$kind;
-                    create_empty_is_listed_marked_and_counted,
+                    create_empty_is_listed_marked_counted_and_measured,
                     clone_has_the_templates_rows_and_mark,
                     drop_removes_it_and_ends_its_sessions,
                     drop_refuses_a_database_without_the_mark,

@@ -191,6 +191,11 @@ pub trait Backend: Send + Sync {
     /// On PostgreSQL `name` must accept connections (not yet sealed).
     fn table_count(&self, name: &str) -> impl Future<Output = Result<u64>> + Send;
 
+    /// How many bytes database `name` takes on the server, as the server
+    /// tells it (PostgreSQL: `pg_database_size`; MySQL: its tables' data and
+    /// indexes; SQLite: its files).
+    fn database_size(&self, name: &str) -> impl Future<Output = Result<u64>> + Send;
+
     /// The backend's usual environment variables for a client of database `name`.
     fn client_env(&self, name: &str) -> Vec<(String, String)>;
 
@@ -387,6 +392,9 @@ impl Backend for AnyBackend {
     }
     async fn table_count(&self, name: &str) -> Result<u64> {
         each!(self, b => b.table_count(name).await)
+    }
+    async fn database_size(&self, name: &str) -> Result<u64> {
+        each!(self, b => b.database_size(name).await)
     }
     fn client_env(&self, name: &str) -> Vec<(String, String)> {
         each!(self, b => b.client_env(name))

@@ -707,6 +707,18 @@ impl Backend for Mysql {
         Ok(count.unwrap_or(0))
     }
 
+    async fn database_size(&self, name: &str) -> Result<u64> {
+        let mut conn = self.take().await?;
+        let bytes: Option<Option<u64>> = conn
+            .exec_first(
+                "SELECT CAST(SUM(DATA_LENGTH + INDEX_LENGTH) AS UNSIGNED) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?",
+                (name,),
+            )
+            .await
+            .map_err(q(format!("measuring {name}")))?;
+        Ok(bytes.flatten().unwrap_or(0))
+    }
+
     async fn describe(&self, name: &str) -> Result<Vec<String>> {
         let mut conn = self.take().await?;
         let result = async {

@@ -878,6 +878,15 @@ impl Backend for Postgres {
         Ok(row.get::<_, i64>(0).max(0) as u64)
     }
 
+    async fn database_size(&self, name: &str) -> Result<u64> {
+        let c = self.take().await?;
+        let row = c
+            .query_one("SELECT pg_catalog.pg_database_size($1::text)", &[&name])
+            .await
+            .map_err(q("measuring a database"))?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
     async fn import_database(&self, name: &str, dump: &std::path::Path) -> Result<()> {
         let jobs = std::thread::available_parallelism()
             .map(|n| n.get())

@@ -470,6 +470,19 @@ impl Backend for Sqlite {
         .map_err(|e| Error::query(NAME, "counting tables", e))?
     }
 
+    async fn database_size(&self, name: &str) -> Result<u64> {
+        let path = self.path_of(name);
+        let size = |path: &std::path::Path| std::fs::symlink_metadata(path).map(|m| m.len());
+        let mut bytes = size(&path)
+            .map_err(|e| Error::query(NAME, &format!("measuring {}", path.display()), e))?;
+        for side in ["-wal", "-journal"] {
+            let mut file = path.clone().into_os_string();
+            file.push(side);
+            bytes += size(std::path::Path::new(&file)).unwrap_or(0);
+        }
+        Ok(bytes)
+    }
+
     async fn describe(&self, name: &str) -> Result<Vec<String>> {
         let path = self.path_of(name);
         tokio::task::spawn_blocking(move || {

@@ -29,6 +29,7 @@ pub async fn run(args: ServeArgs, cancel: Cancel) -> Result<()> {
         lock_timeout: settings.duration_or_default("lock_timeout")?,
         clone_concurrency: 4,
         token,
+        max_bytes: settings.size("max_bytes")?,
     };
     let db = settings.database()?;
     let bound = dbfork_serve::bind(&listen).await?;

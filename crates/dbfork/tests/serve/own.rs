@@ -300,3 +300,71 @@ fn a_token_guards_a_service_on_an_open_address() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+/// `--max-bytes`: clones counted at their template's size as the server
+/// tells it (SQLite: its file). A 100 kB template under a 350 kB cap gets
+/// 3 clones although its pool wants 5; a 4th lease waits (503 after the
+/// wait); a template whose one clone is over the cap is refused (507).
+#[test]
+fn the_bytes_cap_holds() {
+    let place = Place::new(Kind::Sqlite, "bytes");
+    let service = Service::start_with(
+        &place,
+        &[
+            "--pool-size",
+            "5",
+            "--max-bytes",
+            "350000",
+            "--lease-wait",
+            "1s",
+        ],
+    );
+    let fill = |hash: &str, blob: usize| {
+        let (status, body) = service.call(
+            "POST",
+            &format!("/api/dbfork/v1/templates/{hash}/begin"),
+            None,
+        );
+        assert_eq!(status, 201, "{body}");
+        let filled = name(&json(&body)["database"]);
+        place.sql_ok(Some(&filled), "CREATE TABLE t (b BLOB)");
+        place.sql_ok(
+            Some(&filled),
+            &format!("INSERT INTO t VALUES (randomblob({blob}))"),
+        );
+        let finalize = format!("/api/dbfork/v1/templates/{hash}/finalize");
+        assert_eq!(service.call("POST", &finalize, None).0, 200);
+    };
+    fill("small", 100_000);
+    let clones = || {
+        let (_, body) = service.call("GET", "/api/dbfork/v1/templates/small", None);
+        let c = json(&body)["clones"].clone();
+        (
+            c["making"].as_u64().unwrap()
+                + c["ready"].as_u64().unwrap()
+                + c["leased"].as_u64().unwrap()
+                + c["dropping"].as_u64().unwrap(),
+            c["ready"].as_u64().unwrap(),
+        )
+    };
+    eventually("three clones made", || clones().1 == 3);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(clones().0, 3, "the pool grew past --max-bytes");
+    let leases = "/api/dbfork/v1/templates/small/leases";
+    for _ in 0..3 {
+        assert_eq!(service.call("POST", leases, None).0, 201);
+    }
+    let (status, body) = service.call("POST", leases, None);
+    assert_eq!(status, 503, "a 4th clone over --max-bytes: {body}");
+    fill("big", 400_000);
+    let (status, body) = service.call("POST", "/api/dbfork/v1/templates/big/leases", None);
+    assert_eq!(status, 507, "{body}");
+    assert!(
+        json(&body)["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-bytes"),
+        "{body}"
+    );
+    assert_eq!(service.stop(), 0);
+}
