@@ -474,7 +474,7 @@ impl Backend for Sqlite {
         let path = self.path_of(name);
         let size = |path: &std::path::Path| std::fs::symlink_metadata(path).map(|m| m.len());
         let mut bytes = size(&path)
-            .map_err(|e| Error::query(NAME, &format!("measuring {}", path.display()), e))?;
+            .map_err(|e| Error::query(NAME, format!("measuring {}", path.display()), e))?;
         for side in ["-wal", "-journal"] {
             let mut file = path.clone().into_os_string();
             file.push(side);
