@@ -46,6 +46,16 @@ impl Service {
     fn jobs(&self) -> Vec<Job> {
         let mut state = self.state();
         let now = Instant::now();
+        // A lease bound to its connection lives as long as it: the open
+        // connection is its heartbeat, --lease-ttl is for the others.
+        let state = &mut *state;
+        for (hash, lease) in state.bound.values().flatten() {
+            if let Some(slot) = state.templates.get_mut(hash) {
+                if let Some(name) = slot.pool.held_by(lease).map(str::to_string) {
+                    slot.pool.renew(&name, now);
+                }
+            }
+        }
         for slot in state.templates.values_mut() {
             for taken in slot.pool.expire(now) {
                 self.metrics

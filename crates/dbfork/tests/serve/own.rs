@@ -368,3 +368,55 @@ fn the_bytes_cap_holds() {
     );
     assert_eq!(service.stop(), 0);
 }
+
+/// With `--lease-ttl`, a lease asked over the Unix socket lives as long as
+/// its connection (the open connection is its heartbeat): past the TTL it
+/// is still out, while one asked over TCP and left alone is taken back.
+#[test]
+fn a_lease_on_its_connection_outlives_the_ttl() {
+    let place = Place::new(Kind::Sqlite, "bound");
+    let socket = place.dir.path().join("run/serve.sock");
+    let service = Service::start_with(
+        &place,
+        &[
+            "--lease-ttl",
+            "1s",
+            "--listen",
+            &format!("unix:{}", socket.display()),
+        ],
+    );
+    let template = "/api/dbfork/v1/templates/bound";
+    assert_eq!(
+        service.call("POST", &format!("{template}/begin"), None).0,
+        201
+    );
+    assert_eq!(
+        service
+            .call("POST", &format!("{template}/finalize"), None)
+            .0,
+        200
+    );
+    let mut held = UnixStream::connect(&socket).unwrap();
+    let (status, body) = exchange(&mut held, "POST", &format!("{template}/leases"));
+    assert_eq!(status, 201, "{body}");
+    let bound = json(&body)["lease"].clone();
+    // Over TCP, left alone.
+    let (status, body) = service.call("POST", &format!("{template}/leases"), None);
+    assert_eq!(status, 201, "{body}");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (_, body) = service.call("GET", "/api/dbfork/v1/leases", None);
+    let out: Vec<serde_json::Value> = json(&body)["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lease"].clone())
+        .collect();
+    assert_eq!(
+        out,
+        vec![bound.clone()],
+        "only the bound lease is out: {body}"
+    );
+    let path = format!("/api/dbfork/v1/leases/{bound}");
+    assert_eq!(exchange(&mut held, "DELETE", &path).0, 204);
+    assert_eq!(service.stop(), 0);
+}
