@@ -375,6 +375,16 @@ def error_line(err):
     return next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "")
 
 
+def terminate(proc, timeout):
+    """SIGTERM, then SIGKILL after `timeout` seconds; waits for it."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def execute(cmd, cwd, env, rundir):
     """Runs cmd with stdout/stderr into files; returns (rc, wall, t0, t_exit, stdout, stderr)."""
     out_path, err_path = rundir / "stdout", rundir / "stderr"
@@ -395,12 +405,7 @@ def execute(cmd, cwd, env, rundir):
                 rc = proc.wait()
         finally:
             if proc.poll() is None:  # interrupted: the command goes first
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                terminate(proc, 60)
         wall = time.perf_counter() - p0
         t_exit = time.time()
     return rc, wall, t0, t_exit, out_path.read_text(errors="replace"), err_path.read_text(errors="replace")

@@ -38,7 +38,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -148,11 +147,7 @@ def bench(kind: str, reps: int, work: Path, plugdir: Path, given: dict) -> dict:
                     f"first test {r['first_test']:.2f} s, {r['summary']}" + ("" if r["ok"] else " (NOT OK)"))
         return {"url": url.split("?")[0], "runs": runs}
     finally:
-        service.send_signal(signal.SIGTERM)
-        try:
-            service.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            service.kill()
+        bc.terminate(service, 120)
         serve_log.close()
         if server is not None:
             server.stop()

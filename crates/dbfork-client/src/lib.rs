@@ -195,10 +195,15 @@ impl Client {
             Ok(url) if !url.is_empty() => Client::new(&url)?,
             _ => Client::new(&spawned()?)?,
         };
-        Ok(match std::env::var(ENV_TOKEN) {
-            Ok(token) if !token.trim().is_empty() => client.with_token(token.trim()),
-            _ => client,
-        })
+        Ok(client.with_env_token())
+    }
+
+    /// Sends the token `DBFORK_TOKEN` holds, if it holds one.
+    pub fn with_env_token(self) -> Client {
+        match std::env::var(ENV_TOKEN) {
+            Ok(token) if !token.trim().is_empty() => self.with_token(token.trim()),
+            _ => self,
+        }
     }
 
     /// Makes sure the template of `hash` exists: when the service has none,
@@ -304,17 +309,21 @@ impl Client {
             return Err(refused(what, status, &answer));
         }
         let database = database(&answer, &what)?;
-        let number = serde_json::from_str::<serde_json::Value>(&answer)
-            .ok()
-            .and_then(|v| v["lease"].as_u64())
-            .ok_or_else(|| Error::Protocol {
-                what,
-                why: "no `lease`".to_string(),
-            })?;
+        let value = serde_json::from_str::<serde_json::Value>(&answer).unwrap_or_default();
+        let number = value["lease"].as_u64().ok_or_else(|| Error::Protocol {
+            what,
+            why: "no `lease`".to_string(),
+        })?;
+        // Only a lease that ends by its time to live needs renewing.
+        let ttl = (value["ends"] == "ttl")
+            .then(|| value["ttl_seconds"].as_f64())
+            .flatten()
+            .map(Duration::from_secs_f64);
         Ok(Lease {
             client: self.clone(),
             number,
             database,
+            ttl,
             stream: Some(stream),
             returned: false,
         })
@@ -326,21 +335,16 @@ impl Client {
             source,
         };
         let stream = match &self.address {
-            Address::Tcp(address) => {
-                let stream = TcpStream::connect(address).map_err(unreachable)?;
-                stream
-                    .set_read_timeout(Some(self.timeout))
-                    .map_err(unreachable)?;
-                Stream::Tcp(stream)
-            }
-            Address::Unix(path) => {
-                let stream = UnixStream::connect(path).map_err(unreachable)?;
-                stream
-                    .set_read_timeout(Some(self.timeout))
-                    .map_err(unreachable)?;
-                Stream::Unix(stream)
-            }
-        };
+            Address::Tcp(address) => TcpStream::connect(address).map(Stream::Tcp),
+            Address::Unix(path) => UnixStream::connect(path).map(Stream::Unix),
+        }
+        .map_err(unreachable)?;
+        let timeout = Some(self.timeout);
+        match &stream {
+            Stream::Tcp(s) => s.set_read_timeout(timeout),
+            Stream::Unix(s) => s.set_read_timeout(timeout),
+        }
+        .map_err(unreachable)?;
         Ok(stream)
     }
 
@@ -554,6 +558,8 @@ pub struct Lease {
     client: Client,
     number: u64,
     database: Database,
+    /// When it ends unless renewed (a service with `--lease-ttl`, over TCP).
+    ttl: Option<Duration>,
     /// The connection it was leased on, kept open while it is held.
     stream: Option<Stream>,
     returned: bool,
@@ -567,6 +573,23 @@ impl Lease {
 
     pub fn database(&self) -> &Database {
         &self.database
+    }
+
+    /// How long the lease lasts unless renewed ([`Lease::renew`]): `Some`
+    /// from a service with `--lease-ttl` over TCP; over the Unix socket the
+    /// open connection keeps it.
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// The test still uses the clone: its time to live starts again.
+    pub fn renew(&self) -> Result<(), Error> {
+        let what = format!("renewing lease {}", self.number);
+        let path = format!("{API}/leases/{}/renew", self.number);
+        match self.client.call("POST", &path, &what)? {
+            (204, _) => Ok(()),
+            (status, answer) => Err(refused(what, status, &answer)),
+        }
     }
 
     /// The test changed nothing: the clone is handed out again as it is.

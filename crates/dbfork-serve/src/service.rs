@@ -264,6 +264,12 @@ impl Service {
                 == 0
     }
 
+    /// Tells the filler and every waiting request that the state changed.
+    fn wake(&self) {
+        self.work.notify_one();
+        self.changed.notify_waiters();
+    }
+
     /// How long a lease lasts without a renewal (`--lease-ttl`), if it ends so.
     pub fn lease_ttl(&self) -> Option<Duration> {
         self.config.lease_ttl
@@ -503,8 +509,7 @@ impl Service {
             }
         };
         drop(state);
-        self.work.notify_one();
-        self.changed.notify_waiters();
+        self.wake();
         result
     }
 
@@ -526,8 +531,7 @@ impl Service {
                 Phase::Ready { .. } | Phase::Starting | Phase::Discarded => (None, None),
             }
         };
-        self.work.notify_one();
-        self.changed.notify_waiters();
+        self.wake();
         if let Some(building) = building {
             ops::discard_template(&self.backend, *building, &self.template_options()).await;
         }
@@ -726,8 +730,7 @@ impl Service {
         }
         change(slot, &name);
         drop(state);
-        self.work.notify_one();
-        self.changed.notify_waiters();
+        self.wake();
         Ok(())
     }
 

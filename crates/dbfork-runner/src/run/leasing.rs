@@ -24,20 +24,20 @@ pub(super) struct Leasing {
     /// The machine's name of each clone ever leased: its database's name
     /// (for the report, after the return).
     names: Arc<Mutex<HashMap<String, String>>>,
+    /// The task that renews leases that end by their time to live (a
+    /// service with `--lease-ttl`, over TCP), once one is taken.
+    renewing: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
 }
 
 impl Leasing {
     pub(super) fn new(url: &str) -> Result<Leasing, RunError> {
         let client = Client::new(url).map_err(|e| RunError::Usage(e.to_string()))?;
-        let client = match std::env::var(dbfork_client::ENV_TOKEN) {
-            Ok(token) if !token.trim().is_empty() => client.with_token(token.trim()),
-            _ => client,
-        };
         Ok(Leasing {
-            client,
+            client: client.with_env_token(),
             template: Arc::default(),
             held: Arc::default(),
             names: Arc::default(),
+            renewing: Arc::default(),
         })
     }
 
@@ -89,9 +89,37 @@ impl Leasing {
                 name: name.clone(),
             });
             lock(&self.names).insert(name.clone(), database);
+            if let Some(ttl) = lease.ttl() {
+                self.renew_every(ttl / 3);
+            }
             lock(&self.held).insert(name, lease);
         }
         Ok(made)
+    }
+
+    /// Renews every lease held each `period` from now on (once started,
+    /// again: nothing).
+    fn renew_every(&self, period: Duration) {
+        let mut renewing = lock(&self.renewing);
+        if renewing.is_some() {
+            return;
+        }
+        let held = self.held.clone();
+        let period = period.max(Duration::from_millis(100));
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let held = held.clone();
+                let renewed = tokio::task::spawn_blocking(move || {
+                    lock(&held).values().try_for_each(|lease| lease.renew())
+                })
+                .await;
+                if let Ok(Err(e)) = renewed {
+                    tracing::warn!("could not renew a lease: {e}");
+                }
+            }
+        });
+        *renewing = Some(task.abort_handle());
     }
 
     /// The database behind the machine's clone `name` (itself when it was
@@ -129,6 +157,9 @@ impl Leasing {
     /// The end: every clone returned, and `keep` of the template kept made
     /// for the next run.
     pub(super) async fn end(&self, keep: usize) {
+        if let Some(task) = lock(&self.renewing).take() {
+            task.abort();
+        }
         let held: Vec<Lease> = lock(&self.held).drain().map(|(_, l)| l).collect();
         let template = lock(&self.template).clone();
         let client = self.client.clone();

@@ -176,8 +176,7 @@ impl Service {
                 });
             }
         }
-        self.work.notify_one();
-        self.changed.notify_waiters();
+        self.wake();
     }
 
     fn done(&self, run_id: &str, name: &str, change: impl FnOnce(&mut Slot)) {

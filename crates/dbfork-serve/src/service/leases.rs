@@ -56,8 +56,7 @@ impl Service {
                     reason: "disconnect",
                 })
                 .inc_by(taken as u64);
-            self.work.notify_one();
-            self.changed.notify_waiters();
+            self.wake();
         }
     }
 
@@ -97,8 +96,7 @@ impl Service {
         };
         change(slot, &name);
         drop(state);
-        self.work.notify_one();
-        self.changed.notify_waiters();
+        self.wake();
         Ok(())
     }
 

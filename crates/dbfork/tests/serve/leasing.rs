@@ -212,3 +212,23 @@ fn the_rust_example_passes_with_and_without_a_running_service(kind: Kind) {
     });
     assert_no_clones(&place);
 }
+
+/// Over TCP from a service with `--lease-ttl`, the run renews its leases:
+/// a run longer than the TTL loses none of its clones.
+#[test]
+fn a_run_renews_leases_that_end_by_their_ttl() {
+    let place = Place::new(Kind::Sqlite, "runttl");
+    let dir = suite(&place);
+    let service = Service::start_with(&place, &["--lease-ttl", "1s"]);
+    let url = format!("http://{}", service.base);
+    let slow = ["tests/test_slow.py", "tests/test_db.py"];
+    let out = dbfork_run(&place, &dir, &["-j", "2", "--serve-url", &url], &slow, &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let (_, metrics) = service.call("GET", "/metrics", None);
+    assert!(
+        !metrics.contains("reason=\"expiry\""),
+        "a lease of the run expired: {metrics}"
+    );
+    assert_eq!(service.stop(), 0);
+    assert_no_clones(&place);
+}

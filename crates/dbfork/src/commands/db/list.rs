@@ -84,12 +84,7 @@ async fn served(url: Option<String>) -> std::collections::BTreeMap<String, Strin
         return Default::default();
     };
     let asked = tokio::task::spawn_blocking(move || {
-        let client = dbfork_client::Client::new(&url)?;
-        let client = match std::env::var(dbfork_client::ENV_TOKEN) {
-            Ok(token) if !token.trim().is_empty() => client.with_token(token.trim()),
-            _ => client,
-        };
-        client.states()
+        dbfork_client::Client::new(&url)?.with_env_token().states()
     })
     .await
     .map_err(|e| e.to_string())
