@@ -96,6 +96,8 @@ pub enum Kind {
     Jobs,
     /// `test`, `class`, `module` or `file`.
     Dist,
+    /// `longest`, `file`, `reverse`, `shuffle`, `shuffle:SEED` or `shuffle:last`.
+    Order,
     /// `K/N` or `auto`.
     Shard,
     /// `auto`, `pytest`, `django`, `protocol` or `none`.
@@ -305,6 +307,20 @@ pub const SETTINGS: &[Setting] = &[
         help: "How tests are grouped when handed to workers: test, class, module or file. [default: test]",
         default: "`test`; `class` for `manage.py test`",
         doc: "How tests are grouped when handed to workers: `test`, `class` (a class's tests on one worker, so class-scoped fixtures are set up once), `module` or `file`.",
+    },
+    Setting {
+        key: "order",
+        flag: "order",
+        short: None,
+        alias: None,
+        env: "DBFORK_ORDER",
+        value_name: "ORDER",
+        kind: Kind::Order,
+        verbs: RUN,
+        value: Some("longest"),
+        help: "The order tests are handed out in, within --dist's units: longest (first, by the recorded timings), file (collection order), reverse, shuffle (a new seed, printed), shuffle:SEED or shuffle:last. [default: longest]",
+        default: "`longest`",
+        doc: "The order the units of tests (see `dist`) are handed out in: `longest` first by the recorded timings (the best balance), `file` (collection order), `reverse`, `shuffle` (a new seed, printed and kept in `.dbfork/order-seed`), `shuffle:SEED` (that order again) or `shuffle:last` (the last shuffled run's). Transactional tests still come after the others. An order-dependent failure shows up under `reverse` or `shuffle`.",
     },
     Setting {
         key: "shard",

@@ -68,6 +68,45 @@ impl Dist {
     }
 }
 
+/// In which order the units of work are handed out (within each order
+/// group: a worker never goes back to a lower one), independent of `--dist`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// The longest first by the recorded timings (the default): the best
+    /// balance.
+    #[default]
+    Longest,
+    /// Collection order.
+    File,
+    /// Collection order reversed.
+    Reverse,
+    /// A shuffle by this seed; `None`: a new seed, printed, so that the
+    /// order can be repeated.
+    Shuffle(Option<u64>),
+    /// The seed of the last shuffled run (in the state directory).
+    ShuffleLast,
+}
+
+impl Order {
+    pub const CHOICES: &'static str =
+        "longest, file, reverse, shuffle, shuffle:SEED or shuffle:last";
+
+    pub fn parse(text: &str) -> Option<Order> {
+        match text {
+            "longest" => Some(Order::Longest),
+            "file" => Some(Order::File),
+            "reverse" => Some(Order::Reverse),
+            "shuffle" => Some(Order::Shuffle(None)),
+            "shuffle:last" => Some(Order::ShuffleLast),
+            _ => text
+                .strip_prefix("shuffle:")?
+                .parse()
+                .ok()
+                .map(|seed| Order::Shuffle(Some(seed))),
+        }
+    }
+}
+
 /// How dbfork talks to the test command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Adapter {
@@ -165,6 +204,9 @@ pub struct RunConfig {
     /// the server's free connections).
     pub jobs_auto: bool,
     pub dist: Dist,
+    /// `--order`: resolved to a seed before the run (never `Shuffle(None)`
+    /// nor `ShuffleLast` once the run starts).
+    pub order: Order,
     /// `--shard K/N`: only this part of the suite.
     pub shard: Option<shard::Shard>,
     pub adapter: Adapter,

@@ -213,6 +213,8 @@ pub struct Params {
     pub aliases: usize,
     pub fresh_transactional: bool,
     pub dist: Dist,
+    /// `--order`, its seed resolved.
+    pub order: crate::Order,
     /// `--shard K/N`: only this part of the suite runs.
     pub shard: Option<Shard>,
     pub max_worker_restarts: usize,

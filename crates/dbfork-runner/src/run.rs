@@ -37,7 +37,7 @@ use crate::progress::{label, Progress};
 use crate::sinks::{ReportFiles, RunEvent, Sink, TimingsFile};
 use crate::timings::Timings;
 use crate::worker::{self, Echo, Environment, Tail};
-use crate::{adapters, template, Adapter, RunConfig};
+use crate::{adapters, template, Adapter, Order, RunConfig};
 use dbfork_meta::report::{Outcome, RunReport, TestRecord};
 
 // How often the run renews its clones' heartbeat (other hosts' gc waits an hour).
@@ -373,6 +373,7 @@ impl Executor {
             aliases: config.aliases.len(),
             fresh_transactional: config.fresh_transactional,
             dist: config.dist,
+            order: config.order,
             shard: config.shard,
             max_worker_restarts: config.max_worker_restarts,
             timeout: config.timeout,

@@ -9,13 +9,15 @@
 //! without a round trip per test; within a batch tests keep their collection
 //! order, so a module's tests run together and its fixtures are set up once.
 //! When the queue is empty, an idle worker takes the back half of the busiest
-//! worker's unstarted tests.
+//! worker's unstarted tests. Another `--order` (collection order, reversed,
+//! shuffled by a seed) hands the units out in that order instead, batches
+//! cut from the front and kept in it.
 
 use std::collections::VecDeque;
 
 use dbfork_protocol::TestItem;
 
-use crate::Dist;
+use crate::{Dist, Order};
 
 /// Most tests in one batch: bounds what one worker holds if the estimates are wrong.
 const MAX_BATCH: usize = 128;
@@ -45,6 +47,8 @@ pub struct Scheduler {
     /// Per test: its order group.
     groups: Vec<u32>,
     slots: usize,
+    /// Longest first (batches in collection order) or the order given.
+    longest: bool,
 }
 
 /// The units of work of `tests` (those `keep` picks) under `dist`, in
@@ -96,7 +100,7 @@ impl Scheduler {
         slots: usize,
         estimate: impl Fn(&str) -> f64,
     ) -> Self {
-        Scheduler::new_for(tests, dist, slots, estimate, |_| true)
+        Scheduler::new_for(tests, dist, Order::Longest, slots, estimate, |_| true)
     }
 
     /// A scheduler of the tests `keep` picks (this machine's shard); the
@@ -104,14 +108,29 @@ impl Scheduler {
     pub fn new_for(
         tests: &[TestItem],
         dist: Dist,
+        order: Order,
         slots: usize,
         estimate: impl Fn(&str) -> f64,
         keep: impl Fn(usize) -> bool,
     ) -> Self {
         let estimates: Vec<f64> = tests.iter().map(|t| estimate(&t.id).max(0.0)).collect();
         let mut units = group_units(tests, dist, &estimates, keep);
-        // By order group, then longest first; ties keep collection order (the sort is stable).
-        units.sort_by(|a, b| a.group.cmp(&b.group).then(b.seconds.total_cmp(&a.seconds)));
+        match order {
+            Order::Reverse => units.reverse(),
+            Order::Shuffle(Some(seed)) => shuffle(&mut units, seed),
+            _ => {}
+        }
+        // By order group (the sort is stable: the order above stays within
+        // each), then for `longest` longest first, ties in collection order.
+        let longest = order == Order::Longest;
+        units.sort_by(|a, b| {
+            let by_length = if longest {
+                b.seconds.total_cmp(&a.seconds)
+            } else {
+                std::cmp::Ordering::Equal
+            };
+            a.group.cmp(&b.group).then(by_length)
+        });
         Scheduler {
             estimates,
             queue: units.into(),
@@ -122,6 +141,7 @@ impl Scheduler {
             floor: vec![0; slots],
             groups: tests.iter().map(|t| t.group).collect(),
             slots,
+            longest,
         }
     }
 
@@ -161,8 +181,21 @@ impl Scheduler {
             .filter(|&s| s != slot && self.active[s])
             .any(|s| self.load(s) < self.load(slot));
         let mut batch = Vec::new();
-        let mut in_collection_order = true;
-        if less_loaded_elsewhere && back * 2.0 < front {
+        let mut in_collection_order = self.longest;
+        if !self.longest {
+            // The order given: the front units, about a target's worth.
+            let mut seconds = 0.0;
+            while let Some(unit) = self.queue.get(first).filter(|u| u.group == group) {
+                let full =
+                    seconds + unit.seconds > target || batch.len() + unit.tests.len() > MAX_BATCH;
+                if full && !batch.is_empty() {
+                    break;
+                }
+                let unit = self.take(first);
+                seconds += unit.seconds;
+                batch.extend(unit.tests);
+            }
+        } else if less_loaded_elsewhere && back * 2.0 < front {
             // One short unit: enough to keep the worker going, and it will ask
             // again; taking more would leave only long units for the end.
             batch.extend(self.take(last).tests);
@@ -328,10 +361,69 @@ impl Scheduler {
     }
 }
 
+/// Shuffles `units` by `seed` (Fisher-Yates with splitmix64: the same seed,
+/// the same order, on every machine).
+fn shuffle(units: &mut [Unit], seed: u64) {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..units.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        units.swap(i, j);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The order one worker gets every test in under `order`.
+    fn handed_out(order: Order, tests: &[TestItem]) -> Vec<usize> {
+        let mut s = Scheduler::new_for(tests, Dist::Test, order, 1, |_| 1.0, |_| true);
+        let mut seen = Vec::new();
+        while let Some(batch) = s.next_batch(0) {
+            for i in batch {
+                s.started(0, i);
+                seen.push(i);
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn the_orders_hand_out_in_their_order_within_each_group() {
+        let mut tests = items(30);
+        // The last ten are transactional (a later group): they stay last.
+        for t in &mut tests[20..] {
+            t.group = 1;
+        }
+        let file = handed_out(Order::File, &tests);
+        assert_eq!(file, (0..30).collect::<Vec<_>>());
+        let reverse = handed_out(Order::Reverse, &tests);
+        let expected: Vec<usize> = (0..20).rev().chain((20..30).rev()).collect();
+        assert_eq!(reverse, expected);
+        let shuffled = handed_out(Order::Shuffle(Some(42)), &tests);
+        assert_eq!(
+            shuffled,
+            handed_out(Order::Shuffle(Some(42)), &tests),
+            "a seed, one order"
+        );
+        assert_ne!(shuffled, handed_out(Order::Shuffle(Some(43)), &tests));
+        assert_ne!(shuffled, file);
+        let mut sorted = shuffled.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, file, "every test once");
+        assert!(
+            shuffled[..20].iter().all(|&i| i < 20),
+            "groups hold: {shuffled:?}"
+        );
+    }
 
     fn items(n: usize) -> Vec<TestItem> {
         (0..n)
@@ -465,11 +557,14 @@ mod tests {
             n in 1usize..60,
             slots in 1usize..5,
             dist in 0usize..3,
+            order in 0usize..4,
+            seed in 0u64..1000,
             ops in proptest::collection::vec((0usize..5, 0usize..4, 0usize..100), 1..400),
         ) {
             let tests = items(n);
             let dist = [Dist::Test, Dist::Class, Dist::Module][dist];
-            let mut s = Scheduler::new(&tests, dist, slots, |id| (id.len() % 7) as f64);
+            let order = [Order::Longest, Order::File, Order::Reverse, Order::Shuffle(Some(seed))][order];
+            let mut s = Scheduler::new_for(&tests, dist, order, slots, |id| (id.len() % 7) as f64, |_| true);
             let mut started = vec![0usize; n];
             let mut pending_steal: Vec<(usize, Vec<usize>)> = Vec::new();
             let step = |s: &mut Scheduler, op: usize, slot: usize, pick: usize, started: &mut Vec<usize>, pending_steal: &mut Vec<(usize, Vec<usize>)>| {

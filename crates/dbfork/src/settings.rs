@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dbfork_runner::shard::Shard;
-use dbfork_runner::{Adapter, Dist, RunConfig};
+use dbfork_runner::{Adapter, Dist, Order, RunConfig};
 
 use dbfork_meta::settings::{Kind, Setting, Span, Verb, SERVE_TABLE, SETTINGS};
 
@@ -49,6 +49,7 @@ enum Value {
     /// `None`: `auto`.
     Jobs(Option<usize>),
     Dist(Dist),
+    Order(Order),
     Shard(Shard),
     Adapter(Adapter),
     /// `None`: turned off.
@@ -167,6 +168,7 @@ impl Settings {
         /// `Some(None)`: `auto`.
         jobs: Jobs(jobs) -> Option<usize> = Some(*jobs);
         dist: Dist(dist) -> Dist = Some(*dist);
+        order: Order(order) -> Order = Some(*order);
         shard: Shard(shard) -> Shard = Some(*shard);
         adapter: Adapter(adapter) -> Adapter = Some(*adapter);
         duration: Duration(duration) -> Duration = *duration;
@@ -267,6 +269,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
         jobs,
         jobs_auto,
         dist,
+        order: s.required("order", s.order("order"))?,
         shard: s.shard("shard")?,
         adapter,
         timeout: s.duration("timeout")?,
@@ -621,6 +624,14 @@ fn parse(
             Value::Dist(
                 Dist::parse(&text.trim().to_ascii_lowercase()).ok_or_else(|| {
                     invalid(origin, format!("`{text}` is not one of {}", Dist::CHOICES))
+                })?,
+            )
+        }
+        Kind::Order => {
+            let text = string(raw, origin)?;
+            Value::Order(
+                Order::parse(&text.trim().to_ascii_lowercase()).ok_or_else(|| {
+                    invalid(origin, format!("`{text}` is not one of {}", Order::CHOICES))
                 })?,
             )
         }

@@ -327,6 +327,7 @@ impl Machine {
         let scheduler = Scheduler::new_for(
             &tests,
             self.params.dist,
+            self.params.order,
             self.slots.len(),
             |id| timings.estimate(id),
             |i| selected.is_none_or(|s| s[i]),

@@ -33,6 +33,7 @@ fn fresh_params(
         aliases: 0,
         fresh_transactional: fresh,
         dist: Dist::Test,
+        order: crate::Order::Longest,
         shard: None,
         max_worker_restarts: restarts,
         timeout: timeout.then_some(Duration::from_secs(10)),

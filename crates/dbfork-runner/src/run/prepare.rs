@@ -43,7 +43,7 @@ impl Prepared {
 /// waits until it has configured itself. `server` is the database server when
 /// it is already known (`--db`); the controller's `DATABASE_URL` names it.
 pub async fn prepare(
-    config: RunConfig,
+    mut config: RunConfig,
     server: Option<&DbUrl>,
     signals: Signals,
 ) -> Result<Prepared, RunError> {
@@ -68,6 +68,7 @@ pub async fn prepare(
         );
     }
     crate::prepare_state_dir(&config.state_dir);
+    resolve_order(&mut config, adapter.speaks_protocol())?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (canceller, cancel) = Cancel::new();
     tokio::spawn(watch_signals(signals, canceller, events_tx.clone()));
@@ -234,4 +235,45 @@ pub(super) async fn fit_jobs(
     Err(RunError::Usage(format!(
         "{jobs} workers do not fit on the database server: {why}. To run: {fix}."
     )))
+}
+
+/// Where the seed of the last shuffled run is kept (`--order shuffle:last`).
+const ORDER_SEED_FILE: &str = "order-seed";
+
+/// `--order shuffle` gets a new seed, `shuffle:last` the last shuffled
+/// run's; a shuffled run says its seed and keeps it for `shuffle:last`.
+fn resolve_order(config: &mut RunConfig, handed_out: bool) -> Result<(), RunError> {
+    let path = config.state_dir.join(ORDER_SEED_FILE);
+    let seed = match config.order {
+        Order::Shuffle(Some(seed)) => seed,
+        Order::Shuffle(None) => u64::from_str_radix(&dbfork_engine::files::random_hex(), 16).unwrap_or(1),
+        Order::ShuffleLast => last_seed(&path).ok_or_else(|| {
+            RunError::Usage(format!(
+                "--order shuffle:last: no shuffled run left its seed in {}; run with --order shuffle (or shuffle:SEED) first",
+                path.display()
+            ))
+        })?,
+        Order::Longest | Order::File | Order::Reverse => return Ok(()),
+    };
+    config.order = Order::Shuffle(Some(seed));
+    if !handed_out {
+        dbfork_meta::say!("dbfork: note: --order changes nothing without an adapter (each worker runs the whole command in its own order)");
+        return Ok(());
+    }
+    if let Err(e) = dbfork_engine::files::write_replacing(&path, seed.to_string().as_bytes()) {
+        tracing::warn!("could not keep the order's seed in {}: {e}", path.display());
+    }
+    dbfork_meta::say!(
+        "dbfork: the tests go out in a shuffled order, seed {seed}: --order shuffle:{seed} (or shuffle:last) hands them out in this order again"
+    );
+    Ok(())
+}
+
+/// The seed in `path`, a regular file holding a number.
+fn last_seed(path: &std::path::Path) -> Option<u64> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.file_type().is_file() || meta.len() > 64 {
+        return None;
+    }
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }

@@ -1898,3 +1898,72 @@ mod example_project {
         super::example_project_matches_serial_pytest(super::Kind::Mysql)
     }
 }
+
+/// `--order`: collection order, reversed (which exposes an order-dependent
+/// pair that passes in collection order), shuffled by a printed seed that
+/// `shuffle:SEED` and `shuffle:last` repeat; a bad order is a usage error.
+#[test]
+fn the_order_is_chosen_and_a_shuffle_repeats() {
+    let place = Place::new(Kind::Sqlite, "order");
+    let dir = suite(&place);
+    let run = |order: &str| {
+        dbfork_run(
+            &place,
+            &dir,
+            &["-j", "1", "-v", "--order", order],
+            &["orderdep"],
+            &[],
+        )
+    };
+    // The test ids in the order the one worker ran them.
+    let sequence = |out: &Outcome| -> Vec<String> {
+        format!("{}\n{}", out.stdout, out.stderr)
+            .lines()
+            // dbfork's line per test (`-v`): `PASSED <id> [gw0] 0.01s`.
+            .filter(|l| l.contains(" [gw"))
+            .filter_map(|l| {
+                l.strip_prefix("PASSED ")
+                    .or_else(|| l.strip_prefix("FAILED "))
+            })
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect()
+    };
+    let file = run("file");
+    assert_eq!(file.code, 0, "{}\n{}", file.stdout, file.stderr);
+    let ran = sequence(&file);
+    assert_eq!(ran.len(), 10, "{ran:?}");
+    assert!(
+        ran[0].ends_with("test_reader") && ran[9].ends_with("test_polluter"),
+        "{ran:?}"
+    );
+    let reverse = run("reverse");
+    assert_eq!(reverse.code, 1, "{}", reverse.stderr);
+    let ran = sequence(&reverse);
+    assert!(
+        ran[0].ends_with("test_polluter") && ran[9].ends_with("test_reader"),
+        "{ran:?}"
+    );
+    assert!(
+        reverse.stdout.contains("1 failed, 9 passed"),
+        "{}",
+        reverse.stdout
+    );
+
+    let shuffled = run("shuffle");
+    let said = shuffled
+        .stderr
+        .lines()
+        .find_map(|l| l.split("seed ").nth(1))
+        .unwrap_or_else(|| panic!("no seed said: {}", shuffled.stderr));
+    let seed: String = said.chars().take_while(|c| c.is_ascii_digit()).collect();
+    assert!(!seed.is_empty(), "{said}");
+    let first = sequence(&shuffled);
+    assert_eq!(first.len(), 10, "{}", shuffled.stderr);
+    assert_eq!(sequence(&run(&format!("shuffle:{seed}"))), first);
+    assert_eq!(sequence(&run("shuffle:last")), first);
+
+    let bad = run("sideways");
+    assert_eq!(bad.code, 4, "{}", bad.stderr);
+    assert!(bad.stderr.contains("shuffle:SEED"), "{}", bad.stderr);
+    assert_no_clones(&place);
+}
