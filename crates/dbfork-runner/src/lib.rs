@@ -29,6 +29,7 @@ pub mod error;
 pub mod machine;
 pub mod packages;
 pub mod progress;
+pub mod recording;
 pub mod report;
 pub mod run;
 pub mod schedule;

@@ -386,10 +386,15 @@ impl Executor {
             },
             django_facts: configured.django.as_ref().map(|d| d.facts.clone()),
         };
-        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(ReportFiles {
+        let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ReportFiles {
             junit: config.junit.clone(),
             json: config.json.clone(),
         })];
+        if let Some(recording) =
+            crate::recording::Recording::start(&config.state_dir, &parts.run_id)
+        {
+            sinks.push(Box::new(recording));
+        }
         Executor {
             machine: Machine::new(params, parts.timings, parts.started),
             // Without an adapter each slot's command is one unit of the report.

@@ -70,6 +70,16 @@ pub enum ReportCommand {
     /// (CI shards) into one: prints its closing line and exits with its exit code (the worst of
     /// the runs': a usage error, a setup or database error, an interruption, failed tests).
     Merge(MergeArgs),
+    /// Show a recorded run (`.dbfork/runs/`, the newest 20 kept): its summary as it ended,
+    /// and each worker's tests in the order it ran them. Without RUN, the latest run.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The run's id (as `dbfork run` said it, or a prefix of it); the latest run when left out.
+    #[arg(value_name = "RUN")]
+    pub run: Option<String>,
 }
 
 #[derive(Debug, Args)]

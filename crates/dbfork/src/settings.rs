@@ -315,6 +315,11 @@ const ROOT_MARKERS: &[&str] = &[
 /// configuration file: the nearest directory, from `cwd` up, that already has
 /// a `.dbfork/` or one of [`ROOT_MARKERS`]; `cwd` when there is none. So a
 /// run from a subdirectory uses the project's one `.dbfork/`.
+/// The state directory (`.dbfork/`) of the project `cwd` is in.
+pub fn state_dir_of(cwd: &Path) -> PathBuf {
+    project_root(cwd).join(STATE_DIR)
+}
+
 fn project_root(cwd: &Path) -> PathBuf {
     cwd.ancestors()
         .find(|dir| {

@@ -85,6 +85,7 @@ pub fn main() -> i32 {
                 run::fingerprint(run, verbose, print_json).await
             }
             Command::Report(ReportCommand::Merge(args)) => report::merge(args),
+            Command::Report(ReportCommand::Show(args)) => report::show(args),
             Command::Clean(args) => clean::run(args).await,
             Command::Serve(args) => {
                 let cancel = crate::signals::install();

@@ -1,10 +1,11 @@
-//! `dbfork report merge`: one report of a suite run in shards.
+//! `dbfork report merge`: one report of a suite run in shards. `dbfork
+//! report show`: a recorded run.
 
 use anyhow::Result;
 use dbfork_meta::report::{check_shards, merge as merge_reports, read_json};
 use dbfork_runner::report::{write_json, write_junit};
 
-use crate::cli::MergeArgs;
+use crate::cli::{MergeArgs, ShowArgs};
 use crate::errors::UsageError;
 
 pub fn merge(args: MergeArgs) -> Result<i32> {
@@ -36,4 +37,57 @@ pub fn merge(args: MergeArgs) -> Result<i32> {
         if count == 1 { "" } else { "s" }
     );
     Ok(merged.exit_code)
+}
+
+/// The recorded run `args.run` names (the latest without it): its summary
+/// as it ended, and each worker's tests in the order it ran them.
+pub fn show(args: ShowArgs) -> Result<i32> {
+    let runs = crate::settings::state_dir_of(&std::env::current_dir()?)
+        .join(dbfork_runner::recording::RUNS_DIR);
+    let recorded = dbfork_runner::recording::recordings(&runs);
+    let found = match &args.run {
+        None => recorded.first(),
+        Some(wanted) => recorded
+            .iter()
+            .find(|(name, _)| name.starts_with(wanted.as_str())),
+    };
+    let Some((name, _)) = found else {
+        let which = args
+            .run
+            .as_ref()
+            .map_or("no run".to_string(), |r| format!("no run `{r}`"));
+        return Err(UsageError(format!(
+            "{which} is recorded in {}; dbfork run records each run there (the newest {} kept)",
+            runs.display(),
+            dbfork_runner::recording::KEEP_RUNS
+        ))
+        .into());
+    };
+    let dir = runs.join(name);
+    let text = std::fs::read_to_string(dir.join("report.json")).map_err(|e| {
+        UsageError(format!(
+            "the run {name} has no report in {} ({e}): it did not end (killed?); its events are in events.jsonl",
+            dir.display()
+        ))
+    })?;
+    let report =
+        read_json(&text).map_err(|e| UsageError(format!("cannot read {}: {e}", dir.display())))?;
+    dbfork_meta::out!("run {name}: {}", report.command.join(" "));
+    dbfork_meta::out!("recorded in {}", dir.display());
+    let order: std::collections::BTreeMap<usize, Vec<String>> =
+        std::fs::read_to_string(dir.join("order.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+    for (slot, tests) in &order {
+        dbfork_meta::out!(
+            "worker gw{slot}, {} test(s), in the order it ran them:",
+            tests.len()
+        );
+        for test in tests {
+            dbfork_meta::out!("  {test}");
+        }
+    }
+    dbfork_runner::progress::print_final(&report);
+    Ok(0)
 }

@@ -1967,3 +1967,67 @@ fn the_order_is_chosen_and_a_shuffle_repeats() {
     assert!(bad.stderr.contains("shuffle:SEED"), "{}", bad.stderr);
     assert_no_clones(&place);
 }
+
+/// Every run is recorded in `.dbfork/runs/<run-id>/`: its events (a line
+/// per test with its worker), each worker's order, its report; `dbfork
+/// report show [RUN]` prints the order and the summary.
+#[test]
+fn a_run_is_recorded_and_shown() {
+    let place = Place::new(Kind::Sqlite, "record");
+    let dir = suite(&place);
+    let out = dbfork_run(
+        &place,
+        &dir,
+        &["-j", "1", "--order", "reverse"],
+        &["orderdep"],
+        &[],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let run_id = out.report["run_id"].as_str().unwrap().to_string();
+    let recorded = dir.join(".dbfork/runs").join(&run_id);
+    let events = std::fs::read_to_string(recorded.join("events.jsonl")).unwrap();
+    let tests: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "test")
+        .collect();
+    assert_eq!(tests.len(), 10, "{events}");
+    assert!(
+        events.lines().last().unwrap().contains("\"finished\""),
+        "{events}"
+    );
+    let order: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(recorded.join("order.json")).unwrap())
+            .unwrap();
+    let slot = order["0"].as_array().unwrap();
+    assert!(
+        slot[0].as_str().unwrap().ends_with("test_polluter"),
+        "{order}"
+    );
+    assert!(
+        slot[9].as_str().unwrap().ends_with("test_reader"),
+        "{order}"
+    );
+    assert!(recorded.join("report.json").is_file());
+
+    let show = |args: &[&str]| {
+        dbfork()
+            .current_dir(&dir)
+            .args(["report", "show"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for args in [&[][..], &[&run_id[..4]][..]] {
+        let shown = show(args);
+        let text = String::from_utf8_lossy(&shown.stdout);
+        assert!(shown.status.success(), "{text}");
+        assert!(text.contains(&format!("run {run_id}")), "{text}");
+        assert!(text.contains("worker gw0, 10 test(s)"), "{text}");
+        assert!(text.contains("1 failed, 9 passed"), "{text}");
+    }
+    let none = show(&["nope"]);
+    assert_eq!(none.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no run `nope`"));
+    assert_no_clones(&place);
+}
