@@ -153,7 +153,7 @@ pub fn recordings(runs: &Path) -> Vec<(String, SystemTime)> {
             Some((e.file_name().to_string_lossy().into_owned(), modified))
         })
         .collect();
-    found.sort_by(|a, b| b.1.cmp(&a.1));
+    found.sort_by_key(|(_, modified)| std::cmp::Reverse(*modified));
     found
 }
 
