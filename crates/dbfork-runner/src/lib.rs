@@ -236,6 +236,8 @@ pub struct RunConfig {
     /// Where templates are exported after a build and restored from before one.
     pub template_cache: Option<PathBuf>,
     pub template_cache_size: u64,
+    /// How many recorded runs stay in `.dbfork/runs/` (0: none recorded).
+    pub keep_runs: usize,
     /// After a build, how many templates of its setup stay (0: all).
     pub keep_templates: usize,
     /// Grow a template from its nearest ancestor (`None`: on for the Django

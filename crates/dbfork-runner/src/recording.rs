@@ -5,7 +5,7 @@
 //! the tests in the order it ran them) and the run's report
 //! (`report.json`, as `--json` writes it). `dbfork report show` reads it; the
 //! classification and bisection of failures start from it. The newest
-//! [`KEEP_RUNS`] recordings stay, and none over [`MAX_AGE_DAYS`] days old;
+//! `--keep-runs` recordings stay ([`KEEP_RUNS`]), none over [`MAX_AGE_DAYS`] days old;
 //! a recording stops growing past [`MAX_BYTES`]. A failure to record never
 //! fails the run: it says so once and records no more.
 
@@ -22,7 +22,7 @@ use crate::sinks::{RunEvent, Sink};
 
 /// The folder of the recordings, in the state directory.
 pub const RUNS_DIR: &str = "runs";
-/// The recordings kept (the newest).
+/// The recordings kept by default (the newest; `--keep-runs`).
 pub const KEEP_RUNS: usize = 20;
 /// Recordings older than this are removed.
 pub const MAX_AGE_DAYS: u64 = 14;
@@ -39,13 +39,17 @@ pub struct Recording {
 }
 
 impl Recording {
-    /// A new recording of run `run_id` in `state_dir/runs/`, older ones
-    /// pruned first; `None` (said) when it cannot be made.
-    pub fn start(state_dir: &Path, run_id: &str) -> Option<Recording> {
+    /// A new recording of run `run_id` in `state_dir/runs/`, the older
+    /// ones but `keep - 1` pruned first; `None` when `keep` is 0, or (said)
+    /// when it cannot be made.
+    pub fn start(state_dir: &Path, run_id: &str, keep: usize) -> Option<Recording> {
+        if keep == 0 {
+            return None;
+        }
         let runs = state_dir.join(RUNS_DIR);
         let made = (|| {
             private_dir(&runs)?;
-            prune(&runs, KEEP_RUNS.saturating_sub(1));
+            prune(&runs, keep - 1);
             let dir = runs.join(run_id);
             std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
             let file = dbfork_engine::files::create_new_private(&dir.join("events.jsonl"))?;

@@ -391,7 +391,7 @@ impl Executor {
             json: config.json.clone(),
         })];
         if let Some(recording) =
-            crate::recording::Recording::start(&config.state_dir, &parts.run_id)
+            crate::recording::Recording::start(&config.state_dir, &parts.run_id, config.keep_runs)
         {
             sinks.push(Box::new(recording));
         }

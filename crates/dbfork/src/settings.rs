@@ -289,6 +289,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
         template_cache: s.path("template_cache")?,
         template_cache_size: s.required("template_cache_size", s.size("template_cache_size"))?,
         incremental: s.switch("incremental")?,
+        keep_runs: s.count_or_default("keep_runs")?,
         keep_templates: s.count_or_default("keep_templates")?,
         lock_timeout: s.duration_or_default("lock_timeout")?,
         verbose,
