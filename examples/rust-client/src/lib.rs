@@ -28,6 +28,12 @@ impl Db {
             runtime.spawn(connection);
             return Ok(Db::Postgres(client, runtime));
         }
+        // mysql_async wants a host even beside `?socket=` (dbfork's URL of a
+        // server reached by its socket has none): `localhost`, as usual.
+        let url = match url.split_once("@/") {
+            Some((user, rest)) if url.contains("socket=") => format!("{user}@localhost/{rest}"),
+            _ => url.to_string(),
+        };
         let conn = runtime.block_on(mysql_async::Conn::from_url(url))?;
         Ok(Db::Mysql(conn, runtime))
     }
