@@ -70,8 +70,9 @@ pub enum ReportCommand {
     /// (CI shards) into one: prints its closing line and exits with its exit code (the worst of
     /// the runs': a usage error, a setup or database error, an interruption, failed tests).
     Merge(MergeArgs),
-    /// Show a recorded run (`.dbfork/runs/`, the newest 20 kept): its summary as it ended,
-    /// and each worker's tests in the order it ran them. Without RUN, the latest run.
+    /// Show a recorded run (`.dbfork/runs/`, the newest 20 kept): for each failed test the
+    /// tests its worker ran before it (what an order-dependent failure depends on), and the
+    /// summary as it ended. Without RUN, the latest run.
     Show(ShowArgs),
 }
 
@@ -80,6 +81,9 @@ pub struct ShowArgs {
     /// The run's id (as `dbfork run` said it, or a prefix of it); the latest run when left out.
     #[arg(value_name = "RUN")]
     pub run: Option<String>,
+    /// Every worker's tests in the order it ran them (else the tests before each failure).
+    #[arg(long)]
+    pub full: bool,
 }
 
 #[derive(Debug, Args)]

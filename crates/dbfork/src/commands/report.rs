@@ -39,8 +39,12 @@ pub fn merge(args: MergeArgs) -> Result<i32> {
     Ok(merged.exit_code)
 }
 
-/// The recorded run `args.run` names (the latest without it): its summary
-/// as it ended, and each worker's tests in the order it ran them.
+/// How many of the tests a worker ran before a failure `report show` names.
+const AFTER: usize = 5;
+
+/// The recorded run `args.run` names (the latest without it): how many
+/// tests each worker ran (`--full`: which, in order), each failed test with
+/// the tests its worker ran just before it, and the summary as it ended.
 pub fn show(args: ShowArgs) -> Result<i32> {
     let runs = crate::settings::state_dir_of(&std::env::current_dir()?)
         .join(dbfork_runner::recording::RUNS_DIR);
@@ -80,13 +84,37 @@ pub fn show(args: ShowArgs) -> Result<i32> {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
     for (slot, tests) in &order {
-        dbfork_meta::out!(
-            "worker gw{slot}, {} test(s), in the order it ran them:",
-            tests.len()
-        );
-        for test in tests {
-            dbfork_meta::out!("  {test}");
+        dbfork_meta::out!("worker gw{slot}, {} test(s)", tests.len());
+        if args.full {
+            for test in tests {
+                dbfork_meta::out!("  {test}");
+            }
         }
+    }
+    for test in report.tests.iter().filter(|t| t.outcome.is_failure()) {
+        let ran = test
+            .slot
+            .and_then(|slot| order.get(&slot).map(|tests| (slot, tests)));
+        let Some((slot, tests)) = ran else {
+            continue;
+        };
+        let at = tests.iter().position(|t| *t == test.id).unwrap_or(0);
+        let before = &tests[at.saturating_sub(AFTER)..at];
+        let earlier = at - before.len();
+        let after = match (before.is_empty(), earlier) {
+            (true, _) => "first in its worker".to_string(),
+            (false, 0) => format!("after {}", before.join(", ")),
+            (false, n) => format!(
+                "after {} (and {n} earlier: --full lists them)",
+                before.join(", ")
+            ),
+        };
+        dbfork_meta::out!(
+            "{} {} [gw{slot}], test {} of its worker, {after}",
+            test.outcome.as_str().to_uppercase(),
+            test.id,
+            at + 1
+        );
     }
     dbfork_runner::progress::print_final(&report);
     Ok(0)

@@ -2025,7 +2025,23 @@ fn a_run_is_recorded_and_shown() {
         assert!(text.contains(&format!("run {run_id}")), "{text}");
         assert!(text.contains("worker gw0, 10 test(s)"), "{text}");
         assert!(text.contains("1 failed, 9 passed"), "{text}");
+        // The failure, with what ran before it: the polluter first of all.
+        let failed = text
+            .lines()
+            .find(|l| l.starts_with("FAILED orderdep/test_order.py::test_reader [gw0], test 10 of its worker, after "))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(
+            !failed.contains("test_polluter")
+                && failed.ends_with("(and 4 earlier: --full lists them)"),
+            "the 5 before it: {failed}"
+        );
     }
+    let full = show(&["--full"]);
+    let text = String::from_utf8_lossy(&full.stdout);
+    assert!(
+        text.contains("  orderdep/test_order.py::test_polluter"),
+        "{text}"
+    );
     let none = show(&["nope"]);
     assert_eq!(none.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&none.stderr).contains("no run `nope`"));
