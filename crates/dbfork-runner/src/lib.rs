@@ -205,6 +205,9 @@ pub struct RunConfig {
     /// the server's free connections).
     pub jobs_auto: bool,
     pub dist: Dist,
+    /// Only these tests, by id (`dbfork rerun --failed`); `None`: every
+    /// test the command collects.
+    pub only: Option<Vec<String>>,
     /// `--order`: resolved to a seed before the run (never `Shuffle(None)`
     /// nor `ShuffleLast` once the run starts).
     pub order: Order,

@@ -215,6 +215,8 @@ pub struct Params {
     pub dist: Dist,
     /// `--order`, its seed resolved.
     pub order: crate::Order,
+    /// Only these tests, by id (`dbfork rerun --failed`); `None`: all.
+    pub only: Option<std::sync::Arc<std::collections::HashSet<String>>>,
     /// `--shard K/N`: only this part of the suite runs.
     pub shard: Option<Shard>,
     pub max_worker_restarts: usize,
@@ -363,6 +365,9 @@ pub struct Machine {
     outcomes: Vec<Option<Outcome>>,
     /// With `--shard`: per test, whether it is this shard's; and the split.
     selected: Option<(Vec<bool>, ShardReport)>,
+    /// With a list of tests to run (`dbfork rerun --failed`): per test,
+    /// whether it is one of them.
+    only: Option<Vec<bool>>,
     collect_errors: Vec<(String, String)>,
     collect_skipped: Vec<(String, String)>,
     scheduler: Option<Scheduler>,
@@ -407,6 +412,7 @@ impl Machine {
             conns: HashMap::new(),
             tests: None,
             selected: None,
+            only: None,
             collect_errors: Vec::new(),
             collect_skipped: Vec::new(),
             scheduler: None,
@@ -529,9 +535,9 @@ impl Machine {
 
     /// Whether test `index` is this run's to run (all are, but with `--shard`).
     pub fn selected(&self, index: usize) -> bool {
-        self.selected
-            .as_ref()
-            .is_none_or(|(selected, _)| selected.get(index).copied().unwrap_or(false))
+        let picked = |mask: &Vec<bool>| mask.get(index).copied().unwrap_or(false);
+        self.selected.as_ref().is_none_or(|(mask, _)| picked(mask))
+            && self.only.as_ref().is_none_or(picked)
     }
 
     /// This run's tests without an outcome yet.

@@ -374,6 +374,10 @@ impl Executor {
             fresh_transactional: config.fresh_transactional,
             dist: config.dist,
             order: config.order,
+            only: config
+                .only
+                .as_ref()
+                .map(|ids| std::sync::Arc::new(ids.iter().cloned().collect())),
             shard: config.shard,
             max_worker_restarts: config.max_worker_restarts,
             timeout: config.timeout,

@@ -23,6 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Run a test command in parallel, each worker on its own clone of the migrated template.
     Run(Box<RunArgs>),
+    /// Run the failed tests of a recorded run again (`--failed`, the latest run's; `--failed
+    /// RUN`, that one's), each worker on a fresh clone, with the recorded test command unless
+    /// one is given; every option of `dbfork run` applies.
+    Rerun(Box<RerunArgs>),
     /// Templates, clones and teardown, one step at a time.
     #[command(subcommand)]
     Db(DbCommand),
@@ -186,6 +190,63 @@ pub struct RunArgs {
     pub settings: Given<OfRun>,
     /// The test command.
     pub command: Vec<String>,
+    /// Only these tests, by id (`dbfork rerun`); never from the command line.
+    pub only: Option<Vec<String>>,
+}
+
+/// `dbfork rerun`: the run's settings, the recorded run and the command.
+#[derive(Debug, Clone, Default)]
+pub struct RerunArgs {
+    /// The settings, and the command if one is given (else the recorded one).
+    pub run: RunArgs,
+    /// `--failed [RUN]`: the run (an id or a prefix); empty: the latest.
+    pub failed: String,
+}
+
+const FAILED: &str = "failed";
+
+impl Args for RerunArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        Given::<OfRun>::augment_args(cmd)
+            .arg(
+                Arg::new(FAILED)
+                    .long(FAILED)
+                    .value_name("RUN")
+                    .required(true)
+                    .num_args(0..=1)
+                    .default_missing_value("")
+                    .help("Run again the tests that failed (or errored, crashed, timed out) in the recorded run RUN (its id or a prefix, see `dbfork report show`); without RUN, the latest run's."),
+            )
+            .arg(
+                Arg::new(COMMAND)
+                    .value_name("COMMAND")
+                    .num_args(0..)
+                    .trailing_var_arg(true)
+                    .help("The test command, after `--`; the recorded run's when left out."),
+            )
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for RerunArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = RerunArgs::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.run.settings.update_from_arg_matches(matches)?;
+        self.run.command = strings(matches, COMMAND).unwrap_or_default();
+        self.failed = matches
+            .get_one::<String>(FAILED)
+            .cloned()
+            .unwrap_or_default();
+        Ok(())
+    }
 }
 
 const COMMAND: &str = "command";

@@ -270,6 +270,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
         jobs_auto,
         dist,
         order: s.required("order", s.order("order"))?,
+        only: args.only.clone(),
         shard: s.shard("shard")?,
         adapter,
         timeout: s.duration("timeout")?,

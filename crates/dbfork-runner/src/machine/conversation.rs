@@ -314,23 +314,25 @@ impl Machine {
         self.outcomes = vec![None; tests.len()];
         self.collect_errors = errors.into_iter().map(|e| (e.id, e.longrepr)).collect();
         self.selected = self.params.shard.map(|shard| self.select(&tests, shard));
-        let mine = match &self.selected {
-            Some((selected, _)) => selected.iter().filter(|s| **s).count(),
-            None => tests.len(),
-        };
+        self.only = self
+            .params
+            .only
+            .as_ref()
+            .map(|ids| tests.iter().map(|t| ids.contains(&t.id)).collect());
+        let keep: Vec<bool> = (0..tests.len()).map(|i| self.selected(i)).collect();
+        let mine = keep.iter().filter(|k| **k).count();
         self.out.push(Command::Collected {
             all: tests.len(),
             mine,
         });
         let timings = &self.timings;
-        let selected = self.selected.as_ref().map(|(s, _)| s);
         let scheduler = Scheduler::new_for(
             &tests,
             self.params.dist,
             self.params.order,
             self.slots.len(),
             |id| timings.estimate(id),
-            |i| selected.is_none_or(|s| s[i]),
+            |i| keep[i],
         );
         let units = scheduler.units();
         self.tests = Some(tests);

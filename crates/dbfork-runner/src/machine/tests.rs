@@ -34,6 +34,7 @@ fn fresh_params(
         fresh_transactional: fresh,
         dist: Dist::Test,
         order: crate::Order::Longest,
+        only: None,
         shard: None,
         max_worker_restarts: restarts,
         timeout: timeout.then_some(Duration::from_secs(10)),

@@ -39,27 +39,18 @@ pub fn merge(args: MergeArgs) -> Result<i32> {
     Ok(merged.exit_code)
 }
 
-/// How many of the tests a worker ran before a failure `report show` names.
-const AFTER: usize = 5;
-
-/// The recorded run `args.run` names (the latest without it): how many
-/// tests each worker ran (`--full`: which, in order), each failed test with
-/// the tests its worker ran just before it, and the summary as it ended.
-pub fn show(args: ShowArgs) -> Result<i32> {
+/// The recorded run `run` names (an id or a prefix; the latest without
+/// it): its name, its folder and its report.
+pub fn recorded(
+    run: Option<&str>,
+) -> Result<(String, std::path::PathBuf, dbfork_meta::report::RunReport)> {
     let runs = crate::settings::state_dir_of(&std::env::current_dir()?)
         .join(dbfork_runner::recording::RUNS_DIR);
-    let recorded = dbfork_runner::recording::recordings(&runs);
-    let found = match &args.run {
-        None => recorded.first(),
-        Some(wanted) => recorded
-            .iter()
-            .find(|(name, _)| name.starts_with(wanted.as_str())),
-    };
+    let found = dbfork_runner::recording::recordings(&runs)
+        .into_iter()
+        .find(|(name, _)| run.is_none_or(|wanted| name.starts_with(wanted)));
     let Some((name, _)) = found else {
-        let which = args
-            .run
-            .as_ref()
-            .map_or("no run".to_string(), |r| format!("no run `{r}`"));
+        let which = run.map_or("no run".to_string(), |r| format!("no run `{r}`"));
         return Err(UsageError(format!(
             "{which} is recorded in {}; dbfork run records each run there (the newest {} kept)",
             runs.display(),
@@ -67,7 +58,7 @@ pub fn show(args: ShowArgs) -> Result<i32> {
         ))
         .into());
     };
-    let dir = runs.join(name);
+    let dir = runs.join(&name);
     let text = std::fs::read_to_string(dir.join("report.json")).map_err(|e| {
         UsageError(format!(
             "the run {name} has no report in {} ({e}): it did not end (killed?); its events are in events.jsonl",
@@ -76,6 +67,17 @@ pub fn show(args: ShowArgs) -> Result<i32> {
     })?;
     let report =
         read_json(&text).map_err(|e| UsageError(format!("cannot read {}: {e}", dir.display())))?;
+    Ok((name, dir, report))
+}
+
+/// How many of the tests a worker ran before a failure `report show` names.
+const AFTER: usize = 5;
+
+/// The recorded run `args.run` names (the latest without it): how many
+/// tests each worker ran (`--full`: which, in order), each failed test with
+/// the tests its worker ran just before it, and the summary as it ended.
+pub fn show(args: ShowArgs) -> Result<i32> {
+    let (name, dir, report) = recorded(args.run.as_deref())?;
     dbfork_meta::out!("run {name}: {}", report.command.join(" "));
     dbfork_meta::out!("recorded in {}", dir.display());
     let order: std::collections::BTreeMap<usize, Vec<String>> =

@@ -10,7 +10,7 @@ use dbfork_meta::exit::{Failure, Family};
 use dbfork_runner::error::{exit, RunError};
 use dbfork_runner::run::{self as runner, Prepared};
 
-use crate::cli::RunArgs;
+use crate::cli::{RerunArgs, RunArgs};
 use crate::settings;
 use crate::target::{Collect, Opened};
 
@@ -35,6 +35,33 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
         Ok(report) => Ok(report.exit_code),
         Err(e) => Ok(failed(&e)),
     }
+}
+
+/// `dbfork rerun --failed [RUN]`: the failed tests of a recorded run, run
+/// again with its command (or the one given) and the settings given now.
+pub async fn rerun(args: RerunArgs, verbose: u8) -> Result<i32> {
+    let wanted = Some(args.failed.as_str()).filter(|r| !r.is_empty());
+    let (name, _, report) = super::report::recorded(wanted)?;
+    let failed: Vec<String> = report
+        .tests
+        .iter()
+        .filter(|t| t.outcome.is_failure())
+        .map(|t| t.id.clone())
+        .collect();
+    if failed.is_empty() {
+        dbfork_meta::say!("dbfork: run {name} had no failed test: nothing to run again");
+        return Ok(exit::OK);
+    }
+    let mut run_args = args.run;
+    if run_args.command.is_empty() {
+        run_args.command = report.command.clone();
+    }
+    dbfork_meta::say!(
+        "dbfork: running again the {} failed test(s) of run {name}",
+        failed.len()
+    );
+    run_args.only = Some(failed);
+    run(run_args, verbose).await
 }
 
 /// Resolves the settings, opens the database and prepares the run (the

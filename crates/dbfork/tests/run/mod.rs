@@ -2045,5 +2045,49 @@ fn a_run_is_recorded_and_shown() {
     let none = show(&["nope"]);
     assert_eq!(none.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&none.stderr).contains("no run `nope`"));
+
+    // `dbfork rerun --failed`: the failed test alone, with the recorded
+    // command, on a fresh clone: it passes (it failed after the polluter).
+    let rerun = dbfork()
+        .current_dir(&dir)
+        .env_remove("CI")
+        .args(["rerun", "--failed", "--db", &place.url])
+        .args([
+            "--setup",
+            &format!("{} setup_db.py", python()),
+            "--input",
+            "setup_db.py",
+        ])
+        .args(["--json", "rerun.json"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&rerun.stdout),
+        String::from_utf8_lossy(&rerun.stderr),
+    );
+    assert_eq!(rerun.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "running again the 1 failed test(s) of run {run_id}"
+        )),
+        "{stderr}"
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("rerun.json")).unwrap()).unwrap();
+    assert_eq!(
+        test_ids(&again),
+        vec![(
+            "orderdep/test_order.py::test_reader".to_string(),
+            "passed".to_string()
+        )]
+    );
+    // The rerun is recorded too, and had nothing failed: nothing to run again.
+    let nothing = dbfork()
+        .current_dir(&dir)
+        .args(["rerun", "--failed", "--db", &place.url])
+        .output()
+        .unwrap();
+    assert_eq!(nothing.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("had no failed test"));
     assert_no_clones(&place);
 }
