@@ -653,7 +653,9 @@ impl Inputs for &[&str] {
 }
 
 /// The hashes whose template this process made sure of already.
-static TEMPLATES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// The templates this process made sure of: the inputs they were made
+/// from and their hash (the files are hashed once per process, not per test).
+static TEMPLATES: std::sync::Mutex<Vec<(Vec<String>, String)>> = std::sync::Mutex::new(Vec::new());
 
 /// For a test: a clone of the template made from the files at `inputs`
 /// (paths from the package's directory, where `cargo test` runs tests),
@@ -666,7 +668,7 @@ pub fn test_database<E: std::fmt::Display>(
 ) -> Lease {
     let (client, hash, made) = test_start(&inputs);
     if !made {
-        checked(client.template(&hash, fill), &hash);
+        checked(client.template(&hash, fill), &inputs, &hash);
     }
     client
         .lease(&hash)
@@ -683,7 +685,7 @@ where
 {
     let (client, hash, made) = test_start(&inputs);
     if !made {
-        checked(client.template_async(&hash, fill).await, &hash);
+        checked(client.template_async(&hash, fill).await, &inputs, &hash);
     }
     client
         .lease_async(&hash)
@@ -695,18 +697,29 @@ where
 /// made sure of its template already.
 fn test_start(inputs: &impl Inputs) -> (Client, String, bool) {
     let client = Client::from_env().unwrap_or_else(|e| panic!("dbfork-client: {e}"));
-    let hash = hash_files(&inputs.paths()).unwrap_or_else(|e| panic!("dbfork-client: {e}"));
-    let made = lock_templates().contains(&hash);
-    (client, hash, made)
+    let paths = inputs.paths();
+    let known = lock_templates()
+        .iter()
+        .find(|(made_from, _)| *made_from == paths)
+        .map(|(_, hash)| hash.clone());
+    match known {
+        Some(hash) => (client, hash, true),
+        None => {
+            let hash = hash_files(&paths).unwrap_or_else(|e| panic!("dbfork-client: {e}"));
+            (client, hash, false)
+        }
+    }
 }
 
-/// The template of `hash` is there (else the test cannot go on).
-fn checked(made: Result<(), Error>, hash: &str) {
+/// The template of `hash`, made from `inputs`, is there (else the test
+/// cannot go on).
+fn checked(made: Result<(), Error>, inputs: &impl Inputs, hash: &str) {
     made.unwrap_or_else(|e| panic!("dbfork-client: the template: {e}"));
-    lock_templates().push(hash.to_string());
+    let paths = inputs.paths().into_iter().map(str::to_string).collect();
+    lock_templates().push((paths, hash.to_string()));
 }
 
-fn lock_templates() -> std::sync::MutexGuard<'static, Vec<String>> {
+fn lock_templates() -> std::sync::MutexGuard<'static, Vec<(Vec<String>, String)>> {
     TEMPLATES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
