@@ -110,13 +110,16 @@ impl Leasing {
             loop {
                 tokio::time::sleep(period).await;
                 let held = held.clone();
-                let renewed = tokio::task::spawn_blocking(move || {
-                    lock(&held).values().try_for_each(|lease| lease.renew())
+                // Each lease on its own: one refused (returned meanwhile)
+                // does not leave the others to expire.
+                let _ = tokio::task::spawn_blocking(move || {
+                    for lease in lock(&held).values() {
+                        if let Err(e) = lease.renew() {
+                            tracing::warn!("could not renew a lease: {e}");
+                        }
+                    }
                 })
                 .await;
-                if let Ok(Err(e)) = renewed {
-                    tracing::warn!("could not renew a lease: {e}");
-                }
             }
         });
         *renewing = Some(task.abort_handle());
