@@ -119,9 +119,125 @@ pub struct TestRecord {
     pub longrepr: Option<String>,
     pub stdout: String,
     pub stderr: String,
+    /// Every time it ran, when it ran more than once (`--retries`, and the
+    /// probes that classify a failure), in order: the run's own try first.
+    /// Empty when it ran once; the record's own fields are its final try's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tries: Vec<Try>,
+    /// What kind of failure it is, when dbfork classified it (`--classify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<Diagnosis>,
+}
+
+/// Why a test ran again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TryKind {
+    /// Its place in the run.
+    Run,
+    /// `--retries`: alone, in a fresh worker on a fresh clone.
+    Retry,
+    /// Classifying a failure: alone, in a fresh worker on a fresh clone.
+    Alone,
+    /// Classifying a failure: after the tests its worker ran before it, in
+    /// their order, in a fresh worker on a fresh clone.
+    Replay,
+}
+
+impl TryKind {
+    /// Whether the try counts as one of the test's runs (JUnit's reruns,
+    /// flakiness); the others are probes that only classify.
+    pub fn counts(self) -> bool {
+        matches!(self, TryKind::Run | TryKind::Retry)
+    }
+}
+
+/// One run of a test among several.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Try {
+    pub kind: TryKind,
+    pub outcome: Outcome,
+    pub duration: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longrepr: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdout: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
+}
+
+impl Try {
+    pub fn of(kind: TryKind, record: &TestRecord) -> Try {
+        Try {
+            kind,
+            outcome: record.outcome,
+            duration: record.duration,
+            worker_id: record.worker_id.clone(),
+            longrepr: record.longrepr.clone(),
+            stdout: record.stdout.clone(),
+            stderr: record.stderr.clone(),
+        }
+    }
+}
+
+/// What kind of failure a failed test is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// It fails alone on a fresh clone too.
+    Broken,
+    /// It passes alone on a fresh clone and fails again after the tests its
+    /// worker ran before it: one of them leaves state it depends on.
+    OrderDependent,
+    /// It fails and passes in the same conditions.
+    Flaky,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Broken => "broken",
+            FailureClass::OrderDependent => "order-dependent",
+            FailureClass::Flaky => "flaky",
+        }
+    }
+}
+
+/// A failure's class and what shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    pub class: FailureClass,
+    /// What the probes showed, in words.
+    pub why: String,
+    /// Order-dependent: the tests its worker ran before it, in their order
+    /// (the last [`Diagnosis::AFTER_KEPT`]), and how many ran before those.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub earlier: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl Diagnosis {
+    /// How many of the tests before an order-dependent failure it keeps.
+    pub const AFTER_KEPT: usize = 50;
 }
 
 impl TestRecord {
+    /// It failed, then passed on a retry (`--retries`).
+    pub fn is_flaky(&self) -> bool {
+        !self.outcome.is_failure()
+            && self
+                .tries
+                .iter()
+                .any(|t| t.kind.counts() && t.outcome.is_failure())
+    }
+
     /// What the summary line counts for this test: pytest's categories of
     /// its phases (a test that passed and then failed in teardown counts as
     /// `passed` and `error`), and `failed` for crashes and timeouts.
@@ -256,6 +372,10 @@ impl RunReport {
         }
         if !self.collect_errors.is_empty() {
             *counts.entry("error".to_string()).or_insert(0) += self.collect_errors.len();
+        }
+        let flaky = self.tests.iter().filter(|t| t.is_flaky()).count();
+        if flaky > 0 {
+            counts.insert(FLAKY.to_string(), flaky);
         }
         counts
     }
@@ -455,15 +575,23 @@ const KNOWN: [&str; 8] = [
     "error",
 ];
 
+/// The count of tests that passed on a retry: said with `passed`, as
+/// nextest does (`3 passed (1 flaky)`), not as a category of its own.
+const FLAKY: &str = "flaky";
+
 pub fn summary_line(counts: &BTreeMap<String, usize>, seconds: f64) -> String {
     let mut parts = Vec::new();
     for key in KNOWN {
         if let Some(n) = counts.get(key).filter(|n| **n > 0) {
-            parts.push(plural(*n, key));
+            let mut part = plural(*n, key);
+            if let Some(flaky) = counts.get(FLAKY).filter(|_| key == "passed") {
+                part.push_str(&format!(" ({flaky} flaky)"));
+            }
+            parts.push(part);
         }
     }
     for (key, n) in counts {
-        if !KNOWN.contains(&key.as_str()) && *n > 0 {
+        if !KNOWN.contains(&key.as_str()) && key != FLAKY && *n > 0 {
             parts.push(plural(*n, key));
         }
     }
@@ -555,6 +683,8 @@ mod tests {
                     longrepr: None,
                     stdout: String::new(),
                     stderr: String::new(),
+                    tries: Vec::new(),
+                    diagnosis: None,
                 })
                 .collect(),
             collect_errors: vec![("broken.py".into(), "SyntaxError".into())],
@@ -676,5 +806,10 @@ mod tests {
             "1 failed, 12 passed, 3 skipped, 2 errors in 4.20s"
         );
         assert_eq!(summary_line(&BTreeMap::new(), 0.5), "no tests ran in 0.50s");
+        counts.insert("flaky".to_string(), 1);
+        assert_eq!(
+            summary_line(&counts, 4.2),
+            "1 failed, 12 passed (1 flaky), 3 skipped, 2 errors in 4.20s"
+        );
     }
 }

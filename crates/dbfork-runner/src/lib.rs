@@ -213,6 +213,13 @@ pub struct RunConfig {
     pub order: Order,
     /// `--shard K/N`: only this part of the suite.
     pub shard: Option<shard::Shard>,
+    /// `--retries`: how many times a failed test runs again, each in a
+    /// fresh worker on a fresh clone.
+    pub retries: usize,
+    /// `--classify`: how many failed tests are classified (0: none).
+    pub classify: usize,
+    /// `--flaky-result fail`: a test that passed on a retry fails the run.
+    pub flaky_fails: bool,
     pub adapter: Adapter,
     /// Per-test limit (per-worker for commands without an adapter).
     pub timeout: Option<Duration>,

@@ -33,6 +33,7 @@ use dbfork_meta::report::{Outcome, ShardReport, SlotReport, TestRecord};
 mod clones;
 mod conversation;
 mod endings;
+mod probes;
 #[cfg(test)]
 mod tests;
 
@@ -200,6 +201,22 @@ pub enum Command {
         record: TestRecord,
         output_of: Option<(usize, usize)>,
     },
+    /// One try of a test that runs more than once (a failure held for
+    /// `--retries` or `--classify`, and each of its probes): kept until
+    /// [`Command::Concluded`] reports the test.
+    Tried {
+        record: TestRecord,
+        kind: dbfork_meta::report::TryKind,
+        output_of: Option<(usize, usize)>,
+    },
+    /// A test that ran more than once is reported, once: its try `pick`
+    /// (counting from its first, the run's) is its record, with every try
+    /// and its class.
+    Concluded {
+        index: usize,
+        pick: usize,
+        diagnosis: Option<dbfork_meta::report::Diagnosis>,
+    },
 }
 
 /// What the machine needs to know of the run, fixed at its start.
@@ -225,6 +242,11 @@ pub struct Params {
     pub grace: Duration,
     /// Failures after which the run stops (0: never), as the command line says.
     pub maxfail: usize,
+    /// `--retries`: a failed test runs again up to this many times, each in
+    /// a fresh worker on a fresh clone.
+    pub retries: usize,
+    /// `--classify`: at most this many failed tests are classified.
+    pub classify: usize,
     /// The controller's Django facts, which every worker's must equal.
     pub django_facts: Option<BTreeMap<String, String>>,
 }
@@ -261,6 +283,8 @@ struct SlotWorker {
     /// is a result, not part of the crash).
     pending_exit: Option<Exit>,
     running: Option<(usize, Instant)>,
+    /// The tests it started, in order.
+    ran: Vec<usize>,
     hungry: bool,
     stopped: bool,
     started: Instant,
@@ -313,9 +337,20 @@ struct Slot {
     busy_with_clone: bool,
     /// Not needed: fewer units of work than slots, or out of restarts.
     retired: bool,
+    /// Out of restarts: not used again, for probes neither.
+    given_up: bool,
+    /// The probe its worker runs (a failed test again, in a fresh worker).
+    probe: Option<probes::Assignment>,
     workers_started: usize,
     tests_run: usize,
     busy: f64,
+}
+
+impl Slot {
+    /// Not needed: retired, and not given a probe.
+    fn unneeded(&self) -> bool {
+        self.retired && self.probe.is_none()
+    }
 }
 
 /// Where the run's template is, as the machine knows it.
@@ -387,6 +422,8 @@ pub struct Machine {
     out_of_restarts: bool,
     maxfail: usize,
     failures: usize,
+    /// Failed tests run again (`--retries`, `--classify`).
+    probes: probes::Probes,
     out: Vec<Command>,
 }
 
@@ -402,6 +439,7 @@ impl Machine {
                 vec![None; slots]
             },
             maxfail: params.maxfail,
+            probes: probes::Probes::new(params.classify),
             params,
             now,
             template: TemplatePhase::Awaited,
@@ -481,6 +519,7 @@ impl Machine {
             Input::Signal => self.on_signal(),
             Input::Deadline => self.on_deadline(),
         }
+        self.settle_probes();
         std::mem::take(&mut self.out)
     }
 
@@ -516,6 +555,10 @@ impl Machine {
             .iter()
             .any(|s| s.worker.as_ref().is_some_and(|w| !w.exited));
         if alive {
+            return false;
+        }
+        if !(self.stopping || self.fatal.is_some() || self.probes.idle()) {
+            // Failed tests wait for their probes.
             return false;
         }
         // Every slot either has no worker coming or is done.
@@ -604,6 +647,8 @@ fn slot_record(
         longrepr,
         stdout: String::new(),
         stderr: String::new(),
+        tries: Vec::new(),
+        diagnosis: None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use dbfork_meta::report::{Outcome, RunReport, TestRecord};
+use dbfork_meta::report::{Outcome, RunReport, TestRecord, TryKind};
 
 /// How often plain mode prints a progress line at most.
 const PLAIN_EVERY: Duration = Duration::from_secs(10);
@@ -20,6 +20,8 @@ pub struct Progress {
     failed: usize,
     last_plain: Instant,
     last_percent: usize,
+    /// Per test that ran more than once: its counted tries so far.
+    tries: std::collections::HashMap<usize, usize>,
 }
 
 struct Live {
@@ -85,6 +87,7 @@ impl Progress {
             failed: 0,
             last_plain: Instant::now(),
             last_percent: 0,
+            tries: Default::default(),
         }
     }
 
@@ -126,7 +129,12 @@ impl Progress {
     }
 
     pub fn finished(&mut self, record: &TestRecord) {
-        let (line, failed) = self.count(record);
+        let (line, show) = self.count(record);
+        self.show(line, show);
+    }
+
+    /// A test's line (shown when `show`, or with -v) and the counts.
+    fn show(&mut self, line: String, failed: bool) {
         match &self.live {
             Some(live) => {
                 if failed || self.verbose > 0 {
@@ -147,22 +155,53 @@ impl Progress {
         }
     }
 
-    /// Counts a finished test; its line (`FAILED id [gw1] 0.12s`) and
-    /// whether it failed.
-    pub(crate) fn count(&mut self, record: &TestRecord) -> (String, bool) {
-        self.done += 1;
-        let failed = record.outcome.is_failure();
-        if failed {
-            self.failed += 1;
+    /// A try of a test that runs more than once: the run's failure as any
+    /// failure (counted now: a retry that passes takes it back), a retry in
+    /// nextest's words (`TRY 2 PASSED ...`), a classifying probe with -v.
+    pub fn tried(&mut self, record: &TestRecord, kind: TryKind) {
+        let tries = self.tries.entry(record.index).or_default();
+        if kind.counts() {
+            *tries += 1;
         }
-        let worker = record.slot.map(label).unwrap_or_default();
-        let line = format!(
-            "{} {} [{worker}] {:.2}s",
-            record.outcome.as_str().to_uppercase(),
-            record.id,
-            record.duration
-        );
-        (line, failed)
+        let line = match kind {
+            TryKind::Run => {
+                self.done += 1;
+                self.failed += 1;
+                return self.show(test_line(record), true);
+            }
+            TryKind::Retry => format!("TRY {} {}", *tries, test_line(record)),
+            TryKind::Alone if self.verbose > 0 => format!("ALONE {}", test_line(record)),
+            TryKind::Replay if self.verbose > 0 => format!("REPLAY {}", test_line(record)),
+            _ => return,
+        };
+        match &self.live {
+            Some(live) => live.bar.println(line),
+            None => dbfork_meta::say!("{line}"),
+        }
+    }
+
+    /// Counts a finished test; its line (`FAILED id [gw1] 0.12s`) and
+    /// whether it is worth showing (it failed, or was flaky).
+    pub(crate) fn count(&mut self, record: &TestRecord) -> (String, bool) {
+        let failed = record.outcome.is_failure();
+        if record.tries.is_empty() {
+            self.done += 1;
+            self.failed += usize::from(failed);
+        } else if !failed {
+            // Counted as failed at its first try.
+            self.failed = self.failed.saturating_sub(1);
+        }
+        let mut line = test_line(record);
+        if record.is_flaky() {
+            line = format!("FLAKY {line}");
+        }
+        if let Some(diagnosis) = &record.diagnosis {
+            line.push_str(&format!(" ({})", diagnosis.class.as_str()));
+        }
+        // A test that ran more than once showed each try: its last line is
+        // worth showing when it says more (flaky, or its class).
+        let news = record.tries.is_empty() || record.is_flaky() || record.diagnosis.is_some();
+        (line, news && (failed || record.is_flaky()))
     }
 
     /// What plain mode prints for a finished test: its line (a failure, or
@@ -197,6 +236,17 @@ impl Progress {
             live.bar.finish_and_clear();
         }
     }
+}
+
+/// `FAILED id [gw1] 0.12s`.
+fn test_line(record: &TestRecord) -> String {
+    let worker = record.slot.map(label).unwrap_or_default();
+    format!(
+        "{} {} [{worker}] {:.2}s",
+        record.outcome.as_str().to_uppercase(),
+        record.id,
+        record.duration
+    )
 }
 
 fn rule(title: &str, fill: char) -> String {
@@ -290,6 +340,26 @@ pub(crate) fn final_text(report: &RunReport) -> String {
                 _ => "FAILED",
             };
             out.push_str(&format!("{word} {} - {first}\n", test.id));
+            out.push_str(&diagnosis_lines(test));
+        }
+    }
+    let flaky: Vec<&TestRecord> = report.tests.iter().filter(|t| t.is_flaky()).collect();
+    if !flaky.is_empty() {
+        out.push_str(&rule("flaky tests (failed, then passed on a retry)", '='));
+        out.push('\n');
+        for test in flaky {
+            let tries = test.tries.iter().filter(|t| t.kind.counts()).count();
+            let passed = 1 + test
+                .tries
+                .iter()
+                .filter(|t| t.kind.counts())
+                .position(|t| !t.outcome.is_failure())
+                .unwrap_or(0);
+            out.push_str(&format!(
+                "FLAKY {} - passed on try {passed} of {tries}\n",
+                test.id
+            ));
+            out.push_str(&diagnosis_lines(test));
         }
     }
     if report.interrupted {
@@ -304,6 +374,27 @@ pub(crate) fn final_text(report: &RunReport) -> String {
     }
     out.push_str(&rule(&report.summary_line(), '='));
     out.push('\n');
+    out
+}
+
+/// What dbfork found of a failure, under its summary line: its class and
+/// why, and for an order-dependent one the tests it fails after.
+fn diagnosis_lines(test: &TestRecord) -> String {
+    let Some(diagnosis) = &test.diagnosis else {
+        return String::new();
+    };
+    let mut out = format!("  {}: {}\n", diagnosis.class.as_str(), diagnosis.why);
+    if !diagnosis.after.is_empty() {
+        let shown = diagnosis.after.len().min(5);
+        let earlier = diagnosis.earlier + diagnosis.after.len() - shown;
+        out.push_str("  fails after (the last tests its worker ran before it, in order):\n");
+        if earlier > 0 {
+            out.push_str(&format!("    ... {earlier} earlier\n"));
+        }
+        for id in &diagnosis.after[diagnosis.after.len() - shown..] {
+            out.push_str(&format!("    {id}\n"));
+        }
+    }
     out
 }
 
@@ -335,6 +426,8 @@ mod tests {
             longrepr: None,
             stdout: String::new(),
             stderr: String::new(),
+            tries: Vec::new(),
+            diagnosis: None,
         }
     }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::json;
 
 use crate::sinks::{RunEvent, Sink};
+use dbfork_meta::report::TryKind;
 
 /// The folder of the recordings, in the state directory.
 pub const RUNS_DIR: &str = "runs";
@@ -127,10 +128,17 @@ impl Sink for Recording {
                 self.line(json!({"event": "worker", "slot": slot, "status": status}))
             }
             RunEvent::TestFinished(record) => {
-                if let Some(slot) = record.slot {
+                // A test that ran more than once took its place at its first try.
+                if let Some(slot) = record.slot.filter(|_| record.tries.is_empty()) {
                     self.order.entry(slot).or_default().push(record.id.clone());
                 }
                 self.line(json!({"event": "test", "test": record}));
+            }
+            RunEvent::Tried { record, kind } => {
+                if let Some(slot) = record.slot.filter(|_| *kind == TryKind::Run) {
+                    self.order.entry(slot).or_default().push(record.id.clone());
+                }
+                self.line(json!({"event": "try", "kind": kind, "test": record}));
             }
             RunEvent::Ending => self.line(json!({"event": "ending"})),
             RunEvent::Finished { report, .. } => {

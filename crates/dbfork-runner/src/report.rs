@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use quick_junit::{
-    NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite, XmlString,
+    NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite, XmlString,
 };
 
-use dbfork_meta::report::{Outcome, ReportFile, RunReport, TestRecord};
+use dbfork_meta::report::{Outcome, ReportFile, RunReport, TestRecord, Try};
 
 /// A report could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +148,9 @@ impl Suites {
 
 fn test_case(test: &TestRecord) -> TestCase {
     let (classname, name) = pytest_names(&test.id);
-    let mut case = TestCase::new(name, status(test));
+    let mut status = status(test);
+    status.add_reruns(reruns(test));
+    let mut case = TestCase::new(name, status);
     if !classname.is_empty() {
         case.set_classname(classname);
     }
@@ -159,6 +161,9 @@ fn test_case(test: &TestRecord) -> TestCase {
             case.add_property(Property::new("worker_id", worker_id.as_str()));
         }
         case.add_property(Property::new("slot", slot.to_string()));
+    }
+    if let Some(diagnosis) = &test.diagnosis {
+        case.add_property(Property::new("failure_class", diagnosis.class.as_str()));
     }
     if !test.stdout.is_empty() {
         case.set_system_out(test.stdout.as_str());
@@ -215,6 +220,43 @@ fn status(test: &TestRecord) -> TestCaseStatus {
             status
         }
     }
+}
+
+/// The test's other runs (its failed tries besides the one the test case
+/// is, the Surefire convention): `flakyFailure` under a test that passed on
+/// a retry, `rerunFailure` under one that failed every time. Probes that
+/// only classify are not runs of the test (they are in the JSON report).
+fn reruns(test: &TestRecord) -> Vec<TestRerun> {
+    let counted: Vec<&Try> = test.tries.iter().filter(|t| t.kind.counts()).collect();
+    // The test case is its passing try, or (failed every time) its first.
+    let own = counted
+        .iter()
+        .position(|t| !t.outcome.is_failure())
+        .unwrap_or(0);
+    (counted.iter().enumerate())
+        .filter(|(i, t)| *i != own && t.outcome.is_failure())
+        .map(|(_, t)| {
+            let kind = match t.outcome {
+                Outcome::Error => NonSuccessKind::Error,
+                _ => NonSuccessKind::Failure,
+            };
+            let mut rerun = TestRerun::new(kind);
+            rerun.set_time(seconds(t.duration));
+            rerun.set_type(t.outcome.as_str());
+            let longrepr = t.longrepr.as_deref().unwrap_or("");
+            if !longrepr.trim().is_empty() {
+                rerun.set_message(headline(longrepr));
+                rerun.set_description(longrepr);
+            }
+            if !t.stdout.is_empty() {
+                rerun.set_system_out(t.stdout.as_str());
+            }
+            if !t.stderr.is_empty() {
+                rerun.set_system_err(t.stderr.as_str());
+            }
+            rerun
+        })
+        .collect()
 }
 
 fn non_success(
@@ -361,6 +403,8 @@ mod tests {
             longrepr: None,
             stdout: String::new(),
             stderr: String::new(),
+            tries: Vec::new(),
+            diagnosis: None,
         }
     }
 

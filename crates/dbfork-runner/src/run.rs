@@ -38,7 +38,7 @@ use crate::sinks::{ReportFiles, RunEvent, Sink, TimingsFile};
 use crate::timings::Timings;
 use crate::worker::{self, Echo, Environment, Tail};
 use crate::{adapters, template, Adapter, Order, RunConfig};
-use dbfork_meta::report::{Outcome, RunReport, TestRecord};
+use dbfork_meta::report::{Outcome, RunReport, TestRecord, Try, TryKind};
 
 // How often the run renews its clones' heartbeat (other hosts' gc waits an hour).
 use dbfork_engine::ops::HEARTBEAT_EVERY;
@@ -133,6 +133,8 @@ struct Executor {
     next_conn: usize,
     /// Per test (per slot without the protocol): its record once reported.
     records: Vec<Option<TestRecord>>,
+    /// Per test that runs more than once: its tries so far, until it is reported.
+    tries: HashMap<usize, Vec<(TryKind, TestRecord)>>,
     progress: Progress,
     /// Besides the terminal: the report files (and, at the end, the timings file).
     sinks: Vec<Box<dyn Sink>>,
@@ -389,6 +391,8 @@ impl Executor {
                 0
             },
             django_facts: configured.django.as_ref().map(|d| d.facts.clone()),
+            retries: config.retries,
+            classify: config.classify,
         };
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ReportFiles {
             junit: config.junit.clone(),
@@ -402,6 +406,7 @@ impl Executor {
         Executor {
             machine: Machine::new(params, parts.timings, parts.started),
             // Without an adapter each slot's command is one unit of the report.
+            tries: HashMap::new(),
             records: if protocol {
                 Vec::new()
             } else {
@@ -527,17 +532,56 @@ impl Executor {
                 mut record,
                 output_of,
             } => {
-                if output_of.is_some() {
-                    // Let the output pumps catch the last lines.
-                    std::thread::sleep(Duration::from_millis(20));
-                    let output = self.output_of(output_of);
-                    record.longrepr.get_or_insert_default().push_str(&output);
-                }
-                self.emit(RunEvent::TestFinished(&record));
-                if let Some(place) = self.records.get_mut(record.index) {
-                    *place = Some(record);
-                }
+                self.append_output(&mut record, output_of);
+                self.finished_test(record);
             }
+            Command::Tried {
+                mut record,
+                kind,
+                output_of,
+            } => {
+                self.append_output(&mut record, output_of);
+                self.emit(RunEvent::Tried {
+                    record: &record,
+                    kind,
+                });
+                self.tries
+                    .entry(record.index)
+                    .or_default()
+                    .push((kind, record));
+            }
+            Command::Concluded {
+                index,
+                pick,
+                diagnosis,
+            } => {
+                let tries = self.tries.remove(&index).unwrap_or_default();
+                let Some((_, picked)) = tries.get(pick).or(tries.first()) else {
+                    return;
+                };
+                let mut record = picked.clone();
+                record.tries = tries.iter().map(|(kind, r)| Try::of(*kind, r)).collect();
+                record.diagnosis = diagnosis;
+                self.finished_test(record);
+            }
+        }
+    }
+
+    /// A crash's or timeout's record gets the last output of its worker.
+    fn append_output(&self, record: &mut TestRecord, output_of: Option<(usize, usize)>) {
+        if output_of.is_some() {
+            // Let the output pumps catch the last lines.
+            std::thread::sleep(Duration::from_millis(20));
+            let output = self.output_of(output_of);
+            record.longrepr.get_or_insert_default().push_str(&output);
+        }
+    }
+
+    /// A test is reported: shown, and kept for the report.
+    fn finished_test(&mut self, record: TestRecord) {
+        self.emit(RunEvent::TestFinished(&record));
+        if let Some(place) = self.records.get_mut(record.index) {
+            *place = Some(record);
         }
     }
 

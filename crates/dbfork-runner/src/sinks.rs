@@ -10,7 +10,7 @@ use crate::error::exit;
 use crate::progress::Progress;
 use crate::report;
 use crate::timings::Timings;
-use dbfork_meta::report::{RunReport, TestRecord};
+use dbfork_meta::report::{RunReport, TestRecord, TryKind};
 
 /// One thing that happened in a run.
 #[derive(Debug)]
@@ -23,6 +23,12 @@ pub enum RunEvent<'a> {
     Worker { slot: usize, status: &'a str },
     /// A test has its outcome.
     TestFinished(&'a TestRecord),
+    /// One try of a test that runs more than once (`--retries`,
+    /// `--classify`); [`RunEvent::TestFinished`] follows once it is decided.
+    Tried {
+        record: &'a TestRecord,
+        kind: TryKind,
+    },
     /// The workers are gone and the clones dropped: the live display ends.
     Ending,
     /// The run's report is complete.
@@ -45,6 +51,7 @@ impl Sink for Progress {
             RunEvent::Collected(total) => self.collected(*total),
             RunEvent::Worker { slot, status } => self.worker(*slot, status),
             RunEvent::TestFinished(record) => self.finished(record),
+            RunEvent::Tried { record, kind } => self.tried(record, *kind),
             RunEvent::Ending => self.clear(),
             RunEvent::Finished { report, .. } => {
                 // The summary, as soon as it is known; a run that stopped

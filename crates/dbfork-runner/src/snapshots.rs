@@ -36,6 +36,8 @@ fn test(index: usize, id: &str, outcome: Outcome, slot: Option<usize>) -> TestRe
         longrepr: None,
         stdout: String::new(),
         stderr: String::new(),
+        tries: Vec::new(),
+        diagnosis: None,
     }
 }
 

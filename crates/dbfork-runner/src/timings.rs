@@ -244,6 +244,8 @@ mod tests {
             longrepr: None,
             stdout: String::new(),
             stderr: String::new(),
+            tries: Vec::new(),
+            diagnosis: None,
         }
     }
 

@@ -272,6 +272,9 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
         order: s.required("order", s.order("order"))?,
         only: args.only.clone(),
         shard: s.shard("shard")?,
+        retries: s.count_or_default("retries")?,
+        classify: s.count_or_default("classify")?,
+        flaky_fails: s.required("flaky_result", s.text("flaky_result"))? == "fail",
         adapter,
         timeout: s.duration("timeout")?,
         // Enough for every slot to lose a few workers to crashes or timeouts,
@@ -680,6 +683,27 @@ fn parse(
             Value::Duration(Some(ttl))
         }
         Kind::Count { min } => Value::Count(count(raw, origin, min)?),
+        Kind::Budget => {
+            match raw {
+                Raw::Text(t) if t.trim().eq_ignore_ascii_case("off") => Value::Count(0),
+                Raw::Toml(toml::Value::String(t)) if t.trim().eq_ignore_ascii_case("off") => {
+                    Value::Count(0)
+                }
+                _ => Value::Count(count(raw, origin, 0).map_err(|_| {
+                    invalid(origin, "it is not a whole number (0 or more) or `off`")
+                })?),
+            }
+        }
+        Kind::Choice(words) => {
+            let text = string(raw, origin)?.trim().to_ascii_lowercase();
+            if !words.contains(&text.as_str()) {
+                return Err(invalid(
+                    origin,
+                    format!("`{text}` is not one of {}", words.join(", ")),
+                ));
+            }
+            Value::Text(text)
+        }
         Kind::Path => Value::Path(optional_path(Path::new(&string(raw, origin)?), base)),
         Kind::Size => {
             let text = match raw {

@@ -80,7 +80,7 @@ impl Machine {
                 self.slots[slot].database = names.next();
                 self.slots[slot].extra = names.collect();
                 if self.stopping
-                    || self.slots[slot].retired
+                    || self.slots[slot].unneeded()
                     || generation != self.slots[slot].generation
                 {
                     return;
@@ -122,6 +122,7 @@ impl Machine {
             exited: false,
             pending_exit: None,
             running: None,
+            ran: Vec::new(),
             hungry: false,
             stopped: false,
             started: self.now,

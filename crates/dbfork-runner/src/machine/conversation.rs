@@ -188,7 +188,7 @@ impl Machine {
             w.life = Life::Collecting;
         }
         self.status(slot, "collecting");
-        if self.stopping || self.slots[slot].retired {
+        if self.stopping || self.slots[slot].unneeded() {
             self.stop_worker(slot);
         }
     }
@@ -206,6 +206,7 @@ impl Machine {
         let now = self.now;
         if let Some(w) = self.worker_mut(slot, generation) {
             w.running = Some((index, now));
+            w.ran.push(index);
         }
         self.status(slot, &id);
     }
@@ -236,7 +237,8 @@ impl Machine {
             return;
         };
         let verdict = decide::result_verdict(&result);
-        self.record(
+        self.record_of(
+            slot,
             TestRecord {
                 index: result.index,
                 id: item.id,
@@ -250,6 +252,8 @@ impl Machine {
                 longrepr: verdict.longrepr,
                 stdout: result.stdout,
                 stderr: result.stderr,
+                tries: Vec::new(),
+                diagnosis: None,
             },
             None,
         );
@@ -268,6 +272,19 @@ impl Machine {
             label(slot),
             decide::facts_difference(expected, found)?
         ))
+    }
+
+    /// A test's result from `slot`'s worker: a probe's, or the run's.
+    pub(super) fn record_of(
+        &mut self,
+        slot: usize,
+        record: TestRecord,
+        output_of: Option<(usize, usize)>,
+    ) {
+        match self.slots[slot].probe {
+            Some(_) => self.probe_result(slot, record, output_of),
+            None => self.record(record, output_of),
+        }
     }
 
     pub(super) fn record(&mut self, record: TestRecord, output_of: Option<(usize, usize)>) {
@@ -290,7 +307,9 @@ impl Machine {
         if let Some(place) = self.outcomes.get_mut(record.index) {
             *place = Some(record.outcome);
         }
-        self.out.push(Command::Report { record, output_of });
+        if let Some(record) = self.hold_for_probes(record, output_of) {
+            self.out.push(Command::Report { record, output_of });
+        }
     }
 
     pub(super) fn on_collected(
@@ -400,8 +419,20 @@ impl Machine {
         if !w.hungry || w.stopped || w.gone() {
             return;
         }
-        if self.stopping || self.slots[slot].retired {
+        if self.stopping || self.slots[slot].unneeded() {
             return self.stop_worker(slot);
+        }
+        if let Some(assignment) = self.slots[slot].probe.as_mut() {
+            // A probe's worker: its tests, then it is done.
+            return match assignment.take_tests() {
+                Some(tests) => {
+                    if let Some(w) = self.slots[slot].worker.as_mut() {
+                        w.hungry = false;
+                    }
+                    self.send(slot, RunnerMessage::Run { tests });
+                }
+                None => self.stop_worker(slot),
+            };
         }
         if self.slots[slot].database.is_none() {
             // Started before its clone existed: its first test waits for it.

@@ -21,7 +21,7 @@ impl Machine {
 
     /// Whether a slot is getting a new worker (whose work may need sharing).
     pub(super) fn replacement_coming(&self) -> bool {
-        self.slots.iter().any(|s| s.busy_with_clone && !s.retired)
+        (self.slots.iter()).any(|s| s.busy_with_clone && !s.retired && s.probe.is_none())
     }
 
     /// Tells `slot`'s worker to finish. One that has not connected yet is told
@@ -123,6 +123,7 @@ impl Machine {
         if let Some(w) = self.worker_mut(slot, generation) {
             w.set_gone();
         }
+        self.probe_done(slot);
         if exit.code == Some(protocol::EXIT_RUN_AGAIN) && !self.ran_again {
             // Its tests ran and are reported; the tests of the run it started
             // after them were not run. The other workers finish theirs.
@@ -200,6 +201,10 @@ impl Machine {
         if let Some((index, since)) = running {
             self.report_lost_test(slot, generation, index, since, &cause);
         }
+        if self.slots[slot].probe.is_some() {
+            // A probe's worker is not replaced: the next probe gets a fresh one.
+            return self.probe_done(slot);
+        }
         let running_elsewhere = self
             .slots
             .iter()
@@ -233,6 +238,7 @@ impl Machine {
                     label(slot)
                 ));
                 self.slots[slot].retired = true;
+                self.slots[slot].given_up = true;
                 self.out_of_restarts = true;
                 if all_lost {
                     self.lost_all = true;
@@ -273,7 +279,8 @@ impl Machine {
         let Some(item) = self.tests.as_ref().and_then(|t| t.get(index)).cloned() else {
             return;
         };
-        self.record(
+        self.record_of(
+            slot,
             TestRecord {
                 index,
                 id: item.id,
@@ -287,6 +294,8 @@ impl Machine {
                 longrepr: Some(format!("{what}; its last output:\n")),
                 stdout: String::new(),
                 stderr: String::new(),
+                tries: Vec::new(),
+                diagnosis: None,
             },
             Some((slot, generation)),
         );
@@ -387,7 +396,7 @@ impl Machine {
     /// the controller is told to end, so that its teardown and the workers'
     /// exits overlap instead of following each other.
     pub(super) fn stop_controller_when_done(&mut self) {
-        if !self.controller || self.clone_tasks > 0 {
+        if !self.controller || self.clone_tasks > 0 || !self.probes.idle() {
             return;
         }
         // A slot given up may still have a worker starting: the controller's

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 
+use dbfork_meta::report::FailureClass;
 use proptest::prelude::*;
 
 use super::*;
@@ -42,6 +43,8 @@ fn fresh_params(
         grace: Duration::from_secs(5),
         maxfail,
         django_facts: None,
+        retries: 0,
+        classify: 0,
     }
 }
 
@@ -90,7 +93,13 @@ struct SimWorker {
     granted: bool,
     /// Got Ctrl-C and is ending its session.
     interrupted: bool,
+    /// The tests it started, in order.
+    ran: Vec<usize>,
 }
+
+/// A test's outcome from its index, the tests its worker ran before it
+/// and how many times it ran before.
+type OutcomeIn = fn(usize, &[usize], usize) -> &'static str;
 
 /// What the world can do next.
 #[derive(Debug, Clone, Copy)]
@@ -113,8 +122,17 @@ struct World {
     pending: Vec<Input>,
     next_conn: usize,
     reports: Vec<usize>,
+    /// Per test: its tries told (a held failure and its probes).
+    tries: Vec<usize>,
+    /// Per test: the class it was reported with.
+    classes: Vec<Option<FailureClass>>,
+    /// Per test: how many times a worker ran it.
+    attempts: Vec<usize>,
     signals: usize,
     outcome_of: fn(usize) -> &'static str,
+    /// When set, a test's outcome from the tests its worker ran before it
+    /// and how many times it ran before (else `outcome_of`).
+    outcome_in: Option<OutcomeIn>,
     fresh: bool,
     controller_stops: usize,
     /// Workers end gracefully on Ctrl-C (else they die at once).
@@ -148,8 +166,12 @@ impl World {
             pending: Vec::new(),
             next_conn: 0,
             reports: vec![0; tests],
+            tries: vec![0; tests],
+            classes: vec![None; tests],
+            attempts: vec![0; tests],
             signals: 0,
             outcome_of,
+            outcome_in: None,
         };
         let ready = Input::TemplateReady {
             name: "dbfork_tpl".into(),
@@ -268,6 +290,25 @@ impl World {
                     record.index, record.outcome
                 );
             }
+            Command::Tried { record, .. } => {
+                assert_eq!(
+                    self.reports[record.index], 0,
+                    "a try of test {} after its report",
+                    record.index
+                );
+                self.tries[record.index] += 1;
+            }
+            Command::Concluded {
+                index, diagnosis, ..
+            } => {
+                assert!(
+                    self.tries[index] > 0,
+                    "test {index} concluded without a try"
+                );
+                self.reports[index] += 1;
+                assert_eq!(self.reports[index], 1, "test {index} reported twice");
+                self.classes[index] = diagnosis.map(|d| d.class);
+            }
             Command::StopController => self.controller_stops += 1,
             Command::Note(_) | Command::Collected { .. } | Command::Status { .. } => {}
         }
@@ -369,8 +410,20 @@ impl World {
                 self.tell(Input::Connected { conn });
             }
             Action::Work(i) => {
-                let outcome = self.workers[i].running.map(self.outcome_of);
+                let w = &self.workers[i];
+                let outcome = w.running.map(|index| match self.outcome_in {
+                    Some(outcome_in) => {
+                        let before = &w.ran[..w.ran.len() - 1];
+                        outcome_in(index, before, self.attempts[index])
+                    }
+                    None => (self.outcome_of)(index),
+                });
                 self.workers[i].work(outcome);
+                if let Some(WorkerMessage::Result(r)) = self.workers[i].outbox.back() {
+                    if outcome.is_some() && self.workers[i].running.is_none() {
+                        self.attempts[r.index] += 1;
+                    }
+                }
             }
             Action::Crash(i) => self.kill(i, Some(1)),
             Action::Signal => {
@@ -470,6 +523,7 @@ impl SimWorker {
             self.outbox.push_back(result(index, outcome.unwrap()));
         } else if let Some(index) = self.queue.pop_front() {
             self.running = Some(index);
+            self.ran.push(index);
             self.outbox.push_back(WorkerMessage::Started { index });
         } else if self.stopped {
             self.said_bye = true;
@@ -511,6 +565,73 @@ fn every_third_fails(i: usize) -> &'static str {
     }
 }
 
+/// Test 1 fails after test 0 in its worker (order-dependent), test 2 on
+/// its first try only (flaky), test 3 always (broken); the others pass.
+fn planted(index: usize, before: &[usize], attempts: usize) -> &'static str {
+    let failed = match index {
+        1 => before.contains(&0),
+        2 => attempts == 0,
+        3 => true,
+        _ => false,
+    };
+    if failed {
+        "failed"
+    } else {
+        "passed"
+    }
+}
+
+/// One worker runs the planted tests in order: each failure is classified
+/// (alone on a fresh clone, then replayed after its worker's tests), every
+/// test is reported once, and each probe got a fresh worker.
+#[test]
+fn failures_are_classified_by_probes_in_fresh_workers() {
+    let mut p = params(1, 0, false, 0);
+    p.order = crate::Order::File;
+    p.classify = 10;
+    let mut world = World::new(p, 6, false, passing);
+    world.outcome_in = Some(planted);
+    world.run(&[]);
+    assert_eq!(world.reports, vec![1; 6]);
+    assert_eq!(
+        world.classes,
+        [
+            None,
+            Some(FailureClass::OrderDependent),
+            Some(FailureClass::Flaky),
+            Some(FailureClass::Broken),
+            None,
+            None
+        ]
+    );
+    // The run's worker, three alone, and one replay of tests 0-2 (test 3
+    // failed alone: nothing to replay).
+    assert_eq!(world.workers.len(), 5);
+    assert_eq!(world.workers[4].ran, [0, 1, 2]);
+    assert!(world.workers[1..4].iter().all(|w| w.ran.len() == 1));
+    let (ending, _) = world.machine.end();
+    assert_eq!((ending.fatal, ending.interrupted), (None, false));
+    assert_eq!(world.controller_stops, 1);
+}
+
+/// `--retries 2`: the flaky test passes on its first retry, the broken
+/// one fails all three tries; without classifying, nothing is replayed.
+#[test]
+fn retries_run_in_fresh_workers_until_a_pass() {
+    let mut p = params(2, 0, false, 0);
+    p.order = crate::Order::File;
+    p.retries = 2;
+    let mut world = World::new(p, 6, false, passing);
+    world.outcome_in = Some(planted);
+    world.run(&[]);
+    assert_eq!(world.reports, vec![1; 6]);
+    assert_eq!(world.classes, vec![None; 6]);
+    // The broken test: the run's try and two retries.
+    assert_eq!(world.tries[3], 3);
+    assert_eq!(world.tries[2], 2);
+    assert_eq!(world.attempts[3], 3);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
@@ -532,13 +653,20 @@ proptest! {
             (1usize..4).prop_flat_map(|total| (1..=total).prop_map(move |index| Some(Shard { index, total }))),
         ],
         graceful in any::<bool>(),
+        retries in prop_oneof![Just(0usize), 1usize..3],
+        classify in prop_oneof![Just(0usize), 1usize..4],
         choices in proptest::collection::vec(any::<u16>(), 0..300),
     ) {
         let outcome_of = if maxfail > 0 { every_third_fails } else { passing };
         let mut params = fresh_params(slots, restarts, timeout, maxfail, fresh);
         params.shard = shard;
+        params.retries = retries;
+        params.classify = classify;
         let mut world = World::new(params, tests, prestart, outcome_of);
         world.graceful = graceful;
+        if retries + classify > 0 {
+            world.outcome_in = Some(planted);
+        }
         world.run(&choices);
         let (ending, _) = world.machine.end();
         if ending.fatal.is_none() && !ending.interrupted && !ending.out_of_restarts && maxfail == 0 {

@@ -23,7 +23,10 @@ impl Executor {
         for slot in &mut ending.slots {
             slot.database = self.database_of(&slot.database);
         }
-        let failed = tests.iter().any(|t: &TestRecord| t.outcome.is_failure());
+        // A flaky test (passed on a retry) fails the run when asked to.
+        let failed = (tests.iter()).any(|t: &TestRecord| {
+            t.outcome.is_failure() || self.config.flaky_fails && t.is_flaky()
+        });
         let not_run = tests.iter().any(|t| t.outcome == Outcome::NotRun);
         // A shard of a suite that has tests may be left none by the split:
         // nothing to do is fine there.
@@ -202,6 +205,8 @@ impl Executor {
                             longrepr: None,
                             stdout: String::new(),
                             stderr: String::new(),
+                            tries: Vec::new(),
+                            diagnosis: None,
                         })
                 })
                 .collect(),

@@ -271,6 +271,11 @@ fn example(kind: Kind) -> &'static str {
         Kind::Duration(_) => "\"7m\"",
         Kind::HeartbeatTtl => "\"2h\"",
         Kind::Count { .. } => "3",
+        Kind::Budget => "\"off\"",
+        Kind::Choice(words) => match words.first() {
+            Some(&"pass") => "\"pass\"",
+            _ => "unknown choice: add its example",
+        },
         Kind::Path => "\"out/file\"",
         Kind::Size => "\"1GiB\"",
         Kind::Method => "\"default\"",
@@ -300,7 +305,8 @@ fn read(settings: &Settings, setting: &Setting) -> anyhow::Result<bool> {
         Kind::Shard => settings.shard(key)?.is_some(),
         Kind::Adapter => settings.adapter(key)?.is_some(),
         Kind::Duration(_) | Kind::HeartbeatTtl => settings.duration(key)?.is_some(),
-        Kind::Count { .. } => settings.count(key)?.is_some(),
+        Kind::Count { .. } | Kind::Budget => settings.count(key)?.is_some(),
+        Kind::Choice(_) => settings.text(key)?.is_some(),
         Kind::Path => settings.path(key)?.is_some(),
         Kind::Size => settings.size(key)?.is_some(),
     })

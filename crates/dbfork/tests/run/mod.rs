@@ -1910,7 +1910,7 @@ fn the_order_is_chosen_and_a_shuffle_repeats() {
         dbfork_run(
             &place,
             &dir,
-            &["-j", "1", "-v", "--order", order],
+            &["-j", "1", "-v", "--classify", "off", "--order", order],
             &["orderdep"],
             &[],
         )
@@ -2091,3 +2091,5 @@ fn a_run_is_recorded_and_shown() {
     assert!(String::from_utf8_lossy(&nothing.stderr).contains("had no failed test"));
     assert_no_clones(&place);
 }
+
+mod outcomes;
