@@ -297,6 +297,34 @@ pub struct RunReport {
     /// The part of the suite this run was (`--shard K/N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<ShardReport>,
+    /// What `dbfork bisect` found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bisect: Option<BisectReport>,
+}
+
+/// How a bisection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BisectVerdict {
+    /// The culprits: no one of them can be left out.
+    Found,
+    /// The test fails alone on a fresh clone: nothing before it is needed.
+    FailsAlone,
+    /// The test passes after all the suspects too.
+    NotReproduced,
+    /// The run was stopped first.
+    Stopped,
+}
+
+/// What `dbfork bisect` found: the tests that make `test` fail when they
+/// run before it (in this order), and how many probes it took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BisectReport {
+    pub test: String,
+    pub verdict: BisectVerdict,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub culprits: Vec<String>,
+    pub probes: usize,
 }
 
 /// A shard's place in its suite: which of how many, the fingerprint of the
@@ -517,6 +545,7 @@ pub fn merge(reports: Vec<RunReport>) -> RunReport {
         collect_errors: Vec::new(),
         collect_skipped: Vec::new(),
         shard: None,
+        bisect: None,
     };
     for report in reports {
         let base = merged.slots.len();
@@ -690,6 +719,7 @@ mod tests {
             collect_errors: vec![("broken.py".into(), "SyntaxError".into())],
             collect_skipped: Vec::new(),
             shard: None,
+            bisect: None,
         }
     }
 

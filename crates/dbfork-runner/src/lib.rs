@@ -220,6 +220,9 @@ pub struct RunConfig {
     pub classify: usize,
     /// `--flaky-result fail`: a test that passed on a retry fails the run.
     pub flaky_fails: bool,
+    /// `dbfork bisect`: no test of the run's own, only the probes that find
+    /// what makes this one fail.
+    pub bisect: Option<machine::BisectSpec>,
     pub adapter: Adapter,
     /// Per-test limit (per-worker for commands without an adapter).
     pub timeout: Option<Duration>,

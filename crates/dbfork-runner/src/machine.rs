@@ -30,6 +30,7 @@ use crate::timings::Timings;
 use crate::Dist;
 use dbfork_meta::report::{Outcome, ShardReport, SlotReport, TestRecord};
 
+mod bisect;
 mod clones;
 mod conversation;
 mod endings;
@@ -209,6 +210,8 @@ pub enum Command {
         kind: dbfork_meta::report::TryKind,
         output_of: Option<(usize, usize)>,
     },
+    /// The bisection is over (`dbfork bisect`): what it found.
+    Bisected(dbfork_meta::report::BisectReport),
     /// A test that ran more than once is reported, once: its try `pick`
     /// (counting from its first, the run's) is its record, with every try
     /// and its class.
@@ -247,8 +250,20 @@ pub struct Params {
     pub retries: usize,
     /// `--classify`: at most this many failed tests are classified.
     pub classify: usize,
+    /// `dbfork bisect`: the run runs none of its tests, only the probes
+    /// that find what makes this one fail.
+    pub bisect: Option<BisectSpec>,
     /// The controller's Django facts, which every worker's must equal.
     pub django_facts: Option<BTreeMap<String, String>>,
+}
+
+/// What `dbfork bisect` looks for: the tests that make `target` fail when
+/// they run before it, among `before` (in this order; `None`: every other
+/// test, in collection order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BisectSpec {
+    pub target: String,
+    pub before: Option<Vec<String>>,
 }
 
 /// Where a worker is in its conversation with dbfork.
@@ -424,6 +439,12 @@ pub struct Machine {
     failures: usize,
     /// Failed tests run again (`--retries`, `--classify`).
     probes: probes::Probes,
+    /// `dbfork bisect`'s search, once the tests are known; and whether its
+    /// end was reported.
+    bisection: Option<bisect::Bisection>,
+    bisected: bool,
+    /// A probe's clone could not be made: no more probes.
+    probes_failed: bool,
     out: Vec<Command>,
 }
 
@@ -440,6 +461,9 @@ impl Machine {
             },
             maxfail: params.maxfail,
             probes: probes::Probes::new(params.classify),
+            bisection: None,
+            bisected: false,
+            probes_failed: false,
             params,
             now,
             template: TemplatePhase::Awaited,
@@ -557,7 +581,7 @@ impl Machine {
         if alive {
             return false;
         }
-        if !(self.stopping || self.fatal.is_some() || self.probes.idle()) {
+        if !(self.stopping || self.fatal.is_some() || !self.probing()) {
             // Failed tests wait for their probes.
             return false;
         }
@@ -569,6 +593,11 @@ impl Machine {
                 .iter()
                 .all(|s| s.retired || s.worker.as_ref().is_some_and(|w| w.gone()))
             || !self.params.protocol && self.slots.iter().all(|s| s.worker.is_some())
+    }
+
+    /// Failed tests wait for their probes, or a bisection for its own.
+    fn probing(&self) -> bool {
+        !self.probes.idle() || self.bisecting()
     }
 
     /// The tests the workers collected, once known.

@@ -449,6 +449,7 @@ mod tests {
             collect_errors: Vec::new(),
             collect_skipped: Vec::new(),
             shard: None,
+            bisect: None,
         };
         assert_eq!(
             final_text(&report),

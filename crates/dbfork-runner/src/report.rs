@@ -501,6 +501,7 @@ mod tests {
             collect_errors: vec![],
             collect_skipped: vec![],
             shard: None,
+            bisect: None,
         }
     }
 

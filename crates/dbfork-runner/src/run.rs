@@ -76,6 +76,12 @@ enum Event {
     },
     /// From the controller that workers are forked from (`None`: it ended).
     Controller(Option<Result<WorkerMessage, String>>),
+    /// A clone dropped during the run was not there any more: something
+    /// else dropped it (the teardown names it).
+    Vanished(String),
+    /// A clone could not be dropped during the run: the teardown tries
+    /// again, and asks whether the server is still there.
+    NotDropped(String),
 }
 
 /// A worker process as the executor knows it.
@@ -135,6 +141,12 @@ struct Executor {
     records: Vec<Option<TestRecord>>,
     /// Per test that runs more than once: its tries so far, until it is reported.
     tries: HashMap<usize, Vec<(TryKind, TestRecord)>>,
+    /// `dbfork bisect`'s finding, once made.
+    bisect: Option<dbfork_meta::report::BisectReport>,
+    /// Clones found gone when dropped during the run, and those that could
+    /// not be dropped then.
+    vanished: Vec<String>,
+    not_dropped: Vec<String>,
     progress: Progress,
     /// Besides the terminal: the report files (and, at the end, the timings file).
     sinks: Vec<Box<dyn Sink>>,
@@ -393,13 +405,21 @@ impl Executor {
             django_facts: configured.django.as_ref().map(|d| d.facts.clone()),
             retries: config.retries,
             classify: config.classify,
+            bisect: config.bisect.clone(),
         };
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ReportFiles {
             junit: config.junit.clone(),
             json: config.json.clone(),
         })];
+        // A bisection's probes are not a run of the suite to keep (the runs
+        // kept are what it reads its suspects from).
+        let keep_runs = if config.bisect.is_some() {
+            0
+        } else {
+            config.keep_runs
+        };
         if let Some(recording) =
-            crate::recording::Recording::start(&config.state_dir, &parts.run_id, config.keep_runs)
+            crate::recording::Recording::start(&config.state_dir, &parts.run_id, keep_runs)
         {
             sinks.push(Box::new(recording));
         }
@@ -407,6 +427,9 @@ impl Executor {
             machine: Machine::new(params, parts.timings, parts.started),
             // Without an adapter each slot's command is one unit of the report.
             tries: HashMap::new(),
+            bisect: None,
+            vanished: Vec::new(),
+            not_dropped: Vec::new(),
             records: if protocol {
                 Vec::new()
             } else {
@@ -550,6 +573,7 @@ impl Executor {
                     .or_default()
                     .push((kind, record));
             }
+            Command::Bisected(report) => self.bisect = Some(report),
             Command::Concluded {
                 index,
                 pick,
@@ -765,10 +789,18 @@ impl Executor {
             self.config.drop_timeout,
         );
         tokio::spawn(async move {
+            // A clone replaced after a failure may be gone already: not by
+            // this run's doing, which the teardown must say.
+            if let Ok(existing) = backend.databases(&name).await {
+                if !existing.contains(&name) {
+                    let _ = events.send(Event::Vanished(name.clone()));
+                }
+            }
             if let Err(e) = ops::drop_entry(&backend, &name, deadline).await {
                 tracing::warn!(
                     "could not drop {name} yet ({e}); it is dropped at the end of the run"
                 );
+                let _ = events.send(Event::NotDropped(name));
             }
             let _ = events.send(Event::Input(Input::CloneDropped));
         });
@@ -777,6 +809,8 @@ impl Executor {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Controller(message) => self.controller_said(message),
+            Event::Vanished(name) => self.vanished.push(name),
+            Event::NotDropped(name) => self.not_dropped.push(name),
             Event::Input(input) => self.input(input),
             Event::Accepted(stream) => self.accept(stream),
             Event::Line { conn, line } => match protocol::decode::<WorkerMessage>(&line) {

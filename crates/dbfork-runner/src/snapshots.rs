@@ -151,6 +151,7 @@ fn run() -> RunReport {
             "Skipped: Windows only".to_string(),
         )],
         shard: None,
+        bisect: None,
     }
 }
 

@@ -262,6 +262,7 @@ mod tests {
             collect_errors: vec![],
             collect_skipped: vec![],
             shard: None,
+            bisect: None,
         }
     }
 

@@ -27,6 +27,13 @@ pub enum Command {
     /// RUN`, that one's), each worker on a fresh clone, with the recorded test command unless
     /// one is given; every option of `dbfork run` applies.
     Rerun(Box<RerunArgs>),
+    /// Find the tests that make a test fail when they run before it (state one of them leaves
+    /// behind): each probe runs some of them and then the test in a fresh worker on a fresh
+    /// clone, the probes of a step at once, one per worker; prints the culprits and a command
+    /// that reproduces the failure. The suspects are the tests its worker ran before it in the
+    /// newest recorded run where it failed (`--from RUN`: that run), else every other test.
+    /// Every option of `dbfork run` applies.
+    Bisect(Box<BisectArgs>),
     /// Templates, clones and teardown, one step at a time.
     #[command(subcommand)]
     Db(DbCommand),
@@ -192,6 +199,8 @@ pub struct RunArgs {
     pub command: Vec<String>,
     /// Only these tests, by id (`dbfork rerun`); never from the command line.
     pub only: Option<Vec<String>>,
+    /// `dbfork bisect`'s search; never from `dbfork run`'s command line.
+    pub bisect: Option<dbfork_runner::machine::BisectSpec>,
 }
 
 /// `dbfork rerun`: the run's settings, the recorded run and the command.
@@ -201,6 +210,65 @@ pub struct RerunArgs {
     pub run: RunArgs,
     /// `--failed [RUN]`: the run (an id or a prefix); empty: the latest.
     pub failed: String,
+}
+
+/// `dbfork bisect`: the run's settings, the test, the recorded run and the command.
+#[derive(Debug, Clone, Default)]
+pub struct BisectArgs {
+    /// The settings, and the command if one is given (else the recorded one).
+    pub run: RunArgs,
+    /// The test that fails after others.
+    pub test: String,
+    /// `--from RUN`: the recorded run to take the tests before it from.
+    pub from: Option<String>,
+}
+
+const FROM: &str = "from";
+const TEST: &str = "test";
+
+impl Args for BisectArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        Given::<OfRun>::augment_args(cmd)
+            .arg(
+                Arg::new(FROM)
+                    .long(FROM)
+                    .value_name("RUN")
+                    .help("The recorded run (its id or a prefix, see `dbfork report show`) whose worker's order gives the suspects: the tests that ran before TEST. [default: the newest recorded run where TEST failed, else every other test]"),
+            )
+            .arg(
+                Arg::new(TEST)
+                    .value_name("TEST")
+                    .required(true)
+                    .help("The test that fails after others, by id as the test tool prints it (pytest's `path/test_x.py::test_y`, Django's `app.tests.Class.test_y`)."),
+            )
+            .arg(
+                Arg::new(COMMAND)
+                    .value_name("COMMAND")
+                    .num_args(0..)
+                    .trailing_var_arg(true)
+                    .help("The test command, after TEST; the recorded run's when left out."),
+            )
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for BisectArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = BisectArgs::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.run.settings.update_from_arg_matches(matches)?;
+        self.run.command = strings(matches, COMMAND).unwrap_or_default();
+        self.test = matches.get_one::<String>(TEST).cloned().unwrap_or_default();
+        self.from = matches.get_one::<String>(FROM).cloned();
+        Ok(())
+    }
 }
 
 const FAILED: &str = "failed";

@@ -95,6 +95,15 @@ impl Machine {
                 self.start_worker(slot, made);
             }
             Err(CloneFailure::Interrupted) => {}
+            Err(CloneFailure::Error(e)) if self.slots[slot].probe.is_some() => {
+                // The run's own tests are done: its failures are reported as
+                // they are, and the teardown says what became of the server.
+                self.note(format!(
+                    "could not make a fresh clone to run failed tests again ({e}); they are reported as they ran"
+                ));
+                self.probes_failed = true;
+                self.probe_done(slot);
+            }
             Err(CloneFailure::Error(e)) => self.fail(
                 exit::SETUP_OR_DATABASE,
                 format!("could not make the clone of worker {}: {e}", label(slot)),
@@ -113,7 +122,8 @@ impl Machine {
             clones,
         });
         let s = &mut self.slots[slot];
-        s.workers_started += 1;
+        // A probe's worker is not one of the slot's (nor a restart).
+        s.workers_started += usize::from(s.probe.is_none());
         s.worker = Some(SlotWorker {
             id,
             generation,

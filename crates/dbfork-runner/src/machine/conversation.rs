@@ -338,12 +338,21 @@ impl Machine {
             .only
             .as_ref()
             .map(|ids| tests.iter().map(|t| ids.contains(&t.id)).collect());
+        if self.params.bisect.is_some() {
+            // None of the run's own: its slots go to the probes.
+            self.only = Some(vec![false; tests.len()]);
+            if let Err(why) = self.start_bisection(&tests) {
+                return self.fail(exit::USAGE, why, None);
+            }
+        }
         let keep: Vec<bool> = (0..tests.len()).map(|i| self.selected(i)).collect();
         let mine = keep.iter().filter(|k| **k).count();
-        self.out.push(Command::Collected {
-            all: tests.len(),
-            mine,
-        });
+        if self.bisection.is_none() {
+            self.out.push(Command::Collected {
+                all: tests.len(),
+                mine,
+            });
+        }
         let timings = &self.timings;
         let scheduler = Scheduler::new_for(
             &tests,
@@ -366,7 +375,7 @@ impl Machine {
             self.stop_everything();
             return;
         }
-        if units == 0 {
+        if units == 0 && self.bisection.is_none() {
             self.stop_everything();
             return;
         }

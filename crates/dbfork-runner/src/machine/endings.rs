@@ -396,7 +396,7 @@ impl Machine {
     /// the controller is told to end, so that its teardown and the workers'
     /// exits overlap instead of following each other.
     pub(super) fn stop_controller_when_done(&mut self) {
-        if !self.controller || self.clone_tasks > 0 || !self.probes.idle() {
+        if !self.controller || self.clone_tasks > 0 || self.probing() {
             return;
         }
         // A slot given up may still have a worker starting: the controller's

@@ -64,6 +64,20 @@ pub(super) struct Probe {
     kind: TryKind,
     tests: Vec<usize>,
     cases: Vec<usize>,
+    /// A bisection's probe: its part of the step (the result of its last
+    /// test, the bisection's target, counts).
+    part: Option<usize>,
+}
+
+impl Probe {
+    pub(super) fn bisect(tests: Vec<usize>, part: usize) -> Probe {
+        Probe {
+            kind: TryKind::Replay,
+            tests,
+            cases: Vec::new(),
+            part: Some(part),
+        }
+    }
 }
 
 /// A slot's probe, once given to it.
@@ -141,6 +155,10 @@ impl Probes {
         self.cases.iter().all(|c| c.state == CaseState::Reported)
     }
 
+    pub(super) fn queue(&mut self, probe: Probe) {
+        self.queue.push_back(probe);
+    }
+
     fn case_of(&self, index: usize) -> Option<usize> {
         self.cases.iter().position(|c| c.index == index)
     }
@@ -214,6 +232,14 @@ impl Machine {
         let Some(assignment) = self.slots[slot].probe.as_mut() else {
             return;
         };
+        if let Some(part) = assignment.probe.part {
+            let target = assignment.probe.tests.last() == Some(&record.index);
+            if target && assignment.answered.is_empty() {
+                assignment.answered.push(part);
+                self.bisect_result(part, record.outcome.is_failure());
+            }
+            return;
+        }
         let kind = assignment.probe.kind;
         let counts = assignment.probe.cases.iter().any(|&c| {
             self.probes.cases[c].index == record.index && !assignment.answered.contains(&c)
@@ -245,6 +271,14 @@ impl Machine {
         let Some(assignment) = self.slots[slot].probe.take() else {
             return;
         };
+        if let Some(part) = assignment
+            .probe
+            .part
+            .filter(|_| assignment.answered.is_empty())
+        {
+            // It never got to the target (it crashed before): not a failure of it.
+            self.bisect_result(part, false);
+        }
         for case in assignment.probe.cases {
             let unanswered = !assignment.answered.contains(&case);
             if unanswered && self.probes.cases[case].state != CaseState::Reported {
@@ -270,6 +304,7 @@ impl Machine {
             kind,
             tests: vec![c.index],
             cases: vec![case],
+            part: None,
         };
         self.probes.cases[case].state = CaseState::Probing;
         self.probes.queue.push_back(probe);
@@ -342,11 +377,15 @@ impl Machine {
     /// worker's failures that passed alone get their replay; queued probes
     /// go to the slots that are free.
     pub(super) fn settle_probes(&mut self) {
-        if self.probes.idle() {
+        if !self.probing() {
             return;
         }
         let usable = self.slots.iter().any(|s| !s.given_up);
-        if self.stopping || self.fatal.is_some() || !usable {
+        if self.stopping || self.fatal.is_some() || self.probes_failed || !usable {
+            if let Some(b) = self.bisection.as_mut() {
+                b.stop();
+                self.report_bisection();
+            }
             for case in 0..self.probes.cases.len() {
                 if self.probes.cases[case].state != CaseState::Reported {
                     let pick = self.probes.cases[case].pick();
@@ -367,7 +406,7 @@ impl Machine {
             let Some(probe) = self.probes.queue.pop_front() else {
                 break;
             };
-            if !std::mem::replace(&mut self.probes.said_start, true) {
+            if probe.part.is_none() && !std::mem::replace(&mut self.probes.said_start, true) {
                 self.note(format!(
                     "running failed tests again, each in a fresh worker on a fresh clone ({}--classify {})",
                     match self.params.retries {
@@ -378,6 +417,9 @@ impl Machine {
                 ));
             }
             let what = match probe.kind {
+                TryKind::Replay if probe.part.is_some() => {
+                    format!("probing {} tests", probe.tests.len())
+                }
                 TryKind::Replay => format!("replaying {} tests", probe.tests.len()),
                 _ => format!(
                     "{} {}",
@@ -431,6 +473,7 @@ impl Machine {
                 kind: TryKind::Replay,
                 tests,
                 cases: mine,
+                part: None,
             });
         }
     }

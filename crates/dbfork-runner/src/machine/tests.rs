@@ -45,6 +45,7 @@ fn fresh_params(
         django_facts: None,
         retries: 0,
         classify: 0,
+        bisect: None,
     }
 }
 
@@ -128,6 +129,8 @@ struct World {
     classes: Vec<Option<FailureClass>>,
     /// Per test: how many times a worker ran it.
     attempts: Vec<usize>,
+    /// What a bisection found.
+    bisected: Option<dbfork_meta::report::BisectReport>,
     signals: usize,
     outcome_of: fn(usize) -> &'static str,
     /// When set, a test's outcome from the tests its worker ran before it
@@ -169,6 +172,7 @@ impl World {
             tries: vec![0; tests],
             classes: vec![None; tests],
             attempts: vec![0; tests],
+            bisected: None,
             signals: 0,
             outcome_of,
             outcome_in: None,
@@ -308,6 +312,10 @@ impl World {
                 self.reports[index] += 1;
                 assert_eq!(self.reports[index], 1, "test {index} reported twice");
                 self.classes[index] = diagnosis.map(|d| d.class);
+            }
+            Command::Bisected(report) => {
+                assert!(self.bisected.is_none(), "bisected twice");
+                self.bisected = Some(report);
             }
             Command::StopController => self.controller_stops += 1,
             Command::Note(_) | Command::Collected { .. } | Command::Status { .. } => {}
@@ -614,6 +622,31 @@ fn failures_are_classified_by_probes_in_fresh_workers() {
     assert_eq!(world.controller_stops, 1);
 }
 
+/// A bisection runs none of the run's tests, only its probes (each a
+/// fresh worker), and names the test that makes test 1 fail, among 40.
+#[test]
+fn a_bisection_finds_the_polluter_with_probes_only() {
+    let mut p = params(2, 0, false, 0);
+    p.bisect = Some(BisectSpec {
+        target: "t.py::test_1".into(),
+        before: None,
+    });
+    let mut world = World::new(p, 40, true, passing);
+    world.outcome_in = Some(planted);
+    world.run(&[]);
+    let found = world.bisected.take().expect("a finding");
+    assert_eq!(found.verdict, dbfork_meta::report::BisectVerdict::Found);
+    assert_eq!(found.culprits, ["t.py::test_0"]);
+    assert!(found.probes < 20, "{found:?}");
+    assert_eq!(world.reports, vec![0; 40], "no test of the run's own");
+    // The two run workers ran nothing; every probe ends with the target.
+    assert!(world.workers[..2].iter().all(|w| w.ran.is_empty()));
+    assert!(world.workers[2..].iter().all(|w| w.ran.last() == Some(&1)));
+    assert_eq!(world.controller_stops, 1);
+    let (ending, _) = world.machine.end();
+    assert_eq!(ending.fatal, None);
+}
+
 /// `--retries 2`: the flaky test passes on its first retry, the broken
 /// one fails all three tries; without classifying, nothing is replayed.
 #[test]
@@ -662,6 +695,9 @@ proptest! {
         params.shard = shard;
         params.retries = retries;
         params.classify = classify;
+        if classify == 3 && tests > 2 {
+            params.bisect = Some(BisectSpec { target: "t.py::test_1".into(), before: None });
+        }
         let mut world = World::new(params, tests, prestart, outcome_of);
         world.graceful = graceful;
         if retries + classify > 0 {
@@ -669,7 +705,12 @@ proptest! {
         }
         world.run(&choices);
         let (ending, _) = world.machine.end();
-        if ending.fatal.is_none() && !ending.interrupted && !ending.out_of_restarts && maxfail == 0 {
+        if let Some(found) = world.bisected.as_ref().filter(|_| ending.fatal.is_none()) {
+            prop_assert!(world.reports.iter().all(|r| *r == 0), "a bisection reports no test");
+            if found.verdict == dbfork_meta::report::BisectVerdict::Found {
+                prop_assert_eq!(&found.culprits, &["t.py::test_0".to_string()]);
+            }
+        } else if ending.fatal.is_none() && !ending.interrupted && !ending.out_of_restarts && maxfail == 0 {
             let wanted: Vec<usize> = (0..tests).map(|i| usize::from(world.machine.selected(i))).collect();
             prop_assert_eq!(&world.reports, &wanted, "tests reported (1) or not (0), against this shard's");
         }

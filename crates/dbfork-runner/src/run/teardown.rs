@@ -2,6 +2,7 @@
 //! server was found doing it), the final records and report.
 
 use super::*;
+use dbfork_meta::report::BisectVerdict;
 
 /// How a run's teardown found the server.
 pub(super) enum Teardown {
@@ -37,6 +38,15 @@ impl Executor {
             failed || not_run || !ending.collect_errors.is_empty(),
             tests.is_empty() && !suite_has_tests,
         );
+        // A bisection runs no tests of its own: it succeeds when it found
+        // what makes its test fail.
+        if let Some(bisect) = self.bisect.as_ref().filter(|_| exit_code == exit::NO_TESTS) {
+            exit_code = match bisect.verdict {
+                BisectVerdict::Found => exit::OK,
+                BisectVerdict::Stopped => exit::INTERRUPTED,
+                _ => exit::TESTS_FAILED,
+            };
+        }
         // The tests' outcomes are then not (only) their own.
         let database_error = match teardown {
             Teardown::Clean => None,
@@ -71,6 +81,7 @@ impl Executor {
             collect_errors: ending.collect_errors,
             collect_skipped: ending.collect_skipped,
             shard: ending.shard,
+            bisect: self.bisect.take(),
         };
         // The files, the timings and the summary, while the controller may
         // still be ending. The timings the schedule was made from, with this
@@ -125,6 +136,7 @@ impl Executor {
     /// worker's clone was dropped under it by someone else.
     pub(super) async fn drop_clones(&mut self) -> Teardown {
         let mut names = self.machine.databases();
+        names.append(&mut self.not_dropped);
         if let Some(leasing) = &self.leasing {
             // Leased ones go back to the service, which recreates them.
             names.retain(|name| !leasing.leased(name));
@@ -136,7 +148,7 @@ impl Executor {
         }
         let backend = self.backend.clone();
         let ours = format!("{}{}_", names::PREFIX, self.run_id);
-        let vanished: Vec<String> = match backend.databases(&ours).await {
+        let mut vanished: Vec<String> = match backend.databases(&ours).await {
             Ok(existing) => names
                 .iter()
                 .filter(|n| !existing.contains(n))
@@ -144,6 +156,7 @@ impl Executor {
                 .collect(),
             Err(_) => Vec::new(),
         };
+        vanished.splice(0..0, std::mem::take(&mut self.vanished));
         let deadline = self.config.drop_timeout;
         let failures: Vec<String> = stream::iter(names)
             .map(|name| {

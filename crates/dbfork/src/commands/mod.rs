@@ -81,6 +81,7 @@ pub fn main() -> i32 {
             // The runner handles its own signals: it forwards them to the workers.
             Command::Run(args) => run::run(*args, verbose).await,
             Command::Rerun(args) => run::rerun(*args, verbose).await,
+            Command::Bisect(args) => run::bisect(*args, verbose).await,
             Command::Db(DbCommand::Fingerprint(args)) => {
                 let FingerprintArgs { print_json, run } = *args;
                 run::fingerprint(run, verbose, print_json).await

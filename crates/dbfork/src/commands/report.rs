@@ -70,6 +70,65 @@ pub fn recorded(
     Ok((name, dir, report))
 }
 
+/// A recorded failure: the run, its command, the tests its worker ran before it.
+pub struct Failure {
+    pub run: String,
+    pub command: Vec<String>,
+    pub before: Vec<String>,
+}
+
+/// Where `test` failed last: in the recorded run `run` (an id or a prefix),
+/// else the newest recorded run where it failed; `None` when none did.
+pub fn before_failure(run: Option<&str>, test: &str) -> Result<Option<Failure>> {
+    let runs = crate::settings::state_dir_of(&std::env::current_dir()?)
+        .join(dbfork_runner::recording::RUNS_DIR);
+    if let Some(wanted) = run {
+        let (name, dir, report) = recorded(Some(wanted))?;
+        return match failure_in(&name, &dir, &report, test) {
+            Some(found) => Ok(Some(found)),
+            None => Err(UsageError(format!("{test} did not fail in run {name}")).into()),
+        };
+    }
+    for (name, _) in dbfork_runner::recording::recordings(&runs) {
+        let dir = runs.join(&name);
+        let report = std::fs::read_to_string(dir.join("report.json"))
+            .ok()
+            .and_then(|text| read_json(&text).ok());
+        if let Some(found) = report.and_then(|r| failure_in(&name, &dir, &r, test)) {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+fn failure_in(
+    name: &str,
+    dir: &std::path::Path,
+    report: &dbfork_meta::report::RunReport,
+    test: &str,
+) -> Option<Failure> {
+    let failed = report
+        .tests
+        .iter()
+        .find(|t| t.id == test && t.outcome.is_failure())?;
+    let order = order_of(dir);
+    let ran = order.get(&failed.slot?)?;
+    let at = ran.iter().position(|t| t == test)?;
+    Some(Failure {
+        run: name.to_string(),
+        command: report.command.clone(),
+        before: ran[..at].to_vec(),
+    })
+}
+
+/// A recording's order: each worker's tests in the order they ran.
+fn order_of(dir: &std::path::Path) -> std::collections::BTreeMap<usize, Vec<String>> {
+    std::fs::read_to_string(dir.join("order.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
 /// How many of the tests a worker ran before a failure `report show` names.
 const AFTER: usize = 5;
 
@@ -80,11 +139,7 @@ pub fn show(args: ShowArgs) -> Result<i32> {
     let (name, dir, report) = recorded(args.run.as_deref())?;
     dbfork_meta::out!("run {name}: {}", report.command.join(" "));
     dbfork_meta::out!("recorded in {}", dir.display());
-    let order: std::collections::BTreeMap<usize, Vec<String>> =
-        std::fs::read_to_string(dir.join("order.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+    let order = order_of(&dir);
     for (slot, tests) in &order {
         dbfork_meta::out!("worker gw{slot}, {} test(s)", tests.len());
         if args.full {

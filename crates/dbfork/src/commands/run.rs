@@ -10,17 +10,26 @@ use dbfork_meta::exit::{Failure, Family};
 use dbfork_runner::error::{exit, RunError};
 use dbfork_runner::run::{self as runner, Prepared};
 
-use crate::cli::{RerunArgs, RunArgs};
+use crate::cli::{BisectArgs, RerunArgs, RunArgs};
+use crate::errors::UsageError;
 use crate::settings;
 use crate::target::{Collect, Opened};
+use dbfork_meta::report::{BisectReport, BisectVerdict, RunReport};
+use dbfork_runner::machine as runner_machine;
 
 /// Returns the run's exit code (pytest's: 0 passed, 1 failed, 2 interrupted,
 /// 3 setup or database error, 4 usage error, 5 no tests).
 pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
-    let (prepared, opened) = match start(&args, verbose, Collect::Leftovers).await {
-        Ok(started) => started,
-        Err(code) => return Ok(code),
-    };
+    // The runner printed the summary as soon as the last result was in.
+    Ok(match run_report(args, verbose).await {
+        Ok(report) => report.exit_code,
+        Err(code) => code,
+    })
+}
+
+/// The run's report; `Err`: the exit code of a failure already reported.
+async fn run_report(args: RunArgs, verbose: u8) -> Result<RunReport, i32> {
+    let (prepared, opened) = start(&args, verbose, Collect::Leftovers).await?;
     let Opened {
         backend, server, ..
     } = opened;
@@ -30,10 +39,120 @@ pub async fn run(args: RunArgs, verbose: u8) -> Result<i32> {
             dbfork_meta::say!("dbfork: warning: could not stop the ephemeral server: {e}");
         }
     }
-    match result {
-        // The runner printed the summary as soon as the last result was in.
-        Ok(report) => Ok(report.exit_code),
-        Err(e) => Ok(failed(&e)),
+    result.map_err(|e| failed(&e))
+}
+
+/// `dbfork bisect TEST [-- command]`: a run of probes only (see the
+/// runner's `machine::bisect`), the suspects from the newest recording
+/// where TEST failed; prints the culprits and how to reproduce.
+pub async fn bisect(args: BisectArgs, verbose: u8) -> Result<i32> {
+    let BisectArgs {
+        mut run,
+        test,
+        from,
+    } = args;
+    let found = super::report::before_failure(from.as_deref(), &test)?;
+    let before = match &found {
+        Some(found) => {
+            dbfork_meta::say!(
+                "dbfork: the suspects: the {} test(s) its worker ran before {test} in run {}",
+                found.before.len(),
+                found.run
+            );
+            Some(found.before.clone())
+        }
+        None => {
+            dbfork_meta::say!("dbfork: no recorded run where {test} failed: the suspects are every other test the command collects");
+            None
+        }
+    };
+    if run.command.is_empty() {
+        match &found {
+            Some(found) => run.command = found.command.clone(),
+            None => {
+                return Err(UsageError(format!(
+                    "no test command given, and no recorded run where {test} failed to take one from: give it after the test, `dbfork bisect {test} -- python -m pytest`"
+                ))
+                .into())
+            }
+        }
+    }
+    let command = run.command.clone();
+    run.bisect = Some(runner_machine::BisectSpec {
+        target: test,
+        before,
+    });
+    let report = match run_report(run, verbose).await {
+        Ok(report) => report,
+        Err(code) => return Ok(code),
+    };
+    if let Some(bisect) = &report.bisect {
+        dbfork_meta::out!("{}", bisect_text(bisect, &command));
+    }
+    Ok(report.exit_code)
+}
+
+/// What `dbfork bisect` found, in words, with the command that reproduces it.
+fn bisect_text(bisect: &BisectReport, command: &[String]) -> String {
+    let test = &bisect.test;
+    let probes = bisect.probes;
+    match bisect.verdict {
+        BisectVerdict::Found => {
+            let mut ids = bisect.culprits.clone();
+            ids.push(test.clone());
+            let what = match bisect.culprits.len() {
+                1 => "this test makes it fail when it runs before it".to_string(),
+                n => format!("these {n} tests make it fail when they all run before it, in this order (no one of them alone)"),
+            };
+            let culprits: String = bisect.culprits.iter().map(|c| format!("  {c}\n")).collect();
+            format!(
+                "{test} fails after other tests ({probes} probes): {what}:\n{culprits}Reproduce (one worker, in this order):\n  {}",
+                reproduce(command, &ids)
+            )
+        }
+        BisectVerdict::FailsAlone => format!(
+            "{test} fails alone in a fresh worker on a fresh clone: no test before it is needed (it is broken, not order-dependent)"
+        ),
+        BisectVerdict::NotReproduced => format!(
+            "{test} passes after all the suspects too, in a fresh worker on a fresh clone: the failure did not come back (a flaky test, or it depends on something else: time, the environment, another worker)"
+        ),
+        BisectVerdict::Stopped => format!("the bisection of {test} was stopped after {probes} probes"),
+    }
+}
+
+/// `dbfork run -j 1 --order file -- COMMAND IDS`: the command without the
+/// tests it selected (trailing arguments that are paths or a prefix of one
+/// of the ids), then the ids.
+fn reproduce(command: &[String], ids: &[String]) -> String {
+    let selects = |arg: &str| {
+        !arg.starts_with('-')
+            && (std::path::Path::new(arg).exists()
+                || ids.iter().any(|id| {
+                    id.strip_prefix(arg)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '.', ':']))
+                }))
+    };
+    let mut base: Vec<&str> = command.iter().map(String::as_str).collect();
+    // The tool itself (`python -m pytest`, `manage.py test`) stays.
+    while base.len() > 3 && base.last().is_some_and(|a| selects(a)) {
+        base.pop();
+    }
+    let words: Vec<String> = base
+        .iter()
+        .map(|w| w.to_string())
+        .chain(ids.iter().cloned())
+        .map(|w| shell_word(&w))
+        .collect();
+    format!("dbfork run -j 1 --order file -- {}", words.join(" "))
+}
+
+/// `word` as a shell reads it back.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 

@@ -235,3 +235,149 @@ fn retries_report_flaky_tests() {
     assert_eq!(summary(&fail.stdout), "1 passed (1 flaky)");
     assert_no_clones(&place);
 }
+
+/// `dbfork bisect TEST -- command` in `dir`.
+fn bisect(place: &Place, dir: &Path, extra: &[&str], test: &str, args: &[&str]) -> Outcome {
+    let mut c = dbfork();
+    c.current_dir(dir)
+        .env_remove("CI")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args(["bisect", "--db", &place.url])
+        .args(["--setup", &format!("{} setup_db.py", python())])
+        .args(["--input", "setup_db.py"])
+        .args(extra)
+        .arg(test);
+    if !args.is_empty() {
+        c.arg("--").args(pytest_command(args));
+    }
+    let out = c.output().unwrap();
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+        report: serde_json::Value::Null,
+    }
+}
+
+/// The polluter is in another module, among 200 other tests: `dbfork
+/// bisect` names it with 2 workers, prints a command that reproduces the
+/// failure, and leaves nothing behind; a test that fails alone is said to.
+fn bisects_to_the_polluter(kind: Kind) {
+    let place = Place::new(kind, "bisect");
+    let dir = suite(&place);
+    let reader = "pollution/test_c_reader.py::test_reader";
+    let out = bisect(&place, &dir, &["-j", "2"], reader, &["pollution"]);
+    let said = format!("{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 0, "{said}");
+    assert!(
+        out.stderr.contains("the suspects are every other test")
+            && out.stderr.contains("bisecting 200 tests"),
+        "{said}"
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("{reader} fails after other tests (")),
+        "{said}"
+    );
+    assert_eq!(
+        lines[1], "  pollution/test_b_polluter.py::test_polluter",
+        "{said}"
+    );
+    let probes: usize = lines[0]
+        .split('(')
+        .nth(1)
+        .and_then(|p| p.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(probes <= 20, "{said}");
+    assert_no_clones(&place);
+
+    // The command it prints fails the reader again, after the polluter alone.
+    let again = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("dbfork run -j 1 --order file -- "))
+        .unwrap_or_else(|| panic!("{said}"));
+    let words: Vec<&str> = again.split(' ').collect();
+    assert!(
+        words.ends_with(&["pollution/test_b_polluter.py::test_polluter", reader]),
+        "{again}"
+    );
+    let reproduced = dbfork_run(
+        &place,
+        &dir,
+        &["-j", "1", "--order", "file", "--classify", "off"],
+        &words[words.len() - 2..],
+        &[],
+    );
+    assert_eq!(
+        summary(&reproduced.stdout),
+        "1 failed, 1 passed",
+        "{}",
+        reproduced.stderr
+    );
+
+    // A test that fails alone: nothing before it to find.
+    let broken = bisect(
+        &place,
+        &dir,
+        &["-j", "2"],
+        "classify/test_a_broken.py::test_broken",
+        &["classify"],
+    );
+    assert_eq!(broken.code, 1, "{}\n{}", broken.stdout, broken.stderr);
+    assert!(broken.stdout.contains("fails alone"), "{}", broken.stdout);
+    let missing = bisect(
+        &place,
+        &dir,
+        &[],
+        "classify/test_nope.py::test_nope",
+        &["classify"],
+    );
+    assert_eq!(missing.code, 4, "{}", missing.stderr);
+    assert!(
+        missing
+            .stderr
+            .contains("collected no test `classify/test_nope.py::test_nope`"),
+        "{}",
+        missing.stderr
+    );
+    assert_no_clones(&place);
+}
+
+mod bisect {
+    #[test]
+    fn sqlite() {
+        super::bisects_to_the_polluter(super::Kind::Sqlite)
+    }
+    #[test]
+    fn postgres() {
+        super::bisects_to_the_polluter(super::Kind::Postgres)
+    }
+}
+
+/// The suspects come from the newest recorded run where the test failed
+/// (its worker's order), and so does the command when none is given.
+#[test]
+fn bisect_reads_the_recorded_run() {
+    let place = Place::new(Kind::Sqlite, "bisect_recorded");
+    let dir = suite(&place);
+    let out = run_classify(&place, &dir, &["--classify", "off"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let reader = "classify/test_d_reader.py::test_reader";
+    let found = bisect(&place, &dir, &["-j", "2"], reader, &[]);
+    let said = format!("{}\n{}", found.stdout, found.stderr);
+    assert_eq!(found.code, 0, "{said}");
+    assert!(
+        found.stderr.contains(&format!(
+            "the suspects: the 9 test(s) its worker ran before {reader} in run "
+        )),
+        "{said}"
+    );
+    assert!(
+        found
+            .stdout
+            .contains("\n  classify/test_c_polluter.py::test_polluter\n"),
+        "{said}"
+    );
+    assert_no_clones(&place);
+}
