@@ -343,25 +343,7 @@ pub(crate) fn final_text(report: &RunReport) -> String {
             out.push_str(&diagnosis_lines(test));
         }
     }
-    let flaky: Vec<&TestRecord> = report.tests.iter().filter(|t| t.is_flaky()).collect();
-    if !flaky.is_empty() {
-        out.push_str(&rule("flaky tests (failed, then passed on a retry)", '='));
-        out.push('\n');
-        for test in flaky {
-            let tries = test.tries.iter().filter(|t| t.kind.counts()).count();
-            let passed = 1 + test
-                .tries
-                .iter()
-                .filter(|t| t.kind.counts())
-                .position(|t| !t.outcome.is_failure())
-                .unwrap_or(0);
-            out.push_str(&format!(
-                "FLAKY {} - passed on try {passed} of {tries}\n",
-                test.id
-            ));
-            out.push_str(&diagnosis_lines(test));
-        }
-    }
+    out.push_str(&flaky_text(report));
     if report.interrupted {
         // As pytest says it, before its closing line.
         let not_run = match report.not_run() {
@@ -374,6 +356,30 @@ pub(crate) fn final_text(report: &RunReport) -> String {
     }
     out.push_str(&rule(&report.summary_line(), '='));
     out.push('\n');
+    out
+}
+
+/// The tests that failed, then passed on a retry, with the try that passed.
+fn flaky_text(report: &RunReport) -> String {
+    let flaky: Vec<&TestRecord> = report.tests.iter().filter(|t| t.is_flaky()).collect();
+    if flaky.is_empty() {
+        return String::new();
+    }
+    let mut out = rule("flaky tests (failed, then passed on a retry)", '=');
+    out.push('\n');
+    for test in flaky {
+        let counted: Vec<_> = test.tries.iter().filter(|t| t.kind.counts()).collect();
+        let passed = 1
+            + (counted.iter())
+                .position(|t| !t.outcome.is_failure())
+                .unwrap_or(0);
+        out.push_str(&format!(
+            "FLAKY {} - passed on try {passed} of {}\n",
+            test.id,
+            counted.len()
+        ));
+        out.push_str(&diagnosis_lines(test));
+    }
     out
 }
 

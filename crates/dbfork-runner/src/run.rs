@@ -559,36 +559,47 @@ impl Executor {
                 self.finished_test(record);
             }
             Command::Tried {
-                mut record,
+                record,
                 kind,
                 output_of,
-            } => {
-                self.append_output(&mut record, output_of);
-                self.emit(RunEvent::Tried {
-                    record: &record,
-                    kind,
-                });
-                self.tries
-                    .entry(record.index)
-                    .or_default()
-                    .push((kind, record));
-            }
+            } => self.tried(record, kind, output_of),
             Command::Bisected(report) => self.bisect = Some(report),
             Command::Concluded {
                 index,
                 pick,
                 diagnosis,
-            } => {
-                let tries = self.tries.remove(&index).unwrap_or_default();
-                let Some((_, picked)) = tries.get(pick).or(tries.first()) else {
-                    return;
-                };
-                let mut record = picked.clone();
-                record.tries = tries.iter().map(|(kind, r)| Try::of(*kind, r)).collect();
-                record.diagnosis = diagnosis;
-                self.finished_test(record);
-            }
+            } => self.concluded(index, pick, diagnosis),
         }
+    }
+
+    /// One try of a test that runs more than once: shown, and kept until
+    /// the test is reported.
+    fn tried(&mut self, mut record: TestRecord, kind: TryKind, output_of: Option<(usize, usize)>) {
+        self.append_output(&mut record, output_of);
+        self.emit(RunEvent::Tried {
+            record: &record,
+            kind,
+        });
+        let tries = self.tries.entry(record.index).or_default();
+        tries.push((kind, record));
+    }
+
+    /// A test that ran more than once is reported: its try `pick` with
+    /// every try, and its class.
+    fn concluded(
+        &mut self,
+        index: usize,
+        pick: usize,
+        diagnosis: Option<dbfork_meta::report::Diagnosis>,
+    ) {
+        let tries = self.tries.remove(&index).unwrap_or_default();
+        let Some((_, picked)) = tries.get(pick).or(tries.first()) else {
+            return;
+        };
+        let mut record = picked.clone();
+        record.tries = tries.iter().map(|(kind, r)| Try::of(*kind, r)).collect();
+        record.diagnosis = diagnosis;
+        self.finished_test(record);
     }
 
     /// A crash's or timeout's record gets the last output of its worker.

@@ -684,27 +684,8 @@ fn parse(
             Value::Duration(Some(ttl))
         }
         Kind::Count { min } => Value::Count(count(raw, origin, min)?),
-        Kind::Budget => {
-            match raw {
-                Raw::Text(t) if t.trim().eq_ignore_ascii_case("off") => Value::Count(0),
-                Raw::Toml(toml::Value::String(t)) if t.trim().eq_ignore_ascii_case("off") => {
-                    Value::Count(0)
-                }
-                _ => Value::Count(count(raw, origin, 0).map_err(|_| {
-                    invalid(origin, "it is not a whole number (0 or more) or `off`")
-                })?),
-            }
-        }
-        Kind::Choice(words) => {
-            let text = string(raw, origin)?.trim().to_ascii_lowercase();
-            if !words.contains(&text.as_str()) {
-                return Err(invalid(
-                    origin,
-                    format!("`{text}` is not one of {}", words.join(", ")),
-                ));
-            }
-            Value::Text(text)
-        }
+        Kind::Budget => Value::Count(budget(raw, origin)?),
+        Kind::Choice(words) => Value::Text(choice(words, raw, origin)?),
         Kind::Path => Value::Path(optional_path(Path::new(&string(raw, origin)?), base)),
         Kind::Size => {
             let text = match raw {
@@ -721,6 +702,29 @@ fn parse(
             Value::Text(word(setting.kind, raw, origin)?)
         }
     })
+}
+
+/// A whole number, or `off` (0).
+fn budget(raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<usize> {
+    let off = |t: &str| t.trim().eq_ignore_ascii_case("off");
+    match raw {
+        Raw::Text(t) if off(t) => Ok(0),
+        Raw::Toml(toml::Value::String(t)) if off(t) => Ok(0),
+        _ => count(raw, origin, 0)
+            .map_err(|_| invalid(origin, "it is not a whole number (0 or more) or `off`")),
+    }
+}
+
+/// One of `words`.
+fn choice(words: &[&str], raw: Raw<'_>, origin: &Origin<'_>) -> anyhow::Result<String> {
+    let text = string(raw, origin)?.trim().to_ascii_lowercase();
+    if !words.contains(&text.as_str()) {
+        return Err(invalid(
+            origin,
+            format!("`{text}` is not one of {}", words.join(", ")),
+        ));
+    }
+    Ok(text)
 }
 
 /// A one-word text setting: a clone method, a template, an owner.
