@@ -26,6 +26,7 @@ pub mod controller;
 pub mod decide;
 pub mod django;
 pub mod error;
+pub mod html;
 pub mod machine;
 pub mod packages;
 pub mod progress;
@@ -38,6 +39,7 @@ pub mod sinks;
 #[cfg(test)]
 mod snapshots;
 pub mod template;
+pub mod timeline;
 pub mod timings;
 pub mod worker;
 
@@ -223,6 +225,8 @@ pub struct RunConfig {
     /// `dbfork bisect`: no test of the run's own, only the probes that find
     /// what makes this one fail.
     pub bisect: Option<machine::BisectSpec>,
+    /// `--trace FILE`: the run's timeline for Perfetto.
+    pub trace: Option<PathBuf>,
     pub adapter: Adapter,
     /// Per-test limit (per-worker for commands without an adapter).
     pub timeout: Option<Duration>,

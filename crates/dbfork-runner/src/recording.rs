@@ -40,10 +40,16 @@ pub struct Recording {
 }
 
 impl Recording {
-    /// A new recording of run `run_id` in `state_dir/runs/`, the older
+    /// A new recording of run `run_id` (which started at `started`: the
+    /// events' times count from then) in `state_dir/runs/`, the older
     /// ones but `keep - 1` pruned first; `None` when `keep` is 0, or (said)
     /// when it cannot be made.
-    pub fn start(state_dir: &Path, run_id: &str, keep: usize) -> Option<Recording> {
+    pub fn start(
+        state_dir: &Path,
+        run_id: &str,
+        keep: usize,
+        started: Instant,
+    ) -> Option<Recording> {
         if keep == 0 {
             return None;
         }
@@ -61,7 +67,7 @@ impl Recording {
                 dir,
                 events: Some(BufWriter::new(file)),
                 written: 0,
-                started: Instant::now(),
+                started,
                 order: BTreeMap::new(),
             }),
             Err(e) => {
@@ -119,36 +125,49 @@ impl Recording {
     }
 }
 
+/// An event as the recording's line says it (without its time).
+pub fn event_json(event: &RunEvent) -> Option<serde_json::Value> {
+    Some(match event {
+        RunEvent::Note(message) => json!({"event": "note", "message": message}),
+        RunEvent::Collected(total) => json!({"event": "collected", "tests": total}),
+        RunEvent::Worker { slot, status } => {
+            json!({"event": "worker", "slot": slot, "status": status})
+        }
+        RunEvent::TestFinished(record) => json!({"event": "test", "test": record}),
+        RunEvent::Tried { record, kind } => json!({"event": "try", "kind": kind, "test": record}),
+        RunEvent::Database {
+            what,
+            name,
+            seconds,
+        } => json!({"event": "database", "what": what, "name": name, "seconds": seconds}),
+        RunEvent::Ending => json!({"event": "ending"}),
+        RunEvent::Finished { report, .. } => json!({
+            "event": "finished",
+            "exit_code": report.exit_code,
+            "summary": report.summary_line(),
+        }),
+    })
+}
+
 impl Sink for Recording {
     fn event(&mut self, event: &RunEvent) {
-        match event {
-            RunEvent::Note(message) => self.line(json!({"event": "note", "message": message})),
-            RunEvent::Collected(total) => self.line(json!({"event": "collected", "tests": total})),
-            RunEvent::Worker { slot, status } => {
-                self.line(json!({"event": "worker", "slot": slot, "status": status}))
+        // Each worker's order: a test that ran more than once took its
+        // place at its first try.
+        let placed = match event {
+            RunEvent::TestFinished(record) => Some(record).filter(|r| r.tries.is_empty()),
+            RunEvent::Tried { record, kind } => Some(record).filter(|_| *kind == TryKind::Run),
+            _ => None,
+        };
+        if let Some(record) = placed {
+            if let Some(slot) = record.slot {
+                self.order.entry(slot).or_default().push(record.id.clone());
             }
-            RunEvent::TestFinished(record) => {
-                // A test that ran more than once took its place at its first try.
-                if let Some(slot) = record.slot.filter(|_| record.tries.is_empty()) {
-                    self.order.entry(slot).or_default().push(record.id.clone());
-                }
-                self.line(json!({"event": "test", "test": record}));
-            }
-            RunEvent::Tried { record, kind } => {
-                if let Some(slot) = record.slot.filter(|_| *kind == TryKind::Run) {
-                    self.order.entry(slot).or_default().push(record.id.clone());
-                }
-                self.line(json!({"event": "try", "kind": kind, "test": record}));
-            }
-            RunEvent::Ending => self.line(json!({"event": "ending"})),
-            RunEvent::Finished { report, .. } => {
-                self.line(json!({
-                    "event": "finished",
-                    "exit_code": report.exit_code,
-                    "summary": report.summary_line(),
-                }));
-                self.finish(report);
-            }
+        }
+        if let Some(line) = event_json(event) {
+            self.line(line);
+        }
+        if let RunEvent::Finished { report, .. } = event {
+            self.finish(report);
         }
     }
 }

@@ -357,7 +357,7 @@ pub(crate) fn seconds(value: f64) -> Duration {
 /// never a part: a temporary file in the same directory (a rename is atomic
 /// only within one file system), synced, then renamed over `path`. Creates
 /// the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

@@ -34,7 +34,7 @@ use crate::decide::{self, truncate};
 use crate::error::{exit, RunError};
 use crate::machine::{indent, CloneFailure, Command, Ending, Exit, Input, Machine, Params, Sig};
 use crate::progress::{label, Progress};
-use crate::sinks::{ReportFiles, RunEvent, Sink, TimingsFile};
+use crate::sinks::{ReportFiles, RunEvent, Sink, TimingsFile, TraceFile};
 use crate::timings::Timings;
 use crate::worker::{self, Echo, Environment, Tail};
 use crate::{adapters, template, Adapter, Order, RunConfig};
@@ -82,6 +82,12 @@ enum Event {
     /// A clone could not be dropped during the run: the teardown tries
     /// again, and asks whether the server is still there.
     NotDropped(String),
+    /// The database did something for the run (for the timeline).
+    Database {
+        what: &'static str,
+        name: String,
+        seconds: f64,
+    },
 }
 
 /// A worker process as the executor knows it.
@@ -407,22 +413,7 @@ impl Executor {
             classify: config.classify,
             bisect: config.bisect.clone(),
         };
-        let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ReportFiles {
-            junit: config.junit.clone(),
-            json: config.json.clone(),
-        })];
-        // A bisection's probes are not a run of the suite to keep (the runs
-        // kept are what it reads its suspects from).
-        let keep_runs = if config.bisect.is_some() {
-            0
-        } else {
-            config.keep_runs
-        };
-        if let Some(recording) =
-            crate::recording::Recording::start(&config.state_dir, &parts.run_id, keep_runs)
-        {
-            sinks.push(Box::new(recording));
-        }
+        let sinks = sinks(&config, &parts);
         Executor {
             machine: Machine::new(params, parts.timings, parts.started),
             // Without an adapter each slot's command is one unit of the report.
@@ -670,6 +661,11 @@ impl Executor {
         }
         let name = entry.name.clone();
         self.template = Some(entry);
+        self.emit(RunEvent::Database {
+            what: "template",
+            name: &name,
+            seconds: self.started.elapsed().as_secs_f64(),
+        });
         self.input(Input::TemplateReady {
             name,
             controller: self.controller.is_some(),
@@ -771,11 +767,22 @@ impl Executor {
         tokio::spawn(async move {
             let _permit = permits.acquire().await;
             let owner = Owner::this_process();
+            let started = Instant::now();
+            let name = wanted.join(", ");
             let result = ops::make_named_clones(
                 &backend, &template, &run_id, wanted, &owner, &options, &cancel,
             )
-            .await
-            .map_err(|e| match e {
+            .await;
+            if result.is_ok() {
+                let seconds = started.elapsed().as_secs_f64();
+                let what = "clone";
+                let _ = events.send(Event::Database {
+                    what,
+                    name,
+                    seconds,
+                });
+            }
+            let result = result.map_err(|e| match e {
                 dbfork_engine::Error::Interrupted => CloneFailure::Interrupted,
                 e => CloneFailure::Error(e.to_string()),
             });
@@ -807,11 +814,23 @@ impl Executor {
                     let _ = events.send(Event::Vanished(name.clone()));
                 }
             }
-            if let Err(e) = ops::drop_entry(&backend, &name, deadline).await {
-                tracing::warn!(
-                    "could not drop {name} yet ({e}); it is dropped at the end of the run"
-                );
-                let _ = events.send(Event::NotDropped(name));
+            let started = Instant::now();
+            match ops::drop_entry(&backend, &name, deadline).await {
+                Ok(()) => {
+                    let seconds = started.elapsed().as_secs_f64();
+                    let what = "drop";
+                    let _ = events.send(Event::Database {
+                        what,
+                        name,
+                        seconds,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "could not drop {name} yet ({e}); it is dropped at the end of the run"
+                    );
+                    let _ = events.send(Event::NotDropped(name));
+                }
             }
             let _ = events.send(Event::Input(Input::CloneDropped));
         });
@@ -822,6 +841,15 @@ impl Executor {
             Event::Controller(message) => self.controller_said(message),
             Event::Vanished(name) => self.vanished.push(name),
             Event::NotDropped(name) => self.not_dropped.push(name),
+            Event::Database {
+                what,
+                name,
+                seconds,
+            } => self.emit(RunEvent::Database {
+                what,
+                name: &name,
+                seconds,
+            }),
             Event::Input(input) => self.input(input),
             Event::Accepted(stream) => self.accept(stream),
             Event::Line { conn, line } => match protocol::decode::<WorkerMessage>(&line) {
@@ -868,4 +896,37 @@ impl Executor {
             sink.event(&event);
         }
     }
+}
+
+/// The run's sinks besides the terminal: the report files, the recording
+/// (not of a bisection: the runs kept are what it reads its suspects from)
+/// and the trace.
+fn sinks(config: &RunConfig, parts: &Launch) -> Vec<Box<dyn Sink>> {
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ReportFiles {
+        junit: config.junit.clone(),
+        json: config.json.clone(),
+    })];
+    // A bisection's probes are not a run of the suite to keep (the runs
+    // kept are what it reads its suspects from).
+    let keep_runs = if config.bisect.is_some() {
+        0
+    } else {
+        config.keep_runs
+    };
+    if let Some(recording) = crate::recording::Recording::start(
+        &config.state_dir,
+        &parts.run_id,
+        keep_runs,
+        parts.started,
+    ) {
+        sinks.push(Box::new(recording));
+    }
+    if let Some(path) = &config.trace {
+        sinks.push(Box::new(TraceFile {
+            path: path.clone(),
+            started: parts.started,
+            lines: Vec::new(),
+        }));
+    }
+    sinks
 }

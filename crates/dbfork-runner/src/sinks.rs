@@ -29,6 +29,13 @@ pub enum RunEvent<'a> {
         record: &'a TestRecord,
         kind: TryKind,
     },
+    /// The database did something for the run, in `seconds`: `template`
+    /// (ready), `clone` (made), `drop`, `teardown` (every clone dropped).
+    Database {
+        what: &'a str,
+        name: &'a str,
+        seconds: f64,
+    },
     /// The workers are gone and the clones dropped: the live display ends.
     Ending,
     /// The run's report is complete.
@@ -53,6 +60,7 @@ impl Sink for Progress {
             RunEvent::TestFinished(record) => self.finished(record),
             RunEvent::Tried { record, kind } => self.tried(record, *kind),
             RunEvent::Ending => self.clear(),
+            RunEvent::Database { .. } => {}
             RunEvent::Finished { report, .. } => {
                 // The summary, as soon as it is known; a run that stopped
                 // before its tests has said why already.
@@ -87,6 +95,40 @@ impl Sink for ReportFiles {
             if let Err(e) = report::write_json(report, path) {
                 dbfork_meta::say!("dbfork: warning: {e}");
             }
+        }
+    }
+}
+
+/// `--trace FILE`: the run's timeline in the Chrome trace event format
+/// (Perfetto, `chrome://tracing`), written when the run is finished.
+pub struct TraceFile {
+    pub path: PathBuf,
+    pub started: std::time::Instant,
+    pub lines: Vec<serde_json::Value>,
+}
+
+impl Sink for TraceFile {
+    fn event(&mut self, event: &RunEvent) {
+        if let Some(mut line) = crate::recording::event_json(event) {
+            // Only what the timeline reads: no test's output.
+            if let Some(test) = line.get_mut("test").and_then(|t| t.as_object_mut()) {
+                test.retain(|k, _| {
+                    ["index", "id", "slot", "duration", "outcome", "tries"].contains(&k.as_str())
+                });
+            }
+            line["t"] = serde_json::json!(self.started.elapsed().as_secs_f64());
+            self.lines.push(line);
+        }
+        let RunEvent::Finished { report, .. } = event else {
+            return;
+        };
+        let timeline = crate::timeline::Timeline::from_events(&self.lines);
+        let text = timeline.chrome_trace(&report.run_id).to_string();
+        if let Err(e) = report::write_atomic(&self.path, text.as_bytes()) {
+            dbfork_meta::say!(
+                "dbfork: warning: could not write the trace {}: {e}",
+                self.path.display()
+            );
         }
     }
 }

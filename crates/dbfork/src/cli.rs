@@ -85,6 +85,21 @@ pub enum ReportCommand {
     /// tests its worker ran before it (what an order-dependent failure depends on), and the
     /// summary as it ended. Without RUN, the latest run.
     Show(ShowArgs),
+    /// Write a recorded run as one self-contained HTML page (it needs no network to open):
+    /// a timeline per worker and of the database, the failures with their output and
+    /// class, flaky tests, setup against test time, the slowest tests, and a search that
+    /// finds and opens any test. Without RUN, the latest run.
+    Html(HtmlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HtmlArgs {
+    /// The run's id (as `dbfork run` said it, or a prefix of it); the latest run when left out.
+    #[arg(value_name = "RUN")]
+    pub run: Option<String>,
+    /// Where to write the page. [default: dbfork-run-RUN.html]
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -276,6 +276,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
         classify: s.count_or_default("classify")?,
         flaky_fails: s.required("flaky_result", s.text("flaky_result"))? == "fail",
         bisect: args.bisect.clone(),
+        trace: s.path("trace")?,
         adapter,
         timeout: s.duration("timeout")?,
         // Enough for every slot to lose a few workers to crashes or timeouts,

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 
-use dbfork_meta::report::{Diagnosis, FailureClass, TryKind};
+use dbfork_meta::report::{Diagnosis, FailureClass, Outcome, TryKind};
 
 use super::*;
 
@@ -181,10 +181,14 @@ impl Machine {
         output_of: Option<(usize, usize)>,
     ) -> Option<TestRecord> {
         let retries = self.params.retries;
+        // A crash or a timeout is not classified: run again, it may crash
+        // or hang again (or have been killed from outside); `--retries`,
+        // asked for, runs it again all the same.
+        let classifiable = matches!(record.outcome, Outcome::Failed | Outcome::Error);
         let held = self.params.protocol
             && !self.stopping
             && record.outcome.is_failure()
-            && (retries > 0 || self.probes.classify_left > 0);
+            && (retries > 0 || classifiable && self.probes.classify_left > 0);
         let Some(slot) = record.slot.filter(|_| held) else {
             return Some(record);
         };
@@ -195,10 +199,10 @@ impl Machine {
             .as_ref()
             .map(|w| w.ran.iter().copied().take_while(|&i| i != index).collect())
             .unwrap_or_default();
-        let classify = self.probes.classify_left > 0;
+        let classify = classifiable && self.probes.classify_left > 0;
         if classify {
             self.probes.classify_left -= 1;
-        } else if !std::mem::replace(&mut self.probes.said_budget, true) {
+        } else if classifiable && !std::mem::replace(&mut self.probes.said_budget, true) {
             self.note(format!(
                 "more than {} tests failed: the others are not classified (--classify sets how many are)",
                 self.params.classify

@@ -18,7 +18,13 @@ impl Executor {
         self.kill_all();
         self.emit(RunEvent::Ending);
         self.stop_controller();
+        let dropping = Instant::now();
         let teardown = self.drop_clones().await;
+        self.emit(RunEvent::Database {
+            what: "teardown",
+            name: "",
+            seconds: dropping.elapsed().as_secs_f64(),
+        });
         let tests = self.final_records();
         let (mut ending, timings) = self.machine.end();
         for slot in &mut ending.slots {

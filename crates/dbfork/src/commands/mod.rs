@@ -88,6 +88,7 @@ pub fn main() -> i32 {
             }
             Command::Report(ReportCommand::Merge(args)) => report::merge(args),
             Command::Report(ReportCommand::Show(args)) => report::show(args),
+            Command::Report(ReportCommand::Html(args)) => report::html(args),
             Command::Clean(args) => clean::run(args).await,
             Command::Serve(args) => {
                 let cancel = crate::signals::install();

@@ -5,7 +5,7 @@ use anyhow::Result;
 use dbfork_meta::report::{check_shards, merge as merge_reports, read_json};
 use dbfork_runner::report::{write_json, write_junit};
 
-use crate::cli::{MergeArgs, ShowArgs};
+use crate::cli::{HtmlArgs, MergeArgs, ShowArgs};
 use crate::errors::UsageError;
 
 pub fn merge(args: MergeArgs) -> Result<i32> {
@@ -174,5 +174,28 @@ pub fn show(args: ShowArgs) -> Result<i32> {
         );
     }
     dbfork_runner::progress::print_final(&report);
+    Ok(0)
+}
+
+/// `dbfork report html [RUN] [-o FILE]`: the recorded run as one page.
+pub fn html(args: HtmlArgs) -> Result<i32> {
+    let (name, dir, report) = recorded(args.run.as_deref())?;
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let path = args
+        .output
+        .unwrap_or_else(|| std::path::PathBuf::from(format!("dbfork-run-{name}.html")));
+    let page = dbfork_runner::html::page(&report, &events);
+    dbfork_runner::report::write_atomic(&path, page.as_bytes())
+        .map_err(|e| UsageError(format!("cannot write the page {}: {e}", path.display())))?;
+    dbfork_meta::out!(
+        "{}: run {name}, {} tests, {}",
+        path.display(),
+        report.tests.len(),
+        report.summary_line()
+    );
     Ok(0)
 }

@@ -7,11 +7,15 @@
 use super::*;
 
 /// `dbfork run -j 1 --order file` of `classify/` (the polluter runs before
-/// the reader in the one worker), the tries counted in a fresh directory.
+/// the reader in the one worker; `extra` may give another `-j`), the tries
+/// counted in a fresh directory.
 fn run_classify(place: &Place, dir: &Path, extra: &[&str]) -> Outcome {
     let marks = place.dir.path().join(format!("marks-{}", extra.join("-")));
     std::fs::create_dir_all(&marks).unwrap();
-    let mut flags = vec!["-j", "1", "--order", "file", "--junit", "junit.xml"];
+    let mut flags = vec!["--order", "file", "--junit", "junit.xml"];
+    if !extra.contains(&"-j") {
+        flags.extend(["-j", "1"]);
+    }
     flags.extend(extra);
     dbfork_run(
         place,
@@ -378,6 +382,115 @@ fn bisect_reads_the_recorded_run() {
             .stdout
             .contains("\n  classify/test_c_polluter.py::test_polluter\n"),
         "{said}"
+    );
+    assert_no_clones(&place);
+}
+
+/// Headless Chromium (the `chromium` package) renders `page` at
+/// `#fragment`: the DOM after its scripts ran, and what it logged.
+fn chromium(page: &Path, fragment: &str) -> (String, String) {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            "--window-size=1200,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}#{fragment}", page.display()))
+        .output()
+        .expect("chromium (Debian's `chromium` package, scripts/system-packages installs it)");
+    (
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A 2-worker run with failures (classified), its `--trace` file and `dbfork report html`: the page opens in
+/// headless Chromium without an error, its timeline draws every worker and
+/// the database, and `#find=` finds a failure and opens it with its class
+/// and output. The trace is the Chrome format with a track per worker.
+#[test]
+fn the_html_report_and_the_trace_show_the_run() {
+    let place = Place::new(Kind::Sqlite, "html");
+    let dir = suite(&place);
+    let out = run_classify(&place, &dir, &["-j", "2", "--trace", "trace.json"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let run_id = out.report["run_id"].as_str().unwrap().to_string();
+
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("trace.json")).unwrap()).unwrap();
+    let events = trace["traceEvents"].as_array().unwrap();
+    let threads: Vec<&str> = events
+        .iter()
+        .filter(|e| e["name"] == "thread_name")
+        .map(|e| e["args"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(threads, ["gw0", "gw1", "database"], "{trace}");
+    let spans = |cat: &str| {
+        events
+            .iter()
+            .filter(|e| e["ph"] == "X" && e["cat"] == cat)
+            .count()
+    };
+    // The broken and the flaky test fail wherever they run (the reader only
+    // when it runs after the polluter in one worker).
+    assert!(spans("passed") >= 7 && spans("failed") >= 2, "{trace}");
+    assert!(spans("clone") >= 2 && spans("teardown") == 1, "{trace}");
+
+    let html = dbfork()
+        .current_dir(&dir)
+        .args(["report", "html", &run_id[..6], "-o", "run.html"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&html.stdout);
+    assert!(html.status.success(), "{said}");
+    assert!(said.starts_with("run.html: run "), "{said}");
+    let page = dir.join("run.html");
+    let text = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        !text.contains("http://") && !text.contains("https://"),
+        "no network"
+    );
+
+    let (dom, log) = chromium(&page, "find=test_broken");
+    assert!(
+        dom.contains(r#"data-ready="yes""#),
+        "the script ran to its end:\n{log}\n{dom}"
+    );
+    assert!(!dom.contains("data-errors"), "{dom}");
+    assert!(!log.contains("Uncaught"), "{log}");
+    for track in ["gw0", "gw1", "database"] {
+        assert!(dom.contains(&format!(r#"data-track="{track}""#)), "{dom}");
+    }
+    let drawn = dom
+        .split(r#"data-drawn=""#)
+        .nth(1)
+        .and_then(|d| d.split('"').next())
+        .unwrap_or_else(|| panic!("{dom}"));
+    for part in drawn.split(',') {
+        let (track, n) = part.split_once(':').unwrap();
+        assert!(
+            n.parse::<usize>().unwrap() > 0,
+            "nothing drawn for {track}: {drawn}"
+        );
+    }
+    // Found and opened: the broken test's failure, its class and its output.
+    let opened = dom
+        .split("<details")
+        .find(|d| d.contains(r#"open="""#))
+        .unwrap_or_else(|| panic!("nothing opened: {dom}"));
+    assert!(opened.contains("test_broken"), "{opened}");
+    assert!(opened.contains("broken everywhere"), "{opened}");
+    assert!(
+        opened.contains("broken: it fails alone in a fresh worker"),
+        "{opened}"
     );
     assert_no_clones(&place);
 }
