@@ -12,6 +12,9 @@ that make ``DiscoverRunner(...)`` themselves (django-simple-history's). Outside
 dbfork this module only hands over to the environment's own
 ``sitecustomize``, if there is one.
 
+With ``dbfork run --cov`` it also starts coverage.py in every process,
+first of all (see ``_start_coverage``).
+
 dbfork writes this file as ``sitecustomize.py`` into the directory it puts
 first on the workers' ``PYTHONPATH``; it is not installed by the wheel.
 """
@@ -106,6 +109,30 @@ def _chain():
         sys.stderr.write("Error in sitecustomize (%s); set PYTHONVERBOSE for traceback\n" % e)
 
 
+def _start_coverage():
+    """``dbfork run --cov`` (``DBFORK_COV``): this process measures coverage
+    with coverage.py from its very start (as ``coverage run --parallel-mode``
+    does, with the project's own configuration): when it exits, on SIGTERM
+    too, its data goes to a ``.coverage.<host>.<pid>.<random>`` file of its
+    own, and dbfork combines the files of every process at the end."""
+    try:
+        import coverage
+    except ImportError:
+        sys.stderr.write(
+            "dbfork: --cov: coverage.py is not installed in this environment (%s); "
+            "install it (pip install coverage)\n" % sys.executable
+        )
+        return
+    cov = coverage.Coverage(data_suffix=True, auto_data=True, config_file=True)
+    try:
+        cov.set_option("run:sigterm", True)
+    except Exception:  # a coverage.py older than 6.4 has no such option
+        pass
+    cov.start()
+
+
+if os.environ.get("DBFORK_COV"):
+    _start_coverage()
 if os.environ.get("DBFORK_SOCKET"):
     _install()
 _chain()

@@ -501,6 +501,7 @@ def serve_as_controller(wire, report, build, fork=None):
     message = dict(report)
     message["type"] = "configured"
     message["env"] = dict(os.environ)
+    message["python"] = sys.executable
     wire.send(message)
     while True:
         order = wire.next_order()
@@ -674,12 +675,32 @@ def _drop_inherited_exit_handlers():
     atexit._clear()
     if "logging" in sys.modules:
         atexit.register(sys.modules["logging"].shutdown)
+    _save_coverage_at_exit()
     try:
         for finalizer in list(weakref.finalize._registry):
             finalizer.atexit = False
         weakref.finalize._registered_with_atexit = False
     except AttributeError:
         pass
+
+
+def _save_coverage_at_exit():
+    """``dbfork run --cov`` in a forked worker: the coverage measurement it
+    inherited (started in the controller by dbfork's ``sitecustomize``, with
+    what the controller ran before the fork) is saved when it exits, to a
+    data file of its own (coverage.py names it by the process)."""
+    if not os.environ.get("DBFORK_COV") or "coverage" not in sys.modules:
+        return
+    import atexit
+
+    cov = sys.modules["coverage"].Coverage.current()
+    if cov is not None:
+
+        def save():
+            cov.stop()
+            cov.save()
+
+        atexit.register(save)
 
 
 def _exception_first(error, trace):

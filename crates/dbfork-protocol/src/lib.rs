@@ -123,6 +123,8 @@ pub mod env {
     pub const ROLE: &str = "DBFORK_ROLE";
     pub const DJANGO: &str = "DBFORK_DJANGO";
     pub const FORKING: &str = "DBFORK_FORKING";
+    /// `dbfork run --cov`: every process measures coverage (coverage.py).
+    pub const COV: &str = "DBFORK_COV";
     /// The database a process is given, also as `DATABASE_URL`.
     pub const DATABASE_URL: &str = "DBFORK_DATABASE_URL";
     /// Its name on the server (SQLite: the clone's name; its path is
@@ -327,6 +329,9 @@ pub enum WorkerMessage {
         /// Why no Django project was found, where one might be expected.
         #[serde(default)]
         note: Option<String>,
+        /// The controller's Python interpreter (`sys.executable`).
+        #[serde(default)]
+        python: Option<String>,
     },
     /// The controller's answer to `build`.
     Built {

@@ -47,6 +47,8 @@ pub struct Configured {
     /// The `DATABASE_URL` the controller was started with (dbfork's, or the
     /// user's own), if any.
     pub database_url: Option<String>,
+    /// The controller's Python interpreter.
+    pub python: Option<String>,
 }
 
 /// The exit status, once the process has ended (`Some(None)`: unknown).
@@ -184,6 +186,7 @@ impl Controller {
                     env: reported,
                     django,
                     note,
+                    python,
                 } => {
                     let (env_set, env_unset) = inherited(&given, &reported);
                     return Ok(Configured {
@@ -192,6 +195,7 @@ impl Controller {
                         django,
                         note,
                         database_url: given.get("DATABASE_URL").cloned(),
+                        python,
                     });
                 }
                 other => {

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 pub mod adapters;
 pub mod controller;
+pub mod coverage;
 pub mod decide;
 pub mod django;
 pub mod error;
@@ -227,6 +228,8 @@ pub struct RunConfig {
     pub bisect: Option<machine::BisectSpec>,
     /// `--trace FILE`: the run's timeline for Perfetto.
     pub trace: Option<PathBuf>,
+    /// `--cov`: every process measures coverage; combined at the end.
+    pub cov: bool,
     pub adapter: Adapter,
     /// Per-test limit (per-worker for commands without an adapter).
     pub timeout: Option<Duration>,

@@ -149,6 +149,8 @@ struct Executor {
     tries: HashMap<usize, Vec<(TryKind, TestRecord)>>,
     /// `dbfork bisect`'s finding, once made.
     bisect: Option<dbfork_meta::report::BisectReport>,
+    /// The test command's Python interpreter, as its controller said.
+    python: Option<String>,
     /// Clones found gone when dropped during the run, and those that could
     /// not be dropped then.
     vanished: Vec<String>,
@@ -419,6 +421,7 @@ impl Executor {
             // Without an adapter each slot's command is one unit of the report.
             tries: HashMap::new(),
             bisect: None,
+            python: configured.python.clone(),
             vanished: Vec::new(),
             not_dropped: Vec::new(),
             records: if protocol {

@@ -277,6 +277,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
         flaky_fails: s.required("flaky_result", s.text("flaky_result"))? == "fail",
         bisect: args.bisect.clone(),
         trace: s.path("trace")?,
+        cov: s.required("cov", s.switch("cov"))?,
         adapter,
         timeout: s.duration("timeout")?,
         // Enough for every slot to lose a few workers to crashes or timeouts,

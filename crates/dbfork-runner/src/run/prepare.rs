@@ -67,6 +67,11 @@ pub async fn prepare(
             "dbfork: note: {option} does nothing under dbfork: every worker runs on its own clone of the template, which is rebuilt only when the setup or its inputs change"
         );
     }
+    if config.cov && !adapter.has_controller() {
+        return Err(RunError::Usage(
+            "--cov needs a Python test command dbfork configures once (pytest, or Django's manage.py test); another command can measure its own coverage in each worker".to_string(),
+        ));
+    }
     crate::prepare_state_dir(&config.state_dir);
     resolve_order(&mut config, adapter.speaks_protocol())?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -116,6 +121,13 @@ pub async fn prepare(
         adapter == Adapter::Pytest,
     )
     .await?;
+    if prepared.config.cov {
+        // Before any worker starts: the data of earlier runs goes.
+        if let Err(why) = crate::coverage::erase(configured.python.as_deref()) {
+            controller.stop(prepared.config.grace).await;
+            return Err(RunError::Usage(why));
+        }
+    }
     prepared.controller = Some(controller);
     prepared.configured = configured;
     Ok(prepared)
@@ -148,6 +160,9 @@ fn controller_vars(
     ];
     if forks(&prepared.config, prepared.adapter) {
         vars.push((env::FORKING.to_string(), "1".to_string()));
+    }
+    if prepared.config.cov {
+        vars.push((env::COV.to_string(), "1".to_string()));
     }
     if let Some(server) = server {
         // Settings that read DATABASE_URL see the server the run uses (on

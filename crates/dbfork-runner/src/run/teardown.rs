@@ -104,6 +104,13 @@ impl Executor {
         if let Some(stop) = self.controller_stop.take() {
             let _ = stop.await;
         }
+        // Every process has ended, and saved its coverage.
+        if let Some(python) = self.python.as_deref().filter(|_| self.config.cov) {
+            match crate::coverage::combine(python) {
+                Ok(note) => self.progress.note(&note),
+                Err(why) => dbfork_meta::say!("dbfork: warning: {why}"),
+            }
+        }
         report
     }
 

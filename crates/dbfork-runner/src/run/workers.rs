@@ -34,6 +34,9 @@ impl Executor {
             (env::XDIST_WORKER.to_string(), label(slot)),
             (env::XDIST_WORKER_COUNT.to_string(), slots),
         ]);
+        if self.config.cov {
+            vars.push((env::COV.to_string(), "1".to_string()));
+        }
         if self.protocol() {
             vars.push((env::SOCKET.to_string(), self.socket.display().to_string()));
             if let Some(path) = &self.pythonpath {

@@ -494,3 +494,117 @@ fn the_html_report_and_the_trace_show_the_run() {
     );
     assert_no_clones(&place);
 }
+
+/// The lines each file ran, from `coverage json` of the data in `dir`.
+fn covered_lines(dir: &Path) -> std::collections::BTreeMap<String, Vec<u64>> {
+    let out = Command::new(python())
+        .current_dir(dir)
+        .args(["-m", "coverage", "json", "-q", "-o", "coverage.json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("coverage.json")).unwrap()).unwrap();
+    let files = json["files"].as_object().unwrap();
+    files
+        .iter()
+        .map(|(file, data)| {
+            let lines = data["executed_lines"].as_array().unwrap();
+            (
+                file.clone(),
+                lines.iter().map(|l| l.as_u64().unwrap()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// `--cov` with 2 workers (forked from the controller, and started afresh)
+/// gives the lines a serial `coverage run -m pytest` gives, file by file:
+/// the lines the controller ran before forking (imports, the conftest)
+/// included, and no data of an earlier run.
+#[test]
+fn coverage_of_a_parallel_run_equals_the_serial_runs() {
+    let place = Place::new(Kind::Sqlite, "cov");
+    let dir = suite(&place);
+    std::fs::write(
+        dir.join(".coveragerc"),
+        "[run]\nsource = .\nomit = setup_db.py\n",
+    )
+    .unwrap();
+    // A script no test runs (its data is left from "an earlier run" below).
+    std::fs::write(dir.join("stale.py"), "print('stale')\n").unwrap();
+    // Serial: the suite's own way, on a database of its own.
+    let serial_db = place.dir.path().join("serial.db");
+    let url = format!("sqlite://{}", serial_db.display());
+    let setup = Command::new(python())
+        .current_dir(&dir)
+        .arg("setup_db.py")
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(setup.status.success());
+    let serial = Command::new(python())
+        .current_dir(&dir)
+        .args([
+            "-m",
+            "coverage",
+            "run",
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests",
+        ])
+        .env("DATABASE_URL", &url)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        serial.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&serial.stdout)
+    );
+    let expected = covered_lines(&dir);
+    assert!(
+        expected.contains_key("conftest.py") && expected.len() > 10,
+        "{expected:?}"
+    );
+    for fork in ["true", "false"] {
+        // Data left from before (a parallel file of a script no test runs)
+        // is erased first.
+        let stale = Command::new(python())
+            .current_dir(&dir)
+            .args(["-m", "coverage", "run", "--parallel-mode", "stale.py"])
+            .output()
+            .unwrap();
+        assert!(stale.status.success());
+        let out = dbfork_run(
+            &place,
+            &dir,
+            &["-j", "2", "--cov", "--classify", "off", "--fork", fork],
+            &["tests"],
+            &[],
+        );
+        let said = format!("{}\n{}", out.stdout, out.stderr);
+        assert_eq!(out.code, 1, "{said}");
+        assert!(
+            said.contains("coverage of every process combined into one data file (total "),
+            "{said}"
+        );
+        let leftovers: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".coverage."))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_eq!(covered_lines(&dir), expected, "--fork {fork}: {said}");
+    }
+    assert_no_clones(&place);
+}
