@@ -31,7 +31,7 @@ pub(crate) fn suite(place: &Place) -> PathBuf {
 }
 
 /// A copy of fixture project `name` (tests/fixtures/NAME) in the place's directory.
-fn fixture_copy(place: &Place, name: &str) -> PathBuf {
+pub(crate) fn fixture_copy(place: &Place, name: &str) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);

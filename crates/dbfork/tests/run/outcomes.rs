@@ -608,3 +608,51 @@ fn coverage_of_a_parallel_run_equals_the_serial_runs() {
     }
     assert_no_clones(&place);
 }
+
+/// `--cov` with Django's runner (`manage.py test`, workers forked from the
+/// controller that built the template): the lines equal a serial `coverage
+/// run manage.py test`'s, but for the fixture's helper that checks which
+/// database it is on (its branches differ under dbfork by design).
+#[test]
+fn coverage_under_djangos_runner_equals_the_serial_runs() {
+    let place = Place::new(Kind::Sqlite, "cov_django");
+    let dir = fixture_copy(&place, "django_suite");
+    std::fs::write(dir.join(".coveragerc"), "[run]\nsource = .\n").unwrap();
+    let url = format!(
+        "sqlite://{}",
+        place.dir.path().join("serial.sqlite3").display()
+    );
+    let serial = Command::new(python())
+        .current_dir(&dir)
+        .args(["-m", "coverage", "run", "manage.py", "test", "djtests"])
+        .env("DATABASE_URL", &url)
+        .env_remove("DJANGO_SETTINGS_MODULE")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        serial.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&serial.stderr)
+    );
+    let mut expected = covered_lines(&dir);
+    let (code, stdout, stderr) = django_run(
+        &place,
+        &dir,
+        &["--cov", "--classify", "off"],
+        &["manage.py", "test", "djtests"],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("coverage of every process combined"),
+        "{stderr}"
+    );
+    let mut got = covered_lines(&dir);
+    for lines in [&mut expected, &mut got] {
+        lines.remove("app/testing.py");
+    }
+    assert!(expected.len() > 5, "{expected:?}");
+    assert_eq!(got, expected);
+}
