@@ -322,9 +322,9 @@ pub const SETTINGS: &[Setting] = &[
         kind: Kind::Order,
         verbs: RUN,
         value: Some("longest"),
-        help: "The order tests are handed out in, within --dist's units: longest (first, by the recorded timings), file (collection order), reverse, shuffle (a new seed, printed), shuffle:SEED or shuffle:last. [default: longest]",
+        help: "The order tests are handed out in, within --dist's units: longest (first, by the recorded timings), file (collection order), reverse, shuffle (a new seed, printed), shuffle:SEED, shuffle:last, or recorded (each worker the tests of the same worker in the latest recorded run, in their order). [default: longest]",
         default: "`longest`",
-        doc: "The order the units of tests (see `dist`) are handed out in: `longest` first by the recorded timings (the best balance), `file` (collection order), `reverse`, `shuffle` (a new seed, printed and kept in `.dbfork/order-seed`), `shuffle:SEED` (that order again) or `shuffle:last` (the last shuffled run's). Transactional tests still come after the others. An order-dependent failure shows up under `reverse` or `shuffle`.",
+        doc: "The order the units of tests (see `dist`) are handed out in: `longest` first by the recorded timings (the best balance), `file` (collection order), `reverse`, `shuffle` (a new seed, printed and kept in `.dbfork/order-seed`), `shuffle:SEED` (that order again), `shuffle:last` (the last shuffled run's), or `recorded`: each worker runs the tests the same worker ran in the latest recorded run (`.dbfork/runs/`), in their order, and nothing is stolen between workers (the tests that run did not run come after, in collection order; with the same `jobs` the run's order is repeated exactly). Transactional tests still come after the others. An order-dependent failure shows up under `reverse` or `shuffle`, and comes back under `recorded`.",
     },
     Setting {
         key: "shard",

@@ -89,11 +89,14 @@ pub enum Order {
     Shuffle(Option<u64>),
     /// The seed of the last shuffled run (in the state directory).
     ShuffleLast,
+    /// As in the latest recorded run: each worker its recorded tests, in
+    /// their order (resolved before the run to the lists, `RunConfig::pinned`).
+    Recorded,
 }
 
 impl Order {
     pub const CHOICES: &'static str =
-        "longest, file, reverse, shuffle, shuffle:SEED or shuffle:last";
+        "recorded, longest, file, reverse, shuffle, shuffle:SEED or shuffle:last";
 
     pub fn parse(text: &str) -> Option<Order> {
         match text {
@@ -102,6 +105,7 @@ impl Order {
             "reverse" => Some(Order::Reverse),
             "shuffle" => Some(Order::Shuffle(None)),
             "shuffle:last" => Some(Order::ShuffleLast),
+            "recorded" => Some(Order::Recorded),
             _ => text
                 .strip_prefix("shuffle:")?
                 .parse()
@@ -230,6 +234,9 @@ pub struct RunConfig {
     pub trace: Option<PathBuf>,
     /// `--cov`: every process measures coverage; combined at the end.
     pub cov: bool,
+    /// `--order recorded`: per slot, the tests of the recorded run's worker,
+    /// in order (filled in before the run).
+    pub pinned: Option<Vec<Vec<String>>>,
     pub adapter: Adapter,
     /// Per-test limit (per-worker for commands without an adapter).
     pub timeout: Option<Duration>,

@@ -253,6 +253,8 @@ pub struct Params {
     /// `dbfork bisect`: the run runs none of its tests, only the probes
     /// that find what makes this one fail.
     pub bisect: Option<BisectSpec>,
+    /// `--order recorded`: per slot, the ids its worker runs first, in order.
+    pub pinned: Option<std::sync::Arc<Vec<Vec<String>>>>,
     /// The controller's Django facts, which every worker's must equal.
     pub django_facts: Option<BTreeMap<String, String>>,
 }

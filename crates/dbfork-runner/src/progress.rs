@@ -400,8 +400,22 @@ fn diagnosis_lines(test: &TestRecord) -> String {
         for id in &diagnosis.after[diagnosis.after.len() - shown..] {
             out.push_str(&format!("    {id}\n"));
         }
+        out.push_str(&format!(
+            "  which one: dbfork bisect {}\n",
+            shell_word(&test.id)
+        ));
     }
     out
+}
+
+/// `word` as a shell reads it back.
+pub fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 fn error_phase(test: &TestRecord) -> &str {

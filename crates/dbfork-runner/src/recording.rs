@@ -172,6 +172,15 @@ impl Sink for Recording {
     }
 }
 
+/// A recording's order (`order.json`): each slot's tests in the order its
+/// worker ran them; empty when it has none.
+pub fn read_order(dir: &Path) -> BTreeMap<usize, Vec<String>> {
+    std::fs::read_to_string(dir.join("order.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
 /// The recordings in `runs`, newest first: (name, modified).
 pub fn recordings(runs: &Path) -> Vec<(String, SystemTime)> {
     let mut found: Vec<(String, SystemTime)> = std::fs::read_dir(runs)

@@ -414,6 +414,7 @@ impl Executor {
             retries: config.retries,
             classify: config.classify,
             bisect: config.bisect.clone(),
+            pinned: config.pinned.clone().map(std::sync::Arc::new),
         };
         let sinks = sinks(&config, &parts);
         Executor {

@@ -49,7 +49,15 @@ pub struct Scheduler {
     slots: usize,
     /// Longest first (batches in collection order) or the order given.
     longest: bool,
+    /// `--order recorded`: per slot, the tests its worker ran in the
+    /// recorded run, in that order (handed out before any other, never
+    /// stolen).
+    pinned: Option<Vec<VecDeque<usize>>>,
 }
+
+/// How many pinned tests go to a worker at once (few: a lost worker's go
+/// back to its slot's list for its replacement).
+const PINNED_BATCH: usize = 16;
 
 /// The units of work of `tests` (those `keep` picks) under `dist`, in
 /// collection order: one per test, or per class, module or file (within one
@@ -142,12 +150,37 @@ impl Scheduler {
             groups: tests.iter().map(|t| t.group).collect(),
             slots,
             longest,
+            pinned: None,
         }
+    }
+
+    /// `--order recorded`: each slot's worker gets `lists[slot]` in its
+    /// order, before anything else (a list of a slot this run does not have
+    /// goes after the list of `slot % slots`); the tests in no list are
+    /// handed out after, as the order given says; nothing is stolen.
+    pub fn pin(&mut self, lists: Vec<Vec<usize>>) {
+        let mut own = vec![VecDeque::new(); self.slots.max(1)];
+        let mut taken = std::collections::HashSet::new();
+        for (slot, list) in lists.into_iter().enumerate() {
+            for index in list {
+                if taken.insert(index) {
+                    own[slot % self.slots.max(1)].push_back(index);
+                }
+            }
+        }
+        for unit in &mut self.queue {
+            unit.tests.retain(|i| !taken.contains(i));
+        }
+        self.queue.retain(|u| !u.tests.is_empty());
+        self.pinned = Some(own);
     }
 
     /// Number of units of work: no more workers than this are useful.
     pub fn units(&self) -> usize {
-        self.queue.len()
+        let pinned = (self.pinned.as_deref().unwrap_or_default().iter())
+            .rposition(|list| !list.is_empty())
+            .map_or(0, |slot| slot + 1);
+        self.queue.len().max(pinned)
     }
 
     /// The next batch for `slot`, or `None` when the queue is empty.
@@ -162,6 +195,15 @@ impl Scheduler {
     /// to the test after the one it runs (pytest's `nextitem`), so that one
     /// must be short, or it could not be given to an idle worker.
     pub fn next_batch(&mut self, slot: usize) -> Option<Vec<usize>> {
+        if let Some(own) = self.pinned.as_mut().and_then(|p| p.get_mut(slot)) {
+            if !own.is_empty() {
+                let n = own.len().min(PINNED_BATCH);
+                let batch: Vec<usize> = own.drain(..n).collect();
+                self.active[slot] = true;
+                self.held[slot].extend(&batch);
+                return Some(batch);
+            }
+        }
         // Only the lowest order group this worker may still run is considered;
         // if nothing is left for it (tests given back after it moved on), it
         // takes the lowest group anyway: running out of order beats not running.
@@ -266,6 +308,10 @@ impl Scheduler {
     /// most, never its first one (the worker may have committed to it as the
     /// next test). `None` when nobody holds enough to share.
     pub fn pick_steal(&mut self, thief: usize) -> Option<(usize, Vec<usize>)> {
+        if self.pinned.is_some() {
+            // Each worker runs its own recorded order.
+            return None;
+        }
         let floor = self.floor[thief];
         let stealable = |s: &Scheduler, slot: usize| -> Vec<usize> {
             s.held[slot]
@@ -326,6 +372,14 @@ impl Scheduler {
 
     fn requeue(&mut self, slot: usize, tests: Vec<usize>) {
         if tests.is_empty() {
+            return;
+        }
+        if let Some(own) = self.pinned.as_mut().and_then(|p| p.get_mut(slot)) {
+            // Back to the front of its slot's list, for its replacement.
+            self.held[slot].retain(|i| !tests.contains(i));
+            for &index in tests.iter().rev() {
+                own.push_front(index);
+            }
             return;
         }
         self.held[slot].retain(|i| !tests.contains(i));
@@ -394,6 +448,32 @@ mod tests {
             }
         }
         seen
+    }
+
+    /// `--order recorded`: each worker gets its recorded list in order
+    /// (a third slot's list after the first's), then the rest; no steals;
+    /// a lost worker's tests go back to its slot.
+    #[test]
+    fn recorded_lists_are_pinned_to_their_slots() {
+        let tests = items(10);
+        let mut s = Scheduler::new_for(&tests, Dist::Test, Order::File, 2, |_| 1.0, |_| true);
+        s.pin(vec![vec![5, 1, 3], vec![0, 2], vec![9]]);
+        assert_eq!(
+            s.units(),
+            4,
+            "the 4 tests in no list are units of their own"
+        );
+        assert_eq!(s.next_batch(1), Some(vec![0, 2]));
+        assert_eq!(s.next_batch(0), Some(vec![5, 1, 3, 9]));
+        assert_eq!(s.pick_steal(1), None);
+        s.started(0, 5);
+        assert_eq!(s.lost(0), vec![1, 3, 9]);
+        assert_eq!(s.next_batch(0), Some(vec![1, 3, 9]), "for the replacement");
+        let mut rest = Vec::new();
+        while let Some(batch) = s.next_batch(1) {
+            rest.extend(batch);
+        }
+        assert_eq!(rest, [4, 6, 7, 8]);
     }
 
     #[test]

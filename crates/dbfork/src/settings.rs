@@ -278,6 +278,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
         bisect: args.bisect.clone(),
         trace: s.path("trace")?,
         cov: s.required("cov", s.switch("cov"))?,
+        pinned: None,
         adapter,
         timeout: s.duration("timeout")?,
         // Enough for every slot to lose a few workers to crashes or timeouts,

@@ -354,7 +354,7 @@ impl Machine {
             });
         }
         let timings = &self.timings;
-        let scheduler = Scheduler::new_for(
+        let mut scheduler = Scheduler::new_for(
             &tests,
             self.params.dist,
             self.params.order,
@@ -362,6 +362,16 @@ impl Machine {
             |id| timings.estimate(id),
             |i| keep[i],
         );
+        if let Some(lists) = &self.params.pinned {
+            let index: HashMap<&str, usize> = (tests.iter().enumerate())
+                .map(|(i, t)| (t.id.as_str(), i))
+                .collect();
+            let lists = lists.iter().map(|ids| {
+                let found = ids.iter().filter_map(|id| index.get(id.as_str()).copied());
+                found.filter(|&i| keep[i]).collect()
+            });
+            scheduler.pin(lists.collect());
+        }
         let units = scheduler.units();
         self.tests = Some(tests);
         self.scheduler = Some(scheduler);

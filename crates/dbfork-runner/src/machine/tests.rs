@@ -46,6 +46,7 @@ fn fresh_params(
         retries: 0,
         classify: 0,
         bisect: None,
+        pinned: None,
     }
 }
 

@@ -258,6 +258,9 @@ const ORDER_SEED_FILE: &str = "order-seed";
 /// `--order shuffle` gets a new seed, `shuffle:last` the last shuffled
 /// run's; a shuffled run says its seed and keeps it for `shuffle:last`.
 fn resolve_order(config: &mut RunConfig, handed_out: bool) -> Result<(), RunError> {
+    if config.order == Order::Recorded {
+        return recorded_order(config, handed_out);
+    }
     let path = config.state_dir.join(ORDER_SEED_FILE);
     let seed = match config.order {
         Order::Shuffle(Some(seed)) => seed,
@@ -268,7 +271,7 @@ fn resolve_order(config: &mut RunConfig, handed_out: bool) -> Result<(), RunErro
                 path.display()
             ))
         })?,
-        Order::Longest | Order::File | Order::Reverse => return Ok(()),
+        Order::Longest | Order::File | Order::Reverse | Order::Recorded => return Ok(()),
     };
     config.order = Order::Shuffle(Some(seed));
     if !handed_out {
@@ -281,6 +284,46 @@ fn resolve_order(config: &mut RunConfig, handed_out: bool) -> Result<(), RunErro
     dbfork_meta::say!(
         "dbfork: the tests go out in a shuffled order, seed {seed}: --order shuffle:{seed} (or shuffle:last) hands them out in this order again"
     );
+    Ok(())
+}
+
+/// `--order recorded`: the latest recorded run's order, each worker's
+/// tests for the same slot; what it did not run, in collection order after.
+fn recorded_order(config: &mut RunConfig, handed_out: bool) -> Result<(), RunError> {
+    let runs = config.state_dir.join(crate::recording::RUNS_DIR);
+    let latest = crate::recording::recordings(&runs)
+        .into_iter()
+        .map(|(name, _)| (crate::recording::read_order(&runs.join(&name)), name))
+        .find(|(order, _)| !order.is_empty());
+    let Some((order, name)) = latest else {
+        return Err(RunError::Usage(format!(
+            "--order recorded: no recorded run in {} to take the order from; `dbfork run` records each run there",
+            runs.display()
+        )));
+    };
+    config.order = Order::File;
+    if !handed_out {
+        dbfork_meta::say!("dbfork: note: --order changes nothing without an adapter (each worker runs the whole command in its own order)");
+        return Ok(());
+    }
+    let workers = order.keys().max().map_or(0, |k| k + 1);
+    let mut lists = vec![Vec::new(); workers];
+    for (slot, tests) in order {
+        lists[slot] = tests;
+    }
+    let exactly = if workers == config.jobs {
+        String::new()
+    } else {
+        format!(
+            " (it had {workers} worker{}, this run {}: -j {workers} repeats it exactly)",
+            if workers == 1 { "" } else { "s" },
+            config.jobs
+        )
+    };
+    dbfork_meta::say!(
+        "dbfork: the tests go out as in run {name}: each worker the tests of the same worker there, in their order{exactly}"
+    );
+    config.pinned = Some(lists);
     Ok(())
 }
 

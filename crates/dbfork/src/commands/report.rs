@@ -111,7 +111,7 @@ fn failure_in(
         .tests
         .iter()
         .find(|t| t.id == test && t.outcome.is_failure())?;
-    let order = order_of(dir);
+    let order = dbfork_runner::recording::read_order(dir);
     let ran = order.get(&failed.slot?)?;
     let at = ran.iter().position(|t| t == test)?;
     Some(Failure {
@@ -119,14 +119,6 @@ fn failure_in(
         command: report.command.clone(),
         before: ran[..at].to_vec(),
     })
-}
-
-/// A recording's order: each worker's tests in the order they ran.
-fn order_of(dir: &std::path::Path) -> std::collections::BTreeMap<usize, Vec<String>> {
-    std::fs::read_to_string(dir.join("order.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
 }
 
 /// How many of the tests a worker ran before a failure `report show` names.
@@ -139,7 +131,7 @@ pub fn show(args: ShowArgs) -> Result<i32> {
     let (name, dir, report) = recorded(args.run.as_deref())?;
     dbfork_meta::out!("run {name}: {}", report.command.join(" "));
     dbfork_meta::out!("recorded in {}", dir.display());
-    let order = order_of(&dir);
+    let order = dbfork_runner::recording::read_order(&dir);
     for (slot, tests) in &order {
         dbfork_meta::out!("worker gw{slot}, {} test(s)", tests.len());
         if args.full {

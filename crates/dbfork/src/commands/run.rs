@@ -141,19 +141,9 @@ fn reproduce(command: &[String], ids: &[String]) -> String {
         .iter()
         .map(|w| w.to_string())
         .chain(ids.iter().cloned())
-        .map(|w| shell_word(&w))
+        .map(|w| dbfork_runner::progress::shell_word(&w))
         .collect();
     format!("dbfork run -j 1 --order file -- {}", words.join(" "))
-}
-
-/// `word` as a shell reads it back.
-fn shell_word(word: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c);
-    if !word.is_empty() && word.chars().all(plain) {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 /// `dbfork rerun --failed [RUN]`: the failed tests of a recorded run, run

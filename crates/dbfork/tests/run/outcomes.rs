@@ -656,3 +656,61 @@ fn coverage_under_djangos_runner_equals_the_serial_runs() {
     assert!(expected.len() > 5, "{expected:?}");
     assert_eq!(got, expected);
 }
+
+/// `--order recorded` hands each worker the tests of the same worker in the
+/// latest recorded run, in their order: a reversed run's order-dependent
+/// failure comes back, also with more workers than were recorded.
+#[test]
+fn the_recorded_order_repeats_a_runs_failure() {
+    let place = Place::new(Kind::Sqlite, "recorded_order");
+    let dir = suite(&place);
+    let run = |flags: &[&str]| {
+        let mut all = vec!["-v", "--classify", "off"];
+        all.extend(flags);
+        dbfork_run(&place, &dir, &all, &["orderdep"], &[])
+    };
+    let none = run(&["-j", "1", "--order", "recorded"]);
+    assert_eq!(none.code, 4, "{}", none.stderr);
+    assert!(
+        none.stderr.contains("--order recorded: no recorded run"),
+        "{}",
+        none.stderr
+    );
+    // The order one worker ran the tests in, from its `-v` lines.
+    let sequence = |out: &Outcome| -> Vec<String> {
+        out.stderr
+            .lines()
+            .chain(out.stdout.lines())
+            .filter(|l| l.contains(" [gw0] "))
+            .filter_map(|l| {
+                (l.strip_prefix("PASSED ")
+                    .or_else(|| l.strip_prefix("FAILED ")))?
+                .split_whitespace()
+                .next()
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let reversed = run(&["-j", "1", "--order", "reverse"]);
+    assert_eq!(reversed.code, 1, "{}", reversed.stderr);
+    let first = sequence(&reversed);
+    assert_eq!(first.len(), 10, "{first:?}");
+    let again = run(&["-j", "1", "--order", "recorded"]);
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("the tests go out as in run "),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(sequence(&again), first);
+    let wider = run(&["-j", "2", "--order", "recorded"]);
+    assert_eq!(wider.code, 1, "{}", wider.stderr);
+    assert!(
+        wider
+            .stderr
+            .contains("(it had 1 worker, this run 2: -j 1 repeats it exactly)"),
+        "{}",
+        wider.stderr
+    );
+    assert_eq!(sequence(&wider), first, "gw0 ran its recorded tests");
+}

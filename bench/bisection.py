@@ -4,8 +4,8 @@ suite of 1,000 database tests with one planted order-dependent pair, side by
 side in one run:
 
     bash bench/setup-venv.sh && cargo build --release --bin dbfork
-    .venv/bin/python bench/bisect.py                 # 1,000 tests, 5 rounds, -j 2
-    .venv/bin/python bench/bisect.py --tests 2000 --reps 3 --jobs 2
+    .venv/bin/python bench/bisection.py                 # 1,000 tests, 5 rounds, -j 2
+    .venv/bin/python bench/bisection.py --tests 2000 --reps 3 --jobs 2
 
 The suite (in /tmp/benchbisect_<pid>, removed at the end): 50 modules of 20
 tests; each test inserts a row on its own connection and rolls it back, as
@@ -17,12 +17,15 @@ dbfork worker (a dbfork worker gets its clone of the template instead). So both
 tools see the pollution only within one process, and neither is helped by a
 database left from before.
 
-Variants, once per round each, the order alternating:
+Variants, once per round each, the order alternating (the last two: what
+classifying a failure costs a run):
   dbfork   dbfork bisect -j N --db sqlite:///<work>/main.sqlite3 --setup ... READER
            -- python -m pytest -q -p no:cacheprovider tests
            (suspects: every other test; probes in fresh workers on fresh clones, N at once)
   dtp      detect-test-pollution --failing-test READER --tests tests
            (PyPI; serial: one pytest process per step)
+  run      dbfork run -j 1 --order file --classify off (the reader fails)
+  run+classify  the same, classifying the failure (the default)
 Unmeasured warm-up: one `dbfork run` (builds the template). Each variant must
 name the polluter (else the round is reported as wrong). Reported: medians of
 wall time, the ratio, and dbfork's probe count; raw JSON in
@@ -177,16 +180,23 @@ def main() -> int:
             log(f"the warm-up run failed ({code}):\n{said[-3000:]}")
             return 1
         log(f"warm-up: the template made, {args.tests} tests run in {seconds:.1f}s")
+        one = [str(DBFORK), "run", *common, "-j", "1", "--order", "file", "--keep-runs", "0"]
         variants = {
             "dbfork": [str(DBFORK), "bisect", *common, "-j", str(args.jobs), reader, "--", *pytest],
             "dtp": [str(DTP), "--failing-test", reader, "--tests", "tests"],
+            # What classifying the reader's failure costs a run: one worker,
+            # collection order (the reader fails after the polluter).
+            "run": [*one, "--classify", "off", "--", *pytest],
+            "run+classify": [*one, "--", *pytest],
         }
         rows = {name: [] for name in variants}
         for rep in range(args.reps):
             names = list(variants) if rep % 2 == 0 else list(reversed(variants))
             for name in names:
                 seconds, said, code = timed(variants[name], suite, env)
-                right = polluter in said
+                right = polluter in said if name in ("dbfork", "dtp") else "1 failed" in said
+                if name == "run+classify":
+                    right = right and "order-dependent" in said
                 probes = None
                 if name == "dbfork":
                     first = next((l for l in said.splitlines() if "fails after other tests (" in l), "")
@@ -210,6 +220,7 @@ def main() -> int:
     print(f"  dbfork bisect -j {args.jobs}:     {med['dbfork']:.2f}s ({statistics.median(probes) if probes else '?'} probes, fresh worker and clone each)")
     print(f"  detect-test-pollution: {med['dtp']:.2f}s")
     print(f"  ratio dbfork/dtp: {med['dbfork'] / med['dtp']:.2f}")
+    print(f"  dbfork run -j 1 with the failure: {med['run']:.2f}s; classified (alone, then a replay of the {READER_MODULE * (args.tests // MODULES)} tests before it): {med['run+classify']:.2f}s (+{med['run+classify'] - med['run']:.2f}s)")
     wrong = [n for n, rs in rows.items() if not all(r["found"] for r in rs)]
     if wrong:
         print(f"  WRONG answers from: {', '.join(wrong)}")
