@@ -202,7 +202,10 @@ impl Machine {
         let classify = classifiable && self.probes.classify_left > 0;
         if classify {
             self.probes.classify_left -= 1;
-        } else if classifiable && !std::mem::replace(&mut self.probes.said_budget, true) {
+        } else if classifiable
+            && self.params.classify > 0
+            && !std::mem::replace(&mut self.probes.said_budget, true)
+        {
             self.note(format!(
                 "more than {} tests failed: the others are not classified (--classify sets how many are)",
                 self.params.classify
