@@ -217,6 +217,10 @@ pub struct Diagnosis {
     pub after: Vec<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub earlier: usize,
+    /// Order-dependent, with `--bisect`: the tests that make it fail when
+    /// they run before it (what `dbfork bisect` would name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub culprits: Vec<String>,
 }
 
 fn is_zero(n: &usize) -> bool {

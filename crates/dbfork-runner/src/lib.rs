@@ -234,6 +234,8 @@ pub struct RunConfig {
     pub trace: Option<PathBuf>,
     /// `--cov`: every process measures coverage; combined at the end.
     pub cov: bool,
+    /// `--bisect`: each order-dependent failure is bisected before it is reported.
+    pub bisect_failures: bool,
     /// `--order recorded`: per slot, the tests of the recorded run's worker,
     /// in order (filled in before the run).
     pub pinned: Option<Vec<Vec<String>>>,

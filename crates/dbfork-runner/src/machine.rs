@@ -255,6 +255,9 @@ pub struct Params {
     pub bisect: Option<BisectSpec>,
     /// `--order recorded`: per slot, the ids its worker runs first, in order.
     pub pinned: Option<std::sync::Arc<Vec<Vec<String>>>>,
+    /// `--bisect`: each order-dependent failure's culprits are searched for
+    /// before it is reported.
+    pub bisect_failures: bool,
     /// The controller's Django facts, which every worker's must equal.
     pub django_facts: Option<BTreeMap<String, String>>,
 }
@@ -445,6 +448,8 @@ pub struct Machine {
     /// end was reported.
     bisection: Option<bisect::Bisection>,
     bisected: bool,
+    /// The held test (case, its record's try) the bisection is for (`--bisect`).
+    bisect_case: Option<(usize, usize)>,
     /// A probe's clone could not be made: no more probes.
     probes_failed: bool,
     out: Vec<Command>,
@@ -465,6 +470,7 @@ impl Machine {
             probes: probes::Probes::new(params.classify),
             bisection: None,
             bisected: false,
+            bisect_case: None,
             probes_failed: false,
             params,
             now,

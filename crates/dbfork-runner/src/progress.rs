@@ -400,10 +400,17 @@ fn diagnosis_lines(test: &TestRecord) -> String {
         for id in &diagnosis.after[diagnosis.after.len() - shown..] {
             out.push_str(&format!("    {id}\n"));
         }
-        out.push_str(&format!(
-            "  which one: dbfork bisect {}\n",
-            shell_word(&test.id)
-        ));
+        if diagnosis.culprits.is_empty() {
+            out.push_str(&format!(
+                "  which one: dbfork bisect {}\n",
+                shell_word(&test.id)
+            ));
+        } else {
+            out.push_str("  it fails when these run before it (--bisect):\n");
+            for culprit in &diagnosis.culprits {
+                out.push_str(&format!("    {culprit}\n"));
+            }
+        }
     }
     out
 }

@@ -164,6 +164,10 @@ fn test_case(test: &TestRecord) -> TestCase {
     }
     if let Some(diagnosis) = &test.diagnosis {
         case.add_property(Property::new("failure_class", diagnosis.class.as_str()));
+        if !diagnosis.culprits.is_empty() {
+            let culprits = diagnosis.culprits.join(" ");
+            case.add_property(Property::new("fails_after", culprits.as_str()));
+        }
     }
     if !test.stdout.is_empty() {
         case.set_system_out(test.stdout.as_str());

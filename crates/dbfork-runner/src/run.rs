@@ -415,6 +415,7 @@ impl Executor {
             classify: config.classify,
             bisect: config.bisect.clone(),
             pinned: config.pinned.clone().map(std::sync::Arc::new),
+            bisect_failures: config.bisect_failures,
         };
         let sinks = sinks(&config, &parts);
         Executor {

@@ -279,6 +279,7 @@ pub fn resolve(args: &RunArgs, verbose: u8, cwd: &Path) -> anyhow::Result<RunCon
         trace: s.path("trace")?,
         cov: s.required("cov", s.switch("cov"))?,
         pinned: None,
+        bisect_failures: s.required("bisect", s.switch("bisect"))?,
         adapter,
         timeout: s.duration("timeout")?,
         // Enough for every slot to lose a few workers to crashes or timeouts,

@@ -55,6 +55,15 @@ impl Bisection {
         b
     }
 
+    /// A search whose check is known (the target passes alone and fails
+    /// after every suspect): it starts cutting the suspects at once.
+    pub(super) fn known(target: usize, suspects: Vec<usize>, width: usize) -> Bisection {
+        let mut b = Bisection::new(target, suspects, width);
+        b.parts = b.width;
+        b.next_step(Stage::Parts);
+        b
+    }
+
     /// This step's probes as (part, tests before the target); once each.
     pub(super) fn probes(&mut self) -> Vec<(usize, Vec<usize>)> {
         self.probes += self.step.len();
@@ -212,7 +221,7 @@ impl Machine {
     }
 
     /// The bisection's current step, as probes for the free slots.
-    fn queue_bisect_probes(&mut self) {
+    pub(super) fn queue_bisect_probes(&mut self) {
         let Some(b) = self.bisection.as_mut() else {
             return;
         };
@@ -246,6 +255,17 @@ impl Machine {
         self.bisected = true;
         let ids = self.tests.as_deref().unwrap_or_default();
         let id = |i: usize| ids.get(i).map(|t| t.id.clone()).unwrap_or_default();
+        if let Some((case, pick)) = self.bisect_case.take() {
+            // `--bisect` of a run's order-dependent failure: reported now,
+            // with what it fails after; the next one's search may start.
+            let culprits = match verdict {
+                BisectVerdict::Found => b.suspects().iter().map(|&i| id(i)).collect(),
+                _ => Vec::new(),
+            };
+            self.bisection = None;
+            let class = Some(dbfork_meta::report::FailureClass::OrderDependent);
+            return self.report_case(case, pick, class, culprits);
+        }
         let report = BisectReport {
             test: id(b.target),
             verdict,

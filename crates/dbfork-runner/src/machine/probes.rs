@@ -31,6 +31,9 @@ pub(super) struct Probes {
     /// Said once: probes started; the budget ran out.
     said_start: bool,
     said_budget: bool,
+    /// `--bisect`: order-dependent failures waiting for their bisection
+    /// (case, the try that is its record).
+    to_bisect: VecDeque<(usize, usize)>,
 }
 
 /// One held test: what its tries showed, and what it waits for.
@@ -54,6 +57,8 @@ enum CaseState {
     Probing,
     /// It passed alone: it waits for its worker's replay.
     AwaitingReplay,
+    /// Order-dependent: it waits for `--bisect` to find its culprits.
+    AwaitingBisect,
     Reported,
 }
 
@@ -319,8 +324,29 @@ impl Machine {
 
     /// Reports a held test: its try `pick` is its record.
     fn conclude(&mut self, case: usize, pick: usize, class: Option<FailureClass>) {
+        let order_dependent = class == Some(FailureClass::OrderDependent);
+        if order_dependent && self.params.bisect_failures && !self.stopping {
+            // Reported once `--bisect` found what it fails after.
+            self.probes.cases[case].state = CaseState::AwaitingBisect;
+            self.probes.to_bisect.push_back((case, pick));
+            return;
+        }
+        self.report_case(case, pick, class, Vec::new());
+    }
+
+    /// Reports a held test, with its class and (bisected) culprits.
+    pub(super) fn report_case(
+        &mut self,
+        case: usize,
+        pick: usize,
+        class: Option<FailureClass>,
+        culprits: Vec<String>,
+    ) {
         let c = &self.probes.cases[case];
-        let diagnosis = class.map(|class| self.diagnosis(c, class));
+        let diagnosis = class.map(|class| Diagnosis {
+            culprits,
+            ..self.diagnosis(c, class)
+        });
         let index = c.index;
         self.probes.cases[case].state = CaseState::Reported;
         self.out.push(Command::Concluded {
@@ -328,6 +354,28 @@ impl Machine {
             pick,
             diagnosis,
         });
+    }
+
+    /// `--bisect`: once nothing else is probed, the next order-dependent
+    /// failure's bisection starts (its check is known: it passes alone and
+    /// fails after its worker's tests).
+    fn start_next_bisection(&mut self) {
+        if self.bisection.is_some() || !self.probes.queue.is_empty() {
+            return;
+        }
+        let Some((case, pick)) = self.probes.to_bisect.pop_front() else {
+            return;
+        };
+        let c = &self.probes.cases[case];
+        let (target, suspects) = (c.index, c.before.clone());
+        self.bisect_case = Some((case, pick));
+        self.bisected = false;
+        self.bisection = Some(bisect::Bisection::known(target, suspects, self.slots.len()));
+        self.queue_bisect_probes();
+        if !self.bisecting() {
+            // One suspect: it is the culprit, without a probe.
+            self.report_bisection();
+        }
     }
 
     fn diagnosis(&self, case: &Case, class: FailureClass) -> Diagnosis {
@@ -376,6 +424,7 @@ impl Machine {
             why,
             after,
             earlier,
+            culprits: Vec::new(),
         }
     }
 
@@ -393,6 +442,10 @@ impl Machine {
                 b.stop();
                 self.report_bisection();
             }
+            while let Some((case, pick)) = self.probes.to_bisect.pop_front() {
+                let class = Some(FailureClass::OrderDependent);
+                self.report_case(case, pick, class, Vec::new());
+            }
             for case in 0..self.probes.cases.len() {
                 if self.probes.cases[case].state != CaseState::Reported {
                     let pick = self.probes.cases[case].pick();
@@ -403,6 +456,9 @@ impl Machine {
             return;
         }
         self.plan_replays();
+        if self.unfinished() == 0 {
+            self.start_next_bisection();
+        }
         for slot in 0..self.slots.len() {
             if self.probes.queue.is_empty() {
                 break;

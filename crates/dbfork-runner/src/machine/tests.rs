@@ -47,6 +47,7 @@ fn fresh_params(
         classify: 0,
         bisect: None,
         pinned: None,
+        bisect_failures: false,
     }
 }
 
@@ -126,8 +127,9 @@ struct World {
     reports: Vec<usize>,
     /// Per test: its tries told (a held failure and its probes).
     tries: Vec<usize>,
-    /// Per test: the class it was reported with.
+    /// Per test: the class it was reported with, and its culprits (`--bisect`).
     classes: Vec<Option<FailureClass>>,
+    culprits: Vec<Vec<String>>,
     /// Per test: how many times a worker ran it.
     attempts: Vec<usize>,
     /// What a bisection found.
@@ -175,6 +177,7 @@ impl World {
             reports: vec![0; tests],
             tries: vec![0; tests],
             classes: vec![None; tests],
+            culprits: vec![Vec::new(); tests],
             attempts: vec![0; tests],
             bisected: None,
             faulted: false,
@@ -316,6 +319,10 @@ impl World {
                 );
                 self.reports[index] += 1;
                 assert_eq!(self.reports[index], 1, "test {index} reported twice");
+                self.culprits[index] = diagnosis
+                    .as_ref()
+                    .map(|d| d.culprits.clone())
+                    .unwrap_or_default();
                 self.classes[index] = diagnosis.map(|d| d.class);
             }
             Command::Bisected(report) => {
@@ -656,6 +663,30 @@ fn a_bisection_finds_the_polluter_with_probes_only() {
     assert_eq!(ending.fatal, None);
 }
 
+/// `--bisect`: the order-dependent failure is reported with the test it
+/// fails after (test 4, among the 8 its worker ran before it), found by
+/// probes after the run's own tests and its classification.
+#[test]
+fn order_dependent_failures_are_bisected_before_they_are_reported() {
+    let mut one = params(1, 0, false, 0);
+    one.order = crate::Order::File;
+    one.classify = 10;
+    one.bisect_failures = true;
+    let mut world = World::new(one, 10, false, passing);
+    world.outcome_in = Some(|index, before, _| {
+        if index == 8 && before.contains(&4) {
+            "failed"
+        } else {
+            "passed"
+        }
+    });
+    world.run(&[]);
+    assert_eq!(world.reports, vec![1; 10]);
+    assert_eq!(world.classes[8], Some(FailureClass::OrderDependent));
+    assert_eq!(world.culprits[8], ["t.py::test_4"]);
+    assert_eq!(world.controller_stops, 1);
+}
+
 /// `--retries 2`: the flaky test passes on its first retry, the broken
 /// one fails all three tries; without classifying, nothing is replayed.
 #[test]
@@ -704,6 +735,7 @@ proptest! {
         params.shard = shard;
         params.retries = retries;
         params.classify = classify;
+        params.bisect_failures = classify == 2;
         if classify == 3 && tests > 2 {
             params.bisect = Some(BisectSpec { target: "t.py::test_1".into(), before: None });
         }

@@ -714,3 +714,39 @@ fn the_recorded_order_repeats_a_runs_failure() {
     );
     assert_eq!(sequence(&wider), first, "gw0 ran its recorded tests");
 }
+
+/// `--bisect`: the run's order-dependent failure is reported with the test
+/// it fails after, found before the report (summary, JSON, JUnit); the
+/// other classes as without it.
+#[test]
+fn the_bisect_flag_names_what_a_failure_depends_on() {
+    let place = Place::new(Kind::Sqlite, "bisect_flag");
+    let dir = suite(&place);
+    let out = run_classify(&place, &dir, &["--bisect"]);
+    let said = format!("{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 1, "{said}");
+    assert_eq!(summary(&out.stdout), "3 failed, 7 passed", "{said}");
+    let polluter = "classify/test_c_polluter.py::test_polluter";
+    let reader = test_of(&out, "test_reader");
+    assert_eq!(reader["diagnosis"]["class"], "order_dependent", "{reader}");
+    assert_eq!(
+        reader["diagnosis"]["culprits"],
+        serde_json::json!([polluter]),
+        "{reader}"
+    );
+    assert_eq!(test_of(&out, "test_flaky")["diagnosis"]["class"], "flaky");
+    assert!(
+        out.stdout.contains(&format!(
+            "  it fails when these run before it (--bisect):\n    {polluter}\n"
+        )),
+        "{said}"
+    );
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(
+        junit.contains(&format!(
+            r#"<property name="fails_after" value="{polluter}"/>"#
+        )),
+        "{junit}"
+    );
+    assert_no_clones(&place);
+}
