@@ -14,16 +14,9 @@ use std::process::{Command, Stdio};
 /// those unless the configuration says `parallel`).
 const ERASE: &str = "import coverage\ncov = coverage.Coverage(config_file=True)\ncov.set_option('run:parallel', True)\ncov.erase()\n";
 
-/// Runs `python -m coverage ARGS` (`-c CODE` when ARGS start with `-c`) in
-/// the working directory: its output, or why it failed.
-fn coverage(python: &str, args: &[&str]) -> Result<String, String> {
-    let module: &[&str] = if args.first() == Some(&"-c") {
-        &[]
-    } else {
-        &["-m", "coverage"]
-    };
+/// Runs `python ARGS` in the working directory: its output, or why it failed.
+fn run(python: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(python)
-        .args(module)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -42,7 +35,7 @@ pub fn erase(python: Option<&str>) -> Result<(), String> {
     let Some(python) = python else {
         return Err("--cov needs a Python test command dbfork configures once (pytest, or Django's manage.py test): its interpreter measures the coverage".to_string());
     };
-    coverage(python, &["-c", ERASE]).map(|_| ()).map_err(|why| {
+    run(python, &["-c", ERASE]).map(|_| ()).map_err(|why| {
         if why.contains("No module named") {
             format!("--cov needs coverage.py in the test command's Python ({python}): install it there (pip install coverage)")
         } else {
@@ -53,9 +46,9 @@ pub fn erase(python: Option<&str>) -> Result<(), String> {
 
 /// Combines the data files of every process; what to tell the user.
 pub fn combine(python: &str) -> Result<String, String> {
-    coverage(python, &["combine", "-q"])
+    run(python, &["-m", "coverage", "combine", "-q"])
         .map_err(|why| format!("--cov: the coverage data could not be combined ({why}); `coverage combine` combines the `.coverage.*` files left"))?;
-    let total = coverage(python, &["report", "--format=total"])
+    let total = run(python, &["-m", "coverage", "report", "--format=total"])
         .map(|t| format!(" (total {t}%)"))
         .unwrap_or_default();
     Ok(format!(

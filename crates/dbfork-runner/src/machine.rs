@@ -155,8 +155,11 @@ pub enum Command {
         name: String,
     },
     /// Drop a clone in the background; answer [`Input::CloneDropped`].
+    /// `replaced`: a worker's clone, replaced (after a crash, for a probe):
+    /// found gone, something else dropped it, which the teardown says.
     DropClone {
         name: String,
+        replaced: bool,
     },
     Send {
         conn: usize,
@@ -444,10 +447,9 @@ pub struct Machine {
     failures: usize,
     /// Failed tests run again (`--retries`, `--classify`).
     probes: probes::Probes,
-    /// `dbfork bisect`'s search, once the tests are known; and whether its
-    /// end was reported.
+    /// A search for what makes a test fail (`dbfork bisect`, `--bisect`)
+    /// while it goes: taken once its end is reported.
     bisection: Option<bisect::Bisection>,
-    bisected: bool,
     /// The held test (case, its record's try) the bisection is for (`--bisect`).
     bisect_case: Option<(usize, usize)>,
     /// A probe's clone could not be made: no more probes.
@@ -469,7 +471,6 @@ impl Machine {
             maxfail: params.maxfail,
             probes: probes::Probes::new(params.classify),
             bisection: None,
-            bisected: false,
             bisect_case: None,
             probes_failed: false,
             params,

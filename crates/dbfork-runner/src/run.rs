@@ -508,7 +508,7 @@ impl Executor {
                     result: result.map(|_| ()),
                 })
             }
-            Command::DropClone { name } => self.drop_in_background(name),
+            Command::DropClone { name, replaced } => self.drop_in_background(name, replaced),
             Command::Send { conn, message } => self.send(conn, &message),
             Command::GrantFresh { conn, name } => {
                 let name = self.database_of(&name);
@@ -796,8 +796,9 @@ impl Executor {
     }
 
     /// Drops clone `name` in the background (what is left is dropped at the
-    /// end); a leased one is returned, to be recreated by the service.
-    fn drop_in_background(&mut self, name: String) {
+    /// end); a leased one is returned, to be recreated by the service. A
+    /// `replaced` worker's clone is first looked for (did it vanish?).
+    fn drop_in_background(&mut self, name: String, replaced: bool) {
         if let Some(leasing) = self.leasing.clone().filter(|l| l.holds(&name)) {
             let events = self.events.clone();
             tokio::spawn(async move {
@@ -812,11 +813,14 @@ impl Executor {
             self.config.drop_timeout,
         );
         tokio::spawn(async move {
-            // A clone replaced after a failure may be gone already: not by
-            // this run's doing, which the teardown must say.
-            if let Ok(existing) = backend.databases(&name).await {
-                if !existing.contains(&name) {
-                    let _ = events.send(Event::Vanished(name.clone()));
+            // A worker's clone replaced after a failure may be gone already:
+            // not by this run's doing, which the teardown must say. (Not
+            // asked of the fresh clones of transactional tests: one per test.)
+            if replaced {
+                if let Ok(existing) = backend.databases(&name).await {
+                    if !existing.contains(&name) {
+                        let _ = events.send(Event::Vanished(name.clone()));
+                    }
                 }
             }
             let started = Instant::now();

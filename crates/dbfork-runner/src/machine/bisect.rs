@@ -246,33 +246,28 @@ impl Machine {
 
     /// The bisection is over: what it found, once.
     pub(super) fn report_bisection(&mut self) {
-        let Some(b) = self.bisection.as_mut() else {
+        let Some(verdict) = self.bisection.as_ref().and_then(|b| b.verdict) else {
             return;
         };
-        let Some(verdict) = b.verdict.filter(|_| !self.bisected) else {
+        let Some(b) = self.bisection.take() else {
             return;
         };
-        self.bisected = true;
         let ids = self.tests.as_deref().unwrap_or_default();
         let id = |i: usize| ids.get(i).map(|t| t.id.clone()).unwrap_or_default();
+        let culprits = match verdict {
+            BisectVerdict::Found => b.suspects().iter().map(|&i| id(i)).collect(),
+            _ => Vec::new(),
+        };
         if let Some((case, pick)) = self.bisect_case.take() {
             // `--bisect` of a run's order-dependent failure: reported now,
             // with what it fails after; the next one's search may start.
-            let culprits = match verdict {
-                BisectVerdict::Found => b.suspects().iter().map(|&i| id(i)).collect(),
-                _ => Vec::new(),
-            };
-            self.bisection = None;
             let class = Some(dbfork_meta::report::FailureClass::OrderDependent);
             return self.report_case(case, pick, class, culprits);
         }
         let report = BisectReport {
             test: id(b.target),
             verdict,
-            culprits: match verdict {
-                BisectVerdict::Found => b.suspects().iter().map(|&i| id(i)).collect(),
-                _ => Vec::new(),
-            },
+            culprits,
             probes: b.probes,
         };
         self.out.push(Command::Bisected(report));

@@ -61,9 +61,9 @@ impl Machine {
         });
     }
 
-    pub(super) fn drop_clone(&mut self, name: String) {
+    pub(super) fn drop_clone(&mut self, name: String, replaced: bool) {
         self.clone_tasks += 1;
-        self.out.push(Command::DropClone { name });
+        self.out.push(Command::DropClone { name, replaced });
     }
 
     pub(super) fn on_clone_made(
@@ -189,7 +189,7 @@ impl Machine {
     pub(super) fn top_up_fresh(&mut self) {
         for name in self.fresh.to_drop() {
             self.fresh.dropped(&name);
-            self.drop_clone(name);
+            self.drop_clone(name, false);
         }
         if !self.params.fresh_transactional || self.template != TemplatePhase::Ready {
             return;
@@ -231,7 +231,7 @@ impl Machine {
         self.fresh.forget(&(slot, self.slots[slot].generation));
         self.slots[slot].generation += 1;
         for name in old.into_iter().chain(extra) {
-            self.drop_clone(name);
+            self.drop_clone(name, true);
         }
         self.top_up_fresh();
         self.make_clone(slot);

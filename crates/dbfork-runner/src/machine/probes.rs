@@ -369,7 +369,6 @@ impl Machine {
         let c = &self.probes.cases[case];
         let (target, suspects) = (c.index, c.before.clone());
         self.bisect_case = Some((case, pick));
-        self.bisected = false;
         self.bisection = Some(bisect::Bisection::known(target, suspects, self.slots.len()));
         self.queue_bisect_probes();
         if !self.bisecting() {

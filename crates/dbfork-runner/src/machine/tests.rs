@@ -581,28 +581,28 @@ fn passing(_: usize) -> &'static str {
     "passed"
 }
 
-fn every_third_fails(i: usize) -> &'static str {
-    if i % 3 == 2 {
+/// A test's outcome as a worker says it.
+fn outcome(failed: bool) -> &'static str {
+    if failed {
         "failed"
     } else {
         "passed"
     }
 }
 
+fn every_third_fails(i: usize) -> &'static str {
+    outcome(i % 3 == 2)
+}
+
 /// Test 1 fails after test 0 in its worker (order-dependent), test 2 on
 /// its first try only (flaky), test 3 always (broken); the others pass.
 fn planted(index: usize, before: &[usize], attempts: usize) -> &'static str {
-    let failed = match index {
+    outcome(match index {
         1 => before.contains(&0),
         2 => attempts == 0,
         3 => true,
         _ => false,
-    };
-    if failed {
-        "failed"
-    } else {
-        "passed"
-    }
+    })
 }
 
 /// One worker runs the planted tests in order: each failure is classified
@@ -673,13 +673,7 @@ fn order_dependent_failures_are_bisected_before_they_are_reported() {
     one.classify = 10;
     one.bisect_failures = true;
     let mut world = World::new(one, 10, false, passing);
-    world.outcome_in = Some(|index, before, _| {
-        if index == 8 && before.contains(&4) {
-            "failed"
-        } else {
-            "passed"
-        }
-    });
+    world.outcome_in = Some(|index, before, _| outcome(index == 8 && before.contains(&4)));
     world.run(&[]);
     assert_eq!(world.reports, vec![1; 10]);
     assert_eq!(world.classes[8], Some(FailureClass::OrderDependent));
@@ -948,7 +942,7 @@ fn a_crash_reports_the_running_test_as_crashed_and_replaces_the_worker() {
     // Its clone goes, the next generation's is made.
     assert!(lost
         .iter()
-        .any(|c| matches!(c, Command::DropClone { name } if name.contains("r1"))));
+        .any(|c| matches!(c, Command::DropClone { name, .. } if name.contains("r1"))));
     assert!(lost
         .iter()
         .any(|c| matches!(c, Command::MakeClones { generation: 1, .. })));

@@ -44,8 +44,7 @@ pub fn merge(args: MergeArgs) -> Result<i32> {
 pub fn recorded(
     run: Option<&str>,
 ) -> Result<(String, std::path::PathBuf, dbfork_meta::report::RunReport)> {
-    let runs = crate::settings::state_dir_of(&std::env::current_dir()?)
-        .join(dbfork_runner::recording::RUNS_DIR);
+    let runs = runs_dir()?;
     let found = dbfork_runner::recording::recordings(&runs)
         .into_iter()
         .find(|(name, _)| run.is_none_or(|wanted| name.starts_with(wanted)));
@@ -59,15 +58,25 @@ pub fn recorded(
         .into());
     };
     let dir = runs.join(&name);
+    let report = report_of(&name, &dir)?;
+    Ok((name, dir, report))
+}
+
+/// The folder of this project's recorded runs.
+fn runs_dir() -> Result<std::path::PathBuf> {
+    Ok(crate::settings::state_dir_of(&std::env::current_dir()?)
+        .join(dbfork_runner::recording::RUNS_DIR))
+}
+
+/// The report of recorded run `name`, in `dir`.
+fn report_of(name: &str, dir: &std::path::Path) -> Result<dbfork_meta::report::RunReport> {
     let text = std::fs::read_to_string(dir.join("report.json")).map_err(|e| {
         UsageError(format!(
             "the run {name} has no report in {} ({e}): it did not end (killed?); its events are in events.jsonl",
             dir.display()
         ))
     })?;
-    let report =
-        read_json(&text).map_err(|e| UsageError(format!("cannot read {}: {e}", dir.display())))?;
-    Ok((name, dir, report))
+    Ok(read_json(&text).map_err(|e| UsageError(format!("cannot read {}: {e}", dir.display())))?)
 }
 
 /// A recorded failure: the run, its command, the tests its worker ran before it.
@@ -80,8 +89,7 @@ pub struct Failure {
 /// Where `test` failed last: in the recorded run `run` (an id or a prefix),
 /// else the newest recorded run where it failed; `None` when none did.
 pub fn before_failure(run: Option<&str>, test: &str) -> Result<Option<Failure>> {
-    let runs = crate::settings::state_dir_of(&std::env::current_dir()?)
-        .join(dbfork_runner::recording::RUNS_DIR);
+    let runs = runs_dir()?;
     if let Some(wanted) = run {
         let (name, dir, report) = recorded(Some(wanted))?;
         return match failure_in(&name, &dir, &report, test) {
@@ -91,9 +99,7 @@ pub fn before_failure(run: Option<&str>, test: &str) -> Result<Option<Failure>> 
     }
     for (name, _) in dbfork_runner::recording::recordings(&runs) {
         let dir = runs.join(&name);
-        let report = std::fs::read_to_string(dir.join("report.json"))
-            .ok()
-            .and_then(|text| read_json(&text).ok());
+        let report = report_of(&name, &dir).ok();
         if let Some(found) = report.and_then(|r| failure_in(&name, &dir, &r, test)) {
             return Ok(Some(found));
         }
